@@ -1,0 +1,103 @@
+// swift-tools-version:6.1
+// The customer data platform: five services over a gRPC-compatible RPC layer built on libnghttp2 + SwiftNIO.
+import PackageDescription
+
+/// Every target is compiled in Swift 6 language mode with strict concurrency (the tools-version default).
+let package = Package(
+    name: "cdp",
+    platforms: [.macOS(.v15)],
+    products: [
+        .library(name: "RPCCore", targets: ["RPCCore"]),
+        .library(name: "RPCHTTP2", targets: ["RPCHTTP2"]),
+        .library(name: "RPCServices", targets: ["RPCServices"]),
+        .executable(name: "cdp-interop-server", targets: ["cdp-interop-server"]),
+        .executable(name: "cdp-interop-client", targets: ["cdp-interop-client"]),
+        .executable(name: "protoc-gen-cdp-rpc", targets: ["protoc-gen-cdp-rpc"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-nio", exact: "2.101.3"),
+        .package(url: "https://github.com/apple/swift-protobuf", exact: "1.39.0"),
+        .package(url: "https://github.com/apple/swift-log", exact: "1.16.2"),
+        .package(url: "https://github.com/apple/swift-argument-parser", exact: "1.8.2"),
+        .package(url: "https://github.com/adam-fowler/compress-nio", exact: "1.5.0"),
+    ],
+    targets: [
+        // libnghttp2, behind one small C module; only RPCHTTP2 imports it (privately).
+        .systemLibrary(
+            name: "CNGHTTP2",
+            path: "Shared/CNGHTTP2",
+            pkgConfig: "libnghttp2",
+            providers: [.apt(["libnghttp2-dev"])]
+        ),
+        // The transport-independent RPC vocabulary: status, errors, metadata, method descriptors,
+        // handler and client APIs. No NIO, no nghttp2.
+        .target(
+            name: "RPCCore",
+            dependencies: [.product(name: "SwiftProtobuf", package: "swift-protobuf")],
+            path: "Shared/RPCCore"
+        ),
+        // gRPC over HTTP/2 on nghttp2 + SwiftNIO: server, client connection, message framing.
+        .target(
+            name: "RPCHTTP2",
+            dependencies: [
+                "RPCCore",
+                "CNGHTTP2",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "CompressNIO", package: "compress-nio"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            path: "Shared/RPCHTTP2"
+        ),
+        // Standard services every server offers: grpc.health.v1 and server reflection.
+        .target(
+            name: "RPCServices",
+            dependencies: ["RPCCore", .product(name: "SwiftProtobuf", package: "swift-protobuf")],
+            path: "Shared/RPCServices"
+        ),
+        // The protoc plugin that writes typed stubs and reflection descriptors for RPCCore.
+        .executableTarget(
+            name: "protoc-gen-cdp-rpc",
+            dependencies: [.product(name: "SwiftProtobufPluginLibrary", package: "swift-protobuf")],
+            path: "Shared/ProtocGenRPC"
+        ),
+        // grpc.testing messages and stubs, used by the interop programs and the tests.
+        .target(
+            name: "InteropProto",
+            dependencies: ["RPCCore", .product(name: "SwiftProtobuf", package: "swift-protobuf")],
+            path: "Tests/Interop/InteropProto"
+        ),
+        .executableTarget(
+            name: "cdp-interop-server",
+            dependencies: [
+                "RPCCore", "RPCHTTP2", "RPCServices", "InteropProto",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            path: "Tests/Interop/InteropServer"
+        ),
+        .executableTarget(
+            name: "cdp-interop-client",
+            dependencies: [
+                "RPCCore", "RPCHTTP2", "InteropProto",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ],
+            path: "Tests/Interop/InteropClient"
+        ),
+        .testTarget(
+            name: "RPCCoreTests",
+            dependencies: ["RPCCore"],
+            path: "Tests/RPCCoreTests"
+        ),
+        .testTarget(
+            name: "RPCHTTP2Tests",
+            dependencies: [
+                "RPCCore", "RPCHTTP2", "RPCServices", "InteropProto",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOEmbedded", package: "swift-nio"),
+            ],
+            path: "Tests/RPCHTTP2Tests"
+        ),
+    ]
+)

@@ -1,0 +1,116 @@
+import SwiftProtobuf
+
+/// A method a server can route to: its descriptor and a handler over serialized messages.
+///
+/// Build them with the typed factories (``unary(_:handler:)`` and friends), which decode requests,
+/// encode responses and check message counts; generated service protocols do so for you.
+public struct ServerMethod: Sendable {
+    /// The serialized form of a handler: requests in, responses out.
+    public typealias Handler =
+        @Sendable (
+            _ requests: RPCAsyncSequence<[UInt8]>,
+            _ responses: RPCWriter<[UInt8]>,
+            _ context: ServerContext
+        ) async throws -> Void
+
+    /// The method this handles.
+    public let descriptor: MethodDescriptor
+    /// The method's call kind.
+    public let kind: CallKind
+    /// The handler.
+    public let handler: Handler
+
+    /// Creates a method from a handler over serialized messages.
+    public init(descriptor: MethodDescriptor, kind: CallKind, handler: @escaping Handler) {
+        self.descriptor = descriptor
+        self.kind = kind
+        self.handler = handler
+    }
+
+    /// A handler for a unary method.
+    public static func unary<Input, Output>(
+        _ method: RPCMethod<Input, Output>,
+        handler: @escaping @Sendable (Input, ServerContext) async throws -> Output
+    ) -> ServerMethod {
+        ServerMethod(descriptor: method.descriptor, kind: .unary) { requests, responses, context in
+            let request = try await Self.singleRequest(requests, as: Input.self, method: method.descriptor)
+            try await responses.write(try Self.encode(try await handler(request, context)))
+        }
+    }
+
+    /// A handler for a server-streaming method.
+    public static func serverStreaming<Input, Output>(
+        _ method: RPCMethod<Input, Output>,
+        handler: @escaping @Sendable (Input, RPCWriter<Output>, ServerContext) async throws -> Void
+    ) -> ServerMethod {
+        ServerMethod(descriptor: method.descriptor, kind: .serverStreaming) { requests, responses, context in
+            let request = try await Self.singleRequest(requests, as: Input.self, method: method.descriptor)
+            try await handler(request, responses.map(Self.encode), context)
+        }
+    }
+
+    /// A handler for a client-streaming method.
+    public static func clientStreaming<Input, Output>(
+        _ method: RPCMethod<Input, Output>,
+        handler: @escaping @Sendable (RPCAsyncSequence<Input>, ServerContext) async throws -> Output
+    ) -> ServerMethod {
+        ServerMethod(descriptor: method.descriptor, kind: .clientStreaming) { requests, responses, context in
+            let response = try await handler(requests.map(Self.decoder(Input.self)), context)
+            try await responses.write(try Self.encode(response))
+        }
+    }
+
+    /// A handler for a bidirectional-streaming method.
+    public static func bidirectional<Input, Output>(
+        _ method: RPCMethod<Input, Output>,
+        handler:
+            @escaping @Sendable (RPCAsyncSequence<Input>, RPCWriter<Output>, ServerContext) async throws -> Void
+    ) -> ServerMethod {
+        ServerMethod(descriptor: method.descriptor, kind: .bidirectional) { requests, responses, context in
+            try await handler(requests.map(Self.decoder(Input.self)), responses.map(Self.encode), context)
+        }
+    }
+
+    private static func singleRequest<Input: SwiftProtobuf.Message>(
+        _ requests: RPCAsyncSequence<[UInt8]>,
+        as type: Input.Type,
+        method: MethodDescriptor
+    ) async throws -> Input {
+        var iterator = requests.makeAsyncIterator()
+        guard let bytes = try await iterator.next() else {
+            throw RPCError(code: .internalError, message: "\(method) expects one request message; the client sent none.")
+        }
+        guard try await iterator.next() == nil else {
+            throw RPCError(code: .internalError, message: "\(method) expects one request message; the client sent more.")
+        }
+        return try decoder(Input.self)(bytes)
+    }
+
+    private static func decoder<Input: SwiftProtobuf.Message>(_ type: Input.Type) -> @Sendable ([UInt8]) throws -> Input {
+        { bytes in
+            do {
+                return try Input(serializedBytes: bytes)
+            } catch {
+                throw RPCError(
+                    code: .internalError,
+                    message: "The request is not a valid \(Input.protoMessageName) message.",
+                    cause: error
+                )
+            }
+        }
+    }
+
+    @Sendable private static func encode<Output: SwiftProtobuf.Message>(_ message: Output) throws -> [UInt8] {
+        try message.serializedBytes()
+    }
+}
+
+/// A set of methods served under one service name.
+///
+/// Generated service protocols conform to it; implement their methods and pass the value to a server.
+public protocol RPCService: Sendable {
+    /// The service's name and protobuf descriptors.
+    var serviceDescriptor: ServiceDescriptor { get }
+    /// The methods to route to.
+    var methods: [ServerMethod] { get }
+}

@@ -1,0 +1,1 @@
+// generated code lands here (proto/generate.sh)
