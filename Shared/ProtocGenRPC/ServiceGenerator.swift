@@ -102,8 +102,8 @@ struct ServiceGenerator {
         }
         writer.doc(
             "",
-            "`descriptor` names the service and carries its protobuf descriptors for reflection; `Method` has",
-            "the typed methods, `ServiceProtocol` is what a server implements, `Client` calls the service."
+            "`descriptor` names the service and carries its protobuf descriptors for reflection; `Method` has the "
+                + "typed methods, `ServiceProtocol` is what a server implements, `Client` calls the service."
         )
         writer.block("\(self.access)enum \(self.enumName)") { writer in
             self.writeDescriptor(into: &writer)
@@ -120,8 +120,8 @@ struct ServiceGenerator {
 
     private func writeDescriptor(into writer: inout SourceWriter) {
         writer.doc(
-            "The service's name, and the serialized descriptors of its `.proto` file and everything it",
-            "imports, transitively, for server reflection."
+            "The service's name, and the serialized descriptors of its `.proto` file and everything it imports, "
+                + "transitively, for server reflection."
         )
         writer.line("\(self.access)static let descriptor = ServiceDescriptor(")
         writer.indented { writer in
@@ -144,22 +144,27 @@ struct ServiceGenerator {
             for (index, method) in methods.enumerated() {
                 if index > 0 { writer.line() }
                 writer.doc("`\(self.path(of: method))`: \(method.kind.description).")
-                writer.call(
-                    "\(self.access)static let \(method.name) = RPCMethod<\(method.input), \(method.output)>",
-                    [
-                        "service: \(SwiftNames.stringLiteral(self.service.fullName))",
-                        "method: \(SwiftNames.stringLiteral(method.descriptor.name))",
-                        "kind: .\(method.kind.rawValue)",
-                    ]
-                )
+                let declaration = "\(self.access)static let \(method.name) ="
+                let type = "RPCMethod<\(method.input), \(method.output)>"
+                let arguments = [
+                    "service: \(SwiftNames.stringLiteral(self.service.fullName))",
+                    "method: \(SwiftNames.stringLiteral(method.descriptor.name))",
+                    "kind: .\(method.kind.rawValue)",
+                ]
+                if writer.fits("\(declaration) \(type)(") {
+                    writer.call("\(declaration) \(type)", arguments)
+                } else {
+                    writer.line(declaration)
+                    writer.indented { writer in writer.call(type, arguments) }
+                }
             }
         }
     }
 
     private func writeServiceProtocol(_ methods: [Method], into writer: inout SourceWriter) {
         writer.doc(
-            "Implement this to serve `\(self.service.fullName)`, then pass the value to a server; the",
-            "extension below routes each method to its requirement.",
+            "Implement this to serve `\(self.service.fullName)`, then pass the value to a server; the extension "
+                + "below routes each method to its requirement.",
             "",
             "Throw ``RPCError`` (or an ``RPCErrorConvertible`` error) to end a call with a chosen status."
         )
@@ -191,8 +196,8 @@ struct ServiceGenerator {
         writer.doc("A typed client of `\(self.service.fullName)`.")
         writer.block("\(self.access)struct Client: Sendable") { writer in
             writer.doc(
-                "The untyped client calls go through; it also makes calls that return response metadata,",
-                "e.g. `rpc.unary(\(self.enumName).Method.…, request)`."
+                "The untyped client calls go through; it also makes calls that return response metadata, e.g. "
+                    + "`rpc.unary(\(self.enumName).Method.…, request)`."
             )
             writer.line("\(self.access)let rpc: RPCClient")
             writer.line()
@@ -212,14 +217,18 @@ struct ServiceGenerator {
         let reference = "\(self.enumName).Method.\(method.name)"
         let metadata = "metadata: Metadata = Metadata()"
         let options = "options: CallOptions = .defaults"
-        let body = "_ body: (ClientCall<\(method.input), \(method.output)>) async throws -> R"
+        let call = "ClientCall<\(method.input), \(method.output)>"
+        var body = "_ body: (\(call)) async throws -> R"
+        if !writer.fits(SourceWriter.indentUnit + body + ",") {
+            body = "_ body: (\n\(SourceWriter.indentUnit)\(call)\n) async throws -> R"
+        }
         let forwarded = ["metadata: metadata", "options: options"]
         let head = "\(self.access)func \(method.name)"
         switch method.kind {
         case .unary:
             writer.doc(
-                "Calls `\(self.path(of: method))` (unary) and returns the response message.",
-                "For its metadata, use `rpc.unary(\(reference), request)`."
+                "Calls `\(self.path(of: method))` (unary) and returns the response message. For its metadata, use "
+                    + "`rpc.unary(\(reference), request)`."
             )
             writer.function(
                 head,
@@ -230,9 +239,9 @@ struct ServiceGenerator {
             }
         case .serverStreaming:
             writer.doc(
-                "Calls `\(self.path(of: method))` (server streaming): sends `request`, then runs `body` with",
-                "the call, whose `responses` are the server's messages. The call is cancelled if `body`",
-                "returns before it has ended."
+                "Calls `\(self.path(of: method))` (server streaming): sends `request`, then runs `body` with the "
+                    + "call, whose `responses` are the server's messages. The call is cancelled if `body` returns "
+                    + "before it has ended."
             )
             writer.function(
                 "\(head)<R: Sendable>",
@@ -243,8 +252,8 @@ struct ServiceGenerator {
             }
         case .clientStreaming:
             writer.doc(
-                "Calls `\(self.path(of: method))` (client streaming): sends `requests`, then returns the",
-                "response message. For its metadata, use `rpc.clientStreaming(\(reference), requests)`."
+                "Calls `\(self.path(of: method))` (client streaming): sends `requests`, then returns the response "
+                    + "message. For its metadata, use `rpc.clientStreaming(\(reference), requests)`."
             )
             writer.function(
                 head,
@@ -255,9 +264,9 @@ struct ServiceGenerator {
             }
         case .bidirectional:
             writer.doc(
-                "Calls `\(self.path(of: method))` (bidirectional streaming) and runs `body` with the call:",
-                "`send` requests and `closeSend`, read `responses`. The call is cancelled if `body` returns",
-                "before it has ended."
+                "Calls `\(self.path(of: method))` (bidirectional streaming) and runs `body` with the call: `send` "
+                    + "requests and `closeSend`, read `responses`. The call is cancelled if `body` returns before it "
+                    + "has ended."
             )
             writer.function("\(head)<R: Sendable>", [metadata, options, body], " async throws -> R") { writer in
                 writer.call("try await self.rpc.withCall", [reference] + forwarded + ["body"])

@@ -9,9 +9,12 @@ struct SourceWriter {
 
     private var indentation: String { String(repeating: Self.indentUnit, count: self.level) }
 
-    /// Appends one line at the current indentation; an empty string appends a blank line.
+    /// Appends one line at the current indentation; an empty string appends a blank line. Content
+    /// with line breaks appends several lines, each indented.
     mutating func line(_ content: String = "") {
-        self.text += content.isEmpty ? "\n" : self.indentation + content + "\n"
+        for line in content.split(separator: "\n", omittingEmptySubsequences: false) {
+            self.text += line.isEmpty ? "\n" : self.indentation + line + "\n"
+        }
     }
 
     /// Runs `body` one level further in.
@@ -38,7 +41,7 @@ struct SourceWriter {
     /// Appends `head(arguments)tail` on one line when it fits, else with one argument per line.
     mutating func call(_ head: String, _ arguments: [String], _ tail: String = "") {
         let single = head + "(" + arguments.joined(separator: ", ") + ")" + tail
-        if arguments.isEmpty || self.fits(single) {
+        if arguments.isEmpty || (self.fits(single) && !single.contains("\n")) {
             self.line(single)
             return
         }
@@ -73,11 +76,43 @@ struct SourceWriter {
         }
     }
 
-    /// Appends documentation lines, each prefixed with `/// ` (or `///` when empty).
-    mutating func doc(_ lines: String...) {
-        for line in lines {
-            self.line(line.isEmpty ? "///" : "/// " + line)
+    /// Appends documentation paragraphs as `///` lines, wrapped to fit the line limit; an empty
+    /// paragraph appends a blank `///` line. Code spans (`` `...` ``) are never broken.
+    mutating func doc(_ paragraphs: String...) {
+        let width = Self.lineLimit - self.indentation.count - 4
+        for paragraph in paragraphs {
+            if paragraph.isEmpty {
+                self.line("///")
+                continue
+            }
+            var current = ""
+            for word in Self.words(paragraph) {
+                if !current.isEmpty, current.count + 1 + word.count > width {
+                    self.line("/// " + current)
+                    current = ""
+                }
+                current += current.isEmpty ? word : " " + word
+            }
+            if !current.isEmpty { self.line("/// " + current) }
         }
+    }
+
+    /// Splits text at spaces outside code spans.
+    private static func words(_ text: String) -> [String] {
+        var words: [String] = []
+        var current = ""
+        var inCode = false
+        for character in text {
+            if character == "`" { inCode.toggle() }
+            if character == " ", !inCode {
+                if !current.isEmpty { words.append(current) }
+                current = ""
+            } else {
+                current.append(character)
+            }
+        }
+        if !current.isEmpty { words.append(current) }
+        return words
     }
 
     private static func trimmingTrailingSpaces(_ line: String) -> String {
