@@ -45,10 +45,10 @@ command -v protoc >/dev/null || {
 }
 
 echo "Building protoc-gen-swift and protoc-gen-cdp-rpc (release, scratch path .build-codegen)..." >&2
-(
-    cd "$ROOT"
-    swift build -c release --scratch-path "$SCRATCH" --product protoc-gen-swift --product protoc-gen-cdp-rpc >&2
-)
+# One product per invocation: swift build honours only the last of several --product options.
+for plugin in protoc-gen-swift protoc-gen-cdp-rpc; do
+    (cd "$ROOT" && swift build -c release --scratch-path "$SCRATCH" --product "$plugin" >&2)
+done
 BIN="$(cd "$ROOT" && swift build -c release --scratch-path "$SCRATCH" --show-bin-path)"
 for plugin in protoc-gen-swift protoc-gen-cdp-rpc; do
     [[ -x "$BIN/$plugin" ]] || {

@@ -1,1 +1,117 @@
-// placeholder replaced below
+import ArgumentParser
+import Dispatch
+import Logging
+import RPCCore
+import RPCHTTP2
+import RPCServices
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Serves `grpc.testing.TestService` (plus health and reflection) for interop tests and benchmarks.
+@main
+struct InteropServerCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "cdp-interop-server",
+        abstract: "Serves the gRPC interop TestService over h2c on the project's nghttp2 transport.",
+        discussion: """
+            Prints 'listening on HOST:PORT' on stdout once bound, then serves until SIGINT or SIGTERM, \
+            which start a graceful shutdown. Also serves grpc.health.v1.Health and server reflection, \
+            so `grpcurl -plaintext HOST:PORT list` works without proto files.
+            """
+    )
+
+    @Option(help: "The port to listen on; 0 picks a free one.")
+    var port: Int = 0
+
+    @Option(help: "The address to bind.")
+    var host: String = "127.0.0.1"
+
+    @Option(help: "The largest request message, in bytes.")
+    var maxReceiveMessageBytes: Int = 4 * 1024 * 1024
+
+    @Option(help: "The largest request header list, in bytes (RFC 9113 size).")
+    var maxHeaderListBytes: Int = 16 * 1024
+
+    @Option(help: "SETTINGS_MAX_CONCURRENT_STREAMS announced to clients.")
+    var maxConcurrentStreams: Int = 100
+
+    @Option(help: "Seconds before an idle connection is closed.")
+    var idleTimeoutSeconds: Int = 300
+
+    @Option(name: .customLong("auth-token"), help: "A bearer token to require (repeatable). None: no authentication.")
+    var authTokens: [String] = []
+
+    @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.")
+    var logLevel: String = "notice"
+
+    func validate() throws {
+        guard (0...65535).contains(self.port) else { throw ValidationError("--port must be between 0 and 65535.") }
+        guard self.maxReceiveMessageBytes > 0, self.maxHeaderListBytes > 0, self.maxConcurrentStreams > 0,
+            self.idleTimeoutSeconds > 0
+        else { throw ValidationError("Limits must be positive.") }
+        guard Logger.Level(rawValue: self.logLevel) != nil else {
+            throw ValidationError("--log-level must be one of trace, debug, info, notice, warning, error, critical.")
+        }
+    }
+
+    func run() async throws {
+        var logger = Logger(label: "cdp-interop-server")
+        logger.logLevel = Logger.Level(rawValue: self.logLevel) ?? .notice
+        let services: [any RPCService] = [TestService()]
+        let health = HealthService()
+        let server = RPCServer(
+            configuration: .init(
+                host: self.host,
+                port: self.port,
+                maxReceiveMessageBytes: self.maxReceiveMessageBytes,
+                maxHeaderListBytes: self.maxHeaderListBytes,
+                maxConcurrentStreams: self.maxConcurrentStreams,
+                idleTimeout: .seconds(self.idleTimeoutSeconds),
+                authorizationTokens: Set(self.authTokens)
+            ),
+            services: services + [health, ReflectionService(services: services + [health])],
+            logger: logger
+        )
+        let address = try await server.start()
+        print("listening on \(self.host):\(address.port ?? self.port)")
+        fflush(stdout)
+
+        await withTaskGroup(of: Void.self) { group in
+            group.addTask { await waitForTerminationSignal() }
+            await group.next()
+        }
+        await server.shutdown()
+    }
+}
+
+/// Suspends until SIGINT or SIGTERM arrives.
+private func waitForTerminationSignal() async {
+    await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+        let once = LockedBox(false)
+        var sources: [any DispatchSourceSignal] = []
+        for signalNumber in [SIGINT, SIGTERM] {
+            signal(signalNumber, SIG_IGN)
+            let source = DispatchSource.makeSignalSource(signal: signalNumber, queue: .global())
+            source.setEventHandler {
+                let first = once.withLock { fired -> Bool in
+                    defer { fired = true }
+                    return !fired
+                }
+                if first { continuation.resume() }
+            }
+            source.resume()
+            sources.append(source)
+        }
+        // The sources must outlive the wait; they are released with the process.
+        signalSources.withLock { $0.append(contentsOf: sources.map { SignalSourceBox(source: $0) }) }
+    }
+}
+
+private struct SignalSourceBox: @unchecked Sendable {
+    // @unchecked: DispatchSource is thread-safe; the box only keeps it alive.
+    let source: any DispatchSourceSignal
+}
+
+private let signalSources = LockedBox<[SignalSourceBox]>([])

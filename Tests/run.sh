@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# The project's test command (README): builds everything with its tests, refuses compiler
+# warnings in the project's own code, runs the Swift tests, then the interop tests in both
+# directions and the socket robustness tests against the real server binary.
+#
+# Usage: Tests/run.sh            (run from anywhere)
+# Each stage prints its own summary; the script stops at the first failing stage.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+stage() { printf '\n==> %s\n' "$*"; }
+
+stage "swift build --build-tests"
+build_log="$(mktemp)"
+trap 'rm -f "$build_log"' EXIT
+if ! swift build --build-tests 2>&1 | tee "$build_log"; then
+  echo "run: the build failed" >&2
+  exit 1
+fi
+# Warnings are errors for our code (dependencies' warnings are not ours to fix).
+if grep -E "^$(pwd)/(Shared|Services|Tests|Benchmarks)/.*: warning:" "$build_log" | sort -u | grep .; then
+  echo "run: the build has warnings in project code (listed above)" >&2
+  exit 1
+fi
+
+stage "swift test"
+swift test --skip-build
+
+stage "interop: Python grpcio client -> our server"
+Tests/Interop/run-python-client.sh
+
+stage "interop: our Swift client -> Python grpcio server"
+Tests/Interop/run-swift-client.sh
+
+stage "robustness: hostile peers against our server"
+Tests/python-env.sh
+.venv/bin/python -m pytest Tests/Robustness -q -p no:cacheprovider
+
+stage "all test stages passed"
