@@ -20,10 +20,13 @@ SCRATCH="$ROOT/.build-codegen"
 CODEGEN_GROUPS=(
     "Shared/RPCServices/Generated grpc/health/v1/health.proto grpc/reflection/v1/reflection.proto grpc/reflection/v1alpha/reflection.proto"
     "Tests/Interop/InteropProto/Generated grpc_testing/*.proto"
+    # "Shared/CDPProto/Generated cdp/**/*.proto"
 )
 
 # Options for both plugins (protoc-gen-cdp-rpc accepts protoc-gen-swift's Visibility and FileNaming).
-PLUGIN_OPTIONS="Visibility=Public"
+# PathToUnderscores flattens grpc/reflection/v1/reflection.proto to grpc_reflection_v1_reflection.pb.swift:
+# a Swift module cannot have two files with the same name, which v1 and v1alpha would otherwise give.
+PLUGIN_OPTIONS="Visibility=Public,FileNaming=PathToUnderscores"
 
 check=false
 case "${1:-}" in

@@ -9,9 +9,9 @@ struct ServiceGenerator {
         "CallOptions", "ClientCall", "Metadata", "RPCAsyncSequence", "RPCClient", "RPCMethod", "RPCService",
         "RPCWriter", "ServerContext", "ServerMethod", "ServiceDescriptor",
     ]
-    /// The names declared inside the service enum; message types referenced from inside it must not
-    /// be spelled the same.
-    static let nestedNames: Set<String> = ["Client", "Method", "ServiceProtocol", "descriptor"]
+    /// The names declared inside the service enum (and the client's generic parameter `R`); message
+    /// types referenced from inside it must not be spelled the same.
+    static let nestedNames: Set<String> = ["Client", "Method", "R", "ServiceProtocol", "descriptor"]
 
     let service: ServiceDescriptor
     let namer: SwiftProtobufNamer

@@ -25,7 +25,11 @@ struct SourceWriter {
     }
 
     /// Appends `opener {`, the body one level in, and `}` with `closerSuffix`.
-    mutating func block(_ opener: String, closerSuffix: String = "", _ body: (inout SourceWriter) throws -> Void)
+    mutating func block(
+        _ opener: String,
+        closerSuffix: String = "",
+        _ body: (inout SourceWriter) throws -> Void
+    )
         rethrows
     {
         self.line(opener + " {")

@@ -62,13 +62,19 @@ struct MessageDeframer {
             )
         }
         precondition(encoding == "gzip", "unsupported encodings are refused before any message is read")
+        let tooLarge = RPCError(
+            code: .resourceExhausted,
+            message: "Decompressed message exceeds the limit of \(self.maxMessageBytes) bytes."
+        )
         do {
-            return try message.decompress(with: .gzip, maxSize: self.maxMessageBytes)
+            // compress-nio's `maxSize` bounds the allocation only roughly; the exact limit is checked after.
+            let decompressed = try message.decompress(with: .gzip, maxSize: self.maxMessageBytes + 1)
+            guard decompressed.readableBytes <= self.maxMessageBytes else { throw tooLarge }
+            return decompressed
         } catch let error as CompressNIOError where error == .bufferOverflow {
-            throw RPCError(
-                code: .resourceExhausted,
-                message: "Decompressed message exceeds the limit of \(self.maxMessageBytes) bytes."
-            )
+            throw tooLarge
+        } catch let error as RPCError {
+            throw error
         } catch {
             throw RPCError(code: .internalError, message: "Could not decompress a gzip message: \(error).", cause: error)
         }

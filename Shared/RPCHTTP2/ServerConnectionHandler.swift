@@ -162,7 +162,8 @@ final class ServerConnectionHandler: ChannelDuplexHandler, NGHTTP2SessionDelegat
     }
 
     private func idleTimeoutFired() {
-        guard self.streams.isEmpty, let context = self.context else { return }
+        guard !self.streams.values.contains(where: { $0.phase != .receivingHead }), let context = self.context
+        else { return }
         self.logger.debug("closing idle connection")
         self.session?.goAway(errorCode: CDP_NO_ERROR, message: "idle timeout")
         self.flush()
@@ -192,8 +193,8 @@ final class ServerConnectionHandler: ChannelDuplexHandler, NGHTTP2SessionDelegat
 
     func sessionBeginHeaders(streamID: Int32) {
         guard self.streams[streamID] == nil, let context = self.context else { return }
-        self.idleTimer?.cancel()
-        self.idleTimer = nil
+        // The idle timer keeps running until the header block is complete: a peer that starts
+        // requests and never finishes them is as idle as one that sends nothing.
         self.streams[streamID] = ServerStream(
             id: streamID,
             allocator: context.channel.allocator,
@@ -319,6 +320,8 @@ final class ServerConnectionHandler: ChannelDuplexHandler, NGHTTP2SessionDelegat
     // MARK: Calls
 
     private func requestHeadReceived(_ stream: ServerStream, endStream: Bool) {
+        self.idleTimer?.cancel()
+        self.idleTimer = nil
         let head = stream.head
         if stream.headerListTooLarge {
             self.recordGlitch()

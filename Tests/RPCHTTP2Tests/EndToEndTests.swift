@@ -1,3 +1,4 @@
+import Foundation
 import InteropProto
 import Logging
 import NIOCore
@@ -37,7 +38,7 @@ private struct EchoService: RPCService {
                 context.addInitialMetadata(Metadata([("x-initial", context.requestMetadata.first("x-echo") ?? "")]))
                 context.addTrailingMetadata(Metadata([("x-trailing", "done")]))
                 var response = Grpc_Testing_SimpleResponse()
-                response.payload.body = request.payload.body + [UInt8](repeating: 1, count: Int(request.responseSize))
+                response.payload.body = request.payload.body + Data(repeating: 1, count: Int(request.responseSize))
                 return response
             },
             .clientStreaming(Echo.collect) { requests, _ in
@@ -50,7 +51,7 @@ private struct EchoService: RPCService {
             .serverStreaming(Echo.expand) { request, responses, _ in
                 for parameters in request.responseParameters {
                     var response = Grpc_Testing_StreamingOutputCallResponse()
-                    response.payload.body = [UInt8](repeating: 2, count: Int(parameters.size))
+                    response.payload.body = Data(repeating: 2, count: Int(parameters.size))
                     try await responses.write(response)
                 }
             },
@@ -99,10 +100,10 @@ private func withServerAndClient(
     @Test func unaryCarriesMessagesAndMetadataBothWays() async throws {
         try await withServerAndClient { client in
             var request = Grpc_Testing_SimpleRequest()
-            request.payload.body = [9, 9]
+            request.payload.body = Data([9, 9])
             request.responseSize = 3
             let response = try await client.unary(Echo.unary, request, metadata: Metadata([("x-echo", "hello")]))
-            #expect(response.message.payload.body == [9, 9, 1, 1, 1])
+            #expect(response.message.payload.body == Data([9, 9, 1, 1, 1]))
             #expect(response.initialMetadata.first("x-initial") == "hello")
             #expect(response.trailingMetadata.first("x-trailing") == "done")
         }
@@ -112,7 +113,7 @@ private func withServerAndClient(
         try await withServerAndClient { client in
             let requests = [10, 0, 70_000].map { size in
                 var request = Grpc_Testing_StreamingInputCallRequest()
-                request.payload.body = [UInt8](repeating: 0, count: size)
+                request.payload.body = Data(count: size)
                 return request
             }
             let response = try await client.clientStreaming(Echo.collect, requests)
@@ -148,10 +149,10 @@ private func withServerAndClient(
             try await client.withCall(Echo.chat) { call in
                 for index in 0..<50 {
                     var request = Grpc_Testing_StreamingOutputCallRequest()
-                    request.payload.body = [UInt8(index)]
+                    request.payload.body = Data([UInt8(index)])
                     try await call.send(request)
                     let response = try await call.receive()
-                    #expect(response?.payload.body == [UInt8(index)])
+                    #expect(response?.payload.body == Data([UInt8(index)]))
                 }
                 try await call.closeSend()
                 #expect(try await call.receive() == nil)
@@ -237,7 +238,7 @@ private func withServerAndClient(
     @Test func oversizedRequestsAreResourceExhausted() async throws {
         try await withServerAndClient(.init(maxReceiveMessageBytes: 1000)) { client in
             var request = Grpc_Testing_SimpleRequest()
-            request.payload.body = [UInt8](repeating: 0, count: 5000)
+            request.payload.body = Data(count: 5000)
             await #expect {
                 _ = try await client.unary(Echo.unary, request)
             } throws: { ($0 as? RPCError)?.code == .resourceExhausted }
@@ -286,14 +287,14 @@ private func withServerAndClient(
         let transport = HTTP2ClientTransport(configuration: .init(host: "127.0.0.1", port: address.port!))
         let client = RPCClient(transport: transport)
         var request = Grpc_Testing_StreamingOutputCallRequest()
-        request.payload.body = [1]
+        request.payload.body = Data([1])
         try await client.withCall(Echo.chat) { call in
             try await call.send(request)
             _ = try await call.receive()
             // Shutdown starts while the call is open; the call can still complete.
             async let stopped: Void = server.shutdown()
             try await call.send(request)
-            #expect(try await call.receive()?.payload.body == [1])
+            #expect(try await call.receive()?.payload.body == Data([1]))
             try await call.closeSend()
             #expect(try await call.receive() == nil)
             await stopped

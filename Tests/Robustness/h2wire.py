@@ -493,11 +493,18 @@ class H2Client:
         return sid
 
     def send(self, sid: int, data: bytes, end_stream: bool = False, timeout: float | None = None) -> None:
-        """Send DATA respecting flow control and frame size (waits for WINDOW_UPDATEs)."""
+        """Send DATA respecting flow control and frame size (waits for WINDOW_UPDATEs).
+        Stops quietly when the server has already ended or reset the stream."""
         deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
         view = memoryview(data)
+        st = self.streams.get(sid)
         while True:
-            window = self.conn.local_flow_control_window(sid)
+            if st is not None and st.done:
+                return
+            try:
+                window = self.conn.local_flow_control_window(sid)
+            except h2.exceptions.StreamClosedError:
+                return
             n = min(len(view), window, self.conn.max_outbound_frame_size)
             if n > 0 or len(view) == 0:
                 last = n == len(view)

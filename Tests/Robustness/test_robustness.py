@@ -93,6 +93,7 @@ def test_01_malformed_frames(target):
         problems.append(_connection_error_outcome(c, {w.PROTOCOL_ERROR}, "WINDOW_UPDATE 0 on stream 0"))
         seen.append(f"WINDOW_UPDATE 0 -> {c.summary()}")
 
+    print("\n".join(seen))
     problems = [p for p in problems if p]
     assert not problems, "\n".join(problems) + "\n--- observed:\n" + "\n".join(seen)
 
@@ -253,6 +254,8 @@ def test_06_rapid_reset_flood(target):
             c.send(w.ping_frame(b"flooded!"))
         c.wait_for(lambda: c.goaway is not None or c.closed or acked(), REACT)
         c.wait_goaway_or_close(1.0)
+        if c.goaway is not None and c.goaway.error_code != w.NO_ERROR:
+            c.wait_closed(REACT)   # RFC 9113 5.4.1: after a GOAWAY for an error, MUST close
         # Expected: the server notices the flood and sends GOAWAY (ENHANCE_YOUR_CALM or another
         # code) and/or closes the connection before processing all of them.
         assert c.goaway is not None or c.closed, \
@@ -262,6 +265,8 @@ def test_06_rapid_reset_flood(target):
         if c.goaway is not None:
             assert c.goaway.last_stream_id < 1 + 2 * (total - 1), \
                 f"GOAWAY came only after every stream was processed: {c.goaway}"
+            assert c.closed or c.goaway.error_code == w.NO_ERROR, \
+                f"GOAWAY {c.goaway} for an error but the connection stayed open for {REACT}s"
         print(f"rapid reset: sent {sent} pairs in {elapsed:.1f}s; {c.summary()}")
 
 
@@ -309,9 +314,16 @@ def test_07_too_many_streams(target):
                 assert code in (w.REFUSED_STREAM, w.PROTOCOL_ERROR), \
                     f"stream {s} over the limit: expected RST_STREAM REFUSED_STREAM/PROTOCOL_ERROR, got " \
                     f"{c.streams[s].describe()}; {c.summary()}"
+        elif c.goaway.error_code == w.PROTOCOL_ERROR:
+            # RFC 9113 5.4.1: an endpoint MAY treat the stream error as a connection error. nghttp2
+            # does so once the client has acknowledged the limit (a client that ignores a setting
+            # it acknowledged is broken); the issue accepts GOAWAY. The bystander check after the
+            # test proves other connections are unaffected.
+            return
         else:
             assert c.goaway.last_stream_id >= first[-1], f"GOAWAY dropped accepted streams: {c.goaway}"
-        assert not c.closed, f"connection closed: {c.summary()}"
+        assert not c.closed, (f"the streams over the limit closed the connection without a PROTOCOL_ERROR "
+                              f"GOAWAY: {c.summary()}")
         for s in first:
             st = c.streams[s]
             assert st.reset_code is None, f"accepted stream reset: {st.describe()}"
@@ -420,6 +432,7 @@ def test_10_client_never_reads(target):
         assert rss_growth <= budget_mib and hwm_growth <= budget_mib, \
             (f"server memory grew while a client did not read {2 * n} MiB of responses: RSS +{rss_growth} MiB, "
              f"peak +{hwm_growth} MiB (budget {budget_mib} MiB; before={before} after={after} KiB)")
+        print(f"never-reading clients: RSS +{rss_growth} MiB, peak +{hwm_growth} MiB (before={before} after={after})")
         # the stalled streams are still alive and resume when the client reads again
         b.auto_flow_control = True
         for cl in (a, b):

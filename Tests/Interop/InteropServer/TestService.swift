@@ -1,3 +1,4 @@
+import Foundation
 import InteropProto
 import RPCCore
 
@@ -29,7 +30,7 @@ struct TestService: Grpc_Testing_TestService.ServiceProtocol {
 
     private func payload(size: Int32) -> Grpc_Testing_Payload {
         var payload = Grpc_Testing_Payload()
-        payload.body = [UInt8](repeating: 0, count: Int(max(0, size)))
+        payload.body = Data(count: Int(max(0, size)))
         return payload
     }
 

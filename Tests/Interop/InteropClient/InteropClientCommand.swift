@@ -1,4 +1,5 @@
 import ArgumentParser
+import Foundation
 import InteropProto
 import RPCCore
 import RPCHTTP2
@@ -92,7 +93,7 @@ enum InteropCase: String, CaseIterable {
 
     private static func payload(_ size: Int) -> Grpc_Testing_Payload {
         var payload = Grpc_Testing_Payload()
-        payload.body = [UInt8](repeating: 0, count: size)
+        payload.body = Data(count: size)
         return payload
     }
 

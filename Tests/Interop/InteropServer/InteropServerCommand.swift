@@ -1,5 +1,6 @@
 import ArgumentParser
 import Dispatch
+import Foundation
 import Logging
 import RPCCore
 import RPCHTTP2
@@ -75,8 +76,8 @@ struct InteropServerCommand: AsyncParsableCommand {
             logger: logger
         )
         let address = try await server.start()
-        print("listening on \(self.host):\(address.port ?? self.port)")
-        fflush(stdout)
+        // Written unbuffered: scripts wait for this line on a pipe.
+        FileHandle.standardOutput.write(Data("listening on \(self.host):\(address.port ?? self.port)\n".utf8))
 
         await withTaskGroup(of: Void.self) { group in
             group.addTask { await waitForTerminationSignal() }

@@ -1,1 +1,0 @@
-// generated code lands here (proto/generate.sh)
