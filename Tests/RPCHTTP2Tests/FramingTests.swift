@@ -59,7 +59,7 @@ import Testing
         bytes.writeImmutableBuffer(self.framed([]))
         bytes.writeImmutableBuffer(self.framed(Array(repeating: 7, count: 300)))
         var messages: [[UInt8]] = []
-        while let chunk = bytes.readSlice(length: min(7, bytes.readableBytes)) {
+        while bytes.readableBytes > 0, let chunk = bytes.readSlice(length: min(7, bytes.readableBytes)) {
             deframer.append(chunk)
             while let message = try deframer.next() { messages.append(Array(message.readableBytesView)) }
         }
