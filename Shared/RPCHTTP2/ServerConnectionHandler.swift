@@ -273,13 +273,9 @@ final class ServerConnectionHandler: ChannelDuplexHandler, NGHTTP2SessionDelegat
             )
         }
         stream.abort()
-        if self.streams.isEmpty {
-            if self.goingAway {
-                self.context?.close(promise: nil)
-            } else {
-                self.armIdleTimer()
-            }
-        }
+        // A connection going away closes in `flush()`, once nghttp2 has nothing left to read or send:
+        // closing here would drop the frames (such as this stream's trailers) still being written.
+        if self.streams.isEmpty && !self.goingAway { self.armIdleTimer() }
     }
 
     func sessionReadBody(streamID: Int32, into buffer: UnsafeMutableRawBufferPointer) -> BodyChunk {
@@ -310,7 +306,6 @@ final class ServerConnectionHandler: ChannelDuplexHandler, NGHTTP2SessionDelegat
 
     func sessionReceivedGoAway(lastStreamID: Int32, errorCode: UInt32) {
         self.goingAway = true
-        if self.streams.isEmpty { self.context?.close(promise: nil) }
     }
 
     func sessionInvalidFrame(streamID: Int32) {
