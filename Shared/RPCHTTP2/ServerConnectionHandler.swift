@@ -391,12 +391,13 @@ final class ServerConnectionHandler: ChannelDuplexHandler, NGHTTP2SessionDelegat
             timeout = parsed
             deadline = .now + parsed
         }
+        guard let context = self.context else { return }
         stream.method = method
         stream.inbound = InboundMessages(
             deframer: MessageDeframer(
                 maxMessageBytes: self.configuration.maxReceiveMessageBytes,
                 encoding: encoding,
-                allocator: self.context!.channel.allocator
+                allocator: context.channel.allocator
             )
         )
         stream.callContext = ServerContext(
@@ -458,7 +459,7 @@ final class ServerConnectionHandler: ChannelDuplexHandler, NGHTTP2SessionDelegat
             requestSequence = .elements(requests.map { Array($0.readableBytesView) })
         } else {
             requestSequence = RPCAsyncSequence {
-                try await eventLoop.flatSubmit { loopBound.value.nextRequest(streamID: id) }.get()
+                try await eventLoop.flatSubmit { loopBound.value.nextRequest(streamID: id, on: eventLoop) }.get()
                     .map { Array($0.readableBytesView) }
             }
         }
@@ -476,7 +477,7 @@ final class ServerConnectionHandler: ChannelDuplexHandler, NGHTTP2SessionDelegat
                 }
                 return
             }
-            try await eventLoop.flatSubmit { loopBound.value.writeResponse(streamID: id, message) }.get()
+            try await eventLoop.flatSubmit { loopBound.value.writeResponse(streamID: id, message, on: eventLoop) }.get()
         }
         stream.task = Task {
             var failure: RPCError?
@@ -506,8 +507,10 @@ final class ServerConnectionHandler: ChannelDuplexHandler, NGHTTP2SessionDelegat
         }
     }
 
-    private func nextRequest(streamID: Int32) -> EventLoopFuture<ByteBuffer?> {
-        let promise = self.context!.eventLoop.makePromise(of: ByteBuffer?.self)
+    // The event loop is passed in: handler tasks may still call after the channel is gone
+    // (`context` is then nil), and must get a failed future, not a crash.
+    private func nextRequest(streamID: Int32, on eventLoop: any EventLoop) -> EventLoopFuture<ByteBuffer?> {
+        let promise = eventLoop.makePromise(of: ByteBuffer?.self)
         guard let stream = self.streams[streamID] else {
             promise.fail(RPCError(code: .cancelled, message: "The call was cancelled."))
             return promise.futureResult
@@ -520,8 +523,7 @@ final class ServerConnectionHandler: ChannelDuplexHandler, NGHTTP2SessionDelegat
         return promise.futureResult
     }
 
-    private func writeResponse(streamID: Int32, _ message: [UInt8]) -> EventLoopFuture<Void> {
-        let eventLoop = self.context!.eventLoop
+    private func writeResponse(streamID: Int32, _ message: [UInt8], on eventLoop: any EventLoop) -> EventLoopFuture<Void> {
         guard let stream = self.streams[streamID], stream.phase == .running else {
             return eventLoop.makeFailedFuture(RPCError(code: .cancelled, message: "The call has ended."))
         }
