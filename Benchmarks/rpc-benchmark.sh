@@ -47,6 +47,8 @@ PY_DIR=Tests/Interop/python
 log() { echo "rpc-benchmark: $*" >&2; }
 die() { echo "rpc-benchmark: error: $*" >&2; exit 1; }
 usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; }
+# shellcheck source=Tests/Interop/lib.sh
+source Tests/Interop/lib.sh
 
 while (( $# )); do
   case "$1" in
@@ -77,72 +79,33 @@ fi
 # --- 2. python environment ----------------------------------------------------
 Tests/python-env.sh >&2
 
-WORK_DIR="$(mktemp -d "${TMPDIR:-/tmp}/cdp-bench.XXXXXX")"
-SERVER_PIDS=()
+# Temp dir WORK_DIR; on any exit every server started is stopped (TERM, KILL
+# after 5 s) and WORK_DIR removed.
+servers_init cdp-bench
 
-# Stop every server we started (each is its own process group via setsid:
-# TERM the group, KILL after 5 s) and remove temp files, on any exit.
-cleanup() {
-  local status=$?
-  local pid
-  for pid in "${SERVER_PIDS[@]}"; do
-    kill -TERM -- "-$pid" 2>/dev/null || true
-  done
-  for pid in "${SERVER_PIDS[@]}"; do
-    for _ in $(seq 50); do
-      kill -0 "$pid" 2>/dev/null || break
-      sleep 0.1
-    done
-    kill -KILL -- "-$pid" 2>/dev/null || true
-    wait "$pid" 2>/dev/null || true
-  done
-  rm -rf "$WORK_DIR"
-  exit "$status"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-
-# start_server NAME CMD...: start CMD in the background (stdout/stderr to
-# $WORK_DIR/NAME.out/.err), wait for its first stdout line
-# "listening on 127.0.0.1:PORT", and set STARTED_PID / STARTED_PORT.
-start_server() {
+# start_bench_server NAME CMD...: start_server (Tests/Interop/lib.sh) with
+# stdout/stderr in $WORK_DIR/NAME.out/.err; dies unless the first stdout line
+# is "listening on 127.0.0.1:PORT". Sets SERVER_PID / SERVER_PORT.
+start_bench_server() {
   local name="$1"; shift
-  local out="$WORK_DIR/$name.out" err="$WORK_DIR/$name.err"
   log "starting $name server: $* --port 0"
-  : >"$out"; : >"$err"  # exist before the poll loop reads them
-  setsid "$@" --port 0 >"$out" 2>"$err" </dev/null &
-  STARTED_PID=$!
-  SERVER_PIDS+=("$STARTED_PID")
-  STARTED_PORT=""
-  local deadline=$((SECONDS + STARTUP_TIMEOUT)) first_line rc
-  while (( SECONDS < deadline )); do
-    if [[ "$(wc -l <"$out")" -ge 1 ]]; then
-      first_line="$(head -n 1 "$out")"
-      if [[ "$first_line" =~ ^listening\ on\ 127\.0\.0\.1:([0-9]+)$ ]]; then
-        STARTED_PORT="${BASH_REMATCH[1]}"
-        log "$name server pid $STARTED_PID listening on 127.0.0.1:$STARTED_PORT"
-        return 0
-      fi
-      tail -n 20 "$err" >&2
-      die "$name server: unexpected first stdout line '$first_line'"
-    fi
-    if ! kill -0 "$STARTED_PID" 2>/dev/null; then
-      wait "$STARTED_PID" && rc=0 || rc=$?
-      tail -n 20 "$err" >&2
-      die "$name server exited with status $rc before printing 'listening on ...'"
-    fi
-    sleep 0.1
-  done
-  tail -n 20 "$err" >&2
-  die "$name server printed no 'listening on 127.0.0.1:PORT' line within ${STARTUP_TIMEOUT} s"
+  start_server "$name" '127\.0\.0\.1' "$@"
+  if [[ -z "$SERVER_PORT" ]]; then
+    tail -n 20 "$WORK_DIR/$name.err" >&2
+    case "$START_ERROR" in
+      line) die "$name server: unexpected first stdout line '$START_DETAIL'" ;;
+      exit) die "$name server exited with status $START_DETAIL before printing 'listening on ...'" ;;
+      *)    die "$name server printed no 'listening on 127.0.0.1:PORT' line within ${STARTUP_TIMEOUT} s" ;;
+    esac
+  fi
+  log "$name server pid $SERVER_PID listening on 127.0.0.1:$SERVER_PORT"
 }
 
 # --- 3. servers -------------------------------------------------------------------
-start_server ours "$OUR_SERVER"
-OURS_PID=$STARTED_PID OURS_PORT=$STARTED_PORT
-start_server python "$PY" -u "$PY_DIR/interop_server.py"
-PYTHON_PID=$STARTED_PID PYTHON_PORT=$STARTED_PORT
+start_bench_server ours "$OUR_SERVER"
+OURS_PID=$SERVER_PID OURS_PORT=$SERVER_PORT
+start_bench_server python "$PY" -u "$PY_DIR/interop_server.py"
+PYTHON_PID=$SERVER_PID PYTHON_PORT=$SERVER_PORT
 
 # --- request bodies: gRPC length-prefixed messages (1-byte compressed flag,
 # 4-byte big-endian length, protobuf bytes) -----------------------------------

@@ -14,8 +14,6 @@ final class ClientConnectionHandler: ChannelDuplexHandler, NGHTTP2SessionDelegat
     private var session: NGHTTP2Session?
     private var context: ChannelHandlerContext?
     private var streams: [Int32: ClientStreamState] = [:]
-    private var flushing = false
-    private var receiving = false
     /// No new calls once the server sent GOAWAY or the connection closed.
     private(set) var isUsable = true
 
@@ -60,12 +58,9 @@ final class ClientConnectionHandler: ChannelDuplexHandler, NGHTTP2SessionDelegat
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         guard let session = self.session else { return }
-        self.receiving = true
-        defer { self.receiving = false }
         do {
             try session.receive(self.unwrapInboundIn(data))
         } catch {
-            self.receiving = false
             self.failAll(RPCError(code: .unavailable, message: "The server violated HTTP/2: \(error)."))
             self.flush()
             context.close(promise: nil)
@@ -79,27 +74,15 @@ final class ClientConnectionHandler: ChannelDuplexHandler, NGHTTP2SessionDelegat
 
     func channelWritabilityChanged(context: ChannelHandlerContext) {
         if context.channel.isWritable {
-            for (id, stream) in self.streams where stream.outbound.deferred {
-                stream.outbound.deferred = false
-                self.session?.resumeBody(streamID: id)
-            }
+            self.session?.resumeDeferredBodies(self.streams.values)
             self.flush()
         }
         context.fireChannelWritabilityChanged()
     }
 
     private func flush() {
-        guard !self.flushing, !self.receiving, let session = self.session, let context = self.context else { return }
-        self.flushing = true
-        defer { self.flushing = false }
-        var buffer = context.channel.allocator.buffer(capacity: 0)
-        do {
-            try session.send(into: &buffer)
-        } catch {
-            context.close(promise: nil)
-            return
-        }
-        if buffer.readableBytes > 0 { context.writeAndFlush(self.wrapOutboundOut(buffer), promise: nil) }
+        guard let session = self.session, let context = self.context else { return }
+        if !session.flush(to: context) { context.close(promise: nil) }
     }
 
     private func failAll(_ error: RPCError) {
@@ -325,7 +308,7 @@ final class ClientConnectionHandler: ChannelDuplexHandler, NGHTTP2SessionDelegat
 }
 
 /// One call on a client connection. Event-loop confined.
-final class ClientStreamState {
+final class ClientStreamState: StreamWithBody {
     let id: Int32
     let eventLoop: any EventLoop
     let compressRequests: Bool

@@ -58,6 +58,9 @@ final class NGHTTP2Session {
 
     fileprivate unowned(unsafe) let delegate: any NGHTTP2SessionDelegate
     private var session: OpaquePointer?
+    /// Set while nghttp2 runs our callbacks from `receive` or `flush`: session I/O must not be
+    /// re-entered from a callback, so a flush requested then is left to the outer caller.
+    private var inSessionIO = false
 
     /// Creates a session and queues the initial SETTINGS (sent with the next ``send(into:)``).
     init(role: Role, delegate: any NGHTTP2SessionDelegate, settings: Settings) {
@@ -111,10 +114,40 @@ final class NGHTTP2Session {
     /// - Throws: ``SessionError`` when the peer violated the protocol; nghttp2 has then queued a
     ///   GOAWAY where appropriate, and the connection should be flushed and closed.
     func receive(_ buffer: ByteBuffer) throws(SessionError) {
+        self.inSessionIO = true
+        defer { self.inSessionIO = false }
         let result = buffer.withUnsafeReadableBytes { bytes in
             cdp_session_mem_recv(self.session, bytes.bindMemory(to: UInt8.self).baseAddress, bytes.count)
         }
         if result < 0 { throw SessionError(code: Int32(result)) }
+    }
+
+    /// Writes every frame nghttp2 has ready to the channel.
+    ///
+    /// Does nothing when called from inside a callback (the caller of ``receive(_:)`` or the
+    /// running flush picks the frames up).
+    /// - Returns: `false` when the session failed and the connection should close.
+    func flush(to context: ChannelHandlerContext) -> Bool {
+        guard !self.inSessionIO else { return true }
+        self.inSessionIO = true
+        defer { self.inSessionIO = false }
+        var buffer = context.channel.allocator.buffer(capacity: 0)
+        do {
+            try self.send(into: &buffer)
+        } catch {
+            return false
+        }
+        if buffer.readableBytes > 0 { context.writeAndFlush(NIOAny(buffer), promise: nil) }
+        return true
+    }
+
+    /// Tells nghttp2 that the deferred bodies of these streams may be read again (the channel
+    /// became writable).
+    func resumeDeferredBodies(_ streams: some Sequence<some StreamWithBody>) {
+        for stream in streams where stream.outbound.deferred {
+            stream.outbound.deferred = false
+            self.resumeBody(streamID: stream.id)
+        }
     }
 
     /// Appends every frame nghttp2 has ready to `buffer`.
@@ -223,6 +256,12 @@ final class NGHTTP2Session {
             return nva.withUnsafeMutableBufferPointer { body($0.baseAddress!, $0.count) }
         }
     }
+}
+
+/// A stream whose outgoing messages nghttp2 reads through ``NGHTTP2SessionDelegate/sessionReadBody(streamID:into:)``.
+protocol StreamWithBody: AnyObject {
+    var id: Int32 { get }
+    var outbound: OutboundMessages { get set }
 }
 
 /// An nghttp2 error code with its description.

@@ -199,7 +199,8 @@ public final class RPCServer: Sendable {
                 group.addTask { try? await connection.closeFuture.get() }
             }
             group.addTask {
-                try? await Task.sleep(for: self.configuration.shutdownGracePeriod)
+                // Cancelled once every connection has closed by itself; otherwise the grace period ends.
+                guard (try? await Task.sleep(for: self.configuration.shutdownGracePeriod)) != nil else { return }
                 for connection in connections { connection.close(promise: nil) }
             }
             // Wait for every connection, then stop the grace timer if it has not fired.

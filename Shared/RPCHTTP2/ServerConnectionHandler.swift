@@ -24,8 +24,6 @@ final class ServerConnectionHandler: ChannelDuplexHandler, NGHTTP2SessionDelegat
     private var streams: [Int32: ServerStream] = [:]
     private var idleTimer: Scheduled<Void>?
     private var goingAway = false
-    private var flushing = false
-    private var receiving = false
     /// Peer misbehaviour that nghttp2 tolerates per stream but that costs us work; past a limit the
     /// connection is closed (nghttp2 1.52 lacks the newer "glitch" limiter).
     private var glitches = 0
@@ -79,14 +77,17 @@ final class ServerConnectionHandler: ChannelDuplexHandler, NGHTTP2SessionDelegat
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         guard let session = self.session else { return }
-        let buffer = self.unwrapInboundIn(data)
-        self.receiving = true
-        defer { self.receiving = false }
         do {
-            try session.receive(buffer)
+            try session.receive(self.unwrapInboundIn(data))
         } catch {
             self.logger.debug("closing connection after protocol error", metadata: ["error": "\(error)"])
-            self.receiving = false
+            self.flush()
+            context.close(promise: nil)
+            return
+        }
+        if self.glitches >= Self.maxGlitches {
+            self.logger.info("closing abusive connection", metadata: ["glitches": "\(self.glitches)"])
+            session.goAway(errorCode: CDP_ENHANCE_YOUR_CALM, message: "too many protocol errors")
             self.flush()
             context.close(promise: nil)
         }
@@ -99,10 +100,7 @@ final class ServerConnectionHandler: ChannelDuplexHandler, NGHTTP2SessionDelegat
 
     func channelWritabilityChanged(context: ChannelHandlerContext) {
         if context.channel.isWritable {
-            for (id, stream) in self.streams where stream.outbound.deferred {
-                stream.outbound.deferred = false
-                self.session?.resumeBody(streamID: id)
-            }
+            self.session?.resumeDeferredBodies(self.streams.values)
             self.flush()
         }
         context.fireChannelWritabilityChanged()
@@ -123,19 +121,10 @@ final class ServerConnectionHandler: ChannelDuplexHandler, NGHTTP2SessionDelegat
 
     /// Sends every frame nghttp2 has ready; closes the connection when the session is done.
     private func flush() {
-        guard !self.flushing, !self.receiving, let session = self.session, let context = self.context else { return }
-        self.flushing = true
-        defer { self.flushing = false }
-        var buffer = context.channel.allocator.buffer(capacity: 0)
-        do {
-            try session.send(into: &buffer)
-        } catch {
-            self.logger.debug("nghttp2 send failed", metadata: ["error": "\(error)"])
+        guard let session = self.session, let context = self.context else { return }
+        guard session.flush(to: context) else {
             context.close(promise: nil)
             return
-        }
-        if buffer.readableBytes > 0 {
-            context.writeAndFlush(self.wrapOutboundOut(buffer), promise: nil)
         }
         if !session.wantsRead && !session.wantsWrite {
             context.close(promise: nil)
@@ -178,15 +167,10 @@ final class ServerConnectionHandler: ChannelDuplexHandler, NGHTTP2SessionDelegat
         if self.streams.isEmpty { context.close(promise: nil) }
     }
 
+    /// Counts peer misbehaviour; `channelRead` closes the connection past the limit (not here:
+    /// this runs inside nghttp2 callbacks, where the session must not be flushed).
     private func recordGlitch() {
         self.glitches += 1
-        if self.glitches == Self.maxGlitches, let context = self.context {
-            self.logger.info("closing abusive connection", metadata: ["glitches": "\(self.glitches)"])
-            self.session?.goAway(errorCode: CDP_ENHANCE_YOUR_CALM, message: "too many protocol errors")
-            self.receiving = false
-            self.flush()
-            context.close(promise: nil)
-        }
     }
 
     // MARK: nghttp2 session events
@@ -608,7 +592,7 @@ final class ServerConnectionHandler: ChannelDuplexHandler, NGHTTP2SessionDelegat
 }
 
 /// The state of one call on a server connection. Event-loop confined.
-final class ServerStream {
+final class ServerStream: StreamWithBody {
     enum Phase: Equatable {
         /// Request headers are arriving.
         case receivingHead

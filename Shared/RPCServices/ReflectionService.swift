@@ -19,9 +19,8 @@ struct ReflectionIndex: Sendable {
     private var fileBySymbol: [String: String] = [:]
     private var serviceNames: [String] = []
 
-    init(services: [any RPCService]) {
-        for service in services {
-            let descriptor = service.serviceDescriptor
+    init(services: [any RPCService], extraDescriptors: [ServiceDescriptor]) {
+        for descriptor in services.map(\.serviceDescriptor) + extraDescriptors {
             self.serviceNames.append(descriptor.fullName)
             for (name, bytes) in descriptor.fileDescriptors where self.files[name] == nil {
                 guard let file = try? Google_Protobuf_FileDescriptorProto(serializedBytes: bytes) else { continue }
@@ -30,7 +29,6 @@ struct ReflectionIndex: Sendable {
                 self.indexSymbols(of: file)
             }
         }
-        self.serviceNames.append(contentsOf: ["grpc.reflection.v1.ServerReflection", "grpc.reflection.v1alpha.ServerReflection"])
         self.serviceNames = Array(Set(self.serviceNames)).sorted()
     }
 
@@ -94,108 +92,79 @@ struct ReflectionIndex: Sendable {
 }
 
 /// Server reflection (`grpc.reflection.v1.ServerReflection` and the older `v1alpha`, which
-/// grpcurl versions before 1.9 use), so tools can call the server without proto files.
+/// grpcurl versions before 1.9 and grpcio's reflection client use), so tools can call the server
+/// without proto files.
 ///
 /// Put it in the server's service list, built with the same services (itself excluded).
 public struct ReflectionService: RPCService {
     private let index: ReflectionIndex
 
+    /// `v1alpha` has the same messages, field for field, as `v1`: one implementation serves both,
+    /// with the `v1` types decoding and encoding `v1alpha` calls.
+    private static let v1alphaInfo = RPCMethod<
+        Grpc_Reflection_V1_ServerReflectionRequest, Grpc_Reflection_V1_ServerReflectionResponse
+    >(service: "grpc.reflection.v1alpha.ServerReflection", method: "ServerReflectionInfo", kind: .bidirectional)
+
     /// Creates the service for the given served services.
     public init(services: [any RPCService]) {
-        self.index = ReflectionIndex(services: services + [ReflectionV1(index: nil), ReflectionV1Alpha(index: nil)])
+        self.index = ReflectionIndex(
+            services: services,
+            extraDescriptors: [
+                Grpc_Reflection_V1_ServerReflection.descriptor, Grpc_Reflection_V1alpha_ServerReflection.descriptor,
+            ]
+        )
     }
 
     public var serviceDescriptor: ServiceDescriptor { Grpc_Reflection_V1_ServerReflection.descriptor }
 
     public var methods: [ServerMethod] {
-        ReflectionV1(index: self.index).methods + ReflectionV1Alpha(index: self.index).methods
+        let index = self.index
+        let handler: @Sendable (
+            RPCAsyncSequence<Grpc_Reflection_V1_ServerReflectionRequest>,
+            RPCWriter<Grpc_Reflection_V1_ServerReflectionResponse>,
+            ServerContext
+        ) async throws -> Void = { requests, responses, _ in
+            for try await request in requests { try await responses.write(index.respond(to: request)) }
+        }
+        return [
+            .bidirectional(Grpc_Reflection_V1_ServerReflection.Method.serverReflectionInfo, handler: handler),
+            .bidirectional(Self.v1alphaInfo, handler: handler),
+        ]
     }
 }
 
-private struct ReflectionV1: Grpc_Reflection_V1_ServerReflection.ServiceProtocol {
-    let index: ReflectionIndex?
-
-    func serverReflectionInfo(
-        requests: RPCAsyncSequence<Grpc_Reflection_V1_ServerReflectionRequest>,
-        responses: RPCWriter<Grpc_Reflection_V1_ServerReflectionResponse>,
-        context: ServerContext
-    ) async throws {
-        guard let index = self.index else { return }
-        for try await request in requests {
-            var response = Grpc_Reflection_V1_ServerReflectionResponse()
-            response.validHost = request.host
-            response.originalRequest = request
-            let answer: ReflectionIndex.Answer =
-                switch request.messageRequest {
-                case .fileByFilename(let name): index.fileByName(name)
-                case .fileContainingSymbol(let symbol): index.fileContainingSymbol(symbol)
-                case .listServices: index.listServices()
-                case .allExtensionNumbersOfType(let type): index.extensionNumbers(ofType: type)
-                case .fileContainingExtension(let request):
-                    index.fileContainingExtension(type: request.containingType, number: request.extensionNumber)
-                case nil: .error(code: .invalidArgument, message: "The request names no question.")
-                }
-            switch answer {
-            case .files(let files):
-                response.fileDescriptorResponse.fileDescriptorProto = files
-            case .services(let names):
-                response.listServicesResponse.service = names.map { name in
-                    var service = Grpc_Reflection_V1_ServiceResponse()
-                    service.name = name
-                    return service
-                }
-            case .extensionNumbers(let type, let numbers):
-                response.allExtensionNumbersResponse.baseTypeName = type
-                response.allExtensionNumbersResponse.extensionNumber = numbers
-            case .error(let code, let message):
-                response.errorResponse.errorCode = Int32(code.rawValue)
-                response.errorResponse.errorMessage = message
+extension ReflectionIndex {
+    /// Answers one reflection request.
+    func respond(to request: Grpc_Reflection_V1_ServerReflectionRequest) -> Grpc_Reflection_V1_ServerReflectionResponse {
+        var response = Grpc_Reflection_V1_ServerReflectionResponse()
+        response.validHost = request.host
+        response.originalRequest = request
+        let answer: Answer =
+            switch request.messageRequest {
+            case .fileByFilename(let name): self.fileByName(name)
+            case .fileContainingSymbol(let symbol): self.fileContainingSymbol(symbol)
+            case .listServices: self.listServices()
+            case .allExtensionNumbersOfType(let type): self.extensionNumbers(ofType: type)
+            case .fileContainingExtension(let request):
+                self.fileContainingExtension(type: request.containingType, number: request.extensionNumber)
+            case nil: .error(code: .invalidArgument, message: "The request names no question.")
             }
-            try await responses.write(response)
-        }
-    }
-}
-
-private struct ReflectionV1Alpha: Grpc_Reflection_V1alpha_ServerReflection.ServiceProtocol {
-    let index: ReflectionIndex?
-
-    func serverReflectionInfo(
-        requests: RPCAsyncSequence<Grpc_Reflection_V1alpha_ServerReflectionRequest>,
-        responses: RPCWriter<Grpc_Reflection_V1alpha_ServerReflectionResponse>,
-        context: ServerContext
-    ) async throws {
-        guard let index = self.index else { return }
-        for try await request in requests {
-            var response = Grpc_Reflection_V1alpha_ServerReflectionResponse()
-            response.validHost = request.host
-            response.originalRequest = request
-            let answer: ReflectionIndex.Answer =
-                switch request.messageRequest {
-                case .fileByFilename(let name): index.fileByName(name)
-                case .fileContainingSymbol(let symbol): index.fileContainingSymbol(symbol)
-                case .listServices: index.listServices()
-                case .allExtensionNumbersOfType(let type): index.extensionNumbers(ofType: type)
-                case .fileContainingExtension(let request):
-                    index.fileContainingExtension(type: request.containingType, number: request.extensionNumber)
-                case nil: .error(code: .invalidArgument, message: "The request names no question.")
-                }
-            switch answer {
-            case .files(let files):
-                response.fileDescriptorResponse.fileDescriptorProto = files
-            case .services(let names):
-                response.listServicesResponse.service = names.map { name in
-                    var service = Grpc_Reflection_V1alpha_ServiceResponse()
-                    service.name = name
-                    return service
-                }
-            case .extensionNumbers(let type, let numbers):
-                response.allExtensionNumbersResponse.baseTypeName = type
-                response.allExtensionNumbersResponse.extensionNumber = numbers
-            case .error(let code, let message):
-                response.errorResponse.errorCode = Int32(code.rawValue)
-                response.errorResponse.errorMessage = message
+        switch answer {
+        case .files(let files):
+            response.fileDescriptorResponse.fileDescriptorProto = files
+        case .services(let names):
+            response.listServicesResponse.service = names.map { name in
+                var service = Grpc_Reflection_V1_ServiceResponse()
+                service.name = name
+                return service
             }
-            try await responses.write(response)
+        case .extensionNumbers(let type, let numbers):
+            response.allExtensionNumbersResponse.baseTypeName = type
+            response.allExtensionNumbersResponse.extensionNumber = numbers
+        case .error(let code, let message):
+            response.errorResponse.errorCode = Int32(code.rawValue)
+            response.errorResponse.errorMessage = message
         }
+        return response
     }
 }

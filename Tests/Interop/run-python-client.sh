@@ -24,81 +24,26 @@ CLIENT_TIMEOUT=600
 
 log() { echo "run-python-client: $*"; }
 die() { echo "run-python-client: error: $*" >&2; exit 1; }
+# shellcheck source=Tests/Interop/lib.sh
+source Tests/Interop/lib.sh
 
 Tests/python-env.sh
 
 [[ -x "$SERVER_BIN" ]] || die "server binary '$SERVER_BIN' not found or not executable (build it, or set CDP_INTEROP_SERVER)"
 
-WORK_DIR="$(mktemp -d "${TMPDIR:-/tmp}/cdp-interop.XXXXXX")"
-SERVER_PID=""
-
-# Stop the server and remove temp files, whatever way the script exits. The
-# server runs in its own process group (setsid below), so signalling the group
-# also reaches helper processes of a wrapper script. TERM first, KILL after 5 s.
-cleanup() {
-  local status=$?
-  if [[ -n "$SERVER_PID" ]] && kill -0 "$SERVER_PID" 2>/dev/null; then
-    kill -TERM -- "-$SERVER_PID" 2>/dev/null || true
-    for _ in $(seq 50); do
-      kill -0 "$SERVER_PID" 2>/dev/null || break
-      sleep 0.1
-    done
-    if kill -0 "$SERVER_PID" 2>/dev/null; then
-      log "server did not exit within 5 s of SIGTERM; sending SIGKILL"
-    fi
-  fi
-  if [[ -n "$SERVER_PID" ]]; then
-    # Also reaps leftovers of the group whose leader already exited.
-    kill -KILL -- "-$SERVER_PID" 2>/dev/null || true
-    wait "$SERVER_PID" 2>/dev/null || true
-  fi
-  rm -rf "$WORK_DIR"
-  exit "$status"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-
-show_server_logs() {
-  echo "--- server stdout (last 20 lines) ---" >&2
-  tail -n 20 "$WORK_DIR/server.out" >&2 || true
-  echo "--- server stderr (last 40 lines) ---" >&2
-  tail -n 40 "$WORK_DIR/server.err" >&2 || true
-  echo "---" >&2
-}
+# Temp dir WORK_DIR; on any exit the server is stopped (TERM, KILL after 5 s)
+# and WORK_DIR removed.
+servers_init cdp-interop
 
 log "starting $SERVER_BIN --port 0"
-# Output goes to files (not a pipe) so the server never blocks or gets SIGPIPE
-# on stdout after we have read the first line. setsid makes it the leader of a
-# new process group (its pid is the group id) for cleanup().
-: >"$WORK_DIR/server.out"  # exists before the poll loop reads it
-setsid "$SERVER_BIN" --port 0 >"$WORK_DIR/server.out" 2>"$WORK_DIR/server.err" &
-SERVER_PID=$!
-
-# Wait for the first complete stdout line: "listening on HOST:PORT".
-SERVER_HOST="" SERVER_PORT=""
-deadline=$((SECONDS + STARTUP_TIMEOUT))
-while (( SECONDS < deadline )); do
-  if [[ "$(wc -l <"$WORK_DIR/server.out")" -ge 1 ]]; then
-    first_line="$(head -n 1 "$WORK_DIR/server.out")"
-    if [[ "$first_line" =~ ^listening\ on\ ([^[:space:]]+):([0-9]+)$ ]]; then
-      SERVER_HOST="${BASH_REMATCH[1]}"
-      SERVER_PORT="${BASH_REMATCH[2]}"
-      break
-    fi
-    show_server_logs
-    die "unexpected first stdout line from server: '$first_line' (expected 'listening on 127.0.0.1:PORT')"
-  fi
-  if ! kill -0 "$SERVER_PID" 2>/dev/null; then
-    wait "$SERVER_PID" && rc=0 || rc=$?
-    show_server_logs
-    die "server exited with status $rc before printing 'listening on HOST:PORT'"
-  fi
-  sleep 0.1
-done
+start_server server '[^[:space:]]+' "$SERVER_BIN"
 if [[ -z "$SERVER_PORT" ]]; then
-  show_server_logs
-  die "server printed no 'listening on HOST:PORT' line within ${STARTUP_TIMEOUT} s (is stdout flushed?)"
+  show_server_logs server server
+  case "$START_ERROR" in
+    line) die "unexpected first stdout line from server: '$START_DETAIL' (expected 'listening on 127.0.0.1:PORT')" ;;
+    exit) die "server exited with status $START_DETAIL before printing 'listening on HOST:PORT'" ;;
+    *)    die "server printed no 'listening on HOST:PORT' line within ${STARTUP_TIMEOUT} s (is stdout flushed?)" ;;
+  esac
 fi
 log "server pid $SERVER_PID listening on $SERVER_HOST:$SERVER_PORT"
 
@@ -114,12 +59,12 @@ fi
 # A server that crashed (or exited) during the run fails the run.
 if ! kill -0 "$SERVER_PID" 2>/dev/null; then
   wait "$SERVER_PID" && rc=0 || rc=$?
-  show_server_logs
+  show_server_logs server server
   die "server process died during the run (exit status $rc)"
 fi
 
 if (( client_status != 0 )); then
-  show_server_logs
+  show_server_logs server server
   log "FAILED (client exit status $client_status)"
   exit "$client_status"
 fi

@@ -26,6 +26,8 @@ PY_DIR=Tests/Interop/python
 
 log() { echo "run-swift-client: $*"; }
 die() { echo "run-swift-client: error: $*" >&2; exit 1; }
+# shellcheck source=Tests/Interop/lib.sh
+source Tests/Interop/lib.sh
 
 Tests/python-env.sh
 
@@ -40,71 +42,21 @@ else
   (( ${#CASES[@]} > 0 )) || die "could not get the case list from interop_client.py"
 fi
 
-WORK_DIR="$(mktemp -d "${TMPDIR:-/tmp}/cdp-interop.XXXXXX")"
-SERVER_PID=""
-
-# Stop the server and remove temp files on any exit. The server is started
-# with setsid, so its pid is also its process-group id; TERM the group, KILL
-# after 5 s.
-cleanup() {
-  local status=$?
-  if [[ -n "$SERVER_PID" ]] && kill -0 "$SERVER_PID" 2>/dev/null; then
-    kill -TERM -- "-$SERVER_PID" 2>/dev/null || true
-    for _ in $(seq 50); do
-      kill -0 "$SERVER_PID" 2>/dev/null || break
-      sleep 0.1
-    done
-    if kill -0 "$SERVER_PID" 2>/dev/null; then
-      log "server did not exit within 5 s of SIGTERM; sending SIGKILL"
-    fi
-  fi
-  if [[ -n "$SERVER_PID" ]]; then
-    kill -KILL -- "-$SERVER_PID" 2>/dev/null || true
-    wait "$SERVER_PID" 2>/dev/null || true
-  fi
-  rm -rf "$WORK_DIR"
-  exit "$status"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-
-show_server_logs() {
-  echo "--- reference server stdout (last 20 lines) ---" >&2
-  tail -n 20 "$WORK_DIR/server.out" >&2 || true
-  echo "--- reference server stderr (last 40 lines) ---" >&2
-  tail -n 40 "$WORK_DIR/server.err" >&2 || true
-  echo "---" >&2
-}
+# Temp dir WORK_DIR; on any exit the server is stopped (TERM, KILL after 5 s)
+# and WORK_DIR removed.
+servers_init cdp-interop
 
 log "starting $PY_DIR/interop_server.py --port 0"
-: >"$WORK_DIR/server.out"  # exists before the poll loop reads it
 # -u: unbuffered, belt and braces on top of the server's own flush.
-setsid "$PY" -u "$PY_DIR/interop_server.py" --port 0 \
-  >"$WORK_DIR/server.out" 2>"$WORK_DIR/server.err" &
-SERVER_PID=$!
-
-# Wait for the first complete stdout line: "listening on HOST:PORT".
-SERVER_PORT=""
-deadline=$((SECONDS + STARTUP_TIMEOUT))
-while (( SECONDS < deadline )); do
-  if [[ "$(wc -l <"$WORK_DIR/server.out")" -ge 1 ]]; then
-    first_line="$(head -n 1 "$WORK_DIR/server.out")"
-    if [[ "$first_line" =~ ^listening\ on\ 127\.0\.0\.1:([0-9]+)$ ]]; then
-      SERVER_PORT="${BASH_REMATCH[1]}"
-      break
-    fi
-    show_server_logs
-    die "unexpected first stdout line from reference server: '$first_line'"
-  fi
-  if ! kill -0 "$SERVER_PID" 2>/dev/null; then
-    wait "$SERVER_PID" && rc=0 || rc=$?
-    show_server_logs
-    die "reference server exited with status $rc before printing 'listening on ...'"
-  fi
-  sleep 0.1
-done
-[[ -n "$SERVER_PORT" ]] || { show_server_logs; die "reference server did not start within ${STARTUP_TIMEOUT} s"; }
+start_server server '127\.0\.0\.1' "$PY" -u "$PY_DIR/interop_server.py"
+if [[ -z "$SERVER_PORT" ]]; then
+  show_server_logs server "reference server"
+  case "$START_ERROR" in
+    line) die "unexpected first stdout line from reference server: '$START_DETAIL'" ;;
+    exit) die "reference server exited with status $START_DETAIL before printing 'listening on ...'" ;;
+    *)    die "reference server did not start within ${STARTUP_TIMEOUT} s" ;;
+  esac
+fi
 log "reference server pid $SERVER_PID listening on 127.0.0.1:$SERVER_PORT"
 
 passed=0
@@ -138,7 +90,7 @@ for name in "${CASES[@]}"; do
   if ! kill -0 "$SERVER_PID" 2>/dev/null; then
     server_died=1
     echo "run-swift-client: error: reference server died during case $name" >&2
-    show_server_logs
+    show_server_logs server "reference server"
   fi
 done
 

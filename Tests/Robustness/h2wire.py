@@ -357,31 +357,103 @@ class GoAway:
 
 
 # --------------------------------------------------------------------------
-# h2-library client
+# What both clients share: the TCP connection and waiting on it
 # --------------------------------------------------------------------------
 
-class H2Client:
-    """A well-behaved HTTP/2 client (prior knowledge h2c) built on the h2 library."""
+class _Connection:
+    """A TCP connection to the server (TCP_NODELAY, every read with a timeout)
+    and the per-stream / GOAWAY / close state both clients keep. Subclasses
+    implement ``_on_data``."""
 
-    def __init__(self, port: int, host: str = "127.0.0.1", timeout: float = 5.0,
-                 settings: dict | None = None, connection_window: int | None = None,
-                 auto_flow_control: bool = True, rcvbuf: int | None = None, handshake: bool = True):
+    def __init__(self, port: int, host: str, timeout: float, rcvbuf: int | None):
         self.host, self.port, self.timeout = host, port, timeout
         self.authority = f"{host}:{port}"
-        self.auto_flow_control = auto_flow_control
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         if rcvbuf:
             self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
         self.sock.settimeout(timeout)
         self.sock.connect((host, port))
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.conn = h2.connection.H2Connection(
-            config=h2.config.H2Configuration(client_side=True, header_encoding="utf-8",
-                                             validate_inbound_headers=False))
         self.streams: dict[int, StreamResult] = {}
         self.goaway: GoAway | None = None
         self.closed = False          # EOF / reset from the server
         self.close_error: str | None = None
+
+    def _on_data(self, data: bytes) -> None:
+        """Process bytes received from the server."""
+        raise NotImplementedError
+
+    def _mark_closed(self, why: str) -> None:
+        if not self.closed:
+            self.closed = True
+            self.close_error = why
+
+    def pump(self, timeout: float) -> bool:
+        """Read once (up to ``timeout``) and process; False when nothing arrived."""
+        if self.closed:
+            return False
+        self.sock.settimeout(max(timeout, 0.001))
+        try:
+            data = self.sock.recv(1 << 16)
+        except (socket.timeout, BlockingIOError):
+            return False
+        except OSError as e:
+            self._mark_closed(f"recv: {e!r}")
+            return True
+        if not data:
+            self._mark_closed("EOF")
+            return True
+        self._on_data(data)
+        return True
+
+    def wait_for(self, predicate, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while True:
+            if predicate():
+                return True
+            left = deadline - time.monotonic()
+            if left <= 0 or self.closed:
+                return predicate()
+            self.pump(min(left, 0.25))
+
+    def _wait_stream_result(self, st: StreamResult, timeout: float | None) -> StreamResult:
+        """Wait until ``st`` is done or a GOAWAY says the server never processed it."""
+        sid = st.stream_id
+        self.wait_for(lambda: st.done or (self.goaway is not None and sid > self.goaway.last_stream_id),
+                      self.timeout if timeout is None else timeout)
+        return st
+
+    def wait_closed(self, timeout: float) -> bool:
+        return self.wait_for(lambda: self.closed, timeout)
+
+    def close(self) -> None:
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+# --------------------------------------------------------------------------
+# h2-library client
+# --------------------------------------------------------------------------
+
+class H2Client(_Connection):
+    """A well-behaved HTTP/2 client (prior knowledge h2c) built on the h2 library."""
+
+    def __init__(self, port: int, host: str = "127.0.0.1", timeout: float = 5.0,
+                 settings: dict | None = None, connection_window: int | None = None,
+                 auto_flow_control: bool = True, rcvbuf: int | None = None, handshake: bool = True):
+        super().__init__(port, host, timeout, rcvbuf)
+        self.auto_flow_control = auto_flow_control
+        self.conn = h2.connection.H2Connection(
+            config=h2.config.H2Configuration(client_side=True, header_encoding="utf-8",
+                                             validate_inbound_headers=False))
         self.h2_error: str | None = None   # h2 refused what the server sent
         self.remote_settings_seen = False
         self.events: list = []
@@ -405,38 +477,18 @@ class H2Client:
             except OSError as e:
                 self._mark_closed(f"send: {e!r}")
 
-    def _mark_closed(self, why: str) -> None:
-        if not self.closed:
-            self.closed = True
-            self.close_error = why
-
-    def pump(self, timeout: float) -> bool:
-        """Read once (up to ``timeout``) and process; False when nothing arrived."""
-        if self.closed:
-            return False
-        self.sock.settimeout(max(timeout, 0.001))
-        try:
-            data = self.sock.recv(1 << 16)
-        except (socket.timeout, BlockingIOError):
-            return False
-        except OSError as e:
-            self._mark_closed(f"recv: {e!r}")
-            return True
-        if not data:
-            self._mark_closed("EOF")
-            return True
+    def _on_data(self, data: bytes) -> None:
         if self.h2_error is not None:
             self._scan_raw_for_goaway(data)
-            return True
+            return
         try:
             events = self.conn.receive_data(data)
         except h2.exceptions.ProtocolError as e:
             self.h2_error = repr(e)
-            return True
+            return
         for ev in events:
             self._handle(ev)
         self.flush()
-        return True
 
     def _scan_raw_for_goaway(self, data: bytes) -> None:
         # After h2 gave up we only look for a GOAWAY at the start of a chunk (best effort).
@@ -471,16 +523,6 @@ class H2Client:
                 st.reset_code = int(ev.error_code)
         elif isinstance(ev, E.ConnectionTerminated):
             self.goaway = GoAway(int(ev.error_code), ev.last_stream_id or 0, ev.additional_data or b"")
-
-    def wait_for(self, predicate, timeout: float) -> bool:
-        deadline = time.monotonic() + timeout
-        while True:
-            if predicate():
-                return True
-            left = deadline - time.monotonic()
-            if left <= 0 or self.closed:
-                return predicate()
-            self.pump(min(left, 0.25))
 
     # -- gRPC -------------------------------------------------------------
     def start(self, path: str, method: str = "POST", content_type: str | None = "application/grpc",
@@ -527,10 +569,7 @@ class H2Client:
         self.flush()
 
     def wait_stream(self, sid: int, timeout: float | None = None) -> StreamResult:
-        st = self.streams[sid]
-        self.wait_for(lambda: st.done or self.goaway is not None and sid > self.goaway.last_stream_id,
-                      self.timeout if timeout is None else timeout)
-        return st
+        return self._wait_stream_result(self.streams[sid], timeout)
 
     def call(self, path: str, body: bytes = b"", extra=(), timeout: float | None = None,
              compressed_flag: int = 0) -> StreamResult:
@@ -539,23 +578,8 @@ class H2Client:
         self.send(sid, grpc_frame(body, compressed_flag), end_stream=True)
         return self.wait_stream(sid, timeout)
 
-    def wait_closed(self, timeout: float) -> bool:
-        return self.wait_for(lambda: self.closed, timeout)
-
     def remote_setting(self, code: int):
         return self.conn.remote_settings.get(code)
-
-    def close(self) -> None:
-        try:
-            self.sock.close()
-        except OSError:
-            pass
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
 
 
 # --------------------------------------------------------------------------
@@ -574,31 +598,20 @@ class Frame:
         return f"{name}(flags=0x{self.flags:x}, stream={self.stream_id}, len={len(self.payload)})"
 
 
-class RawConn:
+class RawConn(_Connection):
     """Writes arbitrary bytes; parses the server's frames (with HPACK decoding)."""
 
     def __init__(self, port: int, host: str = "127.0.0.1", timeout: float = 5.0, rcvbuf: int | None = None,
                  auto_window_update: bool = True, auto_ping_ack: bool = True):
-        self.host, self.port, self.timeout = host, port, timeout
-        self.authority = f"{host}:{port}"
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        if rcvbuf:
-            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
-        self.sock.settimeout(timeout)
-        self.sock.connect((host, port))
-        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        super().__init__(port, host, timeout, rcvbuf)
         self.encoder = hpack.Encoder()
         self.decoder = hpack.Decoder(max_header_list_size=1 << 20)
         self.auto_window_update = auto_window_update
         self.auto_ping_ack = auto_ping_ack
         self.buf = bytearray()
         self.frames: list[Frame] = []
-        self.streams: dict[int, StreamResult] = {}
         self.server_settings: dict[int, int] = {}
         self.server_settings_seen = False
-        self.goaway: GoAway | None = None
-        self.closed = False
-        self.close_error: str | None = None
         self.send_error: str | None = None
         self.parse_error: str | None = None
         self.raw_received = bytearray()   # first bytes, for diagnostics
@@ -656,25 +669,11 @@ class RawConn:
         return sid
 
     # -- receiving --------------------------------------------------------
-    def _recv(self, timeout: float) -> bool:
-        if self.closed:
-            return False
-        self.sock.settimeout(max(timeout, 0.001))
-        try:
-            data = self.sock.recv(1 << 16)
-        except (socket.timeout, BlockingIOError):
-            return False
-        except OSError as e:
-            self.closed, self.close_error = True, f"recv: {e!r}"
-            return True
-        if not data:
-            self.closed, self.close_error = True, "EOF"
-            return True
+    def _on_data(self, data: bytes) -> None:
         if len(self.raw_received) < 4096:
             self.raw_received += data[:4096 - len(self.raw_received)]
         self.buf += data
         self._parse()
-        return True
 
     def _parse(self) -> None:
         replies = bytearray()
@@ -765,43 +764,15 @@ class RawConn:
             r, _, _ = select.select([self.sock], [], [], left)
             if not r:
                 return
-            self._recv(0.001)
-
-    def wait_for(self, predicate, timeout: float) -> bool:
-        deadline = time.monotonic() + timeout
-        while True:
-            if predicate():
-                return True
-            left = deadline - time.monotonic()
-            if left <= 0 or self.closed:
-                return predicate()
-            self._recv(min(left, 0.25))
+            self.pump(0.001)
 
     def wait_stream(self, sid: int, timeout: float | None = None) -> StreamResult:
-        st = self.streams.setdefault(sid, StreamResult(sid))
-        self.wait_for(lambda: st.done or (self.goaway is not None and sid > self.goaway.last_stream_id),
-                      self.timeout if timeout is None else timeout)
-        return st
+        return self._wait_stream_result(self.streams.setdefault(sid, StreamResult(sid)), timeout)
 
     def wait_goaway_or_close(self, timeout: float) -> bool:
         return self.wait_for(lambda: self.goaway is not None or self.closed, timeout)
-
-    def wait_closed(self, timeout: float) -> bool:
-        return self.wait_for(lambda: self.closed, timeout)
 
     def summary(self) -> str:
         kinds = [str(f) for f in self.frames[-12:]]
         return (f"goaway={self.goaway}, closed={self.closed} ({self.close_error}), send_error={self.send_error}, "
                 f"parse_error={self.parse_error}, {len(self.frames)} frames, last: {kinds}")
-
-    def close(self) -> None:
-        try:
-            self.sock.close()
-        except OSError:
-            pass
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
