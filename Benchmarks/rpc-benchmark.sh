@@ -106,6 +106,10 @@ start_bench_server ours "$OUR_SERVER"
 OURS_PID=$SERVER_PID OURS_PORT=$SERVER_PORT
 start_bench_server python "$PY" -u "$PY_DIR/interop_server.py"
 PYTHON_PID=$SERVER_PID PYTHON_PORT=$SERVER_PORT
+# grpcio's thread-pool server: the other common Python deployment, faster than grpc.aio for
+# tiny unary calls on some machines; we compare against both.
+start_bench_server pysync "$PY" -u "$PY_DIR/bench_sync_server.py"
+PYSYNC_PID=$SERVER_PID PYSYNC_PORT=$SERVER_PORT
 
 # --- request bodies: gRPC length-prefixed messages (1-byte compressed flag,
 # 4-byte big-endian length, protobuf bytes) -----------------------------------
@@ -188,11 +192,12 @@ EOF
 for call in EmptyCall UnaryCall; do
   bench ours "$OURS_PORT" "$call"
   bench python "$PYTHON_PORT" "$call"
+  bench pysync "$PYSYNC_PORT" "$call"
 done
 
 # Did a server die under load? That invalidates its numbers.
 SERVER_DIED=0
-for s in ours:$OURS_PID python:$PYTHON_PID; do
+for s in ours:$OURS_PID python:$PYTHON_PID pysync:$PYSYNC_PID; do
   if ! kill -0 "${s#*:}" 2>/dev/null; then
     log "${s%%:*} server died during the benchmark; stderr tail:"
     tail -n 20 "$WORK_DIR/${s%%:*}.err" >&2
@@ -238,6 +243,7 @@ EOF
 }
 status_check ours "$OURS_PORT"
 status_check python "$PYTHON_PORT"
+status_check pysync "$PYSYNC_PORT"
 
 # --- report ---------------------------------------------------------------------------
 report() {
@@ -247,20 +253,21 @@ report() {
   awk 'BEGIN { printf "%-8s %-10s %10s %11s %9s %9s %8s\n", "server", "call", "requests", "req/s", "p50 ms", "p99 ms", "errors" }
        { printf "%-8s %-10s %10d %11.1f %9.3f %9.3f %8d\n", $1, $2, $3, $4, $5, $6, $7 + $8 }' "$RESULTS"
   echo
-  # ours/python: >1 req/s is better for us, <1 latency is better for us.
-  awk '{ k = $2; if ($1 == "ours") { o[k] = $0 } else { p[k] = $0 } }
+  # ours/<python server>: >1 req/s is better for us, <1 latency is better for us.
+  # "python" is grpc.aio (interop_server.py), "pysync" grpcio's thread-pool server.
+  awk '{ row[$1 " " $2] = $0; if ($1 != "ours") servers[$1] = 1 }
        END {
          n = split("EmptyCall UnaryCall", calls, " ")
-         for (i = 1; i <= n; i++) {
+         for (s in servers) for (i = 1; i <= n; i++) {
            c = calls[i]
-           if (!(c in o) || !(c in p)) continue
-           split(o[c], a, " "); split(p[c], b, " ")
-           printf "ours/python %-10s req/s x%s   p50 x%s   p99 x%s\n", c,
+           if (!(("ours " c) in row) || !((s " " c) in row)) continue
+           split(row["ours " c], a, " "); split(row[s " " c], b, " ")
+           printf "ours/%-7s %-10s req/s x%s   p50 x%s   p99 x%s\n", s, c,
              (b[4] > 0 ? sprintf("%.2f", a[4] / b[4]) : "n/a"),
              (b[5] > 0 ? sprintf("%.2f", a[5] / b[5]) : "n/a"),
              (b[6] > 0 ? sprintf("%.2f", a[6] / b[6]) : "n/a")
          }
-       }' "$RESULTS"
+       }' "$RESULTS" | sort
   echo
   echo "grpc-status check (grpcio client, sequential calls):"
   awk -F'\t' '{ printf "  %-8s %-10s %d/%d OK%s\n", $1, $2, $3, $4, ($5 != "-" ? "  first error: " $5 : "") }' "$STATUS"

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The project's test command (README): builds everything with its tests, refuses compiler
 # warnings in the project's own code, runs the Swift tests, then the interop tests in both
-# directions and the socket robustness tests against the real server binary.
+# directions, the socket robustness tests against the real server binary, and generic
+# reflection / health clients (no .proto files) against it.
 #
 # Usage: Tests/run.sh            (run from anywhere)
 # Each stage prints its own summary; the script stops at the first failing stage.
@@ -35,5 +36,9 @@ Tests/Interop/run-swift-client.sh
 stage "robustness: hostile peers against our server"
 Tests/python-env.sh
 .venv/bin/python -m pytest Tests/Robustness -q -p no:cacheprovider
+
+stage "standard services: reflection and health from generic gRPC tools"
+Tests/python-env.sh
+.venv/bin/python -m pytest Tests/Interop/python/test_standard_services.py -q -p no:cacheprovider
 
 stage "all test stages passed"

@@ -8,12 +8,12 @@
 #                               working tree; exit 1 listing the stale ones
 #
 # Needs protoc (Debian: protobuf-compiler and libprotobuf-dev, for the well-known types). Both plugins
-# are built from this package with the scratch path .build-codegen, so the main .build is left alone.
+# are built from this package in the debug configuration of the main .build: the output does not
+# depend on optimisation, and the project's own build then reuses the compiled swift-protobuf.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 PROTO_DIR="$ROOT/proto"
-SCRATCH="$ROOT/.build-codegen"
 
 # One line per Swift module: "<output directory, relative to the repository> <.proto files relative
 # to proto/, globs allowed>". Each group is one protoc call.
@@ -47,12 +47,12 @@ command -v protoc >/dev/null || {
     exit 1
 }
 
-echo "Building protoc-gen-swift and protoc-gen-cdp-rpc (release, scratch path .build-codegen)..." >&2
+echo "Building protoc-gen-swift and protoc-gen-cdp-rpc (debug, .build)..." >&2
 # One product per invocation: swift build honours only the last of several --product options.
 for plugin in protoc-gen-swift protoc-gen-cdp-rpc; do
-    (cd "$ROOT" && swift build -c release --scratch-path "$SCRATCH" --product "$plugin" >&2)
+    (cd "$ROOT" && swift build --product "$plugin" >&2)
 done
-BIN="$(cd "$ROOT" && swift build -c release --scratch-path "$SCRATCH" --show-bin-path)"
+BIN="$(cd "$ROOT" && swift build --show-bin-path)"
 for plugin in protoc-gen-swift protoc-gen-cdp-rpc; do
     [[ -x "$BIN/$plugin" ]] || {
         echo "generate.sh: $BIN/$plugin was not built" >&2

@@ -44,7 +44,11 @@ public protocol ClientStream: Sendable {
 /// Opens calls to a server. The HTTP/2 transport implements it; tests may too.
 public protocol ClientTransport: Sendable {
     /// Opens a call; throws `UNAVAILABLE` when the server cannot be reached.
-    func openStream(method: MethodDescriptor, metadata: Metadata, options: CallOptions) async throws
+    func openStream(
+        method: MethodDescriptor,
+        metadata: Metadata,
+        options: CallOptions
+    ) async throws
         -> any ClientStream
 }
 

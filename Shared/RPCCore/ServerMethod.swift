@@ -78,15 +78,22 @@ public struct ServerMethod: Sendable {
     ) async throws -> Input {
         var iterator = requests.makeAsyncIterator()
         guard let bytes = try await iterator.next() else {
-            throw RPCError(code: .internalError, message: "\(method) expects one request message; the client sent none.")
+            throw RPCError(
+                code: .internalError,
+                message: "\(method) expects one request message; the client sent none."
+            )
         }
         guard try await iterator.next() == nil else {
-            throw RPCError(code: .internalError, message: "\(method) expects one request message; the client sent more.")
+            throw RPCError(
+                code: .internalError,
+                message: "\(method) expects one request message; the client sent more."
+            )
         }
         return try decoder(Input.self)(bytes)
     }
 
-    private static func decoder<Input: SwiftProtobuf.Message>(_ type: Input.Type) -> @Sendable ([UInt8]) throws -> Input {
+    private static func decoder<Input: SwiftProtobuf.Message>(_ type: Input.Type) -> @Sendable ([UInt8]) throws -> Input
+    {
         { bytes in
             do {
                 return try Input(serializedBytes: bytes)

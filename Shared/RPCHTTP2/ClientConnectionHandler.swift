@@ -194,7 +194,10 @@ final class ClientConnectionHandler: ChannelDuplexHandler, NGHTTP2SessionDelegat
         stream.headerBytes += name.count + value.count + 32
         guard stream.headerBytes <= self.configuration.maxHeaderListBytes else {
             stream.end(
-                status: Status(code: .resourceExhausted, message: "Response headers exceed \(self.configuration.maxHeaderListBytes) bytes."),
+                status: Status(
+                    code: .resourceExhausted,
+                    message: "Response headers exceed \(self.configuration.maxHeaderListBytes) bytes."
+                ),
                 trailers: Metadata()
             )
             return false
@@ -224,13 +227,19 @@ final class ClientConnectionHandler: ChannelDuplexHandler, NGHTTP2SessionDelegat
         if !stream.receivedHeaders {
             stream.receivedHeaders = true
             if let httpStatus, httpStatus != "200" {
-                return stream.end(status: Self.status(forHTTPStatus: httpStatus, message: grpcMessage), trailers: metadata)
+                return stream.end(
+                    status: Self.status(forHTTPStatus: httpStatus, message: grpcMessage),
+                    trailers: metadata
+                )
             }
             if grpcStatus == nil {
                 if let encoding, encoding != "identity", encoding != "gzip" {
                     return self.cancel(
                         stream,
-                        status: Status(code: .internalError, message: "The server used unsupported encoding \(encoding).")
+                        status: Status(
+                            code: .internalError,
+                            message: "The server used unsupported encoding \(encoding)."
+                        )
                     )
                 }
                 stream.startMessages(encoding: encoding)
@@ -326,7 +335,13 @@ final class ClientStreamState: StreamWithBody {
     private var waiter: EventLoopPromise<ClientStreamPart>?
     private(set) var status: Status?
 
-    init(id: Int32, eventLoop: any EventLoop, allocator: ByteBufferAllocator, maxMessageBytes: Int, compressRequests: Bool) {
+    init(
+        id: Int32,
+        eventLoop: any EventLoop,
+        allocator: ByteBufferAllocator,
+        maxMessageBytes: Int,
+        compressRequests: Bool
+    ) {
         self.id = id
         self.eventLoop = eventLoop
         self.allocator = allocator

@@ -191,13 +191,18 @@ public final class HTTP2ClientTransport: ClientTransport {
             .connectTimeout(timeout)
             .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
-                    try channel.pipeline.syncOperations.addHandler(ClientConnectionHandler(configuration: configuration))
+                    try channel.pipeline.syncOperations.addHandler(
+                        ClientConnectionHandler(configuration: configuration)
+                    )
                 }
             }
             .connect(host: configuration.host, port: configuration.port)
             .flatMapThrowing { channel in
                 let handler = try channel.pipeline.syncOperations.handler(type: ClientConnectionHandler.self)
-                let connection = Connection(channel: channel, handler: NIOLoopBound(handler, eventLoop: channel.eventLoop))
+                let connection = Connection(
+                    channel: channel,
+                    handler: NIOLoopBound(handler, eventLoop: channel.eventLoop)
+                )
                 channel.closeFuture.whenComplete { [weak self] _ in self?.forget(connection) }
                 return connection
             }
@@ -225,7 +230,10 @@ struct HTTP2ClientStream: ClientStream {
 
     func cancel() {
         self.eventLoop.execute {
-            self.handler.value.cancel(self.state.value, status: Status(code: .cancelled, message: "The call was cancelled."))
+            self.handler.value.cancel(
+                self.state.value,
+                status: Status(code: .cancelled, message: "The call was cancelled.")
+            )
         }
     }
 }

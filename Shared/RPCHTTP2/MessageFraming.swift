@@ -41,7 +41,10 @@ struct MessageDeframer {
             let length = self.buffer.getInteger(at: self.buffer.readerIndex + 1, as: UInt32.self)
         else { return nil }
         guard flag <= 1 else {
-            throw RPCError(code: .internalError, message: "Invalid message prefix: compressed flag \(flag) (expected 0 or 1).")
+            throw RPCError(
+                code: .internalError,
+                message: "Invalid message prefix: compressed flag \(flag) (expected 0 or 1)."
+            )
         }
         guard Int(length) <= self.maxMessageBytes else {
             throw RPCError(
@@ -76,7 +79,11 @@ struct MessageDeframer {
         } catch let error as RPCError {
             throw error
         } catch {
-            throw RPCError(code: .internalError, message: "Could not decompress a gzip message: \(error).", cause: error)
+            throw RPCError(
+                code: .internalError,
+                message: "Could not decompress a gzip message: \(error).",
+                cause: error
+            )
         }
     }
 }

@@ -97,7 +97,10 @@ final class NGHTTP2Session {
         self.session = created
 
         var entries = [
-            nghttp2_settings_entry(settings_id: CDP_SETTINGS_MAX_CONCURRENT_STREAMS, value: settings.maxConcurrentStreams),
+            nghttp2_settings_entry(
+                settings_id: CDP_SETTINGS_MAX_CONCURRENT_STREAMS,
+                value: settings.maxConcurrentStreams
+            ),
             nghttp2_settings_entry(settings_id: CDP_SETTINGS_INITIAL_WINDOW_SIZE, value: settings.initialStreamWindow),
             nghttp2_settings_entry(settings_id: CDP_SETTINGS_MAX_HEADER_LIST_SIZE, value: settings.maxHeaderListBytes),
         ]

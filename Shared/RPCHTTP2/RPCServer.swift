@@ -59,6 +59,10 @@ public final class RPCServer: Sendable {
         public var authorizationTokens: Set<String>
         /// How long a graceful shutdown waits for calls in flight before closing connections.
         public var shutdownGracePeriod: Duration
+        /// Whether handlers run on their connection's event loop (fast for short calls: no thread
+        /// hops) or on the shared concurrency pool (better for handlers that compute for long,
+        /// which would otherwise delay the other connections of their loop).
+        public var runsHandlersOnEventLoop: Bool
 
         /// Creates a configuration; every limit has a default.
         public init(
@@ -71,7 +75,8 @@ public final class RPCServer: Sendable {
             initialStreamWindowBytes: Int = 1024 * 1024,
             connectionWindowBytes: Int = 16 * 1024 * 1024,
             authorizationTokens: Set<String> = [],
-            shutdownGracePeriod: Duration = .seconds(10)
+            shutdownGracePeriod: Duration = .seconds(10),
+            runsHandlersOnEventLoop: Bool = true
         ) {
             self.host = host
             self.port = port
@@ -83,6 +88,7 @@ public final class RPCServer: Sendable {
             self.connectionWindowBytes = connectionWindowBytes
             self.authorizationTokens = authorizationTokens
             self.shutdownGracePeriod = shutdownGracePeriod
+            self.runsHandlersOnEventLoop = runsHandlersOnEventLoop
         }
     }
 

@@ -24,6 +24,7 @@ final class ServerConnectionHandler: ChannelDuplexHandler, NGHTTP2SessionDelegat
     private var streams: [Int32: ServerStream] = [:]
     private var idleTimer: Scheduled<Void>?
     private var goingAway = false
+    private var handlerExecutor: EventLoopTaskExecutor?
     /// Peer misbehaviour that nghttp2 tolerates per stream but that costs us work; past a limit the
     /// connection is closed (nghttp2 1.52 lacks the newer "glitch" limiter).
     private var glitches = 0
@@ -463,7 +464,7 @@ final class ServerConnectionHandler: ChannelDuplexHandler, NGHTTP2SessionDelegat
             }
             try await eventLoop.flatSubmit { loopBound.value.writeResponse(streamID: id, message, on: eventLoop) }.get()
         }
-        stream.task = Task {
+        stream.task = Task(executorPreference: self.executor(on: eventLoop)) {
             var failure: RPCError?
             do {
                 try await method.handler(requestSequence, writer, callContext)
@@ -472,7 +473,9 @@ final class ServerConnectionHandler: ChannelDuplexHandler, NGHTTP2SessionDelegat
                 if failure?.code == .unknown {
                     logger.error(
                         "handler failed",
-                        metadata: ["method": "\(method.descriptor)", "error": "\(failure?.cause.map { "\($0)" } ?? "")"]
+                        metadata: [
+                            "method": "\(method.descriptor)", "error": "\(failure?.cause.map { "\($0)" } ?? "")",
+                        ]
                     )
                 }
             }
@@ -493,6 +496,16 @@ final class ServerConnectionHandler: ChannelDuplexHandler, NGHTTP2SessionDelegat
 
     // The event loop is passed in: handler tasks may still call after the channel is gone
     // (`context` is then nil), and must get a failed future, not a crash.
+    /// Where handlers run: their connection's event loop (see ``EventLoopTaskExecutor``), or the
+    /// default pool (`nil`) when the configuration says so.
+    private func executor(on eventLoop: any EventLoop) -> EventLoopTaskExecutor? {
+        guard self.configuration.runsHandlersOnEventLoop else { return nil }
+        if let executor = self.handlerExecutor { return executor }
+        let executor = EventLoopTaskExecutor(eventLoop: eventLoop)
+        self.handlerExecutor = executor
+        return executor
+    }
+
     private func nextRequest(streamID: Int32, on eventLoop: any EventLoop) -> EventLoopFuture<ByteBuffer?> {
         let promise = eventLoop.makePromise(of: ByteBuffer?.self)
         guard let stream = self.streams[streamID] else {
@@ -507,7 +520,11 @@ final class ServerConnectionHandler: ChannelDuplexHandler, NGHTTP2SessionDelegat
         return promise.futureResult
     }
 
-    private func writeResponse(streamID: Int32, _ message: [UInt8], on eventLoop: any EventLoop) -> EventLoopFuture<Void> {
+    private func writeResponse(
+        streamID: Int32,
+        _ message: [UInt8],
+        on eventLoop: any EventLoop
+    ) -> EventLoopFuture<Void> {
         guard let stream = self.streams[streamID], stream.phase == .running else {
             return eventLoop.makeFailedFuture(RPCError(code: .cancelled, message: "The call has ended."))
         }

@@ -28,7 +28,10 @@ public final class HealthService: Grpc_Health_V1_Health.ServiceProtocol {
         for watcher in watchers { watcher.yield(status) }
     }
 
-    public func check(request: Grpc_Health_V1_HealthCheckRequest, context: ServerContext) async throws
+    public func check(
+        request: Grpc_Health_V1_HealthCheckRequest,
+        context: ServerContext
+    ) async throws
         -> Grpc_Health_V1_HealthCheckResponse
     {
         guard let status = self.state.value.statuses[request.service] else {

@@ -119,13 +119,14 @@ public struct ReflectionService: RPCService {
 
     public var methods: [ServerMethod] {
         let index = self.index
-        let handler: @Sendable (
-            RPCAsyncSequence<Grpc_Reflection_V1_ServerReflectionRequest>,
-            RPCWriter<Grpc_Reflection_V1_ServerReflectionResponse>,
-            ServerContext
-        ) async throws -> Void = { requests, responses, _ in
-            for try await request in requests { try await responses.write(index.respond(to: request)) }
-        }
+        let handler:
+            @Sendable (
+                RPCAsyncSequence<Grpc_Reflection_V1_ServerReflectionRequest>,
+                RPCWriter<Grpc_Reflection_V1_ServerReflectionResponse>,
+                ServerContext
+            ) async throws -> Void = { requests, responses, _ in
+                for try await request in requests { try await responses.write(index.respond(to: request)) }
+            }
         return [
             .bidirectional(Grpc_Reflection_V1_ServerReflection.Method.serverReflectionInfo, handler: handler),
             .bidirectional(Self.v1alphaInfo, handler: handler),
@@ -135,7 +136,8 @@ public struct ReflectionService: RPCService {
 
 extension ReflectionIndex {
     /// Answers one reflection request.
-    func respond(to request: Grpc_Reflection_V1_ServerReflectionRequest) -> Grpc_Reflection_V1_ServerReflectionResponse {
+    func respond(to request: Grpc_Reflection_V1_ServerReflectionRequest) -> Grpc_Reflection_V1_ServerReflectionResponse
+    {
         var response = Grpc_Reflection_V1_ServerReflectionResponse()
         response.validHost = request.host
         response.originalRequest = request

@@ -11,14 +11,30 @@ import Testing
 private enum Echo {
     static let service = "cdp.test.Echo"
     static let unary = RPCMethod<Grpc_Testing_SimpleRequest, Grpc_Testing_SimpleResponse>(
-        service: service, method: "Unary", kind: .unary)
+        service: service,
+        method: "Unary",
+        kind: .unary
+    )
     static let collect = RPCMethod<Grpc_Testing_StreamingInputCallRequest, Grpc_Testing_StreamingInputCallResponse>(
-        service: service, method: "Collect", kind: .clientStreaming)
+        service: service,
+        method: "Collect",
+        kind: .clientStreaming
+    )
     static let expand = RPCMethod<Grpc_Testing_StreamingOutputCallRequest, Grpc_Testing_StreamingOutputCallResponse>(
-        service: service, method: "Expand", kind: .serverStreaming)
+        service: service,
+        method: "Expand",
+        kind: .serverStreaming
+    )
     static let chat = RPCMethod<Grpc_Testing_StreamingOutputCallRequest, Grpc_Testing_StreamingOutputCallResponse>(
-        service: service, method: "Chat", kind: .bidirectional)
-    static let sleep = RPCMethod<Grpc_Testing_Empty, Grpc_Testing_Empty>(service: service, method: "Sleep", kind: .unary)
+        service: service,
+        method: "Chat",
+        kind: .bidirectional
+    )
+    static let sleep = RPCMethod<Grpc_Testing_Empty, Grpc_Testing_Empty>(
+        service: service,
+        method: "Sleep",
+        kind: .unary
+    )
     static let fail = RPCMethod<Grpc_Testing_Empty, Grpc_Testing_Empty>(service: service, method: "Fail", kind: .unary)
 }
 
@@ -184,7 +200,11 @@ private func withServerAndClient(
             let clock = ContinuousClock()
             let started = clock.now
             await #expect {
-                _ = try await client.unary(Echo.sleep, Grpc_Testing_Empty(), options: CallOptions(timeout: .milliseconds(200)))
+                _ = try await client.unary(
+                    Echo.sleep,
+                    Grpc_Testing_Empty(),
+                    options: CallOptions(timeout: .milliseconds(200))
+                )
             } throws: { ($0 as? RPCError)?.code == .deadlineExceeded }
             #expect(clock.now - started < .seconds(5))
             // The server's deadline fires at the same time; give its handler a moment to unwind.
@@ -224,9 +244,15 @@ private func withServerAndClient(
     @Test func unknownMethodsAndServicesAreUnimplemented() async throws {
         try await withServerAndClient { client in
             let missingMethod = RPCMethod<Grpc_Testing_Empty, Grpc_Testing_Empty>(
-                service: Echo.service, method: "Nope", kind: .unary)
+                service: Echo.service,
+                method: "Nope",
+                kind: .unary
+            )
             let missingService = RPCMethod<Grpc_Testing_Empty, Grpc_Testing_Empty>(
-                service: "cdp.test.Nothing", method: "Nope", kind: .unary)
+                service: "cdp.test.Nothing",
+                method: "Nope",
+                kind: .unary
+            )
             for method in [missingMethod, missingService] {
                 await #expect {
                     _ = try await client.unary(method, Grpc_Testing_Empty())
@@ -254,7 +280,10 @@ private func withServerAndClient(
             } throws: { ($0 as? RPCError)?.code == .unauthenticated }
             await #expect {
                 _ = try await client.unary(
-                    Echo.unary, Grpc_Testing_SimpleRequest(), metadata: Metadata([("authorization", "Bearer wrong")]))
+                    Echo.unary,
+                    Grpc_Testing_SimpleRequest(),
+                    metadata: Metadata([("authorization", "Bearer wrong")])
+                )
             } throws: { ($0 as? RPCError)?.code == .unauthenticated }
         }
         try await withServerAndClient(
@@ -279,6 +308,38 @@ private func withServerAndClient(
             } throws: { ($0 as? RPCError)?.code == .unavailable }
         }
         await transport.close()
+    }
+
+    @Test func theClientReconnectsAfterTheServerRestarts() async throws {
+        let first = RPCServer(configuration: .init(), services: [EchoService()], logger: Logger(label: "test"))
+        let port = try await first.start().port!
+        let transport = HTTP2ClientTransport(
+            configuration: .init(host: "127.0.0.1", port: port, initialBackoff: .milliseconds(100))
+        )
+        let client = RPCClient(transport: transport)
+        _ = try await client.unary(Echo.unary, Grpc_Testing_SimpleRequest())
+        await first.shutdown()
+
+        // While nothing listens, calls fail fast with UNAVAILABLE.
+        await #expect {
+            _ = try await client.unary(Echo.unary, Grpc_Testing_SimpleRequest())
+        } throws: { ($0 as? RPCError)?.code == .unavailable }
+
+        let second = RPCServer(
+            configuration: .init(port: port),
+            services: [EchoService()],
+            logger: Logger(label: "test")
+        )
+        try await second.start()
+        // After the backoff the transport connects again.
+        var succeeded = false
+        for _ in 0..<50 where !succeeded {
+            succeeded = (try? await client.unary(Echo.unary, Grpc_Testing_SimpleRequest())) != nil
+            if !succeeded { try await Task.sleep(for: .milliseconds(50)) }
+        }
+        #expect(succeeded)
+        await transport.close()
+        await second.shutdown()
     }
 
     @Test func gracefulShutdownLetsCallsInFlightFinish() async throws {

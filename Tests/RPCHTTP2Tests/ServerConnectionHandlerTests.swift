@@ -1,3 +1,4 @@
+import InteropProto
 import Logging
 import NIOCore
 import NIOEmbedded
@@ -128,7 +129,6 @@ private struct Harness {
     }
 }
 
-import InteropProto
 private typealias InteropEmpty = Grpc_Testing_Empty
 
 @Suite struct ServerConnectionHandlerTests {

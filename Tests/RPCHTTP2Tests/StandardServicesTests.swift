@@ -12,7 +12,10 @@ import Testing
         func emptyCall(request: Grpc_Testing_Empty, context: ServerContext) async throws -> Grpc_Testing_Empty {
             request
         }
-        func unaryCall(request: Grpc_Testing_SimpleRequest, context: ServerContext) async throws
+        func unaryCall(
+            request: Grpc_Testing_SimpleRequest,
+            context: ServerContext
+        ) async throws
             -> Grpc_Testing_SimpleResponse
         { Grpc_Testing_SimpleResponse() }
         func streamingOutputCall(
@@ -51,7 +54,12 @@ import Testing
         )
         let address = try await server.start()
         let transport = HTTP2ClientTransport(configuration: .init(host: "127.0.0.1", port: address.port!))
-        defer { Task { await transport.close(); await server.shutdown() } }
+        defer {
+            Task {
+                await transport.close()
+                await server.shutdown()
+            }
+        }
         try await body(RPCClient(transport: transport), health)
     }
 
@@ -82,7 +90,9 @@ import Testing
 
     @Test func reflectionFindsTheFileOfASymbolWithItsImports() async throws {
         try await self.withServer { client, _ in
-            for symbol in ["grpc.testing.TestService", "grpc.testing.TestService.UnaryCall", "grpc.testing.SimpleRequest"] {
+            for symbol in [
+                "grpc.testing.TestService", "grpc.testing.TestService.UnaryCall", "grpc.testing.SimpleRequest",
+            ] {
                 var request = Grpc_Reflection_V1_ServerReflectionRequest()
                 request.fileContainingSymbol = symbol
                 let files = try await self.reflect(client, request).fileDescriptorResponse.fileDescriptorProto.map {
@@ -92,7 +102,9 @@ import Testing
                 #expect(names.isSuperset(of: ["grpc_testing/messages.proto"]), "\(symbol): \(names)")
                 if symbol.hasPrefix("grpc.testing.TestService") {
                     #expect(files.first?.name == "grpc_testing/test.proto")
-                    #expect(names == ["grpc_testing/test.proto", "grpc_testing/empty.proto", "grpc_testing/messages.proto"])
+                    #expect(
+                        names == ["grpc_testing/test.proto", "grpc_testing/empty.proto", "grpc_testing/messages.proto"]
+                    )
                     #expect(files.first?.service.first?.method.map(\.name).contains("FullDuplexCall") == true)
                 }
             }

@@ -63,7 +63,12 @@ func expectStatus(_ code: Status.Code, message: String? = nil, _ body: () async 
         try await body()
     } catch let error as RPCError {
         try check(error.code == code, "expected \(code), got \(error.code): \(error.message)")
-        if let message { try check(error.message == message, "expected message \(message.debugDescription), got \(error.message.debugDescription)") }
+        if let message {
+            try check(
+                error.message == message,
+                "expected message \(message.debugDescription), got \(error.message.debugDescription)"
+            )
+        }
         return
     }
     throw InteropFailure("expected \(code), but the call succeeded")
@@ -97,7 +102,10 @@ enum InteropCase: String, CaseIterable {
         return payload
     }
 
-    private static func streamingRequest(responseSize: Int32, payloadSize: Int) -> Grpc_Testing_StreamingOutputCallRequest {
+    private static func streamingRequest(
+        responseSize: Int32,
+        payloadSize: Int
+    ) -> Grpc_Testing_StreamingOutputCallRequest {
         var request = Grpc_Testing_StreamingOutputCallRequest()
         var parameters = Grpc_Testing_ResponseParameters()
         parameters.size = responseSize
@@ -119,7 +127,10 @@ enum InteropCase: String, CaseIterable {
             request.payload = Self.payload(271828)
             let options = CallOptions(timeout: .seconds(30), compressRequests: self == .gzipLargeUnary)
             let response = try await client.unaryCall(request, options: options)
-            try check(response.payload.body.count == 314159, "response payload has \(response.payload.body.count) bytes")
+            try check(
+                response.payload.body.count == 314159,
+                "response payload has \(response.payload.body.count) bytes"
+            )
             try check(response.payload.body.allSatisfy { $0 == 0 }, "response payload is not all zeros")
 
         case .clientStreaming, .gzipClientStreaming:

@@ -44,6 +44,9 @@ struct InteropServerCommand: AsyncParsableCommand {
     @Option(name: .customLong("auth-token"), help: "A bearer token to require (repeatable). None: no authentication.")
     var authTokens: [String] = []
 
+    @Flag(help: "Run handlers on the shared concurrency pool instead of their connection's event loop.")
+    var handlersOffEventLoop = false
+
     @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.")
     var logLevel: String = "notice"
 
@@ -70,7 +73,8 @@ struct InteropServerCommand: AsyncParsableCommand {
                 maxHeaderListBytes: self.maxHeaderListBytes,
                 maxConcurrentStreams: self.maxConcurrentStreams,
                 idleTimeout: .seconds(self.idleTimeoutSeconds),
-                authorizationTokens: Set(self.authTokens)
+                authorizationTokens: Set(self.authTokens),
+                runsHandlersOnEventLoop: !self.handlersOffEventLoop
             ),
             services: services + [health, ReflectionService(services: services + [health])],
             logger: logger

@@ -39,7 +39,10 @@ struct TestService: Grpc_Testing_TestService.ServiceProtocol {
         return Grpc_Testing_Empty()
     }
 
-    func unaryCall(request: Grpc_Testing_SimpleRequest, context: ServerContext) async throws
+    func unaryCall(
+        request: Grpc_Testing_SimpleRequest,
+        context: ServerContext
+    ) async throws
         -> Grpc_Testing_SimpleResponse
     {
         self.echoMetadata(context)
