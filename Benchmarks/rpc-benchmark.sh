@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # RPC benchmark: our Swift gRPC server (cdp-interop-server, release build)
-# versus the grpcio reference server (Tests/Interop/python/interop_server.py),
-# both serving grpc.testing.TestService over plaintext HTTP/2.
+# versus two grpcio servers: "python" (grpc.aio, Tests/Interop/python/interop_server.py)
+# and "pysync" (grpcio's thread-pool server, Tests/Interop/python/bench_sync_server.py),
+# all serving grpc.testing.TestService over plaintext HTTP/2.
 #
 # Usage: Benchmarks/rpc-benchmark.sh [--no-build] [--no-save]
 #          [--duration S] [--warmup S] [--connections N] [--streams N]
@@ -14,7 +15,7 @@
 # Steps:
 #  1. swift build -c release --product cdp-interop-server   (skip: --no-build)
 #  2. Tests/python-env.sh (virtualenv, grpcio, generated protobuf modules)
-#  3. start both servers on ephemeral ports
+#  3. start the three servers on ephemeral ports
 #  4. for each server and each call (EmptyCall; UnaryCall with a 1024-byte
 #     payload asking for a 1024-byte response) run h2load with
 #     -c CONNECTIONS -m STREAMS, WARMUP s warm-up then DURATION s measured,
@@ -22,7 +23,7 @@
 #  5. h2load only sees HTTP status (gRPC errors travel as 200 + grpc-status
 #     trailer), so make STATUS_CALLS real grpcio calls of each kind against
 #     each server and require grpc-status OK for all of them.
-# Prints a table and ours/python ratios; also saves it to RESULTS_DIR unless
+# Prints a table and ours/<python server> ratios; also saves it to RESULTS_DIR unless
 # --no-save. Exit 1 if a server fails to start, h2load reports failed
 # requests, or any grpc-status check fails.
 set -euo pipefail

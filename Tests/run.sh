@@ -37,8 +37,9 @@ stage "robustness: hostile peers against our server"
 Tests/python-env.sh
 .venv/bin/python -m pytest Tests/Robustness -q -p no:cacheprovider
 
-stage "standard services: reflection and health from generic gRPC tools"
+stage "standard services and lifecycle: reflection and health from generic gRPC tools, SIGTERM drain"
 Tests/python-env.sh
-.venv/bin/python -m pytest Tests/Interop/python/test_standard_services.py -q -p no:cacheprovider
+.venv/bin/python -m pytest Tests/Interop/python/test_standard_services.py Tests/Interop/python/test_lifecycle.py \
+  -q -p no:cacheprovider
 
 stage "all test stages passed"

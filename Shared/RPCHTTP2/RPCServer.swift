@@ -2,6 +2,7 @@ import Logging
 import NIOCore
 import NIOPosix
 import RPCCore
+import ServiceLifecycle
 
 /// The methods a server routes to, by request path.
 struct Router: Sendable {
@@ -28,7 +29,7 @@ struct Router: Sendable {
 ///
 /// ```swift
 /// let server = RPCServer(configuration: .init(port: 50051), services: [MyService()], logger: logger)
-/// try await server.run()   // until the task is cancelled, then shuts down gracefully
+/// try await server.run()   // until cancelled or a graceful shutdown, then drains and stops
 /// ```
 ///
 /// Each connection gets its own nghttp2 session; each call runs its handler in its own task.
@@ -104,6 +105,8 @@ public final class RPCServer: Sendable {
     private let logger: Logger
     private let group: any EventLoopGroup
     private let state = LockedBox<StateBox>(StateBox())
+    /// Completed when ``shutdown()`` has finished.
+    private let stopped: EventLoopPromise<Void>
 
     private struct StateBox: @unchecked Sendable {
         // @unchecked: channels are Sendable; the enum only groups them, and is guarded by the lock.
@@ -127,6 +130,7 @@ public final class RPCServer: Sendable {
         self.router = Router(services: services)
         self.logger = logger
         self.group = group
+        self.stopped = group.next().makePromise(of: Void.self)
     }
 
     /// Binds and starts accepting connections.
@@ -189,13 +193,27 @@ public final class RPCServer: Sendable {
 
     /// Stops accepting connections, sends GOAWAY on every connection, lets calls in flight finish
     /// (up to ``Configuration/shutdownGracePeriod``), then closes everything.
+    ///
+    /// Safe to call more than once and from several tasks: every caller returns once the server
+    /// has stopped.
     public func shutdown() async {
-        let running = self.state.withLock { box -> (any Channel, [any Channel])? in
-            guard case .running(let listener, let connections) = box.state else { return nil }
-            box.state = .stopped
-            return (listener, Array(connections.values))
+        let action = self.state.withLock { box -> ShutdownAction in
+            switch box.state {
+            case .idle:
+                box.state = .stopped
+                self.stopped.succeed(())
+                return .wait
+            case .running(let listener, let connections):
+                box.state = .stopped
+                return .stop(listener, Array(connections.values))
+            case .stopped:
+                return .wait
+            }
         }
-        guard let (listener, connections) = running else { return }
+        guard case .stop(let listener, let connections) = action else {
+            try? await self.stopped.futureResult.get()
+            return
+        }
         try? await listener.close()
         for connection in connections {
             connection.pipeline.fireUserInboundEventTriggered(ServerConnectionHandler.GracefulShutdownEvent())
@@ -214,24 +232,32 @@ public final class RPCServer: Sendable {
             group.cancelAll()
         }
         self.logger.info("stopped")
+        self.stopped.succeed(())
     }
 
-    /// Starts the server and serves until the calling task is cancelled, then shuts down gracefully.
+    private enum ShutdownAction {
+        case stop(any Channel, [any Channel])
+        case wait
+    }
+}
+
+extension RPCServer: Service {
+    /// Serves until a graceful shutdown (SIGTERM through a `ServiceGroup`) or cancellation, then
+    /// shuts down gracefully; starts the server first unless ``start()`` was already called.
     public func run() async throws {
-        try await self.start()
-        await withTaskCancellationHandler {
-            await self.waitUntilStopped()
-        } onCancel: {
+        let idle = self.state.withLock { box -> Bool in
+            if case .idle = box.state { return true }
+            return false
+        }
+        if idle { try await self.start() }
+        await withGracefulShutdownHandler {
+            await withTaskCancellationHandler {
+                try? await self.stopped.futureResult.get()
+            } onCancel: {
+                Task { await self.shutdown() }
+            }
+        } onGracefulShutdown: {
             Task { await self.shutdown() }
         }
-        await self.shutdown()
-    }
-
-    private func waitUntilStopped() async {
-        let listener = self.state.withLock { box -> (any Channel)? in
-            if case .running(let listener, _) = box.state { return listener }
-            return nil
-        }
-        try? await listener?.closeFuture.get()
     }
 }

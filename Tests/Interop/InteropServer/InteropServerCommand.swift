@@ -1,14 +1,11 @@
 import ArgumentParser
-import Dispatch
 import Foundation
 import Logging
 import RPCCore
 import RPCHTTP2
 import RPCServices
+import ServiceLifecycle
 
-#if canImport(Glibc)
-import Glibc
-#endif
 
 /// Serves `grpc.testing.TestService` (plus health and reflection) for interop tests and benchmarks.
 @main
@@ -83,40 +80,11 @@ struct InteropServerCommand: AsyncParsableCommand {
         // Written unbuffered: scripts wait for this line on a pipe.
         FileHandle.standardOutput.write(Data("listening on \(self.host):\(address.port ?? self.port)\n".utf8))
 
-        await withTaskGroup(of: Void.self) { group in
-            group.addTask { await waitForTerminationSignal() }
-            await group.next()
-        }
-        await server.shutdown()
+        // SIGTERM and SIGINT start a graceful shutdown: GOAWAY, calls in flight finish, then exit.
+        try await ServiceGroup(
+            services: [server],
+            gracefulShutdownSignals: [.sigterm, .sigint],
+            logger: logger
+        ).run()
     }
 }
-
-/// Suspends until SIGINT or SIGTERM arrives.
-private func waitForTerminationSignal() async {
-    await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
-        let once = LockedBox(false)
-        var sources: [any DispatchSourceSignal] = []
-        for signalNumber in [SIGINT, SIGTERM] {
-            signal(signalNumber, SIG_IGN)
-            let source = DispatchSource.makeSignalSource(signal: signalNumber, queue: .global())
-            source.setEventHandler {
-                let first = once.withLock { fired -> Bool in
-                    defer { fired = true }
-                    return !fired
-                }
-                if first { continuation.resume() }
-            }
-            source.resume()
-            sources.append(source)
-        }
-        // The sources must outlive the wait; they are released with the process.
-        signalSources.withLock { $0.append(contentsOf: sources.map { SignalSourceBox(source: $0) }) }
-    }
-}
-
-private struct SignalSourceBox: @unchecked Sendable {
-    // @unchecked: DispatchSource is thread-safe; the box only keeps it alive.
-    let source: any DispatchSourceSignal
-}
-
-private let signalSources = LockedBox<[SignalSourceBox]>([])
