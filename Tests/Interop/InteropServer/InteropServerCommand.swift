@@ -6,7 +6,6 @@ import RPCHTTP2
 import RPCServices
 import ServiceLifecycle
 
-
 /// Serves `grpc.testing.TestService` (plus health and reflection) for interop tests and benchmarks.
 @main
 struct InteropServerCommand: AsyncParsableCommand {
