@@ -8,12 +8,14 @@
 #                               working tree; exit 1 listing the stale ones
 #
 # Needs protoc (Debian: protobuf-compiler and libprotobuf-dev, for the well-known types). Both plugins
-# are built from this package in the debug configuration of the main .build: the output does not
-# depend on optimisation, and the project's own build then reuses the compiled swift-protobuf.
+# are built from this package (debug: the output does not depend on optimisation) in their own
+# scratch path .build-codegen: building swift-protobuf's protoc-gen-swift product in the main .build
+# would make every later `swift build` there also compile protoc's C++ sources (minutes).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 PROTO_DIR="$ROOT/proto"
+SCRATCH="$ROOT/.build-codegen"
 
 # One line per Swift module: "<output directory, relative to the repository> <.proto files relative
 # to proto/, globs allowed>". Each group is one protoc call.
@@ -47,12 +49,12 @@ command -v protoc >/dev/null || {
     exit 1
 }
 
-echo "Building protoc-gen-swift and protoc-gen-cdp-rpc (debug, .build)..." >&2
+echo "Building protoc-gen-swift and protoc-gen-cdp-rpc (debug, scratch path .build-codegen)..." >&2
 # One product per invocation: swift build honours only the last of several --product options.
 for plugin in protoc-gen-swift protoc-gen-cdp-rpc; do
-    (cd "$ROOT" && swift build --product "$plugin" >&2)
+    (cd "$ROOT" && swift build --scratch-path "$SCRATCH" --product "$plugin" >&2)
 done
-BIN="$(cd "$ROOT" && swift build --show-bin-path)"
+BIN="$(cd "$ROOT" && swift build --scratch-path "$SCRATCH" --show-bin-path)"
 for plugin in protoc-gen-swift protoc-gen-cdp-rpc; do
     [[ -x "$BIN/$plugin" ]] || {
         echo "generate.sh: $BIN/$plugin was not built" >&2

@@ -66,7 +66,9 @@ public final class HTTP2ClientTransport: ClientTransport {
 
     private enum State: Sendable {
         case idle
-        case connecting(EventLoopFuture<Connection>)
+        /// `lastDelay`: the backoff before this attempt (zero for a first attempt), from which the
+        /// next one grows if this attempt fails.
+        case connecting(EventLoopFuture<Connection>, lastDelay: Duration)
         case ready(Connection)
         case backingOff(until: ContinuousClock.Instant, delay: Duration, error: String)
         case closed
@@ -111,7 +113,7 @@ public final class HTTP2ClientTransport: ClientTransport {
         }
         switch previous {
         case .ready(let connection): try? await connection.channel.close()
-        case .connecting(let future): try? await future.get().channel.close()
+        case .connecting(let future, _): try? await future.get().channel.close()
         default: break
         }
     }
@@ -132,18 +134,18 @@ public final class HTTP2ClientTransport: ClientTransport {
                 fallthrough
             case .idle:
                 let future = self.connect()
-                state = .connecting(future)
+                state = .connecting(future, lastDelay: .zero)
                 return .success(future)
-            case .connecting(let future):
+            case .connecting(let future, _):
                 return .success(future)
-            case .backingOff(let until, _, let error):
+            case .backingOff(let until, let delay, let error):
                 if ContinuousClock.now < until {
                     return .failure(
                         RPCError(code: .unavailable, message: "Cannot reach \(self.configuration.authority): \(error)")
                     )
                 }
                 let future = self.connect()
-                state = .connecting(future)
+                state = .connecting(future, lastDelay: delay)
                 return .success(future)
             case .closed:
                 return .failure(RPCError(code: .unavailable, message: "The client transport is closed."))
@@ -159,10 +161,10 @@ public final class HTTP2ClientTransport: ClientTransport {
         } catch {
             let message = "\(error)"
             self.state.withLock { state in
-                guard case .connecting = state else { return }
-                state = .backingOff(until: .now, delay: .zero, error: message)
+                guard case .connecting(_, let lastDelay) = state else { return }
+                let delay = Self.nextBackoff(after: lastDelay, configuration: self.configuration)
+                state = .backingOff(until: .now + delay * Double.random(in: 0.8...1.2), delay: delay, error: message)
             }
-            self.scheduleBackoff(error: message)
             throw RPCError(
                 code: .unavailable,
                 message: "Cannot connect to \(self.configuration.authority): \(message)",
@@ -171,17 +173,12 @@ public final class HTTP2ClientTransport: ClientTransport {
         }
     }
 
-    /// Grows the wait before the next attempt, with ±20 % jitter.
-    private func scheduleBackoff(error: String) {
-        self.state.withLock { state in
-            guard case .backingOff(_, let previous, _) = state else { return }
-            let base =
-                previous == .zero
-                ? self.configuration.initialBackoff
-                : min(self.configuration.maxBackoff, previous * self.configuration.backoffMultiplier)
-            let jittered = base * Double.random(in: 0.8...1.2)
-            state = .backingOff(until: .now + jittered, delay: base, error: error)
-        }
+    /// The wait after a failed attempt: the initial backoff first, then growing by the multiplier up
+    /// to the maximum (callers add ±20 % jitter so that many clients do not retry in step).
+    static func nextBackoff(after previous: Duration, configuration: Configuration) -> Duration {
+        previous == .zero
+            ? configuration.initialBackoff
+            : min(configuration.maxBackoff, previous * configuration.backoffMultiplier)
     }
 
     private func connect() -> EventLoopFuture<Connection> {

@@ -4,8 +4,9 @@ import Logging
 import NIOCore
 import NIOPosix
 import RPCCore
-import RPCHTTP2
 import Testing
+
+@testable import RPCHTTP2
 
 /// Methods of a small test service, built from descriptors (no generated protocol needed).
 private enum Echo {
@@ -308,6 +309,23 @@ private func withServerAndClient(
             } throws: { ($0 as? RPCError)?.code == .unavailable }
         }
         await transport.close()
+    }
+
+    @Test func backoffGrowsToItsMaximum() {
+        let configuration = HTTP2ClientTransport.Configuration(
+            host: "h",
+            port: 1,
+            initialBackoff: .seconds(1),
+            maxBackoff: .seconds(5),
+            backoffMultiplier: 2
+        )
+        var delays: [Duration] = []
+        var delay = Duration.zero
+        for _ in 0..<5 {
+            delay = HTTP2ClientTransport.nextBackoff(after: delay, configuration: configuration)
+            delays.append(delay)
+        }
+        #expect(delays == [.seconds(1), .seconds(2), .seconds(4), .seconds(5), .seconds(5)])
     }
 
     @Test func theClientReconnectsAfterTheServerRestarts() async throws {
