@@ -274,6 +274,25 @@ private func withServerAndClient(
         }
     }
 
+    @Test func oversizedResponsesAreResourceExhaustedForTheClient() async throws {
+        let server = RPCServer(configuration: .init(), services: [EchoService()], logger: Logger(label: "test"))
+        let address = try await server.start()
+        let transport = HTTP2ClientTransport(
+            configuration: .init(host: "127.0.0.1", port: address.port!, maxReceiveMessageBytes: 1000)
+        )
+        let client = RPCClient(transport: transport)
+        var request = Grpc_Testing_SimpleRequest()
+        request.responseSize = 5000
+        await #expect {
+            _ = try await client.unary(Echo.unary, request)
+        } throws: { ($0 as? RPCError)?.code == .resourceExhausted }
+        // Small responses still arrive on the same connection.
+        request.responseSize = 10
+        #expect(try await client.unary(Echo.unary, request).message.payload.body.count == 10)
+        await transport.close()
+        await server.shutdown()
+    }
+
     @Test func tokensAreRequiredWhenConfigured() async throws {
         try await withServerAndClient(.init(authorizationTokens: ["s3cret"])) { client in
             await #expect {
