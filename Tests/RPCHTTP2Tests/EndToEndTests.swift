@@ -37,9 +37,18 @@ private enum Echo {
         kind: .unary
     )
     static let fail = RPCMethod<Grpc_Testing_Empty, Grpc_Testing_Empty>(service: service, method: "Fail", kind: .unary)
+    /// Reads nothing until `slowReaderGate` opens, then counts the requests.
+    static let slowCollect = RPCMethod<Grpc_Testing_StreamingInputCallRequest, Grpc_Testing_StreamingInputCallResponse>(
+        service: service,
+        method: "SlowCollect",
+        kind: .clientStreaming
+    )
 }
 
 private struct InternalDetail: Error {}
+
+/// Opens to let the `SlowCollect` handler start reading.
+private let slowReaderGate = LockedBox(false)
 
 /// Records whether a handler observed cancellation.
 private let sleepCancelled = LockedBox(0)
@@ -89,6 +98,14 @@ private struct EchoService: RPCService {
                 return Grpc_Testing_Empty()
             },
             .unary(Echo.fail) { _, _ in throw InternalDetail() },
+            .clientStreaming(Echo.slowCollect) { requests, _ in
+                while !slowReaderGate.value { try await Task.sleep(for: .milliseconds(10)) }
+                var count = 0
+                for try await _ in requests { count += 1 }
+                var response = Grpc_Testing_StreamingInputCallResponse()
+                response.aggregatedPayloadSize = Int32(count)
+                return response
+            },
         ]
     }
 }
@@ -271,6 +288,32 @@ private func withServerAndClient(
             } throws: { ($0 as? RPCError)?.code == .resourceExhausted }
             // The connection stays usable.
             _ = try await client.unary(Echo.unary, Grpc_Testing_SimpleRequest())
+        }
+    }
+
+    @Test func aHandlerThatDoesNotReadStopsTheClientAfterAboutOneWindow() async throws {
+        let window = 64 * 1024
+        try await withServerAndClient(.init(initialStreamWindowBytes: window)) { client in
+            let sent = LockedBox(0)
+            try await client.withCall(Echo.slowCollect) { call in
+                var request = Grpc_Testing_StreamingInputCallRequest()
+                request.payload.body = Data(count: 1024)
+                let sender = Task {
+                    for _ in 0..<4000 {
+                        try await call.send(request)
+                        sent.withLock { $0 += 1 }
+                    }
+                    try await call.closeSend()
+                }
+                try await Task.sleep(for: .milliseconds(500))
+                // Held back by the server's window (64 KiB) and the client's own send buffer
+                // (256 KiB): far fewer than the 4000 messages (4 MiB) the sender wants to send.
+                let whileBlocked = sent.value
+                #expect(whileBlocked < 500, "sent \(whileBlocked) messages while the handler was not reading")
+                slowReaderGate.withLock { $0 = true }
+                try await sender.value
+                #expect(try await call.receive()?.aggregatedPayloadSize == 4000)
+            }
         }
     }
 
