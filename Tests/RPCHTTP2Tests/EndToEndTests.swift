@@ -119,15 +119,15 @@ private func withServerAndClient(
     let server = RPCServer(configuration: configuration, services: [EchoService()], logger: Logger(label: "test"))
     let address = try await server.start()
     let transport = HTTP2ClientTransport(configuration: .init(host: "127.0.0.1", port: address.port!))
+    var failure: (any Error)?
     do {
         try await body(RPCClient(transport: transport, defaultMetadata: clientMetadata))
     } catch {
-        await transport.close()
-        await server.shutdown()
-        throw error
+        failure = error
     }
     await transport.close()
     await server.shutdown()
+    if let failure { throw failure }
 }
 
 @Suite struct EndToEndTests {

@@ -54,13 +54,15 @@ import Testing
         )
         let address = try await server.start()
         let transport = HTTP2ClientTransport(configuration: .init(host: "127.0.0.1", port: address.port!))
-        defer {
-            Task {
-                await transport.close()
-                await server.shutdown()
-            }
+        var failure: (any Error)?
+        do {
+            try await body(RPCClient(transport: transport), health)
+        } catch {
+            failure = error
         }
-        try await body(RPCClient(transport: transport), health)
+        await transport.close()
+        await server.shutdown()
+        if let failure { throw failure }
     }
 
     private func reflect(

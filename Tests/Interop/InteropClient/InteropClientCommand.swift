@@ -30,7 +30,6 @@ struct InteropClientCommand: AsyncParsableCommand {
 
     func run() async throws {
         let transport = HTTP2ClientTransport(configuration: .init(host: self.serverHost, port: self.serverPort))
-        defer { Task { await transport.close() } }
         let cases = self.testCase == "all" ? InteropCase.allCases : [InteropCase(rawValue: self.testCase)!]
         var failed = 0
         for testCase in cases {
@@ -42,6 +41,7 @@ struct InteropClientCommand: AsyncParsableCommand {
                 print("FAIL \(testCase.rawValue): \(error)")
             }
         }
+        await transport.close()
         print("\(cases.count - failed) passed, \(failed) failed")
         if failed > 0 { throw ExitCode.failure }
     }
