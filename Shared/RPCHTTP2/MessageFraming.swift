@@ -92,6 +92,7 @@ struct MessageDeframer {
 enum MessageFramer {
     /// Appends `message` to `buffer` with its 5-byte prefix, gzip-compressing it when asked.
     static func frame(_ message: [UInt8], compress: Bool, into buffer: inout ByteBuffer) {
+        // Should compression fail, the message goes uncompressed (flag 0), which every peer accepts.
         if compress {
             var input = ByteBuffer(bytes: message)
             if let compressed = try? input.compress(with: .gzip) {

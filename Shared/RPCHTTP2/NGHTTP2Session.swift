@@ -218,7 +218,7 @@ final class NGHTTP2Session {
         nghttp2_submit_goaway(self.session, CDP_FLAG_NONE, last, errorCode, &bytes, bytes.count)
     }
 
-    /// Whether the peer announced this stream's state as still open on our side.
+    /// Whether nghttp2 still tracks the stream (it has not been closed).
     func isStreamOpen(_ streamID: Int32) -> Bool {
         nghttp2_session_find_stream(self.session, streamID) != nil
     }

@@ -405,8 +405,8 @@ final class ServerConnectionHandler: ChannelDuplexHandler, NGHTTP2SessionDelegat
             stream.phase = .collectingRequest
             if endStream { self.requestEnded(stream) }
         case .clientStreaming, .bidirectional:
-            if endStream { try? stream.inbound.finish() }
             self.startHandler(stream, requests: nil)
+            if endStream { self.requestEnded(stream) }
         }
     }
 
