@@ -13,6 +13,8 @@ let package = Package(
         .executable(name: "cdp-interop-server", targets: ["cdp-interop-server"]),
         .executable(name: "cdp-interop-client", targets: ["cdp-interop-client"]),
         .executable(name: "protoc-gen-cdp-rpc", targets: ["protoc-gen-cdp-rpc"]),
+        .library(name: "CDPProto", targets: ["CDPProto"]),
+        .executable(name: "cdp-ingestion", targets: ["cdp-ingestion"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-nio", exact: "2.101.3"),
@@ -21,6 +23,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-argument-parser", exact: "1.8.2"),
         .package(url: "https://github.com/adam-fowler/compress-nio", exact: "1.5.0"),
         .package(url: "https://github.com/swift-server/swift-service-lifecycle", exact: "2.13.0"),
+        .package(url: "https://github.com/groue/GRDB.swift", exact: "7.10.0"),
     ],
     targets: [
         // libnghttp2, behind one small C module; only RPCHTTP2 imports it (privately).
@@ -63,6 +66,58 @@ let package = Package(
             dependencies: [.product(name: "SwiftProtobufPluginLibrary", package: "swift-protobuf")],
             path: "Shared/ProtocGenRPC"
         ),
+        // The data model and every service's API: generated messages and stubs (proto/cdp).
+        .target(
+            name: "CDPProto",
+            dependencies: ["RPCCore", .product(name: "SwiftProtobuf", package: "swift-protobuf")],
+            path: "Shared/CDPProto"
+        ),
+        // What every service process shares: the outbox relay, wake-ups, addresses.
+        .target(
+            name: "ServiceSupport",
+            dependencies: [
+                "RPCCore",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ],
+            path: "Shared/ServiceSupport"
+        ),
+
+        // MARK: Ingestion
+        // File formats: streaming CSV and NDJSON readers, canonical schemas, native mapping tables,
+        // validation and normalization. No storage, no RPC.
+        .target(
+            name: "IngestionFormats",
+            dependencies: ["CDPProto", .product(name: "SwiftProtobuf", package: "swift-protobuf")],
+            path: "Services/Ingestion/Formats"
+        ),
+        // Ingestion's storage behind one protocol; the embedded SQLite implementation.
+        .target(
+            name: "IngestionStore",
+            dependencies: ["CDPProto", .product(name: "GRDB", package: "GRDB.swift")],
+            path: "Services/Ingestion/Store"
+        ),
+        // The cdp.ingestion.v1.Ingestion service.
+        .target(
+            name: "IngestionService",
+            dependencies: [
+                "CDPProto", "IngestionFormats", "IngestionStore", "RPCCore",
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            path: "Services/Ingestion/Service"
+        ),
+        .executableTarget(
+            name: "cdp-ingestion",
+            dependencies: [
+                "CDPProto", "IngestionService", "IngestionStore", "RPCCore", "RPCHTTP2", "RPCServices",
+                "ServiceSupport",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ],
+            path: "Services/Ingestion/Main"
+        ),
+
         // grpc.testing messages and stubs, used by the interop programs and the tests.
         .target(
             name: "InteropProto",
@@ -101,6 +156,16 @@ let package = Package(
                 .product(name: "NIOEmbedded", package: "swift-nio"),
             ],
             path: "Tests/RPCHTTP2Tests"
+        ),
+        .testTarget(
+            name: "IngestionTests",
+            dependencies: [
+                "CDPProto", "IngestionFormats", "IngestionStore", "IngestionService", "RPCCore", "RPCHTTP2",
+                "ServiceSupport",
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            path: "Tests/IngestionTests",
+            exclude: ["Fixtures"]
         ),
     ]
 )

@@ -22,7 +22,7 @@ SCRATCH="$ROOT/.build-codegen"
 CODEGEN_GROUPS=(
     "Shared/RPCServices/Generated grpc/health/v1/health.proto grpc/reflection/v1/reflection.proto grpc/reflection/v1alpha/reflection.proto"
     "Tests/Interop/InteropProto/Generated grpc_testing/*.proto"
-    # "Shared/CDPProto/Generated cdp/**/*.proto"
+    "Shared/CDPProto/Generated cdp/**/*.proto"
 )
 
 # Options for both plugins (protoc-gen-cdp-rpc accepts protoc-gen-swift's Visibility and FileNaming).

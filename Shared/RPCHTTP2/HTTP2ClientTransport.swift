@@ -163,7 +163,7 @@ public final class HTTP2ClientTransport: ClientTransport {
             self.state.withLock { state in
                 guard case .connecting(_, let lastDelay) = state else { return }
                 let delay = Self.nextBackoff(after: lastDelay, configuration: self.configuration)
-                state = .backingOff(until: .now + delay * Double.random(in: 0.8...1.2), delay: delay, error: message)
+                state = .backingOff(until: .now + Backoff.jittered(delay), delay: delay, error: message)
             }
             throw RPCError(
                 code: .unavailable,
@@ -176,9 +176,11 @@ public final class HTTP2ClientTransport: ClientTransport {
     /// The wait after a failed attempt: the initial backoff first, then growing by the multiplier up
     /// to the maximum (callers add ±20 % jitter so that many clients do not retry in step).
     static func nextBackoff(after previous: Duration, configuration: Configuration) -> Duration {
-        previous == .zero
-            ? configuration.initialBackoff
-            : min(configuration.maxBackoff, previous * configuration.backoffMultiplier)
+        Backoff(
+            initial: configuration.initialBackoff,
+            maximum: configuration.maxBackoff,
+            multiplier: configuration.backoffMultiplier
+        ).delay(after: previous)
     }
 
     private func connect() -> EventLoopFuture<Connection> {

@@ -1,0 +1,191 @@
+/// A streaming RFC 4180 CSV reader: bytes go in, in pieces of any size (a split may fall anywhere, even
+/// inside a quoted field or a CRLF), rows come out. Memory is bounded by the longest row, not the file.
+///
+/// Accepts `,` separators, `"` quoting with `""` escapes, LF or CRLF line ends, line breaks inside quoted
+/// fields, and a UTF-8 byte-order mark at the start. Fields come out as `String`s; bytes that are not
+/// UTF-8 make the whole input unreadable (`CSVReader.Failure`).
+struct CSVReader {
+    /// One row: its fields and the 1-based physical line where it starts.
+    struct Row {
+        var line: UInt64
+        var fields: [String]
+        /// The row was longer than the limit; its fields are empty.
+        var isOversized: Bool
+    }
+
+    /// The input cannot be read as CSV at all.
+    struct Failure: Error {
+        var line: UInt64
+        var message: String
+    }
+
+    private enum State {
+        case fieldStart
+        case unquoted
+        case quoted
+        /// A quote inside a quoted field: either the end of the field or the first half of `""`.
+        case quoteInQuoted
+        /// A CR outside quotes: the row ends here whether or not an LF follows.
+        case afterCarriageReturn
+    }
+
+    private let maxRowBytes: Int
+    private var state = State.fieldStart
+    private var field: [UInt8] = []
+    private var fields: [String] = []
+    private var rowBytes = 0
+    private var line: UInt64 = 1
+    private var rowLine: UInt64 = 1
+    private var atStart = true
+    private var bomBytesSeen = 0
+    private var oversized = false
+    /// Whether the current row has any content (a lone line break is an empty row, skipped).
+    private var rowStarted = false
+
+    init(maxRowBytes: Int) {
+        self.maxRowBytes = maxRowBytes
+        field.reserveCapacity(256)
+    }
+
+    /// Reads `bytes`, appending every completed row to `rows`.
+    mutating func read(_ bytes: UnsafeRawBufferPointer, into rows: inout [Row]) throws(Failure) {
+        var index = 0
+        let count = bytes.count
+        if atStart {
+            // Skip a UTF-8 BOM (EF BB BF), which may itself arrive split across pieces.
+            let bom: [UInt8] = [0xEF, 0xBB, 0xBF]
+            while index < count, bomBytesSeen < 3, bytes[index] == bom[bomBytesSeen] {
+                bomBytesSeen += 1
+                index += 1
+            }
+            if bomBytesSeen == 3 {
+                atStart = false
+            } else if index < count {
+                guard bomBytesSeen == 0 else {
+                    throw Failure(line: 1, message: "the file starts with a damaged byte-order mark")
+                }
+                atStart = false
+            } else {
+                return  // Everything so far may be the start of a BOM: wait for more.
+            }
+        }
+        while index < count {
+            let byte = bytes[index]
+            index += 1
+            switch state {
+            case .fieldStart:
+                switch byte {
+                case UInt8(ascii: "\""):
+                    rowStarted = true
+                    state = .quoted
+                case UInt8(ascii: ","):
+                    rowStarted = true
+                    try endField()
+                case UInt8(ascii: "\n"):
+                    try endRow(into: &rows)
+                    line += 1
+                case UInt8(ascii: "\r"):
+                    state = .afterCarriageReturn
+                default:
+                    rowStarted = true
+                    append(byte)
+                    state = .unquoted
+                }
+            case .unquoted:
+                switch byte {
+                case UInt8(ascii: ","):
+                    try endField()
+                    state = .fieldStart
+                case UInt8(ascii: "\n"):
+                    try endRow(into: &rows)
+                    line += 1
+                    state = .fieldStart
+                case UInt8(ascii: "\r"):
+                    state = .afterCarriageReturn
+                default:
+                    append(byte)
+                }
+            case .quoted:
+                if byte == UInt8(ascii: "\"") {
+                    state = .quoteInQuoted
+                } else {
+                    if byte == UInt8(ascii: "\n") { line += 1 }
+                    append(byte)
+                }
+            case .quoteInQuoted:
+                switch byte {
+                case UInt8(ascii: "\""):
+                    append(byte)
+                    state = .quoted
+                case UInt8(ascii: ","):
+                    try endField()
+                    state = .fieldStart
+                case UInt8(ascii: "\n"):
+                    try endRow(into: &rows)
+                    line += 1
+                    state = .fieldStart
+                case UInt8(ascii: "\r"):
+                    state = .afterCarriageReturn
+                default:
+                    // `"abc"def`: lenient, like most readers: keep the text after the closing quote.
+                    append(byte)
+                    state = .unquoted
+                }
+            case .afterCarriageReturn:
+                try endRow(into: &rows)
+                line += 1
+                state = .fieldStart
+                if byte != UInt8(ascii: "\n") {
+                    // A bare CR ends the row; this byte starts the next one.
+                    index -= 1
+                }
+            }
+        }
+    }
+
+    /// Ends the input: a last row without a line break is returned; an open quote is a failure.
+    mutating func finish(into rows: inout [Row]) throws(Failure) {
+        switch state {
+        case .quoted:
+            throw Failure(line: rowLine, message: "a quoted field opened on line \(rowLine) is never closed")
+        case .afterCarriageReturn, .unquoted, .quoteInQuoted:
+            try endRow(into: &rows)
+        case .fieldStart:
+            if rowStarted { try endRow(into: &rows) }
+        }
+        state = .fieldStart
+    }
+
+    @inline(__always)
+    private mutating func append(_ byte: UInt8) {
+        rowBytes += 1
+        if rowBytes > maxRowBytes {
+            oversized = true
+            return
+        }
+        field.append(byte)
+    }
+
+    private mutating func endField() throws(Failure) {
+        rowBytes += 1
+        if !oversized {
+            guard let text = String(validating: field, as: UTF8.self) else {
+                throw Failure(line: line, message: "line \(line) is not valid UTF-8 (field \(fields.count + 1))")
+            }
+            fields.append(text)
+        }
+        field.removeAll(keepingCapacity: true)
+    }
+
+    private mutating func endRow(into rows: inout [Row]) throws(Failure) {
+        if rowStarted || !field.isEmpty || !fields.isEmpty {
+            try endField()
+            rows.append(Row(line: rowLine, fields: oversized ? [] : fields, isOversized: oversized))
+        }
+        fields.removeAll(keepingCapacity: true)
+        rowBytes = 0
+        oversized = false
+        rowStarted = false
+        rowLine = line + 1
+    }
+}

@@ -1,0 +1,156 @@
+import ArgumentParser
+import CDPProto
+import Foundation
+import IngestionService
+import IngestionStore
+import Logging
+import RPCCore
+import RPCHTTP2
+import RPCServices
+import ServiceLifecycle
+import ServiceSupport
+
+/// The ingestion service's executable.
+@main
+struct IngestionCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "cdp-ingestion",
+        abstract: "Runs the ingestion service: sources, batch and streaming ingestion, forwarding to identity.",
+        discussion: """
+            Serves cdp.ingestion.v1.Ingestion (plus grpc.health.v1.Health and server reflection) over h2c. \
+            Accepted records are committed to DATA_DIR/ingestion.sqlite (SQLite, WAL) before they are \
+            acknowledged, then forwarded to the identity service from a durable outbox, retried until \
+            identity acknowledges them. Without --identity the outbox keeps everything until a later run \
+            names one.
+
+            Prints 'listening on HOST:PORT' on stdout once bound. SIGINT or SIGTERM start a graceful \
+            shutdown: calls in flight finish, then the process exits.
+
+            Environment: CDP_DATA_DIR, CDP_IDENTITY_ADDR and CDP_TOKEN stand in for --data-dir, --identity \
+            and --auth-token.
+            """
+    )
+
+    @Option(help: "The address to bind.")
+    var host: String = "127.0.0.1"
+
+    @Option(help: "The port to listen on; 0 picks a free one.")
+    var port: Int = 7400
+
+    @Option(help: "The directory of the service's database (default: $CDP_DATA_DIR/ingestion or ./data/ingestion).")
+    var dataDir: String?
+
+    @Option(help: "The identity service to forward records to, HOST:PORT (default: $CDP_IDENTITY_ADDR).")
+    var identity: String?
+
+    @Option(help: "Records per forwarding call to identity.")
+    var forwardBatchSize: Int = 1000
+
+    @Option(help: "Records per store transaction while receiving a batch.")
+    var chunkRecords: Int = 5000
+
+    @Option(help: "The default largest fraction of rejected records a batch may have (0 to 1).")
+    var errorThreshold: Double = 0.05
+
+    @Option(
+        name: .customLong("auth-token"),
+        help: "A bearer token callers must send, also sent to identity (default: $CDP_TOKEN; none: no authentication)."
+    )
+    var authToken: String?
+
+    @Option(help: "The largest request message, in bytes.")
+    var maxReceiveMessageBytes: Int = 4 * 1024 * 1024
+
+    @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.")
+    var logLevel: String = "info"
+
+    func validate() throws {
+        guard (0...65535).contains(port) else { throw ValidationError("--port must be between 0 and 65535.") }
+        guard forwardBatchSize > 0, chunkRecords > 0 else {
+            throw ValidationError("--forward-batch-size and --chunk-records must be positive.")
+        }
+        guard (0...1).contains(errorThreshold) else {
+            throw ValidationError("--error-threshold is a fraction between 0 and 1 (0.05 = 5%).")
+        }
+        guard Logger.Level(rawValue: logLevel) != nil else {
+            throw ValidationError("--log-level must be one of trace, debug, info, notice, warning, error, critical.")
+        }
+        if let address = identity ?? ProcessInfo.processInfo.environment["CDP_IDENTITY_ADDR"] {
+            guard HostPort(address) != nil else {
+                throw ValidationError("--identity must be HOST:PORT, e.g. 127.0.0.1:7401 (got \"\(address)\").")
+            }
+        }
+    }
+
+    func run() async throws {
+        let environment = ProcessInfo.processInfo.environment
+        LoggingSystem.bootstrap { label in
+            var handler = StreamLogHandler.standardError(label: label)
+            handler.logLevel = Logger.Level(rawValue: self.logLevel) ?? .info
+            return handler
+        }
+        let logger = Logger(label: "cdp-ingestion")
+        let directory = dataDir ?? (environment["CDP_DATA_DIR"].map { $0 + "/ingestion" } ?? "./data/ingestion")
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        let store = try SQLiteIngestionStore(path: directory + "/ingestion.sqlite")
+        let token = authToken ?? environment["CDP_TOKEN"]
+
+        var services: [any Service] = []
+        var relay: OutboxRelay<OutboxChunk>?
+        var identityTransport: HTTP2ClientTransport?
+        if let address = (identity ?? environment["CDP_IDENTITY_ADDR"]).flatMap(HostPort.init) {
+            let transport = HTTP2ClientTransport(configuration: .init(host: address.host, port: address.port))
+            identityTransport = transport
+            var metadata = Metadata()
+            if let token { metadata.add("authorization", "Bearer \(token)") }
+            let client = Cdp_Identity_V1_Identity.Client(RPCClient(transport: transport, defaultMetadata: metadata))
+            relay = OutboxRelay(
+                name: "ingestion→identity",
+                configuration: .init(chunkSize: forwardBatchSize),
+                logger: logger,
+                fetch: { limit in try await store.nextOutboxChunk(limit: limit) },
+                deliver: { chunk in
+                    var request = Cdp_Identity_V1_AcceptRecordsRequest()
+                    request.sender = "ingestion"
+                    request.records = chunk.records
+                    _ = try await client.acceptRecords(request, options: CallOptions(timeout: .seconds(30)))
+                },
+                acknowledge: { chunk in try await store.acknowledge(chunk) }
+            )
+        } else {
+            logger.notice("no identity service configured (--identity): accepted records stay in the outbox")
+        }
+
+        let service = IngestionService(
+            store: store,
+            configuration: .init(chunkRecords: chunkRecords, defaultErrorThreshold: errorThreshold),
+            logger: logger,
+            committed: { [relay] in relay?.wake() },
+            forwardingError: { [relay] in relay?.status.lastError }
+        )
+        let health = HealthService()
+        let server = RPCServer(
+            configuration: .init(
+                host: host,
+                port: port,
+                maxReceiveMessageBytes: maxReceiveMessageBytes,
+                authorizationTokens: token.map { Set([$0]) } ?? [],
+                // Parsing and storage are CPU and disk work: keep them off the event loops.
+                runsHandlersOnEventLoop: false
+            ),
+            services: [service, health, ReflectionService(services: [service, health])],
+            logger: logger
+        )
+        let address = try await server.start()
+        FileHandle.standardOutput.write(Data("listening on \(host):\(address.port ?? port)\n".utf8))
+        logger.info(
+            "ingestion service started",
+            metadata: ["data.dir": "\(directory)", "port": "\(address.port ?? port)"]
+        )
+
+        services.append(server)
+        if let relay { services.append(relay) }
+        try await ServiceGroup(services: services, gracefulShutdownSignals: [.sigterm, .sigint], logger: logger).run()
+        await identityTransport?.close()
+    }
+}

@@ -1,0 +1,490 @@
+import CDPProto
+import Foundation
+import IngestionFormats
+import IngestionStore
+import Logging
+import RPCCore
+import SwiftProtobuf
+import Synchronization
+
+/// `cdp.ingestion.v1.Ingestion`: sources, batch uploads, record streams and batch status.
+///
+/// A batch is parsed as its bytes arrive and committed in chunks while the next chunk is parsed; its
+/// records become visible to forwarding when the whole batch is accepted. Nothing is acknowledged
+/// before it is committed.
+public final class IngestionService: Cdp_Ingestion_V1_Ingestion.ServiceProtocol {
+    /// How batches are handled.
+    public struct Configuration: Sendable {
+        /// Records per store transaction.
+        public var chunkRecords: Int
+        /// The largest rejected fraction a batch may have when its header does not say.
+        public var defaultErrorThreshold: Double
+        /// Record errors returned in a batch response (all are counted; the store keeps 1,000).
+        public var maxReturnedErrors: Int
+
+        public init(chunkRecords: Int = 5000, defaultErrorThreshold: Double = 0.05, maxReturnedErrors: Int = 1000) {
+            self.chunkRecords = chunkRecords
+            self.defaultErrorThreshold = defaultErrorThreshold
+            self.maxReturnedErrors = maxReturnedErrors
+        }
+
+        public static let defaults = Configuration()
+    }
+
+    private let store: any IngestionStore
+    private let configuration: Configuration
+    private let logger: Logger
+    private let committed: @Sendable () -> Void
+    private let forwardingError: @Sendable () -> String?
+    /// Sources known to exist (they are never deleted), to spare a lookup per stream request.
+    private let knownSources = Mutex(Set<String>())
+
+    /// Creates the service.
+    ///
+    /// - Parameters:
+    ///   - committed: Called after records were queued for forwarding (wakes the outbox relay).
+    ///   - forwardingError: The relay's last error, for `GetOutboxStatus`.
+    public init(
+        store: any IngestionStore,
+        configuration: Configuration = .defaults,
+        logger: Logger,
+        committed: @escaping @Sendable () -> Void = {},
+        forwardingError: @escaping @Sendable () -> String? = { nil }
+    ) {
+        self.store = store
+        self.configuration = configuration
+        self.logger = logger
+        self.committed = committed
+        self.forwardingError = forwardingError
+    }
+
+    // MARK: - Sources
+
+    public func createSource(
+        request: Cdp_Ingestion_V1_CreateSourceRequest,
+        context: ServerContext
+    ) async throws
+        -> Cdp_Ingestion_V1_SourceInfo
+    {
+        try Self.validate(request.source, field: "source")
+        let info = try await store.createSource(request.source, description: request.description_p)
+        logger.info("source registered", metadata: ["source": "\(Self.name(request.source))"])
+        return info
+    }
+
+    public func listSources(
+        request: Cdp_Ingestion_V1_ListSourcesRequest,
+        context: ServerContext
+    ) async throws
+        -> Cdp_Ingestion_V1_ListSourcesResponse
+    {
+        var response = Cdp_Ingestion_V1_ListSourcesResponse()
+        response.sources = try await store.listSources()
+        return response
+    }
+
+    // MARK: - Batches
+
+    public func ingestBatch(
+        requests: RPCAsyncSequence<Cdp_Ingestion_V1_IngestBatchRequest>,
+        context: ServerContext
+    )
+        async throws -> Cdp_Ingestion_V1_Batch
+    {
+        var iterator = requests.makeAsyncIterator()
+        guard let first = try await iterator.next() else {
+            throw RPCError(code: .invalidArgument, message: "IngestBatch: the stream is empty; send a header first")
+        }
+        guard case .header(let header)? = first.part else {
+            throw RPCError(code: .invalidArgument, message: "IngestBatch: the first message must be the batch header")
+        }
+        try Self.validate(header.source, field: "header.source")
+        try await requireSource(header.source)
+        let threshold = header.hasErrorThreshold ? header.errorThreshold : configuration.defaultErrorThreshold
+        guard (0...1).contains(threshold) else {
+            throw RPCError(
+                code: .invalidArgument,
+                message: "header.error_threshold must be between 0 and 1 (a fraction), not \(threshold)"
+            )
+        }
+        let parser: BatchParser
+        do {
+            parser = try BatchParser(format: header.format, entity: header.entity, source: header.source)
+        } catch {
+            throw RPCError(code: .invalidArgument, message: "IngestBatch: \(error.message)")
+        }
+
+        let batchID: String
+        switch try await store.beginBatch(header, errorThreshold: threshold) {
+        case .finished(var batch):
+            batch.replayed = true
+            logger.info("batch re-sent; answering with its stored result", metadata: ["batch.id": "\(batch.batchID)"])
+            return batch
+        case .inProgress(let id):
+            throw RPCError(
+                code: .aborted,
+                message: "batch \(id) with idempotency key \"\(header.idempotencyKey)\" is being received right now; "
+                    + "wait for it to finish, then send again to get its result"
+            )
+        case .started(let id):
+            batchID = id
+        }
+
+        var receiver = BatchReceiver(
+            parser: parser,
+            source: header.source,
+            chunkRecords: configuration.chunkRecords,
+            maxErrors: max(configuration.maxReturnedErrors, maxStoredErrors)
+        )
+        do {
+            try await withThrowingTaskGroup(of: AppendResult.self) { group in
+                // At most one chunk is being written while the next is parsed.
+                var writing = false
+                func write(_ chunk: [PreparedRecord]) async throws {
+                    if writing, let result = try await group.next() { receiver.add(result) }
+                    group.addTask { [store] in try await store.appendBatchRecords(chunk, batchID: batchID) }
+                    writing = true
+                }
+                while let message = try await iterator.next() {
+                    switch message.part {
+                    case .data(let bytes)?:
+                        receiver.counts.bytes += UInt64(bytes.count)
+                        try receiver.feed(bytes)
+                    case .records(let list)?:
+                        receiver.add(typed: list.records)
+                    case .header?:
+                        throw RPCError(
+                            code: .invalidArgument,
+                            message: "IngestBatch: a second header; one batch per call"
+                        )
+                    case nil:
+                        continue
+                    }
+                    while let chunk = receiver.takeChunk(final: false) { try await write(chunk) }
+                }
+                try receiver.finish()
+                while let chunk = receiver.takeChunk(final: true) { try await write(chunk) }
+                while let result = try await group.next() { receiver.add(result) }
+            }
+        } catch let failure as BatchFailure {
+            return try await finish(batchID, receiver: receiver, failure: "the file cannot be read: \(failure.message)")
+        } catch {
+            // The upload broke off (cancelled, connection lost, bad message): keep nothing, allow a retry.
+            _ = try? await store.finishBatch(
+                batchID,
+                outcome: BatchOutcome(
+                    state: .interrupted,
+                    counts: receiver.counts,
+                    errors: [],
+                    failure: "the upload stopped before its end: \(error)"
+                )
+            )
+            logger.notice("batch upload interrupted", metadata: ["batch.id": "\(batchID)", "error": "\(error)"])
+            throw error
+        }
+
+        let counts = receiver.counts
+        let rejectedFraction = counts.records == 0 ? 0 : Double(counts.rejected) / Double(counts.records)
+        if rejectedFraction > threshold {
+            let failure =
+                "\(counts.rejected) of \(counts.records) records (\(Self.percent(rejectedFraction))) were rejected, "
+                + "more than the threshold of \(Self.percent(threshold)); nothing of the batch was kept"
+            return try await finish(batchID, receiver: receiver, failure: failure)
+        }
+        return try await finish(batchID, receiver: receiver, failure: nil)
+    }
+
+    private func finish(
+        _ batchID: String,
+        receiver: BatchReceiver,
+        failure: String?
+    ) async throws
+        -> Cdp_Ingestion_V1_Batch
+    {
+        var counts = receiver.counts
+        if failure != nil {
+            counts.accepted = 0
+            counts.duplicates = 0
+        }
+        var batch = try await store.finishBatch(
+            batchID,
+            outcome: BatchOutcome(
+                state: failure == nil ? .completed : .failed,
+                counts: counts,
+                errors: receiver.errors,
+                failure: failure ?? ""
+            )
+        )
+        if failure == nil { committed() }
+        batch.errors = Array(receiver.errors.prefix(configuration.maxReturnedErrors))
+        logger.info(
+            failure == nil ? "batch completed" : "batch failed",
+            metadata: [
+                "batch.id": "\(batchID)", "records": "\(counts.records)", "accepted": "\(counts.accepted)",
+                "duplicates": "\(counts.duplicates)", "rejected": "\(counts.rejected)",
+                "failure": "\(failure ?? "")",
+            ]
+        )
+        return batch
+    }
+
+    public func getBatch(
+        request: Cdp_Ingestion_V1_GetBatchRequest,
+        context: ServerContext
+    ) async throws
+        -> Cdp_Ingestion_V1_Batch
+    {
+        guard let batch = try await store.batch(id: request.batchID) else {
+            throw RPCError(code: .notFound, message: "no batch with id \"\(request.batchID)\"")
+        }
+        return batch
+    }
+
+    public func listBatches(
+        request: Cdp_Ingestion_V1_ListBatchesRequest,
+        context: ServerContext
+    ) async throws
+        -> Cdp_Ingestion_V1_ListBatchesResponse
+    {
+        guard request.pageToken.isEmpty || Int64(request.pageToken) != nil else {
+            throw RPCError(
+                code: .invalidArgument,
+                message: "page_token \"\(request.pageToken)\" is not one this service gave"
+            )
+        }
+        let pageSize = request.pageSize == 0 ? 50 : min(Int(request.pageSize), 1000)
+        let page = try await store.listBatches(pageSize: pageSize, pageToken: request.pageToken)
+        var response = Cdp_Ingestion_V1_ListBatchesResponse()
+        response.batches = page.batches
+        response.nextPageToken = page.nextPageToken
+        return response
+    }
+
+    // MARK: - Streams
+
+    public func streamRecords(
+        requests: RPCAsyncSequence<Cdp_Ingestion_V1_StreamRecordsRequest>,
+        responses: RPCWriter<Cdp_Ingestion_V1_StreamRecordsResponse>,
+        context: ServerContext
+    ) async throws {
+        let streamID = "stream-" + String(UInt64.random(in: 0...UInt64.max), radix: 16)
+        var requestNumber: UInt64 = 0
+        for try await request in requests {
+            requestNumber += 1
+            try Self.validate(request.source, field: "source")
+            try await requireSource(request.source)
+            var response = Cdp_Ingestion_V1_StreamRecordsResponse()
+            response.requestNumber = requestNumber
+            var prepared: [PreparedRecord] = []
+            prepared.reserveCapacity(request.records.count)
+            for (index, record) in request.records.enumerated() {
+                switch TypedRecords.normalize(record, source: request.source) {
+                case .record(let normalized):
+                    prepared.append(try RecordPreparation.prepare(normalized))
+                case .rejected(let errors):
+                    response.errors += errors.map { Self.recordError($0, line: 0, number: UInt64(index + 1)) }
+                }
+            }
+            if !prepared.isEmpty {
+                let result = try await store.appendStreamRecords(prepared, streamID: streamID)
+                response.accepted = UInt32(result.accepted)
+                response.duplicates = UInt32(result.duplicates)
+                if result.accepted > 0 { committed() }
+            }
+            try await responses.write(response)
+        }
+    }
+
+    // MARK: - Status
+
+    public func getOutboxStatus(
+        request: Cdp_Ingestion_V1_GetOutboxStatusRequest,
+        context: ServerContext
+    ) async throws
+        -> Cdp_Ingestion_V1_OutboxStatus
+    {
+        let status = try await store.outboxStatus()
+        var response = Cdp_Ingestion_V1_OutboxStatus()
+        response.pendingRecords = status.pending
+        response.forwardedRecords = status.forwarded
+        if let oldest = status.oldestPending { response.oldestPending = Google_Protobuf_Timestamp(date: oldest) }
+        response.lastError = forwardingError() ?? ""
+        return response
+    }
+
+    // MARK: - Helpers
+
+    private func requireSource(_ source: Cdp_Model_V1_Source) async throws {
+        let name = Self.name(source)
+        if knownSources.withLock({ $0.contains(name) }) { return }
+        guard try await store.source(source) != nil else {
+            throw RPCError(
+                code: .failedPrecondition,
+                message: "source \(name) is not registered; create it first (CreateSource, or `cdp source create`)"
+            )
+        }
+        knownSources.withLock { _ = $0.insert(name) }
+    }
+
+    private static func validate(_ source: Cdp_Model_V1_Source, field: String) throws {
+        guard SourceName.isValidType(source.type) else {
+            throw RPCError(
+                code: .invalidArgument,
+                message: "\(field).type \"\(source.type)\" is not a source type: it must start with an upper-case "
+                    + "letter and hold only letters, digits, '-' and '_' (e.g. Marketo, Salesforce, MDM, Web)"
+            )
+        }
+        guard SourceName.isValidInstance(source.instance) else {
+            throw RPCError(
+                code: .invalidArgument,
+                message: "\(field).instance \"\(source.instance)\" is not an instance id: 1 to 64 letters, digits, "
+                    + "'-' or '_' (e.g. mkto-1)"
+            )
+        }
+    }
+
+    static func name(_ source: Cdp_Model_V1_Source) -> String { source.type + ":" + source.instance }
+
+    static func recordError(_ error: FieldError, line: UInt64, number: UInt64) -> Cdp_Ingestion_V1_RecordError {
+        var recordError = Cdp_Ingestion_V1_RecordError()
+        recordError.line = line
+        recordError.recordNumber = number
+        recordError.field = error.field
+        recordError.reason = error.reason
+        return recordError
+    }
+
+    private static func percent(_ fraction: Double) -> String {
+        let value = (fraction * 1000).rounded() / 10
+        return (value.rounded() == value ? String(Int(value)) : String(value)) + "%"
+    }
+}
+
+/// The state of one batch upload: the parser, the records waiting for the next chunk, counts and errors.
+struct BatchReceiver {
+    private var parser: BatchParser
+    private let source: Cdp_Model_V1_Source
+    private let chunkRecords: Int
+    private let maxErrors: Int
+    private var parsed: [ParsedRecord] = []
+    private var pending: [PreparedRecord] = []
+    private var typedNumber: UInt64 = 0
+    var counts = Cdp_Ingestion_V1_BatchCounts()
+    private(set) var errors: [Cdp_Ingestion_V1_RecordError] = []
+
+    init(parser: BatchParser, source: Cdp_Model_V1_Source, chunkRecords: Int, maxErrors: Int) {
+        self.parser = parser
+        self.source = source
+        self.chunkRecords = chunkRecords
+        self.maxErrors = maxErrors
+        pending.reserveCapacity(chunkRecords)
+    }
+
+    mutating func feed(_ bytes: Data) throws {
+        parsed.removeAll(keepingCapacity: true)
+        try bytes.withUnsafeBytes { buffer in try parser.feed(buffer, into: &parsed) }
+        try take(parsed)
+    }
+
+    mutating func finish() throws {
+        parsed.removeAll(keepingCapacity: true)
+        try parser.finish(into: &parsed)
+        try take(parsed)
+    }
+
+    mutating func add(typed records: [Cdp_Model_V1_Record]) {
+        for record in records {
+            typedNumber += 1
+            counts.records += 1
+            switch TypedRecords.normalize(record, source: source) {
+            case .record(let normalized):
+                do {
+                    pending.append(try RecordPreparation.prepare(normalized))
+                } catch {
+                    reject(
+                        [FieldError(field: "", reason: "cannot be serialized: \(error)")],
+                        line: 0,
+                        number: typedNumber
+                    )
+                }
+            case .rejected(let fieldErrors):
+                reject(fieldErrors, line: 0, number: typedNumber)
+            }
+        }
+    }
+
+    mutating func add(_ result: AppendResult) {
+        counts.accepted += UInt64(result.accepted)
+        counts.duplicates += UInt64(result.duplicates)
+    }
+
+    /// The next chunk to write: full chunks while receiving, the rest at the end.
+    mutating func takeChunk(final: Bool) -> [PreparedRecord]? {
+        guard pending.count >= chunkRecords || (final && !pending.isEmpty) else { return nil }
+        let count = min(pending.count, chunkRecords)
+        let chunk = Array(pending.prefix(count))
+        pending.removeFirst(count)
+        return chunk
+    }
+
+    private mutating func take(_ records: [ParsedRecord]) throws {
+        for item in records {
+            counts.records += 1
+            switch item.result {
+            case .record(let record):
+                pending.append(try RecordPreparation.prepare(record))
+            case .rejected(let fieldErrors):
+                reject(fieldErrors, line: item.line, number: item.number)
+            }
+        }
+    }
+
+    private mutating func reject(_ fieldErrors: [FieldError], line: UInt64, number: UInt64) {
+        counts.rejected += 1
+        for error in fieldErrors where errors.count < maxErrors {
+            errors.append(IngestionService.recordError(error, line: line, number: number))
+        }
+    }
+}
+
+/// Serializes records deterministically and names their version by a hash of the bytes.
+enum RecordPreparation {
+    private static let options: BinaryEncodingOptions = {
+        var options = BinaryEncodingOptions()
+        options.useDeterministicOrdering = true
+        return options
+    }()
+
+    static func prepare(_ record: Cdp_Model_V1_Record) throws -> PreparedRecord {
+        let payload: Data = try record.serializedBytes(options: options)
+        let entity: Cdp_Model_V1_EntityType
+        switch record.entity {
+        case .person?: entity = .person
+        case .account?: entity = .account
+        case .opportunity?: entity = .opportunity
+        case .accountPersonRelation?: entity = .accountPersonRelation
+        case .opportunityPersonRelation?: entity = .opportunityPersonRelation
+        case .campaign?: entity = .campaign
+        case .campaignMember?: entity = .campaignMember
+        case .marketingList?: entity = .marketingList
+        case .marketingListMember?: entity = .marketingListMember
+        case .event?: entity = .event
+        case .identityLink?: entity = .identityLink
+        case nil: entity = .unspecified
+        }
+        return PreparedRecord(key: record.key, version: fnv1a64(payload), entity: entity, payload: payload)
+    }
+
+    /// FNV-1a, 64 bits: fast, and with the key alongside, collisions between two versions of one record
+    /// are negligible.
+    static func fnv1a64(_ data: Data) -> UInt64 {
+        data.withUnsafeBytes { bytes in
+            var hash: UInt64 = 0xcbf2_9ce4_8422_2325
+            for byte in bytes {
+                hash ^= UInt64(byte)
+                hash &*= 0x0000_0100_0000_01B3
+            }
+            return hash
+        }
+    }
+}

@@ -1,0 +1,537 @@
+import CDPProto
+import Foundation
+import GRDB
+import SwiftProtobuf
+
+/// The embedded ``IngestionStore``: one SQLite database in WAL mode through GRDB.
+///
+/// `synchronous = NORMAL`: a commit survives a crash of the process (kill -9), which is what an
+/// acknowledgement promises; it may not survive a power loss of the machine.
+public final class SQLiteIngestionStore: IngestionStore {
+    private let writer: any DatabaseWriter
+
+    /// Opens (creating if needed) the database at `path`, migrates it, and marks batches that were
+    /// receiving when the last process stopped as interrupted, deleting their records.
+    public init(path: String) throws {
+        var configuration = Configuration()
+        configuration.prepareDatabase { db in
+            try db.execute(sql: "PRAGMA synchronous = NORMAL")
+        }
+        let pool = try DatabasePool(path: path, configuration: configuration)
+        writer = pool
+        try Self.migrator.migrate(pool)
+        try pool.write { db in try Self.interruptReceivingBatches(db) }
+    }
+
+    /// A store in memory, for tests: the same schema through the same migrator.
+    public init() throws {
+        let queue = try DatabaseQueue(configuration: Configuration())
+        writer = queue
+        try Self.migrator.migrate(queue)
+    }
+
+    static var migrator: DatabaseMigrator {
+        var migrator = DatabaseMigrator()
+        migrator.registerMigration("v1: sources, batches, records, outbox") { db in
+            try db.execute(
+                sql: """
+                    CREATE TABLE sources (
+                        type TEXT NOT NULL,
+                        instance TEXT NOT NULL,
+                        description TEXT NOT NULL,
+                        created_at INTEGER NOT NULL,
+                        PRIMARY KEY (type, instance)
+                    );
+                    CREATE TABLE batches (
+                        id TEXT PRIMARY KEY,
+                        source_type TEXT NOT NULL,
+                        source_instance TEXT NOT NULL,
+                        entity TEXT NOT NULL,
+                        format INTEGER NOT NULL,
+                        idempotency_key TEXT,
+                        file_name TEXT NOT NULL,
+                        state TEXT NOT NULL,
+                        records INTEGER NOT NULL DEFAULT 0,
+                        accepted INTEGER NOT NULL DEFAULT 0,
+                        duplicates INTEGER NOT NULL DEFAULT 0,
+                        rejected INTEGER NOT NULL DEFAULT 0,
+                        bytes INTEGER NOT NULL DEFAULT 0,
+                        failure TEXT NOT NULL DEFAULT '',
+                        error_threshold REAL NOT NULL,
+                        created_at INTEGER NOT NULL,
+                        finished_at INTEGER
+                    );
+                    CREATE UNIQUE INDEX batches_by_idempotency_key
+                        ON batches (source_type, source_instance, idempotency_key)
+                        WHERE idempotency_key IS NOT NULL;
+                    CREATE TABLE batch_errors (
+                        batch_id TEXT NOT NULL REFERENCES batches(id) ON DELETE CASCADE,
+                        ordinal INTEGER NOT NULL,
+                        line INTEGER NOT NULL,
+                        record_number INTEGER NOT NULL,
+                        field TEXT NOT NULL,
+                        reason TEXT NOT NULL,
+                        PRIMARY KEY (batch_id, ordinal)
+                    );
+                    -- The raw record log. seq orders it; (key, version) makes appends idempotent.
+                    CREATE TABLE records (
+                        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+                        key TEXT NOT NULL,
+                        version INTEGER NOT NULL,
+                        batch_id TEXT NOT NULL,
+                        entity INTEGER NOT NULL,
+                        ingested_at INTEGER NOT NULL,
+                        payload BLOB NOT NULL,
+                        UNIQUE (key, version)
+                    );
+                    -- The seq ranges each receiving batch appended (one per chunk transaction, so each
+                    -- range holds only that batch's records).
+                    CREATE TABLE batch_chunks (
+                        batch_id TEXT NOT NULL,
+                        first_seq INTEGER NOT NULL,
+                        last_seq INTEGER NOT NULL,
+                        count INTEGER NOT NULL
+                    );
+                    CREATE INDEX batch_chunks_by_batch ON batch_chunks (batch_id);
+                    -- Seq ranges to forward, in order; next_seq is how far forwarding has come.
+                    CREATE TABLE outbox (
+                        id INTEGER PRIMARY KEY AUTOINCREMENT,
+                        first_seq INTEGER NOT NULL,
+                        last_seq INTEGER NOT NULL,
+                        next_seq INTEGER NOT NULL,
+                        remaining INTEGER NOT NULL,
+                        created_at INTEGER NOT NULL
+                    );
+                    CREATE TABLE counters (
+                        name TEXT PRIMARY KEY,
+                        value INTEGER NOT NULL
+                    );
+                    INSERT INTO counters (name, value) VALUES ('forwarded', 0);
+                    """
+            )
+        }
+        return migrator
+    }
+
+    // MARK: - Sources
+
+    public func createSource(
+        _ source: Cdp_Model_V1_Source,
+        description: String
+    ) async throws
+        -> Cdp_Ingestion_V1_SourceInfo
+    {
+        try await writer.write { db in
+            try db.execute(
+                sql:
+                    "INSERT INTO sources (type, instance, description, created_at) VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                arguments: [source.type, source.instance, description, Self.now()]
+            )
+            return try Self.source(source, in: db)!
+        }
+    }
+
+    public func source(_ source: Cdp_Model_V1_Source) async throws -> Cdp_Ingestion_V1_SourceInfo? {
+        try await writer.read { db in try Self.source(source, in: db) }
+    }
+
+    public func listSources() async throws -> [Cdp_Ingestion_V1_SourceInfo] {
+        try await writer.read { db in
+            try Row.fetchAll(db, sql: "SELECT * FROM sources ORDER BY type, instance").map(Self.sourceInfo)
+        }
+    }
+
+    private static func source(_ source: Cdp_Model_V1_Source, in db: Database) throws -> Cdp_Ingestion_V1_SourceInfo? {
+        try Row.fetchOne(
+            db,
+            sql: "SELECT * FROM sources WHERE type = ? AND instance = ?",
+            arguments: [source.type, source.instance]
+        ).map(sourceInfo)
+    }
+
+    private static func sourceInfo(_ row: Row) -> Cdp_Ingestion_V1_SourceInfo {
+        var info = Cdp_Ingestion_V1_SourceInfo()
+        info.source.type = row["type"]
+        info.source.instance = row["instance"]
+        info.description_p = row["description"]
+        info.createdAt = timestamp(row["created_at"])
+        return info
+    }
+
+    // MARK: - Batches
+
+    public func beginBatch(_ header: Cdp_Ingestion_V1_BatchHeader, errorThreshold: Double) async throws -> BatchStart {
+        try await writer.write { db in
+            let key: String? = header.idempotencyKey.isEmpty ? nil : header.idempotencyKey
+            if let key,
+                let row = try Row.fetchOne(
+                    db,
+                    sql:
+                        "SELECT id, state FROM batches WHERE source_type = ? AND source_instance = ? AND idempotency_key = ?",
+                    arguments: [header.source.type, header.source.instance, key]
+                )
+            {
+                let id: String = row["id"]
+                switch BatchStateName(rawValue: row["state"]) {
+                case .receiving:
+                    return .inProgress(batchID: id)
+                case .completed, .failed:
+                    return .finished(try Self.batch(id: id, in: db, withErrors: true)!)
+                case .interrupted, nil:
+                    // A retry of a batch the service lost while receiving it: receive it again, same id.
+                    try db.execute(
+                        sql: """
+                            UPDATE batches SET state = 'receiving', records = 0, accepted = 0, duplicates = 0,
+                                rejected = 0, bytes = 0, failure = '', entity = ?, format = ?, file_name = ?,
+                                error_threshold = ?, created_at = ?, finished_at = NULL
+                            WHERE id = ?
+                            """,
+                        arguments: [
+                            header.entity, header.format.rawValue, header.fileName, errorThreshold, Self.now(), id,
+                        ]
+                    )
+                    try db.execute(sql: "DELETE FROM batch_errors WHERE batch_id = ?", arguments: [id])
+                    return .started(batchID: id)
+                }
+            }
+            let id = Self.newBatchID()
+            try db.execute(
+                sql: """
+                    INSERT INTO batches (id, source_type, source_instance, entity, format, idempotency_key,
+                        file_name, state, error_threshold, created_at)
+                    VALUES (?, ?, ?, ?, ?, ?, ?, 'receiving', ?, ?)
+                    """,
+                arguments: [
+                    id, header.source.type, header.source.instance, header.entity, header.format.rawValue, key,
+                    header.fileName, errorThreshold, Self.now(),
+                ]
+            )
+            return .started(batchID: id)
+        }
+    }
+
+    public func appendBatchRecords(_ records: [PreparedRecord], batchID: String) async throws -> AppendResult {
+        try await writer.write { db in
+            let (result, range) = try Self.append(records, batchID: batchID, in: db)
+            if let range {
+                try db.execute(
+                    sql: "INSERT INTO batch_chunks (batch_id, first_seq, last_seq, count) VALUES (?, ?, ?, ?)",
+                    arguments: [batchID, range.lowerBound, range.upperBound, result.accepted]
+                )
+            }
+            return result
+        }
+    }
+
+    public func finishBatch(_ batchID: String, outcome: BatchOutcome) async throws -> Cdp_Ingestion_V1_Batch {
+        try await writer.write { db in
+            let now = Self.now()
+            let completed = outcome.state == .completed
+            if completed {
+                try db.execute(
+                    sql: """
+                        INSERT INTO outbox (first_seq, last_seq, next_seq, remaining, created_at)
+                        SELECT first_seq, last_seq, first_seq, count, ? FROM batch_chunks
+                        WHERE batch_id = ? ORDER BY first_seq
+                        """,
+                    arguments: [now, batchID]
+                )
+            } else {
+                try Self.deleteRecords(ofBatch: batchID, in: db)
+            }
+            try db.execute(sql: "DELETE FROM batch_chunks WHERE batch_id = ?", arguments: [batchID])
+            let counts = outcome.counts
+            try db.execute(
+                sql: """
+                    UPDATE batches SET state = ?, records = ?, accepted = ?, duplicates = ?, rejected = ?, bytes = ?,
+                        failure = ?, finished_at = ?
+                    WHERE id = ?
+                    """,
+                arguments: [
+                    BatchStateName(outcome.state).rawValue,
+                    Int64(counts.records), Int64(counts.accepted), Int64(counts.duplicates), Int64(counts.rejected),
+                    Int64(counts.bytes), outcome.failure, now, batchID,
+                ]
+            )
+            let insertError = try db.cachedStatement(
+                sql: """
+                    INSERT INTO batch_errors (batch_id, ordinal, line, record_number, field, reason)
+                    VALUES (?, ?, ?, ?, ?, ?)
+                    """
+            )
+            for (ordinal, error) in outcome.errors.prefix(maxStoredErrors).enumerated() {
+                try insertError.execute(arguments: [
+                    batchID, ordinal, Int64(error.line), Int64(error.recordNumber), error.field, error.reason,
+                ])
+            }
+            guard let batch = try Self.batch(id: batchID, in: db, withErrors: true) else {
+                throw StoreError("batch \(batchID) does not exist")
+            }
+            return batch
+        }
+    }
+
+    public func batch(id: String) async throws -> Cdp_Ingestion_V1_Batch? {
+        try await writer.read { db in try Self.batch(id: id, in: db, withErrors: true) }
+    }
+
+    public func listBatches(
+        pageSize: Int,
+        pageToken: String
+    ) async throws
+        -> (batches: [Cdp_Ingestion_V1_Batch], nextPageToken: String)
+    {
+        let before = Int64(pageToken) ?? Int64.max
+        return try await writer.read { db in
+            let rows = try Row.fetchAll(
+                db,
+                sql: "SELECT rowid AS position, * FROM batches WHERE rowid < ? ORDER BY rowid DESC LIMIT ?",
+                arguments: [before, pageSize + 1]
+            )
+            let page = rows.prefix(pageSize)
+            let next = rows.count > pageSize ? String(page.last.map { $0["position"] as Int64 } ?? 0) : ""
+            return (page.map(Self.batch(from:)), next)
+        }
+    }
+
+    private static func batch(id: String, in db: Database, withErrors: Bool) throws -> Cdp_Ingestion_V1_Batch? {
+        guard let row = try Row.fetchOne(db, sql: "SELECT * FROM batches WHERE id = ?", arguments: [id]) else {
+            return nil
+        }
+        var batch = batch(from: row)
+        if withErrors {
+            batch.errors = try Row.fetchAll(
+                db,
+                sql: "SELECT * FROM batch_errors WHERE batch_id = ? ORDER BY ordinal",
+                arguments: [id]
+            ).map { row in
+                var error = Cdp_Ingestion_V1_RecordError()
+                error.line = UInt64(row["line"] as Int64)
+                error.recordNumber = UInt64(row["record_number"] as Int64)
+                error.field = row["field"]
+                error.reason = row["reason"]
+                return error
+            }
+        }
+        return batch
+    }
+
+    private static func batch(from row: Row) -> Cdp_Ingestion_V1_Batch {
+        var batch = Cdp_Ingestion_V1_Batch()
+        batch.batchID = row["id"]
+        batch.source.type = row["source_type"]
+        batch.source.instance = row["source_instance"]
+        batch.entity = row["entity"]
+        batch.format = Cdp_Ingestion_V1_Format(rawValue: row["format"]) ?? .unspecified
+        batch.idempotencyKey = row["idempotency_key"] ?? ""
+        batch.fileName = row["file_name"]
+        batch.state = BatchStateName(rawValue: row["state"])?.protoState ?? .unspecified
+        batch.counts.records = UInt64(row["records"] as Int64)
+        batch.counts.accepted = UInt64(row["accepted"] as Int64)
+        batch.counts.duplicates = UInt64(row["duplicates"] as Int64)
+        batch.counts.rejected = UInt64(row["rejected"] as Int64)
+        batch.counts.bytes = UInt64(row["bytes"] as Int64)
+        batch.failure = row["failure"]
+        batch.errorThreshold = row["error_threshold"]
+        batch.createdAt = timestamp(row["created_at"])
+        if let finished: Int64 = row["finished_at"] { batch.finishedAt = timestamp(finished) }
+        return batch
+    }
+
+    private static func interruptReceivingBatches(_ db: Database) throws {
+        let receiving = try String.fetchAll(db, sql: "SELECT id FROM batches WHERE state = 'receiving'")
+        for id in receiving {
+            try deleteRecords(ofBatch: id, in: db)
+            try db.execute(sql: "DELETE FROM batch_chunks WHERE batch_id = ?", arguments: [id])
+            try db.execute(
+                sql: """
+                    UPDATE batches SET state = 'interrupted', finished_at = ?,
+                        failure = 'the service stopped while receiving this batch; nothing of it was kept: send it again'
+                    WHERE id = ?
+                    """,
+                arguments: [now(), id]
+            )
+        }
+    }
+
+    private static func deleteRecords(ofBatch batchID: String, in db: Database) throws {
+        // Each chunk's range holds only this batch's records (one transaction each).
+        try db.execute(
+            sql: """
+                DELETE FROM records WHERE seq IN (
+                    SELECT records.seq FROM batch_chunks JOIN records
+                        ON records.seq BETWEEN batch_chunks.first_seq AND batch_chunks.last_seq
+                    WHERE batch_chunks.batch_id = ?)
+                """,
+            arguments: [batchID]
+        )
+    }
+
+    // MARK: - Streams
+
+    public func appendStreamRecords(_ records: [PreparedRecord], streamID: String) async throws -> AppendResult {
+        try await writer.write { db in
+            let (result, range) = try Self.append(records, batchID: streamID, in: db)
+            if let range {
+                try db.execute(
+                    sql:
+                        "INSERT INTO outbox (first_seq, last_seq, next_seq, remaining, created_at) VALUES (?, ?, ?, ?, ?)",
+                    arguments: [range.lowerBound, range.upperBound, range.lowerBound, result.accepted, Self.now()]
+                )
+            }
+            return result
+        }
+    }
+
+    /// Inserts records, skipping stored (key, version) pairs; returns the counts and the seq range used.
+    private static func append(
+        _ records: [PreparedRecord],
+        batchID: String,
+        in db: Database
+    ) throws
+        -> (AppendResult, ClosedRange<Int64>?)
+    {
+        let insert = try db.cachedStatement(
+            sql: """
+                INSERT INTO records (key, version, batch_id, entity, ingested_at, payload)
+                VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (key, version) DO NOTHING
+                """
+        )
+        let now = now()
+        var result = AppendResult(accepted: 0, duplicates: 0)
+        var first: Int64?
+        var last: Int64 = 0
+        for record in records {
+            insert.setUncheckedArguments([
+                record.key, Int64(bitPattern: record.version), batchID, record.entity.rawValue, now, record.payload,
+            ])
+            try insert.execute()
+            if db.changesCount > 0 {
+                result.accepted += 1
+                last = db.lastInsertedRowID
+                if first == nil { first = last }
+            } else {
+                result.duplicates += 1
+            }
+        }
+        return (result, first.map { $0...last })
+    }
+
+    // MARK: - Outbox
+
+    public func nextOutboxChunk(limit: Int) async throws -> OutboxChunk? {
+        try await writer.read { db in
+            // Entries whose records were all deleted (cannot happen today) would have remaining = 0.
+            guard
+                let entry = try Row.fetchOne(
+                    db,
+                    sql: "SELECT id, next_seq, last_seq FROM outbox ORDER BY id LIMIT 1"
+                )
+            else { return nil }
+            let rows = try Row.fetchAll(
+                db,
+                sql: """
+                    SELECT seq, key, version, batch_id, ingested_at, payload FROM records
+                    WHERE seq BETWEEN ? AND ? ORDER BY seq LIMIT ?
+                    """,
+                arguments: [entry["next_seq"] as Int64, entry["last_seq"] as Int64, limit]
+            )
+            var records: [Cdp_Identity_V1_StoredRecord] = []
+            records.reserveCapacity(rows.count)
+            for row in rows {
+                var stored = Cdp_Identity_V1_StoredRecord()
+                stored.sequence = UInt64(row["seq"] as Int64)
+                stored.batchID = row["batch_id"]
+                stored.version = UInt64(bitPattern: row["version"] as Int64)
+                stored.ingestedAt = Self.timestamp(row["ingested_at"])
+                stored.record = try Cdp_Model_V1_Record(serializedBytes: row["payload"] as Data)
+                records.append(stored)
+            }
+            let lastSequence = rows.last.map { $0["seq"] as Int64 } ?? (entry["last_seq"] as Int64)
+            return OutboxChunk(entryID: entry["id"], records: records, lastSequence: lastSequence)
+        }
+    }
+
+    public func acknowledge(_ chunk: OutboxChunk) async throws {
+        try await writer.write { db in
+            guard
+                let lastSeq = try Int64.fetchOne(
+                    db,
+                    sql: "SELECT last_seq FROM outbox WHERE id = ?",
+                    arguments: [chunk.entryID]
+                )
+            else { return }
+            if chunk.lastSequence >= lastSeq {
+                try db.execute(sql: "DELETE FROM outbox WHERE id = ?", arguments: [chunk.entryID])
+            } else {
+                try db.execute(
+                    sql: "UPDATE outbox SET next_seq = ?, remaining = max(remaining - ?, 0) WHERE id = ?",
+                    arguments: [chunk.lastSequence + 1, chunk.records.count, chunk.entryID]
+                )
+            }
+            try db.execute(
+                sql: "UPDATE counters SET value = value + ? WHERE name = 'forwarded'",
+                arguments: [chunk.records.count]
+            )
+        }
+    }
+
+    public func outboxStatus() async throws -> (pending: UInt64, oldestPending: Date?, forwarded: UInt64) {
+        try await writer.read { db in
+            let row = try Row.fetchOne(
+                db,
+                sql: "SELECT COALESCE(SUM(remaining), 0) AS pending, MIN(created_at) AS oldest FROM outbox"
+            )
+            let forwarded = try Int64.fetchOne(db, sql: "SELECT value FROM counters WHERE name = 'forwarded'") ?? 0
+            let oldest: Int64? = row?["oldest"]
+            return (
+                UInt64(row?["pending"] as Int64? ?? 0),
+                oldest.map { Date(timeIntervalSince1970: Double($0) / 1000) },
+                UInt64(forwarded)
+            )
+        }
+    }
+
+    // MARK: - Helpers
+
+    private static func now() -> Int64 { Int64(Date().timeIntervalSince1970 * 1000) }
+
+    private static func timestamp(_ milliseconds: Int64) -> Google_Protobuf_Timestamp {
+        Google_Protobuf_Timestamp(seconds: milliseconds / 1000, nanos: Int32(milliseconds % 1000) * 1_000_000)
+    }
+
+    private static func newBatchID() -> String {
+        let random = UInt64.random(in: 0...UInt64.max)
+        let hex = String(random, radix: 16)
+        return "b-" + String(repeating: "0", count: 16 - hex.count) + hex
+    }
+}
+
+/// Batch states as stored.
+private enum BatchStateName: String {
+    case receiving, completed, failed, interrupted
+
+    /// The stored name of a batch's final state (completed, failed or interrupted).
+    init(_ state: Cdp_Ingestion_V1_BatchState) {
+        switch state {
+        case .completed: self = .completed
+        case .interrupted: self = .interrupted
+        default: self = .failed
+        }
+    }
+
+    var protoState: Cdp_Ingestion_V1_BatchState {
+        switch self {
+        case .receiving: return .receiving
+        case .completed: return .completed
+        case .failed: return .failed
+        case .interrupted: return .interrupted
+        }
+    }
+}
+
+/// A store invariant that did not hold.
+public struct StoreError: Error, CustomStringConvertible {
+    public var description: String
+    init(_ description: String) { self.description = description }
+}

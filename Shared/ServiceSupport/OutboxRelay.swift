@@ -1,0 +1,124 @@
+import Logging
+import RPCCore
+import ServiceLifecycle
+import Synchronization
+
+/// Forwards a service's outbox to the next service: takes a chunk of committed work, delivers it,
+/// retries with exponential backoff and jitter until the receiver acknowledges, then marks the chunk
+/// done; over and over, surviving restarts of either side because the outbox is durable.
+///
+/// Delivery is at least once: a chunk delivered but not yet marked done when the process dies is
+/// delivered again, so receivers must be idempotent. Chunks go out one at a time, in outbox order.
+///
+/// Runs as a ServiceLifecycle `Service`; a graceful shutdown stops it between attempts.
+public final class OutboxRelay<Chunk: Sendable>: Service, Sendable {
+    /// How the relay behaves.
+    public struct Configuration: Sendable {
+        /// The most items per chunk.
+        public var chunkSize: Int
+        /// The waits between failed attempts.
+        public var backoff: Backoff
+        /// How long to sleep when the outbox is empty before looking again without being woken.
+        public var idlePoll: Duration
+
+        public init(
+            chunkSize: Int = 1000,
+            backoff: Backoff = Backoff(initial: .milliseconds(100), maximum: .seconds(10)),
+            idlePoll: Duration = .seconds(1)
+        ) {
+            self.chunkSize = chunkSize
+            self.backoff = backoff
+            self.idlePoll = idlePoll
+        }
+    }
+
+    /// What the relay is doing, for status endpoints.
+    public struct Status: Sendable, Equatable {
+        /// The last delivery error, cleared by the next success.
+        public var lastError: String?
+        /// Failed attempts in a row.
+        public var consecutiveFailures: Int
+    }
+
+    private let name: String
+    private let configuration: Configuration
+    private let fetch: @Sendable (Int) async throws -> Chunk?
+    private let deliver: @Sendable (Chunk) async throws -> Void
+    private let acknowledge: @Sendable (Chunk) async throws -> Void
+    private let wakeSignal = WakeSignal()
+    private let statusBox = Mutex(Status(lastError: nil, consecutiveFailures: 0))
+    private let logger: Logger
+
+    /// Creates a relay.
+    ///
+    /// - Parameters:
+    ///   - name: The relay's name in logs (`ingestion→identity`).
+    ///   - fetch: The next chunk of at most the given size, or nil when the outbox is empty.
+    ///   - deliver: Sends a chunk; returns once the receiver acknowledged it, throws otherwise.
+    ///   - acknowledge: Marks a delivered chunk done in the outbox.
+    public init(
+        name: String,
+        configuration: Configuration = Configuration(),
+        logger: Logger,
+        fetch: @escaping @Sendable (Int) async throws -> Chunk?,
+        deliver: @escaping @Sendable (Chunk) async throws -> Void,
+        acknowledge: @escaping @Sendable (Chunk) async throws -> Void
+    ) {
+        self.name = name
+        self.configuration = configuration
+        self.logger = logger
+        self.fetch = fetch
+        self.deliver = deliver
+        self.acknowledge = acknowledge
+    }
+
+    /// Tells the relay that new work was committed, so it does not wait for its next poll.
+    public func wake() { wakeSignal.signal() }
+
+    /// The relay's current status.
+    public var status: Status { statusBox.withLock { $0 } }
+
+    /// Forwards until cancelled or gracefully shut down.
+    public func run() async throws {
+        logger.info("outbox relay started", metadata: ["relay": "\(name)"])
+        await cancelWhenGracefulShutdown {
+            await self.forwardUntilCancelled()
+        }
+        logger.info("outbox relay stopped", metadata: ["relay": "\(name)"])
+    }
+
+    private func forwardUntilCancelled() async {
+        var delay = Duration.zero
+        while !Task.isCancelled {
+            do {
+                guard let chunk = try await fetch(configuration.chunkSize) else {
+                    await wakeSignal.wait(upTo: configuration.idlePoll)
+                    continue
+                }
+                try await deliver(chunk)
+                try await acknowledge(chunk)
+                delay = .zero
+                statusBox.withLock { $0 = Status(lastError: nil, consecutiveFailures: 0) }
+            } catch {
+                if Task.isCancelled { return }
+                delay = configuration.backoff.delay(after: delay)
+                let failures = statusBox.withLock { status -> Int in
+                    status.lastError = "\(error)"
+                    status.consecutiveFailures += 1
+                    return status.consecutiveFailures
+                }
+                // The first failure and then every tenth, so a long outage does not flood the log.
+                if failures == 1 || failures % 10 == 0 {
+                    logger.warning(
+                        "outbox delivery failed; retrying",
+                        metadata: [
+                            "relay": "\(name)", "error": "\(error)", "failures": "\(failures)",
+                            "retry.in": "\(delay)",
+                        ]
+                    )
+                }
+                do { try await Task.sleep(for: Backoff.jittered(delay)) } catch { return }
+            }
+        }
+    }
+}

@@ -1,0 +1,165 @@
+import CDPProto
+import Foundation
+import IngestionStore
+import SwiftProtobuf
+import Testing
+
+/// The SQLite store: idempotent appends, batch visibility, cleanup of failed and interrupted batches, and
+/// the outbox.
+@Suite("SQLite ingestion store")
+struct StoreTests {
+    static func source() -> Cdp_Model_V1_Source {
+        var source = Cdp_Model_V1_Source()
+        source.type = "Marketo"
+        source.instance = "mkto-1"
+        return source
+    }
+
+    static func header(key: String = "") -> Cdp_Ingestion_V1_BatchHeader {
+        var header = Cdp_Ingestion_V1_BatchHeader()
+        header.source = source()
+        header.entity = "person"
+        header.format = .canonicalCsv
+        header.idempotencyKey = key
+        return header
+    }
+
+    static func records(_ ids: ClosedRange<Int>, version: UInt64 = 1) -> [PreparedRecord] {
+        ids.map { id in
+            var record = Cdp_Model_V1_Record()
+            record.key = "P\(id)@mkto-1.Marketo"
+            record.person.personID = "P\(id)"
+            let payload: Data = try! record.serializedBytes()
+            return PreparedRecord(key: record.key, version: version, entity: .person, payload: payload)
+        }
+    }
+
+    static func completed(records: UInt64) -> BatchOutcome {
+        var counts = Cdp_Ingestion_V1_BatchCounts()
+        counts.records = records
+        return BatchOutcome(state: .completed, counts: counts, errors: [], failure: "")
+    }
+
+    /// A temporary database file, removed after `body`.
+    static func withDatabase<R>(_ body: (String) async throws -> R) async throws -> R {
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("ingestion-store-\(UUID())")
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: directory) }
+        return try await body(directory.appendingPathComponent("ingestion.sqlite").path)
+    }
+
+    static func startedID(_ start: BatchStart) throws -> String {
+        guard case .started(let id) = start else { throw StoreTestFailure("expected a started batch, got \(start)") }
+        return id
+    }
+
+    @Test func appendsAreIdempotentByKeyAndVersion() async throws {
+        let store = try SQLiteIngestionStore()
+        let first = try await store.appendStreamRecords(Self.records(1...3), streamID: "s1")
+        #expect(first == AppendResult(accepted: 3, duplicates: 0))
+        let again = try await store.appendStreamRecords(Self.records(2...4), streamID: "s1")
+        #expect(again == AppendResult(accepted: 1, duplicates: 2))
+        let newVersion = try await store.appendStreamRecords(Self.records(1...1, version: 2), streamID: "s1")
+        #expect(newVersion == AppendResult(accepted: 1, duplicates: 0))
+        #expect(try await store.outboxStatus().pending == 5)
+    }
+
+    @Test func aBatchIsForwardedOnlyOnceCompleted() async throws {
+        let store = try SQLiteIngestionStore()
+        let id = try Self.startedID(try await store.beginBatch(Self.header(), errorThreshold: 0.05))
+        _ = try await store.appendBatchRecords(Self.records(1...3), batchID: id)
+        _ = try await store.appendBatchRecords(Self.records(4...5), batchID: id)
+        #expect(try await store.nextOutboxChunk(limit: 10) == nil, "a receiving batch is not visible to forwarding")
+        let batch = try await store.finishBatch(id, outcome: Self.completed(records: 5))
+        #expect(batch.state == .completed)
+
+        var forwarded: [UInt64] = []
+        while let chunk = try await store.nextOutboxChunk(limit: 2) {
+            forwarded += chunk.records.map(\.sequence)
+            #expect(chunk.records.allSatisfy { $0.batchID == id })
+            try await store.acknowledge(chunk)
+        }
+        #expect(forwarded == [1, 2, 3, 4, 5])
+        let status = try await store.outboxStatus()
+        #expect(status.pending == 0 && status.forwarded == 5 && status.oldestPending == nil)
+    }
+
+    @Test func aFailedBatchKeepsNothingSoACorrectedResendIsStored() async throws {
+        let store = try SQLiteIngestionStore()
+        let id = try Self.startedID(try await store.beginBatch(Self.header(), errorThreshold: 0.05))
+        _ = try await store.appendBatchRecords(Self.records(1...3), batchID: id)
+        var outcome = Self.completed(records: 3)
+        outcome.state = .failed
+        outcome.failure = "too many errors"
+        let failed = try await store.finishBatch(id, outcome: outcome)
+        #expect(failed.state == .failed && failed.failure == "too many errors")
+        #expect(try await store.nextOutboxChunk(limit: 10) == nil)
+
+        let retry = try Self.startedID(try await store.beginBatch(Self.header(), errorThreshold: 0.05))
+        let appended = try await store.appendBatchRecords(Self.records(1...3), batchID: retry)
+        #expect(appended == AppendResult(accepted: 3, duplicates: 0), "the failed batch's records were deleted")
+    }
+
+    @Test func theSameIdempotencyKeyReturnsTheFinishedBatch() async throws {
+        let store = try SQLiteIngestionStore()
+        let id = try Self.startedID(try await store.beginBatch(Self.header(key: "k1"), errorThreshold: 0.05))
+        guard case .inProgress(let running) = try await store.beginBatch(Self.header(key: "k1"), errorThreshold: 0.05)
+        else {
+            Issue.record("a second begin while receiving must report the batch in progress")
+            return
+        }
+        #expect(running == id)
+        _ = try await store.finishBatch(id, outcome: Self.completed(records: 0))
+        guard case .finished(let batch) = try await store.beginBatch(Self.header(key: "k1"), errorThreshold: 0.05)
+        else {
+            Issue.record("a finished batch's key must return it")
+            return
+        }
+        #expect(batch.batchID == id && batch.state == .completed)
+        // Another source may use the same key.
+        var other = Self.header(key: "k1")
+        other.source.instance = "mkto-2"
+        #expect(try Self.startedID(try await store.beginBatch(other, errorThreshold: 0.05)) != id)
+    }
+
+    @Test func reopeningInterruptsReceivingBatchesAndDeletesTheirRecords() async throws {
+        try await Self.withDatabase { path in
+            let id: String
+            do {
+                let store = try SQLiteIngestionStore(path: path)
+                id = try Self.startedID(try await store.beginBatch(Self.header(key: "k"), errorThreshold: 0.05))
+                _ = try await store.appendBatchRecords(Self.records(1...4), batchID: id)
+                _ = try await store.appendStreamRecords(Self.records(10...11), streamID: "s")
+            }
+            let reopened = try SQLiteIngestionStore(path: path)
+            let batch = try #require(try await reopened.batch(id: id))
+            #expect(batch.state == .interrupted)
+            #expect(batch.failure.contains("send it again"))
+            // Streamed records were acknowledged: they stay and are pending.
+            #expect(try await reopened.outboxStatus().pending == 2)
+            // A retry under the same key runs again under the same id and stores the records afresh.
+            let retry = try Self.startedID(try await reopened.beginBatch(Self.header(key: "k"), errorThreshold: 0.05))
+            #expect(retry == id)
+            #expect(try await reopened.appendBatchRecords(Self.records(1...4), batchID: id).accepted == 4)
+        }
+    }
+
+    @Test func batchesArePagedNewestFirst() async throws {
+        let store = try SQLiteIngestionStore()
+        var ids: [String] = []
+        for index in 0..<5 {
+            ids.append(try Self.startedID(try await store.beginBatch(Self.header(key: "k\(index)"), errorThreshold: 0)))
+        }
+        let first = try await store.listBatches(pageSize: 2, pageToken: "")
+        #expect(first.batches.map(\.batchID) == [ids[4], ids[3]])
+        let second = try await store.listBatches(pageSize: 2, pageToken: first.nextPageToken)
+        #expect(second.batches.map(\.batchID) == [ids[2], ids[1]])
+        let last = try await store.listBatches(pageSize: 2, pageToken: second.nextPageToken)
+        #expect(last.batches.map(\.batchID) == [ids[0]] && last.nextPageToken.isEmpty)
+    }
+}
+
+struct StoreTestFailure: Error, CustomStringConvertible {
+    var description: String
+    init(_ description: String) { self.description = description }
+}
