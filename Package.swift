@@ -72,11 +72,14 @@ let package = Package(
             dependencies: ["RPCCore", .product(name: "SwiftProtobuf", package: "swift-protobuf")],
             path: "Shared/CDPProto"
         ),
-        // What every service process shares: the outbox relay, wake-ups, addresses.
+        // glibc's mallopt, for MemoryTuning (Swift's Glibc module does not export it).
+        .systemLibrary(name: "CMalloc", path: "Shared/CMalloc"),
+        // What every service process shares: the outbox relay, wake-ups, addresses, allocator tuning.
         .target(
             name: "ServiceSupport",
             dependencies: [
                 "RPCCore",
+                "CMalloc",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ],

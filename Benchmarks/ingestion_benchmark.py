@@ -219,7 +219,7 @@ def proc_stats(pid: int) -> dict[str, float]:
     with open(f"/proc/{pid}/status") as f:
         for line in f:
             key, _, rest = line.partition(":")
-            if key in ("VmRSS", "VmHWM"):
+            if key in ("VmRSS", "VmHWM", "RssAnon", "RssFile", "RssShmem"):
                 out[key] = int(rest.split()[0]) * 1024
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
@@ -360,6 +360,9 @@ def main() -> int:
             ("MB/s", f"{total_bytes / 1e6 / upload_s:,.1f}"),
             ("server peak RSS (VmHWM) after upload", f"{after_upload['VmHWM'] / mib:,.0f} MiB"),
             ("server peak RSS (VmHWM) after drain", f"{after_drain['VmHWM'] / mib:,.0f} MiB"),
+            ("server RSS (anon + file) after upload / after drain",
+             f"{after_upload.get('RssAnon', 0) / mib:,.0f} + {after_upload.get('RssFile', 0) / mib:,.0f} / "
+             f"{after_drain.get('RssAnon', 0) / mib:,.0f} + {after_drain.get('RssFile', 0) / mib:,.0f} MiB"),
             ("server CPU during upload / in all", f"{after_upload['cpu']:.1f} s / {after_drain['cpu']:.1f} s"),
             ("outbox drain after last Batch", f"{drain_s:.2f} s" + ("" if not st.pending_records else " (TIMEOUT)")),
             ("first byte -> all at identity", f"{drained - first:.2f} s"),
@@ -367,8 +370,9 @@ def main() -> int:
                                   f"{receiver.calls_ok:,} calls)"),
         ]
         print(table(summary, ("metric", "value")))
-        print(f"\nbinary {binary}; {os.cpu_count()} CPUs; data dir size "
-              f"{sum(p.stat().st_size for p in data_dir.iterdir()) / 1e6:,.1f} MB", flush=True)
+        print(f"\nbinary {binary}; {os.cpu_count()} CPUs; data dir: "
+              + ", ".join(f"{p.name} {p.stat().st_size / 1e6:,.1f} MB" for p in sorted(data_dir.iterdir())),
+              flush=True)
         if not service.stop():
             print(f"ingestion-benchmark: cdp-ingestion did not exit cleanly on SIGTERM "
                   f"({service.exit_description()})\n{service.stderr_tail()}", file=sys.stderr)

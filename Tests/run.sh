@@ -42,4 +42,8 @@ Tests/python-env.sh
 .venv/bin/python -m pytest Tests/Interop/python/test_standard_services.py Tests/Interop/python/test_lifecycle.py \
   -q -p no:cacheprovider
 
+stage "ingestion: SIGKILL during batches and streams, cancelled uploads (Python, against cdp-ingestion)"
+Tests/python-env.sh
+.venv/bin/python -m pytest Tests/Ingestion -q -p no:cacheprovider
+
 stage "all test stages passed"

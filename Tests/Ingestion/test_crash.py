@@ -1,6 +1,6 @@
 """Crash test for cdp-ingestion: SIGKILL during uploads, restart on the same data directory, re-send.
 
-What it does (one test, ~30-60 s with the debug build at the default sizes):
+What test_crash_recovery does (~40 s with the debug build at the default sizes):
 
 * starts a fake identity receiver (a grpcio server implementing cdp.identity.v1.Identity/AcceptRecords
   that records every (key, version, batch id) it gets and can be told to fail with UNAVAILABLE);
@@ -38,6 +38,10 @@ upload waits until ListBatches shows the attempt as RECEIVING (so the service ce
 batch it must call INTERRUPTED after the restart), then polls the records table (read-only, WAL)
 until that many of the attempt's records are stored, then SIGKILLs. So interrupted attempts usually
 leave committed chunks behind that the restart must delete.
+
+A second, short test (test_abandoned_upload_is_interrupted_and_can_be_resent) checks the client side
+of the same contract: an upload the client cancels half way ends INTERRUPTED with nothing kept, and
+the same idempotency key can then be sent again.
 
 Run (after building cdp-ingestion and Tests/python-env.sh):
     .venv/bin/python -m pytest Tests/Ingestion/test_crash.py -s -q
@@ -601,7 +605,7 @@ def test_crash_recovery(tmp_path):
     for b in range(cfg.batches):
         data, ids = person_csv(f"P{b}-", cfg.records, rng)
         plans.append(BatchPlan(b, f"crash-b{b}", data, ids))
-    bad_data, bad_ids = person_csv("F-", 2000, rng, bad_email_every=5)  # 20% invalid emails > 5% threshold
+    bad_data, _ = person_csv("F-", 2000, rng, bad_email_every=5)  # 20% invalid emails > 5% threshold
 
     data_dir = tmp_path / "data"
     data_dir.mkdir()
@@ -659,9 +663,11 @@ def test_crash_recovery(tmp_path):
         except Exception as e:  # noqa: BLE001 - reported; the kill happens anyway
             problems.append(f"batch {plan.index}: while waiting for the kill point: {e!r}")
         finally:
-            out["committed"] = db_count("SELECT COUNT(*) FROM records WHERE seq > ? AND batch_id = ?",
-                                        (seq0, plan.receiving_ids[-1])) if plan.receiving_ids else -1
-            killer()
+            try:
+                out["committed"] = db_count("SELECT COUNT(*) FROM records WHERE seq > ? AND batch_id = ?",
+                                            (seq0, plan.receiving_ids[-1])) if plan.receiving_ids else -1
+            finally:
+                killer()
 
     def restart():
         port = service.port if cfg.same_port else 0
@@ -828,6 +834,8 @@ def test_crash_recovery(tmp_path):
                 problems.append(f"batch {b}: answered replayed={got.replayed}; the previous attempt was "
                                 f"{last_state or 'none'}")
 
+        if receiver.failing:  # CRASH_TEST_KILLS=0: no restart recovered it
+            receiver.set_failing(False)
         streamer.stop_producing.set()
         streamer.join(timeout=60)
         if streamer.is_alive():
@@ -1008,6 +1016,87 @@ def test_crash_recovery(tmp_path):
         streamer.abort.set()
         if ch is not None:
             ch.close()
+        if service.alive():
+            service.kill()
+        receiver.stop()
+
+
+def test_abandoned_upload_is_interrupted_and_can_be_resent(tmp_path):
+    """The client side of the same contract: an upload the client cancels half way (or whose connection
+    drops) must end INTERRUPTED with nothing of it kept, and re-sending it with the same idempotency
+    key must then run it again (not be refused as "being received right now")."""
+    binary = ingestion_binary()
+    if not binary.exists():
+        pytest.fail(f"cdp-ingestion not found at {binary} (build it, or set CDP_INGESTION_BIN)", pytrace=False)
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    receiver = FakeIdentity().start()
+    service = Service(binary, data_dir, receiver.address, tmp_path, ["--chunk-records", "1000"])
+    n = 6000
+    data, _ = person_csv("C-", n, random.Random(3))
+    hdr = ingestion_pb2.BatchHeader(source=MKTO, entity="person", format=S.FORMAT_CANONICAL_CSV,
+                                    idempotency_key="abandoned", file_name="abandoned.csv")
+    try:
+        service.start(0)
+        ch = channel(service.address)
+        stub = ingestion_pb2_grpc.IngestionStub(ch)
+        stub.CreateSource(ingestion_pb2.CreateSourceRequest(source=MKTO), timeout=10)
+        gate = threading.Event()
+
+        def first_half():
+            yield ingestion_pb2.IngestBatchRequest(header=hdr)
+            yield ingestion_pb2.IngestBatchRequest(data=data[:len(data) * 2 // 3])
+            gate.wait(30)
+
+        upload_ch = channel(service.address)
+        call = ingestion_pb2_grpc.IngestionStub(upload_ch).IngestBatch.future(first_half(), timeout=60)
+        deadline = time.monotonic() + 20
+        batch = None
+        committed = 0
+        while time.monotonic() < deadline:  # until some chunks of the attempt are committed
+            batch = next((bt for bt in list_all_batches(stub) if bt.idempotency_key == hdr.idempotency_key), None)
+            if batch is not None:
+                db = sqlite3.connect(f"file:{data_dir / 'ingestion.sqlite'}?mode=ro", uri=True, timeout=10)
+                committed = db.execute("SELECT COUNT(*) FROM records WHERE batch_id = ?", (batch.batch_id,)).fetchone()[0]
+                db.close()
+                if committed >= 1000:
+                    break
+            time.sleep(0.05)
+        assert batch is not None and batch.state == S.BATCH_STATE_RECEIVING, f"the upload is not RECEIVING: {batch}"
+        call.cancel()
+        gate.set()
+        upload_ch.close()
+        log(f"cancelled the upload of {batch.batch_id} with {committed} of its records committed")
+
+        deadline = time.monotonic() + 10
+        state = None
+        while time.monotonic() < deadline:
+            state = stub.GetBatch(ingestion_pb2.GetBatchRequest(batch_id=batch.batch_id), timeout=10).state
+            if state != S.BATCH_STATE_RECEIVING:
+                break
+            time.sleep(0.1)
+        db = sqlite3.connect(f"file:{data_dir / 'ingestion.sqlite'}?mode=ro", uri=True, timeout=10)
+        kept = db.execute("SELECT COUNT(*) FROM records WHERE batch_id = ?", (batch.batch_id,)).fetchone()[0]
+        db.close()
+        problems = []
+        if state != S.BATCH_STATE_INTERRUPTED:
+            problems.append(f"10 s after the client cancelled the upload, batch {batch.batch_id} is {STATE[state]}, "
+                            f"expected INTERRUPTED")
+        if kept:
+            problems.append(f"{kept} records of the cancelled upload are still stored")
+        try:
+            got = stub.IngestBatch(upload_requests(hdr, data), timeout=60)
+            if (got.state, got.batch_id, got.replayed, got.counts.accepted) != \
+                    (S.BATCH_STATE_COMPLETED, batch.batch_id, False, n):
+                problems.append(f"the re-send answered {STATE[got.state]} id={got.batch_id} replayed={got.replayed} "
+                                f"accepted={got.counts.accepted}; expected COMPLETED, id {batch.batch_id}, "
+                                f"replayed=False, accepted={n}")
+        except grpc.RpcError as e:
+            problems.append(f"the re-send with the same idempotency key failed: {e.code().name} {e.details()}")
+        ch.close()
+        if problems:
+            pytest.fail("\n- ".join(["problems:", *problems]) + f"\n{service.stderr_tail(10)}", pytrace=False)
+    finally:
         if service.alive():
             service.kill()
         receiver.stop()

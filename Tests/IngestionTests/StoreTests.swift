@@ -100,6 +100,34 @@ struct StoreTests {
         #expect(appended == AppendResult(accepted: 3, duplicates: 0), "the failed batch's records were deleted")
     }
 
+    @Test func aDuplicateOfAFailedBatchsRecordIsKeptForItsClaimer() async throws {
+        let store = try SQLiteIngestionStore()
+        let holder = try Self.startedID(try await store.beginBatch(Self.header(), errorThreshold: 0.05))
+        _ = try await store.appendBatchRecords(Self.records(1...3), batchID: holder)
+        // A stream and another batch send copies of records the receiving batch holds.
+        #expect(try await store.appendStreamRecords(Self.records(1...1), streamID: "stream:s").duplicates == 1)
+        let claimer = try Self.startedID(try await store.beginBatch(Self.header(), errorThreshold: 0.05))
+        #expect(try await store.appendBatchRecords(Self.records(2...2), batchID: claimer).duplicates == 1)
+
+        var failed = Self.completed(records: 3)
+        failed.state = .failed
+        _ = try await store.finishBatch(holder, outcome: failed)
+        // The streamed copy was acknowledged: it is forwarded at once, as the stream's.
+        let streamed = try #require(try await store.nextOutboxChunk(limit: 10))
+        #expect(streamed.records.map(\.record.key) == ["P1@mkto-1.Marketo"])
+        #expect(streamed.records.map(\.batchID) == ["stream:s"])
+        try await store.acknowledge(streamed)
+        #expect(try await store.nextOutboxChunk(limit: 10) == nil, "the claiming batch is still receiving")
+
+        _ = try await store.finishBatch(claimer, outcome: Self.completed(records: 1))
+        let inherited = try #require(try await store.nextOutboxChunk(limit: 10))
+        #expect(inherited.records.map(\.record.key) == ["P2@mkto-1.Marketo"])
+        #expect(inherited.records.map(\.batchID) == [claimer])
+        try await store.acknowledge(inherited)
+        // P3, claimed by nobody, went with its batch: a new copy is stored afresh.
+        #expect(try await store.appendStreamRecords(Self.records(3...3), streamID: "stream:t").accepted == 1)
+    }
+
     @Test func theSameIdempotencyKeyReturnsTheFinishedBatch() async throws {
         let store = try SQLiteIngestionStore()
         let id = try Self.startedID(try await store.beginBatch(Self.header(key: "k1"), errorThreshold: 0.05))

@@ -218,6 +218,7 @@ public struct EntitySchema<Entity: Sendable>: Sendable {
     ) {
         self.entity = entity
         self.fields = fields + CanonicalField<Entity>.common
+        precondition(self.fields.count < 64, "the mapper tracks fields in a 64-bit set")
         self.empty = empty
         self.finish = finish
         self.wrap = wrap

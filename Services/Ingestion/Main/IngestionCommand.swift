@@ -83,6 +83,7 @@ struct IngestionCommand: AsyncParsableCommand {
     }
 
     func run() async throws {
+        MemoryTuning.keepFreedMemoryForReuse()
         let environment = ProcessInfo.processInfo.environment
         LoggingSystem.bootstrap { label in
             var handler = StreamLogHandler.standardError(label: label)

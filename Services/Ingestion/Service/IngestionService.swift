@@ -170,15 +170,22 @@ public final class IngestionService: Cdp_Ingestion_V1_Ingestion.ServiceProtocol 
             return try await finish(batchID, receiver: receiver, failure: "the file cannot be read: \(failure.message)")
         } catch {
             // The upload broke off (cancelled, connection lost, bad message): keep nothing, allow a retry.
-            _ = try? await store.finishBatch(
-                batchID,
-                outcome: BatchOutcome(
-                    state: .interrupted,
-                    counts: receiver.counts,
-                    errors: [],
-                    failure: "the upload stopped before its end: \(error)"
-                )
+            // In a task of its own, because this one may be cancelled and the store would refuse to run.
+            let outcome = BatchOutcome(
+                state: .interrupted,
+                counts: receiver.counts,
+                errors: [],
+                failure: "the upload stopped before its end: \(error)"
             )
+            let store = self.store
+            let cleanup = await Task { try await store.finishBatch(batchID, outcome: outcome) }.result
+            if case .failure(let cleanupError) = cleanup {
+                // The batch stays receiving until the next start, which interrupts it then.
+                logger.error(
+                    "cannot mark an interrupted batch",
+                    metadata: ["batch.id": "\(batchID)", "error": "\(cleanupError)"]
+                )
+            }
             logger.notice("batch upload interrupted", metadata: ["batch.id": "\(batchID)", "error": "\(error)"])
             throw error
         }
@@ -267,7 +274,7 @@ public final class IngestionService: Cdp_Ingestion_V1_Ingestion.ServiceProtocol 
         responses: RPCWriter<Cdp_Ingestion_V1_StreamRecordsResponse>,
         context: ServerContext
     ) async throws {
-        let streamID = "stream-" + String(UInt64.random(in: 0...UInt64.max), radix: 16)
+        let streamID = "stream:" + String(UInt64.random(in: 0...UInt64.max), radix: 16)
         var requestNumber: UInt64 = 0
         for try await request in requests {
             requestNumber += 1
@@ -472,19 +479,7 @@ enum RecordPreparation {
         case .identityLink?: entity = .identityLink
         case nil: entity = .unspecified
         }
-        return PreparedRecord(key: record.key, version: fnv1a64(payload), entity: entity, payload: payload)
-    }
-
-    /// FNV-1a, 64 bits: fast, and with the key alongside, collisions between two versions of one record
-    /// are negligible.
-    static func fnv1a64(_ data: Data) -> UInt64 {
-        data.withUnsafeBytes { bytes in
-            var hash: UInt64 = 0xcbf2_9ce4_8422_2325
-            for byte in bytes {
-                hash ^= UInt64(byte)
-                hash &*= 0x0000_0100_0000_01B3
-            }
-            return hash
-        }
+        let version = payload.withUnsafeBytes { FNV1a.hash($0) }
+        return PreparedRecord(key: record.key, version: version, entity: entity, payload: payload)
     }
 }

@@ -63,6 +63,19 @@ public struct PreparedRecord: Sendable {
     }
 }
 
+/// FNV-1a, 64 bits: fast and well spread; names a record's version together with its key.
+public enum FNV1a {
+    /// The hash of `bytes`.
+    public static func hash(_ bytes: some Sequence<UInt8>) -> UInt64 {
+        var hash: UInt64 = 0xcbf2_9ce4_8422_2325
+        for byte in bytes {
+            hash ^= UInt64(byte)
+            hash &*= 0x0000_0100_0000_01B3
+        }
+        return hash
+    }
+}
+
 /// What an append stored.
 public struct AppendResult: Sendable, Equatable {
     /// Records stored for the first time.

@@ -73,7 +73,9 @@ public final class SQLiteIngestionStore: IngestionStore {
                         reason TEXT NOT NULL,
                         PRIMARY KEY (batch_id, ordinal)
                     );
-                    -- The raw record log. seq orders it; (key, version) makes appends idempotent.
+                    -- The raw record log. seq orders it; (key, version) makes appends idempotent. (An index
+                    -- over a hash of the key was tried: random insert order cost far more I/O than the
+                    -- text index, whose keys mostly arrive in order.)
                     CREATE TABLE records (
                         seq INTEGER PRIMARY KEY AUTOINCREMENT,
                         key TEXT NOT NULL,
@@ -102,6 +104,15 @@ public final class SQLiteIngestionStore: IngestionStore {
                         remaining INTEGER NOT NULL,
                         created_at INTEGER NOT NULL
                     );
+                    -- A duplicate of a record that a still-receiving batch holds: if that batch fails or
+                    -- is interrupted, the record passes to its first claimer instead of being deleted, so
+                    -- an acknowledged duplicate is never lost with someone else's batch.
+                    CREATE TABLE claims (
+                        seq INTEGER NOT NULL,
+                        claimer TEXT NOT NULL,
+                        PRIMARY KEY (seq, claimer)
+                    ) WITHOUT ROWID;
+                    CREATE INDEX claims_by_claimer ON claims (claimer);
                     CREATE TABLE counters (
                         name TEXT PRIMARY KEY,
                         value INTEGER NOT NULL
@@ -236,8 +247,18 @@ public final class SQLiteIngestionStore: IngestionStore {
                         """,
                     arguments: [now, batchID]
                 )
+                // Its records are safe now: claims on them are moot.
+                try db.execute(
+                    sql: """
+                        DELETE FROM claims WHERE seq IN (
+                            SELECT claims.seq FROM batch_chunks JOIN claims
+                                ON claims.seq BETWEEN batch_chunks.first_seq AND batch_chunks.last_seq
+                            WHERE batch_chunks.batch_id = ?)
+                        """,
+                    arguments: [batchID]
+                )
             } else {
-                try Self.deleteRecords(ofBatch: batchID, in: db)
+                try Self.releaseRecords(ofBatch: batchID, in: db)
             }
             try db.execute(sql: "DELETE FROM batch_chunks WHERE batch_id = ?", arguments: [batchID])
             let counts = outcome.counts
@@ -340,31 +361,70 @@ public final class SQLiteIngestionStore: IngestionStore {
 
     private static func interruptReceivingBatches(_ db: Database) throws {
         let receiving = try String.fetchAll(db, sql: "SELECT id FROM batches WHERE state = 'receiving'")
+        // All of them first, so that none inherits another's records through a claim.
+        try db.execute(
+            sql: """
+                UPDATE batches SET state = 'interrupted', finished_at = ?,
+                    failure = 'the service stopped while receiving this batch; nothing of it was kept: send it again'
+                WHERE state = 'receiving'
+                """,
+            arguments: [now()]
+        )
         for id in receiving {
-            try deleteRecords(ofBatch: id, in: db)
+            try releaseRecords(ofBatch: id, in: db)
             try db.execute(sql: "DELETE FROM batch_chunks WHERE batch_id = ?", arguments: [id])
-            try db.execute(
-                sql: """
-                    UPDATE batches SET state = 'interrupted', finished_at = ?,
-                        failure = 'the service stopped while receiving this batch; nothing of it was kept: send it again'
-                    WHERE id = ?
-                    """,
-                arguments: [now(), id]
-            )
         }
     }
 
-    private static func deleteRecords(ofBatch batchID: String, in db: Database) throws {
+    /// Deletes a failed or interrupted batch's records, except those another batch or stream claimed as
+    /// duplicates: each of those passes to its first live claimer (queued for forwarding at once if the
+    /// claimer is finished or a stream, or added to the claimer's chunks if it is still receiving).
+    private static func releaseRecords(ofBatch batchID: String, in db: Database) throws {
         // Each chunk's range holds only this batch's records (one transaction each).
+        let claims = try Row.fetchAll(
+            db,
+            sql: """
+                SELECT claims.seq, claims.claimer, batches.state FROM batch_chunks
+                JOIN claims ON claims.seq BETWEEN batch_chunks.first_seq AND batch_chunks.last_seq
+                LEFT JOIN batches ON batches.id = claims.claimer
+                WHERE batch_chunks.batch_id = ? AND claims.claimer != ?
+                ORDER BY claims.seq
+                """,
+            arguments: [batchID, batchID]
+        )
+        var transferred = Set<Int64>()
+        let now = now()
+        for claim in claims {
+            let seq: Int64 = claim["seq"]
+            let claimer: String = claim["claimer"]
+            let state: String? = claim["state"]
+            guard !transferred.contains(seq), state != "failed", state != "interrupted" else { continue }
+            try db.execute(sql: "UPDATE records SET batch_id = ? WHERE seq = ?", arguments: [claimer, seq])
+            if state == "receiving" {
+                try db.execute(
+                    sql: "INSERT INTO batch_chunks (batch_id, first_seq, last_seq, count) VALUES (?, ?, ?, 1)",
+                    arguments: [claimer, seq, seq]
+                )
+            } else {
+                // A completed batch, or a stream (streams have no batch row): forward it now.
+                try db.execute(
+                    sql:
+                        "INSERT INTO outbox (first_seq, last_seq, next_seq, remaining, created_at) VALUES (?, ?, ?, 1, ?)",
+                    arguments: [seq, seq, seq, now]
+                )
+            }
+            transferred.insert(seq)
+        }
         try db.execute(
             sql: """
                 DELETE FROM records WHERE seq IN (
                     SELECT records.seq FROM batch_chunks JOIN records
                         ON records.seq BETWEEN batch_chunks.first_seq AND batch_chunks.last_seq
-                    WHERE batch_chunks.batch_id = ?)
+                    WHERE batch_chunks.batch_id = ? AND records.batch_id = ?)
                 """,
-            arguments: [batchID]
+            arguments: [batchID, batchID]
         )
+        try db.execute(sql: "DELETE FROM claims WHERE claimer = ?", arguments: [batchID])
     }
 
     // MARK: - Streams
@@ -399,6 +459,7 @@ public final class SQLiteIngestionStore: IngestionStore {
         )
         let now = now()
         var result = AppendResult(accepted: 0, duplicates: 0)
+        var holderStates: [String: Bool] = [:]
         var first: Int64?
         var last: Int64 = 0
         for record in records {
@@ -412,9 +473,43 @@ public final class SQLiteIngestionStore: IngestionStore {
                 if first == nil { first = last }
             } else {
                 result.duplicates += 1
+                try claimIfHeldByReceivingBatch(record, claimer: batchID, states: &holderStates, in: db)
             }
         }
         return (result, first.map { $0...last })
+    }
+
+    /// Records a claim on the stored copy of a duplicate when a batch that is still receiving holds it
+    /// (see the `claims` table).
+    private static func claimIfHeldByReceivingBatch(
+        _ record: PreparedRecord,
+        claimer: String,
+        states: inout [String: Bool],
+        in db: Database
+    ) throws {
+        guard
+            let holder = try Row.fetchOne(
+                db,
+                sql: "SELECT seq, batch_id FROM records WHERE key = ? AND version = ?",
+                arguments: [record.key, Int64(bitPattern: record.version)]
+            )
+        else { return }
+        let holderID: String = holder["batch_id"]
+        guard holderID != claimer else { return }
+        let receiving: Bool
+        if let known = states[holderID] {
+            receiving = known
+        } else {
+            receiving =
+                try String.fetchOne(db, sql: "SELECT state FROM batches WHERE id = ?", arguments: [holderID])
+                == "receiving"
+            states[holderID] = receiving
+        }
+        guard receiving else { return }
+        try db.execute(
+            sql: "INSERT INTO claims (seq, claimer) VALUES (?, ?) ON CONFLICT DO NOTHING",
+            arguments: [holder["seq"] as Int64, claimer]
+        )
     }
 
     // MARK: - Outbox

@@ -1,0 +1,5 @@
+// glibc's allocator tuning (mallopt), which Swift's Glibc module does not export.
+#pragma once
+#if defined(__linux__)
+#include <malloc.h>
+#endif
