@@ -140,9 +140,12 @@ public final class IngestionService: Cdp_Ingestion_V1_Ingestion.ServiceProtocol 
             try await withThrowingTaskGroup(of: AppendResult.self) { group in
                 // At most one chunk is being written while the next is parsed.
                 var writing = false
-                func write(_ chunk: [PreparedRecord]) async throws {
+                func write(_ chunk: [Cdp_Model_V1_Record]) async throws {
                     if writing, let result = try await group.next() { receiver.add(result) }
-                    group.addTask { [store] in try await store.appendBatchRecords(chunk, batchID: batchID) }
+                    group.addTask { [store] in
+                        let prepared = try chunk.map(RecordPreparation.prepare)
+                        return try await store.appendBatchRecords(prepared, batchID: batchID)
+                    }
                     writing = true
                 }
                 while let message = try await iterator.next() {
@@ -374,7 +377,9 @@ struct BatchReceiver {
     private let chunkRecords: Int
     private let maxErrors: Int
     private var parsed: [ParsedRecord] = []
-    private var pending: [PreparedRecord] = []
+    /// Valid records waiting for the next chunk; serialized by the chunk's writer task, off the parsing
+    /// task, so that parsing the next piece overlaps serializing and storing this one.
+    private var pending: [Cdp_Model_V1_Record] = []
     private var typedNumber: UInt64 = 0
     var counts = Cdp_Ingestion_V1_BatchCounts()
     private(set) var errors: [Cdp_Ingestion_V1_RecordError] = []
@@ -405,15 +410,7 @@ struct BatchReceiver {
             counts.records += 1
             switch TypedRecords.normalize(record, source: source) {
             case .record(let normalized):
-                do {
-                    pending.append(try RecordPreparation.prepare(normalized))
-                } catch {
-                    reject(
-                        [FieldError(field: "", reason: "cannot be serialized: \(error)")],
-                        line: 0,
-                        number: typedNumber
-                    )
-                }
+                pending.append(normalized)
             case .rejected(let fieldErrors):
                 reject(fieldErrors, line: 0, number: typedNumber)
             }
@@ -426,7 +423,7 @@ struct BatchReceiver {
     }
 
     /// The next chunk to write: full chunks while receiving, the rest at the end.
-    mutating func takeChunk(final: Bool) -> [PreparedRecord]? {
+    mutating func takeChunk(final: Bool) -> [Cdp_Model_V1_Record]? {
         guard pending.count >= chunkRecords || (final && !pending.isEmpty) else { return nil }
         let count = min(pending.count, chunkRecords)
         let chunk = Array(pending.prefix(count))
@@ -439,7 +436,7 @@ struct BatchReceiver {
             counts.records += 1
             switch item.result {
             case .record(let record):
-                pending.append(try RecordPreparation.prepare(record))
+                pending.append(record)
             case .rejected(let fieldErrors):
                 reject(fieldErrors, line: item.line, number: item.number)
             }
