@@ -247,6 +247,9 @@ def main() -> int:
                     help="cdp-ingestion to run (default $CDP_INGESTION_BIN or .build/release/cdp-ingestion)")
     ap.add_argument("--forward-batch-size", type=int, default=None, help="passed to cdp-ingestion")
     ap.add_argument("--log-level", default="info", help="cdp-ingestion --log-level (default info)")
+    ap.add_argument("--forward-after-upload", action="store_true",
+                    help="upload with no identity configured, then restart the service with identity and time "
+                         "the drain (the upload figures are then ingestion's alone)")
     ap.add_argument("--drain-timeout", type=float, default=600, help="seconds to wait for the outbox (default 600)")
     ap.add_argument("--work-dir", default=None, help="where to make the temp dir (default $TMPDIR)")
     args = ap.parse_args()
@@ -266,7 +269,9 @@ def main() -> int:
     extra = ["--log-level", args.log_level]
     if args.forward_batch_size:
         extra += ["--forward-batch-size", str(args.forward_batch_size)]
-    service = Service(binary, data_dir, receiver.address, work, extra)
+    # --forward-after-upload: no identity while uploading (the upload figures are then ingestion's
+    # alone), then a restart on the same data directory with identity, timed until the outbox drains.
+    service = Service(binary, data_dir, "" if args.forward_after_upload else receiver.address, work, extra)
     failed = False
     try:
         t = time.monotonic()
@@ -301,7 +306,20 @@ def main() -> int:
         upload_s = last - first
         after_upload = proc_stats(service.pid)
 
-        # Drain: last Batch answer -> pending_records == 0.
+        if args.forward_after_upload:
+            ch.close()
+            if not service.stop():
+                print(f"ingestion-benchmark: cdp-ingestion did not exit cleanly on SIGTERM "
+                      f"({service.exit_description()})", file=sys.stderr)
+                return 1
+            service.identity = receiver.address
+            address = service.start(0)
+            last = time.monotonic()
+            ch = grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
+            stub = ingestion_pb2_grpc.IngestionStub(ch)
+            print(f"restarted cdp-ingestion (pid {service.pid}) with identity {receiver.address}", flush=True)
+
+        # Drain: last Batch answer (or the restart) -> pending_records == 0.
         deadline = last + args.drain_timeout
         st = stub.GetOutboxStatus(ingestion_pb2.GetOutboxStatusRequest(), timeout=10)
         while st.pending_records and time.monotonic() < deadline:

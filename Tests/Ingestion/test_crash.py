@@ -232,7 +232,7 @@ class Service:
         out_path = self.log_dir / f"ingestion-{self.generation}.out"
         self.stderr_path = self.log_dir / f"ingestion-{self.generation}.err"
         cmd = [str(self.binary), "--host", "127.0.0.1", "--port", str(port), "--data-dir", str(self.data_dir),
-               "--identity", self.identity, *self.extra_args]
+               *(["--identity", self.identity] if self.identity else []), *self.extra_args]
         with open(out_path, "wb") as out, open(self.stderr_path, "wb") as err:
             self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
                                          cwd=str(REPO_ROOT), start_new_session=True)

@@ -300,7 +300,7 @@ func withHarness(_ body: (Harness) async throws -> Void) async throws {
     let identityTransport = HTTP2ClientTransport(
         configuration: .init(host: "127.0.0.1", port: identityPort, initialBackoff: .milliseconds(20))
     )
-    let identityClient = Cdp_Identity_V1_Identity.Client(RPCClient(transport: identityTransport))
+    let identityClient = RPCClient(transport: identityTransport)
 
     let store = try SQLiteIngestionStore()
     let relay = OutboxRelay<OutboxChunk>(
@@ -308,14 +308,7 @@ func withHarness(_ body: (Harness) async throws -> Void) async throws {
         configuration: .init(chunkSize: 3, backoff: Backoff(initial: .milliseconds(20), maximum: .milliseconds(100))),
         logger: logger,
         fetch: { try await store.nextOutboxChunk(limit: $0) },
-        deliver: { chunk in
-            _ = try await identityClient.acceptRecords(
-                .with {
-                    $0.sender = "test"
-                    $0.records = chunk.records
-                }
-            )
-        },
+        deliver: { try await IdentityForwarding.deliver($0, via: identityClient) },
         acknowledge: { try await store.acknowledge($0) }
     )
     let service = IngestionService(

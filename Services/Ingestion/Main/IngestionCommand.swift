@@ -104,18 +104,13 @@ struct IngestionCommand: AsyncParsableCommand {
             identityTransport = transport
             var metadata = Metadata()
             if let token { metadata.add("authorization", "Bearer \(token)") }
-            let client = Cdp_Identity_V1_Identity.Client(RPCClient(transport: transport, defaultMetadata: metadata))
+            let client = RPCClient(transport: transport, defaultMetadata: metadata)
             relay = OutboxRelay(
                 name: "ingestion→identity",
                 configuration: .init(chunkSize: forwardBatchSize),
                 logger: logger,
                 fetch: { limit in try await store.nextOutboxChunk(limit: limit) },
-                deliver: { chunk in
-                    var request = Cdp_Identity_V1_AcceptRecordsRequest()
-                    request.sender = "ingestion"
-                    request.records = chunk.records
-                    _ = try await client.acceptRecords(request, options: CallOptions(timeout: .seconds(30)))
-                },
+                deliver: { chunk in try await IdentityForwarding.deliver(chunk, via: client) },
                 acknowledge: { chunk in try await store.acknowledge(chunk) }
             )
         } else {

@@ -370,6 +370,27 @@ public final class IngestionService: Cdp_Ingestion_V1_Ingestion.ServiceProtocol 
     }
 }
 
+/// Forwarding to identity: what the outbox relay calls.
+public enum IdentityForwarding {
+    /// `cdp.identity.v1.Identity/AcceptRecords`, sending the records as stored (see
+    /// `AcceptRecordsRequestBytes` in identity.proto).
+    static let acceptRecords = RPCMethod<
+        Cdp_Identity_V1_AcceptRecordsRequestBytes, Cdp_Identity_V1_AcceptRecordsResponse
+    >(service: "cdp.identity.v1.Identity", method: "AcceptRecords", kind: .unary)
+
+    /// Sends one outbox chunk to identity; returns once identity acknowledged it.
+    public static func deliver(
+        _ chunk: OutboxChunk,
+        via client: RPCClient,
+        timeout: Duration = .seconds(30)
+    ) async throws {
+        var request = Cdp_Identity_V1_AcceptRecordsRequestBytes()
+        request.sender = "ingestion"
+        request.records = chunk.records
+        _ = try await client.unary(acceptRecords, request, options: CallOptions(timeout: timeout))
+    }
+}
+
 /// The state of one batch upload: the parser, the records waiting for the next chunk, counts and errors.
 struct BatchReceiver {
     private var parser: BatchParser

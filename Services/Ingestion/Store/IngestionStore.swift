@@ -129,8 +129,8 @@ public let maxStoredErrors = 1000
 public struct OutboxChunk: Sendable {
     /// The outbox entry they come from.
     public var entryID: Int64
-    /// The records, in sequence order.
-    public var records: [Cdp_Identity_V1_StoredRecord]
+    /// The records, in sequence order, each with its record still serialized as stored.
+    public var records: [Cdp_Identity_V1_StoredRecordBytes]
     /// The highest sequence number in `records`.
     public var lastSequence: Int64
 }

@@ -531,15 +531,15 @@ public final class SQLiteIngestionStore: IngestionStore {
                     """,
                 arguments: [entry["next_seq"] as Int64, entry["last_seq"] as Int64, limit]
             )
-            var records: [Cdp_Identity_V1_StoredRecord] = []
+            var records: [Cdp_Identity_V1_StoredRecordBytes] = []
             records.reserveCapacity(rows.count)
             for row in rows {
-                var stored = Cdp_Identity_V1_StoredRecord()
+                var stored = Cdp_Identity_V1_StoredRecordBytes()
                 stored.sequence = UInt64(row["seq"] as Int64)
                 stored.batchID = row["batch_id"]
                 stored.version = UInt64(bitPattern: row["version"] as Int64)
                 stored.ingestedAt = Self.timestamp(row["ingested_at"])
-                stored.record = try Cdp_Model_V1_Record(serializedBytes: row["payload"] as Data)
+                stored.record = row["payload"]
                 records.append(stored)
             }
             let lastSequence = rows.last.map { $0["seq"] as Int64 } ?? (entry["last_seq"] as Int64)

@@ -10,6 +10,11 @@
 
 /// The identity service. So far: the intake of records from ingestion.
 
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#else
+import Foundation
+#endif
 import SwiftProtobuf
 
 // If the compiler emits an error on this type, it is because this file
@@ -92,6 +97,54 @@ public nonisolated struct Cdp_Identity_V1_AcceptRecordsResponse: Sendable {
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
+}
+
+/// AcceptRecordsRequest as a sender that holds its records already serialized writes it: byte for
+/// byte the same encoding (an embedded message and a `bytes` field look alike on the wire), so
+/// ingestion forwards stored records without decoding and re-encoding each one. Receivers parse
+/// AcceptRecordsRequest.
+public nonisolated struct Cdp_Identity_V1_AcceptRecordsRequestBytes: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var sender: String = String()
+
+  public var records: [Cdp_Identity_V1_StoredRecordBytes] = []
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+/// StoredRecord with `record` left serialized (a cdp.model.v1.Record).
+public nonisolated struct Cdp_Identity_V1_StoredRecordBytes: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var sequence: UInt64 = 0
+
+  public var batchID: String = String()
+
+  public var version: UInt64 = 0
+
+  public var ingestedAt: SwiftProtobuf.Google_Protobuf_Timestamp {
+    get {_ingestedAt ?? SwiftProtobuf.Google_Protobuf_Timestamp()}
+    set {_ingestedAt = newValue}
+  }
+  /// Returns true if `ingestedAt` has been explicitly set.
+  public var hasIngestedAt: Bool {self._ingestedAt != nil}
+  /// Clears the value of `ingestedAt`. Subsequent reads from it will return its default value.
+  public mutating func clearIngestedAt() {self._ingestedAt = nil}
+
+  public var record: Data = Data()
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+
+  fileprivate var _ingestedAt: SwiftProtobuf.Google_Protobuf_Timestamp? = nil
 }
 
 // MARK: - Code below here is support for the SwiftProtobuf runtime.
@@ -217,6 +270,95 @@ nonisolated extension Cdp_Identity_V1_AcceptRecordsResponse: SwiftProtobuf.Messa
   public static func ==(lhs: Cdp_Identity_V1_AcceptRecordsResponse, rhs: Cdp_Identity_V1_AcceptRecordsResponse) -> Bool {
     if lhs.accepted != rhs.accepted {return false}
     if lhs.duplicates != rhs.duplicates {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Cdp_Identity_V1_AcceptRecordsRequestBytes: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".AcceptRecordsRequestBytes"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}sender\0\u{1}records\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.sender) }()
+      case 2: try { try decoder.decodeRepeatedMessageField(value: &self.records) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.sender.isEmpty {
+      try visitor.visitSingularStringField(value: self.sender, fieldNumber: 1)
+    }
+    if !self.records.isEmpty {
+      try visitor.visitRepeatedMessageField(value: self.records, fieldNumber: 2)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Cdp_Identity_V1_AcceptRecordsRequestBytes, rhs: Cdp_Identity_V1_AcceptRecordsRequestBytes) -> Bool {
+    if lhs.sender != rhs.sender {return false}
+    if lhs.records != rhs.records {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Cdp_Identity_V1_StoredRecordBytes: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".StoredRecordBytes"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}sequence\0\u{3}batch_id\0\u{1}version\0\u{3}ingested_at\0\u{1}record\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularUInt64Field(value: &self.sequence) }()
+      case 2: try { try decoder.decodeSingularStringField(value: &self.batchID) }()
+      case 3: try { try decoder.decodeSingularFixed64Field(value: &self.version) }()
+      case 4: try { try decoder.decodeSingularMessageField(value: &self._ingestedAt) }()
+      case 5: try { try decoder.decodeSingularBytesField(value: &self.record) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    // The use of inline closures is to circumvent an issue where the compiler
+    // allocates stack space for every if/case branch local when no optimizations
+    // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
+    // https://github.com/apple/swift-protobuf/issues/1182
+    if self.sequence != 0 {
+      try visitor.visitSingularUInt64Field(value: self.sequence, fieldNumber: 1)
+    }
+    if !self.batchID.isEmpty {
+      try visitor.visitSingularStringField(value: self.batchID, fieldNumber: 2)
+    }
+    if self.version != 0 {
+      try visitor.visitSingularFixed64Field(value: self.version, fieldNumber: 3)
+    }
+    try { if let v = self._ingestedAt {
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 4)
+    } }()
+    if !self.record.isEmpty {
+      try visitor.visitSingularBytesField(value: self.record, fieldNumber: 5)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Cdp_Identity_V1_StoredRecordBytes, rhs: Cdp_Identity_V1_StoredRecordBytes) -> Bool {
+    if lhs.sequence != rhs.sequence {return false}
+    if lhs.batchID != rhs.batchID {return false}
+    if lhs.version != rhs.version {return false}
+    if lhs._ingestedAt != rhs._ingestedAt {return false}
+    if lhs.record != rhs.record {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
