@@ -92,19 +92,7 @@ struct CSVReader {
                     state = .unquoted
                 }
             case .unquoted:
-                switch byte {
-                case UInt8(ascii: ","):
-                    try endField()
-                    state = .fieldStart
-                case UInt8(ascii: "\n"):
-                    try endRow(into: &rows)
-                    line += 1
-                    state = .fieldStart
-                case UInt8(ascii: "\r"):
-                    state = .afterCarriageReturn
-                default:
-                    append(byte)
-                }
+                if try !endFieldOrRow(at: byte, into: &rows) { append(byte) }
             case .quoted:
                 if byte == UInt8(ascii: "\"") {
                     state = .quoteInQuoted
@@ -113,20 +101,10 @@ struct CSVReader {
                     append(byte)
                 }
             case .quoteInQuoted:
-                switch byte {
-                case UInt8(ascii: "\""):
+                if byte == UInt8(ascii: "\"") {
                     append(byte)
                     state = .quoted
-                case UInt8(ascii: ","):
-                    try endField()
-                    state = .fieldStart
-                case UInt8(ascii: "\n"):
-                    try endRow(into: &rows)
-                    line += 1
-                    state = .fieldStart
-                case UInt8(ascii: "\r"):
-                    state = .afterCarriageReturn
-                default:
+                } else if try !endFieldOrRow(at: byte, into: &rows) {
                     // `"abc"def`: lenient, like most readers: keep the text after the closing quote.
                     append(byte)
                     state = .unquoted
@@ -154,6 +132,25 @@ struct CSVReader {
             if rowStarted { try endRow(into: &rows) }
         }
         state = .fieldStart
+    }
+
+    /// Handles a separator or line break after a field's text; false if `byte` is neither.
+    @inline(__always)
+    private mutating func endFieldOrRow(at byte: UInt8, into rows: inout [Row]) throws(Failure) -> Bool {
+        switch byte {
+        case UInt8(ascii: ","):
+            try endField()
+            state = .fieldStart
+        case UInt8(ascii: "\n"):
+            try endRow(into: &rows)
+            line += 1
+            state = .fieldStart
+        case UInt8(ascii: "\r"):
+            state = .afterCarriageReturn
+        default:
+            return false
+        }
+        return true
     }
 
     @inline(__always)
