@@ -97,7 +97,11 @@ let package = Package(
         // Ingestion's storage behind one protocol; the embedded SQLite implementation.
         .target(
             name: "IngestionStore",
-            dependencies: ["CDPProto", .product(name: "GRDB", package: "GRDB.swift")],
+            dependencies: [
+                "CDPProto",
+                .product(name: "GRDB", package: "GRDB.swift"),
+                .product(name: "GRDBSQLite", package: "GRDB.swift"),
+            ],
             path: "Services/Ingestion/Store"
         ),
         // The cdp.ingestion.v1.Ingestion service.

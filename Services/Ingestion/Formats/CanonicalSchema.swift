@@ -124,62 +124,65 @@ public struct CanonicalField<Entity: Sendable>: Sendable {
 }
 
 extension CanonicalField {
-    /// A text-valued field (string, email, identifier, enumeration, currency) stored at `path`.
+    // The setters are closures rather than key paths: a key path held in a value is applied through the
+    // runtime on every record; a closure is a direct store.
+
+    /// A text-valued field (string, email, identifier, enumeration, currency), stored by `set`.
     static func text(
         _ name: String,
-        _ path: WritableKeyPath<Entity, String> & Sendable,
+        _ set: @escaping @Sendable (inout Entity, String) -> Void,
         kind: FieldKind = .string,
         required: Bool = false
     ) -> Self {
         Self(name, kind, required: required) { draft, value in
-            if case .string(let text) = value { draft.entity[keyPath: path] = text }
+            if case .string(let text) = value { set(&draft.entity, text) }
         }
     }
 
-    /// A reference to another entity, stored at `path` as a source key: a plain id is taken to be of the
+    /// A reference to another entity, stored by `set` as a source key: a plain id is taken to be of the
     /// batch's own source (`A1` → `A1@mkto-1.Marketo`); a value that already is a source key is kept.
     static func reference(
         _ name: String,
-        _ path: WritableKeyPath<Entity, String> & Sendable,
+        _ set: @escaping @Sendable (inout Entity, String) -> Void,
         required: Bool = false
     )
         -> Self
     {
         Self(name, .identifier, required: required) { draft, value in
-            if case .string(let id) = value { draft.entity[keyPath: path] = SourceKey.reference(id, in: draft.source) }
+            if case .string(let id) = value { set(&draft.entity, SourceKey.reference(id, in: draft.source)) }
         }
     }
 
-    static func number(_ name: String, _ path: WritableKeyPath<Entity, Double> & Sendable) -> Self {
+    static func number(_ name: String, _ set: @escaping @Sendable (inout Entity, Double) -> Void) -> Self {
         Self(name, .number) { draft, value in
             switch value {
-            case .number(let number): draft.entity[keyPath: path] = number
-            case .integer(let number): draft.entity[keyPath: path] = Double(number)
+            case .number(let number): set(&draft.entity, number)
+            case .integer(let number): set(&draft.entity, Double(number))
             default: break
             }
         }
     }
 
-    static func integer(_ name: String, _ path: WritableKeyPath<Entity, Int64> & Sendable) -> Self {
+    static func integer(_ name: String, _ set: @escaping @Sendable (inout Entity, Int64) -> Void) -> Self {
         Self(name, .integer) { draft, value in
-            if case .integer(let number) = value { draft.entity[keyPath: path] = number }
+            if case .integer(let number) = value { set(&draft.entity, number) }
         }
     }
 
-    static func boolean(_ name: String, _ path: WritableKeyPath<Entity, Bool> & Sendable) -> Self {
+    static func boolean(_ name: String, _ set: @escaping @Sendable (inout Entity, Bool) -> Void) -> Self {
         Self(name, .boolean) { draft, value in
-            if case .bool(let flag) = value { draft.entity[keyPath: path] = flag }
+            if case .bool(let flag) = value { set(&draft.entity, flag) }
         }
     }
 
     static func timestamp(
         _ name: String,
-        _ path: WritableKeyPath<Entity, Google_Protobuf_Timestamp> & Sendable,
+        _ set: @escaping @Sendable (inout Entity, Google_Protobuf_Timestamp) -> Void,
         kind: FieldKind = .timestamp,
         required: Bool = false
     ) -> Self {
         Self(name, kind, required: required) { draft, value in
-            if case .timestamp(let time) = value { draft.entity[keyPath: path] = time }
+            if case .timestamp(let time) = value { set(&draft.entity, time) }
         }
     }
 

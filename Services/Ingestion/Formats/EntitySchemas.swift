@@ -8,20 +8,20 @@ extension EntitySchema where Entity == Cdp_Model_V1_Person {
     static let person = EntitySchema(
         .person,
         fields: [
-            .text("personId", \.personID, kind: .identifier, required: true),
-            .text("email", \.email, kind: .email),
-            .text("firstName", \.firstName),
-            .text("lastName", \.lastName),
-            .text("jobTitle", \.jobTitle),
+            .text("personId", { $0.personID = $1 }, kind: .identifier, required: true),
+            .text("email", { $0.email = $1 }, kind: .email),
+            .text("firstName", { $0.firstName = $1 }),
+            .text("lastName", { $0.lastName = $1 }),
+            .text("jobTitle", { $0.jobTitle = $1 }),
             CanonicalField("personType", .enumeration(["Lead", "Contact"])) { draft, value in
                 if case .string(let type) = value { draft.entity.personType = type == "Lead" ? .lead : .contact }
             },
-            .number("score", \.score),
-            .text("country", \.country),
-            .reference("accountId", \.accountKey),
-            .text("crmId", \.crmID, kind: .identifier),
-            .text("ecid", \.ecid, kind: .identifier),
-            .boolean("emailOptOut", \.emailOptOut),
+            .number("score", { $0.score = $1 }),
+            .text("country", { $0.country = $1 }),
+            .reference("accountId", { $0.accountKey = $1 }),
+            .text("crmId", { $0.crmID = $1 }, kind: .identifier),
+            .text("ecid", { $0.ecid = $1 }, kind: .identifier),
+            .boolean("emailOptOut", { $0.emailOptOut = $1 }),
         ],
         empty: { Cdp_Model_V1_Person() },
         finish: { draft in
@@ -36,17 +36,17 @@ extension EntitySchema where Entity == Cdp_Model_V1_Account {
     static let account = EntitySchema(
         .account,
         fields: [
-            .text("accountId", \.accountID, kind: .identifier, required: true),
-            .text("name", \.name),
-            .text("domain", \.domain),
-            .text("website", \.website),
-            .text("industry", \.industry),
-            .number("annualRevenue", \.annualRevenue),
-            .integer("employees", \.employees),
-            .text("country", \.country),
-            .text("dunsNumber", \.dunsNumber, kind: .identifier),
-            .reference("parentAccountId", \.parentAccountKey),
-            .text("crmId", \.crmID, kind: .identifier),
+            .text("accountId", { $0.accountID = $1 }, kind: .identifier, required: true),
+            .text("name", { $0.name = $1 }),
+            .text("domain", { $0.domain = $1 }),
+            .text("website", { $0.website = $1 }),
+            .text("industry", { $0.industry = $1 }),
+            .number("annualRevenue", { $0.annualRevenue = $1 }),
+            .integer("employees", { $0.employees = $1 }),
+            .text("country", { $0.country = $1 }),
+            .text("dunsNumber", { $0.dunsNumber = $1 }, kind: .identifier),
+            .reference("parentAccountId", { $0.parentAccountKey = $1 }),
+            .text("crmId", { $0.crmID = $1 }, kind: .identifier),
         ],
         empty: { Cdp_Model_V1_Account() },
         finish: { draft in
@@ -63,16 +63,16 @@ extension EntitySchema where Entity == Cdp_Model_V1_Opportunity {
     static let opportunity = EntitySchema(
         .opportunity,
         fields: [
-            .text("opportunityId", \.opportunityID, kind: .identifier, required: true),
-            .reference("accountId", \.accountKey),
-            .text("name", \.name),
-            .text("stage", \.stage),
-            .number("amount", \.amount),
-            .text("currency", \.currency, kind: .currency),
-            .boolean("isClosed", \.isClosed),
-            .boolean("isWon", \.isWon),
-            .timestamp("closeDate", \.closeDate, kind: .date),
-            .text("crmId", \.crmID, kind: .identifier),
+            .text("opportunityId", { $0.opportunityID = $1 }, kind: .identifier, required: true),
+            .reference("accountId", { $0.accountKey = $1 }),
+            .text("name", { $0.name = $1 }),
+            .text("stage", { $0.stage = $1 }),
+            .number("amount", { $0.amount = $1 }),
+            .text("currency", { $0.currency = $1 }, kind: .currency),
+            .boolean("isClosed", { $0.isClosed = $1 }),
+            .boolean("isWon", { $0.isWon = $1 }),
+            .timestamp("closeDate", { $0.closeDate = $1 }, kind: .date),
+            .text("crmId", { $0.crmID = $1 }, kind: .identifier),
         ],
         empty: { Cdp_Model_V1_Opportunity() },
         finish: { draft in
@@ -93,11 +93,11 @@ extension EntitySchema where Entity == Cdp_Model_V1_AccountPersonRelation {
     static let accountPersonRelation = EntitySchema(
         .accountPersonRelation,
         fields: [
-            .reference("accountId", \.accountKey, required: true),
-            .reference("personId", \.personKey, required: true),
-            .text("role", \.role),
-            .boolean("isPrimary", \.isPrimary),
-            .boolean("isActive", \.isActive),
+            .reference("accountId", { $0.accountKey = $1 }, required: true),
+            .reference("personId", { $0.personKey = $1 }, required: true),
+            .text("role", { $0.role = $1 }),
+            .boolean("isPrimary", { $0.isPrimary = $1 }),
+            .boolean("isActive", { $0.isActive = $1 }),
         ],
         empty: { Cdp_Model_V1_AccountPersonRelation() },
         finish: { draft in
@@ -112,10 +112,10 @@ extension EntitySchema where Entity == Cdp_Model_V1_OpportunityPersonRelation {
     static let opportunityPersonRelation = EntitySchema(
         .opportunityPersonRelation,
         fields: [
-            .reference("opportunityId", \.opportunityKey, required: true),
-            .reference("personId", \.personKey, required: true),
-            .text("role", \.role),
-            .boolean("isPrimary", \.isPrimary),
+            .reference("opportunityId", { $0.opportunityKey = $1 }, required: true),
+            .reference("personId", { $0.personKey = $1 }, required: true),
+            .text("role", { $0.role = $1 }),
+            .boolean("isPrimary", { $0.isPrimary = $1 }),
         ],
         empty: { Cdp_Model_V1_OpportunityPersonRelation() },
         finish: { draft in
@@ -134,10 +134,10 @@ extension EntitySchema where Entity == Cdp_Model_V1_Campaign {
     static let campaign = EntitySchema(
         .campaign,
         fields: [
-            .text("campaignId", \.campaignID, kind: .identifier, required: true),
-            .text("name", \.name),
-            .text("type", \.type),
-            .text("status", \.status),
+            .text("campaignId", { $0.campaignID = $1 }, kind: .identifier, required: true),
+            .text("name", { $0.name = $1 }),
+            .text("type", { $0.type = $1 }),
+            .text("status", { $0.status = $1 }),
         ],
         empty: { Cdp_Model_V1_Campaign() },
         finish: { draft in
@@ -152,10 +152,10 @@ extension EntitySchema where Entity == Cdp_Model_V1_CampaignMember {
     static let campaignMember = EntitySchema(
         .campaignMember,
         fields: [
-            .reference("campaignId", \.campaignKey, required: true),
-            .reference("personId", \.personKey, required: true),
-            .text("status", \.status),
-            .boolean("hasResponded", \.hasResponded_p),
+            .reference("campaignId", { $0.campaignKey = $1 }, required: true),
+            .reference("personId", { $0.personKey = $1 }, required: true),
+            .text("status", { $0.status = $1 }),
+            .boolean("hasResponded", { $0.hasResponded_p = $1 }),
         ],
         empty: { Cdp_Model_V1_CampaignMember() },
         finish: { draft in
@@ -170,8 +170,8 @@ extension EntitySchema where Entity == Cdp_Model_V1_MarketingList {
     static let marketingList = EntitySchema(
         .marketingList,
         fields: [
-            .text("listId", \.listID, kind: .identifier, required: true),
-            .text("name", \.name),
+            .text("listId", { $0.listID = $1 }, kind: .identifier, required: true),
+            .text("name", { $0.name = $1 }),
         ],
         empty: { Cdp_Model_V1_MarketingList() },
         finish: { draft in
@@ -186,8 +186,8 @@ extension EntitySchema where Entity == Cdp_Model_V1_MarketingListMember {
     static let marketingListMember = EntitySchema(
         .marketingListMember,
         fields: [
-            .reference("listId", \.listKey, required: true),
-            .reference("personId", \.personKey, required: true),
+            .reference("listId", { $0.listKey = $1 }, required: true),
+            .reference("personId", { $0.personKey = $1 }, required: true),
         ],
         empty: { Cdp_Model_V1_MarketingListMember() },
         finish: { draft in
@@ -202,14 +202,14 @@ extension EntitySchema where Entity == Cdp_Model_V1_ExperienceEvent {
     static let event = EntitySchema(
         .event,
         fields: [
-            .text("eventId", \.eventID, kind: .identifier, required: true),
-            .reference("personId", \.personKey),
-            .text("email", \.email, kind: .email),
-            .text("ecid", \.ecid, kind: .identifier),
-            .text("eventType", \.eventType, required: true),
-            .timestamp("timestamp", \.timestamp, required: true),
-            .text("url", \.url),
-            .text("name", \.name),
+            .text("eventId", { $0.eventID = $1 }, kind: .identifier, required: true),
+            .reference("personId", { $0.personKey = $1 }),
+            .text("email", { $0.email = $1 }, kind: .email),
+            .text("ecid", { $0.ecid = $1 }, kind: .identifier),
+            .text("eventType", { $0.eventType = $1 }, required: true),
+            .timestamp("timestamp", { $0.timestamp = $1 }, required: true),
+            .text("url", { $0.url = $1 }),
+            .text("name", { $0.name = $1 }),
         ],
         empty: { Cdp_Model_V1_ExperienceEvent() },
         finish: { draft in
@@ -227,7 +227,7 @@ extension EntitySchema where Entity == Cdp_Model_V1_IdentityLink {
     static let identityLink = EntitySchema(
         .identityLink,
         fields: [
-            .text("masterId", \.masterID, kind: .identifier, required: true),
+            .text("masterId", { $0.masterID = $1 }, kind: .identifier, required: true),
             CanonicalField("entity", .enumeration(["person", "account"]), required: true) { draft, value in
                 if case .string(let entity) = value {
                     draft.entity.entityType = entity == "person" ? .person : .account
@@ -236,7 +236,7 @@ extension EntitySchema where Entity == Cdp_Model_V1_IdentityLink {
             CanonicalField("source", .source, required: true) { draft, value in
                 if case .string(let text) = value { draft.linkedSource = SourceKey.parseSource(text) }
             },
-            .text("id", \.linkedKey, kind: .identifier, required: true),
+            .text("id", { $0.linkedKey = $1 }, kind: .identifier, required: true),
         ],
         empty: { Cdp_Model_V1_IdentityLink() },
         finish: { draft in
