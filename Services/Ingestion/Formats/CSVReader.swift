@@ -166,7 +166,7 @@ struct CSVReader {
     private mutating func endField() throws(Failure) {
         rowBytes += 1
         if !oversized {
-            guard let text = String(validating: field, as: UTF8.self) else {
+            guard let text = UTF8Text.string(field) else {
                 throw Failure(line: line, message: "line \(line) is not valid UTF-8 (field \(fields.count + 1))")
             }
             fields.append(text)

@@ -97,7 +97,7 @@ enum JSONObjectParser {
                 if byte == UInt8(ascii: "\"") {
                     let slice = UnsafeRawBufferPointer(rebasing: bytes[start..<index])
                     index += 1
-                    guard let text = String(validating: slice, as: UTF8.self) else {
+                    guard let text = UTF8Text.string(slice) else {
                         throw Failure(column: start + 1, message: "the string is not valid UTF-8")
                     }
                     return text
@@ -112,7 +112,7 @@ enum JSONObjectParser {
                 index += 1
                 switch byte {
                 case UInt8(ascii: "\""):
-                    guard let text = String(validating: buffer, as: UTF8.self) else {
+                    guard let text = UTF8Text.string(buffer) else {
                         throw Failure(column: start + 1, message: "the string is not valid UTF-8")
                     }
                     return text
@@ -291,5 +291,20 @@ struct LineSplitter {
         length = 0
         oversized = false
         lineNumber += 1
+    }
+}
+
+/// Strings from bytes that must be UTF-8, fast for the common all-ASCII case.
+enum UTF8Text {
+    /// The text of `bytes`, or nil if they are not valid UTF-8.
+    ///
+    /// `String(validating:as:)` is generic and, called per field, its metadata lookups showed in perf;
+    /// ASCII (most fields) needs no validation, so it takes the specialized decoding path.
+    @inline(__always)
+    static func string(_ bytes: some Collection<UInt8>) -> String? {
+        var high: UInt8 = 0
+        for byte in bytes { high |= byte }
+        if high < 0x80 { return String(decoding: bytes, as: UTF8.self) }
+        return String(validating: bytes, as: UTF8.self)
     }
 }
