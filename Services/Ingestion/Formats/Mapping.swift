@@ -214,24 +214,24 @@ struct EntityMapper<Entity: Sendable>: RowMapper {
         var present = FieldSet()
         var invalid = FieldSet()
         var errors: [FieldError] = []
+        // Elements are read in place (no copies of columns or fields, whose strings and closures would be
+        // retained and released for every cell).
         for cell in cells {
-            let column = plan.columns[cell.column]
-            for target in column.targets {
+            for target in plan.columns[cell.column].targets {
                 switch target {
                 case .custom(let name):
                     draft.record.customAttributes[name] = Self.attribute(cell.value)
                 case .field(let index, let transform):
                     guard let raw = transform.apply(cell.value) else { continue }
-                    let field = schema.fields[index]
-                    switch FieldConverter.convert(raw, to: field.kind) {
+                    switch FieldConverter.convert(raw, to: schema.fields[index].kind) {
                     case .success(nil):
                         continue
                     case .success(let value?):
-                        field.store(&draft, value)
+                        schema.fields[index].store(&draft, value)
                         present.insert(index)
                     case .failure(let reason):
                         invalid.insert(index)
-                        errors.append(FieldError(field: column.label, reason: reason.message))
+                        errors.append(FieldError(field: plan.columns[cell.column].label, reason: reason.message))
                     }
                 }
             }

@@ -60,6 +60,12 @@ public enum FieldParsers {
 
     /// `true`/`false`, `1`/`0`, `yes`/`no`, `y`/`n`, case-insensitive.
     public static func bool(_ text: String) -> Bool? {
+        // The spellings exports use, without lowercasing (an allocation per value) first.
+        switch text {
+        case "true", "1": return true
+        case "false", "0": return false
+        default: break
+        }
         switch text.lowercased() {
         case "true", "1", "yes", "y", "t": return true
         case "false", "0", "no", "n", "f": return false
