@@ -122,6 +122,10 @@ public final class SQLiteIngestionStore: IngestionStore {
                     """
             )
         }
+        migrator.registerMigration("v2: index of receiving batches") { db in
+            // Every append asks whether another batch is receiving (see `append`).
+            try db.execute(sql: "CREATE INDEX batches_receiving ON batches (id) WHERE state = 'receiving'")
+        }
         return migrator
     }
 
@@ -468,6 +472,14 @@ public final class SQLiteIngestionStore: IngestionStore {
         try insert.bind(5, now())
         var result = AppendResult(accepted: 0, duplicates: 0)
         var holderStates: [String: Bool] = [:]
+        // Claims matter only while another batch is receiving; without one, a duplicate needs no lookup
+        // (re-sent exports are mostly duplicates).
+        let othersReceiving =
+            try Int.fetchOne(
+                db,
+                sql: "SELECT COUNT(*) FROM batches WHERE state = 'receiving' AND id != ?",
+                arguments: [batchID]
+            ) ?? 0 > 0
         var first: Int64?
         var last: Int64 = 0
         for record in records {
@@ -482,7 +494,9 @@ public final class SQLiteIngestionStore: IngestionStore {
                 if first == nil { first = last }
             } else {
                 result.duplicates += 1
-                try claimIfHeldByReceivingBatch(record, claimer: batchID, states: &holderStates, in: db)
+                if othersReceiving {
+                    try claimIfHeldByReceivingBatch(record, claimer: batchID, states: &holderStates, in: db)
+                }
             }
         }
         return (result, first.map { $0...last })
