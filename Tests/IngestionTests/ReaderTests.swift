@@ -44,6 +44,29 @@ struct ReaderTests {
         #expect(whole.last?.fields == ["3", "México"])
     }
 
+    @Test func textThatStartsLikeAByteOrderMarkIsText() throws {
+        // U+FF25 (full-width E) is EF BC A5: its first byte is the BOM's.
+        let rows = try readCSV("\u{FF25}mail,id\nx,1\n", pieceSize: 1)
+        #expect(rows.first?.fields == ["\u{FF25}mail", "id"])
+    }
+
+    @Test(arguments: [1, 2, 100])
+    func ndjsonSkipsAByteOrderMarkAndKeepsLongIntegersExact(pieceSize: Int) throws {
+        var splitter = LineSplitter(maxLineBytes: 1024)
+        var lines: [LineSplitter.Line] = []
+        let bytes = Array("\u{FEFF}{\"id\":12345678901234567890,\"n\":12}\n{\"id\":2}\n".utf8)
+        var start = 0
+        while start < bytes.count {
+            let end = min(bytes.count, start + pieceSize)
+            bytes[start..<end].withUnsafeBytes { splitter.read($0, into: &lines) }
+            start = end
+        }
+        splitter.finish(into: &lines)
+        #expect(lines.count == 2)
+        let first = try lines[0].bytes.withUnsafeBytes { try JSONObjectParser.parse($0) }
+        #expect(first.map(\.1) == [.string("12345678901234567890"), .number(12)])
+    }
+
     @Test func anUnclosedQuoteFailsWithItsLine() throws {
         #expect {
             _ = try readCSV("id,name\n1,ok\n2,\"never closed\n3,x\n")

@@ -89,6 +89,21 @@ struct StoreTests {
         #expect(status.pending == 0 && status.forwarded == 5 && status.oldestPending == nil)
     }
 
+    @Test func outboxChunksStayWithinTheirByteBudget() async throws {
+        let store = try SQLiteIngestionStore()
+        _ = try await store.appendStreamRecords(Self.records(1...5), streamID: "stream:s")
+        let size = try #require(try await store.nextOutboxChunk(limit: 1)?.records.first?.record.count)
+        var sizes: [Int] = []
+        while let chunk = try await store.nextOutboxChunk(limit: 10, maxBytes: 2 * size + 1) {
+            sizes.append(chunk.records.count)
+            try await store.acknowledge(chunk)
+        }
+        #expect(sizes == [2, 2, 1])
+        // A record larger than the budget still goes, alone.
+        _ = try await store.appendStreamRecords(Self.records(6...7), streamID: "stream:s")
+        #expect(try await store.nextOutboxChunk(limit: 10, maxBytes: 1)?.records.count == 1)
+    }
+
     @Test func aFailedBatchKeepsNothingSoACorrectedResendIsStored() async throws {
         let store = try SQLiteIngestionStore()
         let id = try Self.startedID(try await store.beginBatch(Self.header(), errorThreshold: 0.05))

@@ -61,10 +61,16 @@ struct CSVReader {
             if bomBytesSeen == 3 {
                 atStart = false
             } else if index < count {
-                guard bomBytesSeen == 0 else {
-                    throw Failure(line: 1, message: "the file starts with a damaged byte-order mark")
-                }
                 atStart = false
+                if bomBytesSeen > 0 {
+                    // Not a BOM after all (text starting with, say, U+FF25): read those bytes as data.
+                    let seen = Array(bom[0..<bomBytesSeen])
+                    var failure: Failure?
+                    seen.withUnsafeBytes { bytes in
+                        do throws(Failure) { try read(bytes, into: &rows) } catch { failure = error }
+                    }
+                    if let failure { throw failure }
+                }
             } else {
                 return  // Everything so far may be the start of a BOM: wait for more.
             }

@@ -82,7 +82,7 @@ enum JSONObjectParser {
                 try expectWord("null")
                 return .null
             case UInt8(ascii: "-"), UInt8(ascii: "0")...UInt8(ascii: "9"):
-                return .number(try parseNumber())
+                return try parseNumber()
             default:
                 throw failure("expected a value (string, number, true, false, null, object or array)")
             }
@@ -170,7 +170,7 @@ enum JSONObjectParser {
             return value
         }
 
-        private mutating func parseNumber() throws(Failure) -> Double {
+        private mutating func parseNumber() throws(Failure) -> RawValue {
             let start = index
             if peek() == UInt8(ascii: "-") { index += 1 }
             guard let first = peek(), isDigit(first) else { throw failure("expected a digit") }
@@ -191,10 +191,17 @@ enum JSONObjectParser {
                 while let byte = peek(), isDigit(byte) { index += 1 }
             }
             let text = String(decoding: UnsafeRawBufferPointer(rebasing: bytes[start..<index]), as: UTF8.self)
+            // Integers beyond a double's exact range (ids like 12345678901234567890) keep their digits:
+            // as text they still convert to numbers where a field wants one.
+            if index - start > 15,
+                !text.utf8.contains(where: { $0 == UInt8(ascii: ".") || $0 | 0x20 == UInt8(ascii: "e") })
+            {
+                return .string(text)
+            }
             guard let value = Double(text), value.isFinite else {
                 throw Failure(column: start + 1, message: "the number \(text) is out of range")
             }
-            return value
+            return .number(value)
         }
 
         /// Skips a nested object or array, strings included, checking only that brackets balance.
@@ -254,11 +261,28 @@ struct LineSplitter {
     private var length = 0
     private var lineNumber: UInt64 = 1
     private var oversized = false
+    private var bomBytesSeen = 0
+    private var checkedByteOrderMark = false
+    private static let byteOrderMark: [UInt8] = [0xEF, 0xBB, 0xBF]
 
     init(maxLineBytes: Int) { self.maxLineBytes = maxLineBytes }
 
     mutating func read(_ bytes: UnsafeRawBufferPointer, into lines: inout [Line]) {
         var start = 0
+        // A UTF-8 byte-order mark before the first line is not part of it (it may arrive split).
+        if !checkedByteOrderMark {
+            while bomBytesSeen < 3, start < bytes.count, bytes[start] == Self.byteOrderMark[bomBytesSeen] {
+                bomBytesSeen += 1
+                start += 1
+            }
+            guard bomBytesSeen == 3 || start < bytes.count else { return }  // all may still be a BOM
+            checkedByteOrderMark = true
+            if bomBytesSeen < 3 {
+                // Not a BOM after all: those bytes are text.
+                let seen = bomBytesSeen
+                Self.byteOrderMark.withUnsafeBytes { take(UnsafeRawBufferPointer(rebasing: $0[0..<seen])) }
+            }
+        }
         while start < bytes.count {
             guard let newline = bytes[start...].firstIndex(of: UInt8(ascii: "\n")) else {
                 take(UnsafeRawBufferPointer(rebasing: bytes[start...]))

@@ -154,7 +154,7 @@ public final class IngestionService: Cdp_Ingestion_V1_Ingestion.ServiceProtocol 
                         receiver.counts.bytes += UInt64(bytes.count)
                         try receiver.feed(bytes)
                     case .records(let list)?:
-                        receiver.add(typed: list.records)
+                        try receiver.add(typed: list.records)
                     case .header?:
                         throw RPCError(
                             code: .invalidArgument,
@@ -172,25 +172,30 @@ public final class IngestionService: Cdp_Ingestion_V1_Ingestion.ServiceProtocol 
         } catch let failure as BatchFailure {
             return try await finish(batchID, receiver: receiver, failure: "the file cannot be read: \(failure.message)")
         } catch {
-            // The upload broke off (cancelled, connection lost, bad message): keep nothing, allow a retry.
-            // In a task of its own, because this one may be cancelled and the store would refuse to run.
-            let outcome = BatchOutcome(
-                state: .interrupted,
-                counts: receiver.counts,
-                errors: [],
-                failure: "the upload stopped before its end: \(error)"
-            )
-            let store = self.store
-            let cleanup = await Task { try await store.finishBatch(batchID, outcome: outcome) }.result
-            if case .failure(let cleanupError) = cleanup {
+            // The upload broke off (cancelled, connection lost, bad message) or the store failed: keep
+            // nothing, allow a retry under the same key.
+            let storeFailed = !(error is RPCError) && !(error is CancellationError)
+            let reason =
+                storeFailed
+                ? "the service could not store the batch (\(error))"
+                : "the upload stopped before its end: \(error)"
+            let outcome = BatchOutcome(state: .interrupted, counts: receiver.counts, errors: [], failure: reason)
+            do {
+                _ = try await finishUncancelled(batchID, outcome)
+            } catch {
                 // The batch stays receiving until the next start, which interrupts it then.
                 logger.error(
                     "cannot mark an interrupted batch",
-                    metadata: ["batch.id": "\(batchID)", "error": "\(cleanupError)"]
+                    metadata: ["batch.id": "\(batchID)", "error": "\(error)"]
                 )
             }
             logger.notice("batch upload interrupted", metadata: ["batch.id": "\(batchID)", "error": "\(error)"])
-            throw error
+            guard storeFailed else { throw error }
+            throw RPCError(
+                code: .unavailable,
+                message: "batch \(batchID) could not be stored; nothing of it was kept; send it again "
+                    + "(the service log has the cause)"
+            )
         }
 
         let counts = receiver.counts
@@ -216,16 +221,15 @@ public final class IngestionService: Cdp_Ingestion_V1_Ingestion.ServiceProtocol 
             counts.accepted = 0
             counts.duplicates = 0
         }
-        var batch = try await store.finishBatch(
+        var batch = try await finishUncancelled(
             batchID,
-            outcome: BatchOutcome(
+            BatchOutcome(
                 state: failure == nil ? .completed : .failed,
                 counts: counts,
                 errors: receiver.errors,
                 failure: failure ?? ""
             )
         )
-        if failure == nil { committed() }
         batch.errors = Array(receiver.errors.prefix(configuration.maxReturnedErrors))
         logger.info(
             failure == nil ? "batch completed" : "batch failed",
@@ -235,6 +239,21 @@ public final class IngestionService: Cdp_Ingestion_V1_Ingestion.ServiceProtocol 
                 "failure": "\(failure ?? "")",
             ]
         )
+        return batch
+    }
+
+    /// Ends a batch in the store from a task of its own: the call's task may be cancelled by now (a
+    /// deadline, a disconnect), and a batch left receiving would refuse every retry until a restart.
+    private func finishUncancelled(
+        _ batchID: String,
+        _ outcome: BatchOutcome
+    ) async throws
+        -> Cdp_Ingestion_V1_Batch
+    {
+        let store = self.store
+        let batch = try await Task { try await store.finishBatch(batchID, outcome: outcome) }.value
+        // Completed records are queued; a failed batch may have handed claimed records to the outbox.
+        committed()
         return batch
     }
 
@@ -290,7 +309,11 @@ public final class IngestionService: Cdp_Ingestion_V1_Ingestion.ServiceProtocol 
             for (index, record) in request.records.enumerated() {
                 switch TypedRecords.normalize(record, source: request.source) {
                 case .record(let normalized):
-                    prepared.append(try RecordPreparation.prepare(normalized))
+                    if let tooLarge = RecordPreparation.sizeError(normalized) {
+                        response.errors.append(Self.recordError(tooLarge, line: 0, number: UInt64(index + 1)))
+                    } else {
+                        prepared.append(try RecordPreparation.prepare(normalized))
+                    }
                 case .rejected(let errors):
                     response.errors += errors.map { Self.recordError($0, line: 0, number: UInt64(index + 1)) }
                 }
@@ -414,6 +437,9 @@ struct BatchReceiver {
     }
 
     mutating func feed(_ bytes: Data) throws {
+        guard typedNumber == 0 else {
+            throw BatchFailure("a batch sends either file bytes (data) or typed records, not both")
+        }
         parsed.removeAll(keepingCapacity: true)
         try bytes.withUnsafeBytes { buffer in try parser.feed(buffer, into: &parsed) }
         try take(parsed)
@@ -425,13 +451,20 @@ struct BatchReceiver {
         try take(parsed)
     }
 
-    mutating func add(typed records: [Cdp_Model_V1_Record]) {
+    mutating func add(typed records: [Cdp_Model_V1_Record]) throws {
+        guard counts.bytes == 0 else {
+            throw BatchFailure("a batch sends either file bytes (data) or typed records, not both")
+        }
         for record in records {
             typedNumber += 1
             counts.records += 1
             switch TypedRecords.normalize(record, source: source) {
             case .record(let normalized):
-                pending.append(normalized)
+                if let tooLarge = RecordPreparation.sizeError(normalized) {
+                    reject([tooLarge], line: 0, number: typedNumber)
+                } else {
+                    pending.append(normalized)
+                }
             case .rejected(let fieldErrors):
                 reject(fieldErrors, line: 0, number: typedNumber)
             }
@@ -479,6 +512,16 @@ enum RecordPreparation {
         options.useDeterministicOrdering = true
         return options
     }()
+
+    /// Why a typed record is too large to store, if it is. (File records are limited by their input
+    /// size while they are read.)
+    static func sizeError(_ record: Cdp_Model_V1_Record) -> FieldError? {
+        guard let bytes: [UInt8] = try? record.serializedBytes(), bytes.count > maxRecordBytes else { return nil }
+        return FieldError(
+            field: "",
+            reason: "the record is \(bytes.count) bytes, more than the limit of \(maxRecordBytes)"
+        )
+    }
 
     static func prepare(_ record: Cdp_Model_V1_Record) throws -> PreparedRecord {
         let payload: Data = try record.serializedBytes(options: options)

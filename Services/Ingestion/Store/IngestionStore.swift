@@ -36,12 +36,22 @@ public protocol IngestionStore: Sendable {
     /// Appends streamed records and queues them for forwarding at once.
     func appendStreamRecords(_ records: [PreparedRecord], streamID: String) async throws -> AppendResult
 
-    /// The next records to forward, oldest first, at most `limit`; nil when nothing is pending.
-    func nextOutboxChunk(limit: Int) async throws -> OutboxChunk?
+    /// The next records to forward, oldest first: at most `limit` records and, beyond the first, at most
+    /// `maxBytes` of serialized records (so a call stays under the receiver's message limit); nil when
+    /// nothing is pending.
+    func nextOutboxChunk(limit: Int, maxBytes: Int) async throws -> OutboxChunk?
     /// Records that the receiver acknowledged `chunk`.
     func acknowledge(_ chunk: OutboxChunk) async throws
     /// How much is pending.
     func outboxStatus() async throws -> (pending: UInt64, oldestPending: Date?, forwarded: UInt64)
+}
+
+extension IngestionStore {
+    /// The next records to forward: at most `limit`, and at most 3 MiB of them beyond the first, which
+    /// keeps a call under the default 4 MiB receive limit of our servers.
+    public func nextOutboxChunk(limit: Int) async throws -> OutboxChunk? {
+        try await nextOutboxChunk(limit: limit, maxBytes: 3 << 20)
+    }
 }
 
 /// A record ready to store: its key, version and serialized form.
@@ -133,4 +143,10 @@ public struct OutboxChunk: Sendable {
     public var records: [Cdp_Identity_V1_StoredRecordBytes]
     /// The highest sequence number in `records`.
     public var lastSequence: Int64
+
+    public init(entryID: Int64, records: [Cdp_Identity_V1_StoredRecordBytes], lastSequence: Int64) {
+        self.entryID = entryID
+        self.records = records
+        self.lastSequence = lastSequence
+    }
 }

@@ -411,12 +411,14 @@ public final class SQLiteIngestionStore: IngestionStore {
                     arguments: [claimer, seq, seq]
                 )
             } else {
-                // A completed batch, or a stream (streams have no batch row): forward it now.
+                // A completed batch, or a stream (streams have no batch row): forward it now. The record
+                // is safe for good, so the other claims on it are moot.
                 try db.execute(
                     sql:
                         "INSERT INTO outbox (first_seq, last_seq, next_seq, remaining, created_at) VALUES (?, ?, ?, 1, ?)",
                     arguments: [seq, seq, seq, now]
                 )
+                try db.execute(sql: "DELETE FROM claims WHERE seq = ?", arguments: [seq])
             }
             transferred.insert(seq)
         }
@@ -537,9 +539,10 @@ public final class SQLiteIngestionStore: IngestionStore {
 
     // MARK: - Outbox
 
-    public func nextOutboxChunk(limit: Int) async throws -> OutboxChunk? {
+    public func nextOutboxChunk(limit: Int, maxBytes: Int) async throws -> OutboxChunk? {
         try await writer.read { db in
-            // Entries whose records were all deleted (cannot happen today) would have remaining = 0.
+            // Invariant: records an outbox entry covers are never deleted (only receiving, failed and
+            // interrupted batches lose records, and none of them has outbox entries).
             guard
                 let entry = try Row.fetchOne(
                     db,
@@ -556,16 +559,22 @@ public final class SQLiteIngestionStore: IngestionStore {
             )
             var records: [Cdp_Identity_V1_StoredRecordBytes] = []
             records.reserveCapacity(rows.count)
+            var bytes = 0
+            var lastSequence = entry["last_seq"] as Int64
             for row in rows {
+                let payload: Data = row["payload"]
+                // At least one record, however large (records are at most 100 KB), then up to maxBytes.
+                if !records.isEmpty, bytes + payload.count > maxBytes { break }
+                bytes += payload.count
                 var stored = Cdp_Identity_V1_StoredRecordBytes()
                 stored.sequence = UInt64(row["seq"] as Int64)
                 stored.batchID = row["batch_id"]
                 stored.version = UInt64(bitPattern: row["version"] as Int64)
                 stored.ingestedAt = Self.timestamp(row["ingested_at"])
-                stored.record = row["payload"]
+                stored.record = payload
                 records.append(stored)
+                lastSequence = row["seq"]
             }
-            let lastSequence = rows.last.map { $0["seq"] as Int64 } ?? (entry["last_seq"] as Int64)
             return OutboxChunk(entryID: entry["id"], records: records, lastSequence: lastSequence)
         }
     }
