@@ -10,6 +10,7 @@ public struct Backoff: Sendable, Equatable {
     /// The growth per failure.
     public var multiplier: Double
 
+    /// Creates a backoff; the multiplier defaults to gRPC's 1.6.
     public init(initial: Duration, maximum: Duration, multiplier: Double = 1.6) {
         self.initial = initial
         self.maximum = maximum

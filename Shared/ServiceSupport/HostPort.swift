@@ -1,6 +1,8 @@
 /// A `HOST:PORT` address of another service, as flags and `CDP_*_ADDR` variables give it.
 public struct HostPort: Sendable, Equatable, CustomStringConvertible {
+    /// The host name or address (IPv6 without brackets).
     public var host: String
+    /// The TCP port.
     public var port: Int
 
     /// Parses `HOST:PORT` (`[::1]:7401` for IPv6); nil if it is not one.

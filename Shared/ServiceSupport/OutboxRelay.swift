@@ -21,6 +21,7 @@ public final class OutboxRelay<Chunk: Sendable>: Service, Sendable {
         /// How long to sleep when the outbox is empty before looking again without being woken.
         public var idlePoll: Duration
 
+        /// Creates a configuration: chunks of 1,000, backoff from 100 ms to 10 s, a poll every second.
         public init(
             chunkSize: Int = 1000,
             backoff: Backoff = Backoff(initial: .milliseconds(100), maximum: .seconds(10)),

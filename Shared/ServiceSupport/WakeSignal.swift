@@ -14,6 +14,7 @@ public final class WakeSignal: Sendable {
 
     private let state = Mutex(State())
 
+    /// Creates a signal with nothing pending.
     public init() {}
 
     /// Wakes the waiter, or the next one to wait.

@@ -15,6 +15,7 @@ public struct BatchFailure: Error, Sendable, Equatable, CustomStringConvertible 
     /// What is wrong and where, for the user.
     public var message: String
 
+    /// Creates a failure with its message.
     public init(_ message: String) { self.message = message }
 
     public var description: String { message }

@@ -83,6 +83,7 @@ public struct ColumnRule: Sendable {
     /// How the value changes on the way.
     public let transform: ValueTransform
 
+    /// Creates a rule: `column` feeds `field` through `transform`.
     public init(_ column: String, _ field: String, _ transform: ValueTransform = .none) {
         self.column = column
         self.field = field
@@ -104,6 +105,7 @@ public struct NativeObject: Sendable {
     /// Native columns that are read by nothing and should not become custom attributes either.
     public let ignoredColumns: [String]
 
+    /// Creates an object's mapping.
     public init(
         _ name: String,
         entity: CanonicalEntity,
@@ -169,6 +171,7 @@ public struct FieldError: Sendable, Equatable {
     /// What was wrong and what was expected.
     public var reason: String
 
+    /// Creates an error.
     public init(field: String, reason: String) {
         self.field = field
         self.reason = reason

@@ -22,12 +22,18 @@ public final class IngestionService: Cdp_Ingestion_V1_Ingestion.ServiceProtocol 
         /// Record errors returned in a batch response (all are counted; the store keeps 1,000).
         public var maxReturnedErrors: Int
 
-        public init(chunkRecords: Int = 5000, defaultErrorThreshold: Double = 0.05, maxReturnedErrors: Int = 1000) {
+        /// Creates a configuration; the defaults are those of `cdp-ingestion`'s flags.
+        public init(
+            chunkRecords: Int = 5000,
+            defaultErrorThreshold: Double = 0.05,
+            maxReturnedErrors: Int = 1000
+        ) {
             self.chunkRecords = chunkRecords
             self.defaultErrorThreshold = defaultErrorThreshold
             self.maxReturnedErrors = maxReturnedErrors
         }
 
+        /// The defaults of `cdp-ingestion`'s flags.
         public static let defaults = Configuration()
     }
 

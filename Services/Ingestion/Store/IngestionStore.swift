@@ -65,6 +65,7 @@ public struct PreparedRecord: Sendable {
     /// The serialized `Cdp_Model_V1_Record`.
     public var payload: Data
 
+    /// Creates a record to store.
     public init(key: String, version: UInt64, entity: Cdp_Model_V1_EntityType, payload: Data) {
         self.key = key
         self.version = version
@@ -93,6 +94,7 @@ public struct AppendResult: Sendable, Equatable {
     /// Records skipped because the same key and version were already stored.
     public var duplicates: Int
 
+    /// Creates a result.
     public init(accepted: Int, duplicates: Int) {
         self.accepted = accepted
         self.duplicates = duplicates
@@ -113,12 +115,14 @@ public enum BatchStart: Sendable {
 public struct BatchOutcome: Sendable {
     /// `.completed`, `.failed` or `.interrupted`.
     public var state: Cdp_Ingestion_V1_BatchState
+    /// The batch's counts.
     public var counts: Cdp_Ingestion_V1_BatchCounts
     /// The first record errors (the store keeps at most ``maxStoredErrors``).
     public var errors: [Cdp_Ingestion_V1_RecordError]
     /// Why the batch failed.
     public var failure: String
 
+    /// Creates an outcome.
     public init(
         state: Cdp_Ingestion_V1_BatchState,
         counts: Cdp_Ingestion_V1_BatchCounts,
@@ -144,6 +148,7 @@ public struct OutboxChunk: Sendable {
     /// The highest sequence number in `records`.
     public var lastSequence: Int64
 
+    /// Creates a chunk (for store implementations).
     public init(entryID: Int64, records: [Cdp_Identity_V1_StoredRecordBytes], lastSequence: Int64) {
         self.entryID = entryID
         self.records = records

@@ -659,6 +659,7 @@ private enum BatchStateName: String {
 
 /// A store invariant that did not hold.
 public struct StoreError: Error, CustomStringConvertible {
+    /// What failed, for logs (never shown to callers: the service reports store failures generically).
     public var description: String
     init(_ description: String) { self.description = description }
 }
