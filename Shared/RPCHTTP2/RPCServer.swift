@@ -142,7 +142,35 @@ public final class RPCServer: Sendable {
         let router = self.router
         let configuration = self.configuration
         let logger = self.logger
-        let listener = try await ServerBootstrap(group: self.group)
+        let listener: any Channel
+        do {
+            listener = try await self.bind(router: router, configuration: configuration, logger: logger)
+        } catch {
+            // A server that could not bind is stopped: later shutdowns return at once, and the
+            // promise they wait on is not leaked.
+            let wasIdle = self.state.withLock { box -> Bool in
+                guard case .idle = box.state else { return false }
+                box.state = .stopped
+                return true
+            }
+            if wasIdle { self.stopped.succeed(()) }
+            throw error
+        }
+        let accepted = self.state.withLock { box -> Bool in
+            guard case .idle = box.state else { return false }
+            box.state = .running(listener: listener, connections: [:])
+            return true
+        }
+        guard accepted else {
+            try? await listener.close()
+            throw RPCError(code: .failedPrecondition, message: "The server was already started.")
+        }
+        logger.info("listening", metadata: ["address": "\(listener.localAddress.map { "\($0)" } ?? "?")"])
+        return listener.localAddress!
+    }
+
+    private func bind(router: Router, configuration: Configuration, logger: Logger) async throws -> any Channel {
+        try await ServerBootstrap(group: self.group)
             .serverChannelOption(.backlog, value: 256)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .childChannelOption(.maxMessagesPerRead, value: 16)
@@ -156,17 +184,15 @@ public final class RPCServer: Sendable {
             }
             .bind(host: configuration.host, port: configuration.port)
             .get()
-        let accepted = self.state.withLock { box -> Bool in
-            guard case .idle = box.state else { return false }
-            box.state = .running(listener: listener, connections: [:])
-            return true
+    }
+
+    deinit {
+        // Never started (and so never shut down): complete the promise rather than leak it.
+        let idle = self.state.withLock { box -> Bool in
+            if case .idle = box.state { return true }
+            return false
         }
-        guard accepted else {
-            try? await listener.close()
-            throw RPCError(code: .failedPrecondition, message: "The server was already started.")
-        }
-        logger.info("listening", metadata: ["address": "\(listener.localAddress.map { "\($0)" } ?? "?")"])
-        return listener.localAddress!
+        if idle { self.stopped.succeed(()) }
     }
 
     private func track(_ channel: any Channel) {

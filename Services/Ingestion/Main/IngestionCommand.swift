@@ -92,8 +92,16 @@ struct IngestionCommand: AsyncParsableCommand {
         }
         let logger = Logger(label: "cdp-ingestion")
         let directory = dataDir ?? (environment["CDP_DATA_DIR"].map { $0 + "/ingestion" } ?? "./data/ingestion")
-        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
-        let store = try SQLiteIngestionStore(path: directory + "/ingestion.sqlite")
+        let store: SQLiteIngestionStore
+        do {
+            try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+            store = try SQLiteIngestionStore(path: directory + "/ingestion.sqlite")
+        } catch {
+            throw StartupError(
+                "cannot open the database in \(directory) (from --data-dir or $CDP_DATA_DIR): "
+                    + "\(error.localizedDescription)"
+            )
+        }
         let token = authToken ?? environment["CDP_TOKEN"]
 
         var services: [any Service] = []
@@ -137,11 +145,16 @@ struct IngestionCommand: AsyncParsableCommand {
             services: [service, health, ReflectionService(services: [service, health])],
             logger: logger
         )
-        let address = try await server.start()
-        FileHandle.standardOutput.write(Data("listening on \(host):\(address.port ?? port)\n".utf8))
+        let boundPort: Int
+        do {
+            boundPort = try await server.start().port ?? port
+        } catch {
+            throw StartupError("cannot listen on \(host):\(port) (--host, --port): \(error)")
+        }
+        FileHandle.standardOutput.write(Data("listening on \(host):\(boundPort)\n".utf8))
         logger.info(
             "ingestion service started",
-            metadata: ["data.dir": "\(directory)", "port": "\(address.port ?? port)"]
+            metadata: ["data.dir": "\(directory)", "port": "\(boundPort)"]
         )
 
         services.append(server)
@@ -149,4 +162,10 @@ struct IngestionCommand: AsyncParsableCommand {
         try await ServiceGroup(services: services, gracefulShutdownSignals: [.sigterm, .sigint], logger: logger).run()
         await identityTransport?.close()
     }
+}
+
+/// Why the service could not start, worded for the operator.
+struct StartupError: Error, CustomStringConvertible {
+    var description: String
+    init(_ description: String) { self.description = description }
 }
