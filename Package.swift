@@ -125,6 +125,13 @@ let package = Package(
             path: "Services/Ingestion/Main"
         ),
 
+        // MARK: Identity
+        // The identity graph: union-find over identities with guardrails, merges and splits. No I/O.
+        .target(
+            name: "IdentityGraph",
+            path: "Services/Identity/Graph"
+        ),
+
         // grpc.testing messages and stubs, used by the interop programs and the tests.
         .target(
             name: "InteropProto",
@@ -173,6 +180,11 @@ let package = Package(
             ],
             path: "Tests/IngestionTests",
             exclude: ["Fixtures"]
+        ),
+        .testTarget(
+            name: "IdentityTests",
+            dependencies: ["IdentityGraph"],
+            path: "Tests/IdentityTests"
         ),
     ]
 )
