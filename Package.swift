@@ -132,6 +132,13 @@ let package = Package(
             path: "Services/Identity/Graph"
         ),
 
+        // In-process benchmark of the identity graph (release build): links/s, clusters, peak RSS.
+        .executableTarget(
+            name: "identity-graph-benchmark",
+            dependencies: ["IdentityGraph"],
+            path: "Benchmarks/IdentityGraphBenchmark"
+        ),
+
         // grpc.testing messages and stubs, used by the interop programs and the tests.
         .target(
             name: "InteropProto",

@@ -115,10 +115,15 @@ public struct IdentityGraph: Sendable {
     private var parent: [Node] = []
     /// Members of each root (empty for non-roots).
     private var members: [[Node]] = []
-    /// The records linking each node.
-    private var recordsOfNode: [Set<String>] = []
-    /// Each record's version and the nodes it links (the first is its primary identity).
-    private var records: [String: (version: UInt64, nodes: [Node])] = [:]
+    /// The oldest member's sequence number of each root: the cluster's id.
+    private var oldest: [UInt64] = []
+    /// The records linking each node, by record index (small arrays: most identities have one or two).
+    private var recordsOfNode: [[Int]] = []
+    /// Record index by key; indexes of removed records are not reused.
+    private var recordIndex: [String: Int] = [:]
+    /// Each record's key, version and the nodes it links (the first is its primary identity); nil once
+    /// removed.
+    private var records: [(key: String, version: UInt64, nodes: [Node])?] = []
     private var nextSequence: UInt64 = 1
 
     /// Creates an empty graph.
@@ -130,7 +135,7 @@ public struct IdentityGraph: Sendable {
     public var identityCount: Int { identities.count }
 
     /// The number of records linked.
-    public var recordCount: Int { records.count }
+    public var recordCount: Int { recordIndex.count }
 
     /// The cluster of `identity`, if the graph has it.
     public mutating func cluster(of identity: Identity) -> ClusterID? {
@@ -155,12 +160,13 @@ public struct IdentityGraph: Sendable {
     /// Adds or replaces a record: links its identities (the first is its primary one, e.g. its source
     /// key). The same key and version again changes nothing; a new version replaces the old links.
     public mutating func upsert(record key: String, version: UInt64, identities named: [Identity]) -> Outcome {
-        if let existing = records[key], existing.version == version {
+        if let index = recordIndex[key], let existing = records[index], existing.version == version {
             let cluster = existing.nodes.first.map { clusterID(of: $0) }
             return Outcome(cluster: cluster, events: [], conflicts: [], blocked: [], unchanged: true)
         }
         var events: [GraphEvent] = []
-        if records[key] != nil { events += remove(record: key) }
+        if recordIndex[key] != nil { events += remove(record: key) }
+        let index = records.count
 
         var blocked: [Identity] = []
         var nodes: [Node] = []
@@ -170,7 +176,7 @@ public struct IdentityGraph: Sendable {
                 continue
             }
             let node = node(for: identity)
-            if recordsOfNode[node].count >= configuration.maxRecordsPerIdentity, !recordsOfNode[node].contains(key) {
+            if recordsOfNode[node].count >= configuration.maxRecordsPerIdentity {
                 blocked.append(identity)
                 continue
             }
@@ -204,8 +210,9 @@ public struct IdentityGraph: Sendable {
             events.append(.merged(into: into, from: [from]))
             linked.append(node)
         }
-        records[key] = (version, linked)
-        for node in linked { recordsOfNode[node].insert(key) }
+        recordIndex[key] = index
+        records.append((key, version, linked))
+        for node in linked { recordsOfNode[node].append(index) }
         return Outcome(
             cluster: clusterID(of: primary),
             events: events,
@@ -218,8 +225,9 @@ public struct IdentityGraph: Sendable {
     /// Removes a record's links (a deleted record, a source's data removed); its component is
     /// recomputed and may split. Identities stay, in clusters of their own if nothing else links them.
     public mutating func remove(record key: String) -> [GraphEvent] {
-        guard let removed = records.removeValue(forKey: key) else { return [] }
-        for node in removed.nodes { recordsOfNode[node].remove(key) }
+        guard let index = recordIndex.removeValue(forKey: key), let removed = records[index] else { return [] }
+        records[index] = nil
+        for node in removed.nodes { recordsOfNode[node].removeAll { $0 == index } }
         guard let first = removed.nodes.first else { return [] }
         let component = root(first)
         return recompute(component: component)
@@ -230,8 +238,8 @@ public struct IdentityGraph: Sendable {
     public mutating func remove(identity: Identity) -> [GraphEvent] {
         guard let node = nodeByIdentity.removeValue(forKey: identity) else { return [] }
         let component = root(node)
-        for key in recordsOfNode[node] {
-            records[key]?.nodes.removeAll { $0 == node }
+        for index in recordsOfNode[node] {
+            records[index]?.nodes.removeAll { $0 == node }
         }
         recordsOfNode[node] = []
         return recompute(component: component)
@@ -252,6 +260,7 @@ public struct IdentityGraph: Sendable {
         nextSequence += 1
         parent.append(node)
         members.append([node])
+        oldest.append(sequence[node])
         recordsOfNode.append([])
         return node
     }
@@ -277,17 +286,26 @@ public struct IdentityGraph: Sendable {
 
     /// The id of the cluster whose root is `root`: its oldest member's sequence number.
     private func clusterID(ofRoot root: Node) -> ClusterID {
-        ClusterID(members[root].lazy.map { sequence[$0] }.min() ?? sequence[root])
+        ClusterID(oldest[root])
     }
 
     private func refusal(joining a: Node, _ b: Node) -> Conflict.Kind? {
         let total = members[a].count + members[b].count
         if total > configuration.maxIdentitiesPerCluster { return .clusterCap(configuration.maxIdentitiesPerCluster) }
+        guard !configuration.uniqueNamespaces.isEmpty else { return nil }
+        // A cluster holds at most one value of each unique namespace (this check keeps it so; a single
+        // record naming two is the exception, and then its first value counts).
         for namespace in configuration.uniqueNamespaces {
-            let left = Set(members[a].lazy.map { identities[$0] }.filter { $0.namespace == namespace })
-            let right = Set(members[b].lazy.map { identities[$0] }.filter { $0.namespace == namespace })
-            if !left.isEmpty, !right.isEmpty, left != right { return .uniqueNamespace(namespace) }
+            guard let left = firstValue(of: namespace, in: a), let right = firstValue(of: namespace, in: b) else {
+                continue
+            }
+            if left != right { return .uniqueNamespace(namespace) }
         }
+        return nil
+    }
+
+    private func firstValue(of namespace: String, in root: Node) -> String? {
+        for node in members[root] where identities[node].namespace == namespace { return identities[node].value }
         return nil
     }
 
@@ -297,6 +315,7 @@ public struct IdentityGraph: Sendable {
         parent[small] = big
         members[big] += members[small]
         members[small] = []
+        oldest[big] = min(oldest[big], oldest[small])
     }
 
     /// Rebuilds the component of `oldRoot` from the records that still link its nodes.
@@ -306,11 +325,12 @@ public struct IdentityGraph: Sendable {
         for node in nodes {
             parent[node] = node
             members[node] = [node]
+            oldest[node] = sequence[node]
         }
-        var keys = Set<String>()
-        for node in nodes { keys.formUnion(recordsOfNode[node]) }
-        for key in keys.sorted() {
-            guard let record = records[key], let first = record.nodes.first else { continue }
+        var indexes = Set<Int>()
+        for node in nodes { indexes.formUnion(recordsOfNode[node]) }
+        for index in indexes.sorted() {
+            guard let record = records[index], let first = record.nodes.first else { continue }
             for node in record.nodes.dropFirst() {
                 let (a, b) = (root(first), root(node))
                 if a != b { union(a, b) }
