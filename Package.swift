@@ -132,6 +132,12 @@ let package = Package(
             path: "Services/Identity/Graph"
         ),
 
+        // Which identities and references each kind of source record yields.
+        .target(
+            name: "IdentityRules",
+            dependencies: ["CDPProto", "IdentityGraph"],
+            path: "Services/Identity/Rules"
+        ),
         // In-process benchmark of the identity graph (release build): links/s, clusters, peak RSS.
         .executableTarget(
             name: "identity-graph-benchmark",
@@ -190,7 +196,7 @@ let package = Package(
         ),
         .testTarget(
             name: "IdentityTests",
-            dependencies: ["IdentityGraph"],
+            dependencies: ["IdentityGraph", "IdentityRules", "CDPProto"],
             path: "Tests/IdentityTests"
         ),
     ]
