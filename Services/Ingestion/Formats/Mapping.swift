@@ -1,4 +1,5 @@
 import CDPProto
+import Foundation
 import SwiftProtobuf
 
 /// How a value changes on its way from a native column to a canonical field.
@@ -9,7 +10,7 @@ public enum ValueTransform: Sendable {
     /// are handled as `otherwise` says.
     case lookup([String: String], otherwise: Otherwise)
     /// The value is a JSON object; the field takes its property of this name (Marketo's activity
-    /// `attributes`). A missing property leaves the field empty.
+    /// `attributes`). A missing property, or a value that is not a JSON object, leaves the field empty.
     case jsonProperty(String)
 
     /// What a lookup does with a value its table does not have.
@@ -37,39 +38,14 @@ public enum ValueTransform: Sendable {
             case .template(let template): return .string(template.replacingOccurrences(of: "{}", with: text))
             }
         case .jsonProperty(let name):
-            guard case .string(let text) = raw, let value = try? JSONObjectParser.property(name, in: text) else {
-                if case .json(let text) = raw, let value = try? JSONObjectParser.property(name, in: text) {
-                    return value
-                }
+            switch raw {
+            case .string(let text), .json(let text):
+                // Text that is not a JSON object has no such property: the field stays empty, as documented.
+                return (try? JSONObjectParser.property(name, in: text)) ?? nil
+            case .number, .bool, .null:
                 return nil
             }
-            return value
         }
-    }
-}
-
-extension String {
-    fileprivate func replacingOccurrences(of target: String, with replacement: String) -> String {
-        guard !target.isEmpty else { return self }
-        var result = ""
-        var rest = Substring(self)
-        while let range = rest.range(of: target) {
-            result += rest[..<range.lowerBound]
-            result += replacement
-            rest = rest[range.upperBound...]
-        }
-        return result + rest
-    }
-}
-
-extension Substring {
-    fileprivate func range(of target: String) -> Range<Index>? {
-        var start = startIndex
-        while start < endIndex {
-            if self[start...].hasPrefix(target) { return start..<index(start, offsetBy: target.count) }
-            start = index(after: start)
-        }
-        return nil
     }
 }
 

@@ -315,10 +315,12 @@ public final class IngestionService: Cdp_Ingestion_V1_Ingestion.ServiceProtocol 
             for (index, record) in request.records.enumerated() {
                 switch TypedRecords.normalize(record, source: request.source) {
                 case .record(let normalized):
-                    if let tooLarge = RecordPreparation.sizeError(normalized) {
+                    // Serialized once: the payload's size is the one the limit is about.
+                    let record = try RecordPreparation.prepare(normalized)
+                    if let tooLarge = RecordPreparation.sizeError(bytes: record.payload.count) {
                         response.errors.append(Self.recordError(tooLarge, line: 0, number: UInt64(index + 1)))
                     } else {
-                        prepared.append(try RecordPreparation.prepare(normalized))
+                        prepared.append(record)
                     }
                 case .rejected(let errors):
                     response.errors += errors.map { Self.recordError($0, line: 0, number: UInt64(index + 1)) }
@@ -448,13 +450,13 @@ struct BatchReceiver {
         }
         parsed.removeAll(keepingCapacity: true)
         try bytes.withUnsafeBytes { buffer in try parser.feed(buffer, into: &parsed) }
-        try take(parsed)
+        take(parsed)
     }
 
     mutating func finish() throws {
         parsed.removeAll(keepingCapacity: true)
         try parser.finish(into: &parsed)
-        try take(parsed)
+        take(parsed)
     }
 
     mutating func add(typed records: [Cdp_Model_V1_Record]) throws {
@@ -466,7 +468,9 @@ struct BatchReceiver {
             counts.records += 1
             switch TypedRecords.normalize(record, source: source) {
             case .record(let normalized):
-                if let tooLarge = RecordPreparation.sizeError(normalized) {
+                // Serialized here only to measure it; the chunk writer serializes it again to store it.
+                let size = (try normalized.serializedBytes() as [UInt8]).count
+                if let tooLarge = RecordPreparation.sizeError(bytes: size) {
                     reject([tooLarge], line: 0, number: typedNumber)
                 } else {
                     pending.append(normalized)
@@ -491,7 +495,7 @@ struct BatchReceiver {
         return chunk
     }
 
-    private mutating func take(_ records: [ParsedRecord]) throws {
+    private mutating func take(_ records: [ParsedRecord]) {
         for item in records {
             counts.records += 1
             switch item.result {
@@ -519,14 +523,11 @@ enum RecordPreparation {
         return options
     }()
 
-    /// Why a typed record is too large to store, if it is. (File records are limited by their input
-    /// size while they are read.)
-    static func sizeError(_ record: Cdp_Model_V1_Record) -> FieldError? {
-        guard let bytes: [UInt8] = try? record.serializedBytes(), bytes.count > maxRecordBytes else { return nil }
-        return FieldError(
-            field: "",
-            reason: "the record is \(bytes.count) bytes, more than the limit of \(maxRecordBytes)"
-        )
+    /// Why a typed record of `bytes` serialized bytes is too large to store, if it is. (File records are
+    /// limited by their input size while they are read.)
+    static func sizeError(bytes: Int) -> FieldError? {
+        guard bytes > maxRecordBytes else { return nil }
+        return FieldError(field: "", reason: "the record is \(bytes) bytes, more than the limit of \(maxRecordBytes)")
     }
 
     static func prepare(_ record: Cdp_Model_V1_Record) throws -> PreparedRecord {
