@@ -1,5 +1,7 @@
 // Identity graph benchmark: links synthetic person records in-process and prints links/s, records/s,
-// the resulting clusters and the peak RSS.
+// the resulting clusters and the peak RSS. The graph's change journal is drained every 1,000 records,
+// as the service does once per request, and replayed at the end into a restored graph (what a restart
+// does), which must give every record the same cluster.
 //
 // Usage: swift run -c release identity-graph-benchmark [records] [seed]
 //
@@ -54,12 +56,15 @@ var graph = IdentityGraph(configuration: .init(uniqueNamespaces: ["crmId"]))
 let clock = ContinuousClock()
 var merges = 0
 var conflicts = 0
+var journal: [GraphChange] = []
 let elapsed = clock.measure {
-    for record in records {
+    for (index, record) in records.enumerated() {
         let outcome = graph.upsert(record: record.key, version: 1, identities: record.identities)
         merges += outcome.events.count
         conflicts += outcome.conflicts.count
+        if index % 1000 == 999 { journal += graph.takeChanges() }
     }
+    journal += graph.takeChanges()
 }
 var again = 0
 let redelivery = clock.measure {
@@ -74,6 +79,29 @@ for record in records {
     if let cluster = graph.cluster(of: record.identities[0]) { clusters.insert(cluster) }
 }
 
+// A restart: the state a store would hold after applying the journal, then the graph rebuilt from it.
+var savedIdentities: [(sequence: UInt64, identity: Identity)] = []
+var savedRecords: [String: (version: UInt64, identities: [UInt64])] = [:]
+for change in journal {
+    switch change {
+    case .identityAdded(let sequence, let identity): savedIdentities.append((sequence, identity))
+    case .recordLinked(let key, let version, let identities): savedRecords[key] = (version, identities)
+    case .recordUnlinked(let key): savedRecords[key] = nil
+    case .identityRemoved: fatalError("the benchmark removes no identity")
+    }
+}
+let state = GraphState(
+    identities: savedIdentities,
+    records: savedRecords.map { ($0.key, $0.value.version, $0.value.identities) },
+    nextSequence: UInt64(savedIdentities.count + 1)
+)
+var restored = IdentityGraph(configuration: graph.configuration)
+let restore = clock.measure { restored = IdentityGraph(configuration: graph.configuration, restoring: state) }
+var differing = 0
+for record in records where restored.cluster(of: record.identities[0]) != graph.cluster(of: record.identities[0]) {
+    differing += 1
+}
+
 func peakRSS() -> String {
     guard let status = try? String(contentsOfFile: "/proc/self/status", encoding: .utf8),
         let line = status.split(separator: "\n").first(where: { $0.hasPrefix("VmHWM:") })
@@ -82,6 +110,7 @@ func peakRSS() -> String {
 }
 
 let seconds = Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18
+let restoreSeconds = Double(restore.components.seconds) + Double(restore.components.attoseconds) / 1e18
 let redeliverySeconds = Double(redelivery.components.seconds) + Double(redelivery.components.attoseconds) / 1e18
 print(
     "identity-graph-benchmark: \(records.count) records of \(person) people, \(links) identities (links), seed \(seed)"
@@ -94,4 +123,7 @@ print("  clusters (of records) \(clusters.count)")
 print("  merges                \(merges)")
 print("  conflicts             \(conflicts)")
 print("  re-delivery           \(again) of 100000 unchanged, \(Int(100_000 / redeliverySeconds)) records/s")
+print(
+    "  restored in           \(String(format: "%.2f", restoreSeconds)) s, \(differing) records in a different cluster"
+)
 print("  peak RSS              \(peakRSS())")

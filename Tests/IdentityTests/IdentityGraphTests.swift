@@ -172,4 +172,85 @@ struct IdentityGraphTests {
         #expect(changed.events.contains { if case .split = $0 { return true } else { return false } })
         #expect(graph.cluster(of: Self.key("2", "m")) != graph.cluster(of: Self.key("1", "m")))
     }
+
+    @Test func blockedPatternsStopMatchingValuesInTheirNamespace() throws {
+        let testAddresses = try BlockedPattern(namespace: "email", pattern: #".*@example\.com"#)
+        var graph = IdentityGraph(configuration: .init(blockedPatterns: [testAddresses]))
+        _ = graph.upsert(record: "r1", version: 1, identities: [Self.key("1", "m"), Self.email("qa@EXAMPLE.com")])
+        let second = graph.upsert(
+            record: "r2",
+            version: 1,
+            identities: [Self.key("2", "m"), Self.email("qa@example.com")]
+        )
+        #expect(second.blocked == [Self.email("qa@example.com")])
+        #expect(graph.cluster(of: Self.key("1", "m")) != graph.cluster(of: Self.key("2", "m")))
+        // Only in its namespace, and only a complete match.
+        #expect(!graph.isBlocked(Identity("crmId", "x@example.com")))
+        #expect(!graph.isBlocked(Self.email("x@example.com.au")))
+        #expect(throws: (any Error).self) { try BlockedPattern(namespace: nil, pattern: "([") }
+    }
+
+    /// Removing the identity that gave a cluster its id renames the cluster: a split into one.
+    @Test func losingTheOldestIdentityRenamesTheCluster() {
+        var graph = IdentityGraph()
+        let first = graph.upsert(
+            record: "r1",
+            version: 1,
+            identities: [Self.email("a@x.io"), Self.key("1", "m"), Identity("ecid", "e1")]
+        )
+        let events = graph.remove(identity: Self.email("a@x.io"))
+        let renamed = graph.cluster(of: Self.key("1", "m"))
+        #expect(renamed != nil && renamed != first.cluster)
+        #expect(graph.cluster(of: Identity("ecid", "e1")) == renamed)
+        #expect(events == [.split(from: first.cluster!, into: [renamed!])])
+    }
+
+    /// A graph rebuilt from its journal equals the one that wrote it, removals and re-versions included,
+    /// and keeps numbering new identities where the original left off.
+    @Test func aGraphRestoredFromItsJournalEqualsTheOriginal() {
+        var graph = IdentityGraph(configuration: .init(uniqueNamespaces: ["crmId"]))
+        var journal: [GraphChange] = []
+        _ = graph.resolveOrCreate(Self.key("9", "m"))
+        _ = graph.upsert(record: "r1", version: 1, identities: [Self.key("1", "m"), Self.email("a@x.io")])
+        _ = graph.upsert(record: "r2", version: 1, identities: [Self.key("2", "m"), Self.email("a@x.io")])
+        journal += graph.takeChanges()
+        _ = graph.upsert(record: "r3", version: 1, identities: [Self.key("3", "m"), Self.email("b@x.io")])
+        _ = graph.upsert(record: "r2", version: 2, identities: [Self.key("2", "m"), Self.email("b@x.io")])
+        _ = graph.upsert(record: "r4", version: 1, identities: [Self.key("4", "m"), Self.email("c@x.io")])
+        _ = graph.remove(identity: Self.email("c@x.io"))
+        _ = graph.remove(record: "r3")
+        journal += graph.takeChanges()
+        #expect(graph.takeChanges().isEmpty)
+
+        var identities: [UInt64: Identity] = [:]
+        var records: [String: (UInt64, [UInt64])] = [:]
+        var next: UInt64 = 1
+        for change in journal {
+            switch change {
+            case .identityAdded(let sequence, let identity):
+                identities[sequence] = identity
+                next = sequence + 1
+            case .recordLinked(let key, let version, let linked): records[key] = (version, linked)
+            case .recordUnlinked(let key): records[key] = nil
+            case .identityRemoved(let sequence): identities[sequence] = nil
+            }
+        }
+        let state = GraphState(
+            identities: identities.map { ($0.key, $0.value) },
+            records: records.map { ($0.key, $0.value.0, $0.value.1) },
+            nextSequence: next
+        )
+        var restored = IdentityGraph(configuration: graph.configuration, restoring: state)
+        #expect(restored.identityCount == graph.identityCount)
+        #expect(restored.recordCount == graph.recordCount)
+        for identity in identities.values {
+            #expect(restored.cluster(of: identity) == graph.cluster(of: identity), "\(identity)")
+            #expect(restored.members(of: identity) == graph.members(of: identity), "\(identity)")
+        }
+        #expect(restored.version(ofRecord: "r2") == 2)
+        #expect(restored.version(ofRecord: "r3") == nil)
+        let newInOriginal = graph.resolveOrCreate(Self.email("new@x.io"))
+        let newInRestored = restored.resolveOrCreate(Self.email("new@x.io"))
+        #expect(newInOriginal == newInRestored)
+    }
 }

@@ -33,7 +33,8 @@ public struct ClusterID: Hashable, Comparable, Sendable, CustomStringConvertible
 public enum GraphEvent: Hashable, Sendable {
     /// Clusters `from` joined `into` (the oldest, which keeps its id).
     case merged(into: ClusterID, from: [ClusterID])
-    /// Cluster `from` fell apart into `into` (one of which may keep the id `from`).
+    /// Cluster `from` fell apart into `into` (one of which may keep the id `from`). A split into one
+    /// cluster is a renaming: the cluster lost the identity that gave it its id.
     case split(from: ClusterID, into: [ClusterID])
 }
 
@@ -57,14 +58,42 @@ public struct Conflict: Hashable, Sendable {
     public var clusters: [ClusterID]
 }
 
+/// A value pattern that is never linked, e.g. test addresses: `email` values matching
+/// `.*@example\.com`.
+public struct BlockedPattern: Sendable {
+    /// The namespace it applies to; nil for every namespace.
+    public let namespace: String?
+    /// The pattern's source text.
+    public let pattern: String
+    // Regex is not declared Sendable, but a compiled one is immutable: its lazily lowered program is
+    // published with an atomic compare-and-exchange, so matching from several threads is safe.
+    nonisolated(unsafe) private let regex: Regex<AnyRegexOutput>
+
+    /// Compiles a pattern; it blocks a value it matches completely, ignoring case.
+    ///
+    /// - Throws: An error naming the pattern if it is not a valid regular expression.
+    public init(namespace: String?, pattern: String) throws {
+        self.namespace = namespace
+        self.pattern = pattern
+        self.regex = try Regex(pattern).ignoresCase()
+    }
+
+    /// Whether the pattern blocks `identity`.
+    public func blocks(_ identity: Identity) -> Bool {
+        if let namespace, namespace != identity.namespace { return false }
+        return (try? regex.wholeMatch(in: identity.value)) != nil
+    }
+}
+
 /// The identity graph of one entity type: identities are nodes, a record links all of its
 /// identities, clusters are the connected components.
 ///
 /// An in-memory union-find (path compression, union by size) with member lists, so that a removal
 /// can recompute just the affected component and report a split. Every change returns the events it
-/// caused. Guardrails: blocked values, a cap on identities per cluster, and namespaces a cluster may
-/// hold one value of; links they refuse are reported as conflicts and the record stays in its own
-/// cluster.
+/// caused and is journaled (``takeChanges()``) for a store to persist. Guardrails: blocked values and
+/// patterns, identities that already link too many records, a cap on identities per cluster, and
+/// namespaces a cluster may hold one value of; links they refuse are reported and the record keeps
+/// the links it could make.
 public struct IdentityGraph: Sendable {
     /// The guardrails.
     public struct Configuration: Sendable {
@@ -74,20 +103,29 @@ public struct IdentityGraph: Sendable {
         public var uniqueNamespaces: Set<String>
         /// Values never linked (compared in lower case): placeholders sources write for "unknown".
         public var blockedValues: Set<String>
-        /// An identity linked by more records than this is treated as blocked for further records (a
-        /// shared mailbox, a default value a source started to write).
+        /// Patterns of values never linked.
+        public var blockedPatterns: [BlockedPattern]
+        /// An identity linked by this many records links no further ones (a shared mailbox, a default
+        /// value a source started to write): it is reported as blocked for them.
         public var maxRecordsPerIdentity: Int
+
+        /// The placeholders blocked by default.
+        public static let defaultBlockedValues: Set<String> = [
+            "", "null", "nil", "n/a", "na", "none", "unknown", "-1", "0", "undefined",
+        ]
 
         /// Creates a configuration.
         public init(
             maxIdentitiesPerCluster: Int = 50,
             uniqueNamespaces: Set<String> = [],
-            blockedValues: Set<String> = ["", "null", "n/a", "na", "none", "unknown", "-1", "0", "undefined"],
+            blockedValues: Set<String> = Configuration.defaultBlockedValues,
+            blockedPatterns: [BlockedPattern] = [],
             maxRecordsPerIdentity: Int = 1000
         ) {
             self.maxIdentitiesPerCluster = maxIdentitiesPerCluster
             self.uniqueNamespaces = uniqueNamespaces
             self.blockedValues = blockedValues
+            self.blockedPatterns = blockedPatterns
             self.maxRecordsPerIdentity = maxRecordsPerIdentity
         }
     }
@@ -107,9 +145,13 @@ public struct IdentityGraph: Sendable {
     }
 
     private typealias Node = Int
+    private typealias LinkedRecord = (key: String, version: UInt64, nodes: [Node])
 
+    /// The guardrails in force.
     public let configuration: Configuration
-    private var nodeByIdentity: [Identity: Node] = [:]
+    /// Namespace names by tag (a handful: found by a linear search).
+    private var namespaces: [String] = []
+    private var nodeByKey: [HashedKey: Node] = [:]
     private var identities: [Identity] = []
     private var sequence: [UInt64] = []
     private var parent: [Node] = []
@@ -120,56 +162,145 @@ public struct IdentityGraph: Sendable {
     /// The records linking each node, by record index (small arrays: most identities have one or two).
     private var recordsOfNode: [[Int]] = []
     /// Record index by key; indexes of removed records are not reused.
-    private var recordIndex: [String: Int] = [:]
+    private var recordIndex: [HashedKey: Int] = [:]
     /// Each record's key, version and the nodes it links (the first is its primary identity); nil once
     /// removed.
-    private var records: [(key: String, version: UInt64, nodes: [Node])?] = []
+    private var records: [LinkedRecord?] = []
     private var nextSequence: UInt64 = 1
+    private var journal: [GraphChange] = []
+    private let lowercasedBlockedValues: Set<String>
 
     /// Creates an empty graph.
     public init(configuration: Configuration = Configuration()) {
         self.configuration = configuration
+        self.lowercasedBlockedValues = Set(configuration.blockedValues.map { $0.lowercased() })
+    }
+
+    /// Rebuilds the graph a store persisted. The links are made again without the guardrails, which
+    /// already decided them; cluster ids come out the same because they are the identities' sequence
+    /// numbers.
+    public init(configuration: Configuration = Configuration(), restoring state: GraphState) {
+        self.init(configuration: configuration)
+        load(state)
+    }
+
+    private mutating func load(_ state: GraphState) {
+        nodeByKey.reserveCapacity(state.identities.count)
+        recordIndex.reserveCapacity(state.records.count)
+        identities.reserveCapacity(state.identities.count)
+        sequence.reserveCapacity(state.identities.count)
+        parent.reserveCapacity(state.identities.count)
+        members.reserveCapacity(state.identities.count)
+        oldest.reserveCapacity(state.identities.count)
+        recordsOfNode.reserveCapacity(state.identities.count)
+        records.reserveCapacity(state.records.count)
+        // Sequence numbers are increasing, so a node is found by binary search among them.
+        let sortedIdentities = state.identities.sorted { $0.sequence < $1.sequence }
+        for (sequence, identity) in sortedIdentities { _ = addNode(identity, sequence: sequence) }
+        nextSequence = state.nextSequence
+        for record in state.records {
+            var nodes: [Node] = []
+            nodes.reserveCapacity(record.identities.count)
+            for number in record.identities {
+                if let node = node(withSequence: number) { nodes.append(node) }
+            }
+            let index = records.count
+            recordIndex[recordKey(record.key)] = index
+            records.append((record.key, record.version, nodes))
+            for node in nodes { recordsOfNode[node].append(index) }
+            guard let first = nodes.first else { continue }
+            for node in nodes.dropFirst() {
+                let (a, b) = (root(first), root(node))
+                if a != b { union(a, b) }
+            }
+        }
+    }
+
+    /// The node with sequence number `number` (nodes are in sequence order until a removal, which
+    /// keeps its node: a binary search finds it).
+    private func node(withSequence number: UInt64) -> Node? {
+        var (low, high) = (0, sequence.count)
+        while low < high {
+            let middle = (low + high) / 2
+            if sequence[middle] < number { low = middle + 1 } else { high = middle }
+        }
+        return low < sequence.count && sequence[low] == number ? low : nil
     }
 
     /// The number of identities.
-    public var identityCount: Int { identities.count }
+    public var identityCount: Int { nodeByKey.count }
 
     /// The number of records linked.
     public var recordCount: Int { recordIndex.count }
 
+    /// The changes made since the last call, in order, for a store to persist.
+    public mutating func takeChanges() -> [GraphChange] {
+        defer { journal = [] }
+        return journal
+    }
+
     /// The cluster of `identity`, if the graph has it.
     public mutating func cluster(of identity: Identity) -> ClusterID? {
-        guard let node = nodeByIdentity[identity] else { return nil }
+        guard let node = existingNode(identity) else { return nil }
         return clusterID(of: node)
     }
 
     /// The identities of the cluster that holds `identity`, oldest first.
     public mutating func members(of identity: Identity) -> [Identity] {
-        guard let node = nodeByIdentity[identity] else { return [] }
+        guard let node = existingNode(identity) else { return [] }
         let root = root(node)
         return members[root].sorted { sequence[$0] < sequence[$1] }.map { identities[$0] }
+    }
+
+    /// The keys of the records that link identities of the cluster holding `identity`, in the order
+    /// they were linked.
+    public mutating func recordKeys(inClusterOf identity: Identity) -> [String] {
+        guard let node = existingNode(identity) else { return [] }
+        let root = root(node)
+        var indexes = Set<Int>()
+        for member in members[root] { indexes.formUnion(recordsOfNode[member]) }
+        return indexes.sorted().compactMap { records[$0]?.key }
+    }
+
+    /// The version of the record `key` as linked, if it is.
+    public func version(ofRecord key: String) -> UInt64? {
+        guard let index = recordIndex[recordKey(key)] else { return nil }
+        return records[index]?.version
+    }
+
+    /// Whether the graph would refuse to link `identity` because of its value (blocked values and
+    /// patterns; not the per-identity record limit, which depends on the graph's state).
+    public func isBlocked(_ identity: Identity) -> Bool {
+        if lowercasedBlockedValues.contains(identity.value.lowercased()) { return true }
+        return configuration.blockedPatterns.contains { $0.blocks(identity) }
     }
 
     /// The cluster of `identity`, creating a lone node for it if it is new: how a reference to a record
     /// not seen yet gets the id that record will join. Nil for a blocked value.
     public mutating func resolveOrCreate(_ identity: Identity) -> ClusterID? {
         guard !isBlocked(identity) else { return nil }
-        return clusterID(of: node(for: identity))
+        let node = node(for: identity)
+        return clusterID(of: node)
     }
 
     /// Adds or replaces a record: links its identities (the first is its primary one, e.g. its source
     /// key). The same key and version again changes nothing; a new version replaces the old links.
     public mutating func upsert(record key: String, version: UInt64, identities named: [Identity]) -> Outcome {
-        if let index = recordIndex[key], let existing = records[index], existing.version == version {
+        let hashedKey = recordKey(key)
+        if let index = recordIndex[hashedKey], let existing = records[index], existing.version == version {
             let cluster = existing.nodes.first.map { clusterID(of: $0) }
             return Outcome(cluster: cluster, events: [], conflicts: [], blocked: [], unchanged: true)
         }
         var events: [GraphEvent] = []
-        if recordIndex[key] != nil { events += remove(record: key) }
+        if recordIndex[hashedKey] != nil {
+            journal.append(.recordUnlinked(key: key))
+            events += unlink(hashedKey)
+        }
         let index = records.count
 
         var blocked: [Identity] = []
         var nodes: [Node] = []
+        nodes.reserveCapacity(named.count)
         for identity in named {
             if isBlocked(identity) {
                 blocked.append(identity)
@@ -187,6 +318,7 @@ public struct IdentityGraph: Sendable {
         }
         var conflicts: [Conflict] = []
         var linked = [primary]
+        linked.reserveCapacity(nodes.count)
         for node in nodes.dropFirst() {
             let (a, b) = (root(primary), root(node))
             if a == b {
@@ -210,9 +342,10 @@ public struct IdentityGraph: Sendable {
             events.append(.merged(into: into, from: [from]))
             linked.append(node)
         }
-        recordIndex[key] = index
+        recordIndex[hashedKey] = index
         records.append((key, version, linked))
         for node in linked { recordsOfNode[node].append(index) }
+        journal.append(.recordLinked(key: key, version: version, identities: linked.map { sequence[$0] }))
         return Outcome(
             cluster: clusterID(of: primary),
             events: events,
@@ -225,21 +358,37 @@ public struct IdentityGraph: Sendable {
     /// Removes a record's links (a deleted record, a source's data removed); its component is
     /// recomputed and may split. Identities stay, in clusters of their own if nothing else links them.
     public mutating func remove(record key: String) -> [GraphEvent] {
-        guard let index = recordIndex.removeValue(forKey: key), let removed = records[index] else { return [] }
-        records[index] = nil
-        for node in removed.nodes { recordsOfNode[node].removeAll { $0 == index } }
-        guard let first = removed.nodes.first else { return [] }
-        let component = root(first)
-        return recompute(component: component)
+        let hashedKey = recordKey(key)
+        guard recordIndex[hashedKey] != nil else { return [] }
+        journal.append(.recordUnlinked(key: key))
+        return unlink(hashedKey)
     }
 
     /// Removes an identity (a privacy request): it is unlinked from every record and dropped from the
-    /// graph's lookups; its component is recomputed and may split.
+    /// graph; its component is recomputed and may split. Records left without identities are removed.
     public mutating func remove(identity: Identity) -> [GraphEvent] {
-        guard let node = nodeByIdentity.removeValue(forKey: identity) else { return [] }
+        guard let tag = namespaces.firstIndex(of: identity.namespace),
+            let node = nodeByKey.removeValue(forKey: HashedKey(tag: UInt8(tag), value: identity.value))
+        else { return [] }
         let component = root(node)
+        journal.append(.identityRemoved(sequence: sequence[node]))
         for index in recordsOfNode[node] {
-            records[index]?.nodes.removeAll { $0 == node }
+            guard var record = records[index] else { continue }
+            record.nodes.removeAll { $0 == node }
+            if record.nodes.isEmpty {
+                records[index] = nil
+                recordIndex[recordKey(record.key)] = nil
+                journal.append(.recordUnlinked(key: record.key))
+            } else {
+                records[index] = record
+                journal.append(
+                    .recordLinked(
+                        key: record.key,
+                        version: record.version,
+                        identities: record.nodes.map { sequence[$0] }
+                    )
+                )
+            }
         }
         recordsOfNode[node] = []
         return recompute(component: component)
@@ -247,22 +396,50 @@ public struct IdentityGraph: Sendable {
 
     // MARK: - Internals
 
-    private func isBlocked(_ identity: Identity) -> Bool {
-        configuration.blockedValues.contains(identity.value.lowercased())
+    private func recordKey(_ key: String) -> HashedKey { HashedKey(tag: 0, value: key) }
+
+    private func existingNode(_ identity: Identity) -> Node? {
+        guard let tag = namespaces.firstIndex(of: identity.namespace) else { return nil }
+        return nodeByKey[HashedKey(tag: UInt8(tag), value: identity.value)]
+    }
+
+    private mutating func tag(of namespace: String) -> UInt8 {
+        if let tag = namespaces.firstIndex(of: namespace) { return UInt8(tag) }
+        precondition(namespaces.count < 255, "more than 255 identity namespaces")
+        namespaces.append(namespace)
+        return UInt8(namespaces.count - 1)
     }
 
     private mutating func node(for identity: Identity) -> Node {
-        if let node = nodeByIdentity[identity] { return node }
-        let node = identities.count
-        nodeByIdentity[identity] = node
-        identities.append(identity)
-        sequence.append(nextSequence)
+        let key = HashedKey(tag: tag(of: identity.namespace), value: identity.value)
+        if let node = nodeByKey[key] { return node }
+        let node = addNode(identity, sequence: nextSequence, key: key)
+        journal.append(.identityAdded(sequence: nextSequence, identity: identity))
         nextSequence += 1
+        return node
+    }
+
+    private mutating func addNode(_ identity: Identity, sequence number: UInt64, key: HashedKey? = nil) -> Node {
+        let node = identities.count
+        let key = key ?? HashedKey(tag: tag(of: identity.namespace), value: identity.value)
+        nodeByKey[key] = node
+        identities.append(identity)
+        sequence.append(number)
         parent.append(node)
         members.append([node])
-        oldest.append(sequence[node])
+        oldest.append(number)
         recordsOfNode.append([])
         return node
+    }
+
+    /// Drops a record's links and recomputes its component.
+    private mutating func unlink(_ hashedKey: HashedKey) -> [GraphEvent] {
+        guard let index = recordIndex.removeValue(forKey: hashedKey), let removed = records[index] else { return [] }
+        records[index] = nil
+        for node in removed.nodes { recordsOfNode[node].removeAll { $0 == index } }
+        guard let first = removed.nodes.first else { return [] }
+        let component = root(first)
+        return recompute(component: component)
     }
 
     private mutating func root(_ node: Node) -> Node {
@@ -318,7 +495,9 @@ public struct IdentityGraph: Sendable {
         oldest[big] = min(oldest[big], oldest[small])
     }
 
-    /// Rebuilds the component of `oldRoot` from the records that still link its nodes.
+    /// Rebuilds the component of `oldRoot` from the records that still link its nodes. Reports a split
+    /// when it fell apart, and a split into one cluster when it stayed whole but lost the identity that
+    /// gave it its id (so whoever keeps data by cluster id moves it).
     private mutating func recompute(component oldRoot: Node) -> [GraphEvent] {
         let before = clusterID(ofRoot: oldRoot)
         let nodes = members[oldRoot]
@@ -337,10 +516,13 @@ public struct IdentityGraph: Sendable {
             }
         }
         // Nodes of a removed identity no longer count as clusters.
-        let live = nodes.filter { nodeByIdentity[identities[$0]] == $0 }
-        let roots = Set(live.map { root($0) })
-        guard roots.count > 1 else { return [] }
+        let live = nodes.filter { existingNode(identities[$0]) == $0 }
+        var roots = Set<Node>()
+        for node in live { roots.insert(root(node)) }
         let after = roots.map { clusterID(ofRoot: $0) }.sorted()
-        return [.split(from: before, into: after)]
+        if after.count > 1 || (after.count == 1 && after[0] != before) {
+            return [.split(from: before, into: after)]
+        }
+        return []
     }
 }
