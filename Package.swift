@@ -15,6 +15,7 @@ let package = Package(
         .executable(name: "protoc-gen-cdp-rpc", targets: ["protoc-gen-cdp-rpc"]),
         .library(name: "CDPProto", targets: ["CDPProto"]),
         .executable(name: "cdp-ingestion", targets: ["cdp-ingestion"]),
+        .executable(name: "cdp-identity", targets: ["cdp-identity"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-nio", exact: "2.101.3"),
@@ -138,6 +139,38 @@ let package = Package(
             dependencies: ["CDPProto", "IdentityGraph"],
             path: "Services/Identity/Rules"
         ),
+        // Identity's storage behind one protocol; the embedded SQLite implementation.
+        .target(
+            name: "IdentityStore",
+            dependencies: [
+                "CDPProto", "IdentityGraph", "IdentityRules",
+                .product(name: "GRDB", package: "GRDB.swift"),
+            ],
+            path: "Services/Identity/Store"
+        ),
+        // The engine (graphs + store on a thread of their own) and the cdp.identity.v1.Identity service.
+        .target(
+            name: "IdentityService",
+            dependencies: [
+                "CDPProto", "IdentityGraph", "IdentityRules", "IdentityStore", "RPCCore",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "SwiftProtobuf", package: "swift-protobuf"),
+            ],
+            path: "Services/Identity/Service"
+        ),
+        .executableTarget(
+            name: "cdp-identity",
+            dependencies: [
+                "CDPProto", "IdentityGraph", "IdentityRules", "IdentityService", "IdentityStore", "RPCCore",
+                "RPCHTTP2", "RPCServices", "ServiceSupport",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ],
+            path: "Services/Identity/Main"
+        ),
         // In-process benchmark of the identity graph (release build): links/s, clusters, peak RSS.
         .executableTarget(
             name: "identity-graph-benchmark",
@@ -196,7 +229,12 @@ let package = Package(
         ),
         .testTarget(
             name: "IdentityTests",
-            dependencies: ["IdentityGraph", "IdentityRules", "CDPProto"],
+            dependencies: [
+                "IdentityGraph", "IdentityRules", "IdentityStore", "IdentityService", "CDPProto", "RPCCore",
+                "RPCHTTP2", "ServiceSupport",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+            ],
             path: "Tests/IdentityTests"
         ),
     ]

@@ -232,6 +232,46 @@ final class RecordingIdentity: Cdp_Identity_V1_Identity.ServiceProtocol {
     }
 }
 
+extension RecordingIdentity {
+    // The rest of identity's API plays no part in forwarding.
+    private static var unimplemented: RPCError { RPCError(code: .unimplemented, message: "not part of the stand-in") }
+
+    func resolve(
+        request: Cdp_Identity_V1_ResolveRequest,
+        context: ServerContext
+    ) async throws
+        -> Cdp_Identity_V1_ResolveResponse
+    { throw Self.unimplemented }
+
+    func getCluster(
+        request: Cdp_Identity_V1_GetClusterRequest,
+        context: ServerContext
+    ) async throws
+        -> Cdp_Identity_V1_Cluster
+    { throw Self.unimplemented }
+
+    func listConflicts(
+        request: Cdp_Identity_V1_ListConflictsRequest,
+        context: ServerContext
+    ) async throws
+        -> Cdp_Identity_V1_ListConflictsResponse
+    { throw Self.unimplemented }
+
+    func removeIdentity(
+        request: Cdp_Identity_V1_RemoveIdentityRequest,
+        context: ServerContext
+    ) async throws
+        -> Cdp_Identity_V1_RemoveIdentityResponse
+    { throw Self.unimplemented }
+
+    func getOutboxStatus(
+        request: Cdp_Identity_V1_GetOutboxStatusRequest,
+        context: ServerContext
+    ) async throws
+        -> Cdp_Identity_V1_OutboxStatus
+    { throw Self.unimplemented }
+}
+
 /// A running ingestion service with a recording identity behind it, and a client.
 struct Harness {
     let client: Cdp_Ingestion_V1_Ingestion.Client

@@ -56,6 +56,14 @@ public struct Conflict: Hashable, Sendable {
     public var kind: Kind
     /// The clusters that stayed apart.
     public var clusters: [ClusterID]
+
+    /// Creates a conflict.
+    public init(recordKey: String, identity: Identity, kind: Kind, clusters: [ClusterID]) {
+        self.recordKey = recordKey
+        self.identity = identity
+        self.kind = kind
+        self.clusters = clusters
+    }
 }
 
 /// A value pattern that is never linked, e.g. test addresses: `email` values matching
@@ -260,6 +268,13 @@ public struct IdentityGraph: Sendable {
         var indexes = Set<Int>()
         for member in members[root] { indexes.formUnion(recordsOfNode[member]) }
         return indexes.sorted().compactMap { records[$0]?.key }
+    }
+
+    /// The identity with sequence number `number`, if it is still in the graph. The id of a cluster
+    /// names its oldest identity this way.
+    public func identity(withSequence number: UInt64) -> Identity? {
+        guard let node = node(withSequence: number), existingNode(identities[node]) == node else { return nil }
+        return identities[node]
     }
 
     /// The version of the record `key` as linked, if it is.

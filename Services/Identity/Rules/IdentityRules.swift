@@ -14,6 +14,41 @@ public enum EntityGraph: String, CaseIterable, Sendable {
     case accountPersonRelation, opportunityPersonRelation, campaign, campaignMember, marketingList
     /// Keyed by source key, like the cases above.
     case marketingListMember, event
+
+    /// Whether records of this type are linked into clusters. Relations, members and events are not:
+    /// nothing merges them, their source key is their identity, and keeping millions of events as
+    /// lone nodes would only cost memory. Their references are resolved all the same.
+    public var isClustered: Bool {
+        switch self {
+        case .person, .account, .opportunity, .campaign, .marketingList: true
+        case .accountPersonRelation, .opportunityPersonRelation, .campaignMember, .marketingListMember, .event: false
+        }
+    }
+
+    /// The graphs that hold clusters.
+    public static let clustered: [EntityGraph] = allCases.filter(\.isClustered)
+
+    /// The entity type of the records it holds, as the API names it.
+    public var entityType: Cdp_Model_V1_EntityType {
+        switch self {
+        case .person: .person
+        case .account: .account
+        case .opportunity: .opportunity
+        case .accountPersonRelation: .accountPersonRelation
+        case .opportunityPersonRelation: .opportunityPersonRelation
+        case .campaign: .campaign
+        case .campaignMember: .campaignMember
+        case .marketingList: .marketingList
+        case .marketingListMember: .marketingListMember
+        case .event: .event
+        }
+    }
+
+    /// The graph of an entity type as the API names it; nil for none (unspecified, identity links).
+    public init?(_ entityType: Cdp_Model_V1_EntityType) {
+        guard let graph = Self.allCases.first(where: { $0.entityType == entityType }) else { return nil }
+        self = graph
+    }
 }
 
 /// The identity namespaces (DESIGN.md §4).

@@ -8,7 +8,9 @@
 // For information on using the generated types, please see the documentation:
 //   https://github.com/apple/swift-protobuf/
 
-/// The identity service. So far: the intake of records from ingestion.
+/// The identity service: links the identities of every record into clusters (persons, accounts,
+/// opportunities, campaigns, marketing lists), resolves the entities records refer to, and forwards
+/// the records annotated with cluster ids, with the merges and splits they caused, to profile.
 
 #if canImport(FoundationEssentials)
 import FoundationEssentials
@@ -25,6 +27,425 @@ import SwiftProtobuf
 fileprivate nonisolated struct _GeneratedWithProtocGenSwiftVersion: SwiftProtobuf.ProtobufAPIVersionCheck {
   struct _2: SwiftProtobuf.ProtobufAPIVersion_2 {}
   typealias Version = _2
+}
+
+/// An identity: a value in a namespace (`sourceKey`, `email`, `crmId`, `ecid`, `dunsNumber`, `mdm`).
+public nonisolated struct Cdp_Identity_V1_IdentityValue: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var namespace: String = String()
+
+  public var value: String = String()
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+public nonisolated struct Cdp_Identity_V1_ResolveRequest: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  /// The graph: PERSON, ACCOUNT, OPPORTUNITY, CAMPAIGN or MARKETING_LIST.
+  public var entityType: Cdp_Model_V1_EntityType = .unspecified
+
+  public var identity: Cdp_Identity_V1_IdentityValue {
+    get {_identity ?? Cdp_Identity_V1_IdentityValue()}
+    set {_identity = newValue}
+  }
+  /// Returns true if `identity` has been explicitly set.
+  public var hasIdentity: Bool {self._identity != nil}
+  /// Clears the value of `identity`. Subsequent reads from it will return its default value.
+  public mutating func clearIdentity() {self._identity = nil}
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+
+  fileprivate var _identity: Cdp_Identity_V1_IdentityValue? = nil
+}
+
+public nonisolated struct Cdp_Identity_V1_ResolveResponse: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var clusterID: UInt64 = 0
+
+  /// Every identity of the cluster, oldest first.
+  public var identities: [Cdp_Identity_V1_IdentityValue] = []
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+public nonisolated struct Cdp_Identity_V1_GetClusterRequest: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var entityType: Cdp_Model_V1_EntityType = .unspecified
+
+  public var cluster: Cdp_Identity_V1_GetClusterRequest.OneOf_Cluster? = nil
+
+  public var id: UInt64 {
+    get {
+      if case .id(let v)? = cluster {return v}
+      return 0
+    }
+    set {cluster = .id(newValue)}
+  }
+
+  public var identity: Cdp_Identity_V1_IdentityValue {
+    get {
+      if case .identity(let v)? = cluster {return v}
+      return Cdp_Identity_V1_IdentityValue()
+    }
+    set {cluster = .identity(newValue)}
+  }
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public nonisolated enum OneOf_Cluster: Equatable, Sendable {
+    case id(UInt64)
+    case identity(Cdp_Identity_V1_IdentityValue)
+
+  }
+
+  public init() {}
+}
+
+/// A record's links: the identities it joined, and where it came from.
+public nonisolated struct Cdp_Identity_V1_Link: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var recordKey: String = String()
+
+  public var version: UInt64 = 0
+
+  public var source: Cdp_Model_V1_Source {
+    get {_source ?? Cdp_Model_V1_Source()}
+    set {_source = newValue}
+  }
+  /// Returns true if `source` has been explicitly set.
+  public var hasSource: Bool {self._source != nil}
+  /// Clears the value of `source`. Subsequent reads from it will return its default value.
+  public mutating func clearSource() {self._source = nil}
+
+  public var batchID: String = String()
+
+  public var ingestedAt: SwiftProtobuf.Google_Protobuf_Timestamp {
+    get {_ingestedAt ?? SwiftProtobuf.Google_Protobuf_Timestamp()}
+    set {_ingestedAt = newValue}
+  }
+  /// Returns true if `ingestedAt` has been explicitly set.
+  public var hasIngestedAt: Bool {self._ingestedAt != nil}
+  /// Clears the value of `ingestedAt`. Subsequent reads from it will return its default value.
+  public mutating func clearIngestedAt() {self._ingestedAt = nil}
+
+  public var identities: [Cdp_Identity_V1_IdentityValue] = []
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+
+  fileprivate var _source: Cdp_Model_V1_Source? = nil
+  fileprivate var _ingestedAt: SwiftProtobuf.Google_Protobuf_Timestamp? = nil
+}
+
+public nonisolated struct Cdp_Identity_V1_Cluster: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var entityType: Cdp_Model_V1_EntityType = .unspecified
+
+  public var id: UInt64 = 0
+
+  /// Oldest first; the first one's sequence number is the cluster's id.
+  public var identities: [Cdp_Identity_V1_IdentityValue] = []
+
+  /// The records that link the cluster, in the order they were linked.
+  public var links: [Cdp_Identity_V1_Link] = []
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+/// A link a guardrail refused.
+public nonisolated struct Cdp_Identity_V1_Conflict: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var id: UInt64 = 0
+
+  public var entityType: Cdp_Model_V1_EntityType = .unspecified
+
+  /// The record whose link was refused.
+  public var recordKey: String = String()
+
+  /// The identity it could not link through.
+  public var identity: Cdp_Identity_V1_IdentityValue {
+    get {_identity ?? Cdp_Identity_V1_IdentityValue()}
+    set {_identity = newValue}
+  }
+  /// Returns true if `identity` has been explicitly set.
+  public var hasIdentity: Bool {self._identity != nil}
+  /// Clears the value of `identity`. Subsequent reads from it will return its default value.
+  public mutating func clearIdentity() {self._identity = nil}
+
+  public var kind: Cdp_Identity_V1_Conflict.Kind = .unspecified
+
+  public var namespace: String = String()
+
+  public var cap: UInt32 = 0
+
+  /// The clusters that stayed apart, as they were then.
+  public var clusters: [UInt64] = []
+
+  public var detectedAt: SwiftProtobuf.Google_Protobuf_Timestamp {
+    get {_detectedAt ?? SwiftProtobuf.Google_Protobuf_Timestamp()}
+    set {_detectedAt = newValue}
+  }
+  /// Returns true if `detectedAt` has been explicitly set.
+  public var hasDetectedAt: Bool {self._detectedAt != nil}
+  /// Clears the value of `detectedAt`. Subsequent reads from it will return its default value.
+  public mutating func clearDetectedAt() {self._detectedAt = nil}
+
+  /// The same in words, e.g. "unique namespace crmId: the clusters hold different values".
+  public var reason: String = String()
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public nonisolated enum Kind: SwiftProtobuf.Enum, Swift.CaseIterable {
+    public typealias RawValue = Int
+    case unspecified // = 0
+
+    /// Both clusters hold a different value of a namespace a cluster may hold once (`namespace`).
+    case uniqueNamespace // = 1
+
+    /// The joined cluster would hold more identities than the cap (`cap`).
+    case clusterCap // = 2
+    case UNRECOGNIZED(Int)
+
+    public init() {
+      self = .unspecified
+    }
+
+    public init?(rawValue: Int) {
+      switch rawValue {
+      case 0: self = .unspecified
+      case 1: self = .uniqueNamespace
+      case 2: self = .clusterCap
+      default: self = .UNRECOGNIZED(rawValue)
+      }
+    }
+
+    public var rawValue: Int {
+      switch self {
+      case .unspecified: return 0
+      case .uniqueNamespace: return 1
+      case .clusterCap: return 2
+      case .UNRECOGNIZED(let i): return i
+      }
+    }
+
+    // The compiler won't synthesize support with the UNRECOGNIZED case.
+    public static let allCases: [Cdp_Identity_V1_Conflict.Kind] = [
+      .unspecified,
+      .uniqueNamespace,
+      .clusterCap,
+    ]
+
+  }
+
+  public init() {}
+
+  fileprivate var _identity: Cdp_Identity_V1_IdentityValue? = nil
+  fileprivate var _detectedAt: SwiftProtobuf.Google_Protobuf_Timestamp? = nil
+}
+
+public nonisolated struct Cdp_Identity_V1_ListConflictsRequest: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  /// Only this graph's conflicts; unspecified for all.
+  public var entityType: Cdp_Model_V1_EntityType = .unspecified
+
+  /// At most this many (default 100, at most 1,000).
+  public var pageSize: UInt32 = 0
+
+  public var pageToken: String = String()
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+public nonisolated struct Cdp_Identity_V1_ListConflictsResponse: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var conflicts: [Cdp_Identity_V1_Conflict] = []
+
+  /// Empty on the last page.
+  public var nextPageToken: String = String()
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+public nonisolated struct Cdp_Identity_V1_RemoveIdentityRequest: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var entityType: Cdp_Model_V1_EntityType = .unspecified
+
+  public var identity: Cdp_Identity_V1_IdentityValue {
+    get {_identity ?? Cdp_Identity_V1_IdentityValue()}
+    set {_identity = newValue}
+  }
+  /// Returns true if `identity` has been explicitly set.
+  public var hasIdentity: Bool {self._identity != nil}
+  /// Clears the value of `identity`. Subsequent reads from it will return its default value.
+  public mutating func clearIdentity() {self._identity = nil}
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+
+  fileprivate var _identity: Cdp_Identity_V1_IdentityValue? = nil
+}
+
+public nonisolated struct Cdp_Identity_V1_RemoveIdentityResponse: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  /// False if the graph did not hold the identity (removing is idempotent).
+  public var removed: Bool = false
+
+  /// The cluster changes the removal caused (also sent to profile).
+  public var changes: [Cdp_Identity_V1_ClusterChange] = []
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+/// Clusters joined or fell apart. Profile moves what it keeps by cluster id accordingly.
+public nonisolated struct Cdp_Identity_V1_ClusterChange: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var entityType: Cdp_Model_V1_EntityType = .unspecified
+
+  public var kind: Cdp_Identity_V1_ClusterChange.Kind = .unspecified
+
+  public var from: [UInt64] = []
+
+  public var into: [UInt64] = []
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public nonisolated enum Kind: SwiftProtobuf.Enum, Swift.CaseIterable {
+    public typealias RawValue = Int
+    case unspecified // = 0
+
+    /// `from` joined `into` (one id: the oldest cluster's, which survives).
+    case merged // = 1
+
+    /// `from` (one id) fell apart into `into`. A split into one cluster is a renaming: the cluster lost
+    /// the identity that gave it its id.
+    case split // = 2
+    case UNRECOGNIZED(Int)
+
+    public init() {
+      self = .unspecified
+    }
+
+    public init?(rawValue: Int) {
+      switch rawValue {
+      case 0: self = .unspecified
+      case 1: self = .merged
+      case 2: self = .split
+      default: self = .UNRECOGNIZED(rawValue)
+      }
+    }
+
+    public var rawValue: Int {
+      switch self {
+      case .unspecified: return 0
+      case .merged: return 1
+      case .split: return 2
+      case .UNRECOGNIZED(let i): return i
+      }
+    }
+
+    // The compiler won't synthesize support with the UNRECOGNIZED case.
+    public static let allCases: [Cdp_Identity_V1_ClusterChange.Kind] = [
+      .unspecified,
+      .merged,
+      .split,
+    ]
+
+  }
+
+  public init() {}
+}
+
+public nonisolated struct Cdp_Identity_V1_GetOutboxStatusRequest: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+public nonisolated struct Cdp_Identity_V1_OutboxStatus: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  /// Updates (annotated records and cluster changes) committed but not yet acknowledged by profile.
+  public var pendingUpdates: UInt64 = 0
+
+  /// When the oldest pending update was committed; unset if none is pending.
+  public var oldestPending: SwiftProtobuf.Google_Protobuf_Timestamp {
+    get {_oldestPending ?? SwiftProtobuf.Google_Protobuf_Timestamp()}
+    set {_oldestPending = newValue}
+  }
+  /// Returns true if `oldestPending` has been explicitly set.
+  public var hasOldestPending: Bool {self._oldestPending != nil}
+  /// Clears the value of `oldestPending`. Subsequent reads from it will return its default value.
+  public mutating func clearOldestPending() {self._oldestPending = nil}
+
+  /// Updates forwarded since the store was created.
+  public var forwardedUpdates: UInt64 = 0
+
+  /// The last forwarding error, if the last attempt failed.
+  public var lastError: String = String()
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+
+  fileprivate var _oldestPending: SwiftProtobuf.Google_Protobuf_Timestamp? = nil
 }
 
 /// A record as ingestion stored it.
@@ -150,6 +571,635 @@ public nonisolated struct Cdp_Identity_V1_StoredRecordBytes: Sendable {
 // MARK: - Code below here is support for the SwiftProtobuf runtime.
 
 fileprivate nonisolated let _protobuf_package = "cdp.identity.v1"
+
+nonisolated extension Cdp_Identity_V1_IdentityValue: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".IdentityValue"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}namespace\0\u{1}value\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.namespace) }()
+      case 2: try { try decoder.decodeSingularStringField(value: &self.value) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.namespace.isEmpty {
+      try visitor.visitSingularStringField(value: self.namespace, fieldNumber: 1)
+    }
+    if !self.value.isEmpty {
+      try visitor.visitSingularStringField(value: self.value, fieldNumber: 2)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Cdp_Identity_V1_IdentityValue, rhs: Cdp_Identity_V1_IdentityValue) -> Bool {
+    if lhs.namespace != rhs.namespace {return false}
+    if lhs.value != rhs.value {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Cdp_Identity_V1_ResolveRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".ResolveRequest"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}entity_type\0\u{1}identity\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularEnumField(value: &self.entityType) }()
+      case 2: try { try decoder.decodeSingularMessageField(value: &self._identity) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    // The use of inline closures is to circumvent an issue where the compiler
+    // allocates stack space for every if/case branch local when no optimizations
+    // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
+    // https://github.com/apple/swift-protobuf/issues/1182
+    if self.entityType != .unspecified {
+      try visitor.visitSingularEnumField(value: self.entityType, fieldNumber: 1)
+    }
+    try { if let v = self._identity {
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 2)
+    } }()
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Cdp_Identity_V1_ResolveRequest, rhs: Cdp_Identity_V1_ResolveRequest) -> Bool {
+    if lhs.entityType != rhs.entityType {return false}
+    if lhs._identity != rhs._identity {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Cdp_Identity_V1_ResolveResponse: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".ResolveResponse"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}cluster_id\0\u{1}identities\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularUInt64Field(value: &self.clusterID) }()
+      case 2: try { try decoder.decodeRepeatedMessageField(value: &self.identities) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if self.clusterID != 0 {
+      try visitor.visitSingularUInt64Field(value: self.clusterID, fieldNumber: 1)
+    }
+    if !self.identities.isEmpty {
+      try visitor.visitRepeatedMessageField(value: self.identities, fieldNumber: 2)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Cdp_Identity_V1_ResolveResponse, rhs: Cdp_Identity_V1_ResolveResponse) -> Bool {
+    if lhs.clusterID != rhs.clusterID {return false}
+    if lhs.identities != rhs.identities {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Cdp_Identity_V1_GetClusterRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".GetClusterRequest"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}entity_type\0\u{1}id\0\u{1}identity\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularEnumField(value: &self.entityType) }()
+      case 2: try {
+        var v: UInt64?
+        try decoder.decodeSingularUInt64Field(value: &v)
+        if let v = v {
+          if self.cluster != nil {try decoder.handleConflictingOneOf()}
+          self.cluster = .id(v)
+        }
+      }()
+      case 3: try {
+        var v: Cdp_Identity_V1_IdentityValue?
+        var hadOneofValue = false
+        if let current = self.cluster {
+          hadOneofValue = true
+          if case .identity(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.cluster = .identity(v)
+        }
+      }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    // The use of inline closures is to circumvent an issue where the compiler
+    // allocates stack space for every if/case branch local when no optimizations
+    // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
+    // https://github.com/apple/swift-protobuf/issues/1182
+    if self.entityType != .unspecified {
+      try visitor.visitSingularEnumField(value: self.entityType, fieldNumber: 1)
+    }
+    switch self.cluster {
+    case .id?: try {
+      guard case .id(let v)? = self.cluster else { preconditionFailure() }
+      try visitor.visitSingularUInt64Field(value: v, fieldNumber: 2)
+    }()
+    case .identity?: try {
+      guard case .identity(let v)? = self.cluster else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 3)
+    }()
+    case nil: break
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Cdp_Identity_V1_GetClusterRequest, rhs: Cdp_Identity_V1_GetClusterRequest) -> Bool {
+    if lhs.entityType != rhs.entityType {return false}
+    if lhs.cluster != rhs.cluster {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Cdp_Identity_V1_Link: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".Link"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}record_key\0\u{1}version\0\u{1}source\0\u{3}batch_id\0\u{3}ingested_at\0\u{1}identities\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.recordKey) }()
+      case 2: try { try decoder.decodeSingularFixed64Field(value: &self.version) }()
+      case 3: try { try decoder.decodeSingularMessageField(value: &self._source) }()
+      case 4: try { try decoder.decodeSingularStringField(value: &self.batchID) }()
+      case 5: try { try decoder.decodeSingularMessageField(value: &self._ingestedAt) }()
+      case 6: try { try decoder.decodeRepeatedMessageField(value: &self.identities) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    // The use of inline closures is to circumvent an issue where the compiler
+    // allocates stack space for every if/case branch local when no optimizations
+    // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
+    // https://github.com/apple/swift-protobuf/issues/1182
+    if !self.recordKey.isEmpty {
+      try visitor.visitSingularStringField(value: self.recordKey, fieldNumber: 1)
+    }
+    if self.version != 0 {
+      try visitor.visitSingularFixed64Field(value: self.version, fieldNumber: 2)
+    }
+    try { if let v = self._source {
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 3)
+    } }()
+    if !self.batchID.isEmpty {
+      try visitor.visitSingularStringField(value: self.batchID, fieldNumber: 4)
+    }
+    try { if let v = self._ingestedAt {
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 5)
+    } }()
+    if !self.identities.isEmpty {
+      try visitor.visitRepeatedMessageField(value: self.identities, fieldNumber: 6)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Cdp_Identity_V1_Link, rhs: Cdp_Identity_V1_Link) -> Bool {
+    if lhs.recordKey != rhs.recordKey {return false}
+    if lhs.version != rhs.version {return false}
+    if lhs._source != rhs._source {return false}
+    if lhs.batchID != rhs.batchID {return false}
+    if lhs._ingestedAt != rhs._ingestedAt {return false}
+    if lhs.identities != rhs.identities {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Cdp_Identity_V1_Cluster: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".Cluster"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}entity_type\0\u{1}id\0\u{1}identities\0\u{1}links\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularEnumField(value: &self.entityType) }()
+      case 2: try { try decoder.decodeSingularUInt64Field(value: &self.id) }()
+      case 3: try { try decoder.decodeRepeatedMessageField(value: &self.identities) }()
+      case 4: try { try decoder.decodeRepeatedMessageField(value: &self.links) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if self.entityType != .unspecified {
+      try visitor.visitSingularEnumField(value: self.entityType, fieldNumber: 1)
+    }
+    if self.id != 0 {
+      try visitor.visitSingularUInt64Field(value: self.id, fieldNumber: 2)
+    }
+    if !self.identities.isEmpty {
+      try visitor.visitRepeatedMessageField(value: self.identities, fieldNumber: 3)
+    }
+    if !self.links.isEmpty {
+      try visitor.visitRepeatedMessageField(value: self.links, fieldNumber: 4)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Cdp_Identity_V1_Cluster, rhs: Cdp_Identity_V1_Cluster) -> Bool {
+    if lhs.entityType != rhs.entityType {return false}
+    if lhs.id != rhs.id {return false}
+    if lhs.identities != rhs.identities {return false}
+    if lhs.links != rhs.links {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Cdp_Identity_V1_Conflict: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".Conflict"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}id\0\u{3}entity_type\0\u{3}record_key\0\u{1}identity\0\u{1}kind\0\u{1}namespace\0\u{1}cap\0\u{1}clusters\0\u{3}detected_at\0\u{1}reason\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularUInt64Field(value: &self.id) }()
+      case 2: try { try decoder.decodeSingularEnumField(value: &self.entityType) }()
+      case 3: try { try decoder.decodeSingularStringField(value: &self.recordKey) }()
+      case 4: try { try decoder.decodeSingularMessageField(value: &self._identity) }()
+      case 5: try { try decoder.decodeSingularEnumField(value: &self.kind) }()
+      case 6: try { try decoder.decodeSingularStringField(value: &self.namespace) }()
+      case 7: try { try decoder.decodeSingularUInt32Field(value: &self.cap) }()
+      case 8: try { try decoder.decodeRepeatedUInt64Field(value: &self.clusters) }()
+      case 9: try { try decoder.decodeSingularMessageField(value: &self._detectedAt) }()
+      case 10: try { try decoder.decodeSingularStringField(value: &self.reason) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    // The use of inline closures is to circumvent an issue where the compiler
+    // allocates stack space for every if/case branch local when no optimizations
+    // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
+    // https://github.com/apple/swift-protobuf/issues/1182
+    if self.id != 0 {
+      try visitor.visitSingularUInt64Field(value: self.id, fieldNumber: 1)
+    }
+    if self.entityType != .unspecified {
+      try visitor.visitSingularEnumField(value: self.entityType, fieldNumber: 2)
+    }
+    if !self.recordKey.isEmpty {
+      try visitor.visitSingularStringField(value: self.recordKey, fieldNumber: 3)
+    }
+    try { if let v = self._identity {
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 4)
+    } }()
+    if self.kind != .unspecified {
+      try visitor.visitSingularEnumField(value: self.kind, fieldNumber: 5)
+    }
+    if !self.namespace.isEmpty {
+      try visitor.visitSingularStringField(value: self.namespace, fieldNumber: 6)
+    }
+    if self.cap != 0 {
+      try visitor.visitSingularUInt32Field(value: self.cap, fieldNumber: 7)
+    }
+    if !self.clusters.isEmpty {
+      try visitor.visitPackedUInt64Field(value: self.clusters, fieldNumber: 8)
+    }
+    try { if let v = self._detectedAt {
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 9)
+    } }()
+    if !self.reason.isEmpty {
+      try visitor.visitSingularStringField(value: self.reason, fieldNumber: 10)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Cdp_Identity_V1_Conflict, rhs: Cdp_Identity_V1_Conflict) -> Bool {
+    if lhs.id != rhs.id {return false}
+    if lhs.entityType != rhs.entityType {return false}
+    if lhs.recordKey != rhs.recordKey {return false}
+    if lhs._identity != rhs._identity {return false}
+    if lhs.kind != rhs.kind {return false}
+    if lhs.namespace != rhs.namespace {return false}
+    if lhs.cap != rhs.cap {return false}
+    if lhs.clusters != rhs.clusters {return false}
+    if lhs._detectedAt != rhs._detectedAt {return false}
+    if lhs.reason != rhs.reason {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Cdp_Identity_V1_Conflict.Kind: SwiftProtobuf._ProtoNameProviding {
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{2}\0KIND_UNSPECIFIED\0\u{1}KIND_UNIQUE_NAMESPACE\0\u{1}KIND_CLUSTER_CAP\0")
+}
+
+nonisolated extension Cdp_Identity_V1_ListConflictsRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".ListConflictsRequest"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}entity_type\0\u{3}page_size\0\u{3}page_token\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularEnumField(value: &self.entityType) }()
+      case 2: try { try decoder.decodeSingularUInt32Field(value: &self.pageSize) }()
+      case 3: try { try decoder.decodeSingularStringField(value: &self.pageToken) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if self.entityType != .unspecified {
+      try visitor.visitSingularEnumField(value: self.entityType, fieldNumber: 1)
+    }
+    if self.pageSize != 0 {
+      try visitor.visitSingularUInt32Field(value: self.pageSize, fieldNumber: 2)
+    }
+    if !self.pageToken.isEmpty {
+      try visitor.visitSingularStringField(value: self.pageToken, fieldNumber: 3)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Cdp_Identity_V1_ListConflictsRequest, rhs: Cdp_Identity_V1_ListConflictsRequest) -> Bool {
+    if lhs.entityType != rhs.entityType {return false}
+    if lhs.pageSize != rhs.pageSize {return false}
+    if lhs.pageToken != rhs.pageToken {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Cdp_Identity_V1_ListConflictsResponse: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".ListConflictsResponse"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}conflicts\0\u{3}next_page_token\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeRepeatedMessageField(value: &self.conflicts) }()
+      case 2: try { try decoder.decodeSingularStringField(value: &self.nextPageToken) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.conflicts.isEmpty {
+      try visitor.visitRepeatedMessageField(value: self.conflicts, fieldNumber: 1)
+    }
+    if !self.nextPageToken.isEmpty {
+      try visitor.visitSingularStringField(value: self.nextPageToken, fieldNumber: 2)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Cdp_Identity_V1_ListConflictsResponse, rhs: Cdp_Identity_V1_ListConflictsResponse) -> Bool {
+    if lhs.conflicts != rhs.conflicts {return false}
+    if lhs.nextPageToken != rhs.nextPageToken {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Cdp_Identity_V1_RemoveIdentityRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".RemoveIdentityRequest"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}entity_type\0\u{1}identity\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularEnumField(value: &self.entityType) }()
+      case 2: try { try decoder.decodeSingularMessageField(value: &self._identity) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    // The use of inline closures is to circumvent an issue where the compiler
+    // allocates stack space for every if/case branch local when no optimizations
+    // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
+    // https://github.com/apple/swift-protobuf/issues/1182
+    if self.entityType != .unspecified {
+      try visitor.visitSingularEnumField(value: self.entityType, fieldNumber: 1)
+    }
+    try { if let v = self._identity {
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 2)
+    } }()
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Cdp_Identity_V1_RemoveIdentityRequest, rhs: Cdp_Identity_V1_RemoveIdentityRequest) -> Bool {
+    if lhs.entityType != rhs.entityType {return false}
+    if lhs._identity != rhs._identity {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Cdp_Identity_V1_RemoveIdentityResponse: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".RemoveIdentityResponse"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}removed\0\u{1}changes\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularBoolField(value: &self.removed) }()
+      case 2: try { try decoder.decodeRepeatedMessageField(value: &self.changes) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if self.removed != false {
+      try visitor.visitSingularBoolField(value: self.removed, fieldNumber: 1)
+    }
+    if !self.changes.isEmpty {
+      try visitor.visitRepeatedMessageField(value: self.changes, fieldNumber: 2)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Cdp_Identity_V1_RemoveIdentityResponse, rhs: Cdp_Identity_V1_RemoveIdentityResponse) -> Bool {
+    if lhs.removed != rhs.removed {return false}
+    if lhs.changes != rhs.changes {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Cdp_Identity_V1_ClusterChange: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".ClusterChange"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}entity_type\0\u{1}kind\0\u{1}from\0\u{1}into\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularEnumField(value: &self.entityType) }()
+      case 2: try { try decoder.decodeSingularEnumField(value: &self.kind) }()
+      case 3: try { try decoder.decodeRepeatedUInt64Field(value: &self.from) }()
+      case 4: try { try decoder.decodeRepeatedUInt64Field(value: &self.into) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if self.entityType != .unspecified {
+      try visitor.visitSingularEnumField(value: self.entityType, fieldNumber: 1)
+    }
+    if self.kind != .unspecified {
+      try visitor.visitSingularEnumField(value: self.kind, fieldNumber: 2)
+    }
+    if !self.from.isEmpty {
+      try visitor.visitPackedUInt64Field(value: self.from, fieldNumber: 3)
+    }
+    if !self.into.isEmpty {
+      try visitor.visitPackedUInt64Field(value: self.into, fieldNumber: 4)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Cdp_Identity_V1_ClusterChange, rhs: Cdp_Identity_V1_ClusterChange) -> Bool {
+    if lhs.entityType != rhs.entityType {return false}
+    if lhs.kind != rhs.kind {return false}
+    if lhs.from != rhs.from {return false}
+    if lhs.into != rhs.into {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Cdp_Identity_V1_ClusterChange.Kind: SwiftProtobuf._ProtoNameProviding {
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{2}\0KIND_UNSPECIFIED\0\u{1}KIND_MERGED\0\u{1}KIND_SPLIT\0")
+}
+
+nonisolated extension Cdp_Identity_V1_GetOutboxStatusRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".GetOutboxStatusRequest"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap()
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    // Load everything into unknown fields
+    while try decoder.nextFieldNumber() != nil {}
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Cdp_Identity_V1_GetOutboxStatusRequest, rhs: Cdp_Identity_V1_GetOutboxStatusRequest) -> Bool {
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Cdp_Identity_V1_OutboxStatus: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".OutboxStatus"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}pending_updates\0\u{3}oldest_pending\0\u{3}forwarded_updates\0\u{3}last_error\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularUInt64Field(value: &self.pendingUpdates) }()
+      case 2: try { try decoder.decodeSingularMessageField(value: &self._oldestPending) }()
+      case 3: try { try decoder.decodeSingularUInt64Field(value: &self.forwardedUpdates) }()
+      case 4: try { try decoder.decodeSingularStringField(value: &self.lastError) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    // The use of inline closures is to circumvent an issue where the compiler
+    // allocates stack space for every if/case branch local when no optimizations
+    // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
+    // https://github.com/apple/swift-protobuf/issues/1182
+    if self.pendingUpdates != 0 {
+      try visitor.visitSingularUInt64Field(value: self.pendingUpdates, fieldNumber: 1)
+    }
+    try { if let v = self._oldestPending {
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 2)
+    } }()
+    if self.forwardedUpdates != 0 {
+      try visitor.visitSingularUInt64Field(value: self.forwardedUpdates, fieldNumber: 3)
+    }
+    if !self.lastError.isEmpty {
+      try visitor.visitSingularStringField(value: self.lastError, fieldNumber: 4)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Cdp_Identity_V1_OutboxStatus, rhs: Cdp_Identity_V1_OutboxStatus) -> Bool {
+    if lhs.pendingUpdates != rhs.pendingUpdates {return false}
+    if lhs._oldestPending != rhs._oldestPending {return false}
+    if lhs.forwardedUpdates != rhs.forwardedUpdates {return false}
+    if lhs.lastError != rhs.lastError {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
 
 nonisolated extension Cdp_Identity_V1_StoredRecord: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".StoredRecord"

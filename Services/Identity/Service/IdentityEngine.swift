@@ -1,0 +1,305 @@
+import CDPProto
+import Foundation
+import IdentityGraph
+import IdentityRules
+import IdentityStore
+import NIOCore
+import SwiftProtobuf
+
+/// The identity graphs and their store, on a thread of their own.
+///
+/// One actor owns every graph, so records are linked strictly one after another and each intake call
+/// commits everything it changed (records taken, identities and links, conflicts, outbox updates) in
+/// one store transaction before it is acknowledged. The actor runs on a dedicated event loop: its
+/// store calls block, and they must not hold a thread of the shared concurrency pool.
+///
+/// If a commit fails, the in-memory graphs are ahead of the store: they are rebuilt from the store,
+/// so the call's effects vanish everywhere and the sender's retry starts from a consistent state.
+public actor IdentityEngine {
+    /// The guardrails of each clustered graph.
+    public struct Configuration: Sendable {
+        /// Per graph; graphs not named get ``IdentityGraph/Configuration/init()``.
+        public var graphs: [EntityGraph: IdentityGraph.Configuration]
+
+        /// Creates a configuration.
+        public init(graphs: [EntityGraph: IdentityGraph.Configuration] = Configuration.defaultGraphs) {
+            self.graphs = graphs
+        }
+
+        /// The defaults: a person cluster holds at most one CRM id and one MDM master id, an account
+        /// cluster one MDM master id (two master ids mean the MDM system says "two companies").
+        public static let defaultGraphs: [EntityGraph: IdentityGraph.Configuration] = [
+            .person: .init(uniqueNamespaces: [Namespace.crmID, Namespace.mdm]),
+            .account: .init(uniqueNamespaces: [Namespace.mdm]),
+        ]
+
+        /// The configuration of `graph`.
+        public func configuration(of graph: EntityGraph) -> IdentityGraph.Configuration {
+            graphs[graph] ?? IdentityGraph.Configuration()
+        }
+    }
+
+    /// What an intake call did.
+    public struct IntakeResult: Sendable, Equatable {
+        /// Records taken for the first time.
+        public var accepted: Int
+        /// Records taken before (same key and version), skipped.
+        public var duplicates: Int
+    }
+
+    /// A cluster with its identities and the records that link it.
+    public struct ClusterView: Sendable {
+        /// The cluster's id.
+        public var id: ClusterID
+        /// Its identities, oldest first.
+        public var identities: [Identity]
+        /// The records that link it, in the order they were linked, with their stored links.
+        public var links: [(key: String, link: StoredLink, identities: [Identity])]
+    }
+
+    private let loop: any EventLoop
+    private let store: any IdentityStore
+    private let configuration: Configuration
+    private let now: @Sendable () -> Date
+    private var graphs: [EntityGraph: IdentityGraph] = [:]
+    private var nextUpdateSequence: UInt64 = 1
+
+    /// The dedicated event loop the actor runs on.
+    public nonisolated var unownedExecutor: UnownedSerialExecutor { loop.executor.asUnownedSerialExecutor() }
+
+    /// Loads the graphs from `store` and runs on `loop`, which should be one no other work shares.
+    public init(
+        store: any IdentityStore,
+        configuration: Configuration = Configuration(),
+        loop: any EventLoop,
+        now: @escaping @Sendable () -> Date = Date.init
+    ) throws {
+        self.loop = loop
+        self.store = store
+        self.configuration = configuration
+        self.now = now
+        let (graphs, next) = try Self.load(from: store, configuration: configuration)
+        self.graphs = graphs
+        self.nextUpdateSequence = next
+    }
+
+    private static func load(
+        from store: any IdentityStore,
+        configuration: Configuration
+    ) throws -> ([EntityGraph: IdentityGraph], UInt64) {
+        let states = try store.loadGraphs()
+        var graphs: [EntityGraph: IdentityGraph] = [:]
+        for graph in EntityGraph.clustered {
+            let graphConfiguration = configuration.configuration(of: graph)
+            graphs[graph] =
+                states[graph].map { IdentityGraph(configuration: graphConfiguration, restoring: $0) }
+                ?? IdentityGraph(configuration: graphConfiguration)
+        }
+        return (graphs, try store.nextUpdateSequence())
+    }
+
+    /// The number of identities and linked records in each clustered graph.
+    public func counts() -> [EntityGraph: (identities: Int, records: Int)] {
+        graphs.mapValues { ($0.identityCount, $0.recordCount) }
+    }
+
+    // MARK: - Intake
+
+    /// Links `records` in order and commits the results; records taken before are skipped.
+    ///
+    /// - Throws: The store's error if the commit failed; nothing of the call is kept then.
+    public func accept(_ records: [Cdp_Identity_V1_StoredRecord]) throws -> IntakeResult {
+        let versions = records.map { RecordVersion(key: $0.record.key, version: $0.version) }
+        let unseen = try store.unseen(versions)
+        var commit = IdentityCommit(committedAt: now())
+        var takenNow = Set<RecordVersion>()
+        var sequence = nextUpdateSequence
+        var duplicates = 0
+        do {
+            for (index, stored) in records.enumerated() {
+                guard unseen[index], takenNow.insert(versions[index]).inserted else {
+                    duplicates += 1
+                    continue
+                }
+                commit.accepted.append(versions[index])
+                for update in link(stored, into: &commit) {
+                    var numbered = update
+                    numbered.sequence = sequence
+                    sequence += 1
+                    commit.updates.append((numbered.sequence, try numbered.serializedBytes()))
+                }
+            }
+        } catch {
+            try rollBack()
+            throw error
+        }
+        try save(&commit)
+        nextUpdateSequence = sequence
+        return IntakeResult(accepted: commit.accepted.count, duplicates: duplicates)
+    }
+
+    /// Links one record; returns its updates for profile (cluster changes first, then the record).
+    private func link(
+        _ stored: Cdp_Identity_V1_StoredRecord,
+        into commit: inout IdentityCommit
+    ) -> [Cdp_Profile_V1_IdentityUpdate] {
+        var updates: [Cdp_Profile_V1_IdentityUpdate] = []
+        var annotated = Cdp_Profile_V1_AnnotatedRecord()
+        annotated.stored = stored
+        if let plan = IdentityRules.plan(for: stored.record) {
+            if plan.graph.isClustered, var graph = graphs.removeValue(forKey: plan.graph) {
+                annotated.entityType = plan.graph.entityType
+                if plan.isDeletion {
+                    let events = graph.remove(record: plan.recordKey)
+                    updates += events.map { Self.update(for: $0, in: plan.graph) }
+                    annotated.clusterID =
+                        graph.cluster(of: Identity(Namespace.sourceKey, plan.recordKey))?.rawValue ?? 0
+                } else {
+                    let outcome = graph.upsert(
+                        record: plan.recordKey,
+                        version: stored.version,
+                        identities: plan.identities
+                    )
+                    updates += outcome.events.map { Self.update(for: $0, in: plan.graph) }
+                    annotated.clusterID = outcome.cluster?.rawValue ?? 0
+                    commit.provenance[plan.recordKey] = LinkProvenance(
+                        source: stored.record.source,
+                        batchID: stored.batchID,
+                        ingestedAt: stored.ingestedAt.date
+                    )
+                    commit.conflicts += outcome.conflicts.map {
+                        StoredConflict(graph: plan.graph, conflict: $0, detectedAt: commit.committedAt)
+                    }
+                }
+                graphs[plan.graph] = graph
+            }
+            for reference in plan.references {
+                var resolved = Cdp_Profile_V1_ResolvedReference()
+                resolved.role = reference.role
+                resolved.entityType = reference.graph.entityType
+                resolved.clusterID = resolve(reference)?.rawValue ?? 0
+                annotated.references.append(resolved)
+            }
+        }
+        var update = Cdp_Profile_V1_IdentityUpdate()
+        update.record = annotated
+        updates.append(update)
+        return updates
+    }
+
+    /// The cluster a reference names: that of its first identity the graph already holds, or else a new
+    /// node for its first usable identity, which the entity joins when its own record arrives.
+    private func resolve(_ reference: Reference) -> ClusterID? {
+        guard reference.graph.isClustered, var graph = graphs.removeValue(forKey: reference.graph) else { return nil }
+        defer { graphs[reference.graph] = graph }
+        for identity in reference.identities {
+            if !graph.isBlocked(identity), let cluster = graph.cluster(of: identity) { return cluster }
+        }
+        for identity in reference.identities {
+            if let cluster = graph.resolveOrCreate(identity) { return cluster }
+        }
+        return nil
+    }
+
+    private static func update(for event: GraphEvent, in graph: EntityGraph) -> Cdp_Profile_V1_IdentityUpdate {
+        var update = Cdp_Profile_V1_IdentityUpdate()
+        update.clusterChange = clusterChange(event, in: graph)
+        return update
+    }
+
+    /// A graph event as the API describes it.
+    public static func clusterChange(_ event: GraphEvent, in graph: EntityGraph) -> Cdp_Identity_V1_ClusterChange {
+        var change = Cdp_Identity_V1_ClusterChange()
+        change.entityType = graph.entityType
+        switch event {
+        case .merged(let into, let from):
+            change.kind = .merged
+            change.from = from.map(\.rawValue)
+            change.into = [into.rawValue]
+        case .split(let from, let into):
+            change.kind = .split
+            change.from = [from.rawValue]
+            change.into = into.map(\.rawValue)
+        }
+        return change
+    }
+
+    /// Adds the graphs' journals to `commit` and writes it; on failure, rebuilds the graphs from the store.
+    private func save(_ commit: inout IdentityCommit) throws {
+        for graph in EntityGraph.clustered {
+            guard let changes = graphs[graph]?.takeChanges(), !changes.isEmpty else { continue }
+            commit.graphChanges.append((graph, changes))
+        }
+        do {
+            try store.commit(commit)
+        } catch {
+            try rollBack()
+            throw error
+        }
+    }
+
+    /// Forgets uncommitted changes: rebuilds the graphs from the store.
+    private func rollBack() throws {
+        let (graphs, next) = try Self.load(from: store, configuration: configuration)
+        self.graphs = graphs
+        self.nextUpdateSequence = next
+    }
+
+    // MARK: - Lookups
+
+    /// The cluster of `identity` in `graph` and all its identities; nil if the graph does not hold it.
+    public func resolve(_ identity: Identity, in graph: EntityGraph) -> (cluster: ClusterID, identities: [Identity])? {
+        guard var held = graphs.removeValue(forKey: graph) else { return nil }
+        defer { graphs[graph] = held }
+        guard let cluster = held.cluster(of: identity) else { return nil }
+        return (cluster, held.members(of: identity))
+    }
+
+    /// The cluster with id `id` (or, if it merged into another, that one); nil if unknown.
+    public func cluster(withID id: ClusterID, in graph: EntityGraph) throws -> ClusterView? {
+        guard let identity = graphs[graph]?.identity(withSequence: id.rawValue) else { return nil }
+        return try cluster(of: identity, in: graph)
+    }
+
+    /// The cluster holding `identity`, with its records' links; nil if the graph does not hold it.
+    public func cluster(of identity: Identity, in graph: EntityGraph) throws -> ClusterView? {
+        guard var held = graphs.removeValue(forKey: graph) else { return nil }
+        defer { graphs[graph] = held }
+        guard let id = held.cluster(of: identity) else { return nil }
+        let keys = held.recordKeys(inClusterOf: identity)
+        let stored = try store.links(in: graph, keys: keys)
+        let links = keys.compactMap { key -> (String, StoredLink, [Identity])? in
+            guard let link = stored[key] else { return nil }
+            return (key, link, link.identities.compactMap { held.identity(withSequence: $0) })
+        }
+        return ClusterView(id: id, identities: held.members(of: identity), links: links)
+    }
+
+    // MARK: - Privacy
+
+    /// Removes `identity` from `graph` and commits the changes, with the cluster changes for profile.
+    /// Returns nil if the graph did not hold it.
+    public func remove(_ identity: Identity, from graph: EntityGraph) throws -> [GraphEvent]? {
+        guard var held = graphs.removeValue(forKey: graph) else { return nil }
+        let present = held.cluster(of: identity) != nil
+        let events = held.remove(identity: identity)
+        graphs[graph] = held
+        guard present else { return nil }
+        var commit = IdentityCommit(committedAt: now())
+        var sequence = nextUpdateSequence
+        do {
+            for event in events {
+                var update = Self.update(for: event, in: graph)
+                update.sequence = sequence
+                sequence += 1
+                commit.updates.append((update.sequence, try update.serializedBytes()))
+            }
+        } catch {
+            try rollBack()
+            throw error
+        }
+        try save(&commit)
+        nextUpdateSequence = sequence
+        return events
+    }
+}

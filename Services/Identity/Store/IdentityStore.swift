@@ -1,0 +1,138 @@
+import CDPProto
+import Foundation
+import IdentityGraph
+import IdentityRules
+
+/// Identity's storage: the records taken (for idempotency), each graph's identities and links, the
+/// conflicts the guardrails reported, and the ordered outbox of updates for profile.
+///
+/// The service talks to storage only through this protocol, so a PostgreSQL implementation can be added
+/// beside ``SQLiteIdentityStore``. Every method is one transaction; ``commit(_:)`` writes everything
+/// one intake call changed at once, so a crash leaves either all of it or none.
+public protocol IdentityStore: Sendable {
+    /// Every graph's persisted state, to rebuild the in-memory graphs at start.
+    func loadGraphs() throws -> [EntityGraph: GraphState]
+    /// For each (record key, version), whether it was never taken before.
+    func unseen(_ versions: [RecordVersion]) throws -> [Bool]
+    /// Writes one intake call's (or one removal's) effects.
+    func commit(_ commit: IdentityCommit) throws
+    /// The stored links of these records in `graph`, by record key.
+    func links(in graph: EntityGraph, keys: [String]) throws -> [String: StoredLink]
+    /// Conflicts, newest first, older than the conflict `before` (all if nil); of one graph or all.
+    func conflicts(in graph: EntityGraph?, before: Int64?, limit: Int) throws -> [StoredConflict]
+    /// The sequence number the next outbox update gets (they are never reused).
+    func nextUpdateSequence() throws -> UInt64
+
+    /// The next updates to forward, oldest first: at most `limit` and, beyond the first, at most
+    /// `maxBytes`; nil when nothing is pending.
+    func nextOutboxChunk(limit: Int, maxBytes: Int) throws -> UpdateChunk?
+    /// Records that the receiver acknowledged `chunk`.
+    func acknowledge(_ chunk: UpdateChunk) throws
+    /// How much is pending.
+    func outboxStatus() throws -> (pending: UInt64, oldestPending: Date?, forwarded: UInt64)
+}
+
+/// A version of a record: its key and the hash ingestion gave its content.
+public struct RecordVersion: Hashable, Sendable {
+    /// The record's key.
+    public var key: String
+    /// The content hash.
+    public var version: UInt64
+
+    /// Creates a record version.
+    public init(key: String, version: UInt64) {
+        self.key = key
+        self.version = version
+    }
+}
+
+/// Where a record's links came from.
+public struct LinkProvenance: Sendable, Equatable {
+    /// The record's source.
+    public var source: Cdp_Model_V1_Source
+    /// The ingestion batch (`stream:…` for streamed records).
+    public var batchID: String
+    /// When ingestion stored the record.
+    public var ingestedAt: Date
+
+    /// Creates a provenance.
+    public init(source: Cdp_Model_V1_Source, batchID: String, ingestedAt: Date) {
+        self.source = source
+        self.batchID = batchID
+        self.ingestedAt = ingestedAt
+    }
+}
+
+/// A record's links as stored.
+public struct StoredLink: Sendable, Equatable {
+    /// The record's version.
+    public var version: UInt64
+    /// The sequence numbers of the identities it links, primary first.
+    public var identities: [UInt64]
+    /// Where it came from.
+    public var provenance: LinkProvenance
+}
+
+/// A refused link as stored.
+public struct StoredConflict: Sendable, Equatable {
+    /// The store's id (increasing).
+    public var id: Int64
+    /// The graph.
+    public var graph: EntityGraph
+    /// The refusal.
+    public var conflict: Conflict
+    /// When it was detected.
+    public var detectedAt: Date
+
+    /// Creates a stored conflict (`id` is assigned by the store when committed).
+    public init(id: Int64 = 0, graph: EntityGraph, conflict: Conflict, detectedAt: Date) {
+        self.id = id
+        self.graph = graph
+        self.conflict = conflict
+        self.detectedAt = detectedAt
+    }
+}
+
+/// Everything one intake call (or one identity removal) changed.
+public struct IdentityCommit: Sendable {
+    /// Record versions taken, so that a re-delivery is recognised.
+    public var accepted: [RecordVersion] = []
+    /// Each graph's journal, in order.
+    public var graphChanges: [(graph: EntityGraph, changes: [GraphChange])] = []
+    /// Where the records linked in this commit came from, by record key.
+    public var provenance: [String: LinkProvenance] = [:]
+    /// Links the guardrails refused.
+    public var conflicts: [StoredConflict] = []
+    /// Serialized `cdp.profile.v1.IdentityUpdate`s for the outbox, with their sequence numbers (which
+    /// must continue ``IdentityStore/nextUpdateSequence()``).
+    public var updates: [(sequence: UInt64, payload: Data)] = []
+    /// When the commit was made.
+    public var committedAt: Date
+
+    /// Creates an empty commit.
+    public init(committedAt: Date = Date()) {
+        self.committedAt = committedAt
+    }
+
+    /// Whether the commit writes nothing.
+    public var isEmpty: Bool {
+        accepted.isEmpty && graphChanges.allSatisfy { $0.changes.isEmpty } && conflicts.isEmpty && updates.isEmpty
+    }
+}
+
+/// Updates taken from the outbox for one forwarding attempt.
+public struct UpdateChunk: Sendable {
+    /// The serialized `cdp.profile.v1.IdentityUpdate`s, in sequence order.
+    public var updates: [Data]
+    /// The first and last sequence numbers.
+    public var firstSequence: UInt64
+    /// The last sequence number.
+    public var lastSequence: UInt64
+
+    /// Creates a chunk (for store implementations).
+    public init(updates: [Data], firstSequence: UInt64, lastSequence: UInt64) {
+        self.updates = updates
+        self.firstSequence = firstSequence
+        self.lastSequence = lastSequence
+    }
+}

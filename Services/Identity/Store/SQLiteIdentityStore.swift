@@ -1,0 +1,395 @@
+import CDPProto
+import Foundation
+import GRDB
+import IdentityGraph
+import IdentityRules
+
+/// The embedded ``IdentityStore``: one SQLite database in WAL mode through GRDB.
+///
+/// `synchronous = NORMAL`: a commit survives a crash of the process (kill -9), which is what an
+/// acknowledgement promises; it may not survive a power loss of the machine.
+public final class SQLiteIdentityStore: IdentityStore {
+    private let writer: any DatabaseWriter
+
+    /// Opens (creating if needed) the database at `path` and migrates it.
+    public init(path: String) throws {
+        var configuration = Configuration()
+        configuration.prepareDatabase { db in
+            try db.execute(sql: "PRAGMA synchronous = NORMAL")
+        }
+        let pool = try DatabasePool(path: path, configuration: configuration)
+        writer = pool
+        try Self.migrator.migrate(pool)
+    }
+
+    /// A store in memory, for tests: the same schema through the same migrator.
+    public init() throws {
+        let queue = try DatabaseQueue(configuration: Configuration())
+        writer = queue
+        try Self.migrator.migrate(queue)
+    }
+
+    static var migrator: DatabaseMigrator {
+        var migrator = DatabaseMigrator()
+        migrator.registerMigration("v1: accepted records, graphs, conflicts, outbox") { db in
+            try db.execute(
+                sql: """
+                    -- Every record version taken: a re-delivery is recognised and changes nothing.
+                    CREATE TABLE accepted (
+                        key TEXT NOT NULL,
+                        version INTEGER NOT NULL,
+                        PRIMARY KEY (key, version)
+                    ) WITHOUT ROWID;
+                    -- The identities of each graph; the sequence number is never reused.
+                    CREATE TABLE identities (
+                        graph TEXT NOT NULL,
+                        sequence INTEGER NOT NULL,
+                        namespace TEXT NOT NULL,
+                        value TEXT NOT NULL,
+                        PRIMARY KEY (graph, sequence)
+                    ) WITHOUT ROWID;
+                    -- Each linked record: the identities it links (sequence numbers, 8 bytes each,
+                    -- little-endian, primary first) and where it came from.
+                    CREATE TABLE links (
+                        graph TEXT NOT NULL,
+                        key TEXT NOT NULL,
+                        version INTEGER NOT NULL,
+                        identities BLOB NOT NULL,
+                        source_type TEXT NOT NULL,
+                        source_instance TEXT NOT NULL,
+                        batch_id TEXT NOT NULL,
+                        ingested_at INTEGER NOT NULL,
+                        PRIMARY KEY (graph, key)
+                    ) WITHOUT ROWID;
+                    CREATE TABLE graphs (
+                        graph TEXT PRIMARY KEY,
+                        next_sequence INTEGER NOT NULL
+                    );
+                    CREATE TABLE conflicts (
+                        id INTEGER PRIMARY KEY AUTOINCREMENT,
+                        graph TEXT NOT NULL,
+                        record_key TEXT NOT NULL,
+                        namespace TEXT NOT NULL,
+                        value TEXT NOT NULL,
+                        kind TEXT NOT NULL,
+                        detail TEXT NOT NULL,
+                        clusters TEXT NOT NULL,
+                        detected_at INTEGER NOT NULL
+                    );
+                    CREATE INDEX conflicts_by_graph ON conflicts (graph, id);
+                    -- Updates for profile, in order; deleted once acknowledged.
+                    CREATE TABLE outbox (
+                        sequence INTEGER PRIMARY KEY,
+                        payload BLOB NOT NULL,
+                        created_at INTEGER NOT NULL
+                    );
+                    CREATE TABLE counters (
+                        name TEXT PRIMARY KEY,
+                        value INTEGER NOT NULL
+                    );
+                    """
+            )
+        }
+        return migrator
+    }
+
+    // MARK: - Graphs
+
+    public func loadGraphs() throws -> [EntityGraph: GraphState] {
+        try writer.read { db in
+            var states: [EntityGraph: GraphState] = [:]
+            let next = try Row.fetchAll(db, sql: "SELECT graph, next_sequence FROM graphs")
+            for row in next {
+                guard let graph = EntityGraph(rawValue: row[0]) else { continue }
+                states[graph] = GraphState(identities: [], records: [], nextSequence: UInt64(row[1] as Int64))
+            }
+            for graph in states.keys {
+                var identities: [(sequence: UInt64, identity: Identity)] = []
+                let identityRows = try Row.fetchCursor(
+                    db,
+                    sql: "SELECT sequence, namespace, value FROM identities WHERE graph = ? ORDER BY sequence",
+                    arguments: [graph.rawValue]
+                )
+                while let row = try identityRows.next() {
+                    identities.append((UInt64(row[0] as Int64), Identity(row[1], row[2])))
+                }
+                var records: [(key: String, version: UInt64, identities: [UInt64])] = []
+                let linkRows = try Row.fetchCursor(
+                    db,
+                    sql: "SELECT key, version, identities FROM links WHERE graph = ?",
+                    arguments: [graph.rawValue]
+                )
+                while let row = try linkRows.next() {
+                    let version = UInt64(bitPattern: row[1] as Int64)
+                    records.append((row[0], version, Self.decodeSequences(row[2])))
+                }
+                states[graph]?.identities = identities
+                states[graph]?.records = records
+            }
+            return states
+        }
+    }
+
+    public func unseen(_ versions: [RecordVersion]) throws -> [Bool] {
+        try writer.read { db in
+            let statement = try db.cachedStatement(sql: "SELECT 1 FROM accepted WHERE key = ? AND version = ?")
+            return try versions.map { version in
+                try Int.fetchOne(statement, arguments: [version.key, Int64(bitPattern: version.version)]) == nil
+            }
+        }
+    }
+
+    public func commit(_ commit: IdentityCommit) throws {
+        guard !commit.isEmpty else { return }
+        try writer.write { db in
+            let accept = try db.cachedStatement(sql: "INSERT OR IGNORE INTO accepted (key, version) VALUES (?, ?)")
+            for version in commit.accepted {
+                try accept.execute(arguments: [version.key, Int64(bitPattern: version.version)])
+            }
+            for (graph, changes) in commit.graphChanges where !changes.isEmpty {
+                try apply(changes, to: graph, provenance: commit.provenance, db: db)
+            }
+            let conflict = try db.cachedStatement(
+                sql: """
+                    INSERT INTO conflicts (graph, record_key, namespace, value, kind, detail, clusters, detected_at)
+                    VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+                    """
+            )
+            for stored in commit.conflicts {
+                let (kind, detail): (String, String)
+                switch stored.conflict.kind {
+                case .uniqueNamespace(let namespace): (kind, detail) = ("uniqueNamespace", namespace)
+                case .clusterCap(let cap): (kind, detail) = ("clusterCap", String(cap))
+                }
+                try conflict.execute(arguments: [
+                    stored.graph.rawValue, stored.conflict.recordKey, stored.conflict.identity.namespace,
+                    stored.conflict.identity.value, kind, detail,
+                    stored.conflict.clusters.map { String($0.rawValue) }.joined(separator: ","),
+                    Self.milliseconds(stored.detectedAt),
+                ])
+            }
+            if let last = commit.updates.last {
+                let update = try db.cachedStatement(
+                    sql: "INSERT INTO outbox (sequence, payload, created_at) VALUES (?, ?, ?)"
+                )
+                let now = Self.milliseconds(commit.committedAt)
+                for (sequence, payload) in commit.updates {
+                    try update.execute(arguments: [Int64(sequence), payload, now])
+                }
+                try db.execute(
+                    sql: """
+                        INSERT INTO counters (name, value) VALUES ('next_update_sequence', ?)
+                        ON CONFLICT (name) DO UPDATE SET value = excluded.value
+                        """,
+                    arguments: [Int64(last.sequence + 1)]
+                )
+            }
+        }
+    }
+
+    private func apply(
+        _ changes: [GraphChange],
+        to graph: EntityGraph,
+        provenance: [String: LinkProvenance],
+        db: Database
+    ) throws {
+        let addIdentity = try db.cachedStatement(
+            sql: "INSERT INTO identities (graph, sequence, namespace, value) VALUES (?, ?, ?, ?)"
+        )
+        let link = try db.cachedStatement(
+            sql: """
+                INSERT INTO links (graph, key, version, identities, source_type, source_instance, batch_id, ingested_at)
+                VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+                ON CONFLICT (graph, key) DO UPDATE SET
+                    version = excluded.version, identities = excluded.identities,
+                    source_type = excluded.source_type, source_instance = excluded.source_instance,
+                    batch_id = excluded.batch_id, ingested_at = excluded.ingested_at
+                """
+        )
+        // A record re-linked without a new version (an identity it named was removed) keeps where it came
+        // from.
+        let relink = try db.cachedStatement(
+            sql: "UPDATE links SET version = ?, identities = ? WHERE graph = ? AND key = ?"
+        )
+        let unlink = try db.cachedStatement(sql: "DELETE FROM links WHERE graph = ? AND key = ?")
+        let removeIdentity = try db.cachedStatement(sql: "DELETE FROM identities WHERE graph = ? AND sequence = ?")
+        var nextSequence: UInt64 = 0
+        for change in changes {
+            switch change {
+            case .identityAdded(let sequence, let identity):
+                try addIdentity.execute(arguments: [
+                    graph.rawValue, Int64(sequence), identity.namespace, identity.value,
+                ])
+                nextSequence = max(nextSequence, sequence + 1)
+            case .recordLinked(let key, let version, let identities):
+                let blob = Self.encodeSequences(identities)
+                if let origin = provenance[key] {
+                    try link.execute(arguments: [
+                        graph.rawValue, key, Int64(bitPattern: version), blob, origin.source.type,
+                        origin.source.instance, origin.batchID, Self.milliseconds(origin.ingestedAt),
+                    ])
+                } else {
+                    try relink.execute(arguments: [Int64(bitPattern: version), blob, graph.rawValue, key])
+                }
+            case .recordUnlinked(let key):
+                try unlink.execute(arguments: [graph.rawValue, key])
+            case .identityRemoved(let sequence):
+                try removeIdentity.execute(arguments: [graph.rawValue, Int64(sequence)])
+            }
+        }
+        try db.execute(
+            sql: """
+                INSERT INTO graphs (graph, next_sequence) VALUES (?, ?)
+                ON CONFLICT (graph) DO UPDATE SET next_sequence = max(next_sequence, excluded.next_sequence)
+                """,
+            arguments: [graph.rawValue, Int64(max(nextSequence, 1))]
+        )
+    }
+
+    public func links(in graph: EntityGraph, keys: [String]) throws -> [String: StoredLink] {
+        try writer.read { db in
+            let statement = try db.cachedStatement(
+                sql: """
+                    SELECT version, identities, source_type, source_instance, batch_id, ingested_at
+                    FROM links WHERE graph = ? AND key = ?
+                    """
+            )
+            var links: [String: StoredLink] = [:]
+            for key in keys {
+                guard let row = try Row.fetchOne(statement, arguments: [graph.rawValue, key]) else { continue }
+                var source = Cdp_Model_V1_Source()
+                source.type = row[2]
+                source.instance = row[3]
+                links[key] = StoredLink(
+                    version: UInt64(bitPattern: row[0] as Int64),
+                    identities: Self.decodeSequences(row[1]),
+                    provenance: LinkProvenance(source: source, batchID: row[4], ingestedAt: Self.date(row[5]))
+                )
+            }
+            return links
+        }
+    }
+
+    public func conflicts(in graph: EntityGraph?, before: Int64?, limit: Int) throws -> [StoredConflict] {
+        try writer.read { db in
+            var conditions: [String] = []
+            var arguments: StatementArguments = []
+            if let graph {
+                conditions.append("graph = ?")
+                _ = arguments.append(contentsOf: [graph.rawValue])
+            }
+            if let before {
+                conditions.append("id < ?")
+                _ = arguments.append(contentsOf: [before])
+            }
+            let filter = conditions.isEmpty ? "" : "WHERE " + conditions.joined(separator: " AND ")
+            _ = arguments.append(contentsOf: [limit])
+            let rows = try Row.fetchAll(
+                db,
+                sql: """
+                    SELECT id, graph, record_key, namespace, value, kind, detail, clusters, detected_at
+                    FROM conflicts \(filter) ORDER BY id DESC LIMIT ?
+                    """,
+                arguments: arguments
+            )
+            return rows.compactMap { row in
+                guard let graph = EntityGraph(rawValue: row[1]) else { return nil }
+                let detail: String = row[6]
+                let kind: Conflict.Kind =
+                    (row[5] as String) == "clusterCap" ? .clusterCap(Int(detail) ?? 0) : .uniqueNamespace(detail)
+                let clusters = (row[7] as String).split(separator: ",").compactMap { UInt64($0) }.map(ClusterID.init)
+                return StoredConflict(
+                    id: row[0],
+                    graph: graph,
+                    conflict: Conflict(
+                        recordKey: row[2],
+                        identity: Identity(row[3], row[4]),
+                        kind: kind,
+                        clusters: clusters
+                    ),
+                    detectedAt: Self.date(row[8])
+                )
+            }
+        }
+    }
+
+    public func nextUpdateSequence() throws -> UInt64 {
+        try writer.read { db in
+            let stored = try Int64.fetchOne(db, sql: "SELECT value FROM counters WHERE name = 'next_update_sequence'")
+            return UInt64(stored ?? 1)
+        }
+    }
+
+    // MARK: - Outbox
+
+    public func nextOutboxChunk(limit: Int, maxBytes: Int) throws -> UpdateChunk? {
+        try writer.read { db in
+            let rows = try Row.fetchCursor(
+                db,
+                sql: "SELECT sequence, payload FROM outbox ORDER BY sequence LIMIT ?",
+                arguments: [limit]
+            )
+            var updates: [Data] = []
+            var bytes = 0
+            var first: UInt64 = 0
+            var last: UInt64 = 0
+            while let row = try rows.next() {
+                let payload: Data = row[1]
+                if !updates.isEmpty && bytes + payload.count > maxBytes { break }
+                let sequence = UInt64(row[0] as Int64)
+                if updates.isEmpty { first = sequence }
+                last = sequence
+                bytes += payload.count
+                updates.append(payload)
+            }
+            return updates.isEmpty ? nil : UpdateChunk(updates: updates, firstSequence: first, lastSequence: last)
+        }
+    }
+
+    public func acknowledge(_ chunk: UpdateChunk) throws {
+        try writer.write { db in
+            try db.execute(
+                sql: "DELETE FROM outbox WHERE sequence BETWEEN ? AND ?",
+                arguments: [Int64(chunk.firstSequence), Int64(chunk.lastSequence)]
+            )
+            let count = db.changesCount
+            try db.execute(
+                sql: """
+                    INSERT INTO counters (name, value) VALUES ('forwarded_updates', ?)
+                    ON CONFLICT (name) DO UPDATE SET value = value + excluded.value
+                    """,
+                arguments: [count]
+            )
+        }
+    }
+
+    public func outboxStatus() throws -> (pending: UInt64, oldestPending: Date?, forwarded: UInt64) {
+        try writer.read { db in
+            let pending = try Int64.fetchOne(db, sql: "SELECT count(*) FROM outbox") ?? 0
+            let oldest = try Int64.fetchOne(db, sql: "SELECT created_at FROM outbox ORDER BY sequence LIMIT 1")
+            let forwarded =
+                try Int64.fetchOne(db, sql: "SELECT value FROM counters WHERE name = 'forwarded_updates'") ?? 0
+            return (UInt64(pending), oldest.map(Self.date), UInt64(forwarded))
+        }
+    }
+
+    // MARK: - Encoding
+
+    static func encodeSequences(_ sequences: [UInt64]) -> Data {
+        var data = Data(capacity: sequences.count * 8)
+        for sequence in sequences { withUnsafeBytes(of: sequence.littleEndian) { data.append(contentsOf: $0) } }
+        return data
+    }
+
+    static func decodeSequences(_ data: Data) -> [UInt64] {
+        data.withUnsafeBytes { raw in
+            stride(from: 0, to: raw.count - raw.count % 8, by: 8).map {
+                UInt64(littleEndian: raw.loadUnaligned(fromByteOffset: $0, as: UInt64.self))
+            }
+        }
+    }
+
+    static func milliseconds(_ date: Date) -> Int64 { Int64((date.timeIntervalSince1970 * 1000).rounded()) }
+
+    static func date(_ milliseconds: Int64) -> Date { Date(timeIntervalSince1970: Double(milliseconds) / 1000) }
+}
