@@ -331,6 +331,14 @@ public struct IdentityGraph: Sendable {
         guard let primary = nodes.first else {
             return Outcome(cluster: nil, events: events, conflicts: [], blocked: blocked, unchanged: false)
         }
+        // The record's own values of unique namespaces join it first, so that a later identity leading
+        // into a cluster with another value is the link refused, not the record's own value.
+        if !configuration.uniqueNamespaces.isEmpty && nodes.count > 2 {
+            let rest = nodes.dropFirst()
+            let unique = rest.filter { configuration.uniqueNamespaces.contains(identities[$0].namespace) }
+            let other = rest.filter { !configuration.uniqueNamespaces.contains(identities[$0].namespace) }
+            nodes = [primary] + unique + other
+        }
         var conflicts: [Conflict] = []
         var linked = [primary]
         linked.reserveCapacity(nodes.count)

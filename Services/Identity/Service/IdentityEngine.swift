@@ -45,6 +45,12 @@ public actor IdentityEngine {
         public var accepted: Int
         /// Records taken before (same key and version), skipped.
         public var duplicates: Int
+
+        /// Creates a result.
+        public init(accepted: Int, duplicates: Int) {
+            self.accepted = accepted
+            self.duplicates = duplicates
+        }
     }
 
     /// A cluster with its identities and the records that link it.
