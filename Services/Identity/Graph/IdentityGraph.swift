@@ -142,7 +142,8 @@ public struct IdentityGraph: Sendable {
     public struct Outcome: Sendable, Equatable {
         /// The record's cluster (of its first identity), nil if it had no usable identity.
         public var cluster: ClusterID?
-        /// Merges and splits it caused.
+        /// Merges and splits it caused. Only clusters that existed before the upsert count: a record's
+        /// identities new to the graph joining its cluster is no merge.
         public var events: [GraphEvent]
         /// Links it could not make.
         public var conflicts: [Conflict]
@@ -313,6 +314,7 @@ public struct IdentityGraph: Sendable {
         }
         let index = records.count
 
+        let firstNewSequence = nextSequence
         var blocked: [Identity] = []
         var nodes: [Node] = []
         nodes.reserveCapacity(named.count)
@@ -362,7 +364,9 @@ public struct IdentityGraph: Sendable {
             let (survivor, absorbed) = (clusterID(ofRoot: a), clusterID(ofRoot: b))
             let (into, from) = survivor < absorbed ? (survivor, absorbed) : (absorbed, survivor)
             union(a, b)
-            events.append(.merged(into: into, from: [from]))
+            // A cluster made of identities new in this upsert was never handed out: nobody keeps anything
+            // under its id, so its joining is not news.
+            if from.rawValue < firstNewSequence { events.append(.merged(into: into, from: [from])) }
             linked.append(node)
         }
         recordIndex[hashedKey] = index

@@ -1,0 +1,313 @@
+import CDPProto
+import Foundation
+import IdentityGraph
+import IdentityRules
+import IdentityService
+import IdentityStore
+import Logging
+import NIOPosix
+import RPCCore
+import RPCHTTP2
+import ServiceSupport
+import Synchronization
+import Testing
+
+/// A stand-in for the profile service: applies updates in sequence order, skips those it applied
+/// before, and can be made to fail.
+final class RecordingProfile: Cdp_Profile_V1_Profile.ServiceProtocol {
+    private struct State {
+        var updates: [Cdp_Profile_V1_IdentityUpdate] = []
+        var failing = false
+        var duplicates = 0
+    }
+
+    private let state = Mutex(State())
+
+    var updates: [Cdp_Profile_V1_IdentityUpdate] { state.withLock { $0.updates } }
+    var duplicates: Int { state.withLock { $0.duplicates } }
+
+    var failing: Bool {
+        get { state.withLock { $0.failing } }
+        set { state.withLock { $0.failing = newValue } }
+    }
+
+    func acceptIdentityUpdates(
+        request: Cdp_Profile_V1_AcceptIdentityUpdatesRequest,
+        context: ServerContext
+    ) async throws -> Cdp_Profile_V1_AcceptIdentityUpdatesResponse {
+        try state.withLock { state in
+            if state.failing { throw RPCError(code: .unavailable, message: "profile is down") }
+            var response = Cdp_Profile_V1_AcceptIdentityUpdatesResponse()
+            for update in request.updates {
+                if let last = state.updates.last, update.sequence <= last.sequence {
+                    state.duplicates += 1
+                    response.duplicates += 1
+                } else {
+                    state.updates.append(update)
+                    response.applied += 1
+                }
+            }
+            return response
+        }
+    }
+}
+
+/// An identity service on loopback (in-memory store) forwarding to a recording profile, and a client.
+struct IdentityHarness {
+    let client: Cdp_Identity_V1_Identity.Client
+    let profile: RecordingProfile
+
+    func accept(_ records: [Cdp_Identity_V1_StoredRecord]) async throws -> Cdp_Identity_V1_AcceptRecordsResponse {
+        var request = Cdp_Identity_V1_AcceptRecordsRequest()
+        request.sender = "test"
+        request.records = records
+        return try await client.acceptRecords(request)
+    }
+
+    func resolve(
+        _ namespace: String,
+        _ value: String,
+        _ entity: Cdp_Model_V1_EntityType = .person
+    ) async throws
+        -> Cdp_Identity_V1_ResolveResponse
+    {
+        var request = Cdp_Identity_V1_ResolveRequest()
+        request.entityType = entity
+        request.identity = .with {
+            $0.namespace = namespace
+            $0.value = value
+        }
+        return try await client.resolve(request)
+    }
+
+    func outboxStatus() async throws -> Cdp_Identity_V1_OutboxStatus {
+        try await client.getOutboxStatus(Cdp_Identity_V1_GetOutboxStatusRequest())
+    }
+}
+
+func withIdentityHarness(
+    configuration: IdentityEngine.Configuration = .init(),
+    _ body: (IdentityHarness) async throws -> Void
+) async throws {
+    let logger = Logger(label: "test", factory: { _ in SwiftLogNoOpLogHandler() })
+    let profile = RecordingProfile()
+    let profileServer = RPCServer(configuration: .init(), services: [profile], logger: logger)
+    let profilePort = try await profileServer.start().port!
+    let profileTransport = HTTP2ClientTransport(
+        configuration: .init(host: "127.0.0.1", port: profilePort, initialBackoff: .milliseconds(20))
+    )
+    let profileClient = RPCClient(transport: profileTransport)
+
+    let store = try SQLiteIdentityStore()
+    let engine = try IdentityEngine(
+        store: store,
+        configuration: configuration,
+        loop: MultiThreadedEventLoopGroup.singleton.next()
+    )
+    let relay = OutboxRelay<UpdateChunk>(
+        name: "test",
+        configuration: .init(chunkSize: 3, backoff: Backoff(initial: .milliseconds(20), maximum: .milliseconds(100))),
+        logger: logger,
+        fetch: { try store.nextOutboxChunk(limit: $0, maxBytes: 3 << 20) },
+        deliver: { try await ProfileForwarding.deliver($0, via: profileClient) },
+        acknowledge: { try store.acknowledge($0) }
+    )
+    let service = IdentityService(
+        engine: engine,
+        store: store,
+        logger: logger,
+        committed: { relay.wake() },
+        forwardingError: { relay.status.lastError }
+    )
+    let server = RPCServer(configuration: .init(runsHandlersOnEventLoop: false), services: [service], logger: logger)
+    let port = try await server.start().port!
+    let transport = HTTP2ClientTransport(configuration: .init(host: "127.0.0.1", port: port))
+    let harness = IdentityHarness(
+        client: Cdp_Identity_V1_Identity.Client(RPCClient(transport: transport)),
+        profile: profile
+    )
+    func close() async {
+        await transport.close()
+        await server.shutdown()
+        await profileTransport.close()
+        await profileServer.shutdown()
+    }
+    do {
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            group.addTask { try await relay.run() }
+            try await body(harness)
+            group.cancelAll()
+        }
+    } catch {
+        await close()
+        throw error
+    }
+    await close()
+}
+
+@Suite("Identity service")
+struct IdentityServiceTests {
+    /// Records in, annotated records and merges out to profile, in order, each exactly once although
+    /// profile was down for a while.
+    @Test func forwardsAnOrderedStreamToProfileThroughAnOutage() async throws {
+        try await withIdentityHarness { harness in
+            harness.profile.failing = true
+            #expect(try await harness.accept(Bodea.persons).accepted == 4)
+            try await eventually { try await !harness.outboxStatus().lastError.isEmpty }
+            // 2102 joined 102's cluster, but its own new cluster was never handed out: no merge to tell.
+            #expect(try await harness.outboxStatus().pendingUpdates == 4, "the 4 records wait")
+            harness.profile.failing = false
+            try await eventually { harness.profile.updates.count == 4 }
+            _ = try await harness.accept(Bodea.accounts + Bodea.crosswalks)
+            try await eventually { try await harness.outboxStatus().pendingUpdates == 0 }
+
+            let updates = harness.profile.updates
+            #expect(updates.map(\.sequence) == Array(1...UInt64(updates.count)))
+            let records = updates.compactMap { update -> String? in
+                if case .record(let annotated)? = update.update { return annotated.stored.record.key }
+                return nil
+            }
+            let sent = (Bodea.persons + Bodea.accounts + Bodea.crosswalks).map(\.record.key)
+            #expect(records == sent)
+            // The persons named A1 and A2 before the accounts arrived, so both ids were handed out: their
+            // merge by the second crosswalk row comes right before that row.
+            let merges = updates.filter { $0.clusterChange.kind == .merged }
+            #expect(merges.count == 1 && merges.first?.clusterChange.entityType == .account)
+            let merge = try #require(updates.firstIndex { $0.clusterChange.kind == .merged })
+            #expect(updates[merge + 1].record.stored.record.key == Bodea.crosswalks[1].record.key)
+            let status = try await harness.outboxStatus()
+            #expect(status.forwardedUpdates == UInt64(updates.count) && status.lastError.isEmpty)
+        }
+    }
+
+    @Test func resolveAndGetClusterShowTheIdentitiesAndWhereTheirLinksCameFrom() async throws {
+        try await withIdentityHarness { harness in
+            _ = try await harness.accept(Bodea.persons)
+            let p2 = try await harness.resolve("email", " P2@Townsend.com ")
+            #expect(
+                Set(p2.identities.map(\.value)) == ["p2@townsend.com", "102@mkto-1.Marketo", "2102@mkto-2.Marketo"]
+            )
+
+            var request = Cdp_Identity_V1_GetClusterRequest()
+            request.entityType = .person
+            request.id = p2.clusterID
+            let cluster = try await harness.client.getCluster(request)
+            #expect(cluster.id == p2.clusterID)
+            #expect(cluster.links.map(\.recordKey) == ["102@mkto-1.Marketo", "2102@mkto-2.Marketo"])
+            #expect(cluster.links.map(\.source.instance) == ["mkto-1", "mkto-2"])
+            #expect(cluster.links.allSatisfy { $0.batchID == "b-test" && $0.identities.count == 2 })
+
+            // The id of the younger cluster, merged away, answers with the cluster it went into.
+            let younger = try #require(cluster.identities.first { $0.value == "2102@mkto-2.Marketo" })
+            request.id = p2.clusterID + 2  // 2102's source key: created after 102's key and p2's email
+            #expect(try await harness.client.getCluster(request).id == p2.clusterID)
+            #expect(younger.namespace == "sourceKey")
+
+            request.id = 999
+            let missing = await #expect(throws: RPCError.self) { _ = try await harness.client.getCluster(request) }
+            #expect(missing?.code == .notFound)
+        }
+    }
+
+    @Test func conflictsAreListedNewestFirstInPages() async throws {
+        try await withIdentityHarness { harness in
+            var records: [Cdp_Identity_V1_StoredRecord] = []
+            for index in 0..<5 {
+                records.append(
+                    Bodea.person("\(index)", "mkto-1", email: "info@townsend.com", account: nil, crmID: "003-\(index)")
+                )
+            }
+            _ = try await harness.accept(records)
+            var request = Cdp_Identity_V1_ListConflictsRequest()
+            request.entityType = .person
+            request.pageSize = 3
+            let first = try await harness.client.listConflicts(request)
+            #expect(first.conflicts.count == 3 && !first.nextPageToken.isEmpty)
+            #expect(first.conflicts.map(\.recordKey) == ["4@mkto-1.Marketo", "3@mkto-1.Marketo", "2@mkto-1.Marketo"])
+            #expect(first.conflicts.allSatisfy { $0.kind == .uniqueNamespace && $0.namespace == "crmId" })
+            #expect(first.conflicts[0].reason.contains("may hold only one"))
+            request.pageToken = first.nextPageToken
+            let second = try await harness.client.listConflicts(request)
+            #expect(second.conflicts.map(\.recordKey) == ["1@mkto-1.Marketo"] && second.nextPageToken.isEmpty)
+
+            request.pageToken = "x"
+            let error = await #expect(throws: RPCError.self) { _ = try await harness.client.listConflicts(request) }
+            #expect(error?.code == .invalidArgument)
+        }
+    }
+
+    /// The cluster cap: a link that would make a cluster too big is refused and listed.
+    @Test func theClusterCapIsEnforcedThroughTheService() async throws {
+        let capped = IdentityGraph.Configuration(maxIdentitiesPerCluster: 4)
+        try await withIdentityHarness(configuration: .init(graphs: [.person: capped])) { harness in
+            var records: [Cdp_Identity_V1_StoredRecord] = []
+            for index in 0..<4 {
+                records.append(Bodea.person("\(index)", "mkto-1", email: "team@townsend.com", account: nil))
+            }
+            _ = try await harness.accept(records)
+            let team = try await harness.resolve("email", "team@townsend.com")
+            #expect(team.identities.count == 4, "the email, then three source keys: the fourth would exceed the cap")
+            var request = Cdp_Identity_V1_ListConflictsRequest()
+            request.entityType = .person
+            let conflicts = try await harness.client.listConflicts(request).conflicts
+            #expect(conflicts.map(\.kind) == [.clusterCap] && conflicts.first?.cap == 4)
+            #expect(conflicts.first?.recordKey == "3@mkto-1.Marketo")
+        }
+    }
+
+    @Test func removeIdentityIsForwardedAndIdempotent() async throws {
+        try await withIdentityHarness { harness in
+            _ = try await harness.accept(Bodea.persons)
+            var request = Cdp_Identity_V1_RemoveIdentityRequest()
+            request.entityType = .person
+            request.identity = .with {
+                $0.namespace = "email"
+                $0.value = "p2@townsend.com"
+            }
+            let removed = try await harness.client.removeIdentity(request)
+            #expect(removed.removed && removed.changes.map(\.kind) == [.split])
+            try await eventually { harness.profile.updates.last?.clusterChange == removed.changes.first }
+            let again = try await harness.client.removeIdentity(request)
+            #expect(!again.removed && again.changes.isEmpty)
+            let gone = await #expect(throws: RPCError.self) {
+                _ = try await harness.resolve("email", "p2@townsend.com")
+            }
+            #expect(gone?.code == .notFound)
+        }
+    }
+
+    @Test func badRequestsAreRefusedWithWhatAndWhere() async throws {
+        try await withIdentityHarness { harness in
+            var keyless = Bodea.persons[1]
+            keyless.record.key = ""
+            let error = await #expect(throws: RPCError.self) {
+                _ = try await harness.accept([Bodea.persons[0], keyless])
+            }
+            #expect(error?.code == .invalidArgument && error?.message.contains("records[1]") == true)
+            let nothing = await #expect(throws: RPCError.self) {
+                _ = try await harness.resolve("email", "p1@townsend.com")
+            }
+            #expect(nothing?.code == .notFound, "nothing of the refused call was taken")
+
+            let events = await #expect(throws: RPCError.self) { _ = try await harness.resolve("email", "x", .event) }
+            #expect(events?.code == .invalidArgument && events?.message.contains("person") == true)
+            let empty = await #expect(throws: RPCError.self) { _ = try await harness.resolve("", "x") }
+            #expect(empty?.code == .invalidArgument)
+        }
+    }
+}
+
+/// Polls `condition` until it holds, failing after `timeout`.
+func eventually(
+    timeout: Duration = .seconds(10),
+    _ condition: () async throws -> Bool,
+    sourceLocation: SourceLocation = #_sourceLocation
+) async throws {
+    let deadline = ContinuousClock.now + timeout
+    while ContinuousClock.now < deadline {
+        if try await condition() { return }
+        try await Task.sleep(for: .milliseconds(20))
+    }
+    Issue.record("the condition did not hold within \(timeout)", sourceLocation: sourceLocation)
+    throw CancellationError()
+}
