@@ -86,6 +86,15 @@ let package = Package(
             ],
             path: "Shared/ServiceSupport"
         ),
+        // Per-record SQLite statements through the C API, for the stores' hot paths.
+        .target(
+            name: "SQLiteSupport",
+            dependencies: [
+                .product(name: "GRDB", package: "GRDB.swift"),
+                .product(name: "GRDBSQLite", package: "GRDB.swift"),
+            ],
+            path: "Shared/SQLiteSupport"
+        ),
 
         // MARK: Ingestion
         // File formats: streaming CSV and NDJSON readers, canonical schemas, native mapping tables,
@@ -99,7 +108,7 @@ let package = Package(
         .target(
             name: "IngestionStore",
             dependencies: [
-                "CDPProto",
+                "CDPProto", "SQLiteSupport",
                 .product(name: "GRDB", package: "GRDB.swift"),
                 .product(name: "GRDBSQLite", package: "GRDB.swift"),
             ],
@@ -143,7 +152,7 @@ let package = Package(
         .target(
             name: "IdentityStore",
             dependencies: [
-                "CDPProto", "IdentityGraph", "IdentityRules",
+                "CDPProto", "IdentityGraph", "IdentityRules", "SQLiteSupport",
                 .product(name: "GRDB", package: "GRDB.swift"),
             ],
             path: "Services/Identity/Store"
@@ -171,11 +180,15 @@ let package = Package(
             ],
             path: "Services/Identity/Main"
         ),
-        // In-process benchmark of the identity graph (release build): links/s, clusters, peak RSS.
+        // Identity benchmarks (release build): the in-memory graph alone, and the engine with its store.
         .executableTarget(
-            name: "identity-graph-benchmark",
-            dependencies: ["IdentityGraph"],
-            path: "Benchmarks/IdentityGraphBenchmark"
+            name: "identity-benchmark",
+            dependencies: [
+                "CDPProto", "IdentityGraph", "IdentityRules", "IdentityService", "IdentityStore",
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "SwiftProtobuf", package: "swift-protobuf"),
+            ],
+            path: "Benchmarks/IdentityBenchmark"
         ),
 
         // grpc.testing messages and stubs, used by the interop programs and the tests.

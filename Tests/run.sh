@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The project's test command (README): builds everything with its tests, refuses compiler
 # warnings in the project's own code, runs the Swift tests, then the interop tests in both
-# directions, the socket robustness tests against the real server binary, and generic
-# reflection / health clients (no .proto files) against it.
+# directions, the socket robustness tests against the real server binary, generic
+# reflection / health clients (no .proto files) against it, and the Python tests of the
+# ingestion and identity services' processes (crashes, restarts, the pipeline between them).
 #
 # Usage: Tests/run.sh            (run from anywhere)
 # Each stage prints its own summary; the script stops at the first failing stage.
@@ -45,5 +46,9 @@ Tests/python-env.sh
 stage "ingestion: SIGKILL during batches and streams, cancelled uploads (Python, against cdp-ingestion)"
 Tests/python-env.sh
 .venv/bin/python -m pytest Tests/Ingestion -q -p no:cacheprovider
+
+stage "identity: the Bodea pipeline through a flaky profile, SIGKILL during forwarding, bad requests (Python, against cdp-ingestion + cdp-identity)"
+Tests/python-env.sh
+.venv/bin/python -m pytest Tests/Identity -q -p no:cacheprovider
 
 stage "all test stages passed"

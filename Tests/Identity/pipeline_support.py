@@ -321,6 +321,8 @@ def diagnostics(services: list[Service], fake: FakeProfile | None = None, lines:
     for s in services:
         if s.history:
             parts.append(f"{s.name} history: " + "; ".join(s.history))
+        for gen in range(1, s.generation):  # earlier generations (killed or stopped): a short tail each
+            parts.append(s.stderr_tail(8, generation=gen))
         if s.generation:
             parts.append(s.stderr_tail(lines))
     return "\n".join(parts)
@@ -442,32 +444,48 @@ def ingestion_store_versions(data_dir: Path) -> dict[str, set[int]]:
 # ---------------------------------------------------------------------------------------------------
 
 class MergeFollower:
-    """Follows MERGED cluster changes of one entity type through a stream of IdentityUpdates."""
+    """Follows the MERGED cluster changes of one entity type through the stream of IdentityUpdates.
+
+    Cluster ids are never reused, so a cluster that was alive at sequence s ends up where the chain of
+    MERGED changes naming it as `from` leads (all of them come after s). ``dead_at`` keeps when each id
+    was merged away, so that a reference to a cluster that no longer existed is caught."""
 
     def __init__(self, updates: list, entity_type: int):
-        # sequence-ordered list of (sequence, from ids, into id)
-        self.merges = [(u.sequence, list(getattr(u.cluster_change, "from")), u.cluster_change.into[0])
-                       for u in updates
-                       if u.WhichOneof("update") == "cluster_change"
-                       and u.cluster_change.entity_type == entity_type
-                       and u.cluster_change.kind == MERGED and len(u.cluster_change.into) == 1]
-        self.final: dict[int, int] = {}
-        for _, froms, into in self.merges:
+        self.merges = []  # (sequence, from ids, into id)
+        self.others = []  # non-MERGED changes of this type (splits), as text
+        for u in updates:
+            if u.WhichOneof("update") != "cluster_change" or u.cluster_change.entity_type != entity_type:
+                continue
+            c = u.cluster_change
+            if c.kind == MERGED and len(c.into) == 1:
+                self.merges.append((u.sequence, list(getattr(c, "from")), c.into[0]))
+            else:
+                self.others.append(f"seq {u.sequence}: kind {c.kind} from {list(getattr(c, 'from'))} "
+                                   f"into {list(c.into)}")
+        self.next: dict[int, int] = {}
+        self.dead_at: dict[int, int] = {}
+        for seq, froms, into in self.merges:
             for f in froms:
-                self.final[f] = into
+                self.next[f] = into
+                self.dead_at.setdefault(f, seq)
+
+    def alive_at(self, cluster: int, sequence: int) -> bool:
+        return self.dead_at.get(cluster, sequence + 1) > sequence
+
+    def final(self, cluster: int) -> int:
+        """Where `cluster` ended up after every MERGED change naming it (or its successors)."""
+        seen = set()
+        while cluster in self.next and cluster not in seen:
+            seen.add(cluster)
+            cluster = self.next[cluster]
+        return cluster
 
     def after(self, cluster: int, sequence: int) -> int:
-        """`cluster` as it was at `sequence`, moved through every MERGED change after it."""
+        """`cluster` as seen at `sequence`, moved through the MERGED changes after it, applied one by one
+        (slow; for small streams)."""
         for seq, froms, into in self.merges:
             if seq > sequence and cluster in froms:
                 cluster = into
-        return cluster
-
-    def resolve_final(self, cluster: int) -> int:
-        seen = set()
-        while cluster in self.final and cluster not in seen:
-            seen.add(cluster)
-            cluster = self.final[cluster]
         return cluster
 
 

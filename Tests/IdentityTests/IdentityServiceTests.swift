@@ -197,15 +197,18 @@ struct IdentityServiceTests {
             #expect(cluster.links.map(\.source.instance) == ["mkto-1", "mkto-2"])
             #expect(cluster.links.allSatisfy { $0.batchID == "b-test" && $0.identities.count == 2 })
 
-            // The id of the younger cluster, merged away, answers with the cluster it went into.
-            let younger = try #require(cluster.identities.first { $0.value == "2102@mkto-2.Marketo" })
-            request.id = p2.clusterID + 2  // 2102's source key: created after 102's key and p2's email
+            // Only a cluster's current id names it: not the sequence of a younger member (p2's email), nor an
+            // unknown one.
+            for id in [p2.clusterID + 1, 999] {
+                request.id = id
+                let missing = await #expect(throws: RPCError.self) { _ = try await harness.client.getCluster(request) }
+                #expect(missing?.code == .notFound, "id \(id)")
+            }
+            request.identity = .with {
+                $0.namespace = "sourceKey"
+                $0.value = "2102@mkto-2.Marketo"
+            }
             #expect(try await harness.client.getCluster(request).id == p2.clusterID)
-            #expect(younger.namespace == "sourceKey")
-
-            request.id = 999
-            let missing = await #expect(throws: RPCError.self) { _ = try await harness.client.getCluster(request) }
-            #expect(missing?.code == .notFound)
         }
     }
 
@@ -290,7 +293,7 @@ struct IdentityServiceTests {
             #expect(nothing?.code == .notFound, "nothing of the refused call was taken")
 
             let events = await #expect(throws: RPCError.self) { _ = try await harness.resolve("email", "x", .event) }
-            #expect(events?.code == .invalidArgument && events?.message.contains("person") == true)
+            #expect(events?.code == .invalidArgument && events?.message.contains("ENTITY_TYPE_PERSON") == true)
             let empty = await #expect(throws: RPCError.self) { _ = try await harness.resolve("", "x") }
             #expect(empty?.code == .invalidArgument)
         }

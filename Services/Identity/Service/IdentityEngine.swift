@@ -261,9 +261,12 @@ public actor IdentityEngine {
         return (cluster, held.members(of: identity))
     }
 
-    /// The cluster with id `id` (or, if it merged into another, that one); nil if unknown.
+    /// The cluster whose id is `id` now; nil if no cluster has that id (any more: a merged-away id is
+    /// gone, as the merge event told profile).
     public func cluster(withID id: ClusterID, in graph: EntityGraph) throws -> ClusterView? {
-        guard let identity = graphs[graph]?.identity(withSequence: id.rawValue) else { return nil }
+        guard let identity = graphs[graph]?.identity(withSequence: id.rawValue),
+            graphs[graph]?.cluster(of: identity) == id
+        else { return nil }
         return try cluster(of: identity, in: graph)
     }
 

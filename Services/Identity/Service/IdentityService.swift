@@ -47,8 +47,7 @@ public final class IdentityService: Cdp_Identity_V1_Identity.ServiceProtocol {
             guard stored.hasRecord, !stored.record.key.isEmpty else {
                 throw RPCError(
                     code: .invalidArgument,
-                    message: "records[\(index)] has no record key: every stored record needs its record; "
-                        + "nothing of this call was taken"
+                    message: "records[\(index)] has no record, or its record has no key; nothing of this call was taken"
                 )
             }
             guard stored.record.entity != nil else {
@@ -114,7 +113,13 @@ public final class IdentityService: Cdp_Identity_V1_Identity.ServiceProtocol {
         case nil:
             throw RPCError(code: .invalidArgument, message: "name the cluster: set id or identity")
         }
-        guard let view else { throw RPCError(code: .notFound, message: "no \(graph.rawValue) cluster with \(asked)") }
+        guard let view else {
+            throw RPCError(
+                code: .notFound,
+                message: "no \(graph.rawValue) cluster has \(asked) (a cluster id merged into another is gone: "
+                    + "Resolve one of its identities)"
+            )
+        }
         var cluster = Cdp_Identity_V1_Cluster()
         cluster.entityType = graph.entityType
         cluster.id = view.id.rawValue
@@ -209,10 +214,10 @@ public final class IdentityService: Cdp_Identity_V1_Identity.ServiceProtocol {
 
     private static func clusteredGraph(_ entityType: Cdp_Model_V1_EntityType) throws -> EntityGraph {
         guard let graph = EntityGraph(entityType), graph.isClustered else {
-            let names = EntityGraph.clustered.map { "\($0.entityType)" }.joined(separator: ", ")
+            let names = EntityGraph.clustered.map { protoName($0.entityType) }.joined(separator: ", ")
             throw RPCError(
                 code: .invalidArgument,
-                message: "entity_type \(entityType) has no identity graph; use one of \(names)"
+                message: "entity_type \(protoName(entityType)) has no identity graph; use one of \(names)"
             )
         }
         return graph
@@ -230,6 +235,17 @@ public final class IdentityService: Cdp_Identity_V1_Identity.ServiceProtocol {
             return Identity(value.namespace, value.value.trimmingCharacters(in: .whitespaces).lowercased())
         }
         return Identity(value.namespace, value.value)
+    }
+
+    /// An entity type as the .proto file spells it, e.g. `ENTITY_TYPE_MARKETING_LIST`.
+    static func protoName(_ entityType: Cdp_Model_V1_EntityType) -> String {
+        let name = EntityGraph(entityType)?.rawValue ?? (entityType == .identityLink ? "identityLink" : "unspecified")
+        var snake = ""
+        for character in name {
+            if character.isUppercase { snake += "_" }
+            snake += character.uppercased()
+        }
+        return "ENTITY_TYPE_" + snake
     }
 
     static func message(_ identity: Identity) -> Cdp_Identity_V1_IdentityValue {

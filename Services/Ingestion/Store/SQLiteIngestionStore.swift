@@ -2,6 +2,7 @@ import CDPProto
 import Foundation
 import GRDB
 import GRDBSQLite
+import SQLiteSupport
 import SwiftProtobuf
 
 /// The embedded ``IngestionStore``: one SQLite database in WAL mode through GRDB.
@@ -461,9 +462,8 @@ public final class SQLiteIngestionStore: IngestionStore {
     ) throws
         -> (AppendResult, ClosedRange<Int64>?)
     {
-        guard let connection = db.sqliteConnection else { throw StoreError("the database is closed") }
         let insert = try RawStatement(
-            connection,
+            db,
             """
             INSERT INTO records (key, version, batch_id, entity, ingested_at, payload)
             VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (key, version) DO NOTHING
@@ -489,10 +489,9 @@ public final class SQLiteIngestionStore: IngestionStore {
             try insert.bind(2, Int64(bitPattern: record.version))
             try insert.bind(4, Int64(record.entity.rawValue))
             try insert.bind(6, record.payload)
-            try insert.run()
-            if sqlite3_changes(connection) > 0 {
+            if try insert.run() > 0 {
                 result.accepted += 1
-                last = sqlite3_last_insert_rowid(connection)
+                last = insert.lastInsertedRowID
                 if first == nil { first = last }
             } else {
                 result.duplicates += 1
@@ -662,65 +661,4 @@ public struct StoreError: Error, CustomStringConvertible {
     /// What failed, for logs (never shown to callers: the service reports store failures generically).
     public var description: String
     init(_ description: String) { self.description = description }
-}
-
-/// A prepared statement driven through SQLite's C API, for the one insert that runs per record.
-///
-/// Values are copied by SQLite when bound (`SQLITE_TRANSIENT`), so Swift buffers need not outlive a call.
-private struct RawStatement {
-    private let connection: OpaquePointer
-    private let handle: OpaquePointer
-    /// SQLite's "copy the value now" destructor sentinel.
-    private static let transient = unsafeBitCast(-1, to: sqlite3_destructor_type.self)
-
-    init(_ connection: OpaquePointer, _ sql: String) throws {
-        var handle: OpaquePointer?
-        let code = sqlite3_prepare_v2(connection, sql, -1, &handle, nil)
-        guard code == SQLITE_OK, let handle else { throw Self.error(connection, code, "prepare") }
-        self.connection = connection
-        self.handle = handle
-    }
-
-    func bind(_ index: Int32, _ text: String) throws {
-        var text = text
-        let code = text.withUTF8 { bytes in
-            sqlite3_bind_text(handle, index, bytes.baseAddress, Int32(bytes.count), Self.transient)
-        }
-        try check(code, "bind")
-    }
-
-    func bind(_ index: Int32, _ value: Int64) throws {
-        try check(sqlite3_bind_int64(handle, index, value), "bind")
-    }
-
-    func bind(_ index: Int32, _ data: Data) throws {
-        let code = data.withUnsafeBytes { bytes in
-            // A zero-length blob still needs a non-null pointer to be a blob rather than NULL.
-            sqlite3_bind_blob(
-                handle,
-                index,
-                bytes.baseAddress ?? UnsafeRawPointer(bitPattern: 1),
-                Int32(bytes.count),
-                Self.transient
-            )
-        }
-        try check(code, "bind")
-    }
-
-    /// Steps the statement to its end and resets it for the next values.
-    func run() throws {
-        let code = sqlite3_step(handle)
-        sqlite3_reset(handle)
-        guard code == SQLITE_DONE else { throw Self.error(connection, code, "insert") }
-    }
-
-    func finalize() { sqlite3_finalize(handle) }
-
-    private func check(_ code: Int32, _ operation: String) throws {
-        guard code == SQLITE_OK else { throw Self.error(connection, code, operation) }
-    }
-
-    private static func error(_ connection: OpaquePointer, _ code: Int32, _ operation: String) -> StoreError {
-        StoreError("SQLite \(operation) failed (\(code)): \(String(cString: sqlite3_errmsg(connection)))")
-    }
 }

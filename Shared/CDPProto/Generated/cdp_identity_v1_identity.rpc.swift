@@ -100,8 +100,8 @@ public enum Cdp_Identity_V1_Identity {
         ) async throws -> Cdp_Identity_V1_ResolveResponse
 
         /// A cluster, by id or by one of its identities, with the records that link it and where each came
-        /// from. NOT_FOUND for an unknown cluster; an id that was merged away answers with the cluster it
-        /// went into (the answer's `id` then differs from the one asked for).
+        /// from. NOT_FOUND for an id no cluster has now (a cluster merged into another loses its id; the
+        /// ClusterChange sent to profile tells where it went).
         ///
         /// Serves `/cdp.identity.v1.Identity/GetCluster` (unary).
         func getCluster(
@@ -183,8 +183,8 @@ public enum Cdp_Identity_V1_Identity {
         }
 
         /// A cluster, by id or by one of its identities, with the records that link it and where each came
-        /// from. NOT_FOUND for an unknown cluster; an id that was merged away answers with the cluster it
-        /// went into (the answer's `id` then differs from the one asked for).
+        /// from. NOT_FOUND for an id no cluster has now (a cluster merged into another loses its id; the
+        /// ClusterChange sent to profile tells where it went).
         ///
         /// Calls `/cdp.identity.v1.Identity/GetCluster` (unary) and returns the response message. For its metadata, use
         /// `rpc.unary(Cdp_Identity_V1_Identity.Method.getCluster, request)`.
