@@ -383,4 +383,20 @@ struct IdentityEngineTests {
         #expect(change.kind == .split && change.into.count == 2)
         #expect(try await engine.remove(Self.email("p2@townsend.com"), from: .person) == nil)
     }
+
+    /// A Marketo lead and a Marketo company may share an id, hence a key: they live in different graphs.
+    @Test func aPersonAndAnAccountMayShareAKey() async throws {
+        let store = try SQLiteIdentityStore()
+        let engine = try IdentityEngine(store: store, loop: Self.loop)
+        var lead = Bodea.person("7", "mkto-1", email: "p7@townsend.com", account: nil)
+        lead.batchID = "b-leads"
+        var company = Bodea.account("7", "mkto-1", name: "Seven")
+        company.batchID = "b-companies"
+        #expect(try await engine.accept([lead, company]).accepted == 2)
+        let person = try #require(try await engine.cluster(of: Self.key("7@mkto-1.Marketo"), in: .person))
+        let account = try #require(try await engine.cluster(of: Self.key("7@mkto-1.Marketo"), in: .account))
+        #expect(person.identities.count == 2 && account.identities.count == 1)
+        #expect(person.links.map(\.link.provenance.batchID) == ["b-leads"])
+        #expect(account.links.map(\.link.provenance.batchID) == ["b-companies"])
+    }
 }

@@ -168,7 +168,7 @@ public actor IdentityEngine {
                     )
                     updates += outcome.events.map { Self.update(for: $0, in: plan.graph) }
                     annotated.clusterID = outcome.cluster?.rawValue ?? 0
-                    commit.provenance[plan.recordKey] = LinkProvenance(
+                    commit.provenance[plan.graph, default: [:]][plan.recordKey] = LinkProvenance(
                         source: stored.record.source,
                         batchID: stored.batchID,
                         ingestedAt: stored.ingestedAt.date

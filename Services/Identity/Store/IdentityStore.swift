@@ -99,8 +99,9 @@ public struct IdentityCommit: Sendable {
     public var accepted: [RecordVersion] = []
     /// Each graph's journal, in order.
     public var graphChanges: [(graph: EntityGraph, changes: [GraphChange])] = []
-    /// Where the records linked in this commit came from, by record key.
-    public var provenance: [String: LinkProvenance] = [:]
+    /// Where the records linked in this commit came from, by graph and record key (a person and an
+    /// account of one source may share a key).
+    public var provenance: [EntityGraph: [String: LinkProvenance]] = [:]
     /// Links the guardrails refused.
     public var conflicts: [StoredConflict] = []
     /// Serialized `cdp.profile.v1.IdentityUpdate`s for the outbox, with their sequence numbers (which

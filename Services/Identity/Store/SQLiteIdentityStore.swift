@@ -158,7 +158,13 @@ public final class SQLiteIdentityStore: IdentityStore {
             let statements = try GraphStatements(db)
             defer { statements.finalize() }
             for (graph, changes) in commit.graphChanges where !changes.isEmpty {
-                try apply(changes, to: graph, provenance: commit.provenance, statements: statements, db: db)
+                try apply(
+                    changes,
+                    to: graph,
+                    provenance: commit.provenance[graph] ?? [:],
+                    statements: statements,
+                    db: db
+                )
             }
             let conflict = try db.cachedStatement(
                 sql: """
