@@ -1,20 +1,28 @@
-"""Ingestion demo: Bodea's fixture files through a release cdp-ingestion, step by step.
+"""Pipeline demo: Bodea's fixture files through a release cdp-ingestion and cdp-identity, step by step.
 
-Run through Examples/ingestion-demo.sh (builds the release binary, prepares .venv), or directly:
-    .venv/bin/python Examples/ingestion_demo.py [--keep-data] [--binary PATH]
+Run through Examples/demo.sh (builds the release binaries, prepares .venv), or directly:
+    .venv/bin/python Examples/demo.py [--keep-data] [--ingestion-binary PATH] [--identity-binary PATH]
 
-1. starts `cdp-ingestion --port 0 --data-dir <temp dir>` without --identity: accepted records wait
-   in the durable outbox for the identity service, the next service of the pipeline;
+1. starts `cdp-identity --port 0 --data-dir <temp>/identity` (default rules: a person may hold
+   several CRM ids, one per CRM of Bodea's, see IDENTITY_RULES) without --profile (its updates wait in
+   its durable outbox for the profile service, the next service of the pipeline), then
+   `cdp-ingestion --port 0 --data-dir <temp>/ingestion --identity <identity's address>`;
 2. creates the sources of the Bodea story (Tests/IngestionTests/Fixtures/EXPECTED.md);
 3. uploads every fixture file (64 KiB data messages, key = the file's path, error threshold 0.5:
    the fixtures hold bad rows on purpose) and prints each batch with its record errors;
 4. re-sends one file under the same key (`replayed`, same batch) and one under a new key (a new
    batch whose valid records are all duplicates);
 5. streams two page views of p2@townsend.com: a new one, and the one canonical/event.csv brought;
-6. prints ListBatches and GetOutboxStatus, stops the service with SIGTERM.
+6. prints ListBatches, waits until ingestion's outbox has forwarded every accepted record to identity;
+7. prints identity's view of the story: p2@townsend.com resolved to one person across Salesforce and
+   both Marketo instances; the Townsend account cluster (Account 1 of Marketo 1, Account 2 of
+   Marketo 2 and the Salesforce account, joined by the MDM crosswalk) with the record behind each
+   link; p1 and p3 as persons of their own; the refused links (ListConflicts); identity's outbox;
+8. stops both services with SIGTERM (ingestion first) and requires exit status 0 from each.
 
 Exit status 1 when anything is unexpected (a call fails, a batch does not complete, counts do not
-add up, the service does not stop cleanly), 2 when the service does not start.
+add up, identity resolves the story differently, a service does not stop cleanly), 2 when a service
+does not start.
 """
 
 from __future__ import annotations
@@ -33,16 +41,24 @@ import grpc
 REPO_ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = REPO_ROOT / "Tests" / "IngestionTests" / "Fixtures"
 sys.path.insert(0, str(REPO_ROOT / "Tests" / "Ingestion"))
-from protos import ingestion_pb2 as pb, ingestion_pb2_grpc, model_pb2  # noqa: E402
+from protos import identity_pb2 as ipb, identity_pb2_grpc, model_pb2  # noqa: E402
+from protos import ingestion_pb2 as pb, ingestion_pb2_grpc  # noqa: E402
 
 CHUNK = 64 * 1024
 TIMEOUT = 30
+DRAIN_TIMEOUT = 120
+CHANNEL_OPTIONS = [("grpc.enable_http_proxy", 0)]  # the services are on 127.0.0.1, never behind a proxy
 SF, MKTO1, MKTO2, MDM, WEB = (model_pb2.Source(type=t, instance=i) for t, i in [
     ("Salesforce", "sf-1"), ("Marketo", "mkto-1"), ("Marketo", "mkto-2"), ("MDM", "mdm-1"), ("Web", "web-1")])
 SOURCES = [(SF, "CRM, line of business 1"), (MKTO1, "Marketo 1, line of business 1 (synced with sf-1)"),
            (MKTO2, "Marketo 2, line of business 2"), (MDM, "MDM crosswalk"), (WEB, "web tag on bodea.example")]
 STATE = {v: k.removeprefix("BATCH_STATE_") for k, v in pb.BatchState.items()}
 FORMAT = {v: k.removeprefix("FORMAT_") for k, v in pb.Format.items()}
+ENTITY = {v: k.removeprefix("ENTITY_TYPE_") for k, v in model_pb2.EntityType.items()}
+CONFLICT = {v: k.removeprefix("KIND_") for k, v in ipb.Conflict.Kind.items()}
+PERSON, ACCOUNT = model_pb2.ENTITY_TYPE_PERSON, model_pb2.ENTITY_TYPE_ACCOUNT
+# Variables the services read in place of flags: the demo decides every address and directory itself.
+SERVICE_ENV = ("CDP_DATA_DIR", "CDP_IDENTITY_ADDR", "CDP_PROFILE_ADDR", "CDP_TOKEN")
 
 
 class Unexpected(Exception):
@@ -51,6 +67,11 @@ class Unexpected(Exception):
 
 def src(s: model_pb2.Source) -> str:
     return f"{s.type}:{s.instance}"
+
+
+def source_key(id_: str, s: model_pb2.Source) -> str:
+    """A record's source key, `{id}@{instance}.{type}`."""
+    return f"{id_}@{s.instance}.{s.type}"
 
 
 def check(ok: bool, what: str) -> None:
@@ -95,30 +116,60 @@ def page_view(event_id: str, when: str, url: str, name: str, referrer: str | Non
     return rec
 
 
-def start_service(binary: Path, work: Path) -> tuple[subprocess.Popen, str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("CDP_IDENTITY_ADDR", "CDP_TOKEN", "CDP_DATA_DIR")}
-    out_path = work / "ingestion.out"
-    with open(out_path, "wb") as out, open(work / "ingestion.err", "wb") as err:
-        proc = subprocess.Popen([str(binary), "--port", "0", "--data-dir", str(work / "data")], env=env,
-                                stdin=subprocess.DEVNULL, stdout=out, stderr=err, start_new_session=True)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        first, nl, _ = out_path.read_bytes().partition(b"\n")
-        if nl:
-            line = first.decode("utf-8", "replace")
-            if line.startswith("listening on "):
-                return proc, line.removeprefix("listening on ").strip()
-            break
-        if proc.poll() is not None:
-            break
-        time.sleep(0.02)
-    proc.kill()
-    proc.wait()
-    raise RuntimeError(f"cdp-ingestion did not print 'listening on HOST:PORT':\n"
-                       f"{(work / 'ingestion.err').read_text(errors='replace')[-2000:]}")
+class Service:
+    """One service process, started with --port 0; its stdout and stderr go to files in the temp dir."""
+
+    def __init__(self, name: str, binary: Path, args: list[str], work: Path):
+        self.name, self.binary, self.args, self.work = name, binary, args, work
+        self.proc: subprocess.Popen | None = None
+        self.address = ""
+
+    def start(self) -> str:
+        env = {k: v for k, v in os.environ.items() if k not in SERVICE_ENV}
+        out_path = self.work / f"{self.name}.out"
+        with open(out_path, "wb") as out, open(self.work / f"{self.name}.err", "wb") as err:
+            self.proc = subprocess.Popen([str(self.binary), "--port", "0", *self.args], env=env,
+                                         stdin=subprocess.DEVNULL, stdout=out, stderr=err, start_new_session=True)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            first, nl, _ = out_path.read_bytes().partition(b"\n")
+            if nl:
+                line = first.decode("utf-8", "replace")
+                if line.startswith("listening on "):
+                    self.address = line.removeprefix("listening on ").strip()
+                    return self.address
+                break
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.02)
+        self.kill()
+        raise RuntimeError(f"{self.binary.name} did not print 'listening on HOST:PORT':\n{self.stderr_tail()}")
+
+    def stderr_tail(self, chars: int = 2000) -> str:
+        try:
+            return (self.work / f"{self.name}.err").read_text(errors="replace")[-chars:]
+        except OSError:
+            return ""
+
+    def stop(self) -> int:
+        """SIGTERM (this process only), then its exit status; killed after 15 s."""
+        assert self.proc is not None
+        self.proc.terminate()
+        try:
+            return self.proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            raise Unexpected(f"cdp-{self.name} did not stop within 15 s of SIGTERM (killed)") from None
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
 
 
-def demo(stub) -> None:
+def ingest_fixtures(stub) -> tuple[int, dict[str, str]]:
+    """Steps 2-6 on ingestion; returns the number of records it accepted (batches and stream) and the
+    file name of each batch id."""
     print("\n== Sources")
     for source, description in SOURCES:
         stub.CreateSource(pb.CreateSourceRequest(source=source, description=description), timeout=TIMEOUT)
@@ -199,57 +250,227 @@ def demo(stub) -> None:
               f"{c.records:>7} {c.accepted:>8} {c.duplicates:>3} {c.rejected:>8}")
     check(len(listed) == len(batches) + 1 and listed[0].batch_id == new.batch_id
           and all(b.state == pb.BATCH_STATE_COMPLETED for b in listed), "ListBatches does not match the uploads")
+    return total["accepted"] + sum(a.accepted for a in acks), {b.batch_id: b.file_name for b in listed}
 
-    print("\n== Outbox (no --identity: records wait here for the identity service, which comes next)")
-    st = stub.GetOutboxStatus(pb.GetOutboxStatusRequest(), timeout=TIMEOUT)
+
+def wait_forwarded(stub, accepted: int) -> None:
+    print("\n== Ingestion's outbox (forwarding to identity)")
+    deadline = time.monotonic() + DRAIN_TIMEOUT
+    while True:
+        st = stub.GetOutboxStatus(pb.GetOutboxStatusRequest(), timeout=TIMEOUT)
+        if st.pending_records == 0 or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    for label, value in [("pending records", st.pending_records), ("forwarded records", st.forwarded_records),
+                         ("last error", st.last_error or "-")]:
+        print(f"  {label:<18} {value}")
+    check(st.pending_records == 0, f"ingestion's outbox still holds {st.pending_records} records after "
+                                   f"{DRAIN_TIMEOUT} s (last error: {st.last_error or '-'})")
+    check(st.forwarded_records == accepted, f"ingestion forwarded {st.forwarded_records} records, "
+                                            f"it accepted {accepted}")
+    print(f"  = all {accepted} accepted records taken by identity")
+
+
+# The Bodea story in the fixtures' keys (Tests/IngestionTests/Fixtures/EXPECTED.md, "The story in the data").
+ACCOUNT_1 = source_key("0015g00000Twn01AAA", MKTO1)  # marketo/companies.csv line 2
+ACCOUNT_2 = source_key("0017Q00000Twn02AAA", MKTO2)  # canonical/account.csv line 2
+ACCOUNT_SF = source_key("0015g00000Twn01AAA", SF)    # salesforce/Account.csv line 2
+MASTER = "M-ACC-TOWNSEND"                           # mdm/crosswalk.csv lines 2-4 (canonical/identityLink.csv too)
+P2 = {source_key("0035g00000Twp02AAA", SF): "Salesforce contact",
+      source_key("00Q5g00000Twl02AAA", SF): "Salesforce lead, converted into that contact",
+      source_key("102", MKTO1): "Marketo 1 lead (synced with the contact)",
+      source_key("2102", MKTO2): "Marketo 2 person"}
+P1 = {source_key("0035g00000Twp01AAA", SF), source_key("101", MKTO1)}
+P3 = {source_key("2103", MKTO2)}
+LABELS = {ACCOUNT_1: "Account 1: Townsend in Marketo 1", ACCOUNT_2: "Account 2: Townsend in Marketo 2",
+          ACCOUNT_SF: "Townsend in Salesforce (synced with Marketo 1)", MASTER: "MDM master id", **P2}
+# The crosswalk rows that say Account 1, Account 2 and the Salesforce account are one company.
+CROSSWALK = {f"{MASTER}/{k}@mdm-1.MDM" for k in (ACCOUNT_1, ACCOUNT_2, ACCOUNT_SF)}
+# Townsend Europe (Salesforce, Marketo 1) and Townsend de México (Marketo 2): child accounts, not Townsend.
+SUBSIDIARIES = [source_key("0015g00000Twn05AAA", SF), source_key("0015g00000Twn05AAA", MKTO1),
+                source_key("0017Q00000Twn07AAA", MKTO2)]
+# Bodea has one CRM per line of business, and each numbers its people its own way: p2 is
+# 0035g00000Twp02AAA in the first and 0037Q00000Twp02AAA in the second (plus the id of the converted
+# lead). Identity's default rules allow a person several CRM ids (only an MDM master id is unique), so
+# the demo runs with them; with `--unique-namespace person:crmId` p2's email would not join them (two
+# UNIQUE_NAMESPACE conflicts, p2 in three clusters).
+IDENTITY_RULES: list[str] = []
+
+
+def ident(namespace: str, value: str) -> ipb.IdentityValue:
+    return ipb.IdentityValue(namespace=namespace, value=value)
+
+
+def values(identities, namespace: str) -> set[str]:
+    return {i.value for i in identities if i.namespace == namespace}
+
+
+def print_identities(identities, indent: str = "    ") -> None:
+    w = max(len(i.namespace) for i in identities)
+    for i in identities:
+        note = LABELS.get(i.value, "")
+        print(f"{indent}{i.namespace:<{w}}  {i.value:<40}{'  ' + note if note else ''}".rstrip())
+
+
+def print_links(links, files: dict[str, str], indent: str = "    ") -> None:
+    for n, link in enumerate(links, 1):
+        print(f"{indent}{n}. record {link.record_key}")
+        print(f"{indent}   from {src(link.source)}, batch {link.batch_id} ({files.get(link.batch_id, '?')})")
+        print(f"{indent}   links {', '.join(f'{i.namespace}:{i.value}' for i in link.identities)}")
+
+
+def identity_view(stub, files: dict[str, str], accepted: int) -> None:
+    print("\n== Identity's view")
+    print(f"  rules: {' '.join(IDENTITY_RULES) or 'the defaults'} (a person may hold several CRM ids: Bodea has "
+          f"a CRM per line of business; only an MDM master id is unique)")
+
+    print("\n-- Resolve p2@townsend.com in the PERSON graph")
+    p2 = stub.Resolve(ipb.ResolveRequest(entity_type=PERSON, identity=ident("email", "p2@townsend.com")),
+                      timeout=TIMEOUT)
+    print(f"  cluster {p2.cluster_id}, {len(p2.identities)} identities (oldest first):")
+    print_identities(p2.identities)
+    cluster = stub.GetCluster(ipb.GetClusterRequest(entity_type=PERSON, id=p2.cluster_id), timeout=TIMEOUT)
+    print(f"  linked by {len(cluster.links)} records (GetCluster {p2.cluster_id}):")
+    print_links(cluster.links, files)
+    check(values(p2.identities, "sourceKey") == set(P2),
+          f"p2@townsend.com's cluster {p2.cluster_id} holds the source keys "
+          f"{sorted(values(p2.identities, 'sourceKey'))}; expected {sorted(P2)}")
+    check(values(p2.identities, "email") == {"p2@townsend.com"} and values(p2.identities, "mdm") == {"M-PER-0002"},
+          f"p2@townsend.com's cluster holds the emails {sorted(values(p2.identities, 'email'))} and the master ids "
+          f"{sorted(values(p2.identities, 'mdm'))}; expected p2@townsend.com and M-PER-0002")
+    for k in (source_key("102", MKTO1), source_key("2102", MKTO2)):
+        got = stub.Resolve(ipb.ResolveRequest(entity_type=PERSON, identity=ident("sourceKey", k)), timeout=TIMEOUT)
+        check(got.cluster_id == p2.cluster_id, f"{k} resolves to person {got.cluster_id}, p2 is {p2.cluster_id}")
+    print(f"  = one person: Salesforce's contact and converted lead, Marketo 1's 102 and Marketo 2's 2102 "
+          f"(same email), and the MDM's person master M-PER-0002")
+
+    print(f"\n-- The Townsend account: GetCluster of {ACCOUNT_1} in the ACCOUNT graph")
+    account = stub.GetCluster(ipb.GetClusterRequest(entity_type=ACCOUNT, identity=ident("sourceKey", ACCOUNT_1)),
+                              timeout=TIMEOUT)
+    print(f"  cluster {account.id}, {len(account.identities)} identities (oldest first):")
+    print_identities(account.identities)
+    print(f"  linked by {len(account.links)} records, in the order they were linked:")
+    print_links(account.links, files)
+    others = {what: stub.Resolve(ipb.ResolveRequest(entity_type=ACCOUNT, identity=ident(ns, value)),
+                                 timeout=TIMEOUT).cluster_id
+              for what, ns, value in [("Account 2", "sourceKey", ACCOUNT_2), ("the master id", "mdm", MASTER)]}
+    check(all(c == account.id for c in others.values()),
+          f"Account 1 is in account cluster {account.id}, but " +
+          ", ".join(f"{what} in {c}" for what, c in others.items()))
+    check(values(account.identities, "sourceKey") == {ACCOUNT_1, ACCOUNT_2, ACCOUNT_SF}
+          and values(account.identities, "mdm") == {MASTER},
+          f"the Townsend account cluster holds the source keys {sorted(values(account.identities, 'sourceKey'))} "
+          f"and the master ids {sorted(values(account.identities, 'mdm'))}; expected {ACCOUNT_1}, {ACCOUNT_2}, "
+          f"{ACCOUNT_SF} and {MASTER}")
+    linked = {link.record_key for link in account.links}
+    check({ACCOUNT_1, ACCOUNT_2, ACCOUNT_SF} | CROSSWALK <= linked,
+          f"the Townsend account is not linked by its three account records and the crosswalk rows "
+          f"{sorted(CROSSWALK)}: links {sorted(linked)}")
+    for k in SUBSIDIARIES:
+        got = stub.Resolve(ipb.ResolveRequest(entity_type=ACCOUNT, identity=ident("sourceKey", k)), timeout=TIMEOUT)
+        check(got.cluster_id != account.id, f"the subsidiary {k} is in the Townsend account cluster {account.id}")
+    print(f"  = one account: Account 1 (Marketo 1), Account 2 (Marketo 2) and Salesforce's, joined by the MDM "
+          f"crosswalk ({MASTER});\n    the subsidiaries (Townsend Europe, Townsend de México) stay accounts of "
+          f"their own")
+
+    print("\n-- p1 and p3 are persons of their own (Resolve)")
+    ids = {"p2@townsend.com": p2.cluster_id}
+    for email, expected in [("p1@townsend.com", P1), ("p3@townsend.com", P3)]:
+        got = stub.Resolve(ipb.ResolveRequest(entity_type=PERSON, identity=ident("email", email)), timeout=TIMEOUT)
+        ids[email] = got.cluster_id
+        print(f"  {email}: cluster {got.cluster_id}")
+        print_identities(got.identities)
+        check(values(got.identities, "sourceKey") == expected,
+              f"{email}'s cluster {got.cluster_id} holds the source keys "
+              f"{sorted(values(got.identities, 'sourceKey'))}; expected {sorted(expected)}")
+    check(len(set(ids.values())) == 3, f"p1, p2 and p3 are not three persons: clusters {ids}")
+    print("  = p1: Salesforce's contact and Marketo 1's 101 (same email and crmId); p3: Marketo 2's 2103 alone")
+    print("    (2103 links what its latest version holds: persons.ndjson line 1, without the crmId of person.csv)")
+    print("  three persons:", ", ".join(f"{e.split('@')[0]} = cluster {c}" for e, c in sorted(ids.items())))
+
+    print("\n-- ListConflicts (a conflict is a link a guardrail refused: two clusters that would hold different")
+    print("   values of a unique namespace, e.g. two MDM master ids, or a cluster over the identity cap)")
+    conflicts, token = [], None
+    while token != "":
+        page = stub.ListConflicts(ipb.ListConflictsRequest(page_token=token or ""), timeout=TIMEOUT)
+        conflicts, token = conflicts + list(page.conflicts), page.next_page_token
+    for c in conflicts:
+        print(f"  {c.id}. {ENTITY[c.entity_type]} {CONFLICT[c.kind]}: record {c.record_key} not linked through "
+              f"{c.identity.namespace}:{c.identity.value}; clusters {list(c.clusters)} stayed apart\n"
+              f"     {c.reason}")
+    print(f"  {len(conflicts)} conflicts" + (" (with --unique-namespace person:crmId there would be two: p2's "
+                                             "converted lead and Marketo 2 record held apart by their different "
+                                             "crmIds)" if not conflicts else ""))
+    check(not conflicts, f"{len(conflicts)} unexpected conflicts")
+
+    print("\n-- Identity's outbox (no --profile: updates wait here for the profile service, which comes next)")
+    st = stub.GetOutboxStatus(ipb.GetOutboxStatusRequest(), timeout=TIMEOUT)
     oldest = (time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(st.oldest_pending.seconds))
               if st.HasField("oldest_pending") else "-")
-    for label, value in [("pending records", st.pending_records), ("oldest pending", oldest),
-                         ("forwarded records", st.forwarded_records), ("last error", st.last_error or "-")]:
+    for label, value in [("pending updates", st.pending_updates), ("oldest pending", oldest),
+                         ("forwarded updates", st.forwarded_updates), ("last error", st.last_error or "-")]:
         print(f"  {label:<18} {value}")
-    streamed = sum(a.accepted for a in acks)
-    check(st.pending_records == total["accepted"] + streamed and st.forwarded_records == 0,
-          f"outbox: {st.pending_records} pending, {st.forwarded_records} forwarded; expected "
-          f"{total['accepted'] + streamed} pending")
-    print(f"  = {total['accepted']} records accepted from the batches + {streamed} streamed, none forwarded")
+    check(st.pending_updates >= accepted and st.forwarded_updates == 0 and not st.last_error,
+          f"identity's outbox: {st.pending_updates} pending, {st.forwarded_updates} forwarded, last error "
+          f"{st.last_error!r}; expected at least the {accepted} records pending, none forwarded")
+    print(f"  = {accepted} annotated records (each with its cluster ids) + {st.pending_updates - accepted} cluster "
+          f"changes (merges, splits), in one ordered stream")
+
+
+def binary(given: Path | None, env: str, name: str) -> Path:
+    return given or Path(os.environ.get(env) or REPO_ROOT / ".build" / "release" / name)
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--keep-data", action="store_true", help="keep the temp dir (data dir and service logs)")
-    ap.add_argument("--binary", type=Path, help="cdp-ingestion to run (default $CDP_INGESTION_BIN or "
-                                                ".build/release/cdp-ingestion)")
+    ap.add_argument("--keep-data", action="store_true", help="keep the temp dir (data dirs and service logs)")
+    ap.add_argument("--ingestion-binary", type=Path, metavar="PATH",
+                    help="cdp-ingestion to run (default $CDP_INGESTION_BIN or .build/release/cdp-ingestion)")
+    ap.add_argument("--identity-binary", type=Path, metavar="PATH",
+                    help="cdp-identity to run (default $CDP_IDENTITY_BIN or .build/release/cdp-identity)")
     args = ap.parse_args()
-    binary = args.binary or Path(os.environ.get("CDP_INGESTION_BIN") or REPO_ROOT / ".build/release/cdp-ingestion")
-    work = Path(tempfile.mkdtemp(prefix="cdp-ingestion-demo."))
-    proc = None
+    work = Path(tempfile.mkdtemp(prefix="cdp-demo."))
+    identity = Service("identity", binary(args.identity_binary, "CDP_IDENTITY_BIN", "cdp-identity"),
+                       ["--data-dir", str(work / "identity"), *IDENTITY_RULES], work)
+    ingestion = Service("ingestion", binary(args.ingestion_binary, "CDP_INGESTION_BIN", "cdp-ingestion"),
+                        ["--data-dir", str(work / "ingestion")], work)
     try:
         try:
-            proc, address = start_service(binary, work)
+            identity.start()
+            ingestion.args += ["--identity", identity.address]
+            ingestion.start()
         except (OSError, RuntimeError) as e:
-            print(f"ingestion-demo: error: cannot start {binary}: {e}", file=sys.stderr)
+            print(f"demo: error: cannot start a service: {e}", file=sys.stderr)
             return 2
-        print(f"cdp-ingestion listening on {address} (pid {proc.pid}), data dir {work / 'data'}")
-        print("no --identity: accepted records wait in the outbox for the identity service, which comes next")
-        with grpc.insecure_channel(address) as channel:
-            grpc.channel_ready_future(channel).result(timeout=TIMEOUT)
-            demo(ingestion_pb2_grpc.IngestionStub(channel))
-        proc.terminate()
-        rc = proc.wait(timeout=15)
-        print(f"\nstopped cdp-ingestion with SIGTERM: exit status {rc}")
-        check(rc == 0, f"cdp-ingestion exited with status {rc} on SIGTERM")
+        print(f"cdp-identity  listening on {identity.address} (pid {identity.proc.pid}), data dir {work / 'identity'}")
+        print(f"  rules: {' '.join(IDENTITY_RULES) or 'the defaults'}; no --profile: its updates wait in its "
+              f"outbox for the profile service, which comes next")
+        print(f"cdp-ingestion listening on {ingestion.address} (pid {ingestion.proc.pid}), "
+              f"data dir {work / 'ingestion'}, --identity {identity.address}")
+        with grpc.insecure_channel(ingestion.address, options=CHANNEL_OPTIONS) as ing_channel, \
+                grpc.insecure_channel(identity.address, options=CHANNEL_OPTIONS) as idn_channel:
+            grpc.channel_ready_future(ing_channel).result(timeout=TIMEOUT)
+            grpc.channel_ready_future(idn_channel).result(timeout=TIMEOUT)
+            ing = ingestion_pb2_grpc.IngestionStub(ing_channel)
+            accepted, files = ingest_fixtures(ing)
+            wait_forwarded(ing, accepted)
+            identity_view(identity_pb2_grpc.IdentityStub(idn_channel), files, accepted)
+        print()
+        for service in (ingestion, identity):  # ingestion first: it forwards to identity
+            rc = service.stop()
+            print(f"stopped cdp-{service.name} with SIGTERM: exit status {rc}")
+            check(rc == 0, f"cdp-{service.name} exited with status {rc} on SIGTERM:\n{service.stderr_tail()}")
         return 0
     except (Unexpected, grpc.RpcError, grpc.FutureTimeoutError, subprocess.TimeoutExpired) as e:
         what = f"{e.code().name}: {e.details()}" if isinstance(e, grpc.RpcError) else str(e) or repr(e)
-        print(f"\ningestion-demo: error: {what}" + ("" if args.keep_data else
-              " (--keep-data keeps the service's log)"), file=sys.stderr)
+        print(f"\ndemo: error: {what}" + ("" if args.keep_data else " (--keep-data keeps the services' logs)"),
+              file=sys.stderr)
         return 1
     finally:
-        if proc is not None and proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        ingestion.kill()
+        identity.kill()
         if args.keep_data:
-            print(f"kept {work} (data/, ingestion.out, ingestion.err)")
+            print(f"kept {work} (ingestion/, identity/, *.out, *.err)")
         else:
             shutil.rmtree(work, ignore_errors=True)
 

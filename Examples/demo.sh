@@ -1,15 +1,23 @@
 #!/usr/bin/env bash
-# Ingestion demo: starts a release cdp-ingestion on a temp data directory (no identity service, so
-# records wait in its outbox), creates the sources of the Bodea story, uploads every fixture file of
-# Tests/IngestionTests/Fixtures, re-sends two of them, streams two page views and prints the batches
-# and the outbox (see Examples/ingestion_demo.py).
+# Pipeline demo: builds the release cdp-ingestion and cdp-identity, starts cdp-identity (no profile
+# service yet, so its updates wait in its outbox) and cdp-ingestion forwarding to it, each on its own
+# data directory in a temp dir; creates the sources of the Bodea story, uploads every fixture file of
+# Tests/IngestionTests/Fixtures, re-sends two of them, streams two page views, waits until identity
+# has taken every record, and prints identity's view: p2@townsend.com one person across Salesforce
+# and both Marketo instances, the Townsend account of Marketo 1 and Marketo 2 one account through
+# the MDM crosswalk, p1 and p3 persons of their own, the conflicts and identity's outbox. Checks
+# all of it, then stops both services with SIGTERM (see Examples/demo.py).
+# cdp-identity runs with `--unique-namespace person:mdm --unique-namespace account:mdm`: Bodea has a
+# CRM per line of business, so p2 has a CRM id in each, and the default rules (one crmId per person)
+# would keep p2's records apart.
 #
-# Usage: Examples/ingestion-demo.sh [--no-build] [--keep-data] [--binary PATH]
-#   --no-build   skip `swift build -c release --product cdp-ingestion`
-#   --keep-data  keep the temp dir (data dir and service logs)
-#   --binary     the cdp-ingestion to run
-# Env: CDP_INGESTION_BIN=.build/release/cdp-ingestion
-# Exit status: that of ingestion_demo.py (1: something unexpected happened, 2: no service).
+# Usage: Examples/demo.sh [--no-build] [--keep-data] [--ingestion-binary PATH] [--identity-binary PATH]
+#   --no-build           skip `swift build -c release --product cdp-ingestion` and `--product cdp-identity`
+#   --keep-data          keep the temp dir (data dirs and service logs)
+#   --ingestion-binary   the cdp-ingestion to run
+#   --identity-binary    the cdp-identity to run
+# Env: CDP_INGESTION_BIN=.build/release/cdp-ingestion, CDP_IDENTITY_BIN=.build/release/cdp-identity
+# Exit status: that of demo.py (1: something unexpected happened, 2: a service did not start).
 set -euo pipefail
 
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -26,11 +34,14 @@ while (( $# )); do
 done
 
 if (( BUILD )); then
-  echo "ingestion-demo: swift build -c release --product cdp-ingestion" >&2
-  swift build -c release --product cdp-ingestion
+  for product in cdp-ingestion cdp-identity; do
+    echo "demo: swift build -c release --product $product" >&2
+    swift build -c release --product "$product"
+  done
 fi
 export CDP_INGESTION_BIN="${CDP_INGESTION_BIN:-.build/release/cdp-ingestion}"
+export CDP_IDENTITY_BIN="${CDP_IDENTITY_BIN:-.build/release/cdp-identity}"
 
 Tests/python-env.sh >&2
 
-exec .venv/bin/python -u Examples/ingestion_demo.py ${PASS[@]+"${PASS[@]}"}
+exec .venv/bin/python -u Examples/demo.py ${PASS[@]+"${PASS[@]}"}

@@ -347,7 +347,8 @@ struct IdentityEngineTests {
     /// its own CRM id and is refused the email's cluster. The conflict is stored.
     @Test func aUniqueNamespaceConflictIsStored() async throws {
         let store = try SQLiteIdentityStore()
-        let engine = try IdentityEngine(store: store, loop: Self.loop)
+        let crmIDs = IdentityGraph.Configuration(uniqueNamespaces: [Namespace.crmID])
+        let engine = try IdentityEngine(store: store, configuration: .init(graphs: [.person: crmIDs]), loop: Self.loop)
         _ = try await engine.accept([
             Bodea.person("1", "mkto-1", email: "info@townsend.com", account: nil, crmID: "003A"),
             Bodea.person("2", "mkto-2", email: "info@townsend.com", account: nil, crmID: "003B"),

@@ -213,7 +213,8 @@ struct IdentityServiceTests {
     }
 
     @Test func conflictsAreListedNewestFirstInPages() async throws {
-        try await withIdentityHarness { harness in
+        let crmIDs = IdentityGraph.Configuration(uniqueNamespaces: ["crmId"])
+        try await withIdentityHarness(configuration: .init(graphs: [.person: crmIDs])) { harness in
             var records: [Cdp_Identity_V1_StoredRecord] = []
             for index in 0..<5 {
                 records.append(

@@ -164,12 +164,21 @@ public struct IdentityGraph: Sendable {
     private var identities: [Identity] = []
     private var sequence: [UInt64] = []
     private var parent: [Node] = []
-    /// Members of each root (empty for non-roots).
-    private var members: [[Node]] = []
+    // Each cluster's members are a linked list threaded through flat arrays (no allocation per node;
+    // a union splices two lists): the root holds its list's first and last member and its size.
+    private var nextMember: [Int32] = []
+    private var firstMember: [Int32] = []
+    private var lastMember: [Int32] = []
+    private var clusterSize: [Int32] = []
     /// The oldest member's sequence number of each root: the cluster's id.
     private var oldest: [UInt64] = []
-    /// The records linking each node, by record index (small arrays: most identities have one or two).
-    private var recordsOfNode: [[Int]] = []
+    // The records linking each node: a linked list of edges in flat arrays (most identities have one or
+    // two records), with a free list for the edges of removed links.
+    private var firstEdge: [Int32] = []
+    private var recordCountOfNode: [Int32] = []
+    private var edgeRecord: [Int32] = []
+    private var nextEdge: [Int32] = []
+    private var freeEdge: Int32 = -1
     /// Record index by key; indexes of removed records are not reused.
     private var recordIndex: [HashedKey: Int] = [:]
     /// Each record's key, version and the nodes it links (the first is its primary identity); nil once
@@ -199,9 +208,12 @@ public struct IdentityGraph: Sendable {
         identities.reserveCapacity(state.identities.count)
         sequence.reserveCapacity(state.identities.count)
         parent.reserveCapacity(state.identities.count)
-        members.reserveCapacity(state.identities.count)
+        for array in [
+            \IdentityGraph.nextMember, \.firstMember, \.lastMember, \.clusterSize, \.firstEdge, \.recordCountOfNode,
+        ] {
+            self[keyPath: array].reserveCapacity(state.identities.count)
+        }
         oldest.reserveCapacity(state.identities.count)
-        recordsOfNode.reserveCapacity(state.identities.count)
         records.reserveCapacity(state.records.count)
         // Sequence numbers are increasing, so a node is found by binary search among them.
         let sortedIdentities = state.identities.sorted { $0.sequence < $1.sequence }
@@ -216,7 +228,7 @@ public struct IdentityGraph: Sendable {
             let index = records.count
             recordIndex[recordKey(record.key)] = index
             records.append((record.key, record.version, nodes))
-            for node in nodes { recordsOfNode[node].append(index) }
+            for node in nodes { addEdge(node, record: index) }
             guard let first = nodes.first else { continue }
             for node in nodes.dropFirst() {
                 let (a, b) = (root(first), root(node))
@@ -258,7 +270,7 @@ public struct IdentityGraph: Sendable {
     public mutating func members(of identity: Identity) -> [Identity] {
         guard let node = existingNode(identity) else { return [] }
         let root = root(node)
-        return members[root].sorted { sequence[$0] < sequence[$1] }.map { identities[$0] }
+        return memberNodes(ofRoot: root).sorted { sequence[$0] < sequence[$1] }.map { identities[$0] }
     }
 
     /// The keys of the records that link identities of the cluster holding `identity`, in the order
@@ -267,7 +279,7 @@ public struct IdentityGraph: Sendable {
         guard let node = existingNode(identity) else { return [] }
         let root = root(node)
         var indexes = Set<Int>()
-        for member in members[root] { indexes.formUnion(recordsOfNode[member]) }
+        for member in memberNodes(ofRoot: root) { indexes.formUnion(records(of: member)) }
         return indexes.sorted().compactMap { records[$0]?.key }
     }
 
@@ -324,7 +336,7 @@ public struct IdentityGraph: Sendable {
                 continue
             }
             let node = node(for: identity)
-            if recordsOfNode[node].count >= configuration.maxRecordsPerIdentity {
+            if Int(recordCountOfNode[node]) >= configuration.maxRecordsPerIdentity {
                 blocked.append(identity)
                 continue
             }
@@ -371,7 +383,7 @@ public struct IdentityGraph: Sendable {
         }
         recordIndex[hashedKey] = index
         records.append((key, version, linked))
-        for node in linked { recordsOfNode[node].append(index) }
+        for node in linked { addEdge(node, record: index) }
         journal.append(.recordLinked(key: key, version: version, identities: linked.map { sequence[$0] }))
         return Outcome(
             cluster: clusterID(of: primary),
@@ -399,7 +411,7 @@ public struct IdentityGraph: Sendable {
         else { return [] }
         let component = root(node)
         journal.append(.identityRemoved(sequence: sequence[node]))
-        for index in recordsOfNode[node] {
+        for index in records(of: node) {
             guard var record = records[index] else { continue }
             record.nodes.removeAll { $0 == node }
             if record.nodes.isEmpty {
@@ -417,7 +429,7 @@ public struct IdentityGraph: Sendable {
                 )
             }
         }
-        recordsOfNode[node] = []
+        for index in records(of: node) { removeEdge(node, record: index) }
         return recompute(component: component)
     }
 
@@ -453,9 +465,13 @@ public struct IdentityGraph: Sendable {
         identities.append(identity)
         sequence.append(number)
         parent.append(node)
-        members.append([node])
+        nextMember.append(-1)
+        firstMember.append(Int32(node))
+        lastMember.append(Int32(node))
+        clusterSize.append(1)
         oldest.append(number)
-        recordsOfNode.append([])
+        firstEdge.append(-1)
+        recordCountOfNode.append(0)
         return node
     }
 
@@ -463,7 +479,7 @@ public struct IdentityGraph: Sendable {
     private mutating func unlink(_ hashedKey: HashedKey) -> [GraphEvent] {
         guard let index = recordIndex.removeValue(forKey: hashedKey), let removed = records[index] else { return [] }
         records[index] = nil
-        for node in removed.nodes { recordsOfNode[node].removeAll { $0 == index } }
+        for node in removed.nodes { removeEdge(node, record: index) }
         guard let first = removed.nodes.first else { return [] }
         let component = root(first)
         return recompute(component: component)
@@ -494,7 +510,7 @@ public struct IdentityGraph: Sendable {
     }
 
     private func refusal(joining a: Node, _ b: Node) -> Conflict.Kind? {
-        let total = members[a].count + members[b].count
+        let total = Int(clusterSize[a]) + Int(clusterSize[b])
         if total > configuration.maxIdentitiesPerCluster { return .clusterCap(configuration.maxIdentitiesPerCluster) }
         guard !configuration.uniqueNamespaces.isEmpty else { return nil }
         // A cluster holds at most one value of each unique namespace (this check keeps it so; a single
@@ -509,16 +525,76 @@ public struct IdentityGraph: Sendable {
     }
 
     private func firstValue(of namespace: String, in root: Node) -> String? {
-        for node in members[root] where identities[node].namespace == namespace { return identities[node].value }
+        var member = Int(firstMember[root])
+        while member >= 0 {
+            if identities[member].namespace == namespace { return identities[member].value }
+            member = Int(nextMember[member])
+        }
         return nil
+    }
+
+    /// The members of the cluster whose root is `root`.
+    private func memberNodes(ofRoot root: Node) -> [Node] {
+        var nodes: [Node] = []
+        nodes.reserveCapacity(Int(clusterSize[root]))
+        var member = Int(firstMember[root])
+        while member >= 0 {
+            nodes.append(member)
+            member = Int(nextMember[member])
+        }
+        return nodes
+    }
+
+    /// The indexes of the records linking `node`.
+    private func records(of node: Node) -> [Int] {
+        var indexes: [Int] = []
+        var edge = Int(firstEdge[node])
+        while edge >= 0 {
+            indexes.append(Int(edgeRecord[edge]))
+            edge = Int(nextEdge[edge])
+        }
+        return indexes
+    }
+
+    private mutating func addEdge(_ node: Node, record index: Int) {
+        let edge: Int
+        if freeEdge >= 0 {
+            edge = Int(freeEdge)
+            freeEdge = nextEdge[edge]
+            edgeRecord[edge] = Int32(index)
+            nextEdge[edge] = firstEdge[node]
+        } else {
+            edge = edgeRecord.count
+            edgeRecord.append(Int32(index))
+            nextEdge.append(firstEdge[node])
+        }
+        firstEdge[node] = Int32(edge)
+        recordCountOfNode[node] += 1
+    }
+
+    private mutating func removeEdge(_ node: Node, record index: Int) {
+        var previous = -1
+        var edge = Int(firstEdge[node])
+        while edge >= 0 {
+            if edgeRecord[edge] == Int32(index) {
+                if previous >= 0 { nextEdge[previous] = nextEdge[edge] } else { firstEdge[node] = nextEdge[edge] }
+                nextEdge[edge] = freeEdge
+                freeEdge = Int32(edge)
+                recordCountOfNode[node] -= 1
+                return
+            }
+            previous = edge
+            edge = Int(nextEdge[edge])
+        }
     }
 
     /// Joins two roots, the smaller under the larger.
     private mutating func union(_ a: Node, _ b: Node) {
-        let (big, small) = members[a].count >= members[b].count ? (a, b) : (b, a)
+        let (big, small) = clusterSize[a] >= clusterSize[b] ? (a, b) : (b, a)
         parent[small] = big
-        members[big] += members[small]
-        members[small] = []
+        nextMember[Int(lastMember[big])] = firstMember[small]
+        lastMember[big] = lastMember[small]
+        clusterSize[big] += clusterSize[small]
         oldest[big] = min(oldest[big], oldest[small])
     }
 
@@ -527,14 +603,17 @@ public struct IdentityGraph: Sendable {
     /// gave it its id (so whoever keeps data by cluster id moves it).
     private mutating func recompute(component oldRoot: Node) -> [GraphEvent] {
         let before = clusterID(ofRoot: oldRoot)
-        let nodes = members[oldRoot]
+        let nodes = memberNodes(ofRoot: oldRoot)
         for node in nodes {
             parent[node] = node
-            members[node] = [node]
+            nextMember[node] = -1
+            firstMember[node] = Int32(node)
+            lastMember[node] = Int32(node)
+            clusterSize[node] = 1
             oldest[node] = sequence[node]
         }
         var indexes = Set<Int>()
-        for node in nodes { indexes.formUnion(recordsOfNode[node]) }
+        for node in nodes { indexes.formUnion(records(of: node)) }
         for index in indexes.sorted() {
             guard let record = records[index], let first = record.nodes.first else { continue }
             for node in record.nodes.dropFirst() {

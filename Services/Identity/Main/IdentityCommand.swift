@@ -64,7 +64,7 @@ struct IdentityCommand: AsyncParsableCommand {
         name: .customLong("unique-namespace"),
         help: ArgumentHelp(
             "GRAPH:NAMESPACE a cluster may hold one value of, e.g. person:crmId (repeatable). Given at all, it "
-                + "replaces the defaults person:crmId, person:mdm, account:mdm.",
+                + "replaces the defaults person:mdm, account:mdm.",
             valueName: "graph:namespace"
         )
     )

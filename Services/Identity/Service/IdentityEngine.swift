@@ -26,10 +26,12 @@ public actor IdentityEngine {
             self.graphs = graphs
         }
 
-        /// The defaults: a person cluster holds at most one CRM id and one MDM master id, an account
-        /// cluster one MDM master id (two master ids mean the MDM system says "two companies").
+        /// The defaults: a person or account cluster holds at most one MDM master id (two master ids
+        /// mean the MDM system says "two entities"). CRM ids are not unique by default: a person
+        /// commonly holds several (a contact and the lead it was converted from; one per CRM when
+        /// each line of business has its own).
         public static let defaultGraphs: [EntityGraph: IdentityGraph.Configuration] = [
-            .person: .init(uniqueNamespaces: [Namespace.crmID, Namespace.mdm]),
+            .person: .init(uniqueNamespaces: [Namespace.mdm]),
             .account: .init(uniqueNamespaces: [Namespace.mdm]),
         ]
 
