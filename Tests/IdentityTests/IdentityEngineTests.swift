@@ -122,12 +122,17 @@ final class FailingStore: IdentityStore, @unchecked Sendable {
     let inner: any IdentityStore
     private let lock = NSLock()
     private var failingCommits = false
+    private var failingLoads = false
 
     init(_ inner: any IdentityStore) { self.inner = inner }
 
     func failCommits(_ failing: Bool) { lock.withLock { failingCommits = failing } }
+    func failLoads(_ failing: Bool) { lock.withLock { failingLoads = failing } }
 
-    func loadGraphs() throws -> [EntityGraph: GraphState] { try inner.loadGraphs() }
+    func loadGraphs() throws -> [EntityGraph: GraphState] {
+        if lock.withLock({ failingLoads }) { throw CocoaError(.fileReadUnknown) }
+        return try inner.loadGraphs()
+    }
     func unseen(_ versions: [RecordVersion]) throws -> [Bool] { try inner.unseen(versions) }
     func commit(_ commit: IdentityCommit) throws {
         if lock.withLock({ failingCommits }) { throw CocoaError(.fileWriteOutOfSpace) }
@@ -222,16 +227,16 @@ struct IdentityEngineTests {
         let groups = [Bodea.persons, Bodea.accounts, Bodea.crosswalks]
         for index in order { _ = try await engine.accept(groups[index]) }
 
-        let p2 = try #require(await engine.resolve(Self.email("p2@townsend.com"), in: .person))
+        let p2 = try #require(try await engine.resolve(Self.email("p2@townsend.com"), in: .person))
         #expect(
             Set(p2.identities) == [
                 Self.email("p2@townsend.com"), Self.key("102@mkto-1.Marketo"), Self.key("2102@mkto-2.Marketo"),
             ]
         )
-        let p1 = try #require(await engine.resolve(Self.email("p1@townsend.com"), in: .person))
+        let p1 = try #require(try await engine.resolve(Self.email("p1@townsend.com"), in: .person))
         #expect(p1.cluster != p2.cluster)
-        let townsend = try #require(await engine.resolve(Self.key("A1@mkto-1.Marketo"), in: .account))
-        #expect(await engine.resolve(Self.key("A2@mkto-2.Marketo"), in: .account)?.cluster == townsend.cluster)
+        let townsend = try #require(try await engine.resolve(Self.key("A1@mkto-1.Marketo"), in: .account))
+        #expect(try await engine.resolve(Self.key("A2@mkto-2.Marketo"), in: .account)?.cluster == townsend.cluster)
         #expect(townsend.identities.contains(Identity(Namespace.mdm, "M-TOWNSEND")))
 
         let profile = ProfileModel(try outbox(of: store))
@@ -269,7 +274,7 @@ struct IdentityEngineTests {
         var before: [Identity: ClusterID] = [:]
         let probes = [
             Self.email("p1@townsend.com"), Self.email("p2@townsend.com"), Self.email("p3@townsend.com"),
-            Self.key("2102@mkto-2.Marketo"),
+            Self.key("2102@mkto-2.Marketo"), Self.key("2103@mkto-2.Marketo"), Self.key("101@mkto-1.Marketo"),
         ]
         do {
             let store = try SQLiteIdentityStore(path: path)
@@ -277,16 +282,26 @@ struct IdentityEngineTests {
             _ = try await engine.accept(Bodea.persons)
             _ = try await engine.accept([Bodea.deleted(Bodea.persons[2])])
             _ = try await engine.accept(Bodea.accounts + Bodea.crosswalks)
-            for probe in probes { before[probe] = await engine.resolve(probe, in: .person)?.cluster }
-            before[Self.key("A2@mkto-2.Marketo")] = await engine.resolve(Self.key("A2@mkto-2.Marketo"), in: .account)?
-                .cluster
+            // A new version with the same identities, and a privacy removal, before the restart.
+            var renamed = Bodea.persons[0].record
+            renamed.person.firstName = "Pat"
+            _ = try await engine.accept([Bodea.stored(renamed)])
+            _ = try await engine.remove(Self.email("p3@townsend.com"), from: .person)
+            for probe in probes { before[probe] = try await engine.resolve(probe, in: .person)?.cluster }
+            before[Self.key("A2@mkto-2.Marketo")] = try await engine.resolve(
+                Self.key("A2@mkto-2.Marketo"),
+                in: .account
+            )?
+            .cluster
         }
         let store = try SQLiteIdentityStore(path: path)
         let lastSequence = try outbox(of: store).last?.sequence ?? 0
         let engine = try IdentityEngine(store: store, loop: Self.loop)
-        for probe in probes { #expect(await engine.resolve(probe, in: .person)?.cluster == before[probe], "\(probe)") }
+        for probe in probes {
+            #expect(try await engine.resolve(probe, in: .person)?.cluster == before[probe], "\(probe)")
+        }
         #expect(
-            await engine.resolve(Self.key("A2@mkto-2.Marketo"), in: .account)?.cluster
+            try await engine.resolve(Self.key("A2@mkto-2.Marketo"), in: .account)?.cluster
                 == before[Self.key("A2@mkto-2.Marketo")]
         )
         // Re-delivered after the restart: still duplicates.
@@ -295,7 +310,7 @@ struct IdentityEngineTests {
         // A new record after the restart joins p1: its updates continue the numbering.
         _ = try await engine.accept([Bodea.person("2101", "mkto-2", email: "p1@townsend.com", account: "A2")])
         #expect(
-            await engine.resolve(Self.key("2101@mkto-2.Marketo"), in: .person)?.cluster
+            try await engine.resolve(Self.key("2101@mkto-2.Marketo"), in: .person)?.cluster
                 == before[Self.email("p1@townsend.com")]
         )
         let sequences = try outbox(of: store).map(\.sequence)
@@ -308,9 +323,9 @@ struct IdentityEngineTests {
         let store = try SQLiteIdentityStore()
         let engine = try IdentityEngine(store: store, loop: Self.loop)
         _ = try await engine.accept(Bodea.persons)
-        let merged = try #require(await engine.resolve(Self.email("p2@townsend.com"), in: .person))
+        let merged = try #require(try await engine.resolve(Self.email("p2@townsend.com"), in: .person))
         _ = try await engine.accept([Bodea.deleted(Bodea.persons[2])])
-        let after = try #require(await engine.resolve(Self.key("2102@mkto-2.Marketo"), in: .person))
+        let after = try #require(try await engine.resolve(Self.key("2102@mkto-2.Marketo"), in: .person))
         #expect(after.cluster != merged.cluster)
         #expect(after.identities == [Self.key("2102@mkto-2.Marketo")])
         let last = try outbox(of: store).suffix(2).map(\.update)
@@ -334,13 +349,32 @@ struct IdentityEngineTests {
         _ = try await engine.accept(Array(Bodea.persons.prefix(2)))
         store.failCommits(true)
         await #expect(throws: CocoaError.self) { _ = try await engine.accept(Array(Bodea.persons.suffix(2))) }
-        #expect(await engine.resolve(Self.key("2102@mkto-2.Marketo"), in: .person) == nil)
-        #expect(await engine.resolve(Self.email("p2@townsend.com"), in: .person)?.identities.count == 2)
+        #expect(try await engine.resolve(Self.key("2102@mkto-2.Marketo"), in: .person) == nil)
+        #expect(try await engine.resolve(Self.email("p2@townsend.com"), in: .person)?.identities.count == 2)
         store.failCommits(false)
         #expect(try await engine.accept(Array(Bodea.persons.suffix(2))).accepted == 2)
-        #expect(await engine.resolve(Self.email("p2@townsend.com"), in: .person)?.identities.count == 3)
+        #expect(try await engine.resolve(Self.email("p2@townsend.com"), in: .person)?.identities.count == 3)
         let sequences = try outbox(of: store).map(\.sequence)
         #expect(sequences == Array(1...UInt64(sequences.count)), "no gap where the failed call was")
+    }
+
+    /// A failed commit whose rollback cannot read the store either: the engine refuses calls until it
+    /// can, then serves the stored state, not what it had in memory.
+    @Test func anEngineThatCannotRollBackRefusesCallsUntilItCan() async throws {
+        let store = FailingStore(try SQLiteIdentityStore())
+        let engine = try IdentityEngine(store: store, loop: Self.loop)
+        _ = try await engine.accept(Array(Bodea.persons.prefix(2)))
+        store.failCommits(true)
+        store.failLoads(true)
+        await #expect(throws: CocoaError.self) { _ = try await engine.accept(Array(Bodea.persons.suffix(2))) }
+        await #expect(throws: CocoaError.self) {
+            _ = try await engine.resolve(Self.email("p2@townsend.com"), in: .person)
+        }
+        store.failCommits(false)
+        store.failLoads(false)
+        #expect(try await engine.resolve(Self.key("2102@mkto-2.Marketo"), in: .person) == nil)
+        #expect(try await engine.accept(Array(Bodea.persons.suffix(2))).accepted == 2)
+        #expect(try await engine.resolve(Self.email("p2@townsend.com"), in: .person)?.identities.count == 3)
     }
 
     /// Two person records with different CRM ids and a shared email stay apart: the second record keeps
@@ -353,14 +387,17 @@ struct IdentityEngineTests {
             Bodea.person("1", "mkto-1", email: "info@townsend.com", account: nil, crmID: "003A"),
             Bodea.person("2", "mkto-2", email: "info@townsend.com", account: nil, crmID: "003B"),
         ])
-        let first = await engine.resolve(Self.key("1@mkto-1.Marketo"), in: .person)?.cluster
-        let second = await engine.resolve(Self.key("2@mkto-2.Marketo"), in: .person)?.cluster
+        let first = try await engine.resolve(Self.key("1@mkto-1.Marketo"), in: .person)?.cluster
+        let second = try await engine.resolve(Self.key("2@mkto-2.Marketo"), in: .person)?.cluster
         #expect(first != nil && first != second)
-        #expect(await engine.resolve(Identity(Namespace.crmID, "003B"), in: .person)?.cluster == second)
-        #expect(await engine.resolve(Self.email("info@townsend.com"), in: .person)?.cluster == first)
+        #expect(try await engine.resolve(Identity(Namespace.crmID, "003B"), in: .person)?.cluster == second)
+        #expect(try await engine.resolve(Self.email("info@townsend.com"), in: .person)?.cluster == first)
         let conflicts = try store.conflicts(in: .person, before: nil, limit: 10)
         #expect(conflicts.count == 1)
         #expect(conflicts.first?.conflict.identity == Self.email("info@townsend.com"))
+        // A privacy removal of the email takes the conflicts naming it along.
+        _ = try await engine.remove(Self.email("info@townsend.com"), from: .person)
+        #expect(try store.conflicts(in: nil, before: nil, limit: 10).isEmpty)
         #expect(conflicts.first?.conflict.kind == .uniqueNamespace(Namespace.crmID))
         #expect(conflicts.first?.conflict.recordKey == "2@mkto-2.Marketo")
     }
@@ -372,16 +409,19 @@ struct IdentityEngineTests {
         _ = try await engine.accept(Bodea.persons)
         let events = try #require(try await engine.remove(Self.email("p2@townsend.com"), from: .person))
         #expect(events.count == 1)
-        #expect(await engine.resolve(Self.email("p2@townsend.com"), in: .person) == nil)
+        #expect(try await engine.resolve(Self.email("p2@townsend.com"), in: .person) == nil)
         #expect(
-            await engine.resolve(Self.key("102@mkto-1.Marketo"), in: .person)?.cluster
+            try await engine.resolve(Self.key("102@mkto-1.Marketo"), in: .person)?.cluster
                 != engine.resolve(Self.key("2102@mkto-2.Marketo"), in: .person)?.cluster
         )
-        guard case .clusterChange(let change)? = try outbox(of: store).last?.update else {
-            Issue.record("expected the split in the outbox")
+        let last = try outbox(of: store).suffix(2).map(\.update)
+        guard case .clusterChange(let change)? = last.first, case .identityRemoved(let removed)? = last.last else {
+            Issue.record("expected the split, then the removal, in the outbox: \(last)")
             return
         }
-        #expect(change.kind == .split && change.into.count == 2)
+        #expect(change.kind == .split && change.into.count == 2 && change.parts.count == 2)
+        #expect(change.parts.allSatisfy { !$0.identities.contains { $0.value == "p2@townsend.com" } })
+        #expect(removed.entityType == .person && removed.identity.value == "p2@townsend.com")
         #expect(try await engine.remove(Self.email("p2@townsend.com"), from: .person) == nil)
     }
 

@@ -132,7 +132,7 @@ struct IdentityGraphTests {
         #expect(graph.cluster(of: Identity("crmId", "003A")) != graph.cluster(of: Identity("crmId", "003B")))
     }
 
-    @Test func removingTheOnlyLinkSplitsTheCluster() {
+    @Test func removingTheOnlyLinkSplitsTheCluster() throws {
         var graph = IdentityGraph()
         let first = graph.upsert(record: "r1", version: 1, identities: [Self.key("1", "m"), Self.email("a@x.io")])
         _ = graph.upsert(record: "r2", version: 1, identities: [Self.key("2", "m"), Self.email("a@x.io")])
@@ -143,8 +143,19 @@ struct IdentityGraphTests {
             return
         }
         #expect(from == first.cluster)
-        #expect(into.count == 2 && into.contains(first.cluster!))
-        #expect(graph.cluster(of: Self.key("2", "m")) != graph.cluster(of: Self.key("1", "m")))
+        // Each part says what it holds, so that data kept under the old id can be moved.
+        let secondCluster = graph.cluster(of: Self.key("2", "m"))
+        let second = try #require(secondCluster)
+        #expect(
+            into == [
+                ClusterPart(
+                    id: first.cluster!,
+                    identities: [Self.key("1", "m"), Self.email("a@x.io")],
+                    recordKeys: ["r1"]
+                ),
+                ClusterPart(id: second, identities: [Self.key("2", "m")], recordKeys: []),
+            ]
+        )
         #expect(graph.cluster(of: Self.email("a@x.io")) == first.cluster)
     }
 
@@ -201,7 +212,42 @@ struct IdentityGraphTests {
         let renamed = graph.cluster(of: Self.key("1", "m"))
         #expect(renamed != nil && renamed != first.cluster)
         #expect(graph.cluster(of: Identity("ecid", "e1")) == renamed)
-        #expect(events == [.split(from: first.cluster!, into: [renamed!])])
+        #expect(
+            events == [
+                .split(
+                    from: first.cluster!,
+                    into: [
+                        ClusterPart(
+                            id: renamed!,
+                            identities: [Self.key("1", "m"), Identity("ecid", "e1")],
+                            recordKeys: ["r1"]
+                        )
+                    ]
+                )
+            ]
+        )
+        // The last identity of a cluster removed: a split into nothing.
+        let lone = graph.resolveOrCreate(Identity("ecid", "lone"))!
+        #expect(graph.remove(identity: Identity("ecid", "lone")) == [.split(from: lone, into: [])])
+    }
+
+    /// A new version naming the same identities changes no link and reports nothing; one naming other
+    /// identities re-links.
+    @Test func aNewVersionWithTheSameIdentitiesKeepsItsLinksQuietly() {
+        var graph = IdentityGraph(configuration: .init(maxIdentitiesPerCluster: 3))
+        _ = graph.upsert(record: "r1", version: 1, identities: [Self.key("1", "m"), Self.email("a@x.io")])
+        _ = graph.upsert(record: "r2", version: 1, identities: [Self.key("2", "m"), Self.email("a@x.io")])
+        _ = graph.takeChanges()
+        let edited = graph.upsert(record: "r2", version: 2, identities: [Self.key("2", "m"), Self.email("a@x.io")])
+        #expect(edited.events.isEmpty && edited.conflicts.isEmpty && !edited.unchanged)
+        #expect(graph.version(ofRecord: "r2") == 2)
+        #expect(graph.takeChanges() == [.recordLinked(key: "r2", version: 2, identities: [3, 2])])
+        // Over the cap: the refused link is not counted as "the same links", and is refused again.
+        let capped = graph.upsert(record: "r3", version: 1, identities: [Self.key("3", "m"), Self.email("a@x.io")])
+        #expect(capped.conflicts.count == 1)
+        let again = graph.upsert(record: "r3", version: 2, identities: [Self.key("3", "m"), Self.email("a@x.io")])
+        #expect(again.conflicts.count == 1)
+        #expect(graph.cluster(of: Self.key("3", "m")) != graph.cluster(of: Self.key("1", "m")))
     }
 
     /// A graph rebuilt from its journal equals the one that wrote it, removals and re-versions included,

@@ -47,7 +47,7 @@ struct IdentityRulesTests {
         record.event.ecid = "ecid-7"
         record.isDeleted = true
         let plan = try #require(IdentityRules.plan(for: record))
-        #expect(plan.graph == .event && plan.isDeletion && plan.identities.isEmpty)
+        #expect(plan.graph == .event && plan.isDeletion && plan.identities == [Identity("sourceKey", "e1@web-1.Web")])
         #expect(
             plan.references.first?.identities == [Identity("email", "p2@townsend.com"), Identity("ecid", "ecid-7")]
         )

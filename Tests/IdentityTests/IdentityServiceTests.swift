@@ -108,13 +108,12 @@ func withIdentityHarness(
         name: "test",
         configuration: .init(chunkSize: 3, backoff: Backoff(initial: .milliseconds(20), maximum: .milliseconds(100))),
         logger: logger,
-        fetch: { try store.nextOutboxChunk(limit: $0, maxBytes: 3 << 20) },
+        fetch: { try await engine.nextOutboxChunk(limit: $0) },
         deliver: { try await ProfileForwarding.deliver($0, via: profileClient) },
-        acknowledge: { try store.acknowledge($0) }
+        acknowledge: { try await engine.acknowledge($0) }
     )
     let service = IdentityService(
         engine: engine,
-        store: store,
         logger: logger,
         committed: { relay.wake() },
         forwardingError: { relay.status.lastError }
@@ -270,7 +269,8 @@ struct IdentityServiceTests {
             }
             let removed = try await harness.client.removeIdentity(request)
             #expect(removed.removed && removed.changes.map(\.kind) == [.split])
-            try await eventually { harness.profile.updates.last?.clusterChange == removed.changes.first }
+            try await eventually { harness.profile.updates.last?.identityRemoved.identity.value == "p2@townsend.com" }
+            #expect(harness.profile.updates.dropLast().last?.clusterChange == removed.changes.first)
             let again = try await harness.client.removeIdentity(request)
             #expect(!again.removed && again.changes.isEmpty)
             let gone = await #expect(throws: RPCError.self) {

@@ -33,9 +33,29 @@ public struct ClusterID: Hashable, Comparable, Sendable, CustomStringConvertible
 public enum GraphEvent: Hashable, Sendable {
     /// Clusters `from` joined `into` (the oldest, which keeps its id).
     case merged(into: ClusterID, from: [ClusterID])
-    /// Cluster `from` fell apart into `into` (one of which may keep the id `from`). A split into one
-    /// cluster is a renaming: the cluster lost the identity that gave it its id.
-    case split(from: ClusterID, into: [ClusterID])
+    /// Cluster `from` fell apart into the clusters `into` (one of which may keep the id `from`), each
+    /// with what it now holds, so that whoever keeps data under `from` knows where each piece goes. A
+    /// split into one cluster is a renaming (the cluster lost the identity that gave it its id); a
+    /// split into none, a dissolution (its last identity was removed).
+    case split(from: ClusterID, into: [ClusterPart])
+}
+
+/// One of the clusters a split left: its id, identities (oldest first) and the keys of the records
+/// that link it (sorted).
+public struct ClusterPart: Hashable, Sendable {
+    /// The cluster's id.
+    public var id: ClusterID
+    /// Its identities, oldest first.
+    public var identities: [Identity]
+    /// The keys of the records linking it, sorted.
+    public var recordKeys: [String]
+
+    /// Creates a part.
+    public init(id: ClusterID, identities: [Identity], recordKeys: [String]) {
+        self.id = id
+        self.identities = identities
+        self.recordKeys = recordKeys
+    }
 }
 
 /// Why a link was not made.
@@ -319,12 +339,23 @@ public struct IdentityGraph: Sendable {
             let cluster = existing.nodes.first.map { clusterID(of: $0) }
             return Outcome(cluster: cluster, events: [], conflicts: [], blocked: [], unchanged: true)
         }
+        let previousIndex = recordIndex[hashedKey]
+        if let previousIndex, let blocked = sameLinks(as: previousIndex, named) {
+            // A new version naming the same identities (an edited name, a new lastUpdated): the links
+            // stand; no split and merge back, no conflict recorded again.
+            records[previousIndex]?.version = version
+            let nodes = records[previousIndex]?.nodes ?? []
+            journal.append(.recordLinked(key: key, version: version, identities: nodes.map { sequence[$0] }))
+            let cluster = nodes.first.map { clusterID(of: $0) }
+            return Outcome(cluster: cluster, events: [], conflicts: [], blocked: blocked, unchanged: false)
+        }
         var events: [GraphEvent] = []
-        if recordIndex[hashedKey] != nil {
+        if previousIndex != nil {
             journal.append(.recordUnlinked(key: key))
             events += unlink(hashedKey)
         }
-        let index = records.count
+        // A new version keeps its record's slot, so the slots do not grow with edits.
+        let index = previousIndex ?? records.count
 
         let firstNewSequence = nextSequence
         var blocked: [Identity] = []
@@ -382,7 +413,11 @@ public struct IdentityGraph: Sendable {
             linked.append(node)
         }
         recordIndex[hashedKey] = index
-        records.append((key, version, linked))
+        if index == records.count {
+            records.append((key, version, linked))
+        } else {
+            records[index] = (key, version, linked)
+        }
         for node in linked { addEdge(node, record: index) }
         journal.append(.recordLinked(key: key, version: version, identities: linked.map { sequence[$0] }))
         return Outcome(
@@ -430,10 +465,37 @@ public struct IdentityGraph: Sendable {
             }
         }
         for index in records(of: node) { removeEdge(node, record: index) }
-        return recompute(component: component)
+        let events = recompute(component: component)
+        // The node stays (its index is taken) but unreachable; it keeps no trace of the value.
+        identities[node] = Identity(identity.namespace, "")
+        return events
     }
 
     // MARK: - Internals
+
+    /// Whether `named` would link exactly the identities the record at `index` links now (the same
+    /// primary, nothing new, nothing refused before); with the identities that are blocked.
+    private func sameLinks(as index: Int, _ named: [Identity]) -> [Identity]? {
+        guard let existing = records[index], let primary = existing.nodes.first else { return nil }
+        var blocked: [Identity] = []
+        var nodes = Set<Node>()
+        var first: Node?
+        for identity in named {
+            if isBlocked(identity) {
+                blocked.append(identity)
+                continue
+            }
+            guard let node = existingNode(identity) else { return nil }
+            if Int(recordCountOfNode[node]) >= configuration.maxRecordsPerIdentity && !existing.nodes.contains(node) {
+                blocked.append(identity)
+                continue
+            }
+            if first == nil { first = node }
+            nodes.insert(node)
+        }
+        guard first == primary, nodes == Set(existing.nodes) else { return nil }
+        return blocked
+    }
 
     private func recordKey(_ key: String) -> HashedKey { HashedKey(tag: 0, value: key) }
 
@@ -625,10 +687,18 @@ public struct IdentityGraph: Sendable {
         let live = nodes.filter { existingNode(identities[$0]) == $0 }
         var roots = Set<Node>()
         for node in live { roots.insert(root(node)) }
-        let after = roots.map { clusterID(ofRoot: $0) }.sorted()
-        if after.count > 1 || (after.count == 1 && after[0] != before) {
-            return [.split(from: before, into: after)]
+        let after = roots.sorted { clusterID(ofRoot: $0) < clusterID(ofRoot: $1) }
+        guard after.count != 1 || clusterID(ofRoot: after[0]) != before else { return [] }
+        let parts = after.map { root in
+            let members = memberNodes(ofRoot: root).sorted { sequence[$0] < sequence[$1] }
+            var indexes = Set<Int>()
+            for member in members { indexes.formUnion(records(of: member)) }
+            return ClusterPart(
+                id: clusterID(ofRoot: root),
+                identities: members.map { identities[$0] },
+                recordKeys: indexes.compactMap { records[$0]?.key }.sorted()
+            )
         }
-        return []
+        return [.split(from: before, into: parts)]
     }
 }

@@ -222,9 +222,10 @@ struct IdentityCommand: AsyncParsableCommand {
                 name: "identity→profile",
                 configuration: .init(chunkSize: forwardBatchSize),
                 logger: logger,
-                fetch: { limit in try store.nextOutboxChunk(limit: limit, maxBytes: 3 << 20) },
+                // Through the engine: its store calls block, and belong on its thread.
+                fetch: { limit in try await engine.nextOutboxChunk(limit: limit) },
                 deliver: { chunk in try await ProfileForwarding.deliver(chunk, via: client) },
-                acknowledge: { chunk in try store.acknowledge(chunk) }
+                acknowledge: { chunk in try await engine.acknowledge(chunk) }
             )
         } else {
             logger.notice("no profile service configured (--profile): updates stay in the outbox")
@@ -232,7 +233,6 @@ struct IdentityCommand: AsyncParsableCommand {
 
         let service = IdentityService(
             engine: engine,
-            store: store,
             logger: logger,
             committed: { [relay] in relay?.wake() },
             forwardingError: { [relay] in relay?.status.lastError }

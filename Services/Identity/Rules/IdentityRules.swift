@@ -91,7 +91,8 @@ public struct IdentityPlan: Equatable, Sendable {
     public var graph: EntityGraph
     /// The record's key, as ingestion stored it.
     public var recordKey: String
-    /// The identities the record links, primary first. Empty for a tombstone.
+    /// The identities the record links, primary first (for a tombstone, those it would link: nothing is
+    /// linked, but the first names the cluster the deleted record was in).
     public var identities: [Identity]
     /// The entities the record names.
     public var references: [Reference]
@@ -202,10 +203,7 @@ public enum IdentityRules {
         case nil:
             return nil
         }
-        if record.isDeleted {
-            plan.identities = []
-            plan.isDeletion = true
-        }
+        if record.isDeleted { plan.isDeletion = true }
         return plan
     }
 

@@ -8,13 +8,15 @@ import SwiftProtobuf
 
 /// The identity graphs and their store, on a thread of their own.
 ///
-/// One actor owns every graph, so records are linked strictly one after another and each intake call
-/// commits everything it changed (records taken, identities and links, conflicts, outbox updates) in
-/// one store transaction before it is acknowledged. The actor runs on a dedicated event loop: its
-/// store calls block, and they must not hold a thread of the shared concurrency pool.
+/// One actor owns every graph and every store call, so records are linked strictly one after another
+/// and each intake call commits everything it changed (records taken, identities and links,
+/// conflicts, outbox updates) in one store transaction before it is acknowledged. The actor runs on a
+/// dedicated event loop: its store calls block, and they must not hold a thread of the shared
+/// concurrency pool.
 ///
 /// If a commit fails, the in-memory graphs are ahead of the store: they are rebuilt from the store,
-/// so the call's effects vanish everywhere and the sender's retry starts from a consistent state.
+/// so the call's effects vanish everywhere and the sender's retry starts from a consistent state. If
+/// even that fails, every later call tries the rebuild first and fails while it cannot.
 public actor IdentityEngine {
     /// The guardrails of each clustered graph.
     public struct Configuration: Sendable {
@@ -61,19 +63,23 @@ public actor IdentityEngine {
         public var id: ClusterID
         /// Its identities, oldest first.
         public var identities: [Identity]
-        /// The records that link it, in the order they were linked, with their stored links.
+        /// The records that link it, by record key, with their stored links.
         public var links: [(key: String, link: StoredLink, identities: [Identity])]
     }
 
-    private let loop: any EventLoop
+    /// The actor's executor, held strongly: `unownedExecutor` must not outlive it.
+    private let executor: any SerialExecutor
     private let store: any IdentityStore
     private let configuration: Configuration
     private let now: @Sendable () -> Date
     private var graphs: [EntityGraph: IdentityGraph] = [:]
     private var nextUpdateSequence: UInt64 = 1
+    /// Set when a failed commit could not be rolled back (the store could not be read): memory may be
+    /// ahead of the store.
+    private var needsReload = false
 
     /// The dedicated event loop the actor runs on.
-    public nonisolated var unownedExecutor: UnownedSerialExecutor { loop.executor.asUnownedSerialExecutor() }
+    public nonisolated var unownedExecutor: UnownedSerialExecutor { executor.asUnownedSerialExecutor() }
 
     /// Loads the graphs from `store` and runs on `loop`, which should be one no other work shares.
     public init(
@@ -82,7 +88,7 @@ public actor IdentityEngine {
         loop: any EventLoop,
         now: @escaping @Sendable () -> Date = Date.init
     ) throws {
-        self.loop = loop
+        self.executor = loop.executor
         self.store = store
         self.configuration = configuration
         self.now = now
@@ -117,32 +123,22 @@ public actor IdentityEngine {
     ///
     /// - Throws: The store's error if the commit failed; nothing of the call is kept then.
     public func accept(_ records: [Cdp_Identity_V1_StoredRecord]) throws -> IntakeResult {
+        try reloadIfNeeded()
         let versions = records.map { RecordVersion(key: $0.record.key, version: $0.version) }
         let unseen = try store.unseen(versions)
         var commit = IdentityCommit(committedAt: now())
         var takenNow = Set<RecordVersion>()
-        var sequence = nextUpdateSequence
+        var updates: [Cdp_Profile_V1_IdentityUpdate] = []
         var duplicates = 0
-        do {
-            for (index, stored) in records.enumerated() {
-                guard unseen[index], takenNow.insert(versions[index]).inserted else {
-                    duplicates += 1
-                    continue
-                }
-                commit.accepted.append(versions[index])
-                for update in link(stored, into: &commit) {
-                    var numbered = update
-                    numbered.sequence = sequence
-                    sequence += 1
-                    commit.updates.append((numbered.sequence, try numbered.serializedBytes()))
-                }
+        for (index, stored) in records.enumerated() {
+            guard unseen[index], takenNow.insert(versions[index]).inserted else {
+                duplicates += 1
+                continue
             }
-        } catch {
-            try rollBack()
-            throw error
+            commit.accepted.append(versions[index])
+            updates += link(stored, into: &commit)
         }
-        try save(&commit)
-        nextUpdateSequence = sequence
+        try save(updates, in: &commit)
         return IntakeResult(accepted: commit.accepted.count, duplicates: duplicates)
     }
 
@@ -160,8 +156,9 @@ public actor IdentityEngine {
                 if plan.isDeletion {
                     let events = graph.remove(record: plan.recordKey)
                     updates += events.map { Self.update(for: $0, in: plan.graph) }
-                    annotated.clusterID =
-                        graph.cluster(of: Identity(Namespace.sourceKey, plan.recordKey))?.rawValue ?? 0
+                    // The cluster the record's primary identity is in now (its source key; for a crosswalk
+                    // row, the linked record's).
+                    annotated.clusterID = plan.identities.first.flatMap { graph.cluster(of: $0) }?.rawValue ?? 0
                 } else {
                     let outcome = graph.upsert(
                         record: plan.recordKey,
@@ -185,7 +182,11 @@ public actor IdentityEngine {
                 var resolved = Cdp_Profile_V1_ResolvedReference()
                 resolved.role = reference.role
                 resolved.entityType = reference.graph.entityType
-                resolved.clusterID = resolve(reference)?.rawValue ?? 0
+                // A tombstone's references are looked up but create nothing.
+                if let (cluster, identity) = resolve(reference, creating: !plan.isDeletion) {
+                    resolved.clusterID = cluster.rawValue
+                    resolved.identity = IdentityService.message(identity)
+                }
                 annotated.references.append(resolved)
             }
         }
@@ -195,16 +196,18 @@ public actor IdentityEngine {
         return updates
     }
 
-    /// The cluster a reference names: that of its first identity the graph already holds, or else a new
-    /// node for its first usable identity, which the entity joins when its own record arrives.
-    private func resolve(_ reference: Reference) -> ClusterID? {
+    /// The cluster a reference names and the identity it names it through: the first of its identities
+    /// the graph already holds, or else (when `creating`) a new node for its first usable identity,
+    /// which the entity joins when its own record arrives.
+    private func resolve(_ reference: Reference, creating: Bool) -> (ClusterID, Identity)? {
         guard reference.graph.isClustered, var graph = graphs.removeValue(forKey: reference.graph) else { return nil }
         defer { graphs[reference.graph] = graph }
         for identity in reference.identities {
-            if !graph.isBlocked(identity), let cluster = graph.cluster(of: identity) { return cluster }
+            if !graph.isBlocked(identity), let cluster = graph.cluster(of: identity) { return (cluster, identity) }
         }
+        guard creating else { return nil }
         for identity in reference.identities {
-            if let cluster = graph.resolveOrCreate(identity) { return cluster }
+            if let cluster = graph.resolveOrCreate(identity) { return (cluster, identity) }
         }
         return nil
     }
@@ -227,36 +230,62 @@ public actor IdentityEngine {
         case .split(let from, let into):
             change.kind = .split
             change.from = [from.rawValue]
-            change.into = into.map(\.rawValue)
+            change.into = into.map(\.id.rawValue)
+            change.parts = into.map { part in
+                var message = Cdp_Identity_V1_ClusterPart()
+                message.clusterID = part.id.rawValue
+                message.identities = part.identities.map(IdentityService.message)
+                message.recordKeys = part.recordKeys
+                return message
+            }
         }
         return change
     }
 
-    /// Adds the graphs' journals to `commit` and writes it; on failure, rebuilds the graphs from the store.
-    private func save(_ commit: inout IdentityCommit) throws {
-        for graph in EntityGraph.clustered {
-            guard let changes = graphs[graph]?.takeChanges(), !changes.isEmpty else { continue }
-            commit.graphChanges.append((graph, changes))
-        }
+    /// Numbers `updates`, adds them and the graphs' journals to `commit` and writes it; on failure,
+    /// rebuilds the graphs from the store.
+    private func save(_ updates: [Cdp_Profile_V1_IdentityUpdate], in commit: inout IdentityCommit) throws {
+        var sequence = nextUpdateSequence
         do {
+            for var update in updates {
+                update.sequence = sequence
+                sequence += 1
+                commit.updates.append((update.sequence, try update.serializedBytes()))
+            }
+            for graph in EntityGraph.clustered {
+                guard let changes = graphs[graph]?.takeChanges(), !changes.isEmpty else { continue }
+                commit.graphChanges.append((graph, changes))
+            }
             try store.commit(commit)
         } catch {
             try rollBack()
             throw error
         }
+        nextUpdateSequence = sequence
     }
 
     /// Forgets uncommitted changes: rebuilds the graphs from the store.
     private func rollBack() throws {
+        needsReload = true
+        try reloadIfNeeded()
+    }
+
+    private func reloadIfNeeded() throws {
+        guard needsReload else { return }
         let (graphs, next) = try Self.load(from: store, configuration: configuration)
         self.graphs = graphs
         self.nextUpdateSequence = next
+        needsReload = false
     }
 
     // MARK: - Lookups
 
     /// The cluster of `identity` in `graph` and all its identities; nil if the graph does not hold it.
-    public func resolve(_ identity: Identity, in graph: EntityGraph) -> (cluster: ClusterID, identities: [Identity])? {
+    public func resolve(
+        _ identity: Identity,
+        in graph: EntityGraph
+    ) throws -> (cluster: ClusterID, identities: [Identity])? {
+        try reloadIfNeeded()
         guard var held = graphs.removeValue(forKey: graph) else { return nil }
         defer { graphs[graph] = held }
         guard let cluster = held.cluster(of: identity) else { return nil }
@@ -266,18 +295,21 @@ public actor IdentityEngine {
     /// The cluster whose id is `id` now; nil if no cluster has that id (any more: a merged-away id is
     /// gone, as the merge event told profile).
     public func cluster(withID id: ClusterID, in graph: EntityGraph) throws -> ClusterView? {
+        try reloadIfNeeded()
         guard let identity = graphs[graph]?.identity(withSequence: id.rawValue),
             graphs[graph]?.cluster(of: identity) == id
         else { return nil }
         return try cluster(of: identity, in: graph)
     }
 
-    /// The cluster holding `identity`, with its records' links; nil if the graph does not hold it.
+    /// The cluster holding `identity`, with its records' links (by record key); nil if the graph does not
+    /// hold it.
     public func cluster(of identity: Identity, in graph: EntityGraph) throws -> ClusterView? {
+        try reloadIfNeeded()
         guard var held = graphs.removeValue(forKey: graph) else { return nil }
         defer { graphs[graph] = held }
         guard let id = held.cluster(of: identity) else { return nil }
-        let keys = held.recordKeys(inClusterOf: identity)
+        let keys = held.recordKeys(inClusterOf: identity).sorted()
         let stored = try store.links(in: graph, keys: keys)
         let links = keys.compactMap { key -> (String, StoredLink, [Identity])? in
             guard let link = stored[key] else { return nil }
@@ -286,31 +318,48 @@ public actor IdentityEngine {
         return ClusterView(id: id, identities: held.members(of: identity), links: links)
     }
 
+    /// Conflicts, newest first, older than the conflict `before`; of one graph or all.
+    public func conflicts(in graph: EntityGraph?, before: Int64?, limit: Int) throws -> [StoredConflict] {
+        try store.conflicts(in: graph, before: before, limit: limit)
+    }
+
+    // MARK: - Outbox
+
+    /// The next updates for profile (see ``IdentityStore/nextOutboxChunk(limit:maxBytes:)``).
+    public func nextOutboxChunk(limit: Int, maxBytes: Int = 3 << 20) throws -> UpdateChunk? {
+        try store.nextOutboxChunk(limit: limit, maxBytes: maxBytes)
+    }
+
+    /// Marks a chunk profile acknowledged.
+    public func acknowledge(_ chunk: UpdateChunk) throws {
+        try store.acknowledge(chunk)
+    }
+
+    /// How much is pending for profile.
+    public func outboxStatus() throws -> (pending: UInt64, oldestPending: Date?, forwarded: UInt64) {
+        try store.outboxStatus()
+    }
+
     // MARK: - Privacy
 
-    /// Removes `identity` from `graph` and commits the changes, with the cluster changes for profile.
-    /// Returns nil if the graph did not hold it.
+    /// Removes `identity` from `graph` and commits it: the cluster changes it caused, then an
+    /// `IdentityRemoved` update, go to profile; stored conflicts naming the value are deleted. Returns
+    /// nil if the graph did not hold it.
     public func remove(_ identity: Identity, from graph: EntityGraph) throws -> [GraphEvent]? {
+        try reloadIfNeeded()
         guard var held = graphs.removeValue(forKey: graph) else { return nil }
         let present = held.cluster(of: identity) != nil
         let events = held.remove(identity: identity)
         graphs[graph] = held
         guard present else { return nil }
         var commit = IdentityCommit(committedAt: now())
-        var sequence = nextUpdateSequence
-        do {
-            for event in events {
-                var update = Self.update(for: event, in: graph)
-                update.sequence = sequence
-                sequence += 1
-                commit.updates.append((update.sequence, try update.serializedBytes()))
-            }
-        } catch {
-            try rollBack()
-            throw error
-        }
-        try save(&commit)
-        nextUpdateSequence = sequence
+        commit.redactions = [(graph, identity)]
+        var updates = events.map { Self.update(for: $0, in: graph) }
+        var removed = Cdp_Profile_V1_IdentityUpdate()
+        removed.identityRemoved.entityType = graph.entityType
+        removed.identityRemoved.identity = IdentityService.message(identity)
+        updates.append(removed)
+        try save(updates, in: &commit)
         return events
     }
 }

@@ -11,7 +11,6 @@ import SwiftProtobuf
 /// the outbox status.
 public final class IdentityService: Cdp_Identity_V1_Identity.ServiceProtocol {
     private let engine: IdentityEngine
-    private let store: any IdentityStore
     private let logger: Logger
     private let committed: @Sendable () -> Void
     private let forwardingError: @Sendable () -> String?
@@ -23,13 +22,11 @@ public final class IdentityService: Cdp_Identity_V1_Identity.ServiceProtocol {
     ///   - forwardingError: The relay's last error, for `GetOutboxStatus`.
     public init(
         engine: IdentityEngine,
-        store: any IdentityStore,
         logger: Logger,
         committed: @escaping @Sendable () -> Void = {},
         forwardingError: @escaping @Sendable () -> String? = { nil }
     ) {
         self.engine = engine
-        self.store = store
         self.logger = logger
         self.committed = committed
         self.forwardingError = forwardingError
@@ -84,7 +81,7 @@ public final class IdentityService: Cdp_Identity_V1_Identity.ServiceProtocol {
     {
         let graph = try Self.clusteredGraph(request.entityType)
         let identity = try Self.identity(request.identity, field: "identity")
-        guard let (cluster, identities) = await engine.resolve(identity, in: graph) else {
+        guard let (cluster, identities) = try await engine.resolve(identity, in: graph) else {
             throw RPCError(code: .notFound, message: "no \(graph.rawValue) has the identity \(identity)")
         }
         var response = Cdp_Identity_V1_ResolveResponse()
@@ -155,7 +152,7 @@ public final class IdentityService: Cdp_Identity_V1_Identity.ServiceProtocol {
             }
             before = id
         }
-        let conflicts = try store.conflicts(in: graph, before: before, limit: pageSize + 1)
+        let conflicts = try await engine.conflicts(in: graph, before: before, limit: pageSize + 1)
         var response = Cdp_Identity_V1_ListConflictsResponse()
         response.conflicts = conflicts.prefix(pageSize).map(Self.message)
         if conflicts.count > pageSize, let last = conflicts.prefix(pageSize).last {
@@ -201,7 +198,7 @@ public final class IdentityService: Cdp_Identity_V1_Identity.ServiceProtocol {
     ) async throws
         -> Cdp_Identity_V1_OutboxStatus
     {
-        let status = try store.outboxStatus()
+        let status = try await engine.outboxStatus()
         var response = Cdp_Identity_V1_OutboxStatus()
         response.pendingUpdates = status.pending
         response.forwardedUpdates = status.forwarded
@@ -232,7 +229,7 @@ public final class IdentityService: Cdp_Identity_V1_Identity.ServiceProtocol {
             )
         }
         if value.namespace == Namespace.email {
-            return Identity(value.namespace, value.value.trimmingCharacters(in: .whitespaces).lowercased())
+            return Identity(value.namespace, value.value.trimmingCharacters(in: .whitespacesAndNewlines).lowercased())
         }
         return Identity(value.namespace, value.value)
     }

@@ -102,8 +102,11 @@ public struct IdentityCommit: Sendable {
     /// Where the records linked in this commit came from, by graph and record key (a person and an
     /// account of one source may share a key).
     public var provenance: [EntityGraph: [String: LinkProvenance]] = [:]
-    /// Links the guardrails refused.
+    /// Links the guardrails refused (a conflict stored before, same record, identity and kind, is not
+    /// stored again).
     public var conflicts: [StoredConflict] = []
+    /// Identities removed by a privacy request: stored conflicts naming them are deleted.
+    public var redactions: [(graph: EntityGraph, identity: Identity)] = []
     /// Serialized `cdp.profile.v1.IdentityUpdate`s for the outbox, with their sequence numbers (which
     /// must continue ``IdentityStore/nextUpdateSequence()``).
     public var updates: [(sequence: UInt64, payload: Data)] = []
@@ -118,6 +121,7 @@ public struct IdentityCommit: Sendable {
     /// Whether the commit writes nothing.
     public var isEmpty: Bool {
         accepted.isEmpty && graphChanges.allSatisfy { $0.changes.isEmpty } && conflicts.isEmpty && updates.isEmpty
+            && redactions.isEmpty
     }
 }
 

@@ -91,6 +91,16 @@ public final class SQLiteIdentityStore: IdentityStore {
                     """
             )
         }
+        migrator.registerMigration("v2: a conflict is stored once") { db in
+            try db.execute(
+                sql: """
+                    DELETE FROM conflicts WHERE id NOT IN (
+                        SELECT min(id) FROM conflicts GROUP BY graph, record_key, namespace, value, kind
+                    );
+                    CREATE UNIQUE INDEX conflicts_once ON conflicts (graph, record_key, namespace, value, kind);
+                    """
+            )
+        }
         return migrator
     }
 
@@ -168,7 +178,8 @@ public final class SQLiteIdentityStore: IdentityStore {
             }
             let conflict = try db.cachedStatement(
                 sql: """
-                    INSERT INTO conflicts (graph, record_key, namespace, value, kind, detail, clusters, detected_at)
+                    INSERT OR IGNORE INTO conflicts
+                        (graph, record_key, namespace, value, kind, detail, clusters, detected_at)
                     VALUES (?, ?, ?, ?, ?, ?, ?, ?)
                     """
             )
@@ -184,6 +195,12 @@ public final class SQLiteIdentityStore: IdentityStore {
                     stored.conflict.clusters.map { String($0.rawValue) }.joined(separator: ","),
                     Self.milliseconds(stored.detectedAt),
                 ])
+            }
+            for (graph, identity) in commit.redactions {
+                try db.execute(
+                    sql: "DELETE FROM conflicts WHERE graph = ? AND namespace = ? AND value = ?",
+                    arguments: [graph.rawValue, identity.namespace, identity.value]
+                )
             }
             if let last = commit.updates.last {
                 let update = try RawStatement(

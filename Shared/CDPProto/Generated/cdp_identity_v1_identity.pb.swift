@@ -359,6 +359,10 @@ public nonisolated struct Cdp_Identity_V1_ClusterChange: Sendable {
 
   public var into: [UInt64] = []
 
+  /// For a split: what each cluster of `into` holds now, so that whoever keeps data under `from` can
+  /// move each record (by key) and each reference (by the identity it was resolved through).
+  public var parts: [Cdp_Identity_V1_ClusterPart] = []
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public nonisolated enum Kind: SwiftProtobuf.Enum, Swift.CaseIterable {
@@ -368,8 +372,9 @@ public nonisolated struct Cdp_Identity_V1_ClusterChange: Sendable {
     /// `from` joined `into` (one id: the oldest cluster's, which survives).
     case merged // = 1
 
-    /// `from` (one id) fell apart into `into`. A split into one cluster is a renaming: the cluster lost
-    /// the identity that gave it its id.
+    /// `from` (one id) fell apart into `into`, each described in `parts`. A split into one cluster is a
+    /// renaming: the cluster lost the identity that gave it its id. A split into none is a dissolution:
+    /// its last identity was removed.
     case split // = 2
     case UNRECOGNIZED(Int)
 
@@ -403,6 +408,24 @@ public nonisolated struct Cdp_Identity_V1_ClusterChange: Sendable {
     ]
 
   }
+
+  public init() {}
+}
+
+public nonisolated struct Cdp_Identity_V1_ClusterPart: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var clusterID: UInt64 = 0
+
+  /// Oldest first.
+  public var identities: [Cdp_Identity_V1_IdentityValue] = []
+
+  /// The keys of the records that link the cluster, sorted.
+  public var recordKeys: [String] = []
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
 }
@@ -1086,7 +1109,7 @@ nonisolated extension Cdp_Identity_V1_RemoveIdentityResponse: SwiftProtobuf.Mess
 
 nonisolated extension Cdp_Identity_V1_ClusterChange: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".ClusterChange"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}entity_type\0\u{1}kind\0\u{1}from\0\u{1}into\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}entity_type\0\u{1}kind\0\u{1}from\0\u{1}into\0\u{1}parts\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -1098,6 +1121,7 @@ nonisolated extension Cdp_Identity_V1_ClusterChange: SwiftProtobuf.Message, Swif
       case 2: try { try decoder.decodeSingularEnumField(value: &self.kind) }()
       case 3: try { try decoder.decodeRepeatedUInt64Field(value: &self.from) }()
       case 4: try { try decoder.decodeRepeatedUInt64Field(value: &self.into) }()
+      case 5: try { try decoder.decodeRepeatedMessageField(value: &self.parts) }()
       default: break
       }
     }
@@ -1116,6 +1140,9 @@ nonisolated extension Cdp_Identity_V1_ClusterChange: SwiftProtobuf.Message, Swif
     if !self.into.isEmpty {
       try visitor.visitPackedUInt64Field(value: self.into, fieldNumber: 4)
     }
+    if !self.parts.isEmpty {
+      try visitor.visitRepeatedMessageField(value: self.parts, fieldNumber: 5)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -1124,6 +1151,7 @@ nonisolated extension Cdp_Identity_V1_ClusterChange: SwiftProtobuf.Message, Swif
     if lhs.kind != rhs.kind {return false}
     if lhs.from != rhs.from {return false}
     if lhs.into != rhs.into {return false}
+    if lhs.parts != rhs.parts {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -1131,6 +1159,46 @@ nonisolated extension Cdp_Identity_V1_ClusterChange: SwiftProtobuf.Message, Swif
 
 nonisolated extension Cdp_Identity_V1_ClusterChange.Kind: SwiftProtobuf._ProtoNameProviding {
   public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{2}\0KIND_UNSPECIFIED\0\u{1}KIND_MERGED\0\u{1}KIND_SPLIT\0")
+}
+
+nonisolated extension Cdp_Identity_V1_ClusterPart: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".ClusterPart"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}cluster_id\0\u{1}identities\0\u{3}record_keys\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularUInt64Field(value: &self.clusterID) }()
+      case 2: try { try decoder.decodeRepeatedMessageField(value: &self.identities) }()
+      case 3: try { try decoder.decodeRepeatedStringField(value: &self.recordKeys) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if self.clusterID != 0 {
+      try visitor.visitSingularUInt64Field(value: self.clusterID, fieldNumber: 1)
+    }
+    if !self.identities.isEmpty {
+      try visitor.visitRepeatedMessageField(value: self.identities, fieldNumber: 2)
+    }
+    if !self.recordKeys.isEmpty {
+      try visitor.visitRepeatedStringField(value: self.recordKeys, fieldNumber: 3)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Cdp_Identity_V1_ClusterPart, rhs: Cdp_Identity_V1_ClusterPart) -> Bool {
+    if lhs.clusterID != rhs.clusterID {return false}
+    if lhs.identities != rhs.identities {return false}
+    if lhs.recordKeys != rhs.recordKeys {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
 }
 
 nonisolated extension Cdp_Identity_V1_GetOutboxStatusRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {

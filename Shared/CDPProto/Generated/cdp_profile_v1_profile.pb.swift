@@ -73,9 +73,47 @@ public nonisolated struct Cdp_Profile_V1_ResolvedReference: Sendable {
   /// 0 if it names nothing usable (a blocked value).
   public var clusterID: UInt64 = 0
 
+  /// The identity it was resolved through: after a split, the part holding it is the reference's
+  /// cluster.
+  public var identity: Cdp_Identity_V1_IdentityValue {
+    get {_identity ?? Cdp_Identity_V1_IdentityValue()}
+    set {_identity = newValue}
+  }
+  /// Returns true if `identity` has been explicitly set.
+  public var hasIdentity: Bool {self._identity != nil}
+  /// Clears the value of `identity`. Subsequent reads from it will return its default value.
+  public mutating func clearIdentity() {self._identity = nil}
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
+
+  fileprivate var _identity: Cdp_Identity_V1_IdentityValue? = nil
+}
+
+/// An identity left a graph (a privacy request): erase the value wherever it is kept. Cluster changes
+/// it caused come before it in the stream.
+public nonisolated struct Cdp_Profile_V1_IdentityRemoved: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var entityType: Cdp_Model_V1_EntityType = .unspecified
+
+  public var identity: Cdp_Identity_V1_IdentityValue {
+    get {_identity ?? Cdp_Identity_V1_IdentityValue()}
+    set {_identity = newValue}
+  }
+  /// Returns true if `identity` has been explicitly set.
+  public var hasIdentity: Bool {self._identity != nil}
+  /// Clears the value of `identity`. Subsequent reads from it will return its default value.
+  public mutating func clearIdentity() {self._identity = nil}
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+
+  fileprivate var _identity: Cdp_Identity_V1_IdentityValue? = nil
 }
 
 /// One entry of identity's ordered stream.
@@ -105,11 +143,20 @@ public nonisolated struct Cdp_Profile_V1_IdentityUpdate: Sendable {
     set {update = .clusterChange(newValue)}
   }
 
+  public var identityRemoved: Cdp_Profile_V1_IdentityRemoved {
+    get {
+      if case .identityRemoved(let v)? = update {return v}
+      return Cdp_Profile_V1_IdentityRemoved()
+    }
+    set {update = .identityRemoved(newValue)}
+  }
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public nonisolated enum OneOf_Update: Equatable, Sendable {
     case record(Cdp_Profile_V1_AnnotatedRecord)
     case clusterChange(Cdp_Identity_V1_ClusterChange)
+    case identityRemoved(Cdp_Profile_V1_IdentityRemoved)
 
   }
 
@@ -219,7 +266,7 @@ nonisolated extension Cdp_Profile_V1_AnnotatedRecord: SwiftProtobuf.Message, Swi
 
 nonisolated extension Cdp_Profile_V1_ResolvedReference: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".ResolvedReference"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}role\0\u{3}entity_type\0\u{3}cluster_id\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}role\0\u{3}entity_type\0\u{3}cluster_id\0\u{1}identity\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -230,12 +277,17 @@ nonisolated extension Cdp_Profile_V1_ResolvedReference: SwiftProtobuf.Message, S
       case 1: try { try decoder.decodeSingularStringField(value: &self.role) }()
       case 2: try { try decoder.decodeSingularEnumField(value: &self.entityType) }()
       case 3: try { try decoder.decodeSingularUInt64Field(value: &self.clusterID) }()
+      case 4: try { try decoder.decodeSingularMessageField(value: &self._identity) }()
       default: break
       }
     }
   }
 
   public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    // The use of inline closures is to circumvent an issue where the compiler
+    // allocates stack space for every if/case branch local when no optimizations
+    // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
+    // https://github.com/apple/swift-protobuf/issues/1182
     if !self.role.isEmpty {
       try visitor.visitSingularStringField(value: self.role, fieldNumber: 1)
     }
@@ -245,6 +297,9 @@ nonisolated extension Cdp_Profile_V1_ResolvedReference: SwiftProtobuf.Message, S
     if self.clusterID != 0 {
       try visitor.visitSingularUInt64Field(value: self.clusterID, fieldNumber: 3)
     }
+    try { if let v = self._identity {
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 4)
+    } }()
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -252,6 +307,46 @@ nonisolated extension Cdp_Profile_V1_ResolvedReference: SwiftProtobuf.Message, S
     if lhs.role != rhs.role {return false}
     if lhs.entityType != rhs.entityType {return false}
     if lhs.clusterID != rhs.clusterID {return false}
+    if lhs._identity != rhs._identity {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Cdp_Profile_V1_IdentityRemoved: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".IdentityRemoved"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}entity_type\0\u{1}identity\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularEnumField(value: &self.entityType) }()
+      case 2: try { try decoder.decodeSingularMessageField(value: &self._identity) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    // The use of inline closures is to circumvent an issue where the compiler
+    // allocates stack space for every if/case branch local when no optimizations
+    // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
+    // https://github.com/apple/swift-protobuf/issues/1182
+    if self.entityType != .unspecified {
+      try visitor.visitSingularEnumField(value: self.entityType, fieldNumber: 1)
+    }
+    try { if let v = self._identity {
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 2)
+    } }()
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Cdp_Profile_V1_IdentityRemoved, rhs: Cdp_Profile_V1_IdentityRemoved) -> Bool {
+    if lhs.entityType != rhs.entityType {return false}
+    if lhs._identity != rhs._identity {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -259,7 +354,7 @@ nonisolated extension Cdp_Profile_V1_ResolvedReference: SwiftProtobuf.Message, S
 
 nonisolated extension Cdp_Profile_V1_IdentityUpdate: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".IdentityUpdate"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}sequence\0\u{1}record\0\u{3}cluster_change\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}sequence\0\u{1}record\0\u{3}cluster_change\0\u{3}identity_removed\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -294,6 +389,19 @@ nonisolated extension Cdp_Profile_V1_IdentityUpdate: SwiftProtobuf.Message, Swif
           self.update = .clusterChange(v)
         }
       }()
+      case 4: try {
+        var v: Cdp_Profile_V1_IdentityRemoved?
+        var hadOneofValue = false
+        if let current = self.update {
+          hadOneofValue = true
+          if case .identityRemoved(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.update = .identityRemoved(v)
+        }
+      }()
       default: break
       }
     }
@@ -315,6 +423,10 @@ nonisolated extension Cdp_Profile_V1_IdentityUpdate: SwiftProtobuf.Message, Swif
     case .clusterChange?: try {
       guard case .clusterChange(let v)? = self.update else { preconditionFailure() }
       try visitor.visitSingularMessageField(value: v, fieldNumber: 3)
+    }()
+    case .identityRemoved?: try {
+      guard case .identityRemoved(let v)? = self.update else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 4)
     }()
     case nil: break
     }
