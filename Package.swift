@@ -16,6 +16,7 @@ let package = Package(
         .library(name: "CDPProto", targets: ["CDPProto"]),
         .executable(name: "cdp-ingestion", targets: ["cdp-ingestion"]),
         .executable(name: "cdp-identity", targets: ["cdp-identity"]),
+        .executable(name: "cdp-profile", targets: ["cdp-profile"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-nio", exact: "2.101.3"),
@@ -191,6 +192,46 @@ let package = Package(
             path: "Benchmarks/IdentityBenchmark"
         ),
 
+        // MARK: Profile
+        // Merge policies and the unifier; the relations' vocabulary. No I/O.
+        .target(
+            name: "ProfileModel",
+            dependencies: ["CDPProto", .product(name: "SwiftProtobuf", package: "swift-protobuf")],
+            path: "Services/Profile/Model"
+        ),
+        // Profile's storage behind one protocol; the embedded SQLite implementation, which builds the views.
+        .target(
+            name: "ProfileStore",
+            dependencies: [
+                "CDPProto", "IdentityRules", "ProfileModel",
+                .product(name: "GRDB", package: "GRDB.swift"),
+            ],
+            path: "Services/Profile/Store"
+        ),
+        // The engine (the store on a thread of its own) and the cdp.profile.v1.Profile service.
+        .target(
+            name: "ProfileService",
+            dependencies: [
+                "CDPProto", "ProfileStore", "RPCCore",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "SwiftProtobuf", package: "swift-protobuf"),
+            ],
+            path: "Services/Profile/Service"
+        ),
+        .executableTarget(
+            name: "cdp-profile",
+            dependencies: [
+                "CDPProto", "ProfileModel", "ProfileService", "ProfileStore", "RPCCore", "RPCHTTP2", "RPCServices",
+                "ServiceSupport",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ],
+            path: "Services/Profile/Main"
+        ),
+
         // grpc.testing messages and stubs, used by the interop programs and the tests.
         .target(
             name: "InteropProto",
@@ -240,15 +281,31 @@ let package = Package(
             path: "Tests/IngestionTests",
             exclude: ["Fixtures"]
         ),
+        // What the service tests share: the Bodea records of the running example.
+        .target(
+            name: "TestSupport",
+            dependencies: ["CDPProto", .product(name: "SwiftProtobuf", package: "swift-protobuf")],
+            path: "Tests/Support"
+        ),
         .testTarget(
             name: "IdentityTests",
             dependencies: [
-                "IdentityGraph", "IdentityRules", "IdentityStore", "IdentityService", "CDPProto", "RPCCore",
+                "TestSupport", "IdentityGraph", "IdentityRules", "IdentityStore", "IdentityService", "CDPProto", "RPCCore",
                 "RPCHTTP2", "ServiceSupport",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOPosix", package: "swift-nio"),
             ],
             path: "Tests/IdentityTests"
+        ),
+        .testTarget(
+            name: "ProfileTests",
+            dependencies: [
+                "TestSupport", "CDPProto", "IdentityGraph", "IdentityRules", "IdentityService", "IdentityStore", "ProfileModel",
+                "ProfileService", "ProfileStore", "RPCCore", "RPCHTTP2", "ServiceSupport",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+            ],
+            path: "Tests/ProfileTests"
         ),
     ]
 )

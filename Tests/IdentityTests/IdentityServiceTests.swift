@@ -10,6 +10,7 @@ import RPCCore
 import RPCHTTP2
 import ServiceSupport
 import Synchronization
+import TestSupport
 import Testing
 
 /// A stand-in for the profile service: applies updates in sequence order, skips those it applied
@@ -50,6 +51,58 @@ final class RecordingProfile: Cdp_Profile_V1_Profile.ServiceProtocol {
             return response
         }
     }
+}
+
+extension RecordingProfile {
+    // The rest of profile's API plays no part in identity's forwarding.
+    private static var unimplemented: RPCError { RPCError(code: .unimplemented, message: "not part of the stand-in") }
+
+    func getPerson(
+        request: Cdp_Profile_V1_GetEntityRequest,
+        context: ServerContext
+    ) async throws
+        -> Cdp_Profile_V1_PersonView
+    { throw Self.unimplemented }
+
+    func getAccount(
+        request: Cdp_Profile_V1_GetEntityRequest,
+        context: ServerContext
+    ) async throws
+        -> Cdp_Profile_V1_AccountView
+    { throw Self.unimplemented }
+
+    func scanPersonViews(
+        request: Cdp_Profile_V1_ScanRequest,
+        responses: RPCWriter<Cdp_Profile_V1_PersonView>,
+        context: ServerContext
+    ) async throws { throw Self.unimplemented }
+
+    func scanAccountViews(
+        request: Cdp_Profile_V1_ScanRequest,
+        responses: RPCWriter<Cdp_Profile_V1_AccountView>,
+        context: ServerContext
+    ) async throws { throw Self.unimplemented }
+
+    func getEvents(
+        request: Cdp_Profile_V1_GetEventsRequest,
+        context: ServerContext
+    ) async throws
+        -> Cdp_Profile_V1_GetEventsResponse
+    { throw Self.unimplemented }
+
+    func deletePerson(
+        request: Cdp_Profile_V1_GetEntityRequest,
+        context: ServerContext
+    ) async throws
+        -> Cdp_Profile_V1_DeletePersonResponse
+    { throw Self.unimplemented }
+
+    func getOutboxStatus(
+        request: Cdp_Profile_V1_GetOutboxStatusRequest,
+        context: ServerContext
+    ) async throws
+        -> Cdp_Profile_V1_OutboxStatus
+    { throw Self.unimplemented }
 }
 
 /// An identity service on loopback (in-memory store) forwarding to a recording profile, and a client.

@@ -266,9 +266,3 @@ struct IdentityCommand: AsyncParsableCommand {
         try await engineThread.shutdownGracefully()
     }
 }
-
-/// Why the service could not start, worded for the operator.
-struct StartupError: Error, CustomStringConvertible {
-    var description: String
-    init(_ description: String) { self.description = description }
-}

@@ -163,9 +163,3 @@ struct IngestionCommand: AsyncParsableCommand {
         await identityTransport?.close()
     }
 }
-
-/// Why the service could not start, worded for the operator.
-struct StartupError: Error, CustomStringConvertible {
-    var description: String
-    init(_ description: String) { self.description = description }
-}

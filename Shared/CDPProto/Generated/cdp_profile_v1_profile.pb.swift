@@ -8,7 +8,8 @@
 // For information on using the generated types, please see the documentation:
 //   https://github.com/apple/swift-protobuf/
 
-/// The profile service. So far: the intake of identity's updates.
+/// The profile service: keeps every source record as a fragment of its unified entity, builds the
+/// unified person and account views under merge policies, and sends changed views to segmentation.
 
 #if canImport(FoundationEssentials)
 import FoundationEssentials
@@ -25,6 +26,433 @@ import SwiftProtobuf
 fileprivate nonisolated struct _GeneratedWithProtocGenSwiftVersion: SwiftProtobuf.ProtobufAPIVersionCheck {
   struct _2: SwiftProtobuf.ProtobufAPIVersion_2 {}
   typealias Version = _2
+}
+
+public nonisolated struct Cdp_Profile_V1_GetEntityRequest: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var identity: Cdp_Identity_V1_IdentityValue {
+    get {_identity ?? Cdp_Identity_V1_IdentityValue()}
+    set {_identity = newValue}
+  }
+  /// Returns true if `identity` has been explicitly set.
+  public var hasIdentity: Bool {self._identity != nil}
+  /// Clears the value of `identity`. Subsequent reads from it will return its default value.
+  public mutating func clearIdentity() {self._identity = nil}
+
+  /// Evaluation time for the event window; unset: now.
+  public var asOf: SwiftProtobuf.Google_Protobuf_Timestamp {
+    get {_asOf ?? SwiftProtobuf.Google_Protobuf_Timestamp()}
+    set {_asOf = newValue}
+  }
+  /// Returns true if `asOf` has been explicitly set.
+  public var hasAsOf: Bool {self._asOf != nil}
+  /// Clears the value of `asOf`. Subsequent reads from it will return its default value.
+  public mutating func clearAsOf() {self._asOf = nil}
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+
+  fileprivate var _identity: Cdp_Identity_V1_IdentityValue? = nil
+  fileprivate var _asOf: SwiftProtobuf.Google_Protobuf_Timestamp? = nil
+}
+
+/// A unified entity: the merge of its fragments under the entity type's merge policy.
+public nonisolated struct Cdp_Profile_V1_UnifiedRecord: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  /// The cluster id (per entity type).
+  public var clusterID: UInt64 = 0
+
+  /// The merged record: `key` is the key of the fragment that won the most recent field, `entity`
+  /// holds the merged fields, `custom_attributes` the merged custom attributes.
+  public var record: Cdp_Model_V1_Record {
+    get {_record ?? Cdp_Model_V1_Record()}
+    set {_record = newValue}
+  }
+  /// Returns true if `record` has been explicitly set.
+  public var hasRecord: Bool {self._record != nil}
+  /// Clears the value of `record`. Subsequent reads from it will return its default value.
+  public mutating func clearRecord() {self._record = nil}
+
+  /// The keys of the fragments it was merged from.
+  public var fragmentKeys: [String] = []
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+
+  fileprivate var _record: Cdp_Model_V1_Record? = nil
+}
+
+public nonisolated struct Cdp_Profile_V1_OpportunityRole: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  /// The opportunity's cluster.
+  public var opportunityClusterID: UInt64 = 0
+
+  public var role: String {
+    get {_role ?? String()}
+    set {_role = newValue}
+  }
+  /// Returns true if `role` has been explicitly set.
+  public var hasRole: Bool {self._role != nil}
+  /// Clears the value of `role`. Subsequent reads from it will return its default value.
+  public mutating func clearRole() {self._role = nil}
+
+  public var isPrimary: Bool {
+    get {_isPrimary ?? false}
+    set {_isPrimary = newValue}
+  }
+  /// Returns true if `isPrimary` has been explicitly set.
+  public var hasIsPrimary: Bool {self._isPrimary != nil}
+  /// Clears the value of `isPrimary`. Subsequent reads from it will return its default value.
+  public mutating func clearIsPrimary() {self._isPrimary = nil}
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+
+  fileprivate var _role: String? = nil
+  fileprivate var _isPrimary: Bool? = nil
+}
+
+public nonisolated struct Cdp_Profile_V1_CampaignMembership: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var campaign: Cdp_Profile_V1_UnifiedRecord {
+    get {_campaign ?? Cdp_Profile_V1_UnifiedRecord()}
+    set {_campaign = newValue}
+  }
+  /// Returns true if `campaign` has been explicitly set.
+  public var hasCampaign: Bool {self._campaign != nil}
+  /// Clears the value of `campaign`. Subsequent reads from it will return its default value.
+  public mutating func clearCampaign() {self._campaign = nil}
+
+  public var status: String {
+    get {_status ?? String()}
+    set {_status = newValue}
+  }
+  /// Returns true if `status` has been explicitly set.
+  public var hasStatus: Bool {self._status != nil}
+  /// Clears the value of `status`. Subsequent reads from it will return its default value.
+  public mutating func clearStatus() {self._status = nil}
+
+  public var hasResponded_p: Bool {
+    get {_hasResponded_p ?? false}
+    set {_hasResponded_p = newValue}
+  }
+  /// Returns true if `hasResponded_p` has been explicitly set.
+  public var hasHasResponded_p: Bool {self._hasResponded_p != nil}
+  /// Clears the value of `hasResponded_p`. Subsequent reads from it will return its default value.
+  public mutating func clearHasResponded_p() {self._hasResponded_p = nil}
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+
+  fileprivate var _campaign: Cdp_Profile_V1_UnifiedRecord? = nil
+  fileprivate var _status: String? = nil
+  fileprivate var _hasResponded_p: Bool? = nil
+}
+
+public nonisolated struct Cdp_Profile_V1_ListMembership: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var list: Cdp_Profile_V1_UnifiedRecord {
+    get {_list ?? Cdp_Profile_V1_UnifiedRecord()}
+    set {_list = newValue}
+  }
+  /// Returns true if `list` has been explicitly set.
+  public var hasList: Bool {self._list != nil}
+  /// Clears the value of `list`. Subsequent reads from it will return its default value.
+  public mutating func clearList() {self._list = nil}
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+
+  fileprivate var _list: Cdp_Profile_V1_UnifiedRecord? = nil
+}
+
+public nonisolated struct Cdp_Profile_V1_Event: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var key: String = String()
+
+  public var event: Cdp_Model_V1_ExperienceEvent {
+    get {_event ?? Cdp_Model_V1_ExperienceEvent()}
+    set {_event = newValue}
+  }
+  /// Returns true if `event` has been explicitly set.
+  public var hasEvent: Bool {self._event != nil}
+  /// Clears the value of `event`. Subsequent reads from it will return its default value.
+  public mutating func clearEvent() {self._event = nil}
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+
+  fileprivate var _event: Cdp_Model_V1_ExperienceEvent? = nil
+}
+
+/// What segmentation evaluates a person audience on.
+public nonisolated struct Cdp_Profile_V1_PersonView: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var person: Cdp_Profile_V1_UnifiedRecord {
+    get {_person ?? Cdp_Profile_V1_UnifiedRecord()}
+    set {_person = newValue}
+  }
+  /// Returns true if `person` has been explicitly set.
+  public var hasPerson: Bool {self._person != nil}
+  /// Clears the value of `person`. Subsequent reads from it will return its default value.
+  public mutating func clearPerson() {self._person = nil}
+
+  /// The person's accounts (through person records' account, account-person relations and
+  /// opportunity-person relations), each once.
+  public var accounts: [Cdp_Profile_V1_UnifiedRecord] = []
+
+  /// The opportunities of those accounts and those the person has a role on, each once.
+  public var opportunities: [Cdp_Profile_V1_UnifiedRecord] = []
+
+  public var opportunityRoles: [Cdp_Profile_V1_OpportunityRole] = []
+
+  public var campaigns: [Cdp_Profile_V1_CampaignMembership] = []
+
+  public var lists: [Cdp_Profile_V1_ListMembership] = []
+
+  /// Within the retention window before `as_of`, newest first, at most 5,000.
+  public var events: [Cdp_Profile_V1_Event] = []
+
+  public var asOf: SwiftProtobuf.Google_Protobuf_Timestamp {
+    get {_asOf ?? SwiftProtobuf.Google_Protobuf_Timestamp()}
+    set {_asOf = newValue}
+  }
+  /// Returns true if `asOf` has been explicitly set.
+  public var hasAsOf: Bool {self._asOf != nil}
+  /// Clears the value of `asOf`. Subsequent reads from it will return its default value.
+  public mutating func clearAsOf() {self._asOf = nil}
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+
+  fileprivate var _person: Cdp_Profile_V1_UnifiedRecord? = nil
+  fileprivate var _asOf: SwiftProtobuf.Google_Protobuf_Timestamp? = nil
+}
+
+public nonisolated struct Cdp_Profile_V1_AccountView: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var account: Cdp_Profile_V1_UnifiedRecord {
+    get {_account ?? Cdp_Profile_V1_UnifiedRecord()}
+    set {_account = newValue}
+  }
+  /// Returns true if `account` has been explicitly set.
+  public var hasAccount: Bool {self._account != nil}
+  /// Clears the value of `account`. Subsequent reads from it will return its default value.
+  public mutating func clearAccount() {self._account = nil}
+
+  public var opportunities: [Cdp_Profile_V1_UnifiedRecord] = []
+
+  /// The persons related to the account (their unified person records).
+  public var persons: [Cdp_Profile_V1_UnifiedRecord] = []
+
+  public var totals: Cdp_Profile_V1_AccountTotals {
+    get {_totals ?? Cdp_Profile_V1_AccountTotals()}
+    set {_totals = newValue}
+  }
+  /// Returns true if `totals` has been explicitly set.
+  public var hasTotals: Bool {self._totals != nil}
+  /// Clears the value of `totals`. Subsequent reads from it will return its default value.
+  public mutating func clearTotals() {self._totals = nil}
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+
+  fileprivate var _account: Cdp_Profile_V1_UnifiedRecord? = nil
+  fileprivate var _totals: Cdp_Profile_V1_AccountTotals? = nil
+}
+
+public nonisolated struct Cdp_Profile_V1_AccountTotals: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var opportunities: UInt32 = 0
+
+  public var wonOpportunities: UInt32 = 0
+
+  /// Sum of the amounts of closed-won opportunities (currencies are not converted).
+  public var wonAmount: Double = 0
+
+  /// Sum of the amounts of open opportunities.
+  public var openAmount: Double = 0
+
+  public var persons: UInt32 = 0
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+public nonisolated struct Cdp_Profile_V1_ScanRequest: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var partition: UInt32 = 0
+
+  /// 0 or 1: everything.
+  public var partitions: UInt32 = 0
+
+  public var asOf: SwiftProtobuf.Google_Protobuf_Timestamp {
+    get {_asOf ?? SwiftProtobuf.Google_Protobuf_Timestamp()}
+    set {_asOf = newValue}
+  }
+  /// Returns true if `asOf` has been explicitly set.
+  public var hasAsOf: Bool {self._asOf != nil}
+  /// Clears the value of `asOf`. Subsequent reads from it will return its default value.
+  public mutating func clearAsOf() {self._asOf = nil}
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+
+  fileprivate var _asOf: SwiftProtobuf.Google_Protobuf_Timestamp? = nil
+}
+
+public nonisolated struct Cdp_Profile_V1_GetEventsRequest: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var identity: Cdp_Identity_V1_IdentityValue {
+    get {_identity ?? Cdp_Identity_V1_IdentityValue()}
+    set {_identity = newValue}
+  }
+  /// Returns true if `identity` has been explicitly set.
+  public var hasIdentity: Bool {self._identity != nil}
+  /// Clears the value of `identity`. Subsequent reads from it will return its default value.
+  public mutating func clearIdentity() {self._identity = nil}
+
+  public var from: SwiftProtobuf.Google_Protobuf_Timestamp {
+    get {_from ?? SwiftProtobuf.Google_Protobuf_Timestamp()}
+    set {_from = newValue}
+  }
+  /// Returns true if `from` has been explicitly set.
+  public var hasFrom: Bool {self._from != nil}
+  /// Clears the value of `from`. Subsequent reads from it will return its default value.
+  public mutating func clearFrom() {self._from = nil}
+
+  public var to: SwiftProtobuf.Google_Protobuf_Timestamp {
+    get {_to ?? SwiftProtobuf.Google_Protobuf_Timestamp()}
+    set {_to = newValue}
+  }
+  /// Returns true if `to` has been explicitly set.
+  public var hasTo: Bool {self._to != nil}
+  /// Clears the value of `to`. Subsequent reads from it will return its default value.
+  public mutating func clearTo() {self._to = nil}
+
+  /// At most this many (default 1,000, at most 5,000).
+  public var limit: UInt32 = 0
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+
+  fileprivate var _identity: Cdp_Identity_V1_IdentityValue? = nil
+  fileprivate var _from: SwiftProtobuf.Google_Protobuf_Timestamp? = nil
+  fileprivate var _to: SwiftProtobuf.Google_Protobuf_Timestamp? = nil
+}
+
+public nonisolated struct Cdp_Profile_V1_GetEventsResponse: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var events: [Cdp_Profile_V1_Event] = []
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+public nonisolated struct Cdp_Profile_V1_DeletePersonResponse: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var fragmentsDeleted: UInt32 = 0
+
+  public var eventsDeleted: UInt32 = 0
+
+  /// The identities identity was asked to remove.
+  public var identities: [Cdp_Identity_V1_IdentityValue] = []
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+public nonisolated struct Cdp_Profile_V1_GetOutboxStatusRequest: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+public nonisolated struct Cdp_Profile_V1_OutboxStatus: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  /// Persons and accounts whose views changed and are not yet sent.
+  public var pendingViews: UInt64 = 0
+
+  public var oldestPending: SwiftProtobuf.Google_Protobuf_Timestamp {
+    get {_oldestPending ?? SwiftProtobuf.Google_Protobuf_Timestamp()}
+    set {_oldestPending = newValue}
+  }
+  /// Returns true if `oldestPending` has been explicitly set.
+  public var hasOldestPending: Bool {self._oldestPending != nil}
+  /// Clears the value of `oldestPending`. Subsequent reads from it will return its default value.
+  public mutating func clearOldestPending() {self._oldestPending = nil}
+
+  public var sentViews: UInt64 = 0
+
+  public var lastError: String = String()
+
+  /// The last identity update applied.
+  public var appliedIdentitySequence: UInt64 = 0
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+
+  fileprivate var _oldestPending: SwiftProtobuf.Google_Protobuf_Timestamp? = nil
 }
 
 /// A record with the clusters identity resolved for it and for the entities it names.
@@ -214,6 +642,654 @@ public nonisolated struct Cdp_Profile_V1_AcceptIdentityUpdatesRequestBytes: Send
 // MARK: - Code below here is support for the SwiftProtobuf runtime.
 
 fileprivate nonisolated let _protobuf_package = "cdp.profile.v1"
+
+nonisolated extension Cdp_Profile_V1_GetEntityRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".GetEntityRequest"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}identity\0\u{3}as_of\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularMessageField(value: &self._identity) }()
+      case 2: try { try decoder.decodeSingularMessageField(value: &self._asOf) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    // The use of inline closures is to circumvent an issue where the compiler
+    // allocates stack space for every if/case branch local when no optimizations
+    // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
+    // https://github.com/apple/swift-protobuf/issues/1182
+    try { if let v = self._identity {
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 1)
+    } }()
+    try { if let v = self._asOf {
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 2)
+    } }()
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Cdp_Profile_V1_GetEntityRequest, rhs: Cdp_Profile_V1_GetEntityRequest) -> Bool {
+    if lhs._identity != rhs._identity {return false}
+    if lhs._asOf != rhs._asOf {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Cdp_Profile_V1_UnifiedRecord: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".UnifiedRecord"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}cluster_id\0\u{1}record\0\u{3}fragment_keys\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularUInt64Field(value: &self.clusterID) }()
+      case 2: try { try decoder.decodeSingularMessageField(value: &self._record) }()
+      case 3: try { try decoder.decodeRepeatedStringField(value: &self.fragmentKeys) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    // The use of inline closures is to circumvent an issue where the compiler
+    // allocates stack space for every if/case branch local when no optimizations
+    // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
+    // https://github.com/apple/swift-protobuf/issues/1182
+    if self.clusterID != 0 {
+      try visitor.visitSingularUInt64Field(value: self.clusterID, fieldNumber: 1)
+    }
+    try { if let v = self._record {
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 2)
+    } }()
+    if !self.fragmentKeys.isEmpty {
+      try visitor.visitRepeatedStringField(value: self.fragmentKeys, fieldNumber: 3)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Cdp_Profile_V1_UnifiedRecord, rhs: Cdp_Profile_V1_UnifiedRecord) -> Bool {
+    if lhs.clusterID != rhs.clusterID {return false}
+    if lhs._record != rhs._record {return false}
+    if lhs.fragmentKeys != rhs.fragmentKeys {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Cdp_Profile_V1_OpportunityRole: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".OpportunityRole"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}opportunity_cluster_id\0\u{1}role\0\u{3}is_primary\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularUInt64Field(value: &self.opportunityClusterID) }()
+      case 2: try { try decoder.decodeSingularStringField(value: &self._role) }()
+      case 3: try { try decoder.decodeSingularBoolField(value: &self._isPrimary) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    // The use of inline closures is to circumvent an issue where the compiler
+    // allocates stack space for every if/case branch local when no optimizations
+    // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
+    // https://github.com/apple/swift-protobuf/issues/1182
+    if self.opportunityClusterID != 0 {
+      try visitor.visitSingularUInt64Field(value: self.opportunityClusterID, fieldNumber: 1)
+    }
+    try { if let v = self._role {
+      try visitor.visitSingularStringField(value: v, fieldNumber: 2)
+    } }()
+    try { if let v = self._isPrimary {
+      try visitor.visitSingularBoolField(value: v, fieldNumber: 3)
+    } }()
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Cdp_Profile_V1_OpportunityRole, rhs: Cdp_Profile_V1_OpportunityRole) -> Bool {
+    if lhs.opportunityClusterID != rhs.opportunityClusterID {return false}
+    if lhs._role != rhs._role {return false}
+    if lhs._isPrimary != rhs._isPrimary {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Cdp_Profile_V1_CampaignMembership: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".CampaignMembership"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}campaign\0\u{1}status\0\u{3}has_responded\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularMessageField(value: &self._campaign) }()
+      case 2: try { try decoder.decodeSingularStringField(value: &self._status) }()
+      case 3: try { try decoder.decodeSingularBoolField(value: &self._hasResponded_p) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    // The use of inline closures is to circumvent an issue where the compiler
+    // allocates stack space for every if/case branch local when no optimizations
+    // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
+    // https://github.com/apple/swift-protobuf/issues/1182
+    try { if let v = self._campaign {
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 1)
+    } }()
+    try { if let v = self._status {
+      try visitor.visitSingularStringField(value: v, fieldNumber: 2)
+    } }()
+    try { if let v = self._hasResponded_p {
+      try visitor.visitSingularBoolField(value: v, fieldNumber: 3)
+    } }()
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Cdp_Profile_V1_CampaignMembership, rhs: Cdp_Profile_V1_CampaignMembership) -> Bool {
+    if lhs._campaign != rhs._campaign {return false}
+    if lhs._status != rhs._status {return false}
+    if lhs._hasResponded_p != rhs._hasResponded_p {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Cdp_Profile_V1_ListMembership: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".ListMembership"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}list\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularMessageField(value: &self._list) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    // The use of inline closures is to circumvent an issue where the compiler
+    // allocates stack space for every if/case branch local when no optimizations
+    // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
+    // https://github.com/apple/swift-protobuf/issues/1182
+    try { if let v = self._list {
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 1)
+    } }()
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Cdp_Profile_V1_ListMembership, rhs: Cdp_Profile_V1_ListMembership) -> Bool {
+    if lhs._list != rhs._list {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Cdp_Profile_V1_Event: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".Event"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}key\0\u{1}event\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.key) }()
+      case 2: try { try decoder.decodeSingularMessageField(value: &self._event) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    // The use of inline closures is to circumvent an issue where the compiler
+    // allocates stack space for every if/case branch local when no optimizations
+    // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
+    // https://github.com/apple/swift-protobuf/issues/1182
+    if !self.key.isEmpty {
+      try visitor.visitSingularStringField(value: self.key, fieldNumber: 1)
+    }
+    try { if let v = self._event {
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 2)
+    } }()
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Cdp_Profile_V1_Event, rhs: Cdp_Profile_V1_Event) -> Bool {
+    if lhs.key != rhs.key {return false}
+    if lhs._event != rhs._event {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Cdp_Profile_V1_PersonView: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".PersonView"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}person\0\u{1}accounts\0\u{1}opportunities\0\u{3}opportunity_roles\0\u{1}campaigns\0\u{1}lists\0\u{1}events\0\u{3}as_of\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularMessageField(value: &self._person) }()
+      case 2: try { try decoder.decodeRepeatedMessageField(value: &self.accounts) }()
+      case 3: try { try decoder.decodeRepeatedMessageField(value: &self.opportunities) }()
+      case 4: try { try decoder.decodeRepeatedMessageField(value: &self.opportunityRoles) }()
+      case 5: try { try decoder.decodeRepeatedMessageField(value: &self.campaigns) }()
+      case 6: try { try decoder.decodeRepeatedMessageField(value: &self.lists) }()
+      case 7: try { try decoder.decodeRepeatedMessageField(value: &self.events) }()
+      case 8: try { try decoder.decodeSingularMessageField(value: &self._asOf) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    // The use of inline closures is to circumvent an issue where the compiler
+    // allocates stack space for every if/case branch local when no optimizations
+    // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
+    // https://github.com/apple/swift-protobuf/issues/1182
+    try { if let v = self._person {
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 1)
+    } }()
+    if !self.accounts.isEmpty {
+      try visitor.visitRepeatedMessageField(value: self.accounts, fieldNumber: 2)
+    }
+    if !self.opportunities.isEmpty {
+      try visitor.visitRepeatedMessageField(value: self.opportunities, fieldNumber: 3)
+    }
+    if !self.opportunityRoles.isEmpty {
+      try visitor.visitRepeatedMessageField(value: self.opportunityRoles, fieldNumber: 4)
+    }
+    if !self.campaigns.isEmpty {
+      try visitor.visitRepeatedMessageField(value: self.campaigns, fieldNumber: 5)
+    }
+    if !self.lists.isEmpty {
+      try visitor.visitRepeatedMessageField(value: self.lists, fieldNumber: 6)
+    }
+    if !self.events.isEmpty {
+      try visitor.visitRepeatedMessageField(value: self.events, fieldNumber: 7)
+    }
+    try { if let v = self._asOf {
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 8)
+    } }()
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Cdp_Profile_V1_PersonView, rhs: Cdp_Profile_V1_PersonView) -> Bool {
+    if lhs._person != rhs._person {return false}
+    if lhs.accounts != rhs.accounts {return false}
+    if lhs.opportunities != rhs.opportunities {return false}
+    if lhs.opportunityRoles != rhs.opportunityRoles {return false}
+    if lhs.campaigns != rhs.campaigns {return false}
+    if lhs.lists != rhs.lists {return false}
+    if lhs.events != rhs.events {return false}
+    if lhs._asOf != rhs._asOf {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Cdp_Profile_V1_AccountView: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".AccountView"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}account\0\u{1}opportunities\0\u{1}persons\0\u{1}totals\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularMessageField(value: &self._account) }()
+      case 2: try { try decoder.decodeRepeatedMessageField(value: &self.opportunities) }()
+      case 3: try { try decoder.decodeRepeatedMessageField(value: &self.persons) }()
+      case 4: try { try decoder.decodeSingularMessageField(value: &self._totals) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    // The use of inline closures is to circumvent an issue where the compiler
+    // allocates stack space for every if/case branch local when no optimizations
+    // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
+    // https://github.com/apple/swift-protobuf/issues/1182
+    try { if let v = self._account {
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 1)
+    } }()
+    if !self.opportunities.isEmpty {
+      try visitor.visitRepeatedMessageField(value: self.opportunities, fieldNumber: 2)
+    }
+    if !self.persons.isEmpty {
+      try visitor.visitRepeatedMessageField(value: self.persons, fieldNumber: 3)
+    }
+    try { if let v = self._totals {
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 4)
+    } }()
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Cdp_Profile_V1_AccountView, rhs: Cdp_Profile_V1_AccountView) -> Bool {
+    if lhs._account != rhs._account {return false}
+    if lhs.opportunities != rhs.opportunities {return false}
+    if lhs.persons != rhs.persons {return false}
+    if lhs._totals != rhs._totals {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Cdp_Profile_V1_AccountTotals: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".AccountTotals"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}opportunities\0\u{3}won_opportunities\0\u{3}won_amount\0\u{3}open_amount\0\u{1}persons\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularUInt32Field(value: &self.opportunities) }()
+      case 2: try { try decoder.decodeSingularUInt32Field(value: &self.wonOpportunities) }()
+      case 3: try { try decoder.decodeSingularDoubleField(value: &self.wonAmount) }()
+      case 4: try { try decoder.decodeSingularDoubleField(value: &self.openAmount) }()
+      case 5: try { try decoder.decodeSingularUInt32Field(value: &self.persons) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if self.opportunities != 0 {
+      try visitor.visitSingularUInt32Field(value: self.opportunities, fieldNumber: 1)
+    }
+    if self.wonOpportunities != 0 {
+      try visitor.visitSingularUInt32Field(value: self.wonOpportunities, fieldNumber: 2)
+    }
+    if self.wonAmount.bitPattern != 0 {
+      try visitor.visitSingularDoubleField(value: self.wonAmount, fieldNumber: 3)
+    }
+    if self.openAmount.bitPattern != 0 {
+      try visitor.visitSingularDoubleField(value: self.openAmount, fieldNumber: 4)
+    }
+    if self.persons != 0 {
+      try visitor.visitSingularUInt32Field(value: self.persons, fieldNumber: 5)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Cdp_Profile_V1_AccountTotals, rhs: Cdp_Profile_V1_AccountTotals) -> Bool {
+    if lhs.opportunities != rhs.opportunities {return false}
+    if lhs.wonOpportunities != rhs.wonOpportunities {return false}
+    if lhs.wonAmount != rhs.wonAmount {return false}
+    if lhs.openAmount != rhs.openAmount {return false}
+    if lhs.persons != rhs.persons {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Cdp_Profile_V1_ScanRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".ScanRequest"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}partition\0\u{1}partitions\0\u{3}as_of\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularUInt32Field(value: &self.partition) }()
+      case 2: try { try decoder.decodeSingularUInt32Field(value: &self.partitions) }()
+      case 3: try { try decoder.decodeSingularMessageField(value: &self._asOf) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    // The use of inline closures is to circumvent an issue where the compiler
+    // allocates stack space for every if/case branch local when no optimizations
+    // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
+    // https://github.com/apple/swift-protobuf/issues/1182
+    if self.partition != 0 {
+      try visitor.visitSingularUInt32Field(value: self.partition, fieldNumber: 1)
+    }
+    if self.partitions != 0 {
+      try visitor.visitSingularUInt32Field(value: self.partitions, fieldNumber: 2)
+    }
+    try { if let v = self._asOf {
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 3)
+    } }()
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Cdp_Profile_V1_ScanRequest, rhs: Cdp_Profile_V1_ScanRequest) -> Bool {
+    if lhs.partition != rhs.partition {return false}
+    if lhs.partitions != rhs.partitions {return false}
+    if lhs._asOf != rhs._asOf {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Cdp_Profile_V1_GetEventsRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".GetEventsRequest"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}identity\0\u{1}from\0\u{1}to\0\u{1}limit\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularMessageField(value: &self._identity) }()
+      case 2: try { try decoder.decodeSingularMessageField(value: &self._from) }()
+      case 3: try { try decoder.decodeSingularMessageField(value: &self._to) }()
+      case 4: try { try decoder.decodeSingularUInt32Field(value: &self.limit) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    // The use of inline closures is to circumvent an issue where the compiler
+    // allocates stack space for every if/case branch local when no optimizations
+    // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
+    // https://github.com/apple/swift-protobuf/issues/1182
+    try { if let v = self._identity {
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 1)
+    } }()
+    try { if let v = self._from {
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 2)
+    } }()
+    try { if let v = self._to {
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 3)
+    } }()
+    if self.limit != 0 {
+      try visitor.visitSingularUInt32Field(value: self.limit, fieldNumber: 4)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Cdp_Profile_V1_GetEventsRequest, rhs: Cdp_Profile_V1_GetEventsRequest) -> Bool {
+    if lhs._identity != rhs._identity {return false}
+    if lhs._from != rhs._from {return false}
+    if lhs._to != rhs._to {return false}
+    if lhs.limit != rhs.limit {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Cdp_Profile_V1_GetEventsResponse: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".GetEventsResponse"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}events\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeRepeatedMessageField(value: &self.events) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.events.isEmpty {
+      try visitor.visitRepeatedMessageField(value: self.events, fieldNumber: 1)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Cdp_Profile_V1_GetEventsResponse, rhs: Cdp_Profile_V1_GetEventsResponse) -> Bool {
+    if lhs.events != rhs.events {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Cdp_Profile_V1_DeletePersonResponse: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".DeletePersonResponse"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}fragments_deleted\0\u{3}events_deleted\0\u{1}identities\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularUInt32Field(value: &self.fragmentsDeleted) }()
+      case 2: try { try decoder.decodeSingularUInt32Field(value: &self.eventsDeleted) }()
+      case 3: try { try decoder.decodeRepeatedMessageField(value: &self.identities) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if self.fragmentsDeleted != 0 {
+      try visitor.visitSingularUInt32Field(value: self.fragmentsDeleted, fieldNumber: 1)
+    }
+    if self.eventsDeleted != 0 {
+      try visitor.visitSingularUInt32Field(value: self.eventsDeleted, fieldNumber: 2)
+    }
+    if !self.identities.isEmpty {
+      try visitor.visitRepeatedMessageField(value: self.identities, fieldNumber: 3)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Cdp_Profile_V1_DeletePersonResponse, rhs: Cdp_Profile_V1_DeletePersonResponse) -> Bool {
+    if lhs.fragmentsDeleted != rhs.fragmentsDeleted {return false}
+    if lhs.eventsDeleted != rhs.eventsDeleted {return false}
+    if lhs.identities != rhs.identities {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Cdp_Profile_V1_GetOutboxStatusRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".GetOutboxStatusRequest"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap()
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    // Load everything into unknown fields
+    while try decoder.nextFieldNumber() != nil {}
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Cdp_Profile_V1_GetOutboxStatusRequest, rhs: Cdp_Profile_V1_GetOutboxStatusRequest) -> Bool {
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Cdp_Profile_V1_OutboxStatus: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".OutboxStatus"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}pending_views\0\u{3}oldest_pending\0\u{3}sent_views\0\u{3}last_error\0\u{3}applied_identity_sequence\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularUInt64Field(value: &self.pendingViews) }()
+      case 2: try { try decoder.decodeSingularMessageField(value: &self._oldestPending) }()
+      case 3: try { try decoder.decodeSingularUInt64Field(value: &self.sentViews) }()
+      case 4: try { try decoder.decodeSingularStringField(value: &self.lastError) }()
+      case 5: try { try decoder.decodeSingularUInt64Field(value: &self.appliedIdentitySequence) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    // The use of inline closures is to circumvent an issue where the compiler
+    // allocates stack space for every if/case branch local when no optimizations
+    // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
+    // https://github.com/apple/swift-protobuf/issues/1182
+    if self.pendingViews != 0 {
+      try visitor.visitSingularUInt64Field(value: self.pendingViews, fieldNumber: 1)
+    }
+    try { if let v = self._oldestPending {
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 2)
+    } }()
+    if self.sentViews != 0 {
+      try visitor.visitSingularUInt64Field(value: self.sentViews, fieldNumber: 3)
+    }
+    if !self.lastError.isEmpty {
+      try visitor.visitSingularStringField(value: self.lastError, fieldNumber: 4)
+    }
+    if self.appliedIdentitySequence != 0 {
+      try visitor.visitSingularUInt64Field(value: self.appliedIdentitySequence, fieldNumber: 5)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Cdp_Profile_V1_OutboxStatus, rhs: Cdp_Profile_V1_OutboxStatus) -> Bool {
+    if lhs.pendingViews != rhs.pendingViews {return false}
+    if lhs._oldestPending != rhs._oldestPending {return false}
+    if lhs.sentViews != rhs.sentViews {return false}
+    if lhs.lastError != rhs.lastError {return false}
+    if lhs.appliedIdentitySequence != rhs.appliedIdentitySequence {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
 
 nonisolated extension Cdp_Profile_V1_AnnotatedRecord: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".AnnotatedRecord"

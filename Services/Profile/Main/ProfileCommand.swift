@@ -1,0 +1,216 @@
+import ArgumentParser
+import CDPProto
+import Foundation
+import Logging
+import NIOPosix
+import ProfileModel
+import ProfileService
+import ProfileStore
+import RPCCore
+import RPCHTTP2
+import RPCServices
+import ServiceLifecycle
+import ServiceSupport
+
+/// The profile service's executable.
+@main
+struct ProfileCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "cdp-profile",
+        abstract: "Runs the profile service: fragments, merge policies, unified person and account views.",
+        discussion: """
+            Serves cdp.profile.v1.Profile (plus grpc.health.v1.Health and server reflection) over h2c. \
+            Identity's ordered stream (annotated records, merges, splits) is applied to DATA_DIR/profile.sqlite \
+            (SQLite, WAL) before it is acknowledged; the persons and accounts whose views changed are sent to \
+            the segmentation service from a durable outbox that coalesces bursts, retried until segmentation \
+            acknowledges. Without --segmentation the changes wait until a later run names one. DeletePerson \
+            needs --identity, which it asks to remove the person's identities.
+
+            Prints 'listening on HOST:PORT' on stdout once bound. SIGINT or SIGTERM start a graceful \
+            shutdown. Environment: CDP_DATA_DIR, CDP_IDENTITY_ADDR, CDP_SEGMENTATION_ADDR and CDP_TOKEN stand \
+            in for --data-dir, --identity, --segmentation and --auth-token.
+            """
+    )
+
+    @Option(help: "The address to bind.")
+    var host: String = "127.0.0.1"
+
+    @Option(help: "The port to listen on; 0 picks a free one.")
+    var port: Int = 7402
+
+    @Option(help: "The directory of the service's database (default: $CDP_DATA_DIR/profile or ./data/profile).")
+    var dataDir: String?
+
+    @Option(help: "The identity service, HOST:PORT, for DeletePerson (default: $CDP_IDENTITY_ADDR).")
+    var identity: String?
+
+    @Option(help: "The segmentation service to send changed views to, HOST:PORT (default: $CDP_SEGMENTATION_ADDR).")
+    var segmentation: String?
+
+    @Option(help: "Views per call to segmentation.")
+    var forwardBatchSize: Int = 100
+
+    @Option(
+        name: .customLong("merge-policy"),
+        help: ArgumentHelp(
+            "ENTITY=POLICY, POLICY being 'timestamp' (the default) or 'precedence:Type:instance,Type:instance,…' "
+                + "(repeatable), e.g. person=precedence:Salesforce:sf-1,Marketo:mkto-1.",
+            valueName: "entity=policy"
+        )
+    )
+    var mergePolicies: [String] = []
+
+    @Option(help: "How many days of events a person view holds.")
+    var eventRetentionDays: Int = 400
+
+    @Option(
+        name: .customLong("auth-token"),
+        help: "A bearer token callers must send, also sent to identity and segmentation (default: $CDP_TOKEN)."
+    )
+    var authToken: String?
+
+    @Option(help: "The largest request message, in bytes.")
+    var maxReceiveMessageBytes: Int = 4 * 1024 * 1024
+
+    @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.")
+    var logLevel: String = "info"
+
+    static let entityNames: [String: Cdp_Model_V1_EntityType] = [
+        "person": .person, "account": .account, "opportunity": .opportunity, "campaign": .campaign,
+        "marketingList": .marketingList, "accountPersonRelation": .accountPersonRelation,
+        "opportunityPersonRelation": .opportunityPersonRelation, "campaignMember": .campaignMember,
+        "marketingListMember": .marketingListMember,
+    ]
+
+    func validate() throws {
+        guard (0...65535).contains(port) else { throw ValidationError("--port must be between 0 and 65535.") }
+        guard forwardBatchSize > 0, eventRetentionDays > 0 else {
+            throw ValidationError("--forward-batch-size and --event-retention-days must be positive.")
+        }
+        guard Logger.Level(rawValue: logLevel) != nil else {
+            throw ValidationError("--log-level must be one of trace, debug, info, notice, warning, error, critical.")
+        }
+        let environment = ProcessInfo.processInfo.environment
+        for (flag, value) in [
+            ("--identity", identity ?? environment["CDP_IDENTITY_ADDR"]),
+            ("--segmentation", segmentation ?? environment["CDP_SEGMENTATION_ADDR"]),
+        ] {
+            if let value, HostPort(value) == nil {
+                throw ValidationError("\(flag) must be HOST:PORT, e.g. 127.0.0.1:7401 (got \"\(value)\").")
+            }
+        }
+        _ = try policies()
+    }
+
+    /// The merge policies from the flags.
+    func policies() throws -> [Cdp_Model_V1_EntityType: MergePolicy] {
+        var policies: [Cdp_Model_V1_EntityType: MergePolicy] = [:]
+        for entry in mergePolicies {
+            let parts = entry.split(separator: "=", maxSplits: 1).map(String.init)
+            guard parts.count == 2, let entity = Self.entityNames[parts[0]], let policy = MergePolicy(parts[1]) else {
+                throw ValidationError(
+                    "--merge-policy \"\(entry)\" must be ENTITY=timestamp or ENTITY=precedence:Type:instance,… with "
+                        + "ENTITY one of \(Self.entityNames.keys.sorted().joined(separator: ", "))."
+                )
+            }
+            policies[entity] = policy
+        }
+        return policies
+    }
+
+    func run() async throws {
+        MemoryTuning.keepFreedMemoryForReuse()
+        let environment = ProcessInfo.processInfo.environment
+        LoggingSystem.bootstrap { label in
+            var handler = StreamLogHandler.standardError(label: label)
+            handler.logLevel = Logger.Level(rawValue: self.logLevel) ?? .info
+            return handler
+        }
+        let logger = Logger(label: "cdp-profile")
+        let directory = dataDir ?? (environment["CDP_DATA_DIR"].map { $0 + "/profile" } ?? "./data/profile")
+        let store: SQLiteProfileStore
+        do {
+            try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+            store = try SQLiteProfileStore(
+                path: directory + "/profile.sqlite",
+                configuration: .init(policies: try policies(), eventRetention: .seconds(eventRetentionDays * 86_400))
+            )
+        } catch {
+            throw StartupError(
+                "cannot open the database in \(directory) (from --data-dir or $CDP_DATA_DIR): "
+                    + "\(error.localizedDescription)"
+            )
+        }
+        let engineThread = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+        let engine = ProfileEngine(store: store, loop: engineThread.next())
+        let token = authToken ?? environment["CDP_TOKEN"]
+        var metadata = Metadata()
+        if let token { metadata.add("authorization", "Bearer \(token)") }
+
+        var transports: [HTTP2ClientTransport] = []
+        var removeIdentity: ProfileService.RemoveIdentity?
+        if let address = (identity ?? environment["CDP_IDENTITY_ADDR"]).flatMap(HostPort.init) {
+            let transport = HTTP2ClientTransport(configuration: .init(host: address.host, port: address.port))
+            transports.append(transport)
+            let client = Cdp_Identity_V1_Identity.Client(RPCClient(transport: transport, defaultMetadata: metadata))
+            removeIdentity = { identity in
+                var request = Cdp_Identity_V1_RemoveIdentityRequest()
+                request.entityType = .person
+                request.identity = identity
+                _ = try await client.removeIdentity(request, options: CallOptions(timeout: .seconds(30)))
+            }
+        } else {
+            logger.notice("no identity service configured (--identity): DeletePerson is refused")
+        }
+        var relay: OutboxRelay<ViewChunk>?
+        if let address = (segmentation ?? environment["CDP_SEGMENTATION_ADDR"]).flatMap(HostPort.init) {
+            let transport = HTTP2ClientTransport(configuration: .init(host: address.host, port: address.port))
+            transports.append(transport)
+            let client = RPCClient(transport: transport, defaultMetadata: metadata)
+            relay = OutboxRelay(
+                name: "profile→segmentation",
+                configuration: .init(chunkSize: forwardBatchSize),
+                logger: logger,
+                fetch: { limit in try await engine.nextViewChunk(limit: limit) },
+                deliver: { chunk in try await SegmentationForwarding.deliver(chunk, via: client) },
+                acknowledge: { chunk in try await engine.acknowledge(chunk) }
+            )
+        } else {
+            logger.notice("no segmentation service configured (--segmentation): changed views wait in the outbox")
+        }
+
+        let service = ProfileService(
+            engine: engine,
+            logger: logger,
+            removeIdentity: removeIdentity,
+            changed: { [relay] in relay?.wake() },
+            forwardingError: { [relay] in relay?.status.lastError }
+        )
+        let health = HealthService()
+        let server = RPCServer(
+            configuration: .init(
+                host: host,
+                port: port,
+                maxReceiveMessageBytes: maxReceiveMessageBytes,
+                authorizationTokens: token.map { Set([$0]) } ?? [],
+                runsHandlersOnEventLoop: false
+            ),
+            services: [service, health, ReflectionService(services: [service, health])],
+            logger: logger
+        )
+        let boundPort: Int
+        do {
+            boundPort = try await server.start().port ?? port
+        } catch {
+            throw StartupError("cannot listen on \(host):\(port) (--host, --port): \(error)")
+        }
+        FileHandle.standardOutput.write(Data("listening on \(host):\(boundPort)\n".utf8))
+        logger.info("profile service started", metadata: ["data.dir": "\(directory)", "port": "\(boundPort)"])
+
+        var services: [any Service] = [server]
+        if let relay { services.append(relay) }
+        try await ServiceGroup(services: services, gracefulShutdownSignals: [.sigterm, .sigint], logger: logger).run()
+        for transport in transports { await transport.close() }
+        try await engineThread.shutdownGracefully()
+    }
+}

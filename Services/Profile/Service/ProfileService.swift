@@ -1,0 +1,239 @@
+import CDPProto
+import Foundation
+import Logging
+import ProfileStore
+import RPCCore
+import SwiftProtobuf
+
+/// `cdp.profile.v1.Profile`: identity's stream in, unified person and account views out.
+public final class ProfileService: Cdp_Profile_V1_Profile.ServiceProtocol {
+    /// Asks identity to remove an identity from the person graph (a privacy request).
+    public typealias RemoveIdentity = @Sendable (Cdp_Identity_V1_IdentityValue) async throws -> Void
+
+    private let engine: ProfileEngine
+    private let logger: Logger
+    private let removeIdentity: RemoveIdentity?
+    private let changed: @Sendable () -> Void
+    private let forwardingError: @Sendable () -> String?
+
+    /// Creates the service.
+    ///
+    /// - Parameters:
+    ///   - removeIdentity: How `DeletePerson` tells identity; nil when no identity service is configured
+    ///     (then `DeletePerson` is refused).
+    ///   - changed: Called after views changed (wakes the outbox relay).
+    ///   - forwardingError: The relay's last error, for `GetOutboxStatus`.
+    public init(
+        engine: ProfileEngine,
+        logger: Logger,
+        removeIdentity: RemoveIdentity?,
+        changed: @escaping @Sendable () -> Void = {},
+        forwardingError: @escaping @Sendable () -> String? = { nil }
+    ) {
+        self.engine = engine
+        self.logger = logger
+        self.removeIdentity = removeIdentity
+        self.changed = changed
+        self.forwardingError = forwardingError
+    }
+
+    public func acceptIdentityUpdates(
+        request: Cdp_Profile_V1_AcceptIdentityUpdatesRequest,
+        context: ServerContext
+    ) async throws -> Cdp_Profile_V1_AcceptIdentityUpdatesResponse {
+        let result: (applied: Int, duplicates: Int)
+        do {
+            result = try await engine.apply(request.updates)
+        } catch {
+            logger.error("profile store failed; the call was rolled back", metadata: ["error": "\(error)"])
+            throw RPCError(code: .unavailable, message: "profile could not store the updates (\(error)); retry")
+        }
+        if result.applied > 0 { changed() }
+        var response = Cdp_Profile_V1_AcceptIdentityUpdatesResponse()
+        response.applied = UInt32(result.applied)
+        response.duplicates = UInt32(result.duplicates)
+        return response
+    }
+
+    public func getPerson(
+        request: Cdp_Profile_V1_GetEntityRequest,
+        context: ServerContext
+    ) async throws -> Cdp_Profile_V1_PersonView {
+        let cluster = try await cluster(of: .person, request.identity)
+        let asOf = request.hasAsOf ? request.asOf.date : Date()
+        guard let view = try await engine.personView(cluster: cluster, asOf: asOf) else {
+            throw RPCError(code: .notFound, message: "no person has \(Self.describe(request.identity))")
+        }
+        return view
+    }
+
+    public func getAccount(
+        request: Cdp_Profile_V1_GetEntityRequest,
+        context: ServerContext
+    ) async throws -> Cdp_Profile_V1_AccountView {
+        let cluster = try await cluster(of: .account, request.identity)
+        guard let view = try await engine.accountView(cluster: cluster) else {
+            throw RPCError(code: .notFound, message: "no account has \(Self.describe(request.identity))")
+        }
+        return view
+    }
+
+    public func scanPersonViews(
+        request: Cdp_Profile_V1_ScanRequest,
+        responses: RPCWriter<Cdp_Profile_V1_PersonView>,
+        context: ServerContext
+    ) async throws {
+        let asOf = request.hasAsOf ? request.asOf.date : Date()
+        try await scan(.person, request) { cluster in
+            if let view = try await self.engine.personView(cluster: cluster, asOf: asOf) {
+                try await responses.write(view)
+            }
+        }
+    }
+
+    public func scanAccountViews(
+        request: Cdp_Profile_V1_ScanRequest,
+        responses: RPCWriter<Cdp_Profile_V1_AccountView>,
+        context: ServerContext
+    ) async throws {
+        try await scan(.account, request) { cluster in
+            if let view = try await self.engine.accountView(cluster: cluster) { try await responses.write(view) }
+        }
+    }
+
+    private func scan(
+        _ entity: Cdp_Model_V1_EntityType,
+        _ request: Cdp_Profile_V1_ScanRequest,
+        each: (UInt64) async throws -> Void
+    ) async throws {
+        let partitions = Int(max(request.partitions, 1))
+        guard Int(request.partition) < partitions else {
+            throw RPCError(
+                code: .invalidArgument,
+                message:
+                    "partition \(request.partition) is not below partitions \(partitions) (partitions count from 0)"
+            )
+        }
+        var after: UInt64 = 0
+        while true {
+            try Task.checkCancellation()
+            let page = try await engine.clusters(
+                of: entity,
+                partition: Int(request.partition),
+                partitions: partitions,
+                after: after,
+                limit: 500
+            )
+            guard let last = page.last else { return }
+            for cluster in page { try await each(cluster) }
+            after = last
+        }
+    }
+
+    public func getEvents(
+        request: Cdp_Profile_V1_GetEventsRequest,
+        context: ServerContext
+    ) async throws -> Cdp_Profile_V1_GetEventsResponse {
+        let cluster = try await cluster(of: .person, request.identity)
+        let to = request.hasTo ? request.to.date : Date()
+        let from = request.hasFrom ? request.from.date : Date(timeIntervalSince1970: 0)
+        guard from <= to else {
+            throw RPCError(code: .invalidArgument, message: "from (\(from)) is after to (\(to))")
+        }
+        let limit = request.limit == 0 ? 1000 : Int(min(request.limit, 5000))
+        var response = Cdp_Profile_V1_GetEventsResponse()
+        response.events = try await engine.events(person: cluster, from: from, to: to, limit: limit)
+        return response
+    }
+
+    public func deletePerson(
+        request: Cdp_Profile_V1_GetEntityRequest,
+        context: ServerContext
+    ) async throws -> Cdp_Profile_V1_DeletePersonResponse {
+        guard let removeIdentity else {
+            throw RPCError(
+                code: .failedPrecondition,
+                message: "profile has no identity service configured (--identity): a privacy delete must reach it too"
+            )
+        }
+        let cluster = try await cluster(of: .person, request.identity)
+        let identities = try await engine.identities(ofPerson: cluster)
+        // Identity first: if profile's own deletion then fails, the retry finds the data and finishes.
+        for identity in identities {
+            do {
+                try await removeIdentity(identity)
+            } catch {
+                throw RPCError(
+                    code: .unavailable,
+                    message: "identity did not remove \(identity.namespace) (\(error)); nothing was deleted here, retry"
+                )
+            }
+        }
+        let deleted = try await engine.deletePerson(cluster: cluster)
+        changed()
+        logger.notice("person deleted", metadata: ["cluster": "\(cluster)", "fragments": "\(deleted.fragments)"])
+        var response = Cdp_Profile_V1_DeletePersonResponse()
+        response.fragmentsDeleted = UInt32(deleted.fragments)
+        response.eventsDeleted = UInt32(deleted.events)
+        response.identities = identities
+        return response
+    }
+
+    public func getOutboxStatus(
+        request: Cdp_Profile_V1_GetOutboxStatusRequest,
+        context: ServerContext
+    ) async throws -> Cdp_Profile_V1_OutboxStatus {
+        let status = try await engine.outboxStatus()
+        var response = Cdp_Profile_V1_OutboxStatus()
+        response.pendingViews = status.pending
+        response.sentViews = status.sent
+        if let oldest = status.oldestPending { response.oldestPending = Google_Protobuf_Timestamp(date: oldest) }
+        response.lastError = forwardingError() ?? ""
+        response.appliedIdentitySequence = try await engine.appliedSequence()
+        return response
+    }
+
+    // MARK: - Helpers
+
+    private func cluster(
+        of entity: Cdp_Model_V1_EntityType,
+        _ identity: Cdp_Identity_V1_IdentityValue
+    ) async throws
+        -> UInt64
+    {
+        guard !identity.namespace.isEmpty, !identity.value.isEmpty else {
+            throw RPCError(
+                code: .invalidArgument,
+                message: "identity needs a namespace and a value, e.g. email and p2@townsend.com"
+            )
+        }
+        var normalized = identity
+        if identity.namespace == "email" {
+            normalized.value = identity.value.trimmingCharacters(in: .whitespacesAndNewlines).lowercased()
+        }
+        guard let cluster = try await engine.cluster(of: entity, named: normalized) else {
+            let name = entity == .person ? "person" : "account"
+            throw RPCError(code: .notFound, message: "no \(name) has \(Self.describe(normalized))")
+        }
+        return cluster
+    }
+
+    private static func describe(_ identity: Cdp_Identity_V1_IdentityValue) -> String {
+        "the identity \(identity.namespace):\(identity.value)"
+    }
+}
+
+/// Sending changed views to segmentation: what the outbox relay calls.
+public enum SegmentationForwarding {
+    /// Sends one chunk; returns once segmentation acknowledged it.
+    public static func deliver(_ chunk: ViewChunk, via client: RPCClient, timeout: Duration = .seconds(30)) async throws
+    {
+        var request = Cdp_Segmentation_V1_AcceptViewsRequest()
+        request.sender = "profile"
+        request.changes = chunk.changes
+        _ = try await Cdp_Segmentation_V1_Segmentation.Client(client).acceptViews(
+            request,
+            options: CallOptions(timeout: timeout)
+        )
+    }
+}

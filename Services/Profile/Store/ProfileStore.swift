@@ -1,0 +1,64 @@
+import CDPProto
+import Foundation
+
+/// Profile's storage: fragments (every source record, by entity type and key, with its cluster),
+/// the references between them, events by person, the identities each fragment names (for lookups),
+/// and the set of persons and accounts whose views changed and wait to be sent to segmentation.
+///
+/// The service talks to storage only through this protocol. Every method is one transaction.
+public protocol ProfileStore: Sendable {
+    /// The sequence number of the last identity update applied (0 before the first).
+    func appliedSequence() throws -> UInt64
+    /// Applies identity's updates in order, skipping any whose sequence was applied before, and marks
+    /// the persons and accounts whose views they change.
+    func apply(_ updates: [Cdp_Profile_V1_IdentityUpdate]) throws -> (applied: Int, duplicates: Int)
+
+    /// The cluster of the entity of type `entity` that `identity` names, if a fragment names it.
+    func cluster(of entity: Cdp_Model_V1_EntityType, named identity: Cdp_Identity_V1_IdentityValue) throws -> UInt64?
+    /// The person view of `cluster` as of `asOf`; nil if no fragment belongs to it.
+    func personView(cluster: UInt64, asOf: Date) throws -> Cdp_Profile_V1_PersonView?
+    /// The account view of `cluster`; nil if no fragment belongs to it.
+    func accountView(cluster: UInt64) throws -> Cdp_Profile_V1_AccountView?
+    /// Clusters of `entity` with a fragment, in one partition (cluster modulo `partitions`), greater than
+    /// `after`, ascending, at most `limit`.
+    func clusters(
+        of entity: Cdp_Model_V1_EntityType,
+        partition: Int,
+        partitions: Int,
+        after: UInt64,
+        limit: Int
+    ) throws -> [UInt64]
+    /// A person's events between `from` and `to`, newest first.
+    func events(person cluster: UInt64, from: Date, to: Date, limit: Int) throws -> [Cdp_Profile_V1_Event]
+    /// The identities the person's fragments name (for a privacy request to identity).
+    func identities(ofPerson cluster: UInt64) throws -> [Cdp_Identity_V1_IdentityValue]
+    /// Deletes the person's fragments, events and the relations and memberships naming the person.
+    func deletePerson(cluster: UInt64) throws -> (fragments: Int, events: Int)
+
+    /// Views waiting to be sent, oldest change first: each with a fresh version.
+    func nextChangedViews(limit: Int) throws -> [ChangedView]
+    /// Marks sent views done, unless they changed again since they were taken.
+    func markSent(_ views: [ChangedView]) throws
+    /// How much is pending.
+    func outboxStatus() throws -> (pending: UInt64, oldestPending: Date?, sent: UInt64)
+}
+
+/// A person or account whose view changed.
+public struct ChangedView: Sendable, Hashable {
+    /// `.person` or `.account`.
+    public var entity: Cdp_Model_V1_EntityType
+    /// Its cluster.
+    public var cluster: UInt64
+    /// Its change counter when taken: if it changed again meanwhile, it stays pending.
+    public var generation: Int64
+    /// The version its view is sent with (increasing across all sends).
+    public var version: UInt64
+
+    /// Creates a changed view.
+    public init(entity: Cdp_Model_V1_EntityType, cluster: UInt64, generation: Int64, version: UInt64) {
+        self.entity = entity
+        self.cluster = cluster
+        self.generation = generation
+        self.version = version
+    }
+}

@@ -1,0 +1,832 @@
+import CDPProto
+import Foundation
+import GRDB
+import IdentityRules
+import ProfileModel
+import SwiftProtobuf
+
+/// The embedded ``ProfileStore``: one SQLite database in WAL mode through GRDB.
+///
+/// Views are built from the tables on demand: a person's accounts are found through three paths (the
+/// person records' account, account-person relations, and opportunity-person relations through the
+/// opportunity's account) and every collection is keyed by cluster, so each unified entity appears
+/// once however many paths lead to it.
+public final class SQLiteProfileStore: ProfileStore {
+    /// How views are built.
+    public struct Configuration: Sendable {
+        /// The merge policy of each entity type (default: timestamp-ordered).
+        public var policies: [Cdp_Model_V1_EntityType: MergePolicy]
+        /// How far back a person view's events reach.
+        public var eventRetention: Duration
+        /// The most events in a person view.
+        public var maxEventsPerView: Int
+
+        /// Creates a configuration: timestamp order, 400 days, 5,000 events.
+        public init(
+            policies: [Cdp_Model_V1_EntityType: MergePolicy] = [:],
+            eventRetention: Duration = .seconds(400 * 86_400),
+            maxEventsPerView: Int = 5000
+        ) {
+            self.policies = policies
+            self.eventRetention = eventRetention
+            self.maxEventsPerView = maxEventsPerView
+        }
+
+        func policy(_ entity: Cdp_Model_V1_EntityType) -> MergePolicy { policies[entity] ?? .timestampOrdered }
+    }
+
+    private let writer: any DatabaseWriter
+    private let configuration: Configuration
+    private let now: @Sendable () -> Date
+
+    /// Opens (creating if needed) the database at `path` and migrates it.
+    public init(
+        path: String,
+        configuration: Configuration = Configuration(),
+        now: @escaping @Sendable () -> Date = Date.init
+    )
+        throws
+    {
+        var options = GRDB.Configuration()
+        options.prepareDatabase { db in try db.execute(sql: "PRAGMA synchronous = NORMAL") }
+        let pool = try DatabasePool(path: path, configuration: options)
+        writer = pool
+        self.configuration = configuration
+        self.now = now
+        try Self.migrator.migrate(pool)
+    }
+
+    /// A store in memory, for tests: the same schema through the same migrator.
+    public init(configuration: Configuration = Configuration(), now: @escaping @Sendable () -> Date = Date.init) throws
+    {
+        let queue = try DatabaseQueue(configuration: GRDB.Configuration())
+        writer = queue
+        self.configuration = configuration
+        self.now = now
+        try Self.migrator.migrate(queue)
+    }
+
+    static var migrator: DatabaseMigrator {
+        var migrator = DatabaseMigrator()
+        migrator.registerMigration("v1: fragments, references, events, names, changed views") { db in
+            try db.execute(
+                sql: """
+                    -- Every source record but events and crosswalk rows, by entity type and key; cluster 0 for
+                    -- the entities identity does not cluster (relations, members).
+                    CREATE TABLE fragments (
+                        entity INTEGER NOT NULL,
+                        key TEXT NOT NULL,
+                        cluster INTEGER NOT NULL,
+                        version INTEGER NOT NULL,
+                        source TEXT NOT NULL,
+                        last_updated INTEGER,
+                        ingested_at INTEGER NOT NULL,
+                        is_deleted INTEGER NOT NULL,
+                        record BLOB NOT NULL,
+                        PRIMARY KEY (entity, key)
+                    ) WITHOUT ROWID;
+                    CREATE INDEX fragments_by_cluster ON fragments (entity, cluster);
+                    -- What each fragment names, resolved to clusters by identity, with the identity it was
+                    -- resolved through (a split moves references by it).
+                    CREATE TABLE refs (
+                        entity INTEGER NOT NULL,
+                        key TEXT NOT NULL,
+                        role TEXT NOT NULL,
+                        ref_entity INTEGER NOT NULL,
+                        ref_cluster INTEGER NOT NULL,
+                        ref_namespace TEXT NOT NULL,
+                        ref_value TEXT NOT NULL,
+                        PRIMARY KEY (entity, key, role)
+                    ) WITHOUT ROWID;
+                    CREATE INDEX refs_by_target ON refs (ref_entity, ref_cluster, role);
+                    -- Events by person, by time.
+                    CREATE TABLE events (
+                        key TEXT PRIMARY KEY,
+                        person_cluster INTEGER NOT NULL,
+                        ref_namespace TEXT NOT NULL,
+                        ref_value TEXT NOT NULL,
+                        timestamp INTEGER NOT NULL,
+                        record BLOB NOT NULL
+                    );
+                    CREATE INDEX events_by_person ON events (person_cluster, timestamp);
+                    -- The identities each fragment names, for lookups by identity.
+                    CREATE TABLE names (
+                        entity INTEGER NOT NULL,
+                        namespace TEXT NOT NULL,
+                        value TEXT NOT NULL,
+                        key TEXT NOT NULL,
+                        PRIMARY KEY (entity, namespace, value, key)
+                    ) WITHOUT ROWID;
+                    CREATE INDEX names_by_fragment ON names (entity, key);
+                    -- Persons and accounts whose views changed and wait to be sent; generation counts the
+                    -- changes, so one taken for sending and changed again stays.
+                    CREATE TABLE changed (
+                        entity INTEGER NOT NULL,
+                        cluster INTEGER NOT NULL,
+                        generation INTEGER NOT NULL,
+                        since INTEGER NOT NULL,
+                        PRIMARY KEY (entity, cluster)
+                    ) WITHOUT ROWID;
+                    CREATE INDEX changed_by_age ON changed (since);
+                    CREATE TABLE counters (
+                        name TEXT PRIMARY KEY,
+                        value INTEGER NOT NULL
+                    );
+                    """
+            )
+        }
+        return migrator
+    }
+
+    // MARK: - Applying identity's updates
+
+    public func appliedSequence() throws -> UInt64 {
+        try writer.read { db in UInt64(try Self.counter("applied_identity_sequence", db)) }
+    }
+
+    public func apply(_ updates: [Cdp_Profile_V1_IdentityUpdate]) throws -> (applied: Int, duplicates: Int) {
+        try writer.write { db in
+            var last = UInt64(try Self.counter("applied_identity_sequence", db))
+            var applied = 0
+            var duplicates = 0
+            let changes = ChangeMarker(db: db, now: Self.milliseconds(now()))
+            for update in updates {
+                guard update.sequence > last else {
+                    duplicates += 1
+                    continue
+                }
+                switch update.update {
+                case .record(let annotated)?: try apply(annotated, changes: changes, db: db)
+                case .clusterChange(let change)?: try apply(change, changes: changes, db: db)
+                case .identityRemoved(let removed)?:
+                    // Lookups no longer find anything by the removed value.
+                    try db.execute(
+                        sql: "DELETE FROM names WHERE entity = ? AND namespace = ? AND value = ?",
+                        arguments: [removed.entityType.rawValue, removed.identity.namespace, removed.identity.value]
+                    )
+                case nil: break
+                }
+                last = update.sequence
+                applied += 1
+            }
+            try Self.setCounter("applied_identity_sequence", Int64(last), db)
+            return (applied, duplicates)
+        }
+    }
+
+    private func apply(_ annotated: Cdp_Profile_V1_AnnotatedRecord, changes: ChangeMarker, db: Database) throws {
+        let record = annotated.stored.record
+        guard let entity = entityType(of: record), entity != .identityLink else { return }
+        if entity == .event {
+            try applyEvent(annotated, changes: changes, db: db)
+            return
+        }
+        let key = record.key
+        // What the fragment affected before, and what it affects now.
+        try markDependents(of: entity, key: key, changes: changes, db: db)
+        let cluster = clusteredEntityTypes.contains(entity) ? annotated.clusterID : 0
+        let lastUpdated: Int64? = record.hasLastUpdated ? Self.milliseconds(record.lastUpdated.date) : nil
+        try db.execute(
+            sql: """
+                INSERT INTO fragments (entity, key, cluster, version, source, last_updated, ingested_at, is_deleted, record)
+                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
+                ON CONFLICT (entity, key) DO UPDATE SET
+                    cluster = excluded.cluster, version = excluded.version, source = excluded.source,
+                    last_updated = excluded.last_updated, ingested_at = excluded.ingested_at,
+                    is_deleted = excluded.is_deleted, record = excluded.record
+                """,
+            arguments: [
+                entity.rawValue, key, Int64(cluster), Int64(bitPattern: annotated.stored.version),
+                record.source.type + ":" + record.source.instance, lastUpdated,
+                Self.milliseconds(annotated.stored.ingestedAt.date), record.isDeleted,
+                try record.serializedBytes() as Data,
+            ]
+        )
+        try db.execute(sql: "DELETE FROM refs WHERE entity = ? AND key = ?", arguments: [entity.rawValue, key])
+        try db.execute(sql: "DELETE FROM names WHERE entity = ? AND key = ?", arguments: [entity.rawValue, key])
+        if !record.isDeleted {
+            for reference in annotated.references where reference.clusterID != 0 {
+                try db.execute(
+                    sql: """
+                        INSERT OR REPLACE INTO refs (entity, key, role, ref_entity, ref_cluster, ref_namespace, ref_value)
+                        VALUES (?, ?, ?, ?, ?, ?, ?)
+                        """,
+                    arguments: [
+                        entity.rawValue, key, reference.role, reference.entityType.rawValue,
+                        Int64(reference.clusterID), reference.identity.namespace, reference.identity.value,
+                    ]
+                )
+            }
+            if clusteredEntityTypes.contains(entity), let plan = IdentityRules.plan(for: record) {
+                for identity in plan.identities {
+                    try db.execute(
+                        sql: "INSERT OR IGNORE INTO names (entity, namespace, value, key) VALUES (?, ?, ?, ?)",
+                        arguments: [entity.rawValue, identity.namespace, identity.value, key]
+                    )
+                }
+            }
+        }
+        try markDependents(of: entity, key: key, changes: changes, db: db)
+    }
+
+    private func applyEvent(_ annotated: Cdp_Profile_V1_AnnotatedRecord, changes: ChangeMarker, db: Database) throws {
+        let record = annotated.stored.record
+        if let old = try Int64.fetchOne(
+            db,
+            sql: "SELECT person_cluster FROM events WHERE key = ?",
+            arguments: [record.key]
+        ) {
+            try changes.mark(.person, UInt64(old))
+        }
+        try db.execute(sql: "DELETE FROM events WHERE key = ?", arguments: [record.key])
+        guard !record.isDeleted,
+            let person = annotated.references.first(where: { $0.role == Role.person && $0.clusterID != 0 })
+        else { return }
+        try db.execute(
+            sql: """
+                INSERT INTO events (key, person_cluster, ref_namespace, ref_value, timestamp, record)
+                VALUES (?, ?, ?, ?, ?, ?)
+                """,
+            arguments: [
+                record.key, Int64(person.clusterID), person.identity.namespace, person.identity.value,
+                Self.milliseconds(record.event.timestamp.date), try record.serializedBytes() as Data,
+            ]
+        )
+        try changes.mark(.person, person.clusterID)
+    }
+
+    private func apply(_ change: Cdp_Identity_V1_ClusterChange, changes: ChangeMarker, db: Database) throws {
+        let entity = change.entityType
+        switch change.kind {
+        case .merged:
+            guard let into = change.into.first else { return }
+            for from in change.from { try markDependents(ofCluster: from, entity: entity, changes: changes, db: db) }
+            for from in change.from {
+                try db.execute(
+                    sql: "UPDATE fragments SET cluster = ? WHERE entity = ? AND cluster = ?",
+                    arguments: [Int64(into), entity.rawValue, Int64(from)]
+                )
+                try db.execute(
+                    sql: "UPDATE refs SET ref_cluster = ? WHERE ref_entity = ? AND ref_cluster = ?",
+                    arguments: [Int64(into), entity.rawValue, Int64(from)]
+                )
+                if entity == .person {
+                    try db.execute(
+                        sql: "UPDATE events SET person_cluster = ? WHERE person_cluster = ?",
+                        arguments: [Int64(into), Int64(from)]
+                    )
+                }
+            }
+            try markDependents(ofCluster: into, entity: entity, changes: changes, db: db)
+        case .split:
+            guard let from = change.from.first else { return }
+            try markDependents(ofCluster: from, entity: entity, changes: changes, db: db)
+            for part in change.parts {
+                for key in part.recordKeys {
+                    try db.execute(
+                        sql: "UPDATE fragments SET cluster = ? WHERE entity = ? AND cluster = ? AND key = ?",
+                        arguments: [Int64(part.clusterID), entity.rawValue, Int64(from), key]
+                    )
+                }
+                for identity in part.identities {
+                    try db.execute(
+                        sql: """
+                            UPDATE refs SET ref_cluster = ?
+                            WHERE ref_entity = ? AND ref_cluster = ? AND ref_namespace = ? AND ref_value = ?
+                            """,
+                        arguments: [
+                            Int64(part.clusterID), entity.rawValue, Int64(from), identity.namespace, identity.value,
+                        ]
+                    )
+                    if entity == .person {
+                        try db.execute(
+                            sql: """
+                                UPDATE events SET person_cluster = ?
+                                WHERE person_cluster = ? AND ref_namespace = ? AND ref_value = ?
+                                """,
+                            arguments: [Int64(part.clusterID), Int64(from), identity.namespace, identity.value]
+                        )
+                    }
+                }
+            }
+            for part in change.parts {
+                try markDependents(ofCluster: part.clusterID, entity: entity, changes: changes, db: db)
+            }
+        default:
+            break
+        }
+    }
+
+    // MARK: - Who depends on what
+
+    /// Marks the views a fragment contributes to, as the tables say now.
+    private func markDependents(
+        of entity: Cdp_Model_V1_EntityType,
+        key: String,
+        changes: ChangeMarker,
+        db: Database
+    ) throws {
+        let row = try Row.fetchOne(
+            db,
+            sql: "SELECT cluster, is_deleted FROM fragments WHERE entity = ? AND key = ?",
+            arguments: [entity.rawValue, key]
+        )
+        guard let row, !(row[1] as Bool) else { return }
+        let cluster = UInt64(row[0] as Int64)
+        var references: [String: UInt64] = [:]
+        for reference in try Row.fetchAll(
+            db,
+            sql: "SELECT role, ref_cluster FROM refs WHERE entity = ? AND key = ?",
+            arguments: [entity.rawValue, key]
+        ) {
+            references[reference[0]] = UInt64(reference[1] as Int64)
+        }
+        switch entity {
+        case .person:
+            try changes.mark(.person, cluster)
+            if let account = references[Role.account] { try changes.mark(.account, account) }
+        case .account, .opportunity, .campaign, .marketingList:
+            try markDependents(ofCluster: cluster, entity: entity, changes: changes, db: db)
+        case .accountPersonRelation:
+            if let person = references[Role.person] { try changes.mark(.person, person) }
+            if let account = references[Role.account] { try changes.mark(.account, account) }
+        case .opportunityPersonRelation:
+            if let person = references[Role.person] { try changes.mark(.person, person) }
+            if let opportunity = references[Role.opportunity] {
+                for account in try accounts(ofOpportunity: opportunity, db) { try changes.mark(.account, account) }
+            }
+        case .campaignMember, .marketingListMember:
+            if let person = references[Role.person] { try changes.mark(.person, person) }
+        default:
+            break
+        }
+    }
+
+    /// Marks the views that depend on a whole cluster.
+    private func markDependents(
+        ofCluster cluster: UInt64,
+        entity: Cdp_Model_V1_EntityType,
+        changes: ChangeMarker,
+        db: Database
+    ) throws {
+        switch entity {
+        case .person:
+            try changes.mark(.person, cluster)
+            for account in try accounts(ofPerson: cluster, db) { try changes.mark(.account, account) }
+        case .account:
+            try changes.mark(.account, cluster)
+            for person in try persons(ofAccount: cluster, db) { try changes.mark(.person, person) }
+        case .opportunity:
+            for account in try accounts(ofOpportunity: cluster, db) {
+                try changes.mark(.account, account)
+                for person in try persons(ofAccount: account, db) { try changes.mark(.person, person) }
+            }
+            for person in try referrers(of: cluster, entity: .opportunity, via: .opportunityPersonRelation, db) {
+                try changes.mark(.person, person)
+            }
+        case .campaign:
+            for person in try referrers(of: cluster, entity: .campaign, via: .campaignMember, db) {
+                try changes.mark(.person, person)
+            }
+        case .marketingList:
+            for person in try referrers(of: cluster, entity: .marketingList, via: .marketingListMember, db) {
+                try changes.mark(.person, person)
+            }
+        default:
+            break
+        }
+    }
+
+    // MARK: - Relations
+
+    /// The person's accounts: through person records, account-person relations and opportunity-person
+    /// relations (the opportunity's account).
+    private func accounts(ofPerson cluster: UInt64, _ db: Database) throws -> [UInt64] {
+        try UInt64s(
+            db,
+            """
+            SELECT r.ref_cluster FROM fragments f
+                JOIN refs r ON r.entity = f.entity AND r.key = f.key AND r.role = 'account'
+                WHERE f.entity = 1 AND f.cluster = ?1 AND f.is_deleted = 0
+            UNION
+            SELECT a.ref_cluster FROM refs p
+                JOIN refs a ON a.entity = p.entity AND a.key = p.key AND a.role = 'account'
+                WHERE p.entity = 4 AND p.role = 'person' AND p.ref_entity = 1 AND p.ref_cluster = ?1
+            UNION
+            SELECT oa.ref_cluster FROM refs p
+                JOIN refs o ON o.entity = p.entity AND o.key = p.key AND o.role = 'opportunity'
+                JOIN fragments opp ON opp.entity = 3 AND opp.cluster = o.ref_cluster AND opp.is_deleted = 0
+                JOIN refs oa ON oa.entity = 3 AND oa.key = opp.key AND oa.role = 'account'
+                WHERE p.entity = 5 AND p.role = 'person' AND p.ref_entity = 1 AND p.ref_cluster = ?1
+            """,
+            [Int64(cluster)]
+        )
+    }
+
+    /// The account's persons, through the same three paths.
+    private func persons(ofAccount cluster: UInt64, _ db: Database) throws -> [UInt64] {
+        try UInt64s(
+            db,
+            """
+            SELECT f.cluster FROM refs r
+                JOIN fragments f ON f.entity = r.entity AND f.key = r.key AND f.is_deleted = 0
+                WHERE r.ref_entity = 2 AND r.ref_cluster = ?1 AND r.role = 'account' AND r.entity = 1
+            UNION
+            SELECT p.ref_cluster FROM refs a
+                JOIN refs p ON p.entity = a.entity AND p.key = a.key AND p.role = 'person'
+                WHERE a.ref_entity = 2 AND a.ref_cluster = ?1 AND a.role = 'account' AND a.entity = 4
+            UNION
+            SELECT p.ref_cluster FROM refs oa
+                JOIN fragments opp ON opp.entity = oa.entity AND opp.key = oa.key AND opp.is_deleted = 0
+                JOIN refs o ON o.ref_entity = 3 AND o.ref_cluster = opp.cluster AND o.role = 'opportunity' AND o.entity = 5
+                JOIN refs p ON p.entity = 5 AND p.key = o.key AND p.role = 'person'
+                WHERE oa.ref_entity = 2 AND oa.ref_cluster = ?1 AND oa.role = 'account' AND oa.entity = 3
+            """,
+            [Int64(cluster)]
+        )
+    }
+
+    /// The accounts an opportunity's fragments name.
+    private func accounts(ofOpportunity cluster: UInt64, _ db: Database) throws -> [UInt64] {
+        try UInt64s(
+            db,
+            """
+            SELECT DISTINCT r.ref_cluster FROM fragments f
+                JOIN refs r ON r.entity = f.entity AND r.key = f.key AND r.role = 'account'
+                WHERE f.entity = 3 AND f.cluster = ?1 AND f.is_deleted = 0
+            """,
+            [Int64(cluster)]
+        )
+    }
+
+    /// The opportunities of an account.
+    private func opportunities(ofAccount cluster: UInt64, _ db: Database) throws -> [UInt64] {
+        try UInt64s(
+            db,
+            """
+            SELECT DISTINCT f.cluster FROM refs r
+                JOIN fragments f ON f.entity = r.entity AND f.key = r.key AND f.is_deleted = 0
+                WHERE r.ref_entity = 2 AND r.ref_cluster = ?1 AND r.role = 'account' AND r.entity = 3
+            """,
+            [Int64(cluster)]
+        )
+    }
+
+    /// The persons that relations or memberships of type `via` link to the cluster.
+    private func referrers(
+        of cluster: UInt64,
+        entity: Cdp_Model_V1_EntityType,
+        via relation: Cdp_Model_V1_EntityType,
+        _ db: Database
+    ) throws -> [UInt64] {
+        try UInt64s(
+            db,
+            """
+            SELECT DISTINCT p.ref_cluster FROM refs t
+                JOIN refs p ON p.entity = t.entity AND p.key = t.key AND p.role = 'person'
+                WHERE t.ref_entity = ?1 AND t.ref_cluster = ?2 AND t.entity = ?3 AND t.role != 'person'
+            """,
+            [entity.rawValue, Int64(cluster), relation.rawValue]
+        )
+    }
+
+    /// The person's relation or membership fragments of type `relation` with the cluster of what they
+    /// link it to (through `role`).
+    private func memberships(
+        ofPerson cluster: UInt64,
+        relation: Cdp_Model_V1_EntityType,
+        role: String,
+        _ db: Database
+    ) throws -> [(target: UInt64, record: Cdp_Model_V1_Record)] {
+        let rows = try Row.fetchAll(
+            db,
+            sql: """
+                SELECT t.ref_cluster, f.record FROM refs p
+                    JOIN refs t ON t.entity = p.entity AND t.key = p.key AND t.role = ?
+                    JOIN fragments f ON f.entity = p.entity AND f.key = p.key AND f.is_deleted = 0
+                    WHERE p.entity = ? AND p.role = 'person' AND p.ref_entity = 1 AND p.ref_cluster = ?
+                    ORDER BY p.key
+                """,
+            arguments: [role, relation.rawValue, Int64(cluster)]
+        )
+        return try rows.map { row in
+            (UInt64(row[0] as Int64), try Cdp_Model_V1_Record(serializedBytes: row[1] as Data))
+        }
+    }
+
+    private func UInt64s(_ db: Database, _ sql: String, _ arguments: StatementArguments) throws -> [UInt64] {
+        try Int64.fetchAll(db, sql: sql, arguments: arguments).filter { $0 != 0 }.map { UInt64($0) }.sorted()
+    }
+
+    // MARK: - Views
+
+    /// The unified record of a cluster; nil if it has no live fragment.
+    private func unified(
+        _ entity: Cdp_Model_V1_EntityType,
+        _ cluster: UInt64,
+        _ db: Database
+    ) throws
+        -> Cdp_Profile_V1_UnifiedRecord?
+    {
+        let rows = try Row.fetchAll(
+            db,
+            sql: """
+                SELECT key, source, last_updated, ingested_at, record FROM fragments
+                WHERE entity = ? AND cluster = ? AND is_deleted = 0
+                """,
+            arguments: [entity.rawValue, Int64(cluster)]
+        )
+        let fragments = rows.map { row in
+            Fragment(key: row[0], source: row[1], lastUpdated: row[2], ingestedAt: row[3], record: row[4])
+        }
+        guard let record = try Unifier.unify(fragments, policy: configuration.policy(entity)) else { return nil }
+        var unified = Cdp_Profile_V1_UnifiedRecord()
+        unified.clusterID = cluster
+        unified.record = record
+        unified.fragmentKeys = fragments.map(\.key).sorted()
+        return unified
+    }
+
+    public func cluster(
+        of entity: Cdp_Model_V1_EntityType,
+        named identity: Cdp_Identity_V1_IdentityValue
+    ) throws
+        -> UInt64?
+    {
+        try writer.read { db in
+            try Int64.fetchOne(
+                db,
+                sql: """
+                    SELECT f.cluster FROM names n
+                        JOIN fragments f ON f.entity = n.entity AND f.key = n.key AND f.is_deleted = 0
+                        WHERE n.entity = ? AND n.namespace = ? AND n.value = ? AND f.cluster != 0
+                        LIMIT 1
+                    """,
+                arguments: [entity.rawValue, identity.namespace, identity.value]
+            ).map { UInt64($0) }
+        }
+    }
+
+    public func personView(cluster: UInt64, asOf: Date) throws -> Cdp_Profile_V1_PersonView? {
+        try writer.read { db in try personView(cluster, asOf: asOf, db) }
+    }
+
+    private func personView(_ cluster: UInt64, asOf: Date, _ db: Database) throws -> Cdp_Profile_V1_PersonView? {
+        guard let person = try unified(.person, cluster, db) else { return nil }
+        var view = Cdp_Profile_V1_PersonView()
+        view.person = person
+        view.asOf = Google_Protobuf_Timestamp(date: asOf)
+        let accountClusters = try accounts(ofPerson: cluster, db)
+        view.accounts = try accountClusters.compactMap { try unified(.account, $0, db) }
+        let roles = try memberships(ofPerson: cluster, relation: .opportunityPersonRelation, role: Role.opportunity, db)
+        var opportunityClusters = Set(roles.map(\.target))
+        for account in accountClusters { opportunityClusters.formUnion(try opportunities(ofAccount: account, db)) }
+        view.opportunities = try opportunityClusters.sorted().compactMap { try unified(.opportunity, $0, db) }
+        view.opportunityRoles = roles.map { target, record in
+            var role = Cdp_Profile_V1_OpportunityRole()
+            role.opportunityClusterID = target
+            let relation = record.opportunityPersonRelation
+            if relation.hasRole { role.role = relation.role }
+            if relation.hasIsPrimary { role.isPrimary = relation.isPrimary }
+            return role
+        }
+        view.campaigns = try memberships(ofPerson: cluster, relation: .campaignMember, role: Role.campaign, db)
+            .compactMap { target, record in
+                guard let campaign = try unified(.campaign, target, db) else { return nil }
+                var membership = Cdp_Profile_V1_CampaignMembership()
+                membership.campaign = campaign
+                let member = record.campaignMember
+                if member.hasStatus { membership.status = member.status }
+                if member.hasHasResponded_p { membership.hasResponded_p = member.hasResponded_p }
+                return membership
+            }
+        view.lists = try memberships(ofPerson: cluster, relation: .marketingListMember, role: Role.list, db)
+            .compactMap { target, _ in
+                guard let list = try unified(.marketingList, target, db) else { return nil }
+                var membership = Cdp_Profile_V1_ListMembership()
+                membership.list = list
+                return membership
+            }
+        let from = asOf.addingTimeInterval(-Double(configuration.eventRetention.components.seconds))
+        view.events = try events(cluster, from: from, to: asOf, limit: configuration.maxEventsPerView, db)
+        return view
+    }
+
+    public func accountView(cluster: UInt64) throws -> Cdp_Profile_V1_AccountView? {
+        try writer.read { db in
+            guard let account = try unified(.account, cluster, db) else { return nil }
+            var view = Cdp_Profile_V1_AccountView()
+            view.account = account
+            view.opportunities = try opportunities(ofAccount: cluster, db).compactMap {
+                try unified(.opportunity, $0, db)
+            }
+            view.persons = try persons(ofAccount: cluster, db).compactMap { try unified(.person, $0, db) }
+            var totals = Cdp_Profile_V1_AccountTotals()
+            totals.opportunities = UInt32(view.opportunities.count)
+            for opportunity in view.opportunities.map(\.record.opportunity) {
+                if opportunity.isClosed && opportunity.isWon {
+                    totals.wonOpportunities += 1
+                    totals.wonAmount += opportunity.amount
+                } else if !opportunity.isClosed {
+                    totals.openAmount += opportunity.amount
+                }
+            }
+            totals.persons = UInt32(view.persons.count)
+            view.totals = totals
+            return view
+        }
+    }
+
+    public func clusters(
+        of entity: Cdp_Model_V1_EntityType,
+        partition: Int,
+        partitions: Int,
+        after: UInt64,
+        limit: Int
+    ) throws -> [UInt64] {
+        try writer.read { db in
+            try Int64.fetchAll(
+                db,
+                sql: """
+                    SELECT DISTINCT cluster FROM fragments
+                    WHERE entity = ? AND cluster > ? AND is_deleted = 0 AND cluster % ? = ?
+                    ORDER BY cluster LIMIT ?
+                    """,
+                arguments: [entity.rawValue, Int64(after), max(partitions, 1), partitions > 1 ? partition : 0, limit]
+            ).map { UInt64($0) }
+        }
+    }
+
+    public func events(person cluster: UInt64, from: Date, to: Date, limit: Int) throws -> [Cdp_Profile_V1_Event] {
+        try writer.read { db in try events(cluster, from: from, to: to, limit: limit, db) }
+    }
+
+    private func events(
+        _ cluster: UInt64,
+        from: Date,
+        to: Date,
+        limit: Int,
+        _ db: Database
+    ) throws
+        -> [Cdp_Profile_V1_Event]
+    {
+        let rows = try Row.fetchAll(
+            db,
+            sql: """
+                SELECT key, record FROM events
+                WHERE person_cluster = ? AND timestamp BETWEEN ? AND ?
+                ORDER BY timestamp DESC, key LIMIT ?
+                """,
+            arguments: [Int64(cluster), Self.milliseconds(from), Self.milliseconds(to), limit]
+        )
+        return try rows.map { row in
+            var event = Cdp_Profile_V1_Event()
+            event.key = row[0]
+            event.event = try Cdp_Model_V1_Record(serializedBytes: row[1] as Data).event
+            return event
+        }
+    }
+
+    // MARK: - Privacy
+
+    public func identities(ofPerson cluster: UInt64) throws -> [Cdp_Identity_V1_IdentityValue] {
+        try writer.read { db in
+            try Row.fetchAll(
+                db,
+                sql: """
+                    SELECT DISTINCT n.namespace, n.value FROM fragments f
+                        JOIN names n ON n.entity = f.entity AND n.key = f.key
+                        WHERE f.entity = 1 AND f.cluster = ?
+                        ORDER BY n.namespace, n.value
+                    """,
+                arguments: [Int64(cluster)]
+            ).map { row in
+                var identity = Cdp_Identity_V1_IdentityValue()
+                identity.namespace = row[0]
+                identity.value = row[1]
+                return identity
+            }
+        }
+    }
+
+    public func deletePerson(cluster: UInt64) throws -> (fragments: Int, events: Int) {
+        try writer.write { db in
+            let changes = ChangeMarker(db: db, now: Self.milliseconds(now()))
+            try markDependents(ofCluster: cluster, entity: .person, changes: changes, db: db)
+            // The person's own fragments, then the relations and memberships naming the person.
+            var doomed = try Row.fetchAll(
+                db,
+                sql: "SELECT entity, key FROM fragments WHERE entity = 1 AND cluster = ?",
+                arguments: [Int64(cluster)]
+            ).map { (Int64($0[0] as Int64), $0[1] as String) }
+            doomed += try Row.fetchAll(
+                db,
+                sql: "SELECT entity, key FROM refs WHERE role = 'person' AND ref_entity = 1 AND ref_cluster = ?",
+                arguments: [Int64(cluster)]
+            ).map { (Int64($0[0] as Int64), $0[1] as String) }
+            for (entity, key) in doomed where entity != Cdp_Model_V1_EntityType.person.rawValue {
+                try markDependents(
+                    of: Cdp_Model_V1_EntityType(rawValue: Int(entity)) ?? .unspecified,
+                    key: key,
+                    changes: changes,
+                    db: db
+                )
+            }
+            for (entity, key) in doomed {
+                for table in ["fragments", "refs", "names"] {
+                    try db.execute(sql: "DELETE FROM \(table) WHERE entity = ? AND key = ?", arguments: [entity, key])
+                }
+            }
+            try db.execute(sql: "DELETE FROM events WHERE person_cluster = ?", arguments: [Int64(cluster)])
+            let events = db.changesCount
+            return (doomed.count, events)
+        }
+    }
+
+    // MARK: - Changed views
+
+    public func nextChangedViews(limit: Int) throws -> [ChangedView] {
+        try writer.write { db in
+            let rows = try Row.fetchAll(
+                db,
+                sql: "SELECT entity, cluster, generation FROM changed ORDER BY since, entity, cluster LIMIT ?",
+                arguments: [limit]
+            )
+            guard !rows.isEmpty else { return [] }
+            let first = try Self.counter("view_version", db) + 1
+            try Self.setCounter("view_version", first + Int64(rows.count) - 1, db)
+            return rows.enumerated().map { index, row in
+                ChangedView(
+                    entity: Cdp_Model_V1_EntityType(rawValue: Int(row[0] as Int64)) ?? .unspecified,
+                    cluster: UInt64(row[1] as Int64),
+                    generation: row[2],
+                    version: UInt64(first) + UInt64(index)
+                )
+            }
+        }
+    }
+
+    public func markSent(_ views: [ChangedView]) throws {
+        try writer.write { db in
+            var sent = 0
+            for view in views {
+                try db.execute(
+                    sql: "DELETE FROM changed WHERE entity = ? AND cluster = ? AND generation = ?",
+                    arguments: [view.entity.rawValue, Int64(view.cluster), view.generation]
+                )
+                sent += db.changesCount
+            }
+            try Self.setCounter("sent_views", try Self.counter("sent_views", db) + Int64(sent), db)
+        }
+    }
+
+    /// Forgets every pending change (tests start fan-out checks from a clean slate).
+    public func markAllSentForTesting() {
+        _ = try? writer.write { db in try db.execute(sql: "DELETE FROM changed") }
+    }
+
+    public func outboxStatus() throws -> (pending: UInt64, oldestPending: Date?, sent: UInt64) {
+        try writer.read { db in
+            let pending = try Int64.fetchOne(db, sql: "SELECT count(*) FROM changed") ?? 0
+            let oldest = try Int64.fetchOne(db, sql: "SELECT min(since) FROM changed")
+            return (UInt64(pending), oldest.map(Self.date), UInt64(try Self.counter("sent_views", db)))
+        }
+    }
+
+    // MARK: - Helpers
+
+    static func counter(_ name: String, _ db: Database) throws -> Int64 {
+        try Int64.fetchOne(db, sql: "SELECT value FROM counters WHERE name = ?", arguments: [name]) ?? 0
+    }
+
+    static func setCounter(_ name: String, _ value: Int64, _ db: Database) throws {
+        try db.execute(
+            sql: """
+                INSERT INTO counters (name, value) VALUES (?, ?)
+                ON CONFLICT (name) DO UPDATE SET value = excluded.value
+                """,
+            arguments: [name, value]
+        )
+    }
+
+    static func milliseconds(_ date: Date) -> Int64 { Int64((date.timeIntervalSince1970 * 1000).rounded()) }
+
+    static func date(_ milliseconds: Int64) -> Date { Date(timeIntervalSince1970: Double(milliseconds) / 1000) }
+}
+
+/// Marks persons and accounts whose views changed, within one write transaction.
+struct ChangeMarker {
+    let db: Database
+    let now: Int64
+
+    func mark(_ entity: Cdp_Model_V1_EntityType, _ cluster: UInt64) throws {
+        guard cluster != 0, entity == .person || entity == .account else { return }
+        try db.execute(
+            sql: """
+                INSERT INTO changed (entity, cluster, generation, since) VALUES (?, ?, 1, ?)
+                ON CONFLICT (entity, cluster) DO UPDATE SET generation = generation + 1
+                """,
+            arguments: [entity.rawValue, Int64(cluster), now]
+        )
+    }
+}

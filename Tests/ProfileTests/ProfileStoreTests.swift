@@ -1,0 +1,200 @@
+import CDPProto
+import Foundation
+import ProfileModel
+import ProfileStore
+import SwiftProtobuf
+import TestSupport
+import Testing
+
+/// The profile store fed by identity: the running example, arrival orders, fan-out, splits, privacy,
+/// restarts and re-delivery.
+@Suite("Profile store")
+struct ProfileStoreTests {
+    static let visit = Date(timeIntervalSince1970: 1_793_000_000)
+    static let asOf = visit.addingTimeInterval(7 * 86_400)
+
+    /// Everything of the running example: persons, accounts, opportunities, the crosswalk, the visit.
+    static var story: [[Cdp_Identity_V1_StoredRecord]] {
+        [
+            Bodea.persons, Array(Bodea.accounts.prefix(2)), Bodea.wonOpportunities, Bodea.crosswalks,
+            [Bodea.pageVisit(at: visit)],
+        ]
+    }
+
+    static func townsend(_ store: any ProfileStore) throws -> Cdp_Profile_V1_AccountView? {
+        guard let cluster = try store.cluster(of: .account, named: identity("sourceKey", "A1@mkto-1.Marketo")) else {
+            return nil
+        }
+        return try store.accountView(cluster: cluster)
+    }
+
+    static func person(_ email: String, _ store: any ProfileStore) throws -> Cdp_Profile_V1_PersonView? {
+        guard let cluster = try store.cluster(of: .person, named: identity("email", email)) else { return nil }
+        return try store.personView(cluster: cluster, asOf: asOf)
+    }
+
+    static func emails(_ records: [Cdp_Profile_V1_UnifiedRecord]) -> [String] {
+        records.map(\.record.person.email).sorted()
+    }
+
+    /// The running example in the natural order and in reverse: the same views.
+    @Test(arguments: [false, true])
+    func theTownsendAccountAndP2sViewInAnyOrder(reversed: Bool) async throws {
+        let store = try SQLiteProfileStore()
+        let pipeline = try ProfilePipeline(profile: store)
+        for group in reversed ? Self.story.reversed() : Self.story { try await pipeline.ingest(group) }
+
+        let townsend = try #require(try Self.townsend(store))
+        #expect(townsend.account.fragmentKeys == ["A1@mkto-1.Marketo", "A2@mkto-2.Marketo"])
+        #expect(townsend.opportunities.map(\.record.opportunity.opportunityID).sorted() == ["O1", "O2"])
+        #expect(townsend.totals.wonAmount == 1_100_000, "Opportunity 1 and 2, each counted once")
+        #expect(townsend.totals.wonOpportunities == 2)
+        #expect(Self.emails(townsend.persons) == ["p1@townsend.com", "p2@townsend.com", "p3@townsend.com"])
+
+        let p2 = try #require(try Self.person("p2@townsend.com", store))
+        #expect(p2.person.fragmentKeys == ["102@mkto-1.Marketo", "2102@mkto-2.Marketo"])
+        #expect(p2.accounts.count == 1, "Account 1 and Account 2 are one account")
+        #expect(p2.accounts.first?.clusterID == townsend.account.clusterID)
+        #expect(p2.opportunities.map(\.record.opportunity.amount).reduce(0, +) == 1_100_000)
+        #expect(p2.events.map(\.event.url) == ["https://bodea.example/new-product"])
+        let p1 = try #require(try Self.person("p1@townsend.com", store))
+        #expect(p1.events.isEmpty && p1.accounts.map(\.clusterID) == [townsend.account.clusterID])
+    }
+
+    /// Changing Opportunity 2's amount changes the views of p1, p2 and p3 (through the merged account).
+    @Test func anOpportunityChangeFansOutToEveryPersonOfTheMergedAccount() async throws {
+        let store = try SQLiteProfileStore()
+        let pipeline = try ProfilePipeline(profile: store)
+        for group in Self.story { try await pipeline.ingest(group) }
+        store.markAllSentForTesting()
+        try await pipeline.ingest([Bodea.wonOpportunity("O2", "mkto-2", account: "A2", amount: 950_000)])
+        let changed = try store.nextChangedViews(limit: 100)
+        var persons: [String] = []
+        for view in changed where view.entity == .person {
+            let person = try #require(try store.personView(cluster: view.cluster, asOf: Self.asOf))
+            persons.append(person.person.record.person.email)
+        }
+        #expect(persons.sorted() == ["p1@townsend.com", "p2@townsend.com", "p3@townsend.com"])
+        #expect(changed.filter { $0.entity == .account }.count == 1)
+        #expect(try Self.townsend(store)?.totals.wonAmount == 1_150_000)
+    }
+
+    /// The crosswalk row of Account 2 deleted: the account splits, and each person follows their own.
+    @Test func aSplitRehomesFragmentsAndReferences() async throws {
+        let store = try SQLiteProfileStore()
+        let pipeline = try ProfilePipeline(profile: store)
+        for group in Self.story { try await pipeline.ingest(group) }
+        try await pipeline.ingest([Bodea.deleted(Bodea.crosswalks[1])])
+        let first = try #require(try Self.townsend(store))
+        #expect(first.account.fragmentKeys == ["A1@mkto-1.Marketo"])
+        #expect(first.totals.wonAmount == 200_000)
+        #expect(Self.emails(first.persons) == ["p1@townsend.com", "p2@townsend.com"])
+        let secondCluster = try #require(
+            try store.cluster(of: .account, named: identity("sourceKey", "A2@mkto-2.Marketo"))
+        )
+        let second = try #require(try store.accountView(cluster: secondCluster))
+        #expect(second.totals.wonAmount == 900_000)
+        #expect(Self.emails(second.persons) == ["p2@townsend.com", "p3@townsend.com"])
+        let p2 = try #require(try Self.person("p2@townsend.com", store))
+        #expect(p2.accounts.count == 2)
+    }
+
+    /// A privacy delete removes the person's fragments and events; the account no longer lists them.
+    @Test func deletingAPersonRemovesFragmentsAndEvents() async throws {
+        let store = try SQLiteProfileStore()
+        let pipeline = try ProfilePipeline(profile: store)
+        for group in Self.story { try await pipeline.ingest(group) }
+        let cluster = try #require(try store.cluster(of: .person, named: identity("email", "p2@townsend.com")))
+        let identities = try store.identities(ofPerson: cluster).map { "\($0.namespace):\($0.value)" }
+        #expect(
+            identities == ["email:p2@townsend.com", "sourceKey:102@mkto-1.Marketo", "sourceKey:2102@mkto-2.Marketo"]
+        )
+        let deleted = try store.deletePerson(cluster: cluster)
+        #expect(deleted.fragments == 2 && deleted.events == 1)
+        #expect(try store.personView(cluster: cluster, asOf: Self.asOf) == nil)
+        #expect(try store.events(person: cluster, from: .distantPast, to: .distantFuture, limit: 10).isEmpty)
+        #expect(Self.emails(try #require(try Self.townsend(store)).persons) == ["p1@townsend.com", "p3@townsend.com"])
+        let removed = try store.nextChangedViews(limit: 100).contains { $0.entity == .person && $0.cluster == cluster }
+        #expect(removed, "the deleted person's view is sent, as removed")
+    }
+
+    /// Re-delivered updates change nothing; a store reopened after a restart gives the same views.
+    @Test func reDeliveryAndRestart() async throws {
+        let directory = NSTemporaryDirectory() + "profile-test-" + UUID().uuidString
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let path = directory + "/profile.sqlite"
+        let before: Cdp_Profile_V1_PersonView
+        do {
+            let store = try SQLiteProfileStore(path: path)
+            let pipeline = try ProfilePipeline(profile: store)
+            for group in Self.story { _ = try await pipeline.identity.accept(group) }
+            let updates = try pipeline.pendingUpdates()
+            #expect(try store.apply(updates).applied == updates.count)
+            #expect(try store.apply(updates) == (0, updates.count))
+            #expect(try store.apply(Array(updates.suffix(3))) == (0, 3))
+            before = try #require(try Self.person("p2@townsend.com", store))
+        }
+        let reopened = try SQLiteProfileStore(path: path)
+        #expect(try Self.person("p2@townsend.com", reopened) == before)
+        #expect(try reopened.appliedSequence() > 0)
+    }
+}
+
+/// The merge policies.
+@Suite("Merge policies")
+struct MergePolicyTests {
+    static func fragment(
+        _ key: String,
+        _ source: String,
+        lastUpdated: Int64?,
+        ingestedAt: Int64,
+        title: String?,
+        score: Double?
+    )
+        throws -> Fragment
+    {
+        var record = Cdp_Model_V1_Record()
+        record.key = key
+        record.person.personID = key
+        if let title { record.person.jobTitle = title }
+        if let score { record.person.score = score }
+        return Fragment(
+            key: key,
+            source: source,
+            lastUpdated: lastUpdated,
+            ingestedAt: ingestedAt,
+            record: try record.serializedBytes()
+        )
+    }
+
+    @Test func timestampOrderTakesEachFieldFromTheNewestFragmentThatHasIt() throws {
+        let fragments = [
+            try Self.fragment("a", "Marketo:mkto-1", lastUpdated: 300, ingestedAt: 1, title: "CTO", score: nil),
+            try Self.fragment("b", "Salesforce:sf-1", lastUpdated: 100, ingestedAt: 2, title: "VP", score: 40),
+            try Self.fragment("c", "Marketo:mkto-2", lastUpdated: nil, ingestedAt: 9, title: "Intern", score: 10),
+        ]
+        let unified = try #require(try Unifier.unify(fragments, policy: .timestampOrdered))
+        #expect(unified.person.jobTitle == "CTO", "newest lastUpdated")
+        #expect(unified.person.score == 40, "the newest fragment with a score")
+        #expect(unified.key == "a")
+        // Equal lastUpdated: ingestion time decides.
+        let tied = [
+            try Self.fragment("x", "Marketo:mkto-1", lastUpdated: 5, ingestedAt: 2, title: "Later", score: nil),
+            try Self.fragment("y", "Marketo:mkto-2", lastUpdated: 5, ingestedAt: 1, title: "Earlier", score: nil),
+        ]
+        #expect(try Unifier.unify(tied, policy: .timestampOrdered)?.person.jobTitle == "Later")
+    }
+
+    @Test func sourcePrecedenceTakesEachFieldFromTheFirstListedSourceThatHasIt() throws {
+        let fragments = [
+            try Self.fragment("a", "Marketo:mkto-1", lastUpdated: 300, ingestedAt: 1, title: "CTO", score: 70),
+            try Self.fragment("b", "Salesforce:sf-1", lastUpdated: 100, ingestedAt: 2, title: "VP", score: nil),
+        ]
+        let policy = try #require(MergePolicy("precedence:Salesforce:sf-1,Marketo:mkto-1"))
+        let unified = try #require(try Unifier.unify(fragments, policy: policy))
+        #expect(unified.person.jobTitle == "VP", "Salesforce first, though older")
+        #expect(unified.person.score == 70, "Salesforce has no score: the next source's")
+        #expect(MergePolicy("precedence:") == nil && MergePolicy("newest") == nil)
+    }
+}
