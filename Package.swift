@@ -290,7 +290,8 @@ let package = Package(
         .testTarget(
             name: "IdentityTests",
             dependencies: [
-                "TestSupport", "IdentityGraph", "IdentityRules", "IdentityStore", "IdentityService", "CDPProto", "RPCCore",
+                "TestSupport", "IdentityGraph", "IdentityRules", "IdentityStore", "IdentityService", "CDPProto",
+                "RPCCore",
                 "RPCHTTP2", "ServiceSupport",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOPosix", package: "swift-nio"),
@@ -300,7 +301,8 @@ let package = Package(
         .testTarget(
             name: "ProfileTests",
             dependencies: [
-                "TestSupport", "CDPProto", "IdentityGraph", "IdentityRules", "IdentityService", "IdentityStore", "ProfileModel",
+                "TestSupport", "CDPProto", "IdentityGraph", "IdentityRules", "IdentityService", "IdentityStore",
+                "ProfileModel",
                 "ProfileService", "ProfileStore", "RPCCore", "RPCHTTP2", "ServiceSupport",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOPosix", package: "swift-nio"),
