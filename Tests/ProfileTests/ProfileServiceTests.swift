@@ -1,0 +1,262 @@
+import CDPProto
+import Foundation
+import Logging
+import NIOPosix
+import ProfileService
+import ProfileStore
+import RPCCore
+import RPCHTTP2
+import ServiceSupport
+import SwiftProtobuf
+import Synchronization
+import TestSupport
+import Testing
+
+/// A stand-in for the segmentation service: keeps the latest view of each entity, and can be made to
+/// fail.
+final class RecordingSegmentation: Cdp_Segmentation_V1_Segmentation.ServiceProtocol {
+    private struct State {
+        var latest: [String: Cdp_Segmentation_V1_ViewChange] = [:]
+        var received = 0
+        var failing = false
+    }
+
+    private let state = Mutex(State())
+
+    var latest: [String: Cdp_Segmentation_V1_ViewChange] { state.withLock { $0.latest } }
+    var received: Int { state.withLock { $0.received } }
+    var failing: Bool {
+        get { state.withLock { $0.failing } }
+        set { state.withLock { $0.failing = newValue } }
+    }
+
+    static func name(_ change: Cdp_Segmentation_V1_ViewChange) -> String {
+        switch change.view {
+        case .person(let view)?: "person/\(view.person.clusterID)"
+        case .account(let view)?: "account/\(view.account.clusterID)"
+        case .removed(let removed)?: "\(removed.entityType == .person ? "person" : "account")/\(removed.clusterID)"
+        case nil: "?"
+        }
+    }
+
+    func acceptViews(
+        request: Cdp_Segmentation_V1_AcceptViewsRequest,
+        context: ServerContext
+    ) async throws -> Cdp_Segmentation_V1_AcceptViewsResponse {
+        try state.withLock { state in
+            if state.failing { throw RPCError(code: .unavailable, message: "segmentation is down") }
+            var response = Cdp_Segmentation_V1_AcceptViewsResponse()
+            for change in request.changes {
+                state.received += 1
+                let name = Self.name(change)
+                if let held = state.latest[name], held.version >= change.version {
+                    response.stale += 1
+                } else {
+                    state.latest[name] = change
+                    response.accepted += 1
+                }
+            }
+            return response
+        }
+    }
+}
+
+/// The identities a stand-in identity service was asked to remove.
+final class RemovedIdentities: Sendable {
+    private let list = Mutex<[String]>([])
+    var all: [String] { list.withLock { $0 } }
+    func append(_ identity: Cdp_Identity_V1_IdentityValue) {
+        list.withLock { $0.append("\(identity.namespace):\(identity.value)") }
+    }
+}
+
+/// A profile service on loopback fed by an in-process identity, sending views to a recording
+/// segmentation, with a recording identity removal.
+struct ProfileHarness {
+    let client: Cdp_Profile_V1_Profile.Client
+    let pipeline: ProfilePipeline
+    let segmentation: RecordingSegmentation
+    let removed: RemovedIdentities
+
+    func ingest(_ records: [Cdp_Identity_V1_StoredRecord]) async throws {
+        _ = try await pipeline.identity.accept(records)
+        var request = Cdp_Profile_V1_AcceptIdentityUpdatesRequest()
+        request.sender = "test"
+        request.updates = try pipeline.pendingUpdates()
+        _ = try await client.acceptIdentityUpdates(request)
+        while let chunk = try pipeline.identityStore.nextOutboxChunk(limit: 1_000_000, maxBytes: .max) {
+            try pipeline.identityStore.acknowledge(chunk)
+        }
+    }
+
+    func request(_ namespace: String, _ value: String) -> Cdp_Profile_V1_GetEntityRequest {
+        var request = Cdp_Profile_V1_GetEntityRequest()
+        request.identity = identity(namespace, value)
+        request.asOf = Google_Protobuf_Timestamp(date: ProfileStoreTests.asOf)
+        return request
+    }
+}
+
+func withProfileHarness(identityAvailable: Bool = true, _ body: (ProfileHarness) async throws -> Void) async throws {
+    let logger = Logger(label: "test", factory: { _ in SwiftLogNoOpLogHandler() })
+    let segmentation = RecordingSegmentation()
+    let segmentationServer = RPCServer(configuration: .init(), services: [segmentation], logger: logger)
+    let segmentationPort = try await segmentationServer.start().port!
+    let segmentationTransport = HTTP2ClientTransport(
+        configuration: .init(host: "127.0.0.1", port: segmentationPort, initialBackoff: .milliseconds(20))
+    )
+    let segmentationClient = RPCClient(transport: segmentationTransport)
+
+    let store = try SQLiteProfileStore()
+    let engine = ProfileEngine(store: store, loop: MultiThreadedEventLoopGroup.singleton.next())
+    let relay = OutboxRelay<ViewChunk>(
+        name: "test",
+        configuration: .init(chunkSize: 4, backoff: Backoff(initial: .milliseconds(20), maximum: .milliseconds(100))),
+        logger: logger,
+        fetch: { try await engine.nextViewChunk(limit: $0, asOf: ProfileStoreTests.asOf) },
+        deliver: { try await SegmentationForwarding.deliver($0, via: segmentationClient) },
+        acknowledge: { try await engine.acknowledge($0) }
+    )
+    let removed = RemovedIdentities()
+    let service = ProfileService(
+        engine: engine,
+        logger: logger,
+        removeIdentity: identityAvailable
+            ? { @Sendable identity in removed.append(identity) } : nil,
+        changed: { relay.wake() },
+        forwardingError: { relay.status.lastError }
+    )
+    let server = RPCServer(configuration: .init(runsHandlersOnEventLoop: false), services: [service], logger: logger)
+    let port = try await server.start().port!
+    let transport = HTTP2ClientTransport(configuration: .init(host: "127.0.0.1", port: port))
+    let harness = ProfileHarness(
+        client: Cdp_Profile_V1_Profile.Client(RPCClient(transport: transport)),
+        pipeline: try ProfilePipeline(profile: store),
+        segmentation: segmentation,
+        removed: removed
+    )
+    func close() async {
+        await transport.close()
+        await server.shutdown()
+        await segmentationTransport.close()
+        await segmentationServer.shutdown()
+    }
+    do {
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            group.addTask { try await relay.run() }
+            try await body(harness)
+            group.cancelAll()
+        }
+    } catch {
+        await close()
+        throw error
+    }
+    await close()
+}
+
+@Suite("Profile service")
+struct ProfileServiceTests {
+    @Test func viewsOverRPCAndToSegmentationThroughAnOutage() async throws {
+        try await withProfileHarness { harness in
+            harness.segmentation.failing = true
+            for group in ProfileStoreTests.story { try await harness.ingest(group) }
+            let account = try await harness.client.getAccount(harness.request("sourceKey", "A2@mkto-2.Marketo"))
+            #expect(account.totals.wonAmount == 1_100_000 && account.totals.persons == 3)
+            let p2 = try await harness.client.getPerson(harness.request("email", " P2@Townsend.com "))
+            #expect(p2.accounts.map(\.clusterID) == [account.account.clusterID])
+            #expect(p2.events.count == 1)
+            var events = Cdp_Profile_V1_GetEventsRequest()
+            events.identity = identity("sourceKey", "2102@mkto-2.Marketo")
+            #expect(try await harness.client.getEvents(events).events.map(\.key) == ["v1@mkto-1.Marketo"])
+
+            try await eventually { try await !harness.client.getOutboxStatus(.init()).lastError.isEmpty }
+            harness.segmentation.failing = false
+            try await eventually { try await harness.client.getOutboxStatus(.init()).pendingViews == 0 }
+            let sent = try #require(harness.segmentation.latest["person/\(p2.person.clusterID)"]?.person)
+            #expect(sent.person.fragmentKeys == p2.person.fragmentKeys)
+            #expect(sent.accounts.map(\.clusterID) == p2.accounts.map(\.clusterID))
+            #expect(
+                harness.segmentation.latest["account/\(account.account.clusterID)"]?.account.totals.wonAmount
+                    == 1_100_000
+            )
+        }
+    }
+
+    @Test func scansCoverEveryPersonOncePerPartitioning() async throws {
+        try await withProfileHarness { harness in
+            for group in ProfileStoreTests.story { try await harness.ingest(group) }
+            func scan(_ partition: UInt32, of partitions: UInt32) async throws -> [UInt64] {
+                var request = Cdp_Profile_V1_ScanRequest()
+                request.partition = partition
+                request.partitions = partitions
+                return try await harness.client.scanPersonViews(request) { call in
+                    var clusters: [UInt64] = []
+                    for try await view in call.responses { clusters.append(view.person.clusterID) }
+                    return clusters
+                }
+            }
+            let all = try await scan(0, of: 1)
+            #expect(all.count == 3)
+            let halves = try await scan(0, of: 2) + scan(1, of: 2)
+            #expect(halves.sorted() == all.sorted())
+            let error = await #expect(throws: RPCError.self) { _ = try await scan(2, of: 2) }
+            #expect(error?.code == .invalidArgument)
+        }
+    }
+
+    @Test func deletePersonTellsIdentityAndRemovesTheView() async throws {
+        try await withProfileHarness { harness in
+            for group in ProfileStoreTests.story { try await harness.ingest(group) }
+            let p3 = try await harness.client.getPerson(harness.request("email", "p3@townsend.com"))
+            let deleted = try await harness.client.deletePerson(harness.request("email", "p3@townsend.com"))
+            #expect(deleted.fragmentsDeleted == 1)
+            #expect(harness.removed.all == ["email:p3@townsend.com", "sourceKey:2103@mkto-2.Marketo"])
+            let gone = await #expect(throws: RPCError.self) {
+                _ = try await harness.client.getPerson(harness.request("email", "p3@townsend.com"))
+            }
+            #expect(gone?.code == .notFound)
+            try await eventually {
+                harness.segmentation.latest["person/\(p3.person.clusterID)"]?.removed.clusterID == p3.person.clusterID
+            }
+        }
+    }
+
+    @Test func badRequestsAndAMissingIdentityService() async throws {
+        try await withProfileHarness(identityAvailable: false) { harness in
+            for group in ProfileStoreTests.story { try await harness.ingest(group) }
+            let empty = await #expect(throws: RPCError.self) {
+                _ = try await harness.client.getPerson(harness.request("", ""))
+            }
+            #expect(empty?.code == .invalidArgument)
+            let unknown = await #expect(throws: RPCError.self) {
+                _ = try await harness.client.getPerson(harness.request("email", "nobody@x.io"))
+            }
+            #expect(unknown?.code == .notFound)
+            var events = Cdp_Profile_V1_GetEventsRequest()
+            events.identity = identity("email", "p2@townsend.com")
+            events.from = Google_Protobuf_Timestamp(date: Date(timeIntervalSince1970: 2_000_000_000))
+            events.to = Google_Protobuf_Timestamp(date: Date(timeIntervalSince1970: 1_000_000_000))
+            let backwards = await #expect(throws: RPCError.self) { _ = try await harness.client.getEvents(events) }
+            #expect(backwards?.code == .invalidArgument)
+            let refused = await #expect(throws: RPCError.self) {
+                _ = try await harness.client.deletePerson(harness.request("email", "p2@townsend.com"))
+            }
+            #expect(refused?.code == .failedPrecondition)
+        }
+    }
+}
+
+/// Polls `condition` until it holds, failing after `timeout`.
+func eventually(
+    timeout: Duration = .seconds(10),
+    _ condition: () async throws -> Bool,
+    sourceLocation: SourceLocation = #_sourceLocation
+) async throws {
+    let deadline = ContinuousClock.now + timeout
+    while ContinuousClock.now < deadline {
+        if try await condition() { return }
+        try await Task.sleep(for: .milliseconds(20))
+    }
+    Issue.record("the condition did not hold within \(timeout)", sourceLocation: sourceLocation)
+    throw CancellationError()
+}
