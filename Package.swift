@@ -232,6 +232,13 @@ let package = Package(
             path: "Services/Profile/Main"
         ),
 
+        // Profile benchmark (release build): fragments/s, events/s, view builds/s, lookups.
+        .executableTarget(
+            name: "profile-benchmark",
+            dependencies: ["CDPProto", "ProfileStore", .product(name: "SwiftProtobuf", package: "swift-protobuf")],
+            path: "Benchmarks/ProfileBenchmark"
+        ),
+
         // grpc.testing messages and stubs, used by the interop programs and the tests.
         .target(
             name: "InteropProto",

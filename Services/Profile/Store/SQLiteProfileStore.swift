@@ -160,9 +160,11 @@ public final class SQLiteProfileStore: ProfileStore {
                 case .clusterChange(let change)?: try apply(change, changes: changes, db: db)
                 case .identityRemoved(let removed)?:
                     // Lookups no longer find anything by the removed value.
-                    try db.execute(
-                        sql: "DELETE FROM names WHERE entity = ? AND namespace = ? AND value = ?",
-                        arguments: [removed.entityType.rawValue, removed.identity.namespace, removed.identity.value]
+                    try db.cachedStatement(
+                        sql: "DELETE FROM names WHERE entity = ? AND namespace = ? AND value = ?"
+                    ).execute(arguments: [
+                        removed.entityType.rawValue, removed.identity.namespace, removed.identity.value,
+                    ]
                     )
                 case nil: break
                 }
@@ -186,7 +188,7 @@ public final class SQLiteProfileStore: ProfileStore {
         try markDependents(of: entity, key: key, changes: changes, db: db)
         let cluster = clusteredEntityTypes.contains(entity) ? annotated.clusterID : 0
         let lastUpdated: Int64? = record.hasLastUpdated ? Self.milliseconds(record.lastUpdated.date) : nil
-        try db.execute(
+        try db.cachedStatement(
             sql: """
                 INSERT INTO fragments (entity, key, cluster, version, source, last_updated, ingested_at, is_deleted, record)
                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
@@ -194,34 +196,38 @@ public final class SQLiteProfileStore: ProfileStore {
                     cluster = excluded.cluster, version = excluded.version, source = excluded.source,
                     last_updated = excluded.last_updated, ingested_at = excluded.ingested_at,
                     is_deleted = excluded.is_deleted, record = excluded.record
-                """,
-            arguments: [
-                entity.rawValue, key, Int64(cluster), Int64(bitPattern: annotated.stored.version),
-                record.source.type + ":" + record.source.instance, lastUpdated,
-                Self.milliseconds(annotated.stored.ingestedAt.date), record.isDeleted,
-                try record.serializedBytes() as Data,
-            ]
+                """
+        ).execute(arguments: [
+            entity.rawValue, key, Int64(cluster), Int64(bitPattern: annotated.stored.version),
+            record.source.type + ":" + record.source.instance, lastUpdated,
+            Self.milliseconds(annotated.stored.ingestedAt.date), record.isDeleted,
+            try record.serializedBytes() as Data,
+        ]
         )
-        try db.execute(sql: "DELETE FROM refs WHERE entity = ? AND key = ?", arguments: [entity.rawValue, key])
-        try db.execute(sql: "DELETE FROM names WHERE entity = ? AND key = ?", arguments: [entity.rawValue, key])
+        try db.cachedStatement(sql: "DELETE FROM refs WHERE entity = ? AND key = ?").execute(arguments: [
+            entity.rawValue, key,
+        ])
+        try db.cachedStatement(sql: "DELETE FROM names WHERE entity = ? AND key = ?").execute(arguments: [
+            entity.rawValue, key,
+        ])
         if !record.isDeleted {
             for reference in annotated.references where reference.clusterID != 0 {
-                try db.execute(
+                try db.cachedStatement(
                     sql: """
                         INSERT OR REPLACE INTO refs (entity, key, role, ref_entity, ref_cluster, ref_namespace, ref_value)
                         VALUES (?, ?, ?, ?, ?, ?, ?)
-                        """,
-                    arguments: [
-                        entity.rawValue, key, reference.role, reference.entityType.rawValue,
-                        Int64(reference.clusterID), reference.identity.namespace, reference.identity.value,
-                    ]
+                        """
+                ).execute(arguments: [
+                    entity.rawValue, key, reference.role, reference.entityType.rawValue,
+                    Int64(reference.clusterID), reference.identity.namespace, reference.identity.value,
+                ]
                 )
             }
             if clusteredEntityTypes.contains(entity), let plan = IdentityRules.plan(for: record) {
                 for identity in plan.identities {
-                    try db.execute(
-                        sql: "INSERT OR IGNORE INTO names (entity, namespace, value, key) VALUES (?, ?, ?, ?)",
-                        arguments: [entity.rawValue, identity.namespace, identity.value, key]
+                    try db.cachedStatement(
+                        sql: "INSERT OR IGNORE INTO names (entity, namespace, value, key) VALUES (?, ?, ?, ?)"
+                    ).execute(arguments: [entity.rawValue, identity.namespace, identity.value, key]
                     )
                 }
             }
@@ -232,25 +238,24 @@ public final class SQLiteProfileStore: ProfileStore {
     private func applyEvent(_ annotated: Cdp_Profile_V1_AnnotatedRecord, changes: ChangeMarker, db: Database) throws {
         let record = annotated.stored.record
         if let old = try Int64.fetchOne(
-            db,
-            sql: "SELECT person_cluster FROM events WHERE key = ?",
+            try db.cachedStatement(sql: "SELECT person_cluster FROM events WHERE key = ?"),
             arguments: [record.key]
         ) {
             try changes.mark(.person, UInt64(old))
         }
-        try db.execute(sql: "DELETE FROM events WHERE key = ?", arguments: [record.key])
+        try db.cachedStatement(sql: "DELETE FROM events WHERE key = ?").execute(arguments: [record.key])
         guard !record.isDeleted,
             let person = annotated.references.first(where: { $0.role == Role.person && $0.clusterID != 0 })
         else { return }
-        try db.execute(
+        try db.cachedStatement(
             sql: """
                 INSERT INTO events (key, person_cluster, ref_namespace, ref_value, timestamp, record)
                 VALUES (?, ?, ?, ?, ?, ?)
-                """,
-            arguments: [
-                record.key, Int64(person.clusterID), person.identity.namespace, person.identity.value,
-                Self.milliseconds(record.event.timestamp.date), try record.serializedBytes() as Data,
-            ]
+                """
+        ).execute(arguments: [
+            record.key, Int64(person.clusterID), person.identity.namespace, person.identity.value,
+            Self.milliseconds(record.event.timestamp.date), try record.serializedBytes() as Data,
+        ]
         )
         try changes.mark(.person, person.clusterID)
     }
@@ -262,18 +267,19 @@ public final class SQLiteProfileStore: ProfileStore {
             guard let into = change.into.first else { return }
             for from in change.from { try markDependents(ofCluster: from, entity: entity, changes: changes, db: db) }
             for from in change.from {
-                try db.execute(
-                    sql: "UPDATE fragments SET cluster = ? WHERE entity = ? AND cluster = ?",
-                    arguments: [Int64(into), entity.rawValue, Int64(from)]
+                try db.cachedStatement(
+                    sql:
+                        "UPDATE fragments INDEXED BY fragments_by_cluster SET cluster = ? WHERE entity = ? AND cluster = ?"
+                ).execute(arguments: [Int64(into), entity.rawValue, Int64(from)]
                 )
-                try db.execute(
-                    sql: "UPDATE refs SET ref_cluster = ? WHERE ref_entity = ? AND ref_cluster = ?",
-                    arguments: [Int64(into), entity.rawValue, Int64(from)]
+                try db.cachedStatement(
+                    sql: "UPDATE refs SET ref_cluster = ? WHERE ref_entity = ? AND ref_cluster = ?"
+                ).execute(arguments: [Int64(into), entity.rawValue, Int64(from)]
                 )
                 if entity == .person {
-                    try db.execute(
-                        sql: "UPDATE events SET person_cluster = ? WHERE person_cluster = ?",
-                        arguments: [Int64(into), Int64(from)]
+                    try db.cachedStatement(
+                        sql: "UPDATE events SET person_cluster = ? WHERE person_cluster = ?"
+                    ).execute(arguments: [Int64(into), Int64(from)]
                     )
                 }
             }
@@ -283,28 +289,28 @@ public final class SQLiteProfileStore: ProfileStore {
             try markDependents(ofCluster: from, entity: entity, changes: changes, db: db)
             for part in change.parts {
                 for key in part.recordKeys {
-                    try db.execute(
-                        sql: "UPDATE fragments SET cluster = ? WHERE entity = ? AND cluster = ? AND key = ?",
-                        arguments: [Int64(part.clusterID), entity.rawValue, Int64(from), key]
+                    try db.cachedStatement(
+                        sql: "UPDATE fragments SET cluster = ? WHERE entity = ? AND cluster = ? AND key = ?"
+                    ).execute(arguments: [Int64(part.clusterID), entity.rawValue, Int64(from), key]
                     )
                 }
                 for identity in part.identities {
-                    try db.execute(
+                    try db.cachedStatement(
                         sql: """
                             UPDATE refs SET ref_cluster = ?
                             WHERE ref_entity = ? AND ref_cluster = ? AND ref_namespace = ? AND ref_value = ?
-                            """,
-                        arguments: [
-                            Int64(part.clusterID), entity.rawValue, Int64(from), identity.namespace, identity.value,
-                        ]
+                            """
+                    ).execute(arguments: [
+                        Int64(part.clusterID), entity.rawValue, Int64(from), identity.namespace, identity.value,
+                    ]
                     )
                     if entity == .person {
-                        try db.execute(
+                        try db.cachedStatement(
                             sql: """
                                 UPDATE events SET person_cluster = ?
                                 WHERE person_cluster = ? AND ref_namespace = ? AND ref_value = ?
-                                """,
-                            arguments: [Int64(part.clusterID), Int64(from), identity.namespace, identity.value]
+                                """
+                        ).execute(arguments: [Int64(part.clusterID), Int64(from), identity.namespace, identity.value]
                         )
                     }
                 }
@@ -327,16 +333,14 @@ public final class SQLiteProfileStore: ProfileStore {
         db: Database
     ) throws {
         let row = try Row.fetchOne(
-            db,
-            sql: "SELECT cluster, is_deleted FROM fragments WHERE entity = ? AND key = ?",
+            try db.cachedStatement(sql: "SELECT cluster, is_deleted FROM fragments WHERE entity = ? AND key = ?"),
             arguments: [entity.rawValue, key]
         )
         guard let row, !(row[1] as Bool) else { return }
         let cluster = UInt64(row[0] as Int64)
         var references: [String: UInt64] = [:]
         for reference in try Row.fetchAll(
-            db,
-            sql: "SELECT role, ref_cluster FROM refs WHERE entity = ? AND key = ?",
+            try db.cachedStatement(sql: "SELECT role, ref_cluster FROM refs WHERE entity = ? AND key = ?"),
             arguments: [entity.rawValue, key]
         ) {
             references[reference[0]] = UInt64(reference[1] as Int64)
@@ -405,19 +409,20 @@ public final class SQLiteProfileStore: ProfileStore {
         try UInt64s(
             db,
             """
-            SELECT r.ref_cluster FROM fragments f
-                JOIN refs r ON r.entity = f.entity AND r.key = f.key AND r.role = 'account'
+            SELECT r.ref_cluster FROM fragments f INDEXED BY fragments_by_cluster
+                CROSS JOIN refs r ON r.entity = f.entity AND r.key = f.key AND r.role = 'account'
                 WHERE f.entity = 1 AND f.cluster = ?1 AND f.is_deleted = 0
             UNION
-            SELECT a.ref_cluster FROM refs p
-                JOIN refs a ON a.entity = p.entity AND a.key = p.key AND a.role = 'account'
-                WHERE p.entity = 4 AND p.role = 'person' AND p.ref_entity = 1 AND p.ref_cluster = ?1
+            SELECT a.ref_cluster FROM refs p INDEXED BY refs_by_target
+                CROSS JOIN refs a ON a.entity = p.entity AND a.key = p.key AND a.role = 'account'
+                WHERE p.ref_entity = 1 AND p.ref_cluster = ?1 AND p.role = 'person' AND p.entity = 4
             UNION
-            SELECT oa.ref_cluster FROM refs p
-                JOIN refs o ON o.entity = p.entity AND o.key = p.key AND o.role = 'opportunity'
-                JOIN fragments opp ON opp.entity = 3 AND opp.cluster = o.ref_cluster AND opp.is_deleted = 0
-                JOIN refs oa ON oa.entity = 3 AND oa.key = opp.key AND oa.role = 'account'
-                WHERE p.entity = 5 AND p.role = 'person' AND p.ref_entity = 1 AND p.ref_cluster = ?1
+            SELECT oa.ref_cluster FROM refs p INDEXED BY refs_by_target
+                CROSS JOIN refs o ON o.entity = p.entity AND o.key = p.key AND o.role = 'opportunity'
+                CROSS JOIN fragments opp INDEXED BY fragments_by_cluster
+                    ON opp.entity = 3 AND opp.cluster = o.ref_cluster AND opp.is_deleted = 0
+                CROSS JOIN refs oa ON oa.entity = 3 AND oa.key = opp.key AND oa.role = 'account'
+                WHERE p.ref_entity = 1 AND p.ref_cluster = ?1 AND p.role = 'person' AND p.entity = 5
             """,
             [Int64(cluster)]
         )
@@ -428,18 +433,19 @@ public final class SQLiteProfileStore: ProfileStore {
         try UInt64s(
             db,
             """
-            SELECT f.cluster FROM refs r
-                JOIN fragments f ON f.entity = r.entity AND f.key = r.key AND f.is_deleted = 0
+            SELECT f.cluster FROM refs r INDEXED BY refs_by_target
+                CROSS JOIN fragments f ON f.entity = r.entity AND f.key = r.key AND f.is_deleted = 0
                 WHERE r.ref_entity = 2 AND r.ref_cluster = ?1 AND r.role = 'account' AND r.entity = 1
             UNION
-            SELECT p.ref_cluster FROM refs a
-                JOIN refs p ON p.entity = a.entity AND p.key = a.key AND p.role = 'person'
+            SELECT p.ref_cluster FROM refs a INDEXED BY refs_by_target
+                CROSS JOIN refs p ON p.entity = a.entity AND p.key = a.key AND p.role = 'person'
                 WHERE a.ref_entity = 2 AND a.ref_cluster = ?1 AND a.role = 'account' AND a.entity = 4
             UNION
-            SELECT p.ref_cluster FROM refs oa
-                JOIN fragments opp ON opp.entity = oa.entity AND opp.key = oa.key AND opp.is_deleted = 0
-                JOIN refs o ON o.ref_entity = 3 AND o.ref_cluster = opp.cluster AND o.role = 'opportunity' AND o.entity = 5
-                JOIN refs p ON p.entity = 5 AND p.key = o.key AND p.role = 'person'
+            SELECT p.ref_cluster FROM refs oa INDEXED BY refs_by_target
+                CROSS JOIN fragments opp ON opp.entity = oa.entity AND opp.key = oa.key AND opp.is_deleted = 0
+                CROSS JOIN refs o INDEXED BY refs_by_target
+                    ON o.ref_entity = 3 AND o.ref_cluster = opp.cluster AND o.role = 'opportunity' AND o.entity = 5
+                CROSS JOIN refs p ON p.entity = 5 AND p.key = o.key AND p.role = 'person'
                 WHERE oa.ref_entity = 2 AND oa.ref_cluster = ?1 AND oa.role = 'account' AND oa.entity = 3
             """,
             [Int64(cluster)]
@@ -451,8 +457,8 @@ public final class SQLiteProfileStore: ProfileStore {
         try UInt64s(
             db,
             """
-            SELECT DISTINCT r.ref_cluster FROM fragments f
-                JOIN refs r ON r.entity = f.entity AND r.key = f.key AND r.role = 'account'
+            SELECT DISTINCT r.ref_cluster FROM fragments f INDEXED BY fragments_by_cluster
+                CROSS JOIN refs r ON r.entity = f.entity AND r.key = f.key AND r.role = 'account'
                 WHERE f.entity = 3 AND f.cluster = ?1 AND f.is_deleted = 0
             """,
             [Int64(cluster)]
@@ -464,8 +470,8 @@ public final class SQLiteProfileStore: ProfileStore {
         try UInt64s(
             db,
             """
-            SELECT DISTINCT f.cluster FROM refs r
-                JOIN fragments f ON f.entity = r.entity AND f.key = r.key AND f.is_deleted = 0
+            SELECT DISTINCT f.cluster FROM refs r INDEXED BY refs_by_target
+                CROSS JOIN fragments f ON f.entity = r.entity AND f.key = r.key AND f.is_deleted = 0
                 WHERE r.ref_entity = 2 AND r.ref_cluster = ?1 AND r.role = 'account' AND r.entity = 3
             """,
             [Int64(cluster)]
@@ -482,8 +488,8 @@ public final class SQLiteProfileStore: ProfileStore {
         try UInt64s(
             db,
             """
-            SELECT DISTINCT p.ref_cluster FROM refs t
-                JOIN refs p ON p.entity = t.entity AND p.key = t.key AND p.role = 'person'
+            SELECT DISTINCT p.ref_cluster FROM refs t INDEXED BY refs_by_target
+                CROSS JOIN refs p ON p.entity = t.entity AND p.key = t.key AND p.role = 'person'
                 WHERE t.ref_entity = ?1 AND t.ref_cluster = ?2 AND t.entity = ?3 AND t.role != 'person'
             """,
             [entity.rawValue, Int64(cluster), relation.rawValue]
@@ -499,14 +505,15 @@ public final class SQLiteProfileStore: ProfileStore {
         _ db: Database
     ) throws -> [(target: UInt64, record: Cdp_Model_V1_Record)] {
         let rows = try Row.fetchAll(
-            db,
-            sql: """
-                SELECT t.ref_cluster, f.record FROM refs p
-                    JOIN refs t ON t.entity = p.entity AND t.key = p.key AND t.role = ?
-                    JOIN fragments f ON f.entity = p.entity AND f.key = p.key AND f.is_deleted = 0
-                    WHERE p.entity = ? AND p.role = 'person' AND p.ref_entity = 1 AND p.ref_cluster = ?
-                    ORDER BY p.key
-                """,
+            try db.cachedStatement(
+                sql: """
+                    SELECT t.ref_cluster, f.record FROM refs p INDEXED BY refs_by_target
+                        CROSS JOIN refs t ON t.entity = p.entity AND t.key = p.key AND t.role = ?1
+                        CROSS JOIN fragments f ON f.entity = p.entity AND f.key = p.key AND f.is_deleted = 0
+                        WHERE p.ref_entity = 1 AND p.ref_cluster = ?3 AND p.role = 'person' AND p.entity = ?2
+                        ORDER BY p.key
+                    """
+            ),
             arguments: [role, relation.rawValue, Int64(cluster)]
         )
         return try rows.map { row in
@@ -515,7 +522,8 @@ public final class SQLiteProfileStore: ProfileStore {
     }
 
     private func UInt64s(_ db: Database, _ sql: String, _ arguments: StatementArguments) throws -> [UInt64] {
-        try Int64.fetchAll(db, sql: sql, arguments: arguments).filter { $0 != 0 }.map { UInt64($0) }.sorted()
+        try Int64.fetchAll(try db.cachedStatement(sql: sql), arguments: arguments).filter { $0 != 0 }.map { UInt64($0) }
+            .sorted()
     }
 
     // MARK: - Views
@@ -529,11 +537,12 @@ public final class SQLiteProfileStore: ProfileStore {
         -> Cdp_Profile_V1_UnifiedRecord?
     {
         let rows = try Row.fetchAll(
-            db,
-            sql: """
-                SELECT key, source, last_updated, ingested_at, record FROM fragments
-                WHERE entity = ? AND cluster = ? AND is_deleted = 0
-                """,
+            try db.cachedStatement(
+                sql: """
+                    SELECT key, source, last_updated, ingested_at, record FROM fragments INDEXED BY fragments_by_cluster
+                    WHERE entity = ? AND cluster = ? AND is_deleted = 0
+                    """
+            ),
             arguments: [entity.rawValue, Int64(cluster)]
         )
         let fragments = rows.map { row in
@@ -555,13 +564,14 @@ public final class SQLiteProfileStore: ProfileStore {
     {
         try writer.read { db in
             try Int64.fetchOne(
-                db,
-                sql: """
-                    SELECT f.cluster FROM names n
-                        JOIN fragments f ON f.entity = n.entity AND f.key = n.key AND f.is_deleted = 0
-                        WHERE n.entity = ? AND n.namespace = ? AND n.value = ? AND f.cluster != 0
-                        LIMIT 1
-                    """,
+                try db.cachedStatement(
+                    sql: """
+                        SELECT f.cluster FROM names n
+                            CROSS JOIN fragments f ON f.entity = n.entity AND f.key = n.key AND f.is_deleted = 0
+                            WHERE n.entity = ? AND n.namespace = ? AND n.value = ? AND f.cluster != 0
+                            LIMIT 1
+                        """
+                ),
                 arguments: [entity.rawValue, identity.namespace, identity.value]
             ).map { UInt64($0) }
         }
@@ -646,12 +656,13 @@ public final class SQLiteProfileStore: ProfileStore {
     ) throws -> [UInt64] {
         try writer.read { db in
             try Int64.fetchAll(
-                db,
-                sql: """
-                    SELECT DISTINCT cluster FROM fragments
-                    WHERE entity = ? AND cluster > ? AND is_deleted = 0 AND cluster % ? = ?
-                    ORDER BY cluster LIMIT ?
-                    """,
+                try db.cachedStatement(
+                    sql: """
+                        SELECT DISTINCT cluster FROM fragments INDEXED BY fragments_by_cluster
+                        WHERE entity = ? AND cluster > ? AND is_deleted = 0 AND cluster % ? = ?
+                        ORDER BY cluster LIMIT ?
+                        """
+                ),
                 arguments: [entity.rawValue, Int64(after), max(partitions, 1), partitions > 1 ? partition : 0, limit]
             ).map { UInt64($0) }
         }
@@ -671,12 +682,13 @@ public final class SQLiteProfileStore: ProfileStore {
         -> [Cdp_Profile_V1_Event]
     {
         let rows = try Row.fetchAll(
-            db,
-            sql: """
-                SELECT key, record FROM events
-                WHERE person_cluster = ? AND timestamp BETWEEN ? AND ?
-                ORDER BY timestamp DESC, key LIMIT ?
-                """,
+            try db.cachedStatement(
+                sql: """
+                    SELECT key, record FROM events
+                    WHERE person_cluster = ? AND timestamp BETWEEN ? AND ?
+                    ORDER BY timestamp DESC, key LIMIT ?
+                    """
+            ),
             arguments: [Int64(cluster), Self.milliseconds(from), Self.milliseconds(to), limit]
         )
         return try rows.map { row in
@@ -692,13 +704,14 @@ public final class SQLiteProfileStore: ProfileStore {
     public func identities(ofPerson cluster: UInt64) throws -> [Cdp_Identity_V1_IdentityValue] {
         try writer.read { db in
             try Row.fetchAll(
-                db,
-                sql: """
-                    SELECT DISTINCT n.namespace, n.value FROM fragments f
-                        JOIN names n ON n.entity = f.entity AND n.key = f.key
-                        WHERE f.entity = 1 AND f.cluster = ?
-                        ORDER BY n.namespace, n.value
-                    """,
+                try db.cachedStatement(
+                    sql: """
+                        SELECT DISTINCT n.namespace, n.value FROM fragments f INDEXED BY fragments_by_cluster
+                            CROSS JOIN names n INDEXED BY names_by_fragment ON n.entity = f.entity AND n.key = f.key
+                            WHERE f.entity = 1 AND f.cluster = ?
+                            ORDER BY n.namespace, n.value
+                        """
+                ),
                 arguments: [Int64(cluster)]
             ).map { row in
                 var identity = Cdp_Identity_V1_IdentityValue()
@@ -715,13 +728,16 @@ public final class SQLiteProfileStore: ProfileStore {
             try markDependents(ofCluster: cluster, entity: .person, changes: changes, db: db)
             // The person's own fragments, then the relations and memberships naming the person.
             var doomed = try Row.fetchAll(
-                db,
-                sql: "SELECT entity, key FROM fragments WHERE entity = 1 AND cluster = ?",
+                try db.cachedStatement(
+                    sql:
+                        "SELECT entity, key FROM fragments INDEXED BY fragments_by_cluster WHERE entity = 1 AND cluster = ?"
+                ),
                 arguments: [Int64(cluster)]
             ).map { (Int64($0[0] as Int64), $0[1] as String) }
             doomed += try Row.fetchAll(
-                db,
-                sql: "SELECT entity, key FROM refs WHERE role = 'person' AND ref_entity = 1 AND ref_cluster = ?",
+                try db.cachedStatement(
+                    sql: "SELECT entity, key FROM refs WHERE role = 'person' AND ref_entity = 1 AND ref_cluster = ?"
+                ),
                 arguments: [Int64(cluster)]
             ).map { (Int64($0[0] as Int64), $0[1] as String) }
             for (entity, key) in doomed where entity != Cdp_Model_V1_EntityType.person.rawValue {
@@ -734,10 +750,13 @@ public final class SQLiteProfileStore: ProfileStore {
             }
             for (entity, key) in doomed {
                 for table in ["fragments", "refs", "names"] {
-                    try db.execute(sql: "DELETE FROM \(table) WHERE entity = ? AND key = ?", arguments: [entity, key])
+                    try db.cachedStatement(sql: "DELETE FROM \(table) WHERE entity = ? AND key = ?").execute(
+                        arguments: [entity, key])
                 }
             }
-            try db.execute(sql: "DELETE FROM events WHERE person_cluster = ?", arguments: [Int64(cluster)])
+            try db.cachedStatement(sql: "DELETE FROM events WHERE person_cluster = ?").execute(arguments: [
+                Int64(cluster)
+            ])
             let events = db.changesCount
             return (doomed.count, events)
         }
@@ -748,8 +767,9 @@ public final class SQLiteProfileStore: ProfileStore {
     public func nextChangedViews(limit: Int) throws -> [ChangedView] {
         try writer.write { db in
             let rows = try Row.fetchAll(
-                db,
-                sql: "SELECT entity, cluster, generation FROM changed ORDER BY since, entity, cluster LIMIT ?",
+                try db.cachedStatement(
+                    sql: "SELECT entity, cluster, generation FROM changed ORDER BY since, entity, cluster LIMIT ?"
+                ),
                 arguments: [limit]
             )
             guard !rows.isEmpty else { return [] }
@@ -770,9 +790,9 @@ public final class SQLiteProfileStore: ProfileStore {
         try writer.write { db in
             var sent = 0
             for view in views {
-                try db.execute(
-                    sql: "DELETE FROM changed WHERE entity = ? AND cluster = ? AND generation = ?",
-                    arguments: [view.entity.rawValue, Int64(view.cluster), view.generation]
+                try db.cachedStatement(
+                    sql: "DELETE FROM changed WHERE entity = ? AND cluster = ? AND generation = ?"
+                ).execute(arguments: [view.entity.rawValue, Int64(view.cluster), view.generation]
                 )
                 sent += db.changesCount
             }
@@ -782,13 +802,13 @@ public final class SQLiteProfileStore: ProfileStore {
 
     /// Forgets every pending change (tests start fan-out checks from a clean slate).
     public func markAllSentForTesting() {
-        _ = try? writer.write { db in try db.execute(sql: "DELETE FROM changed") }
+        _ = try? writer.write { db in try db.cachedStatement(sql: "DELETE FROM changed").execute() }
     }
 
     public func outboxStatus() throws -> (pending: UInt64, oldestPending: Date?, sent: UInt64) {
         try writer.read { db in
-            let pending = try Int64.fetchOne(db, sql: "SELECT count(*) FROM changed") ?? 0
-            let oldest = try Int64.fetchOne(db, sql: "SELECT min(since) FROM changed")
+            let pending = try Int64.fetchOne(try db.cachedStatement(sql: "SELECT count(*) FROM changed")) ?? 0
+            let oldest = try Int64.fetchOne(try db.cachedStatement(sql: "SELECT min(since) FROM changed"))
             return (UInt64(pending), oldest.map(Self.date), UInt64(try Self.counter("sent_views", db)))
         }
     }
@@ -796,16 +816,17 @@ public final class SQLiteProfileStore: ProfileStore {
     // MARK: - Helpers
 
     static func counter(_ name: String, _ db: Database) throws -> Int64 {
-        try Int64.fetchOne(db, sql: "SELECT value FROM counters WHERE name = ?", arguments: [name]) ?? 0
+        try Int64.fetchOne(try db.cachedStatement(sql: "SELECT value FROM counters WHERE name = ?"), arguments: [name])
+            ?? 0
     }
 
     static func setCounter(_ name: String, _ value: Int64, _ db: Database) throws {
-        try db.execute(
+        try db.cachedStatement(
             sql: """
                 INSERT INTO counters (name, value) VALUES (?, ?)
                 ON CONFLICT (name) DO UPDATE SET value = excluded.value
-                """,
-            arguments: [name, value]
+                """
+        ).execute(arguments: [name, value]
         )
     }
 
@@ -821,12 +842,12 @@ struct ChangeMarker {
 
     func mark(_ entity: Cdp_Model_V1_EntityType, _ cluster: UInt64) throws {
         guard cluster != 0, entity == .person || entity == .account else { return }
-        try db.execute(
+        try db.cachedStatement(
             sql: """
                 INSERT INTO changed (entity, cluster, generation, since) VALUES (?, ?, 1, ?)
                 ON CONFLICT (entity, cluster) DO UPDATE SET generation = generation + 1
-                """,
-            arguments: [entity.rawValue, Int64(cluster), now]
+                """
+        ).execute(arguments: [entity.rawValue, Int64(cluster), now]
         )
     }
 }
