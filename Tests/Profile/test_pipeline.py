@@ -1,6 +1,6 @@
 """Ingestion -> identity -> profile -> (fake) segmentation, end to end over gRPC, against the real binaries.
 
-Tests (runtimes: see Tests/Profile/README or the log lines; about 40 s in all with the debug builds):
+Tests (about 45 s in all with the debug builds on 2 cores, nearly all of it the crash test):
 
 * test_running_example_fanout_and_delete: the Bodea story in canonical CSV (p1 and p2 in Marketo 1 with
   account A1, p2 and p3 in Marketo 2 with account A2, opportunities O1 $200k on A1 and O2 $900k on A2,
@@ -16,7 +16,7 @@ Tests (runtimes: see Tests/Profile/README or the log lines; about 40 s in all wi
   DeletePerson(p3): answers p3's identities; then GetPerson(p3) and identity's Resolve(email p3) are
   NOT_FOUND, the account has p1 and p2 only, and segmentation got a `removed` change for p3's cluster.
   All three services then stop on SIGTERM with status 0.
-* test_profile_sigkill_during_forwarding: a generated dataset (default 6,000 persons over two sources
+* test_profile_sigkill_during_forwarding: a generated dataset (default 5,000 persons over two sources
   sharing emails, 2 x 150 accounts of which 3/4 are joined by an MDM crosswalk, an opportunity per account,
   page views of a third of the persons, by email or by source key) ingested in 8 batches while cdp-profile
   is SIGKILLed twice (at fractions of identity's stream applied; seeded) and restarted on the same data
@@ -31,13 +31,15 @@ Tests (runtimes: see Tests/Profile/README or the log lines; about 40 s in all wi
   of an unknown identity (NOT_FOUND); GetAccount of an unknown identity (NOT_FOUND); ScanPersonViews with
   partition >= partitions (INVALID_ARGUMENT); GetEvents with from > to (INVALID_ARGUMENT); DeletePerson
   (FAILED_PRECONDITION: no identity service); ScanPersonViews with partitions=2 against partitions=1.
+* test_delete_person_of_two_fragments (xfail, a known bug in cdp-profile): DeletePerson of p2 (one
+  fragment in each Marketo) must leave no view of either fragment, in profile or at segmentation.
 
 Run (Tests/python-env.sh first; the debug binaries must exist):
     .venv/bin/python -m pytest Tests/Profile -q -p no:cacheprovider
 
 Environment:
     CDP_INGESTION_BIN / CDP_IDENTITY_BIN / CDP_PROFILE_BIN   the binaries (default .build/debug/...)
-    PROFILE_CRASH_PERSONS       persons in the crash test (default 6000)
+    PROFILE_CRASH_PERSONS       persons in the crash test (default 5000)
     PROFILE_CRASH_KILLS         SIGKILLs of cdp-profile (default 2)
     PROFILE_CRASH_SEED          seed of the data, the kill points and the fake's failures (default 5)
     PROFILE_CRASH_FAIL_RATE     the fake segmentation's failure rate in the crash test (default 0.1)
@@ -439,7 +441,7 @@ def _scan(stub, partition: int, partitions: int) -> list:
 
 def test_profile_sigkill_during_forwarding(tmp_path):
     _require_binaries()
-    persons = _env("PROFILE_CRASH_PERSONS", 2500)
+    persons = _env("PROFILE_CRASH_PERSONS", 5000)
     kills = _env("PROFILE_CRASH_KILLS", 2)
     seed = _env("PROFILE_CRASH_SEED", 5)
     fail_rate = _env("PROFILE_CRASH_FAIL_RATE", 0.1, float)
@@ -720,3 +722,42 @@ def test_profile_unhappy_paths(tmp_path):
             ch.close()
         if svc.alive():
             svc.kill()
+
+
+# ---------------------------------------------------------------------------------------------------
+# 4. A privacy delete of a person of two fragments (a known bug: see the reason)
+# ---------------------------------------------------------------------------------------------------
+
+@pytest.mark.xfail(strict=False, reason=(
+    "cdp-profile's DeletePerson asks identity to remove the identities first (email before the source keys); "
+    "removing the email splits p2's cluster, identity forwards the split, and when profile applies it before "
+    "its own deletion (the usual order) the Marketo 2 fragment has moved to the new cluster and survives: "
+    "ScanPersonViews still lists it and segmentation gets a person view of it"))
+def test_delete_person_of_two_fragments(tmp_path):
+    _require_binaries()
+    fake = FakeSegmentation().start()
+    pipe = Pipeline(tmp_path, fake)
+    try:
+        pipe.start()
+        ing = pipe.ingestion_stub()
+        for src in (MKTO1, MKTO2):
+            ing.CreateSource(ingestion_pb2.CreateSourceRequest(source=src), timeout=10)
+        ingest(ing, MKTO1, "person", csv_text(PERSON_COLUMNS, [
+            ("101", EMAIL["p1"], "Pat", "One", "Contact", "A1", None, TS),
+            ("102", EMAIL["p2"], "Paul", "Okafor", "Contact", "A1", None, TS)]), key="m1", expect_records=2)
+        ingest(ing, MKTO2, "person", csv_text(PERSON_COLUMNS, [
+            ("2102", EMAIL["p2"], "Paul", "Okafor", "Contact", "A2", None, TS)]), key="m2", expect_records=1)
+        pipe.drain(timeout=60)
+        prof = pipe.profile_stub()
+        p2 = prof.GetPerson(entity_request("email", EMAIL["p2"]), timeout=10)
+        assert tuple(sorted(p2.person.fragment_keys)) == P_FRAGMENTS["p2"], f"p2 before: {p2.person}"
+        resp = prof.DeletePerson(entity_request("email", EMAIL["p2"]), timeout=30)
+        pipe.drain(timeout=60)
+        left = [(v.person.cluster_id, list(v.person.fragment_keys)) for v in _scan(prof, 0, 1)]
+        held = [(k, c.WhichOneof("view")) for k, c in fake.latest.items() if k[0] == "person" and
+                c.WhichOneof("view") == "person" and set(c.person.person.fragment_keys) & set(P_FRAGMENTS["p2"])]
+        assert left == [(left[0][0], [K["p1"]])] and not held, (
+            f"after DeletePerson(p2) (answered {resp.fragments_deleted} fragments deleted) profile still holds "
+            f"person views {left} and segmentation's latest views of p2's fragments are {held}")
+    finally:
+        pipe.close()

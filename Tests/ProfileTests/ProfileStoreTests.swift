@@ -198,3 +198,45 @@ struct MergePolicyTests {
         #expect(MergePolicy("precedence:") == nil && MergePolicy("newest") == nil)
     }
 }
+
+/// The relations' paths: account-person relations, opportunity roles, campaigns and lists, in any
+/// order relative to the entities they name.
+@Suite("Profile relations")
+struct ProfileRelationTests {
+    static let relations = [
+        Bodea.p3DecidesOnO1, Bodea.p1AtGlobex, Bodea.p2AtWebinar, Bodea.p2OnNewsletter,
+    ]
+    static let entities = [Bodea.p3InMarketo1, Bodea.globex, Bodea.webinar, Bodea.newsletter]
+
+    @Test(arguments: [false, true])
+    func relationsBeforeOrAfterWhatTheyName(relationsFirst: Bool) async throws {
+        let store = try SQLiteProfileStore()
+        let pipeline = try ProfilePipeline(profile: store)
+        var groups = ProfileStoreTests.story + [Self.entities]
+        if relationsFirst { groups.insert(Self.relations, at: 0) } else { groups.append(Self.relations) }
+        for group in groups { try await pipeline.ingest(group) }
+
+        // p1: Townsend through the person record, Globex through the relation.
+        let p1 = try #require(try ProfileStoreTests.person("p1@townsend.com", store))
+        let townsend = try #require(try ProfileStoreTests.townsend(store))
+        #expect(p1.accounts.map(\.clusterID).contains(townsend.account.clusterID))
+        #expect(p1.accounts.count == 2 && p1.accounts.contains { $0.record.account.name == "Globex" })
+        // p3: the decision maker on Opportunity 1, which counts once although Account 1 (merged) has it too.
+        let p3 = try #require(try ProfileStoreTests.person("p3@townsend.com", store))
+        #expect(p3.person.fragmentKeys == ["2103@mkto-2.Marketo", "P3@mkto-1.Marketo"])
+        #expect(p3.opportunityRoles.map(\.role) == ["Decision Maker"] && p3.opportunityRoles.first?.isPrimary == true)
+        #expect(p3.opportunities.count == 2, "O1 and O2, each once")
+        // p2: the webinar and the newsletter, through either of its source keys.
+        let p2 = try #require(try ProfileStoreTests.person("p2@townsend.com", store))
+        #expect(p2.campaigns.map(\.campaign.record.campaign.name) == ["Webinar"])
+        #expect(p2.campaigns.first?.status == "Attended" && p2.campaigns.first?.hasResponded_p == true)
+        #expect(p2.lists.map(\.list.record.marketingList.name) == ["Newsletter"])
+        // Globex lists p1, through the relation.
+        let globex = try #require(try store.cluster(of: .account, named: identity("sourceKey", "A3@mkto-1.Marketo")))
+        #expect(
+            ProfileStoreTests.emails(try #require(try store.accountView(cluster: globex)).persons) == [
+                "p1@townsend.com"
+            ]
+        )
+    }
+}

@@ -146,3 +146,63 @@ extension Bodea {
         return stored(record)
     }
 }
+
+extension Bodea {
+    /// A relation or membership record of `instance` (Marketo), keyed by `id`, built by `fill`.
+    public static func relation(
+        _ id: String,
+        _ instance: String,
+        _ fill: (inout Cdp_Model_V1_Record) -> Void
+    )
+        -> Cdp_Identity_V1_StoredRecord
+    {
+        var record = Cdp_Model_V1_Record()
+        record.key = "\(id)@\(instance).Marketo"
+        record.source = source(instance)
+        fill(&record)
+        return stored(record)
+    }
+
+    /// p3 is the decision maker on Opportunity 1 (of Account 1, in Marketo 1's CRM).
+    public static let p3DecidesOnO1 = relation("OPR1", "mkto-1") { record in
+        record.opportunityPersonRelation.opportunityKey = "O1@mkto-1.Marketo"
+        record.opportunityPersonRelation.personKey = "P3@mkto-1.Marketo"
+        record.opportunityPersonRelation.role = "Decision Maker"
+        record.opportunityPersonRelation.isPrimary = true
+    }
+
+    /// p3 as a lead of Marketo 1 too (the relation above names this record).
+    public static let p3InMarketo1 = person("P3", "mkto-1", email: "p3@townsend.com", account: nil)
+
+    /// p1 also works with Globex (Account 3, Marketo 1), through an account-person relation.
+    public static let globex = account("A3", "mkto-1", name: "Globex")
+    /// The relation of p1 to Globex.
+    public static let p1AtGlobex = relation("APR1", "mkto-1") { record in
+        record.accountPersonRelation.accountKey = "A3@mkto-1.Marketo"
+        record.accountPersonRelation.personKey = "101@mkto-1.Marketo"
+        record.accountPersonRelation.role = "Advisor"
+    }
+
+    /// The webinar campaign, and p2 as a member who responded.
+    public static let webinar = relation("C1", "mkto-1") { record in
+        record.campaign.campaignID = "C1"
+        record.campaign.name = "Webinar"
+    }
+    /// p2 in the webinar.
+    public static let p2AtWebinar = relation("CM1", "mkto-1") { record in
+        record.campaignMember.campaignKey = "C1@mkto-1.Marketo"
+        record.campaignMember.personKey = "2102@mkto-2.Marketo"
+        record.campaignMember.status = "Attended"
+        record.campaignMember.hasResponded_p = true
+    }
+    /// The newsletter list, and p2 on it.
+    public static let newsletter = relation("L1", "mkto-1") { record in
+        record.marketingList.listID = "L1"
+        record.marketingList.name = "Newsletter"
+    }
+    /// p2 on the newsletter.
+    public static let p2OnNewsletter = relation("LM1", "mkto-1") { record in
+        record.marketingListMember.listKey = "L1@mkto-1.Marketo"
+        record.marketingListMember.personKey = "102@mkto-1.Marketo"
+    }
+}
