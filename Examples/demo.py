@@ -1,11 +1,15 @@
-"""Pipeline demo: Bodea's fixture files through a release cdp-ingestion and cdp-identity, step by step.
+"""Pipeline demo: Bodea's fixture files through a release cdp-ingestion, cdp-identity and cdp-profile, step by
+step.
 
 Run through Examples/demo.sh (builds the release binaries, prepares .venv), or directly:
     .venv/bin/python Examples/demo.py [--keep-data] [--ingestion-binary PATH] [--identity-binary PATH]
+                                      [--profile-binary PATH]
 
-1. starts `cdp-identity --port 0 --data-dir <temp>/identity` (default rules: a person may hold
-   several CRM ids, one per CRM of Bodea's, see IDENTITY_RULES) without --profile (its updates wait in
-   its durable outbox for the profile service, the next service of the pipeline), then
+1. starts `cdp-profile --port 0 --data-dir <temp>/profile --identity <identity's address>` without
+   --segmentation (the changed views wait in its durable outbox for the segmentation service, the next
+   service of the pipeline), then `cdp-identity --port <picked> --data-dir <temp>/identity --profile
+   <profile's address>` (default rules: a person may hold several CRM ids, one per CRM of Bodea's, see
+   IDENTITY_RULES; identity's port is picked before profile starts, as each names the other), then
    `cdp-ingestion --port 0 --data-dir <temp>/ingestion --identity <identity's address>`;
 2. creates the sources of the Bodea story (Tests/IngestionTests/Fixtures/EXPECTED.md);
 3. uploads every fixture file (64 KiB data messages, key = the file's path, error threshold 0.5:
@@ -17,19 +21,28 @@ Run through Examples/demo.sh (builds the release binaries, prepares .venv), or d
 7. prints identity's view of the story: p2@townsend.com resolved to one person across Salesforce and
    both Marketo instances; the Townsend account cluster (Account 1 of Marketo 1, Account 2 of
    Marketo 2 and the Salesforce account, joined by the MDM crosswalk) with the record behind each
-   link; p1 and p3 as persons of their own; the refused links (ListConflicts); identity's outbox;
-8. stops both services with SIGTERM (ingestion first) and requires exit status 0 from each.
+   link; p1 and p3 as persons of their own; the refused links (ListConflicts); identity's outbox,
+   once it has forwarded every update to profile;
+8. prints profile's view of the story (as of 2026-05-01, the story's "now", so that the event window
+   does not depend on the day the demo runs): the Townsend account view (the fragments it merges,
+   its opportunities with their amounts, its persons, the won total: $1,100,000, Opportunity 1 counted
+   once although Salesforce and Marketo 1 both hold it), p2's person view (the merged person, its
+   accounts, opportunities and roles, campaigns, lists, events) and profile's outbox;
+9. stops the services with SIGTERM (ingestion, identity, then profile) and requires exit status 0 from
+   each.
 
 Exit status 1 when anything is unexpected (a call fails, a batch does not complete, counts do not
-add up, identity resolves the story differently, a service does not stop cleanly), 2 when a service
-does not start.
+add up, identity resolves the story differently, profile's views differ from the story, a service
+does not stop cleanly), 2 when a service does not start.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -43,6 +56,9 @@ FIXTURES = REPO_ROOT / "Tests" / "IngestionTests" / "Fixtures"
 sys.path.insert(0, str(REPO_ROOT / "Tests" / "Ingestion"))
 from protos import identity_pb2 as ipb, identity_pb2_grpc, model_pb2  # noqa: E402
 from protos import ingestion_pb2 as pb, ingestion_pb2_grpc  # noqa: E402
+
+ppb = importlib.import_module("cdp.profile.v1.profile_pb2")  # generated beside the others by `protos`
+profile_pb2_grpc = importlib.import_module("cdp.profile.v1.profile_pb2_grpc")
 
 CHUNK = 64 * 1024
 TIMEOUT = 30
@@ -58,7 +74,7 @@ ENTITY = {v: k.removeprefix("ENTITY_TYPE_") for k, v in model_pb2.EntityType.ite
 CONFLICT = {v: k.removeprefix("KIND_") for k, v in ipb.Conflict.Kind.items()}
 PERSON, ACCOUNT = model_pb2.ENTITY_TYPE_PERSON, model_pb2.ENTITY_TYPE_ACCOUNT
 # Variables the services read in place of flags: the demo decides every address and directory itself.
-SERVICE_ENV = ("CDP_DATA_DIR", "CDP_IDENTITY_ADDR", "CDP_PROFILE_ADDR", "CDP_TOKEN")
+SERVICE_ENV = ("CDP_DATA_DIR", "CDP_IDENTITY_ADDR", "CDP_PROFILE_ADDR", "CDP_SEGMENTATION_ADDR", "CDP_TOKEN")
 
 
 class Unexpected(Exception):
@@ -117,10 +133,11 @@ def page_view(event_id: str, when: str, url: str, name: str, referrer: str | Non
 
 
 class Service:
-    """One service process, started with --port 0; its stdout and stderr go to files in the temp dir."""
+    """One service process, started with --port `port` (0: any free one); its stdout and stderr go to
+    files in the temp dir."""
 
-    def __init__(self, name: str, binary: Path, args: list[str], work: Path):
-        self.name, self.binary, self.args, self.work = name, binary, args, work
+    def __init__(self, name: str, binary: Path, args: list[str], work: Path, port: int = 0):
+        self.name, self.binary, self.args, self.work, self.port = name, binary, args, work, port
         self.proc: subprocess.Popen | None = None
         self.address = ""
 
@@ -128,7 +145,7 @@ class Service:
         env = {k: v for k, v in os.environ.items() if k not in SERVICE_ENV}
         out_path = self.work / f"{self.name}.out"
         with open(out_path, "wb") as out, open(self.work / f"{self.name}.err", "wb") as err:
-            self.proc = subprocess.Popen([str(self.binary), "--port", "0", *self.args], env=env,
+            self.proc = subprocess.Popen([str(self.binary), "--port", str(self.port), *self.args], env=env,
                                          stdin=subprocess.DEVNULL, stdout=out, stderr=err, start_new_session=True)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
@@ -319,7 +336,8 @@ def print_links(links, files: dict[str, str], indent: str = "    ") -> None:
         print(f"{indent}   links {', '.join(f'{i.namespace}:{i.value}' for i in link.identities)}")
 
 
-def identity_view(stub, files: dict[str, str], accepted: int) -> None:
+def identity_view(stub, files: dict[str, str], accepted: int) -> int:
+    """Prints and checks identity's view; returns the number of updates it forwarded to profile."""
     print("\n== Identity's view")
     print(f"  rules: {' '.join(IDENTITY_RULES) or 'the defaults'} (a person may hold several CRM ids: Bodea has "
           f"a CRM per line of business; only an MDM master id is unique)")
@@ -403,18 +421,197 @@ def identity_view(stub, files: dict[str, str], accepted: int) -> None:
                                              "crmIds)" if not conflicts else ""))
     check(not conflicts, f"{len(conflicts)} unexpected conflicts")
 
-    print("\n-- Identity's outbox (no --profile: updates wait here for the profile service, which comes next)")
-    st = stub.GetOutboxStatus(ipb.GetOutboxStatusRequest(), timeout=TIMEOUT)
+    print("\n-- Identity's outbox (forwarding to profile), once it is empty")
+    deadline = time.monotonic() + DRAIN_TIMEOUT
+    while True:
+        st = stub.GetOutboxStatus(ipb.GetOutboxStatusRequest(), timeout=TIMEOUT)
+        if st.pending_updates == 0 or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    for label, value in [("pending updates", st.pending_updates), ("forwarded updates", st.forwarded_updates),
+                         ("last error", st.last_error or "-")]:
+        print(f"  {label:<18} {value}")
+    check(st.pending_updates == 0, f"identity's outbox still holds {st.pending_updates} updates after "
+                                   f"{DRAIN_TIMEOUT} s (last error: {st.last_error or '-'})")
+    check(st.forwarded_updates > accepted and not st.last_error,
+          f"identity's outbox: {st.forwarded_updates} forwarded, last error {st.last_error!r}; expected the "
+          f"{accepted} records and the cluster changes forwarded")
+    print(f"  = all {st.forwarded_updates} updates taken by profile: {accepted} annotated records (each with its "
+          f"cluster ids) + {st.forwarded_updates - accepted} cluster changes (merges, splits), in one ordered stream")
+    return st.forwarded_updates
+
+
+# Profile's view of the story (EXPECTED.md, "The story in the data"). Opportunity 1 is in Salesforce and in
+# Marketo 1 (synced: the same CRM id, so one opportunity of two fragments); Opportunity 2 is Marketo 2's.
+OPPORTUNITY_1 = {source_key("0065g00000TwO01AAA", SF): "salesforce/Opportunity.csv line 2",
+                 source_key("0065g00000TwO01AAA", MKTO1): "marketo/opportunities.csv line 2"}
+OPPORTUNITY_2 = {source_key("0067Q00000TwO02AAA", MKTO2): "canonical/opportunity.csv line 2"}
+MEXICO = source_key("0017Q00000Twn07AAA", MKTO2)  # Townsend de México: p2 advises it (accountPersonRelation)
+MEXICO_OPPORTUNITY = source_key("0067Q00000Twn08AAA", MKTO2)  # its closed-lost onboarding (canonical/opportunity.csv)
+# p2's events: the web tag's (canonical/event.csv, events.ndjson, the streamed one) and Marketo 1's activities of
+# lead 102; the page views of the new product page among them.
+P2_PAGE_VIEWS = {source_key("w-3001", WEB), source_key("w-2001", WEB), source_key("w-1001", WEB),
+                 source_key("9000001", MKTO1)}
+P2_EVENTS = P2_PAGE_VIEWS | {source_key("w-1003", WEB), source_key("9000004", MKTO1)}
+# The story's "now": the person view's event window (400 days by default) ends here, whatever the date.
+AS_OF = "2026-05-01T00:00:00Z"
+NEW_PRODUCT = ("https://bodea.example/new-product", "/new-product")  # a web tag's URL, Marketo's path
+LABELS.update({**OPPORTUNITY_1, **OPPORTUNITY_2, MEXICO: "Townsend de México (Marketo 2)"})
+
+
+def plural(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
+def money(amount: float, currency: str = "") -> str:
+    return f"${amount:,.0f}" if currency in ("", "USD") else f"{amount:,.0f} {currency}"
+
+
+def keys_of(unified) -> set[str]:
+    return set(unified.fragment_keys)
+
+
+def print_fragments(unified, indent: str = "      ") -> None:
+    for k in unified.fragment_keys:
+        note = LABELS.get(k, "")
+        print(f"{indent}{k:<44}{'  ' + note if note else ''}".rstrip())
+
+
+def print_opportunity(o, indent: str = "    ") -> None:
+    opp = o.record.opportunity
+    state = "won" if opp.is_closed and opp.is_won else "lost" if opp.is_closed else "open"
+    print(f"{indent}opportunity {o.cluster_id}: {opp.name!r}, {opp.stage}, {money(opp.amount, opp.currency)} "
+          f"({state}), merged from {len(o.fragment_keys)}:")
+    print_fragments(o, indent + "  ")
+
+
+def person_name(p) -> str:
+    return f"{p.record.person.first_name} {p.record.person.last_name}".strip()
+
+
+def profile_view(stub, forwarded: int) -> None:
+    print("\n== Profile's view")
+    as_of = ppb.GetEntityRequest().as_of
+    as_of.FromJsonString(AS_OF)
+
+    print(f"\n-- The Townsend account: GetAccount of {ACCOUNT_1}")
+    view = stub.GetAccount(ppb.GetEntityRequest(identity=ident("sourceKey", ACCOUNT_1)), timeout=TIMEOUT)
+    a = view.account.record.account
+    print(f"  account {view.account.cluster_id}: {a.name!r}, {a.domain}, {a.industry}, {a.employees} employees, "
+          f"{a.country} (each field from the fragment updated last that has it; the record's key: "
+          f"{view.account.record.key})")
+    print(f"  merged from {len(view.account.fragment_keys)} fragments:")
+    print_fragments(view.account, "    ")
+    print(f"  {len(view.opportunities)} opportunities:")
+    for o in view.opportunities:
+        print_opportunity(o)
+    print(f"  {len(view.persons)} persons:")
+    for p in view.persons:
+        print(f"    person {p.cluster_id}: {person_name(p)} <{p.record.person.email}>, "
+              f"{plural(len(p.fragment_keys), 'fragment')} ({', '.join(p.fragment_keys)})")
+    t = view.totals
+    print(f"  totals: {t.opportunities} opportunities, {t.won_opportunities} won, won amount {money(t.won_amount)}, "
+          f"open amount {money(t.open_amount)}, {t.persons} persons")
+    check(keys_of(view.account) == {ACCOUNT_1, ACCOUNT_2, ACCOUNT_SF},
+          f"the Townsend account view merges {sorted(view.account.fragment_keys)}; expected {ACCOUNT_1}, "
+          f"{ACCOUNT_2} and {ACCOUNT_SF}")
+    opps = {frozenset(o.fragment_keys): o.record.opportunity for o in view.opportunities}
+    want = {frozenset(OPPORTUNITY_1): 200_000, frozenset(OPPORTUNITY_2): 900_000}
+    check(len(view.opportunities) == 2 and {k: o.amount for k, o in opps.items()} == want
+          and all(o.is_closed and o.is_won for o in opps.values()),
+          f"the Townsend account's opportunities are {[(sorted(k), o.amount, o.is_won) for k, o in opps.items()]}; "
+          f"expected Opportunity 1 (Salesforce and Marketo 1, $200,000) and Opportunity 2 (Marketo 2, $900,000), "
+          f"both won")
+    check((t.won_amount, t.won_opportunities, t.opportunities, t.open_amount) == (1_100_000, 2, 2, 0),
+          f"the Townsend account's totals: won {t.won_amount} in {t.won_opportunities} of {t.opportunities}, open "
+          f"{t.open_amount}; expected $1,100,000 in 2 of 2, nothing open")
+    persons = sorted(sorted(p.fragment_keys) for p in view.persons)
+    check(persons == sorted(sorted(x) for x in (P1, P2, P3)) and t.persons == 3,
+          f"the Townsend account's persons are {persons}; expected p1, p2 and p3")
+    print(f"  = one account of three fragments; Opportunity 1 counted once although Salesforce and Marketo 1 both "
+          f"hold it: won {money(t.won_amount)}")
+
+    print(f"\n-- p2@townsend.com: GetPerson as of {AS_OF}")
+    p2 = stub.GetPerson(ppb.GetEntityRequest(identity=ident("email", "p2@townsend.com"), as_of=as_of),
+                        timeout=TIMEOUT)
+    p = p2.person.record.person
+    print(f"  person {p2.person.cluster_id}: {person_name(p2.person)} <{p.email}>, {p.job_title!r}, "
+          f"{ppb_person_type(p.person_type)}, score {p.score:g}, {p.country} (the record's key: "
+          f"{p2.person.record.key})")
+    print(f"  merged from {len(p2.person.fragment_keys)} fragments:")
+    print_fragments(p2.person, "    ")
+    print(f"  {len(p2.accounts)} accounts:")
+    for acc in p2.accounts:
+        print(f"    account {acc.cluster_id}: {acc.record.account.name!r} ({', '.join(acc.fragment_keys)})")
+    print(f"  {len(p2.opportunities)} opportunities (of those accounts, and those p2 has a role on):")
+    for o in p2.opportunities:
+        opp = o.record.opportunity
+        print(f"    opportunity {o.cluster_id}: {opp.name!r}, {opp.stage}, {money(opp.amount, opp.currency)} "
+              f"({', '.join(o.fragment_keys)})")
+    print(f"  {len(p2.opportunity_roles)} opportunity roles (one per relation record: Salesforce's contact role and "
+          f"Marketo 1's opportunity role both name Opportunity 1):")
+    for r in p2.opportunity_roles:
+        print(f"    on opportunity {r.opportunity_cluster_id}: {r.role!r}{', primary' if r.is_primary else ''}")
+    print(f"  {len(p2.campaigns)} campaigns, {len(p2.lists)} lists:")
+    for c in p2.campaigns:
+        print(f"    campaign {c.campaign.cluster_id}: {c.campaign.record.campaign.name!r}, status {c.status!r}, "
+              f"responded {c.has_responded}")
+    for m in p2.lists:
+        print(f"    list {m.list.cluster_id}: {m.list.record.marketing_list.name!r}")
+    print(f"  {len(p2.events)} events (newest first, 400 days before {AS_OF}):")
+    for e in p2.events:
+        ev = e.event
+        print(f"    {ev.timestamp.ToJsonString():<24} {ev.event_type:<32} {ev.url or '-':<40} {e.key}")
+    check(keys_of(p2.person) == set(P2), f"p2's person view merges {sorted(p2.person.fragment_keys)}; expected "
+                                         f"{sorted(P2)}")
+    check(p.email == "p2@townsend.com", f"p2's merged email is {p.email!r}")
+    accounts = {frozenset(acc.fragment_keys) for acc in p2.accounts}
+    check(frozenset(view.account.fragment_keys) in accounts and any(MEXICO in a for a in accounts)
+          and len(accounts) == 2,
+          f"p2's accounts are {[sorted(a) for a in accounts]}; expected Townsend and Townsend de México")
+    opp_keys = sorted(sorted(o.fragment_keys) for o in p2.opportunities)
+    want_opps = sorted(sorted(x) for x in (OPPORTUNITY_1, OPPORTUNITY_2, {MEXICO_OPPORTUNITY}))
+    check(opp_keys == want_opps, f"p2's opportunities are {opp_keys}; expected {want_opps} (Townsend's two and "
+                                 f"Townsend de México's)")
+    events = [e.key for e in p2.events]
+    check(sorted(events) == sorted(P2_EVENTS), f"p2's events are {events}; expected {sorted(P2_EVENTS)}")
+    check([e.event.timestamp.ToNanoseconds() for e in p2.events] ==
+          sorted((e.event.timestamp.ToNanoseconds() for e in p2.events), reverse=True), "p2's events are not newest "
+                                                                                        "first")
+    new_product = [e for e in p2.events if e.event.event_type == "web.webpagedetails.pageViews"
+                   and e.event.url in NEW_PRODUCT]
+    check({e.key for e in new_product} == P2_PAGE_VIEWS,
+          f"p2's page views of the new product page are {[e.key for e in new_product]}; expected "
+          f"{sorted(P2_PAGE_VIEWS)}")
+    print(f"  = one person of {len(p2.person.fragment_keys)} fragments with {len(new_product)} page views of the new "
+          f"product page")
+
+    print("\n-- Profile's outbox (no --segmentation: changed views wait here for the segmentation service, which "
+          "comes next)")
+    st = stub.GetOutboxStatus(ppb.GetOutboxStatusRequest(), timeout=TIMEOUT)
     oldest = (time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(st.oldest_pending.seconds))
               if st.HasField("oldest_pending") else "-")
-    for label, value in [("pending updates", st.pending_updates), ("oldest pending", oldest),
-                         ("forwarded updates", st.forwarded_updates), ("last error", st.last_error or "-")]:
-        print(f"  {label:<18} {value}")
-    check(st.pending_updates >= accepted and st.forwarded_updates == 0 and not st.last_error,
-          f"identity's outbox: {st.pending_updates} pending, {st.forwarded_updates} forwarded, last error "
-          f"{st.last_error!r}; expected at least the {accepted} records pending, none forwarded")
-    print(f"  = {accepted} annotated records (each with its cluster ids) + {st.pending_updates - accepted} cluster "
-          f"changes (merges, splits), in one ordered stream")
+    for label, value in [("pending views", st.pending_views), ("oldest pending", oldest),
+                         ("sent views", st.sent_views), ("applied identity seq", st.applied_identity_sequence),
+                         ("last error", st.last_error or "-")]:
+        print(f"  {label:<20} {value}")
+    check(st.applied_identity_sequence == forwarded and st.pending_views > 0 and st.sent_views == 0,
+          f"profile's outbox: applied identity sequence {st.applied_identity_sequence} (identity forwarded "
+          f"{forwarded}), {st.pending_views} views pending, {st.sent_views} sent; expected every update applied, "
+          f"views pending, none sent")
+    print(f"  = every update identity forwarded applied; the views of {st.pending_views} changed persons and "
+          f"accounts wait for segmentation")
+
+
+def ppb_person_type(value: int) -> str:
+    return model_pb2.PersonType.Name(value).removeprefix("PERSON_TYPE_").capitalize()
+
+
+def free_port() -> int:
+    """A port free right now (identity's, picked before profile starts; see main)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def binary(given: Path | None, env: str, name: str) -> Path:
@@ -428,35 +625,50 @@ def main() -> int:
                     help="cdp-ingestion to run (default $CDP_INGESTION_BIN or .build/release/cdp-ingestion)")
     ap.add_argument("--identity-binary", type=Path, metavar="PATH",
                     help="cdp-identity to run (default $CDP_IDENTITY_BIN or .build/release/cdp-identity)")
+    ap.add_argument("--profile-binary", type=Path, metavar="PATH",
+                    help="cdp-profile to run (default $CDP_PROFILE_BIN or .build/release/cdp-profile)")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="cdp-demo."))
+    # Identity forwards to profile and profile's DeletePerson calls identity: identity's port is picked
+    # first, so that profile can start (and tell its address) before identity.
     identity = Service("identity", binary(args.identity_binary, "CDP_IDENTITY_BIN", "cdp-identity"),
-                       ["--data-dir", str(work / "identity"), *IDENTITY_RULES], work)
+                       ["--data-dir", str(work / "identity"), *IDENTITY_RULES], work, port=free_port())
+    profile = Service("profile", binary(args.profile_binary, "CDP_PROFILE_BIN", "cdp-profile"),
+                      ["--data-dir", str(work / "profile"), "--identity", f"127.0.0.1:{identity.port}"], work)
     ingestion = Service("ingestion", binary(args.ingestion_binary, "CDP_INGESTION_BIN", "cdp-ingestion"),
                         ["--data-dir", str(work / "ingestion")], work)
     try:
         try:
+            profile.start()
+            identity.args += ["--profile", profile.address]
             identity.start()
             ingestion.args += ["--identity", identity.address]
             ingestion.start()
         except (OSError, RuntimeError) as e:
             print(f"demo: error: cannot start a service: {e}", file=sys.stderr)
             return 2
-        print(f"cdp-identity  listening on {identity.address} (pid {identity.proc.pid}), data dir {work / 'identity'}")
-        print(f"  rules: {' '.join(IDENTITY_RULES) or 'the defaults'}; no --profile: its updates wait in its "
-              f"outbox for the profile service, which comes next")
+        print(f"cdp-profile   listening on {profile.address} (pid {profile.proc.pid}), data dir {work / 'profile'}, "
+              f"--identity {identity.address}")
+        print("  no --segmentation: its changed views wait in its outbox for the segmentation service, which comes "
+              "next")
+        print(f"cdp-identity  listening on {identity.address} (pid {identity.proc.pid}), data dir {work / 'identity'}, "
+              f"--profile {profile.address}")
+        print(f"  rules: {' '.join(IDENTITY_RULES) or 'the defaults'}")
         print(f"cdp-ingestion listening on {ingestion.address} (pid {ingestion.proc.pid}), "
               f"data dir {work / 'ingestion'}, --identity {identity.address}")
         with grpc.insecure_channel(ingestion.address, options=CHANNEL_OPTIONS) as ing_channel, \
-                grpc.insecure_channel(identity.address, options=CHANNEL_OPTIONS) as idn_channel:
-            grpc.channel_ready_future(ing_channel).result(timeout=TIMEOUT)
-            grpc.channel_ready_future(idn_channel).result(timeout=TIMEOUT)
+                grpc.insecure_channel(identity.address, options=CHANNEL_OPTIONS) as idn_channel, \
+                grpc.insecure_channel(profile.address, options=CHANNEL_OPTIONS) as prof_channel:
+            for ch in (ing_channel, idn_channel, prof_channel):
+                grpc.channel_ready_future(ch).result(timeout=TIMEOUT)
             ing = ingestion_pb2_grpc.IngestionStub(ing_channel)
             accepted, files = ingest_fixtures(ing)
             wait_forwarded(ing, accepted)
-            identity_view(identity_pb2_grpc.IdentityStub(idn_channel), files, accepted)
+            forwarded = identity_view(identity_pb2_grpc.IdentityStub(idn_channel), files, accepted)
+            profile_view(profile_pb2_grpc.ProfileStub(prof_channel), forwarded)
         print()
-        for service in (ingestion, identity):  # ingestion first: it forwards to identity
+        # Ingestion first: it forwards to identity, which forwards to profile.
+        for service in (ingestion, identity, profile):
             rc = service.stop()
             print(f"stopped cdp-{service.name} with SIGTERM: exit status {rc}")
             check(rc == 0, f"cdp-{service.name} exited with status {rc} on SIGTERM:\n{service.stderr_tail()}")
@@ -469,8 +681,9 @@ def main() -> int:
     finally:
         ingestion.kill()
         identity.kill()
+        profile.kill()
         if args.keep_data:
-            print(f"kept {work} (ingestion/, identity/, *.out, *.err)")
+            print(f"kept {work} (ingestion/, identity/, profile/, *.out, *.err)")
         else:
             shutil.rmtree(work, ignore_errors=True)
 

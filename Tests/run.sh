@@ -3,7 +3,7 @@
 # warnings in the project's own code, runs the Swift tests, then the interop tests in both
 # directions, the socket robustness tests against the real server binary, generic
 # reflection / health clients (no .proto files) against it, and the Python tests of the
-# ingestion and identity services' processes (crashes, restarts, the pipeline between them).
+# ingestion, identity and profile services' processes (crashes, restarts, the pipeline between them).
 #
 # Usage: Tests/run.sh            (run from anywhere)
 # Each stage prints its own summary; the script stops at the first failing stage.
@@ -50,5 +50,9 @@ Tests/python-env.sh
 stage "identity: the Bodea pipeline through a flaky profile, SIGKILL during forwarding, bad requests (Python, against cdp-ingestion + cdp-identity)"
 Tests/python-env.sh
 .venv/bin/python -m pytest Tests/Identity -q -p no:cacheprovider
+
+stage "profile: the Bodea pipeline to a flaky segmentation (views, fan-out, DeletePerson), SIGKILL of profile during forwarding, bad requests (Python, against cdp-ingestion + cdp-identity + cdp-profile)"
+Tests/python-env.sh
+.venv/bin/python -m pytest Tests/Profile -q -p no:cacheprovider
 
 stage "all test stages passed"

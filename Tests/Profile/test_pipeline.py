@@ -7,8 +7,8 @@ Tests (about 45 s in all with the debug builds on 2 cores, nearly all of it the 
   both closed-won, an MDM crosswalk making A1 and A2 one company, p2's page view of the new product page
   three days ago) through cdp-ingestion, cdp-identity and cdp-profile to a fake segmentation that fails
   30% of its calls (half of them after taking the views, so profile sends again). After all outboxes
-  drained: GetAccount(A1) is one account of A1 and A2 with O1 and O2, won amount $1,100,000 (O1 counted
-  once although two paths lead to it), persons p1, p2 (two fragments), p3; GetPerson(p2) has that one
+  drained: GetAccount(A1) is one account of A1 and A2 with O1 and O2 once each, won amount $1,100,000,
+  persons p1, p2 (two fragments), p3; GetPerson(p2) has that one
   account, both opportunities and the page view; GetEvents(p2) the page view; the latest views the fake
   holds for p1, p2, p3 and the account equal profile's answers.
   Fan-out: a new version of O2 ($950,000) makes profile send new (higher version) views of p1, p2, p3
@@ -18,7 +18,7 @@ Tests (about 45 s in all with the debug builds on 2 cores, nearly all of it the 
   All three services then stop on SIGTERM with status 0.
 * test_profile_sigkill_during_forwarding: a generated dataset (default 5,000 persons over two sources
   sharing emails, 2 x 150 accounts of which 3/4 are joined by an MDM crosswalk, an opportunity per account,
-  page views of a third of the persons, by email or by source key) ingested in 8 batches while cdp-profile
+  page views of a third of the persons, by email or by source key) ingested in 12 batches while cdp-profile
   is SIGKILLed twice (at fractions of identity's stream applied; seeded) and restarted on the same data
   directory and port; the fake segmentation fails 10% of calls. At the end: profile's
   applied_identity_sequence equals identity's forwarded_updates; ScanPersonViews (partitions 0 and 1 of 2)
@@ -31,8 +31,8 @@ Tests (about 45 s in all with the debug builds on 2 cores, nearly all of it the 
   of an unknown identity (NOT_FOUND); GetAccount of an unknown identity (NOT_FOUND); ScanPersonViews with
   partition >= partitions (INVALID_ARGUMENT); GetEvents with from > to (INVALID_ARGUMENT); DeletePerson
   (FAILED_PRECONDITION: no identity service); ScanPersonViews with partitions=2 against partitions=1.
-* test_delete_person_of_two_fragments (xfail, a known bug in cdp-profile): DeletePerson of p2 (one
-  fragment in each Marketo) must leave no view of either fragment, in profile or at segmentation.
+* test_delete_person_of_two_fragments: DeletePerson of p2 (one fragment in each Marketo) leaves no view
+  of either fragment, in profile or at segmentation, although identity splits p2's cluster meanwhile.
 
 Run (Tests/python-env.sh first; the debug binaries must exist):
     .venv/bin/python -m pytest Tests/Profile -q -p no:cacheprovider
@@ -250,11 +250,11 @@ def test_running_example_fanout_and_delete(tmp_path):
                 problems.append(f"segmentation got no new view of {p} after O2 changed (held version "
                                 f"{held and held.version}, before {before.get(key)})")
                 continue
-            total = sum(o.record.opportunity.amount for o in held.person.opportunities)
+            amounts = [(list(o.fragment_keys), o.record.opportunity.amount) for o in held.person.opportunities]
+            total = sum(a for _, a in amounts)
             if total != 1_150_000:
-                problems.append(f"{p}'s new view (version {held.version}): opportunities "
-                                f"{[(list(o.fragment_keys), o.record.opportunity.amount) for o in held.person.opportunities]}"
-                                f" sum to {total}, expected 1,150,000")
+                problems.append(f"{p}'s new view (version {held.version}): opportunities {amounts} sum to {total}, "
+                                f"expected 1,150,000")
         held = fake.get("account", acc_cluster)
         if held is None or held.version <= before.get(("account", acc_cluster), 0):
             problems.append("segmentation got no new Townsend account view after O2 changed")
@@ -417,7 +417,8 @@ class Dataset:
         for part in (0, 1):
             for s, src in enumerate(CRASH_SOURCES):
                 chunk = half(self.person_rows[s], part)
-                out.append((src, "person", canonical, csv_text(PERSON_COLUMNS, chunk), f"persons-{s}-{part}", len(chunk)))
+                out.append((src, "person", canonical, csv_text(PERSON_COLUMNS, chunk), f"persons-{s}-{part}",
+                            len(chunk)))
             s = part
             out.append((CRASH_SOURCES[s], "account", canonical, csv_text(ACCOUNT_COLUMNS, self.account_rows[s]),
                         f"accounts-{s}", self.accounts))
@@ -725,14 +726,10 @@ def test_profile_unhappy_paths(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------------
-# 4. A privacy delete of a person of two fragments (a known bug: see the reason)
+# 4. A privacy delete of a person of two fragments: profile lists the person's data before identity splits
+#    the cluster, and deletes it by key wherever the split moved it
 # ---------------------------------------------------------------------------------------------------
 
-@pytest.mark.xfail(strict=False, reason=(
-    "cdp-profile's DeletePerson asks identity to remove the identities first (email before the source keys); "
-    "removing the email splits p2's cluster, identity forwards the split, and when profile applies it before "
-    "its own deletion (the usual order) the Marketo 2 fragment has moved to the new cluster and survives: "
-    "ScanPersonViews still lists it and segmentation gets a person view of it"))
 def test_delete_person_of_two_fragments(tmp_path):
     _require_binaries()
     fake = FakeSegmentation().start()

@@ -63,15 +63,11 @@ public actor ProfileEngine {
         try store.events(person: cluster, from: from, to: to, limit: limit)
     }
 
-    /// The identities a person's fragments name.
-    public func identities(ofPerson cluster: UInt64) throws -> [Cdp_Identity_V1_IdentityValue] {
-        try store.identities(ofPerson: cluster)
-    }
+    /// What a privacy delete of the person removes.
+    public func personData(cluster: UInt64) throws -> PersonData { try store.personData(cluster: cluster) }
 
-    /// Deletes a person's data.
-    public func deletePerson(cluster: UInt64) throws -> (fragments: Int, events: Int) {
-        try store.deletePerson(cluster: cluster)
-    }
+    /// Deletes what `personData` listed.
+    public func delete(_ data: PersonData) throws -> (fragments: Int, events: Int) { try store.delete(data) }
 
     // MARK: - Outbox to segmentation
 

@@ -157,7 +157,11 @@ public final class ProfileService: Cdp_Profile_V1_Profile.ServiceProtocol {
             )
         }
         let cluster = try await cluster(of: .person, request.identity)
-        let identities = try await engine.identities(ofPerson: cluster)
+        // The person's data is listed before identity is told: removing the identities splits the
+        // person's cluster, and identity's stream may move some fragments elsewhere before the deletion
+        // below; they are deleted by key wherever they went.
+        let data = try await engine.personData(cluster: cluster)
+        let identities = data.identities
         // Identity first: if profile's own deletion then fails, the retry finds the data and finishes.
         for identity in identities {
             do {
@@ -169,7 +173,7 @@ public final class ProfileService: Cdp_Profile_V1_Profile.ServiceProtocol {
                 )
             }
         }
-        let deleted = try await engine.deletePerson(cluster: cluster)
+        let deleted = try await engine.delete(data)
         changed()
         logger.notice("person deleted", metadata: ["cluster": "\(cluster)", "fragments": "\(deleted.fragments)"])
         var response = Cdp_Profile_V1_DeletePersonResponse()

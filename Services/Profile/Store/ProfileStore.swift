@@ -30,10 +30,13 @@ public protocol ProfileStore: Sendable {
     ) throws -> [UInt64]
     /// A person's events between `from` and `to`, newest first.
     func events(person cluster: UInt64, from: Date, to: Date, limit: Int) throws -> [Cdp_Profile_V1_Event]
-    /// The identities the person's fragments name (for a privacy request to identity).
-    func identities(ofPerson cluster: UInt64) throws -> [Cdp_Identity_V1_IdentityValue]
-    /// Deletes the person's fragments, events and the relations and memberships naming the person.
-    func deletePerson(cluster: UInt64) throws -> (fragments: Int, events: Int)
+    /// What a privacy delete of the person removes: its fragments, the relations and memberships naming
+    /// it, its events, and the identities its fragments name (to remove from identity).
+    func personData(cluster: UInt64) throws -> PersonData
+    /// Deletes what `personData` listed, wherever it is now (identity's splits, caused by removing the
+    /// person's identities, may have moved some of it to other clusters meanwhile); marks the views
+    /// that change. Returns the fragments and events deleted.
+    func delete(_ data: PersonData) throws -> (fragments: Int, events: Int)
 
     /// Views waiting to be sent, oldest change first: each with a fresh version.
     func nextChangedViews(limit: Int) throws -> [ChangedView]
@@ -41,6 +44,33 @@ public protocol ProfileStore: Sendable {
     func markSent(_ views: [ChangedView]) throws
     /// How much is pending.
     func outboxStatus() throws -> (pending: UInt64, oldestPending: Date?, sent: UInt64)
+}
+
+/// A person's data, as listed for a privacy delete.
+public struct PersonData: Sendable, Equatable {
+    /// The fragments: the person's records, and the relations and memberships naming the person.
+    public var fragments: [FragmentKey] = []
+    /// The keys of the person's events.
+    public var events: [String] = []
+    /// The identities the person's records name.
+    public var identities: [Cdp_Identity_V1_IdentityValue] = []
+
+    /// Creates an empty list.
+    public init() {}
+}
+
+/// A fragment's entity type (raw value) and key.
+public struct FragmentKey: Sendable, Hashable {
+    /// `Cdp_Model_V1_EntityType.rawValue`.
+    public var entity: Int64
+    /// The record's key.
+    public var key: String
+
+    /// Creates a fragment key.
+    public init(entity: Int64, key: String) {
+        self.entity = entity
+        self.key = key
+    }
 }
 
 /// A person or account whose view changed.

@@ -701,9 +701,28 @@ public final class SQLiteProfileStore: ProfileStore {
 
     // MARK: - Privacy
 
-    public func identities(ofPerson cluster: UInt64) throws -> [Cdp_Identity_V1_IdentityValue] {
+    public func personData(cluster: UInt64) throws -> PersonData {
         try writer.read { db in
-            try Row.fetchAll(
+            var data = PersonData()
+            // The person's own fragments, then the relations and memberships naming the person.
+            data.fragments = try Row.fetchAll(
+                try db.cachedStatement(
+                    sql:
+                        "SELECT entity, key FROM fragments INDEXED BY fragments_by_cluster WHERE entity = 1 AND cluster = ?"
+                ),
+                arguments: [Int64(cluster)]
+            ).map { FragmentKey(entity: $0[0], key: $0[1]) }
+            data.fragments += try Row.fetchAll(
+                try db.cachedStatement(
+                    sql: "SELECT entity, key FROM refs WHERE ref_entity = 1 AND ref_cluster = ? AND role = 'person'"
+                ),
+                arguments: [Int64(cluster)]
+            ).map { FragmentKey(entity: $0[0], key: $0[1]) }
+            data.events = try String.fetchAll(
+                try db.cachedStatement(sql: "SELECT key FROM events WHERE person_cluster = ?"),
+                arguments: [Int64(cluster)]
+            )
+            data.identities = try Row.fetchAll(
                 try db.cachedStatement(
                     sql: """
                         SELECT DISTINCT n.namespace, n.value FROM fragments f INDEXED BY fragments_by_cluster
@@ -719,46 +738,46 @@ public final class SQLiteProfileStore: ProfileStore {
                 identity.value = row[1]
                 return identity
             }
+            return data
         }
     }
 
-    public func deletePerson(cluster: UInt64) throws -> (fragments: Int, events: Int) {
+    public func delete(_ data: PersonData) throws -> (fragments: Int, events: Int) {
         try writer.write { db in
             let changes = ChangeMarker(db: db, now: Self.milliseconds(now()))
-            try markDependents(ofCluster: cluster, entity: .person, changes: changes, db: db)
-            // The person's own fragments, then the relations and memberships naming the person.
-            var doomed = try Row.fetchAll(
-                try db.cachedStatement(
-                    sql:
-                        "SELECT entity, key FROM fragments INDEXED BY fragments_by_cluster WHERE entity = 1 AND cluster = ?"
-                ),
-                arguments: [Int64(cluster)]
-            ).map { (Int64($0[0] as Int64), $0[1] as String) }
-            doomed += try Row.fetchAll(
-                try db.cachedStatement(
-                    sql: "SELECT entity, key FROM refs WHERE role = 'person' AND ref_entity = 1 AND ref_cluster = ?"
-                ),
-                arguments: [Int64(cluster)]
-            ).map { (Int64($0[0] as Int64), $0[1] as String) }
-            for (entity, key) in doomed where entity != Cdp_Model_V1_EntityType.person.rawValue {
-                try markDependents(
-                    of: Cdp_Model_V1_EntityType(rawValue: Int(entity)) ?? .unspecified,
-                    key: key,
-                    changes: changes,
-                    db: db
-                )
-            }
-            for (entity, key) in doomed {
+            var fragments = 0
+            for fragment in data.fragments {
+                guard let entity = Cdp_Model_V1_EntityType(rawValue: Int(fragment.entity)) else { continue }
+                // Whatever cluster the fragment is in now (identity's splits may have moved it meanwhile).
+                if entity == .person,
+                    let cluster = try Int64.fetchOne(
+                        try db.cachedStatement(sql: "SELECT cluster FROM fragments WHERE entity = 1 AND key = ?"),
+                        arguments: [fragment.key]
+                    )
+                {
+                    try markDependents(ofCluster: UInt64(cluster), entity: .person, changes: changes, db: db)
+                } else {
+                    try markDependents(of: entity, key: fragment.key, changes: changes, db: db)
+                }
                 for table in ["fragments", "refs", "names"] {
                     try db.cachedStatement(sql: "DELETE FROM \(table) WHERE entity = ? AND key = ?").execute(
-                        arguments: [entity, key])
+                        arguments: [fragment.entity, fragment.key]
+                    )
+                    if table == "fragments" { fragments += db.changesCount }
                 }
             }
-            try db.cachedStatement(sql: "DELETE FROM events WHERE person_cluster = ?").execute(arguments: [
-                Int64(cluster)
-            ])
-            let events = db.changesCount
-            return (doomed.count, events)
+            var events = 0
+            for key in data.events {
+                if let cluster = try Int64.fetchOne(
+                    try db.cachedStatement(sql: "SELECT person_cluster FROM events WHERE key = ?"),
+                    arguments: [key]
+                ) {
+                    try changes.mark(.person, UInt64(cluster))
+                }
+                try db.cachedStatement(sql: "DELETE FROM events WHERE key = ?").execute(arguments: [key])
+                events += db.changesCount
+            }
+            return (fragments, events)
         }
     }
 
