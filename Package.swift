@@ -239,6 +239,13 @@ let package = Package(
             path: "Benchmarks/ProfileBenchmark"
         ),
 
+        // MARK: Segmentation
+        // The PQL dialect: lexer, syntax tree, parser with positioned errors. No I/O.
+        .target(
+            name: "SegmentationLanguage",
+            path: "Services/Segmentation/Language"
+        ),
+
         // grpc.testing messages and stubs, used by the interop programs and the tests.
         .target(
             name: "InteropProto",
@@ -315,6 +322,11 @@ let package = Package(
                 .product(name: "NIOPosix", package: "swift-nio"),
             ],
             path: "Tests/ProfileTests"
+        ),
+        .testTarget(
+            name: "SegmentationTests",
+            dependencies: ["SegmentationLanguage"],
+            path: "Tests/SegmentationTests"
         ),
     ]
 )
