@@ -203,7 +203,7 @@ let package = Package(
         .target(
             name: "ProfileStore",
             dependencies: [
-                "CDPProto", "IdentityRules", "ProfileModel",
+                "CDPProto", "IdentityRules", "ProfileModel", "SQLiteSupport",
                 .product(name: "GRDB", package: "GRDB.swift"),
             ],
             path: "Services/Profile/Store"
@@ -212,7 +212,7 @@ let package = Package(
         .target(
             name: "ProfileService",
             dependencies: [
-                "CDPProto", "ProfileStore", "RPCCore",
+                "CDPProto", "IdentityRules", "ProfileStore", "RPCCore",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "SwiftProtobuf", package: "swift-protobuf"),
@@ -222,7 +222,8 @@ let package = Package(
         .executableTarget(
             name: "cdp-profile",
             dependencies: [
-                "CDPProto", "ProfileModel", "ProfileService", "ProfileStore", "RPCCore", "RPCHTTP2", "RPCServices",
+                "CDPProto", "IdentityRules", "ProfileModel", "ProfileService", "ProfileStore", "RPCCore", "RPCHTTP2",
+                "RPCServices",
                 "ServiceSupport",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
@@ -288,7 +289,8 @@ let package = Package(
         .testTarget(
             name: "IngestionTests",
             dependencies: [
-                "CDPProto", "IngestionFormats", "IngestionStore", "IngestionService", "RPCCore", "RPCHTTP2",
+                "TestSupport", "CDPProto", "IngestionFormats", "IngestionStore", "IngestionService", "RPCCore",
+                "RPCHTTP2",
                 "ServiceSupport",
                 .product(name: "Logging", package: "swift-log"),
             ],

@@ -7,6 +7,7 @@ import RPCCore
 import RPCHTTP2
 import ServiceSupport
 import Synchronization
+import TestSupport
 import Testing
 
 /// The ingestion service end to end over loopback: uploads, record errors, the threshold, idempotency,
@@ -313,21 +314,6 @@ struct Harness {
     func waitUntilForwarded(_ count: Int) async throws {
         try await eventually { identity.records.count >= count }
     }
-}
-
-/// Polls `condition` until it holds, failing after `timeout`.
-func eventually(
-    timeout: Duration = .seconds(10),
-    _ condition: () async throws -> Bool,
-    sourceLocation: SourceLocation = #_sourceLocation
-) async throws {
-    let deadline = ContinuousClock.now + timeout
-    while ContinuousClock.now < deadline {
-        if try await condition() { return }
-        try await Task.sleep(for: .milliseconds(20))
-    }
-    Issue.record("the condition did not hold within \(timeout)", sourceLocation: sourceLocation)
-    throw StoreTestFailure("timed out")
 }
 
 /// Runs `body` against an ingestion service on loopback (in-memory store, small chunks) that forwards to a

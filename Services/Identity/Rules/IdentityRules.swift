@@ -1,4 +1,5 @@
 import CDPProto
+import Foundation
 import IdentityGraph
 
 /// The identity graphs: one per keyed entity type (persons and accounts merge across sources; the
@@ -65,6 +66,12 @@ public enum Namespace {
     public static let dunsNumber = "dunsNumber"
     /// A master id from the MDM crosswalk.
     public static let mdm = "mdm"
+
+    /// A value someone typed, as identities are stored: an email trimmed and lowercased (as ingestion
+    /// stores it), any other value as given.
+    public static func normalized(_ value: String, in namespace: String) -> String {
+        namespace == email ? value.trimmingCharacters(in: .whitespacesAndNewlines).lowercased() : value
+    }
 }
 
 /// Another entity a record names, to be resolved to its cluster in `graph`.

@@ -228,10 +228,7 @@ public final class IdentityService: Cdp_Identity_V1_Identity.ServiceProtocol {
                 message: "\(field) needs a namespace and a value, e.g. email and p2@townsend.com"
             )
         }
-        if value.namespace == Namespace.email {
-            return Identity(value.namespace, value.value.trimmingCharacters(in: .whitespacesAndNewlines).lowercased())
-        }
-        return Identity(value.namespace, value.value)
+        return Identity(value.namespace, Namespace.normalized(value.value, in: value.namespace))
     }
 
     /// An entity type as the .proto file spells it, e.g. `ENTITY_TYPE_MARKETING_LIST`.

@@ -14,20 +14,12 @@ public final class SQLiteIdentityStore: IdentityStore {
 
     /// Opens (creating if needed) the database at `path` and migrates it.
     public init(path: String) throws {
-        var configuration = Configuration()
-        configuration.prepareDatabase { db in
-            try db.execute(sql: "PRAGMA synchronous = NORMAL")
-        }
-        let pool = try DatabasePool(path: path, configuration: configuration)
-        writer = pool
-        try Self.migrator.migrate(pool)
+        writer = try ServiceDatabase.open(path: path, migrator: Self.migrator)
     }
 
     /// A store in memory, for tests: the same schema through the same migrator.
     public init() throws {
-        let queue = try DatabaseQueue(configuration: Configuration())
-        writer = queue
-        try Self.migrator.migrate(queue)
+        writer = try ServiceDatabase.inMemory(migrator: Self.migrator)
     }
 
     static var migrator: DatabaseMigrator {

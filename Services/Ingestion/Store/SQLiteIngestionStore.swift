@@ -15,21 +15,14 @@ public final class SQLiteIngestionStore: IngestionStore {
     /// Opens (creating if needed) the database at `path`, migrates it, and marks batches that were
     /// receiving when the last process stopped as interrupted, deleting their records.
     public init(path: String) throws {
-        var configuration = Configuration()
-        configuration.prepareDatabase { db in
-            try db.execute(sql: "PRAGMA synchronous = NORMAL")
-        }
-        let pool = try DatabasePool(path: path, configuration: configuration)
+        let pool = try ServiceDatabase.open(path: path, migrator: Self.migrator)
         writer = pool
-        try Self.migrator.migrate(pool)
         try pool.write { db in try Self.interruptReceivingBatches(db) }
     }
 
     /// A store in memory, for tests: the same schema through the same migrator.
     public init() throws {
-        let queue = try DatabaseQueue(configuration: Configuration())
-        writer = queue
-        try Self.migrator.migrate(queue)
+        writer = try ServiceDatabase.inMemory(migrator: Self.migrator)
     }
 
     static var migrator: DatabaseMigrator {

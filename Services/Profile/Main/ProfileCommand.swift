@@ -1,6 +1,7 @@
 import ArgumentParser
 import CDPProto
 import Foundation
+import IdentityRules
 import Logging
 import NIOPosix
 import ProfileModel
@@ -75,13 +76,6 @@ struct ProfileCommand: AsyncParsableCommand {
     @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.")
     var logLevel: String = "info"
 
-    static let entityNames: [String: Cdp_Model_V1_EntityType] = [
-        "person": .person, "account": .account, "opportunity": .opportunity, "campaign": .campaign,
-        "marketingList": .marketingList, "accountPersonRelation": .accountPersonRelation,
-        "opportunityPersonRelation": .opportunityPersonRelation, "campaignMember": .campaignMember,
-        "marketingListMember": .marketingListMember,
-    ]
-
     func validate() throws {
         guard (0...65535).contains(port) else { throw ValidationError("--port must be between 0 and 65535.") }
         guard forwardBatchSize > 0, eventRetentionDays > 0 else {
@@ -107,13 +101,17 @@ struct ProfileCommand: AsyncParsableCommand {
         var policies: [Cdp_Model_V1_EntityType: MergePolicy] = [:]
         for entry in mergePolicies {
             let parts = entry.split(separator: "=", maxSplits: 1).map(String.init)
-            guard parts.count == 2, let entity = Self.entityNames[parts[0]], let policy = MergePolicy(parts[1]) else {
+            // Events are not merged: each is its own record.
+            guard parts.count == 2, let graph = EntityGraph(rawValue: parts[0]), graph != .event,
+                let policy = MergePolicy(parts[1])
+            else {
                 throw ValidationError(
                     "--merge-policy \"\(entry)\" must be ENTITY=timestamp or ENTITY=precedence:Type:instance,… with "
-                        + "ENTITY one of \(Self.entityNames.keys.sorted().joined(separator: ", "))."
+                        + "ENTITY one of "
+                        + EntityGraph.allCases.filter { $0 != .event }.map(\.rawValue).joined(separator: ", ") + "."
                 )
             }
-            policies[entity] = policy
+            policies[graph.entityType] = policy
         }
         return policies
     }

@@ -1,5 +1,6 @@
 import CDPProto
 import Foundation
+import IdentityRules
 import Logging
 import ProfileStore
 import RPCCore
@@ -212,9 +213,7 @@ public final class ProfileService: Cdp_Profile_V1_Profile.ServiceProtocol {
             )
         }
         var normalized = identity
-        if identity.namespace == "email" {
-            normalized.value = identity.value.trimmingCharacters(in: .whitespacesAndNewlines).lowercased()
-        }
+        normalized.value = Namespace.normalized(identity.value, in: identity.namespace)
         guard let cluster = try await engine.cluster(of: entity, named: normalized) else {
             let name = entity == .person ? "person" : "account"
             throw RPCError(code: .notFound, message: "no \(name) has \(Self.describe(normalized))")

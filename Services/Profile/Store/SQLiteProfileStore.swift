@@ -3,6 +3,7 @@ import Foundation
 import GRDB
 import IdentityRules
 import ProfileModel
+import SQLiteSupport
 import SwiftProtobuf
 
 /// The embedded ``ProfileStore``: one SQLite database in WAL mode through GRDB.
@@ -47,29 +48,23 @@ public final class SQLiteProfileStore: ProfileStore {
     )
         throws
     {
-        var options = GRDB.Configuration()
-        options.prepareDatabase { db in
-            try db.execute(sql: "PRAGMA synchronous = NORMAL")
-            // Views read many small rows at random: map the file (no read call per page) and keep more
-            // pages per connection than SQLite's 2 MiB default.
-            try db.execute(sql: "PRAGMA mmap_size = 4294967296")
-            try db.execute(sql: "PRAGMA cache_size = -65536")
-        }
-        let pool = try DatabasePool(path: path, configuration: options)
-        writer = pool
+        // Views read many small rows at random: map the file (no read call per page) and keep more pages
+        // per connection than SQLite's 2 MiB default.
+        writer = try ServiceDatabase.open(
+            path: path,
+            migrator: Self.migrator,
+            pragmas: ["mmap_size = 4294967296", "cache_size = -65536"]
+        )
         self.configuration = configuration
         self.now = now
-        try Self.migrator.migrate(pool)
     }
 
     /// A store in memory, for tests: the same schema through the same migrator.
     public init(configuration: Configuration = Configuration(), now: @escaping @Sendable () -> Date = Date.init) throws
     {
-        let queue = try DatabaseQueue(configuration: GRDB.Configuration())
-        writer = queue
+        writer = try ServiceDatabase.inMemory(migrator: Self.migrator)
         self.configuration = configuration
         self.now = now
-        try Self.migrator.migrate(queue)
     }
 
     static var migrator: DatabaseMigrator {
@@ -823,11 +818,6 @@ public final class SQLiteProfileStore: ProfileStore {
             }
             try Self.setCounter("sent_views", try Self.counter("sent_views", db) + Int64(sent), db)
         }
-    }
-
-    /// Forgets every pending change (tests start fan-out checks from a clean slate).
-    public func markAllSentForTesting() {
-        _ = try? writer.write { db in try db.cachedStatement(sql: "DELETE FROM changed").execute() }
     }
 
     public func outboxStatus() throws -> (pending: UInt64, oldestPending: Date?, sent: UInt64) {
