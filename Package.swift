@@ -241,10 +241,18 @@ let package = Package(
         ),
 
         // MARK: Segmentation
-        // The PQL dialect: lexer, syntax tree, parser with positioned errors. No I/O.
+        // The PQL dialect: parser with positioned errors, the view schema, the type checker. No I/O.
         .target(
             name: "SegmentationLanguage",
             path: "Services/Segmentation/Language"
+        ),
+        // Checked definitions compiled to closures over person and account views; explanations.
+        .target(
+            name: "SegmentationEvaluation",
+            dependencies: [
+                "SegmentationLanguage", "CDPProto", .product(name: "SwiftProtobuf", package: "swift-protobuf"),
+            ],
+            path: "Services/Segmentation/Evaluation"
         ),
 
         // grpc.testing messages and stubs, used by the interop programs and the tests.
@@ -303,6 +311,15 @@ let package = Package(
             dependencies: ["CDPProto", .product(name: "SwiftProtobuf", package: "swift-protobuf")],
             path: "Tests/Support"
         ),
+        // Identity in process feeding a profile store, for the profile and segmentation tests.
+        .target(
+            name: "PipelineSupport",
+            dependencies: [
+                "TestSupport", "CDPProto", "IdentityService", "IdentityStore", "ProfileStore",
+                .product(name: "NIOPosix", package: "swift-nio"),
+            ],
+            path: "Tests/PipelineSupport"
+        ),
         .testTarget(
             name: "IdentityTests",
             dependencies: [
@@ -317,8 +334,8 @@ let package = Package(
         .testTarget(
             name: "ProfileTests",
             dependencies: [
-                "TestSupport", "CDPProto", "IdentityGraph", "IdentityRules", "IdentityService", "IdentityStore",
-                "ProfileModel",
+                "TestSupport", "PipelineSupport", "CDPProto", "IdentityGraph", "IdentityRules", "IdentityService",
+                "IdentityStore", "ProfileModel",
                 "ProfileService", "ProfileStore", "RPCCore", "RPCHTTP2", "ServiceSupport",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOPosix", package: "swift-nio"),
@@ -327,7 +344,10 @@ let package = Package(
         ),
         .testTarget(
             name: "SegmentationTests",
-            dependencies: ["SegmentationLanguage"],
+            dependencies: [
+                "TestSupport", "PipelineSupport", "CDPProto", "ProfileStore", "SegmentationLanguage",
+                "SegmentationEvaluation",
+            ],
             path: "Tests/SegmentationTests"
         ),
     ]

@@ -2,6 +2,7 @@ import CDPProto
 import Foundation
 import Logging
 import NIOPosix
+import PipelineSupport
 import ProfileService
 import ProfileStore
 import RPCCore
@@ -59,6 +60,66 @@ final class RecordingSegmentation: Cdp_Segmentation_V1_Segmentation.ServiceProto
             return response
         }
     }
+}
+
+/// Profile only calls AcceptViews; the rest of the API is not the stand-in's business.
+extension RecordingSegmentation {
+    static var unimplemented: RPCError { RPCError(code: .unimplemented, message: "not part of the stand-in") }
+
+    func createSegment(
+        request: Cdp_Segmentation_V1_CreateSegmentRequest,
+        context: ServerContext
+    ) async throws -> Cdp_Segmentation_V1_Segment { throw Self.unimplemented }
+
+    func getSegment(
+        request: Cdp_Segmentation_V1_GetSegmentRequest,
+        context: ServerContext
+    ) async throws -> Cdp_Segmentation_V1_Segment { throw Self.unimplemented }
+
+    func listSegments(
+        request: Cdp_Segmentation_V1_ListSegmentsRequest,
+        context: ServerContext
+    ) async throws -> Cdp_Segmentation_V1_ListSegmentsResponse { throw Self.unimplemented }
+
+    func updateSegment(
+        request: Cdp_Segmentation_V1_UpdateSegmentRequest,
+        context: ServerContext
+    ) async throws -> Cdp_Segmentation_V1_Segment { throw Self.unimplemented }
+
+    func deleteSegment(
+        request: Cdp_Segmentation_V1_DeleteSegmentRequest,
+        context: ServerContext
+    ) async throws -> Cdp_Segmentation_V1_DeleteSegmentResponse { throw Self.unimplemented }
+
+    func estimate(
+        request: Cdp_Segmentation_V1_EstimateRequest,
+        context: ServerContext
+    ) async throws -> Cdp_Segmentation_V1_EstimateResponse { throw Self.unimplemented }
+
+    func evaluate(
+        request: Cdp_Segmentation_V1_EvaluateRequest,
+        context: ServerContext
+    ) async throws -> Cdp_Segmentation_V1_EvaluationJob { throw Self.unimplemented }
+
+    func getEvaluation(
+        request: Cdp_Segmentation_V1_GetEvaluationRequest,
+        context: ServerContext
+    ) async throws -> Cdp_Segmentation_V1_EvaluationJob { throw Self.unimplemented }
+
+    func getMembers(
+        request: Cdp_Segmentation_V1_GetMembersRequest,
+        context: ServerContext
+    ) async throws -> Cdp_Segmentation_V1_GetMembersResponse { throw Self.unimplemented }
+
+    func explain(
+        request: Cdp_Segmentation_V1_ExplainRequest,
+        context: ServerContext
+    ) async throws -> Cdp_Segmentation_V1_Explanation { throw Self.unimplemented }
+
+    func getOutboxStatus(
+        request: Cdp_Segmentation_V1_GetOutboxStatusRequest,
+        context: ServerContext
+    ) async throws -> Cdp_Segmentation_V1_OutboxStatus { throw Self.unimplemented }
 }
 
 /// The identities a stand-in identity service was asked to remove.

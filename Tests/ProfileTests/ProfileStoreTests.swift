@@ -1,5 +1,6 @@
 import CDPProto
 import Foundation
+import PipelineSupport
 import ProfileModel
 import ProfileStore
 import SwiftProtobuf

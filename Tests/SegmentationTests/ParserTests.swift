@@ -58,8 +58,8 @@ struct ParserTests {
         ("person.country in [\"US\", \"CA\"]", "person.country in [\"US\", \"CA\"]"),
         ("person.jobTitle.contains(\"VP\", false)", "contains(person.jobTitle, \"VP\", false)"),
         (
-            "person.accounts[A.industry = \"Retail\"].count() >= 2",
-            "(count(person.accounts[(A.industry = \"Retail\")]) >= 2)"
+            "person.accounts[industry = \"Retail\"].count() >= 2",
+            "(count(person.accounts[(industry = \"Retail\")]) >= 2)"
         ),
         ("forall A from person.accounts where A.employees > 10", "forall A in person.accounts: (A.employees > 10)"),
         (

@@ -592,7 +592,7 @@ public final class SQLiteProfileStore: ProfileStore {
         let roles = try memberships(ofPerson: cluster, relation: .opportunityPersonRelation, role: Role.opportunity, db)
         var opportunityClusters = Set(roles.map(\.target))
         for account in accountClusters { opportunityClusters.formUnion(try opportunities(ofAccount: account, db)) }
-        view.opportunities = try opportunityClusters.sorted().compactMap { try unified(.opportunity, $0, db) }
+        view.opportunities = try opportunityClusters.sorted().compactMap { try opportunity($0, db) }
         view.opportunityRoles = roles.map { target, record in
             var role = Cdp_Profile_V1_OpportunityRole()
             role.opportunityClusterID = target
@@ -623,14 +623,19 @@ public final class SQLiteProfileStore: ProfileStore {
         return view
     }
 
+    /// An opportunity of a view, with the accounts it belongs to.
+    private func opportunity(_ cluster: UInt64, _ db: Database) throws -> Cdp_Profile_V1_UnifiedRecord? {
+        guard var opportunity = try unified(.opportunity, cluster, db) else { return nil }
+        opportunity.accountClusterIds = try accounts(ofOpportunity: cluster, db)
+        return opportunity
+    }
+
     public func accountView(cluster: UInt64) throws -> Cdp_Profile_V1_AccountView? {
         try writer.read { db in
             guard let account = try unified(.account, cluster, db) else { return nil }
             var view = Cdp_Profile_V1_AccountView()
             view.account = account
-            view.opportunities = try opportunities(ofAccount: cluster, db).compactMap {
-                try unified(.opportunity, $0, db)
-            }
+            view.opportunities = try opportunities(ofAccount: cluster, db).compactMap { try opportunity($0, db) }
             view.persons = try persons(ofAccount: cluster, db).compactMap { try unified(.person, $0, db) }
             var totals = Cdp_Profile_V1_AccountTotals()
             totals.opportunities = UInt32(view.opportunities.count)

@@ -92,6 +92,18 @@ public indirect enum Expression: Hashable, Sendable {
     /// `sum V.field over V from collection where condition` (the condition may be absent).
     case aggregate(Aggregate, Expression, String, Expression, Expression?, SourcePosition)
 
+    /// Where the whole value starts: for `base.field`, `base[…]` and `base.method(…)` the start of the
+    /// base (``position`` is then the `.` or `[`).
+    public var start: SourcePosition {
+        switch self {
+        case .member(let base, _, _), .filter(let base, _, _): return base.start
+        case .call(_, let arguments, let position):
+            guard let first = arguments.first?.start else { return position }
+            return (first.line, first.column) < (position.line, position.column) ? first : position
+        default: return position
+        }
+    }
+
     /// Where the node starts.
     public var position: SourcePosition {
         switch self {

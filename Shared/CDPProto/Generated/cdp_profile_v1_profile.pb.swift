@@ -83,6 +83,10 @@ public nonisolated struct Cdp_Profile_V1_UnifiedRecord: Sendable {
   /// The keys of the fragments it was merged from.
   public var fragmentKeys: [String] = []
 
+  /// For an opportunity in a view: the clusters of the accounts its fragments name (usually one), so
+  /// that `person.accounts.opportunities` can join each opportunity to its account.
+  public var accountClusterIds: [UInt64] = []
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -684,7 +688,7 @@ nonisolated extension Cdp_Profile_V1_GetEntityRequest: SwiftProtobuf.Message, Sw
 
 nonisolated extension Cdp_Profile_V1_UnifiedRecord: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".UnifiedRecord"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}cluster_id\0\u{1}record\0\u{3}fragment_keys\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}cluster_id\0\u{1}record\0\u{3}fragment_keys\0\u{3}account_cluster_ids\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -695,6 +699,7 @@ nonisolated extension Cdp_Profile_V1_UnifiedRecord: SwiftProtobuf.Message, Swift
       case 1: try { try decoder.decodeSingularUInt64Field(value: &self.clusterID) }()
       case 2: try { try decoder.decodeSingularMessageField(value: &self._record) }()
       case 3: try { try decoder.decodeRepeatedStringField(value: &self.fragmentKeys) }()
+      case 4: try { try decoder.decodeRepeatedUInt64Field(value: &self.accountClusterIds) }()
       default: break
       }
     }
@@ -714,6 +719,9 @@ nonisolated extension Cdp_Profile_V1_UnifiedRecord: SwiftProtobuf.Message, Swift
     if !self.fragmentKeys.isEmpty {
       try visitor.visitRepeatedStringField(value: self.fragmentKeys, fieldNumber: 3)
     }
+    if !self.accountClusterIds.isEmpty {
+      try visitor.visitPackedUInt64Field(value: self.accountClusterIds, fieldNumber: 4)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -721,6 +729,7 @@ nonisolated extension Cdp_Profile_V1_UnifiedRecord: SwiftProtobuf.Message, Swift
     if lhs.clusterID != rhs.clusterID {return false}
     if lhs._record != rhs._record {return false}
     if lhs.fragmentKeys != rhs.fragmentKeys {return false}
+    if lhs.accountClusterIds != rhs.accountClusterIds {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

@@ -8,12 +8,16 @@ import TestSupport
 
 /// Identity in process, feeding a profile store: records go through the identity engine, and its
 /// outbox is applied to the profile store, as the relay would.
-struct ProfilePipeline {
-    let identityStore: SQLiteIdentityStore
-    let identity: IdentityEngine
-    let profile: any ProfileStore
+public struct ProfilePipeline {
+    /// Identity's store.
+    public let identityStore: SQLiteIdentityStore
+    /// Identity's engine.
+    public let identity: IdentityEngine
+    /// The profile store fed.
+    public let profile: any ProfileStore
 
-    init(profile: any ProfileStore) throws {
+    /// Creates an in-memory identity feeding `profile`.
+    public init(profile: any ProfileStore) throws {
         identityStore = try SQLiteIdentityStore()
         identity = try IdentityEngine(store: identityStore, loop: MultiThreadedEventLoopGroup.singleton.next())
         self.profile = profile
@@ -21,13 +25,13 @@ struct ProfilePipeline {
 
     /// Sends `records` through identity, then applies identity's pending updates to profile.
     @discardableResult
-    func ingest(_ records: [Cdp_Identity_V1_StoredRecord]) async throws -> (applied: Int, duplicates: Int) {
+    public func ingest(_ records: [Cdp_Identity_V1_StoredRecord]) async throws -> (applied: Int, duplicates: Int) {
         _ = try await identity.accept(records)
         return try forward()
     }
 
     /// Applies identity's pending updates to profile and marks them forwarded.
-    func forward() throws -> (applied: Int, duplicates: Int) {
+    public func forward() throws -> (applied: Int, duplicates: Int) {
         var total = (applied: 0, duplicates: 0)
         while let chunk = try identityStore.nextOutboxChunk(limit: 1000, maxBytes: .max) {
             let updates = try chunk.updates.map { try Cdp_Profile_V1_IdentityUpdate(serializedBytes: $0) }
@@ -40,14 +44,14 @@ struct ProfilePipeline {
     }
 
     /// The updates identity has queued, without forwarding them.
-    func pendingUpdates() throws -> [Cdp_Profile_V1_IdentityUpdate] {
+    public func pendingUpdates() throws -> [Cdp_Profile_V1_IdentityUpdate] {
         guard let chunk = try identityStore.nextOutboxChunk(limit: 1_000_000, maxBytes: .max) else { return [] }
         return try chunk.updates.map { try Cdp_Profile_V1_IdentityUpdate(serializedBytes: $0) }
     }
 }
 
 /// An identity by namespace and value.
-func identity(_ namespace: String, _ value: String) -> Cdp_Identity_V1_IdentityValue {
+public func identity(_ namespace: String, _ value: String) -> Cdp_Identity_V1_IdentityValue {
     var identity = Cdp_Identity_V1_IdentityValue()
     identity.namespace = namespace
     identity.value = value
