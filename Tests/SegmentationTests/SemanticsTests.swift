@@ -193,9 +193,9 @@ struct SemanticsTests {
 
     @Test func inSegmentReadsTheOtherSegmentsResult() throws {
         let view = Views.person()
-        #expect(try Views.evaluate("inSegment(\"s1\")", on: view, inSegment: { $0 == "s1" }).matched)
-        #expect(try !Views.evaluate("inSegment(\"s2\")", on: view, inSegment: { $0 == "s1" }).matched)
-        #expect(try Views.evaluate("not inSegment(\"s2\")", on: view, inSegment: { $0 == "s1" }).matched)
+        #expect(try Views.evaluate("inSegment(\"s1\")", on: view, memberships: ["s1"]).matched)
+        #expect(try !Views.evaluate("inSegment(\"s2\")", on: view, memberships: ["s1"]).matched)
+        #expect(try Views.evaluate("not inSegment(\"s2\")", on: view, memberships: ["s1"]).matched)
     }
 
     @Test func roleCampaignAndListFieldsReachTheirEntities() throws {

@@ -81,12 +81,12 @@ enum Views {
         _ pql: String,
         on view: Cdp_Profile_V1_PersonView,
         asOf: Double = time(2026, 6, 15),
-        inSegment: @escaping (String) -> Bool = { _ in false }
+        memberships: Set<String> = []
     ) throws -> Outcome {
         let segment = try CompiledSegment(pql, audience: .person, segments: { _ in .person })
         let frame = Frame()
         frame.load(person: view, asOf: asOf)
-        frame.inSegment = inSegment
+        frame.memberships = memberships
         return segment.evaluate(in: frame)
     }
 

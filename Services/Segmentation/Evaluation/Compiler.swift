@@ -59,22 +59,24 @@ struct Compiler {
         case .isIn(let subject, let literals):
             let subject = value(subject, depth)
             let values = literals.map(Value.init)
-            return recorded(node, depth) { frame in
+            return recorded(node, depth) { frame, describe in
                 let value = subject(frame)
-                return (values.contains(value), "\(value.text)")
+                return (values.contains(value), describe ? value.text : nil)
             }
         case .occurs(let time, let condition):
             return occurs(node, value(time, depth), condition, depth)
         case .text(let function, let subject, let pattern, let caseSensitive):
             let (subject, pattern) = (value(subject, depth), value(pattern, depth))
-            return recorded(node, depth) { frame in
+            return recorded(node, depth) { frame, describe in
                 guard case .string(let text) = subject(frame), case .string(let search) = pattern(frame) else {
-                    return (function.negated, "null")
+                    return (function.negated, describe ? "null" : nil)
                 }
-                return (Compiler.test(function, text, search, caseSensitive: caseSensitive), "\"\(text)\"")
+                return (
+                    Compiler.test(function, text, search, caseSensitive: caseSensitive), describe ? "\"\(text)\"" : nil
+                )
             }
         case .inSegment(let id):
-            return recorded(node, depth) { frame in (frame.inSegment(id), nil) }
+            return recorded(node, depth) { frame, _ in (frame.memberships.contains(id), nil) }
         case .exists(let slot, let collection, let body), .forall(let slot, let collection, let body):
             return quantifier(node, slot, collection, body, depth)
         default:
@@ -84,12 +86,14 @@ struct Compiler {
         }
     }
 
-    /// Records `node`'s result (and a detail) when explaining at this depth.
-    func recorded(_ node: Node, _ depth: Int, _ body: @escaping @Sendable (Frame) -> (Bool, String?)) -> Condition {
-        guard records(depth) else { return { frame in body(frame).0 } }
+    /// Records `node`'s result (and a detail, which `body` describes only when asked) when explaining
+    /// at this depth.
+    func recorded(_ node: Node, _ depth: Int, _ body: @escaping @Sendable (Frame, Bool) -> (Bool, String?)) -> Condition
+    {
+        guard records(depth) else { return { frame in body(frame, false).0 } }
         return { frame in
             let index = frame.reserveStep(node)
-            let (result, detail) = body(frame)
+            let (result, detail) = body(frame, true)
             frame.steps[index].result = String(result) + (detail.map { " (\($0))" } ?? "")
             return result
         }
@@ -101,9 +105,9 @@ struct Compiler {
             let constant = Value(literal)
             return { frame in Compiler.compare(l(frame), comparison, constant) }
         }
-        return recorded(node, depth) { frame in
+        return recorded(node, depth) { frame, describe in
             let (a, b) = (l(frame), r(frame))
-            return (Compiler.compare(a, comparison, b), "\(a.text) \(comparison.rawValue) \(b.text)")
+            return (Compiler.compare(a, comparison, b), describe ? "\(a.text) \(comparison.rawValue) \(b.text)" : nil)
         }
     }
 
@@ -157,8 +161,8 @@ struct Compiler {
                     frame.changes(at: t)
                     return false
                 }
-                guard t >= CivilTime.adding(-count, unit, to: frame.asOf) else { return false }
-                frame.changes(at: Compiler.exitTime(of: t, count, unit))
+                guard t >= frame.windowStart(count, unit) else { return false }
+                frame.changes(at: Compiler.exitTime(of: t, count, unit, before: frame.nextChange))
                 return true
             }
         case .last(let unit):
@@ -174,18 +178,25 @@ struct Compiler {
                 return true
             }
         }
-        return recorded(node, depth) { frame in
+        return recorded(node, depth) { frame, describe in
             let value = time(frame)
-            guard case .time(let t) = value else { return (false, "null") }
-            return (test(frame, t), value.text)
+            guard case .time(let t) = value else { return (false, describe ? "null" : nil) }
+            return (test(frame, t), describe ? value.text : nil)
         }
     }
 
     /// The first time at which `t` is no longer within the last `count` units: a month back from the
     /// 31st can land on the 28th, so the candidate is moved on a day at a time until it excludes `t`.
-    static func exitTime(of t: Double, _ count: Int, _ unit: TimeUnit) -> Double {
+    static func exitTime(of t: Double, _ count: Int, _ unit: TimeUnit, before limit: Double = .infinity) -> Double {
         let epsilon = 0.001
+        switch unit {
+        case .days: return t + Double(count) * 86_400 + epsilon
+        case .weeks: return t + Double(count) * 7 * 86_400 + epsilon
+        case .months, .years: break
+        }
         var candidate = CivilTime.adding(count, unit, to: t)
+        // Moving on only ever makes it later: no need if it cannot be the earliest change.
+        if candidate + epsilon >= limit { return limit }
         while CivilTime.adding(-count, unit, to: candidate + epsilon) <= t {
             candidate = CivilTime.startOfPeriod(.days, containing: candidate) + 86_400
         }
@@ -213,7 +224,7 @@ struct Compiler {
             let result = isExists ? found != nil : found == nil
             if recording {
                 frame.steps[index].result = String(result)
-                if let found { frame.steps[index].entities = [ExplainedEntity(found)] }
+                if let found { frame.steps[index].entities = [ExplainedEntity(found, in: frame)] }
             }
             return result
         }
@@ -281,7 +292,7 @@ struct Compiler {
                 case .number(let n), .time(let n): number = n
                 default: return true  // a missing value is skipped
                 }
-                if recording { taken.append(ExplainedEntity(element, value: value)) }
+                if recording { taken.append(ExplainedEntity(element, in: frame, value: value)) }
                 count += 1
                 total += number
                 switch extreme {
@@ -323,7 +334,7 @@ struct Compiler {
         switch node.kind {
         case .events:
             return { frame, body in
-                for event in frame.events where !body(.event(event)) { return }
+                for index in frame.events.indices where !body(.event(index)) { return }
             }
         case .relation(let base, let kind, let name):
             return relation(kind, name, owner: entity(base, depth))
@@ -347,31 +358,38 @@ struct Compiler {
     func relation(_ kind: EntityKind, _ name: String, owner: @escaping EntityCompute) -> Each {
         switch (kind, name) {
         case (.person, "accounts"):
-            return { frame, body in for account in frame.accounts where !body(.account(account)) { return } }
+            return { frame, body in for index in frame.accounts.indices where !body(.account(index)) { return } }
         case (.person, "opportunities"):
             return { frame, body in
-                for opportunity in frame.opportunities where !body(.opportunity(opportunity)) { return }
+                for index in frame.opportunities.indices where !body(.opportunity(index)) { return }
             }
         case (.person, "opportunityRoles"):
-            return { frame, body in for role in frame.opportunityRoles where !body(.opportunityRole(role)) { return } }
+            return { frame, body in
+                for index in frame.opportunityRoles.indices where !body(.opportunityRole(index)) { return }
+            }
         case (.person, "campaigns"):
             return { frame, body in
-                for membership in frame.campaigns where !body(.campaignMembership(membership)) { return }
+                for index in frame.campaigns.indices where !body(.campaignMembership(index)) { return }
             }
         case (.person, "lists"):
-            return { frame, body in for membership in frame.lists where !body(.listMembership(membership)) { return } }
+            return { frame, body in for index in frame.lists.indices where !body(.listMembership(index)) { return } }
         case (.account, "persons"):
-            return { frame, body in for person in frame.persons where !body(.person(person)) { return } }
+            // Only account views carry persons, and only their root account has them.
+            return { frame, body in
+                guard frame.audience == .account else { return }
+                for index in frame.persons.indices where !body(.person(index)) { return }
+            }
         case (.account, "opportunities") where audience == .account:
             // An account view's opportunities are all the root account's.
             return { frame, body in
-                for opportunity in frame.opportunities where !body(.opportunity(opportunity)) { return }
+                for index in frame.opportunities.indices where !body(.opportunity(index)) { return }
             }
         case (.account, "opportunities"):
             return { frame, body in
-                let account = owner(frame).clusterID
-                for opportunity in frame.opportunities where opportunity.accountClusterIds.contains(account) {
-                    if !body(.opportunity(opportunity)) { return }
+                frame.extract(.opportunity)
+                let account = frame.cluster(of: owner(frame))
+                for index in frame.opportunities.indices where frame.opportunityAccounts[index].contains(account) {
+                    if !body(.opportunity(index)) { return }
                 }
             }
         default:
@@ -385,13 +403,14 @@ struct Compiler {
         if kind == .account && name == "opportunities" && audience == .person {
             // Each view opportunity once, if it belongs to any of the accounts.
             return { frame, body in
-                for opportunity in frame.opportunities {
+                frame.extract(.opportunity)
+                for index in frame.opportunities.indices {
                     var belongs = false
                     base(frame) { account in
-                        belongs = opportunity.accountClusterIds.contains(account.clusterID)
+                        belongs = frame.opportunityAccounts[index].contains(frame.cluster(of: account))
                         return !belongs
                     }
-                    if belongs && !body(.opportunity(opportunity)) { return }
+                    if belongs && !body(.opportunity(index)) { return }
                 }
             }
         }
@@ -400,7 +419,7 @@ struct Compiler {
             var stopped = false
             base(frame) { owner in
                 relation(kind, name, owner: { _ in owner })(frame) { member in
-                    guard seen.insert(member.clusterID).inserted else { return true }
+                    guard seen.insert(frame.cluster(of: member)).inserted else { return true }
                     stopped = !body(member)
                     return !stopped
                 }

@@ -30,13 +30,13 @@ enum Fields {
         switch (kind, name) {
         case (.opportunityRole, "opportunity"):
             return { element, frame in
-                guard case .opportunityRole(let role) = element else { return .none }
-                return frame.opportunity(cluster: role.opportunityClusterID)
+                guard case .opportunityRole(let index) = element else { return .none }
+                return frame.opportunity(cluster: frame.opportunityRoles[index].opportunityClusterID)
             }
         case (.campaignMembership, "campaign"):
             return { element, _ in
-                guard case .campaignMembership(let membership) = element else { return .none }
-                return .campaign(membership.campaign)
+                guard case .campaignMembership(let index) = element else { return .none }
+                return .campaign(index)
             }
         default:
             return nil
@@ -64,106 +64,130 @@ enum Fields {
     /// Fields every unified record has: its key, source type and last update.
     private static func common(
         _ name: String,
-        _ record: @escaping @Sendable (Element) -> Cdp_Model_V1_Record?
-    )
-        -> Reader?
-    {
+        _ record: @escaping @Sendable (Element, Frame) -> Cdp_Profile_V1_UnifiedRecord?
+    ) -> Reader? {
         switch name {
-        case "key": { element, _ in record(element).map { .string($0.key) } ?? .null }
-        case "sourceType": { element, _ in record(element).map { .string($0.source.type) } ?? .null }
+        case "key": { element, frame in record(element, frame).map { .string($0.record.key) } ?? .null }
+        case "sourceType": { element, frame in record(element, frame).map { .string($0.record.source.type) } ?? .null }
         case "lastUpdated":
-            { element, _ in record(element).map { time($0.hasLastUpdated, $0.lastUpdated) } ?? .null }
+            { element, frame in
+                record(element, frame).map { time($0.record.hasLastUpdated, $0.record.lastUpdated) } ?? .null
+            }
         default: nil
         }
     }
 
     private static func person(_ name: String) -> Reader? {
-        let record: @Sendable (Element) -> Cdp_Model_V1_Record? = {
-            if case .person(let unified) = $0 { unified.record } else { nil }
+        if let reader = common(
+            name,
+            { element, frame in
+                if case .person(let index) = element { frame.persons[index] } else { nil }
+            }
+        ) {
+            return reader
         }
-        if let reader = common(name, record) { return reader }
-        let field: (@Sendable (Cdp_Model_V1_Person) -> Value)? =
+        let field: (@Sendable ([Cdp_Model_V1_Person], Int) -> Value)? =
             switch name {
-            case "personId": { .string($0.personID) }
-            case "email": { string($0.hasEmail, $0.email) }
-            case "firstName": { string($0.hasFirstName, $0.firstName) }
-            case "lastName": { string($0.hasLastName, $0.lastName) }
-            case "jobTitle": { string($0.hasJobTitle, $0.jobTitle) }
+            case "personId": { .string($0[$1].personID) }
+            case "email": { ($0[$1].hasEmail ? .string($0[$1].email) : .null) }
+            case "firstName": { ($0[$1].hasFirstName ? .string($0[$1].firstName) : .null) }
+            case "lastName": { ($0[$1].hasLastName ? .string($0[$1].lastName) : .null) }
+            case "jobTitle": { ($0[$1].hasJobTitle ? .string($0[$1].jobTitle) : .null) }
             case "personType":
                 {
-                    switch $0.personType {
+                    switch $0[$1].personType {
                     case .lead: .string("Lead")
                     case .contact: .string("Contact")
                     default: .null
                     }
                 }
-            case "score": { number($0.hasScore, $0.score) }
-            case "country": { string($0.hasCountry, $0.country) }
-            case "crmId": { string($0.hasCrmID, $0.crmID) }
-            case "ecid": { string($0.hasEcid, $0.ecid) }
-            case "emailOptOut": { boolean($0.hasEmailOptOut, $0.emailOptOut) }
+            case "score": { ($0[$1].hasScore ? .number($0[$1].score) : .null) }
+            case "country": { ($0[$1].hasCountry ? .string($0[$1].country) : .null) }
+            case "crmId": { ($0[$1].hasCrmID ? .string($0[$1].crmID) : .null) }
+            case "ecid": { ($0[$1].hasEcid ? .string($0[$1].ecid) : .null) }
+            case "emailOptOut": { ($0[$1].hasEmailOptOut ? .boolean($0[$1].emailOptOut) : .null) }
             default: nil
             }
         guard let field else { return nil }
-        return { element, _ in record(element).map { field($0.person) } ?? .null }
+        return { element, frame in
+            guard case .person(let index) = element else { return .null }
+            frame.extract(.person)
+            return field(frame.personData, index)
+        }
     }
 
     private static func account(_ name: String) -> Reader? {
-        let record: @Sendable (Element) -> Cdp_Model_V1_Record? = {
-            if case .account(let unified) = $0 { unified.record } else { nil }
+        if let reader = common(
+            name,
+            { element, frame in
+                if case .account(let index) = element { frame.accounts[index] } else { nil }
+            }
+        ) {
+            return reader
         }
-        if let reader = common(name, record) { return reader }
-        let field: (@Sendable (Cdp_Model_V1_Account) -> Value)? =
+        let field: (@Sendable ([Cdp_Model_V1_Account], Int) -> Value)? =
             switch name {
-            case "accountId": { .string($0.accountID) }
-            case "name": { string($0.hasName, $0.name) }
-            case "domain": { string($0.hasDomain, $0.domain) }
-            case "website": { string($0.hasWebsite, $0.website) }
-            case "industry": { string($0.hasIndustry, $0.industry) }
-            case "annualRevenue": { number($0.hasAnnualRevenue, $0.annualRevenue) }
-            case "employees": { number($0.hasEmployees, Double($0.employees)) }
-            case "country": { string($0.hasCountry, $0.country) }
-            case "dunsNumber": { string($0.hasDunsNumber, $0.dunsNumber) }
-            case "crmId": { string($0.hasCrmID, $0.crmID) }
+            case "accountId": { .string($0[$1].accountID) }
+            case "name": { ($0[$1].hasName ? .string($0[$1].name) : .null) }
+            case "domain": { ($0[$1].hasDomain ? .string($0[$1].domain) : .null) }
+            case "website": { ($0[$1].hasWebsite ? .string($0[$1].website) : .null) }
+            case "industry": { ($0[$1].hasIndustry ? .string($0[$1].industry) : .null) }
+            case "annualRevenue": { ($0[$1].hasAnnualRevenue ? .number($0[$1].annualRevenue) : .null) }
+            case "employees": { ($0[$1].hasEmployees ? .number(Double($0[$1].employees)) : .null) }
+            case "country": { ($0[$1].hasCountry ? .string($0[$1].country) : .null) }
+            case "dunsNumber": { ($0[$1].hasDunsNumber ? .string($0[$1].dunsNumber) : .null) }
+            case "crmId": { ($0[$1].hasCrmID ? .string($0[$1].crmID) : .null) }
             default: nil
             }
         guard let field else { return nil }
-        return { element, _ in record(element).map { field($0.account) } ?? .null }
+        return { element, frame in
+            guard case .account(let index) = element else { return .null }
+            frame.extract(.account)
+            return field(frame.accountData, index)
+        }
     }
 
     private static func opportunity(_ name: String) -> Reader? {
-        let record: @Sendable (Element) -> Cdp_Model_V1_Record? = {
-            if case .opportunity(let unified) = $0 { unified.record } else { nil }
+        if let reader = common(
+            name,
+            { element, frame in
+                if case .opportunity(let index) = element { frame.opportunities[index] } else { nil }
+            }
+        ) {
+            return reader
         }
-        if let reader = common(name, record) { return reader }
-        let field: (@Sendable (Cdp_Model_V1_Opportunity) -> Value)? =
+        let field: (@Sendable ([Cdp_Model_V1_Opportunity], Int) -> Value)? =
             switch name {
-            case "opportunityId": { .string($0.opportunityID) }
-            case "name": { string($0.hasName, $0.name) }
-            case "stage": { string($0.hasStage, $0.stage) }
-            case "amount": { number($0.hasAmount, $0.amount) }
-            case "currency": { string($0.hasCurrency, $0.currency) }
-            case "isClosed": { boolean($0.hasIsClosed, $0.isClosed) }
-            case "isWon": { boolean($0.hasIsWon, $0.isWon) }
-            case "closeDate": { time($0.hasCloseDate, $0.closeDate) }
-            case "crmId": { string($0.hasCrmID, $0.crmID) }
+            case "opportunityId": { .string($0[$1].opportunityID) }
+            case "name": { ($0[$1].hasName ? .string($0[$1].name) : .null) }
+            case "stage": { ($0[$1].hasStage ? .string($0[$1].stage) : .null) }
+            case "amount": { ($0[$1].hasAmount ? .number($0[$1].amount) : .null) }
+            case "currency": { ($0[$1].hasCurrency ? .string($0[$1].currency) : .null) }
+            case "isClosed": { ($0[$1].hasIsClosed ? .boolean($0[$1].isClosed) : .null) }
+            case "isWon": { ($0[$1].hasIsWon ? .boolean($0[$1].isWon) : .null) }
+            case "closeDate": { ($0[$1].hasCloseDate ? .time($0[$1].closeDate.secondsSince1970) : .null) }
+            case "crmId": { ($0[$1].hasCrmID ? .string($0[$1].crmID) : .null) }
             default: nil
             }
         guard let field else { return nil }
-        return { element, _ in record(element).map { field($0.opportunity) } ?? .null }
+        return { element, frame in
+            guard case .opportunity(let index) = element else { return .null }
+            frame.extract(.opportunity)
+            return field(frame.opportunityData, index)
+        }
     }
 
     private static func opportunityRole(_ name: String) -> Reader? {
         switch name {
         case "role":
-            { element, _ in
-                guard case .opportunityRole(let role) = element else { return .null }
-                return string(role.hasRole, role.role)
+            { element, frame in
+                guard case .opportunityRole(let index) = element else { return .null }
+                return string(frame.opportunityRoles[index].hasRole, frame.opportunityRoles[index].role)
             }
         case "isPrimary":
-            { element, _ in
-                guard case .opportunityRole(let role) = element else { return .null }
-                return boolean(role.hasIsPrimary, role.isPrimary)
+            { element, frame in
+                guard case .opportunityRole(let index) = element else { return .null }
+                return boolean(frame.opportunityRoles[index].hasIsPrimary, frame.opportunityRoles[index].isPrimary)
             }
         default: nil
         }
@@ -172,68 +196,90 @@ enum Fields {
     private static func campaignMembership(_ name: String) -> Reader? {
         switch name {
         case "status":
-            { element, _ in
-                guard case .campaignMembership(let membership) = element else { return .null }
-                return string(membership.hasStatus, membership.status)
+            { element, frame in
+                guard case .campaignMembership(let index) = element else { return .null }
+                return string(frame.campaigns[index].hasStatus, frame.campaigns[index].status)
             }
         case "hasResponded":
-            { element, _ in
-                guard case .campaignMembership(let membership) = element else { return .null }
-                return boolean(membership.hasHasResponded_p, membership.hasResponded_p)
+            { element, frame in
+                guard case .campaignMembership(let index) = element else { return .null }
+                return boolean(frame.campaigns[index].hasHasResponded_p, frame.campaigns[index].hasResponded_p)
             }
         default: nil
         }
     }
 
     private static func campaign(_ name: String) -> Reader? {
-        let record: @Sendable (Element) -> Cdp_Model_V1_Record? = {
-            if case .campaign(let unified) = $0 { unified.record } else { nil }
+        if let reader = common(
+            name,
+            { element, frame in
+                if case .campaign(let index) = element { frame.campaigns[index].campaign } else { nil }
+            }
+        ) {
+            return reader
         }
-        if let reader = common(name, record) { return reader }
-        let field: (@Sendable (Cdp_Model_V1_Campaign) -> Value)? =
+        let field: (@Sendable ([Cdp_Model_V1_Campaign], Int) -> Value)? =
             switch name {
-            case "campaignId": { .string($0.campaignID) }
-            case "name": { string($0.hasName, $0.name) }
-            case "type": { string($0.hasType, $0.type) }
-            case "status": { string($0.hasStatus, $0.status) }
+            case "campaignId": { .string($0[$1].campaignID) }
+            case "name": { ($0[$1].hasName ? .string($0[$1].name) : .null) }
+            case "type": { ($0[$1].hasType ? .string($0[$1].type) : .null) }
+            case "status": { ($0[$1].hasStatus ? .string($0[$1].status) : .null) }
             default: nil
             }
         guard let field else { return nil }
-        return { element, _ in record(element).map { field($0.campaign) } ?? .null }
+        return { element, frame in
+            guard case .campaign(let index) = element else { return .null }
+            frame.extract(.campaign)
+            return field(frame.campaignData, index)
+        }
     }
 
     private static func listMembership(_ name: String) -> Reader? {
-        let record: @Sendable (Element) -> Cdp_Model_V1_Record? = {
-            if case .listMembership(let membership) = $0 { membership.list.record } else { nil }
-        }
         switch name {
-        case "key": return { element, _ in record(element).map { .string($0.key) } ?? .null }
-        case "listId": return { element, _ in record(element).map { .string($0.marketingList.listID) } ?? .null }
+        case "key":
+            return { element, frame in
+                guard case .listMembership(let index) = element else { return .null }
+                return .string(frame.lists[index].list.record.key)
+            }
+        case "listId":
+            return { element, frame in
+                guard case .listMembership(let index) = element else { return .null }
+                frame.extract(.listMembership)
+                return .string(frame.listData[index].listID)
+            }
         case "name":
-            return { element, _ in
-                record(element).map { string($0.marketingList.hasName, $0.marketingList.name) } ?? .null
+            return { element, frame in
+                guard case .listMembership(let index) = element else { return .null }
+                frame.extract(.listMembership)
+                return string(frame.listData[index].hasName, frame.listData[index].name)
             }
         default: return nil
         }
     }
 
     private static func event(_ name: String) -> Reader? {
-        let field: (@Sendable (Cdp_Profile_V1_Event) -> Value)? =
+        if name == "key" {
+            return { element, frame in
+                guard case .event(let index) = element else { return .null }
+                return .string(frame.events[index].key)
+            }
+        }
+        let field: (@Sendable ([Cdp_Model_V1_ExperienceEvent], Int) -> Value)? =
             switch name {
-            case "key": { .string($0.key) }
-            case "eventId": { .string($0.event.eventID) }
-            case "eventType": { .string($0.event.eventType) }
-            case "timestamp": { time($0.event.hasTimestamp, $0.event.timestamp) }
-            case "url": { string($0.event.hasURL, $0.event.url) }
-            case "name": { string($0.event.hasName, $0.event.name) }
-            case "email": { string($0.event.hasEmail, $0.event.email) }
-            case "ecid": { string($0.event.hasEcid, $0.event.ecid) }
+            case "eventId": { .string($0[$1].eventID) }
+            case "eventType": { .string($0[$1].eventType) }
+            case "timestamp": { ($0[$1].hasTimestamp ? .time($0[$1].timestamp.secondsSince1970) : .null) }
+            case "url": { ($0[$1].hasURL ? .string($0[$1].url) : .null) }
+            case "name": { ($0[$1].hasName ? .string($0[$1].name) : .null) }
+            case "email": { ($0[$1].hasEmail ? .string($0[$1].email) : .null) }
+            case "ecid": { ($0[$1].hasEcid ? .string($0[$1].ecid) : .null) }
             default: nil
             }
         guard let field else { return nil }
-        return { element, _ in
-            guard case .event(let event) = element else { return .null }
-            return field(event)
+        return { element, frame in
+            guard case .event(let index) = element else { return .null }
+            frame.extract(.event)
+            return field(frame.eventData, index)
         }
     }
 }

@@ -3,31 +3,20 @@ import Foundation
 import SegmentationLanguage
 import SwiftProtobuf
 
-/// One entity reachable from a view during evaluation. Payloads are the view's own messages
-/// (copy-on-write storage), so binding an element to a variable copies no data.
-public enum Element: Sendable {
-    case person(Cdp_Profile_V1_UnifiedRecord)
-    case account(Cdp_Profile_V1_UnifiedRecord)
-    case opportunity(Cdp_Profile_V1_UnifiedRecord)
-    case opportunityRole(Cdp_Profile_V1_OpportunityRole)
-    case campaignMembership(Cdp_Profile_V1_CampaignMembership)
-    case campaign(Cdp_Profile_V1_UnifiedRecord)
-    case listMembership(Cdp_Profile_V1_ListMembership)
-    case event(Cdp_Profile_V1_Event)
+/// One entity reachable from a view during evaluation: its kind and its index in the frame's
+/// collections (a campaign shares its membership's index). Plain integers, so binding an element to a
+/// variable costs no reference counting.
+public enum Element: Sendable, Equatable {
+    case person(Int)
+    case account(Int)
+    case opportunity(Int)
+    case opportunityRole(Int)
+    case campaignMembership(Int)
+    case campaign(Int)
+    case listMembership(Int)
+    case event(Int)
     /// Nothing: an unbound slot, or an opportunity role whose opportunity is not in the view.
     case none
-
-    /// The unified cluster the element is, or 0.
-    var clusterID: UInt64 {
-        switch self {
-        case .person(let record), .account(let record), .opportunity(let record), .campaign(let record):
-            record.clusterID
-        case .opportunityRole(let role): role.opportunityClusterID
-        case .campaignMembership(let membership): membership.campaign.clusterID
-        case .listMembership(let membership): membership.list.clusterID
-        case .event, .none: 0
-        }
-    }
 }
 
 /// A value during evaluation. A missing field is `null`.

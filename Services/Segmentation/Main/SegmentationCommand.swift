@@ -1,0 +1,201 @@
+import ArgumentParser
+import CDPProto
+import Foundation
+import Logging
+import NIOPosix
+import RPCCore
+import RPCHTTP2
+import RPCServices
+import SegmentationService
+import SegmentationStore
+import ServiceLifecycle
+import ServiceSupport
+
+/// The segmentation service's executable.
+@main
+struct SegmentationCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "cdp-segmentation",
+        abstract: "Runs the segmentation service: PQL segments, streaming and batch evaluation, memberships.",
+        discussion: """
+            Serves cdp.segmentation.v1.Segmentation (plus grpc.health.v1.Health and server reflection) over h2c. \
+            Views profile sends (AcceptViews) are evaluated at once against every streaming segment; membership \
+            changes (realized, exited) are committed to DATA_DIR/segmentation.sqlite (SQLite, WAL) and sent to \
+            the destination service from a durable outbox, retried until it acknowledges; without --destination \
+            they wait until a later run names one. Memberships that depend on time (event windows) are \
+            re-checked when they can expire. Evaluate, Estimate and Explain read views from --profile.
+
+            With several replicas, give each --partition I --partitions N: batch jobs and estimates then cover \
+            the person and account clusters whose id modulo N is I. Each replica has its own data directory, \
+            so segments must be created on each.
+
+            Prints 'listening on HOST:PORT' on stdout once bound. SIGINT or SIGTERM start a graceful shutdown. \
+            Environment: CDP_DATA_DIR, CDP_PROFILE_ADDR, CDP_DESTINATION_ADDR and CDP_TOKEN stand in for \
+            --data-dir, --profile, --destination and --auth-token.
+            """
+    )
+
+    @Option(help: "The address to bind.")
+    var host: String = "127.0.0.1"
+
+    @Option(help: "The port to listen on; 0 picks a free one.")
+    var port: Int = 7403
+
+    @Option(
+        help: "The directory of the service's database (default: $CDP_DATA_DIR/segmentation or ./data/segmentation)."
+    )
+    var dataDir: String?
+
+    @Option(help: "The profile service, HOST:PORT, for Evaluate, Estimate and Explain (default: $CDP_PROFILE_ADDR).")
+    var profile: String?
+
+    @Option(help: "The destination service to send membership changes to, HOST:PORT (default: $CDP_DESTINATION_ADDR).")
+    var destination: String?
+
+    @Option(help: "This replica's partition of the clusters, from 0.")
+    var partition: Int = 0
+
+    @Option(help: "How many replicas share the clusters.")
+    var partitions: Int = 1
+
+    @Option(help: "Membership changes per call to destination.")
+    var forwardBatchSize: Int = 500
+
+    @Option(
+        name: .customLong("auth-token"),
+        help: "A bearer token callers must send, also sent to profile and destination (default: $CDP_TOKEN)."
+    )
+    var authToken: String?
+
+    @Option(help: "The largest request message, in bytes.")
+    var maxReceiveMessageBytes: Int = 16 * 1024 * 1024
+
+    @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.")
+    var logLevel: String = "info"
+
+    func validate() throws {
+        guard (0...65535).contains(port) else { throw ValidationError("--port must be between 0 and 65535.") }
+        guard partitions > 0, (0..<partitions).contains(partition) else {
+            throw ValidationError("--partition must be between 0 and --partitions - 1 (partitions count from 0).")
+        }
+        guard forwardBatchSize > 0 else { throw ValidationError("--forward-batch-size must be positive.") }
+        guard Logger.Level(rawValue: logLevel) != nil else {
+            throw ValidationError("--log-level must be one of trace, debug, info, notice, warning, error, critical.")
+        }
+        let environment = ProcessInfo.processInfo.environment
+        for (flag, value) in [
+            ("--profile", profile ?? environment["CDP_PROFILE_ADDR"]),
+            ("--destination", destination ?? environment["CDP_DESTINATION_ADDR"]),
+        ] {
+            if let value, HostPort(value) == nil {
+                throw ValidationError("\(flag) must be HOST:PORT, e.g. 127.0.0.1:7402 (got \"\(value)\").")
+            }
+        }
+    }
+
+    func run() async throws {
+        MemoryTuning.keepFreedMemoryForReuse()
+        let environment = ProcessInfo.processInfo.environment
+        LoggingSystem.bootstrap { label in
+            var handler = StreamLogHandler.standardError(label: label)
+            handler.logLevel = Logger.Level(rawValue: self.logLevel) ?? .info
+            return handler
+        }
+        let logger = Logger(label: "cdp-segmentation")
+        let directory = dataDir ?? (environment["CDP_DATA_DIR"].map { $0 + "/segmentation" } ?? "./data/segmentation")
+        let store: SQLiteSegmentationStore
+        do {
+            try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+            store = try SQLiteSegmentationStore(path: directory + "/segmentation.sqlite")
+        } catch {
+            throw StartupError(
+                "cannot open the database in \(directory) (from --data-dir or $CDP_DATA_DIR): "
+                    + "\(error.localizedDescription)"
+            )
+        }
+        let engineThread = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+        let engine: SegmentationEngine
+        do {
+            engine = try SegmentationEngine(store: store, loop: engineThread.next())
+        } catch {
+            throw StartupError("cannot load the segments of \(directory): \(error)")
+        }
+        let token = authToken ?? environment["CDP_TOKEN"]
+        var metadata = Metadata()
+        if let token { metadata.add("authorization", "Bearer \(token)") }
+
+        var transports: [HTTP2ClientTransport] = []
+        let source: any ViewSource
+        if let address = (profile ?? environment["CDP_PROFILE_ADDR"]).flatMap(HostPort.init) {
+            let transport = HTTP2ClientTransport(configuration: .init(host: address.host, port: address.port))
+            transports.append(transport)
+            source = ProfileViewSource(client: RPCClient(transport: transport, defaultMetadata: metadata))
+        } else {
+            logger.notice("no profile service configured (--profile): Evaluate, Estimate and Explain are refused")
+            source = NoViewSource()
+        }
+        var relay: OutboxRelay<ChangeChunk>?
+        if let address = (destination ?? environment["CDP_DESTINATION_ADDR"]).flatMap(HostPort.init) {
+            let transport = HTTP2ClientTransport(configuration: .init(host: address.host, port: address.port))
+            transports.append(transport)
+            let client = RPCClient(transport: transport, defaultMetadata: metadata)
+            relay = OutboxRelay(
+                name: "segmentation→destination",
+                configuration: .init(chunkSize: forwardBatchSize),
+                logger: logger,
+                fetch: { limit in try await engine.nextChangeChunk(limit: limit) },
+                deliver: { chunk in try await DestinationForwarding.deliver(chunk, via: client) },
+                acknowledge: { chunk in try await engine.acknowledge(chunk) }
+            )
+        } else {
+            logger.notice("no destination service configured (--destination): membership changes wait in the outbox")
+        }
+        let changed: @Sendable () -> Void = { [relay] in relay?.wake() }
+        let jobs = EvaluationJobs(
+            engine: engine,
+            source: source,
+            partition: partition,
+            partitions: partitions,
+            logger: logger,
+            changed: changed
+        )
+        let rechecks = RecheckScheduler(engine: engine, logger: logger, changed: changed)
+        let service = SegmentationService(
+            engine: engine,
+            source: source,
+            jobs: jobs,
+            logger: logger,
+            changed: changed,
+            forwardingError: { [relay] in relay?.status.lastError }
+        )
+        let health = HealthService()
+        let server = RPCServer(
+            configuration: .init(
+                host: host,
+                port: port,
+                maxReceiveMessageBytes: maxReceiveMessageBytes,
+                authorizationTokens: token.map { Set([$0]) } ?? [],
+                runsHandlersOnEventLoop: false
+            ),
+            services: [service, health, ReflectionService(services: [service, health])],
+            logger: logger
+        )
+        let boundPort: Int
+        do {
+            boundPort = try await server.start().port ?? port
+        } catch {
+            throw StartupError("cannot listen on \(host):\(port) (--host, --port): \(error)")
+        }
+        FileHandle.standardOutput.write(Data("listening on \(host):\(boundPort)\n".utf8))
+        logger.info(
+            "segmentation service started",
+            metadata: ["data.dir": "\(directory)", "port": "\(boundPort)", "partition": "\(partition)/\(partitions)"]
+        )
+
+        var services: [any Service] = [server, jobs, rechecks]
+        if let relay { services.append(relay) }
+        try await ServiceGroup(services: services, gracefulShutdownSignals: [.sigterm, .sigint], logger: logger).run()
+        for transport in transports { await transport.close() }
+        try await engineThread.shutdownGracefully()
+    }
+}

@@ -1,0 +1,121 @@
+import CDPProto
+import Foundation
+import RPCCore
+import SegmentationEvaluation
+import SwiftProtobuf
+
+/// Where batch jobs, estimates and explanations read views: profile.
+public protocol ViewSource: Sendable {
+    /// Every view of one partition of `entityType`'s clusters, as of `asOf`, in chunks.
+    func scan(
+        _ entityType: Cdp_Model_V1_EntityType,
+        partition: Int,
+        partitions: Int,
+        asOf: Date,
+        chunk: @Sendable ([EntityView]) async throws -> Void
+    ) async throws
+
+    /// The view of the entity an identity names, or nil if there is none.
+    func view(
+        _ entityType: Cdp_Model_V1_EntityType,
+        identity: Cdp_Identity_V1_IdentityValue,
+        asOf: Date
+    ) async throws -> EntityView?
+}
+
+/// Views from the profile service over RPC (`ScanPersonViews`, `GetPerson`, …).
+public struct ProfileViewSource: ViewSource {
+    private let client: Cdp_Profile_V1_Profile.Client
+    private let chunkSize: Int
+
+    /// A source calling profile through `client`, handing views on in chunks of `chunkSize`.
+    public init(client: RPCClient, chunkSize: Int = 500) {
+        self.client = Cdp_Profile_V1_Profile.Client(client)
+        self.chunkSize = chunkSize
+    }
+
+    public func scan(
+        _ entityType: Cdp_Model_V1_EntityType,
+        partition: Int,
+        partitions: Int,
+        asOf: Date,
+        chunk: @Sendable ([EntityView]) async throws -> Void
+    ) async throws {
+        var request = Cdp_Profile_V1_ScanRequest()
+        request.partition = UInt32(partition)
+        request.partitions = UInt32(partitions)
+        request.asOf = Google_Protobuf_Timestamp(date: asOf)
+        let size = chunkSize
+        if entityType == .account {
+            try await client.scanAccountViews(request) { call in
+                var views: [EntityView] = []
+                for try await view in call.responses {
+                    views.append(.account(view))
+                    if views.count == size {
+                        try await chunk(views)
+                        views.removeAll(keepingCapacity: true)
+                    }
+                }
+                if !views.isEmpty { try await chunk(views) }
+            }
+        } else {
+            try await client.scanPersonViews(request) { call in
+                var views: [EntityView] = []
+                for try await view in call.responses {
+                    views.append(.person(view))
+                    if views.count == size {
+                        try await chunk(views)
+                        views.removeAll(keepingCapacity: true)
+                    }
+                }
+                if !views.isEmpty { try await chunk(views) }
+            }
+        }
+    }
+
+    public func view(
+        _ entityType: Cdp_Model_V1_EntityType,
+        identity: Cdp_Identity_V1_IdentityValue,
+        asOf: Date
+    ) async throws -> EntityView? {
+        var request = Cdp_Profile_V1_GetEntityRequest()
+        request.identity = identity
+        request.asOf = Google_Protobuf_Timestamp(date: asOf)
+        do {
+            return entityType == .account
+                ? .account(try await client.getAccount(request, options: CallOptions(timeout: .seconds(30))))
+                : .person(try await client.getPerson(request, options: CallOptions(timeout: .seconds(30))))
+        } catch let error as RPCError where error.code == .notFound {
+            return nil
+        }
+    }
+}
+
+/// The source when no profile service is configured: every read is refused with the reason.
+public struct NoViewSource: ViewSource {
+    /// Creates the source.
+    public init() {}
+
+    static let refusal = RPCError(
+        code: .failedPrecondition,
+        message: "segmentation has no profile service configured (--profile or CDP_PROFILE_ADDR) to read views from"
+    )
+
+    public func scan(
+        _ entityType: Cdp_Model_V1_EntityType,
+        partition: Int,
+        partitions: Int,
+        asOf: Date,
+        chunk: @Sendable ([EntityView]) async throws -> Void
+    ) async throws {
+        throw Self.refusal
+    }
+
+    public func view(
+        _ entityType: Cdp_Model_V1_EntityType,
+        identity: Cdp_Identity_V1_IdentityValue,
+        asOf: Date
+    ) async throws -> EntityView? {
+        throw Self.refusal
+    }
+}

@@ -1,0 +1,507 @@
+import CDPProto
+import Foundation
+import GRDB
+import SQLiteSupport
+import SwiftProtobuf
+
+/// Segmentation's state in SQLite: segment definitions, the latest view version of each entity,
+/// memberships, scheduled time re-checks, batch jobs, and the outbox of membership changes.
+///
+/// Every call is one transaction: the memberships an AcceptViews call changes, the outbox rows that
+/// announce the changes and the view versions that make re-delivery harmless commit together.
+public final class SQLiteSegmentationStore: Sendable {
+    private let writer: any DatabaseWriter
+
+    /// Opens (creating if needed) the database at `path` and migrates it.
+    public init(path: String) throws {
+        writer = try ServiceDatabase.open(path: path, migrator: Self.migrator, pragmas: ["cache_size = -65536"])
+    }
+
+    /// A store in memory, for tests and benchmarks: the same schema through the same migrator.
+    public init() throws {
+        writer = try ServiceDatabase.inMemory(migrator: Self.migrator)
+    }
+
+    static var migrator: DatabaseMigrator {
+        var migrator = DatabaseMigrator()
+        migrator.registerMigration("v1: segments, views, memberships, rechecks, jobs, outbox") { db in
+            try db.execute(
+                sql: """
+                    CREATE TABLE segments (
+                        id TEXT PRIMARY KEY,
+                        number INTEGER NOT NULL,
+                        name TEXT NOT NULL,
+                        pql TEXT NOT NULL,
+                        entity INTEGER NOT NULL,
+                        mode INTEGER NOT NULL,
+                        created REAL NOT NULL,
+                        updated REAL NOT NULL,
+                        depends_on TEXT NOT NULL,
+                        depends_on_time INTEGER NOT NULL
+                    );
+                    -- The latest view version taken per entity: an older one is stale.
+                    CREATE TABLE views (
+                        entity INTEGER NOT NULL,
+                        cluster INTEGER NOT NULL,
+                        version INTEGER NOT NULL,
+                        PRIMARY KEY (entity, cluster)
+                    ) WITHOUT ROWID;
+                    -- One row per segment and entity that was ever realized; version counts status changes.
+                    CREATE TABLE memberships (
+                        segment TEXT NOT NULL,
+                        entity INTEGER NOT NULL,
+                        cluster INTEGER NOT NULL,
+                        realized INTEGER NOT NULL,
+                        since REAL NOT NULL,
+                        version INTEGER NOT NULL,
+                        record BLOB NOT NULL,
+                        PRIMARY KEY (segment, entity, cluster)
+                    ) WITHOUT ROWID;
+                    CREATE INDEX memberships_by_entity ON memberships (entity, cluster);
+                    -- Views whose memberships can change with time alone, re-evaluated when due.
+                    CREATE TABLE rechecks (
+                        entity INTEGER NOT NULL,
+                        cluster INTEGER NOT NULL,
+                        due REAL NOT NULL,
+                        view BLOB NOT NULL,
+                        PRIMARY KEY (entity, cluster)
+                    ) WITHOUT ROWID;
+                    CREATE INDEX rechecks_by_due ON rechecks (due);
+                    CREATE TABLE jobs (
+                        id TEXT PRIMARY KEY,
+                        job BLOB NOT NULL
+                    );
+                    -- Membership changes for destination; AUTOINCREMENT never reuses a sequence.
+                    CREATE TABLE outbox (
+                        sequence INTEGER PRIMARY KEY AUTOINCREMENT,
+                        created REAL NOT NULL,
+                        change BLOB NOT NULL
+                    );
+                    CREATE TABLE counters (
+                        name TEXT PRIMARY KEY,
+                        value INTEGER NOT NULL
+                    );
+                    """
+            )
+        }
+        return migrator
+    }
+
+    // MARK: - Segments
+
+    /// Saves a new segment under the next id (`s1`, `s2`, …; never reused).
+    public func createSegment(
+        name: String,
+        pql: String,
+        entityType: Cdp_Model_V1_EntityType,
+        mode: Cdp_Segmentation_V1_EvaluationMode,
+        dependsOn: [String],
+        dependsOnTime: Bool,
+        at now: Date
+    ) throws -> SegmentRecord {
+        try writer.write { db in
+            let number = try Self.counter("segment_number", db) + 1
+            try Self.setCounter("segment_number", number, db)
+            let segment = SegmentRecord(
+                id: "s\(number)",
+                name: name,
+                pql: pql,
+                entityType: entityType,
+                mode: mode,
+                createdAt: now,
+                updatedAt: now,
+                dependsOn: dependsOn,
+                dependsOnTime: dependsOnTime
+            )
+            try db.execute(
+                sql: """
+                    INSERT INTO segments (id, number, name, pql, entity, mode, created, updated, depends_on,
+                        depends_on_time)
+                    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                    """,
+                arguments: [
+                    segment.id, number, name, pql, entityType.rawValue, mode.rawValue, now.timeIntervalSince1970,
+                    now.timeIntervalSince1970, dependsOn.joined(separator: ","), dependsOnTime,
+                ]
+            )
+            return segment
+        }
+    }
+
+    /// Replaces a segment's name, definition and mode.
+    public func updateSegment(_ segment: SegmentRecord) throws {
+        try writer.write { db in
+            try db.execute(
+                sql: """
+                    UPDATE segments SET name = ?, pql = ?, mode = ?, updated = ?, depends_on = ?, depends_on_time = ?
+                    WHERE id = ?
+                    """,
+                arguments: [
+                    segment.name, segment.pql, segment.mode.rawValue, segment.updatedAt.timeIntervalSince1970,
+                    segment.dependsOn.joined(separator: ","), segment.dependsOnTime, segment.id,
+                ]
+            )
+        }
+    }
+
+    /// Every segment, oldest first.
+    public func segments() throws -> [SegmentRecord] {
+        try writer.read { db in
+            try Row.fetchAll(
+                db,
+                sql: """
+                    SELECT id, name, pql, entity, mode, created, updated, depends_on, depends_on_time
+                    FROM segments ORDER BY number
+                    """
+            ).map { row in
+                let dependsOn: String = row[7]
+                return SegmentRecord(
+                    id: row[0],
+                    name: row[1],
+                    pql: row[2],
+                    entityType: Cdp_Model_V1_EntityType(rawValue: row[3]) ?? .person,
+                    mode: Cdp_Segmentation_V1_EvaluationMode(rawValue: row[4]) ?? .streaming,
+                    createdAt: Date(timeIntervalSince1970: row[5]),
+                    updatedAt: Date(timeIntervalSince1970: row[6]),
+                    dependsOn: dependsOn.isEmpty ? [] : dependsOn.split(separator: ",").map(String.init),
+                    dependsOnTime: row[8]
+                )
+            }
+        }
+    }
+
+    /// Deletes a segment; its realized members exit (announced to destination). Returns how many.
+    public func deleteSegment(_ id: String, at now: Date) throws -> Int {
+        try writer.write { db in
+            let realized = try Row.fetchAll(
+                db,
+                sql: "SELECT entity, cluster, version, record FROM memberships WHERE segment = ? AND realized = 1",
+                arguments: [id]
+            )
+            for row in realized {
+                var change = Cdp_Destination_V1_MembershipChange()
+                change.segmentID = id
+                change.entityType = Cdp_Model_V1_EntityType(rawValue: row[0]) ?? .person
+                change.clusterID = UInt64(row[1] as Int64)
+                change.realized = false
+                change.version = UInt64(row[2] as Int64) + 1
+                change.record = try Cdp_Profile_V1_UnifiedRecord(serializedBytes: row[3] as Data)
+                try Self.enqueue(change, at: now, db)
+            }
+            try db.execute(sql: "DELETE FROM memberships WHERE segment = ?", arguments: [id])
+            try db.execute(sql: "DELETE FROM segments WHERE id = ?", arguments: [id])
+            return realized.count
+        }
+    }
+
+    /// How many members each segment has realized.
+    public func realizedCounts() throws -> [String: UInt64] {
+        try writer.read { db in
+            var counts: [String: UInt64] = [:]
+            for row in try Row.fetchAll(
+                db,
+                sql: "SELECT segment, COUNT(*) FROM memberships WHERE realized = 1 GROUP BY segment"
+            ) {
+                counts[row[0]] = UInt64(row[1] as Int64)
+            }
+            return counts
+        }
+    }
+
+    // MARK: - Views and memberships
+
+    /// The latest view version taken for an entity.
+    public func viewVersion(_ entityType: Cdp_Model_V1_EntityType, _ cluster: UInt64) throws -> UInt64? {
+        try writer.read { db in
+            try Int64.fetchOne(
+                try db.cachedStatement(sql: "SELECT version FROM views WHERE entity = ? AND cluster = ?"),
+                arguments: [entityType.rawValue, Int64(cluster)]
+            ).map { UInt64($0) }
+        }
+    }
+
+    /// The segments an entity is realized in.
+    public func realizedSegments(_ entityType: Cdp_Model_V1_EntityType, _ cluster: UInt64) throws -> Set<String> {
+        try writer.read { db in
+            Set(
+                try String.fetchAll(
+                    try db.cachedStatement(
+                        sql: "SELECT segment FROM memberships WHERE entity = ? AND cluster = ? AND realized = 1"
+                    ),
+                    arguments: [entityType.rawValue, Int64(cluster)]
+                )
+            )
+        }
+    }
+
+    /// Commits evaluations: memberships whose status changed get a new version and an outbox row;
+    /// view versions and re-checks are updated. One transaction.
+    public func commit(_ evaluations: [EntityEvaluation], at now: Date) throws -> Transitions {
+        try writer.write { db in
+            var transitions = Transitions()
+            for evaluation in evaluations {
+                try commit(evaluation, at: now, &transitions, db)
+            }
+            return transitions
+        }
+    }
+
+    private func commit(
+        _ evaluation: EntityEvaluation,
+        at now: Date,
+        _ transitions: inout Transitions,
+        _ db: Database
+    )
+        throws
+    {
+        let entity = evaluation.entityType.rawValue
+        let cluster = Int64(evaluation.cluster)
+        if let version = evaluation.version {
+            try db.cachedStatement(sql: "INSERT OR REPLACE INTO views (entity, cluster, version) VALUES (?, ?, ?)")
+                .execute(arguments: [entity, cluster, Int64(version)])
+        }
+        var stored: [String: (realized: Bool, version: Int64, record: Data)] = [:]
+        for row in try Row.fetchAll(
+            try db.cachedStatement(
+                sql: "SELECT segment, realized, version, record FROM memberships WHERE entity = ? AND cluster = ?"
+            ),
+            arguments: [entity, cluster]
+        ) {
+            stored[row[0]] = (row[1], row[2], row[3])
+        }
+        let recordBytes: Data? = try evaluation.record.map { try $0.serializedBytes() }
+        // A removed entity exits everything it is realized in.
+        let results =
+            evaluation.record == nil
+            ? stored.filter { $0.value.realized }.mapValues { _ in false } : evaluation.results
+        for (segment, matched) in results.sorted(by: { $0.key < $1.key }) {
+            let previous = stored[segment]
+            if previous == nil && !matched { continue }
+            let record = recordBytes ?? previous?.record ?? Data()
+            if let previous, previous.realized == matched {
+                // Same status: keep the record current for GetMembers, without news.
+                if let recordBytes, recordBytes != previous.record {
+                    try db.cachedStatement(
+                        sql: "UPDATE memberships SET record = ? WHERE segment = ? AND entity = ? AND cluster = ?"
+                    ).execute(arguments: [recordBytes, segment, entity, cluster])
+                }
+                continue
+            }
+            let version = (previous?.version ?? 0) + 1
+            try db.cachedStatement(
+                sql: """
+                    INSERT OR REPLACE INTO memberships (segment, entity, cluster, realized, since, version, record)
+                    VALUES (?, ?, ?, ?, ?, ?, ?)
+                    """
+            ).execute(arguments: [segment, entity, cluster, matched, now.timeIntervalSince1970, version, record])
+            var change = Cdp_Destination_V1_MembershipChange()
+            change.segmentID = segment
+            change.entityType = evaluation.entityType
+            change.clusterID = evaluation.cluster
+            change.realized = matched
+            change.version = UInt64(version)
+            change.record = try Cdp_Profile_V1_UnifiedRecord(serializedBytes: record)
+            try Self.enqueue(change, at: now, db)
+            if matched { transitions.realized += 1 } else { transitions.exited += 1 }
+        }
+        switch evaluation.recheck {
+        case .keep: break
+        case .clear:
+            try db.cachedStatement(sql: "DELETE FROM rechecks WHERE entity = ? AND cluster = ?")
+                .execute(arguments: [entity, cluster])
+        case .schedule(let due, let view):
+            try db.cachedStatement(
+                sql: "INSERT OR REPLACE INTO rechecks (entity, cluster, due, view) VALUES (?, ?, ?, ?)"
+            ).execute(arguments: [entity, cluster, due.timeIntervalSince1970, view])
+        }
+    }
+
+    /// Entities realized in `segments` whose cluster falls in the partition and is not in `seen`:
+    /// after a batch run, those profile no longer has.
+    public func realizedClusters(
+        in segments: [String],
+        partition: Int,
+        partitions: Int
+    ) throws -> [(entityType: Cdp_Model_V1_EntityType, cluster: UInt64)] {
+        try writer.read { db in
+            var found: [(Cdp_Model_V1_EntityType, UInt64)] = []
+            for segment in segments {
+                for row in try Row.fetchAll(
+                    db,
+                    sql: """
+                        SELECT DISTINCT entity, cluster FROM memberships
+                        WHERE segment = ? AND realized = 1 AND cluster % ? = ?
+                        """,
+                    arguments: [segment, partitions, partition]
+                ) {
+                    found.append((Cdp_Model_V1_EntityType(rawValue: row[0]) ?? .person, UInt64(row[1] as Int64)))
+                }
+            }
+            return found
+        }
+    }
+
+    /// One page of a segment's members in cluster order, after `after`.
+    public func members(
+        of segment: String,
+        realized: Bool?,
+        after: UInt64,
+        limit: Int
+    ) throws -> [MembershipRecord] {
+        try writer.read { db in
+            let filter = realized.map { " AND realized = \($0 ? 1 : 0)" } ?? ""
+            return try Row.fetchAll(
+                db,
+                sql: """
+                    SELECT entity, cluster, realized, since, version, record FROM memberships
+                    WHERE segment = ? AND cluster > ?\(filter) ORDER BY entity, cluster LIMIT ?
+                    """,
+                arguments: [segment, Int64(after), limit]
+            ).map { row in
+                MembershipRecord(
+                    segmentID: segment,
+                    entityType: Cdp_Model_V1_EntityType(rawValue: row[0]) ?? .person,
+                    cluster: UInt64(row[1] as Int64),
+                    realized: row[2],
+                    since: Date(timeIntervalSince1970: row[3]),
+                    version: UInt64(row[4] as Int64),
+                    record: try Cdp_Profile_V1_UnifiedRecord(serializedBytes: row[5] as Data)
+                )
+            }
+        }
+    }
+
+    // MARK: - Re-checks
+
+    /// Views whose re-check is due at `now`, earliest first.
+    public func dueRechecks(at now: Date, limit: Int) throws -> [DueRecheck] {
+        try writer.read { db in
+            try Row.fetchAll(
+                try db.cachedStatement(
+                    sql: "SELECT entity, cluster, view FROM rechecks WHERE due <= ? ORDER BY due LIMIT ?"
+                ),
+                arguments: [now.timeIntervalSince1970, limit]
+            ).map { row in
+                DueRecheck(
+                    entityType: Cdp_Model_V1_EntityType(rawValue: row[0]) ?? .person,
+                    cluster: UInt64(row[1] as Int64),
+                    view: row[2]
+                )
+            }
+        }
+    }
+
+    /// How many re-checks are scheduled, and the next one.
+    public func rechecks() throws -> (count: Int, next: Date?) {
+        try writer.read { db in
+            let count = try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM rechecks") ?? 0
+            let next = try Double.fetchOne(db, sql: "SELECT MIN(due) FROM rechecks")
+            return (count, next.map { Date(timeIntervalSince1970: $0) })
+        }
+    }
+
+    // MARK: - Jobs
+
+    /// Saves a batch job's state.
+    public func save(_ job: Cdp_Segmentation_V1_EvaluationJob) throws {
+        try writer.write { db in
+            try db.execute(
+                sql: "INSERT OR REPLACE INTO jobs (id, job) VALUES (?, ?)",
+                arguments: [job.id, try job.serializedBytes() as Data]
+            )
+        }
+    }
+
+    /// A batch job by id.
+    public func job(_ id: String) throws -> Cdp_Segmentation_V1_EvaluationJob? {
+        try writer.read { db in
+            try Data.fetchOne(db, sql: "SELECT job FROM jobs WHERE id = ?", arguments: [id]).map {
+                try Cdp_Segmentation_V1_EvaluationJob(serializedBytes: $0)
+            }
+        }
+    }
+
+    /// The next job number.
+    public func nextJobNumber() throws -> Int64 {
+        try writer.write { db in
+            let number = try Self.counter("job_number", db) + 1
+            try Self.setCounter("job_number", number, db)
+            return number
+        }
+    }
+
+    /// Jobs left running by a process that stopped: they failed.
+    public func failInterruptedJobs(at now: Date) throws {
+        try writer.write { db in
+            for data in try Data.fetchAll(db, sql: "SELECT job FROM jobs") {
+                var job = try Cdp_Segmentation_V1_EvaluationJob(serializedBytes: data)
+                guard job.state == .running else { continue }
+                job.state = .failed
+                job.error = "the service stopped before the job finished; run Evaluate again"
+                job.finishedAt = Google_Protobuf_Timestamp(date: now)
+                try db.execute(
+                    sql: "UPDATE jobs SET job = ? WHERE id = ?",
+                    arguments: [try job.serializedBytes() as Data, job.id]
+                )
+            }
+        }
+    }
+
+    // MARK: - Outbox
+
+    private static func enqueue(_ change: Cdp_Destination_V1_MembershipChange, at now: Date, _ db: Database) throws {
+        try db.cachedStatement(sql: "INSERT INTO outbox (created, change) VALUES (?, ?)")
+            .execute(arguments: [now.timeIntervalSince1970, try change.serializedBytes() as Data])
+    }
+
+    /// The oldest changes not yet acknowledged, each with its sequence set.
+    public func nextChangeChunk(limit: Int) throws -> ChangeChunk? {
+        try writer.read { db in
+            let rows = try Row.fetchAll(
+                try db.cachedStatement(sql: "SELECT sequence, change FROM outbox ORDER BY sequence LIMIT ?"),
+                arguments: [limit]
+            )
+            guard let last = rows.last else { return nil }
+            let changes = try rows.map { row in
+                var change = try Cdp_Destination_V1_MembershipChange(serializedBytes: row[1] as Data)
+                change.sequence = UInt64(row[0] as Int64)
+                return change
+            }
+            return ChangeChunk(changes: changes, last: last[0])
+        }
+    }
+
+    /// Removes a delivered chunk.
+    public func acknowledge(_ chunk: ChangeChunk) throws {
+        try writer.write { db in
+            try db.execute(sql: "DELETE FROM outbox WHERE sequence <= ?", arguments: [chunk.last])
+            try Self.setCounter(
+                "sent_changes",
+                try Self.counter("sent_changes", db) + Int64(chunk.changes.count),
+                db
+            )
+        }
+    }
+
+    /// Pending changes, the oldest one's time, and how many were sent.
+    public func outboxStatus() throws -> (pending: Int, oldest: Date?, sent: Int64) {
+        try writer.read { db in
+            let pending = try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM outbox") ?? 0
+            let oldest = try Double.fetchOne(db, sql: "SELECT MIN(created) FROM outbox")
+            return (pending, oldest.map { Date(timeIntervalSince1970: $0) }, try Self.counter("sent_changes", db))
+        }
+    }
+
+    // MARK: - Counters
+
+    static func counter(_ name: String, _ db: Database) throws -> Int64 {
+        try Int64.fetchOne(db, sql: "SELECT value FROM counters WHERE name = ?", arguments: [name]) ?? 0
+    }
+
+    static func setCounter(_ name: String, _ value: Int64, _ db: Database) throws {
+        try db.execute(
+            sql: "INSERT OR REPLACE INTO counters (name, value) VALUES (?, ?)",
+            arguments: [name, value]
+        )
+    }
+}

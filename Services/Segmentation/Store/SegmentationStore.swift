@@ -1,0 +1,125 @@
+import CDPProto
+import Foundation
+import GRDB
+import SQLiteSupport
+import SwiftProtobuf
+
+/// A saved segment.
+public struct SegmentRecord: Sendable, Equatable {
+    /// `s1`, `s2`, …
+    public var id: String
+    public var name: String
+    /// The definition as written.
+    public var pql: String
+    /// PERSON or ACCOUNT.
+    public var entityType: Cdp_Model_V1_EntityType
+    public var mode: Cdp_Segmentation_V1_EvaluationMode
+    public var createdAt: Date
+    public var updatedAt: Date
+    /// The segments it names with inSegment.
+    public var dependsOn: [String]
+    /// Whether its result can change with time alone.
+    public var dependsOnTime: Bool
+
+    /// Creates a record.
+    public init(
+        id: String,
+        name: String,
+        pql: String,
+        entityType: Cdp_Model_V1_EntityType,
+        mode: Cdp_Segmentation_V1_EvaluationMode,
+        createdAt: Date,
+        updatedAt: Date,
+        dependsOn: [String],
+        dependsOnTime: Bool
+    ) {
+        self.id = id
+        self.name = name
+        self.pql = pql
+        self.entityType = entityType
+        self.mode = mode
+        self.createdAt = createdAt
+        self.updatedAt = updatedAt
+        self.dependsOn = dependsOn
+        self.dependsOnTime = dependsOnTime
+    }
+
+    /// Whether incoming views are evaluated against it.
+    public var isStreaming: Bool { mode != .batch }
+}
+
+/// What to do with an entity's scheduled time re-check.
+public enum Recheck: Sendable, Equatable {
+    /// Leave it as it is.
+    case keep
+    /// Re-evaluate the stored view at `due` (a membership can expire or begin then).
+    case schedule(due: Date, view: Data)
+    /// Nothing to re-check.
+    case clear
+}
+
+/// The results of evaluating one entity's view against some segments.
+public struct EntityEvaluation: Sendable {
+    public var entityType: Cdp_Model_V1_EntityType
+    public var cluster: UInt64
+    /// The view's version from profile; nil for batch runs and re-checks, which leave it alone.
+    public var version: UInt64?
+    /// The entity's unified record; nil if it is gone (then every membership exits with the record
+    /// last stored).
+    public var record: Cdp_Profile_V1_UnifiedRecord?
+    /// Segment id → whether the entity satisfies it now.
+    public var results: [String: Bool]
+    public var recheck: Recheck
+
+    /// Creates an evaluation.
+    public init(
+        entityType: Cdp_Model_V1_EntityType,
+        cluster: UInt64,
+        version: UInt64?,
+        record: Cdp_Profile_V1_UnifiedRecord?,
+        results: [String: Bool],
+        recheck: Recheck
+    ) {
+        self.entityType = entityType
+        self.cluster = cluster
+        self.version = version
+        self.record = record
+        self.results = results
+        self.recheck = recheck
+    }
+}
+
+/// A membership as stored.
+public struct MembershipRecord: Sendable, Equatable {
+    public var segmentID: String
+    public var entityType: Cdp_Model_V1_EntityType
+    public var cluster: UInt64
+    public var realized: Bool
+    public var since: Date
+    public var version: UInt64
+    public var record: Cdp_Profile_V1_UnifiedRecord
+}
+
+/// Membership changes committed by one call.
+public struct Transitions: Sendable, Equatable {
+    public var realized = 0
+    public var exited = 0
+
+    /// No changes.
+    public init() {}
+}
+
+/// Membership changes waiting to be sent to destination.
+public struct ChangeChunk: Sendable {
+    /// The changes, in sequence order.
+    public var changes: [Cdp_Destination_V1_MembershipChange]
+    /// The last sequence in the chunk.
+    public var last: Int64
+}
+
+/// A view waiting for its time re-check.
+public struct DueRecheck: Sendable {
+    public var entityType: Cdp_Model_V1_EntityType
+    public var cluster: UInt64
+    public var view: Data
+}

@@ -1,0 +1,263 @@
+import CDPProto
+import Foundation
+import Logging
+import NIOPosix
+import PipelineSupport
+import RPCCore
+import SegmentationEvaluation
+import SegmentationService
+import SegmentationStore
+import TestSupport
+import Testing
+
+/// The segmentation engine fed by identity and profile in process: streaming transitions, time
+/// re-checks, staleness, removals, batch jobs, inSegment, restarts.
+@Suite("Segmentation engine")
+struct EngineTests {
+    static let logger = Logger(label: "test", factory: { _ in SwiftLogNoOpLogHandler() })
+
+    @Test func anEventRealizesP2InTheSameFlowAndThePassingWindowExitsP2() async throws {
+        let harness = try SegmentationHarness(start: Story.visit.addingTimeInterval(3600))
+        let segment = try await harness.engine.createSegment(
+            name: "Townsend buyers",
+            pql: Story.bodea,
+            entityType: .person,
+            mode: .streaming
+        )
+        #expect(try await harness.ingest(Story.withoutVisit) == Transitions())
+        #expect(try await harness.members(segment.id) == [])
+
+        // The visit arrives: p2's view changes and p2 is realized while it is accepted.
+        let arrival = try await harness.ingest([Bodea.pageVisit(at: Story.visit)])
+        #expect(arrival.realized == 1 && arrival.exited == 0)
+        #expect(try await harness.members(segment.id) == ["p2@townsend.com"])
+        let realized = try await harness.drainOutbox()
+        #expect(realized.count == 1)
+        #expect(realized.first?.realized == true)
+        #expect(realized.first?.segmentID == segment.id)
+        #expect(realized.first?.record.record.person.email == "p2@townsend.com")
+        #expect(realized.first?.version == 1)
+
+        // Nothing is due before the window passes.
+        harness.clock.set(Story.visit.addingTimeInterval(20 * 86_400))
+        #expect(try await harness.engine.runDueRechecks().checked == 0)
+        // A month later the visit leaves the window: p2 exits without any new view.
+        harness.clock.set(Story.visit.addingTimeInterval(32 * 86_400))
+        let recheck = try await harness.engine.runDueRechecks()
+        #expect(recheck.checked == 1)
+        #expect(recheck.transitions.exited == 1)
+        #expect(try await harness.members(segment.id) == [])
+        #expect(try await harness.members(segment.id, realized: false) == ["p2@townsend.com"])
+        let exited = try await harness.drainOutbox()
+        #expect(exited.map(\.realized) == [false])
+        #expect(exited.first?.version == 2)
+        #expect(exited.first!.sequence > realized.first!.sequence)
+        let member = try #require(
+            try await harness.engine.members(of: segment.id, realized: false, after: 0, limit: 10).first
+        )
+        #expect(member.since == harness.clock.now)
+        // Nothing left to re-check.
+        #expect(try await harness.engine.status().rechecks == 0)
+    }
+
+    @Test func staleAndRepeatedViewsChangeNothing() async throws {
+        let harness = try SegmentationHarness(start: Story.visit.addingTimeInterval(3600))
+        _ = try await harness.engine.createSegment(name: "all", pql: Story.bodea, entityType: .person, mode: .streaming)
+        try await harness.pipeline.ingest(Story.withoutVisit + [Bodea.pageVisit(at: Story.visit)])
+        let chunk = try #require(try await harness.profile.nextViewChunk(limit: 100, asOf: harness.clock.now))
+        let first = try await harness.engine.acceptViews(chunk.changes)
+        #expect(first.stale == 0 && first.transitions.realized == 1)
+        // Re-delivery of the same chunk (the relay retried): every view is stale, no new transition.
+        let again = try await harness.engine.acceptViews(chunk.changes)
+        #expect(again.stale == chunk.changes.count && again.accepted == 0)
+        #expect(again.transitions == Transitions())
+        // An older version of p2's view after a newer one: stale.
+        let p2 = try #require(chunk.changes.first { $0.person.person.record.person.email == "p2@townsend.com" })
+        var older = p2
+        older.version -= 1
+        #expect(try await harness.engine.acceptViews([older]).stale == 1)
+        #expect(try await harness.drainOutbox().count == 1)
+    }
+
+    @Test func aRemovedPersonExitsEverySegment() async throws {
+        let harness = try SegmentationHarness(start: Story.visit.addingTimeInterval(3600))
+        let segment = try await harness.engine.createSegment(
+            name: "townsend",
+            pql: "person.email.endsWith(\"@townsend.com\")",
+            entityType: .person,
+            mode: .streaming
+        )
+        try await harness.ingest(Story.withoutVisit)
+        #expect(try await harness.members(segment.id).count == 3)
+        var removal = Cdp_Segmentation_V1_ViewChange()
+        removal.version = 1_000_000
+        removal.removed.entityType = .person
+        let p3 = try #require(
+            try await harness.engine.members(of: segment.id, realized: true, after: 0, limit: 10).first {
+                $0.record.record.person.email == "p3@townsend.com"
+            }
+        )
+        removal.removed.clusterID = p3.cluster
+        let result = try await harness.engine.acceptViews([removal])
+        #expect(result.transitions.exited == 1)
+        #expect(try await harness.members(segment.id) == ["p1@townsend.com", "p2@townsend.com"])
+        let changes = try await harness.drainOutbox()
+        // The exit carries the record last known, so destinations know whom to remove.
+        #expect(changes.last?.realized == false)
+        #expect(changes.last?.record.record.person.email == "p3@townsend.com")
+    }
+
+    @Test func inSegmentFollowsDependenciesAndRejectsCycles() async throws {
+        let harness = try SegmentationHarness(start: Story.visit.addingTimeInterval(3600))
+        // Created in an order where the dependent segment has the lower id.
+        let base = try await harness.engine.createSegment(
+            name: "at townsend",
+            pql: "person.email.endsWith(\"@townsend.com\")",
+            entityType: .person,
+            mode: .streaming
+        )
+        let buyers = try await harness.engine.createSegment(
+            name: "townsend buyers",
+            pql: "inSegment(\"\(base.id)\") and " + Story.bodea,
+            entityType: .person,
+            mode: .streaming
+        )
+        #expect(buyers.dependsOn == [base.id])
+        let notBuyers = try await harness.engine.createSegment(
+            name: "townsend, not buyers",
+            pql: "inSegment(\"\(base.id)\") and not inSegment(\"\(buyers.id)\")",
+            entityType: .person,
+            mode: .streaming
+        )
+        try await harness.ingest(Story.withoutVisit + [Bodea.pageVisit(at: Story.visit)])
+        #expect(try await harness.members(buyers.id) == ["p2@townsend.com"])
+        #expect(try await harness.members(notBuyers.id) == ["p1@townsend.com", "p3@townsend.com"])
+
+        await #expect(throws: RPCError.self) {
+            _ = try await harness.engine.updateSegment(
+                id: base.id,
+                name: nil,
+                pql: "inSegment(\"\(notBuyers.id)\")",
+                mode: nil
+            )
+        }
+        do {
+            _ = try await harness.engine.updateSegment(
+                id: base.id,
+                name: nil,
+                pql: "inSegment(\"\(base.id)\")",
+                mode: nil
+            )
+            Issue.record("a segment naming itself was accepted")
+        } catch let error as RPCError {
+            #expect(error.message == "inSegment would make a cycle: \(base.id) → \(base.id)")
+        }
+        do {
+            _ = try await harness.engine.deleteSegment(id: base.id)
+            Issue.record("a segment others name was deleted")
+        } catch let error as RPCError {
+            #expect(error.code == .failedPrecondition)
+            #expect(error.message.contains("\(buyers.id), \(notBuyers.id)"))
+        }
+        // Deleting a leaf exits its members.
+        #expect(try await harness.engine.deleteSegment(id: notBuyers.id) == 2)
+    }
+
+    @Test func aBatchJobFillsASegmentAndLaterExitsWhoIsGone() async throws {
+        let harness = try SegmentationHarness(start: Story.visit.addingTimeInterval(3600))
+        let segment = try await harness.engine.createSegment(
+            name: "batch buyers",
+            pql: Story.bodea,
+            entityType: .person,
+            mode: .batch
+        )
+        // Batch segments ignore streaming views.
+        try await harness.ingest(Story.withoutVisit + [Bodea.pageVisit(at: Story.visit)])
+        #expect(try await harness.members(segment.id) == [])
+
+        let jobs = EvaluationJobs(
+            engine: harness.engine,
+            source: StoreViewSource(store: harness.profileStore),
+            logger: Self.logger
+        )
+        let job = try await harness.engine.newJob(
+            segments: [segment.id],
+            asOf: harness.clock.now,
+            partition: 0,
+            partitions: 1
+        )
+        await jobs.execute(job)
+        let done = try await harness.engine.job(job.id)
+        #expect(done.state == .succeeded)
+        #expect(done.evaluated == 3)
+        #expect(done.realized == 1)
+        #expect(try await harness.members(segment.id) == ["p2@townsend.com"])
+
+        // As of two months later the visit is out of the window: the next run exits p2.
+        let later = try await harness.engine.newJob(
+            segments: [segment.id],
+            asOf: Story.visit.addingTimeInterval(60 * 86_400),
+            partition: 0,
+            partitions: 1
+        )
+        await jobs.execute(later)
+        #expect(try await harness.engine.job(later.id).exited == 1)
+        #expect(try await harness.members(segment.id) == [])
+    }
+
+    @Test func aRestartKeepsSegmentsMembershipsAndVersions() async throws {
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("segmentation-\(UUID())")
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: directory) }
+        let path = directory.appendingPathComponent("segmentation.sqlite").path
+        let harness = try SegmentationHarness(start: Story.visit.addingTimeInterval(3600), segmentationPath: path)
+        let segment = try await harness.engine.createSegment(
+            name: "buyers",
+            pql: Story.bodea,
+            entityType: .person,
+            mode: .streaming
+        )
+        try await harness.pipeline.ingest(Story.withoutVisit + [Bodea.pageVisit(at: Story.visit)])
+        let chunk = try #require(try await harness.profile.nextViewChunk(limit: 100, asOf: harness.clock.now))
+        #expect(try await harness.engine.acceptViews(chunk.changes).transitions.realized == 1)
+
+        // A new process over the same file.
+        let clock = harness.clock
+        let restarted = try SegmentationEngine(
+            store: try SQLiteSegmentationStore(path: path),
+            loop: MultiThreadedEventLoopGroup.singleton.next()
+        ) { clock.now }
+        #expect(try await restarted.segment(segment.id).pql == Story.bodea)
+        #expect(try await restarted.members(of: segment.id, realized: true, after: 0, limit: 10).count == 1)
+        // The relay re-delivers the chunk it could not mark sent: nothing changes twice.
+        let again = try await restarted.acceptViews(chunk.changes)
+        #expect(again.stale == chunk.changes.count)
+        #expect(again.transitions == Transitions())
+        // The re-check scheduled before the restart is still there.
+        clock.set(Story.visit.addingTimeInterval(40 * 86_400))
+        #expect(try await restarted.runDueRechecks().transitions.exited == 1)
+        // The next segment id is not reused.
+        let next = try await restarted.createSegment(
+            name: "x",
+            pql: "person.score > 1",
+            entityType: .person,
+            mode: .streaming
+        )
+        #expect(next.id != segment.id)
+    }
+
+    @Test func accountSegmentsEvaluateAccountViews() async throws {
+        let harness = try SegmentationHarness(start: Story.visit.addingTimeInterval(3600))
+        let segment = try await harness.engine.createSegment(
+            name: "big accounts",
+            pql: "(sum O.amount over O from account.opportunities where O.isWon = true) > 1000000",
+            entityType: .account,
+            mode: .streaming
+        )
+        try await harness.ingest(Story.withoutVisit)
+        let members = try await harness.engine.members(of: segment.id, realized: true, after: 0, limit: 10)
+        #expect(members.count == 1)
+        #expect(members.first?.entityType == .account)
+        #expect(Set(members.first?.record.fragmentKeys ?? []) == ["A1@mkto-1.Marketo", "A2@mkto-2.Marketo"])
+    }
+}
