@@ -1,39 +1,54 @@
-"""Pipeline demo: Bodea's fixture files through a release cdp-ingestion, cdp-identity and cdp-profile, step by
-step.
+"""Pipeline demo: Bodea's fixture files through a release cdp-ingestion, cdp-identity, cdp-profile and
+cdp-segmentation, step by step.
 
 Run through Examples/demo.sh (builds the release binaries, prepares .venv), or directly:
     .venv/bin/python Examples/demo.py [--keep-data] [--ingestion-binary PATH] [--identity-binary PATH]
-                                      [--profile-binary PATH]
+                                      [--profile-binary PATH] [--segmentation-binary PATH]
 
-1. starts `cdp-profile --port 0 --data-dir <temp>/profile --identity <identity's address>` without
-   --segmentation (the changed views wait in its durable outbox for the segmentation service, the next
-   service of the pipeline), then `cdp-identity --port <picked> --data-dir <temp>/identity --profile
-   <profile's address>` (default rules: a person may hold several CRM ids, one per CRM of Bodea's, see
-   IDENTITY_RULES; identity's port is picked before profile starts, as each names the other), then
-   `cdp-ingestion --port 0 --data-dir <temp>/ingestion --identity <identity's address>`;
-2. creates the sources of the Bodea story (Tests/IngestionTests/Fixtures/EXPECTED.md);
-3. uploads every fixture file (64 KiB data messages, key = the file's path, error threshold 0.5:
+1. starts `cdp-segmentation --port 0 --data-dir <temp>/segmentation --profile <profile's address>` without
+   --destination (membership changes wait in its durable outbox for the destination service, the last
+   service of the pipeline), then `cdp-profile --port <picked> --data-dir <temp>/profile --identity
+   <identity's address> --segmentation <segmentation's address>` (its changed views flow to segmentation),
+   then `cdp-identity --port <picked> --data-dir <temp>/identity --profile <profile's address>` (default
+   rules: a person may hold several CRM ids, one per CRM of Bodea's, see IDENTITY_RULES), then
+   `cdp-ingestion --port 0 --data-dir <temp>/ingestion --identity <identity's address>`; profile's and
+   identity's ports are picked before segmentation starts, as segmentation and profile, and profile and
+   identity, each name the other;
+2. creates the Bodea segment (DESIGN.md §5) on segmentation before any data arrives: "Townsend buyers",
+   PERSON, STREAMING: a company that has won more than $1M across all its accounts, and a page view of the
+   new product page within a month of now;
+3. creates the sources of the Bodea story (Tests/IngestionTests/Fixtures/EXPECTED.md);
+4. uploads every fixture file (64 KiB data messages, key = the file's path, error threshold 0.5:
    the fixtures hold bad rows on purpose) and prints each batch with its record errors;
-4. re-sends one file under the same key (`replayed`, same batch) and one under a new key (a new
+5. re-sends one file under the same key (`replayed`, same batch) and one under a new key (a new
    batch whose valid records are all duplicates);
-5. streams two page views of p2@townsend.com: a new one, and the one canonical/event.csv brought;
-6. prints ListBatches, waits until ingestion's outbox has forwarded every accepted record to identity;
-7. prints identity's view of the story: p2@townsend.com resolved to one person across Salesforce and
+6. streams two page views of p2@townsend.com: a new one, and the one canonical/event.csv brought;
+7. prints ListBatches, waits until ingestion's outbox has forwarded every accepted record to identity;
+8. prints identity's view of the story: p2@townsend.com resolved to one person across Salesforce and
    both Marketo instances; the Townsend account cluster (Account 1 of Marketo 1, Account 2 of
    Marketo 2 and the Salesforce account, joined by the MDM crosswalk) with the record behind each
    link; p1 and p3 as persons of their own; the refused links (ListConflicts); identity's outbox,
    once it has forwarded every update to profile;
-8. prints profile's view of the story (as of 2026-05-01, the story's "now", so that the event window
+9. prints profile's view of the story (as of 2026-05-01, the story's "now", so that the event window
    does not depend on the day the demo runs): the Townsend account view (the fragments it merges,
    its opportunities with their amounts, its persons, the won total: $1,100,000, Opportunity 1 counted
    once although Salesforce and Marketo 1 both hold it), p2's person view (the merged person, its
-   accounts, opportunities and roles, campaigns, lists, events) and profile's outbox;
-9. stops the services with SIGTERM (ingestion, identity, then profile) and requires exit status 0 from
-   each.
+   accounts, opportunities and roles, campaigns, lists, events) and profile's outbox, once it has sent
+   every changed view to segmentation;
+10. prints segmentation's view: the segment's streaming members (the views were evaluated as they arrived,
+    as of the day the demo runs: p2 is a member only if its last page view of the new product page, in
+    April 2026, is within a month of now; the demo computes which and prints why); a batch Evaluate of the
+    segment as of 2026-05-01, polled until it succeeds; its realized members (exactly p2@townsend.com); the
+    explanation of p2's membership (the two opportunities summed, the page view that matched); the
+    estimates of the same definition with a $2M threshold (nobody: the total is $1.1M) and with $1M (p2);
+    segmentation's outbox (no --destination: the membership change waits there for the destination service);
+11. stops the services with SIGTERM (ingestion, identity, profile, then segmentation) and requires exit
+    status 0 from each.
 
 Exit status 1 when anything is unexpected (a call fails, a batch does not complete, counts do not
-add up, identity resolves the story differently, profile's views differ from the story, a service
-does not stop cleanly), 2 when a service does not start.
+add up, identity resolves the story differently, profile's views differ from the story, segmentation's
+members, explanation or estimates differ from the story, a service does not stop cleanly), 2 when a
+service does not start.
 """
 
 from __future__ import annotations
@@ -47,6 +62,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 
 import grpc
@@ -59,6 +75,8 @@ from protos import ingestion_pb2 as pb, ingestion_pb2_grpc  # noqa: E402
 
 ppb = importlib.import_module("cdp.profile.v1.profile_pb2")  # generated beside the others by `protos`
 profile_pb2_grpc = importlib.import_module("cdp.profile.v1.profile_pb2_grpc")
+spb = importlib.import_module("cdp.segmentation.v1.segmentation_pb2")
+segmentation_pb2_grpc = importlib.import_module("cdp.segmentation.v1.segmentation_pb2_grpc")
 
 CHUNK = 64 * 1024
 TIMEOUT = 30
@@ -74,7 +92,8 @@ ENTITY = {v: k.removeprefix("ENTITY_TYPE_") for k, v in model_pb2.EntityType.ite
 CONFLICT = {v: k.removeprefix("KIND_") for k, v in ipb.Conflict.Kind.items()}
 PERSON, ACCOUNT = model_pb2.ENTITY_TYPE_PERSON, model_pb2.ENTITY_TYPE_ACCOUNT
 # Variables the services read in place of flags: the demo decides every address and directory itself.
-SERVICE_ENV = ("CDP_DATA_DIR", "CDP_IDENTITY_ADDR", "CDP_PROFILE_ADDR", "CDP_SEGMENTATION_ADDR", "CDP_TOKEN")
+SERVICE_ENV = ("CDP_DATA_DIR", "CDP_IDENTITY_ADDR", "CDP_PROFILE_ADDR", "CDP_SEGMENTATION_ADDR",
+               "CDP_DESTINATION_ADDR", "CDP_TOKEN")
 
 
 class Unexpected(Exception):
@@ -489,7 +508,9 @@ def person_name(p) -> str:
     return f"{p.record.person.first_name} {p.record.person.last_name}".strip()
 
 
-def profile_view(stub, forwarded: int) -> None:
+def profile_view(stub, forwarded: int) -> tuple[int, str, datetime]:
+    """Prints and checks profile's view; returns p2's cluster and the key and time of p2's latest page view of
+    the new product page."""
     print("\n== Profile's view")
     as_of = ppb.GetEntityRequest().as_of
     as_of.FromJsonString(AS_OF)
@@ -586,29 +607,229 @@ def profile_view(stub, forwarded: int) -> None:
     print(f"  = one person of {len(p2.person.fragment_keys)} fragments with {len(new_product)} page views of the new "
           f"product page")
 
-    print("\n-- Profile's outbox (no --segmentation: changed views wait here for the segmentation service, which "
-          "comes next)")
-    st = stub.GetOutboxStatus(ppb.GetOutboxStatusRequest(), timeout=TIMEOUT)
+    print("\n-- Profile's outbox (forwarding changed views to segmentation), once it is empty")
+    deadline = time.monotonic() + DRAIN_TIMEOUT
+    while True:
+        st = stub.GetOutboxStatus(ppb.GetOutboxStatusRequest(), timeout=TIMEOUT)
+        if st.pending_views == 0 or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
     oldest = (time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(st.oldest_pending.seconds))
               if st.HasField("oldest_pending") else "-")
     for label, value in [("pending views", st.pending_views), ("oldest pending", oldest),
                          ("sent views", st.sent_views), ("applied identity seq", st.applied_identity_sequence),
                          ("last error", st.last_error or "-")]:
         print(f"  {label:<20} {value}")
-    check(st.applied_identity_sequence == forwarded and st.pending_views > 0 and st.sent_views == 0,
+    check(st.pending_views == 0, f"profile's outbox still holds {st.pending_views} views after {DRAIN_TIMEOUT} s "
+                                 f"(last error: {st.last_error or '-'})")
+    check(st.applied_identity_sequence == forwarded and st.sent_views > 0 and not st.last_error,
           f"profile's outbox: applied identity sequence {st.applied_identity_sequence} (identity forwarded "
-          f"{forwarded}), {st.pending_views} views pending, {st.sent_views} sent; expected every update applied, "
-          f"views pending, none sent")
-    print(f"  = every update identity forwarded applied; the views of {st.pending_views} changed persons and "
-          f"accounts wait for segmentation")
+          f"{forwarded}), {st.sent_views} views sent, last error {st.last_error!r}; expected every update applied "
+          f"and the changed views sent")
+    print(f"  = every update identity forwarded applied; {st.sent_views} views of changed persons and accounts "
+          f"taken by segmentation")
+    latest = new_product[0]  # newest first
+    return p2.person.cluster_id, latest.key, latest.event.timestamp.ToDatetime(tzinfo=timezone.utc)
 
 
 def ppb_person_type(value: int) -> str:
     return model_pb2.PersonType.Name(value).removeprefix("PERSON_TYPE_").capitalize()
 
 
+# The Bodea segment, as DESIGN.md §5 writes it.
+BODEA_PQL = """\
+(sum O.amount over O from person.accounts.opportunities where (O.isClosed = true and O.isWon = true)) > 1000000
+and exists E from xEvent where (E.eventType = "web.webpagedetails.pageViews"
+    and E.url = "https://bodea.example/new-product" and E.timestamp occurs <= 1 months before now)"""
+SEGMENT_NAME = "Townsend buyers"
+JOB_STATE = {v: k.removeprefix("JOB_STATE_") for k, v in spb.JobState.items()}
+MODE = {v: k.removeprefix("EVALUATION_MODE_") for k, v in spb.EvaluationMode.items()}
+MEMBERSHIP = {v: k.removeprefix("MEMBERSHIP_STATUS_") for k, v in spb.MembershipStatus.items()}
+
+
+def timestamp(when: str):
+    ts = spb.EvaluateRequest().as_of
+    ts.FromJsonString(when)
+    return ts
+
+
+def ts_text(ts) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts.seconds))
+
+
+def months_before(t: datetime, count: int) -> datetime:
+    """`t` moved back `count` calendar months, keeping the time of day; a day the target month lacks becomes its
+    last day (March 31 minus a month is February 28/29): the segmentation service's `occurs <= N months before`."""
+    months = t.year * 12 + (t.month - 1) - count
+    year, month = divmod(months, 12)
+    month += 1
+    next_first = datetime(year + (month == 12), month % 12 + 1, 1, tzinfo=t.tzinfo)
+    last_day = (next_first - datetime(year, month, 1, tzinfo=t.tzinfo)).days
+    return t.replace(year=year, month=month, day=min(t.day, last_day))
+
+
+def create_segment(stub) -> tuple[spb.Segment, spb.Segment]:
+    """Step 2: the Bodea segment, before any data arrives, so that streaming evaluation sees every view."""
+    print("\n== The Bodea segment (CreateSegment on segmentation, before any data arrives)")
+    seg = stub.CreateSegment(spb.CreateSegmentRequest(name=SEGMENT_NAME, pql=BODEA_PQL, entity_type=PERSON,
+                                                      mode=spb.EVALUATION_MODE_STREAMING), timeout=TIMEOUT)
+    print(f"  segment {seg.id}: {seg.name!r}, {ENTITY[seg.entity_type]}, {MODE[seg.mode]}, depends on time: "
+          f"{seg.depends_on_time}, created {ts_text(seg.created_at)}")
+    for line in seg.pql.splitlines():
+        print(f"    {line}")
+    check(seg.id and seg.name == SEGMENT_NAME and seg.pql == BODEA_PQL and seg.entity_type == PERSON
+          and seg.mode == spb.EVALUATION_MODE_STREAMING and seg.depends_on_time and seg.realized == 0,
+          f"CreateSegment returned {seg}")
+    print("  = every view profile sends from now on is evaluated against it as it arrives, as of that moment")
+    batch = stub.CreateSegment(spb.CreateSegmentRequest(name=SEGMENT_NAME + ", as of the story", pql=BODEA_PQL,
+                                                        entity_type=PERSON, mode=spb.EVALUATION_MODE_BATCH),
+                               timeout=TIMEOUT)
+    print(f"  segment {batch.id}: {batch.name!r}, {ENTITY[batch.entity_type]}, {MODE[batch.mode]}: the same definition; "
+          f"only Evaluate changes its members")
+    check(batch.id and batch.id != seg.id and batch.mode == spb.EVALUATION_MODE_BATCH,
+          f"CreateSegment (batch) returned {batch}")
+    print("  = a streaming segment always means now (a membership that expires is re-checked and exits);\n"
+          "    the batch copy keeps what an evaluation as of the story's time decided")
+    return seg, batch
+
+
+def members(stub, segment_id: str, status: int) -> list:
+    out, token = [], None
+    while token != "":
+        page = stub.GetMembers(spb.GetMembersRequest(segment_id=segment_id, status=status, page_token=token or ""),
+                               timeout=TIMEOUT)
+        out, token = out + list(page.members), page.next_page_token
+    return out
+
+
+def print_members(found: list, indent: str = "  ") -> None:
+    for m in found:
+        person = m.record.record.person
+        print(f"{indent}person {m.cluster_id}: {person.first_name} {person.last_name} <{person.email}>, "
+              f"{MEMBERSHIP[m.status]} since {ts_text(m.since)}, version {m.version}")
+
+
+def segmentation_view(stub, segment: spb.Segment, batch: spb.Segment, p2_cluster: int, visit_key: str,
+                      visit: datetime) -> None:
+    print("\n== Segmentation's view")
+    as_of = timestamp(AS_OF)
+
+    print(f"\n-- Streaming: GetMembers({segment.id}, REALIZED) once profile has sent every view (each evaluated "
+          f"as it arrived, as of then)")
+    streamed = members(stub, segment.id, spb.MEMBERSHIP_STATUS_REALIZED)
+    print_members(streamed, "  ")
+    now = datetime.now(timezone.utc).replace(microsecond=0)
+    window_start = months_before(now, 1)
+    recent = visit >= window_start
+    print(f"  {plural(len(streamed), 'realized member')}: p2's latest page view of the new product page, "
+          f"{visit:%Y-%m-%dT%H:%M:%SZ} ({visit_key}),\n    is {(now - visit).days} days before now "
+          f"({now:%Y-%m-%dT%H:%M:%SZ}), "
+          + (f"within the month (since {window_start:%Y-%m-%dT%H:%M:%SZ}): p2 qualifies as of now" if recent else
+             f"older than a month (since {window_start:%Y-%m-%dT%H:%M:%SZ}):\n    nobody qualifies as of now; the "
+             f"batch evaluation below uses the story's now, {AS_OF}"))
+    got = sorted(m.cluster_id for m in streamed)
+    check(got == ([p2_cluster] if recent else []),
+          f"the streaming members of {segment.id} are the person clusters {got}; expected "
+          + (f"p2 alone (cluster {p2_cluster})" if recent else "none") + f": p2's last visit {visit} is "
+          + ("within" if recent else "older than") + f" a month before {now}")
+
+    print(f"\n-- Batch: Evaluate(segment_ids=[{batch.id}], as_of={AS_OF}), then GetEvaluation until it is done")
+    job = stub.Evaluate(spb.EvaluateRequest(segment_ids=[batch.id], as_of=as_of), timeout=TIMEOUT)
+    print(f"  job {job.id}: segments {list(job.segment_ids)}, as of {ts_text(job.as_of)}, partition "
+          f"{job.partition} of {job.partitions}")
+    print(f"  job {job.id}: {JOB_STATE[job.state]:<9} evaluated {job.evaluated:>3} views, realized {job.realized}, "
+          f"exited {job.exited}")
+    deadline, shown = time.monotonic() + DRAIN_TIMEOUT, (job.state, job.evaluated, job.realized, job.exited)
+    while True:
+        job = stub.GetEvaluation(spb.GetEvaluationRequest(id=job.id), timeout=TIMEOUT)
+        progress = (job.state, job.evaluated, job.realized, job.exited)
+        if progress != shown:
+            print(f"  job {job.id}: {JOB_STATE[job.state]:<9} evaluated {job.evaluated:>3} views, realized "
+                  f"{job.realized}, exited {job.exited}")
+            shown = progress
+        if job.state != spb.JOB_STATE_RUNNING or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    check(job.state == spb.JOB_STATE_SUCCEEDED,
+          f"evaluation job {job.id} is {JOB_STATE[job.state]} after {DRAIN_TIMEOUT} s: {job.error or '-'}")
+    want_realized = 1  # p2, by the job
+    check(job.evaluated > 0 and job.realized == want_realized and job.exited == 0,
+          f"evaluation job {job.id}: evaluated {job.evaluated}, realized {job.realized}, exited {job.exited}; "
+          f"expected the persons evaluated, {want_realized} realized, none exited")
+    print(f"  = {job.evaluated} person views evaluated as of {AS_OF} in "
+          f"{(job.finished_at.ToNanoseconds() - job.started_at.ToNanoseconds()) / 1e6:.0f} ms"
+          + "; p2 realized")
+
+    print(f"\n-- GetMembers({batch.id}, REALIZED)")
+    realized = members(stub, batch.id, spb.MEMBERSHIP_STATUS_REALIZED)
+    print_members(realized, "  ")
+    emails = [m.record.record.person.email for m in realized]
+    check(emails == ["p2@townsend.com"] and realized[0].cluster_id == p2_cluster,
+          f"the realized members of {batch.id} are {emails} (clusters {[m.cluster_id for m in realized]}); "
+          f"expected p2@townsend.com alone (cluster {p2_cluster})")
+    seg = stub.GetSegment(spb.GetSegmentRequest(id=batch.id), timeout=TIMEOUT)
+    check(seg.realized == 1, f"GetSegment({batch.id}) counts {seg.realized} realized members; expected 1")
+    print(f"  = the audience is exactly p2@townsend.com (GetSegment: {seg.realized} realized)")
+
+    print(f"\n-- Explain({batch.id}, email p2@townsend.com, as_of={AS_OF})")
+    ex = stub.Explain(spb.ExplainRequest(segment_id=batch.id, identity=ident("email", "p2@townsend.com"),
+                                         as_of=as_of), timeout=TIMEOUT)
+    print(f"  person {ex.cluster_id}: matched {ex.matched}, as of {ts_text(ex.as_of)}; {len(ex.steps)} steps, "
+          f"outermost first:")
+    for step in ex.steps:
+        text = " ".join(step.text.split())
+        print(f"    {f'{step.line}:{step.column}':<7}{text}\n           = {step.result}")
+        for e in step.entities:
+            value = f", value {e.value}" if e.value else ""
+            print(f"             {e.kind:<12} {e.key:<36} {e.label}{value}")
+    check(ex.matched and ex.cluster_id == p2_cluster,
+          f"Explain: p2 (cluster {ex.cluster_id}) matched {ex.matched}; expected cluster {p2_cluster}, matched")
+    sums = [st for st in ex.steps if st.text.lstrip("( ").startswith("sum ") and st.entities]
+    check(len(sums) == 1, f"Explain: {len(sums)} steps of the sum name entities; expected one")
+    opp_keys = [e.key for e in sums[0].entities if e.kind == "opportunity"]
+    check(len(opp_keys) == 2 and any(k in OPPORTUNITY_1 for k in opp_keys)
+          and any(k in OPPORTUNITY_2 for k in opp_keys),
+          f"Explain: the sum names the opportunities {opp_keys}; expected Opportunity 1 (one of "
+          f"{sorted(OPPORTUNITY_1)}) and Opportunity 2 ({sorted(OPPORTUNITY_2)}), each once")
+    exists = [st for st in ex.steps if st.text.lstrip("( ").startswith("exists ")]
+    check(len(exists) == 1, f"Explain: {len(exists)} steps of the exists; expected one")
+    event_keys = [e.key for e in exists[0].entities if e.kind == "event"]
+    check(event_keys and set(event_keys) <= P2_PAGE_VIEWS,
+          f"Explain: the exists step names the events {event_keys}; expected a page view of the new product page "
+          f"({sorted(P2_PAGE_VIEWS)})")
+    print(f"  = a won total of $1,100,000 over Opportunity 1 and Opportunity 2 (each once), and the page view "
+          f"{event_keys[0]}" + (" (p2's latest of the new product page)" if event_keys[0] == visit_key else ""))
+
+    print(f"\n-- Estimate (the definition evaluated over every person view of profile, nothing saved), as of {AS_OF}")
+    for threshold, want, note in [
+            (2_000_000, 0, "a $2M threshold: nobody (the total is $1.1M; each opportunity counts once)"),
+            (1_000_000, 1, "the segment's $1M threshold: p2")]:
+        check(BODEA_PQL.count(") > 1000000\n") == 1, "the $1M threshold is not in the Bodea definition")
+        pql = BODEA_PQL.replace(") > 1000000\n", f") > {threshold}\n")
+        est = stub.Estimate(spb.EstimateRequest(pql=pql, entity_type=PERSON, as_of=as_of), timeout=TIMEOUT)
+        print(f"  > {threshold:>9,}: matched {est.matched} of {est.evaluated} persons: {note}")
+        check(est.matched == want and est.evaluated > 0 and ts_text(est.as_of) == AS_OF,
+              f"Estimate with > {threshold}: matched {est.matched} of {est.evaluated} as of {ts_text(est.as_of)}; "
+              f"expected {want} as of {AS_OF}")
+
+    print("\n-- Segmentation's outbox (no --destination: membership changes wait here for the destination service, "
+          "which comes next)")
+    st = stub.GetOutboxStatus(spb.GetOutboxStatusRequest(), timeout=TIMEOUT)
+    for label, value in [("pending changes", st.pending_changes),
+                         ("oldest pending", ts_text(st.oldest_pending) if st.HasField("oldest_pending") else "-"),
+                         ("sent changes", st.sent_changes), ("last error", st.last_error or "-"),
+                         ("scheduled rechecks", st.scheduled_rechecks),
+                         ("next recheck", ts_text(st.next_recheck) if st.HasField("next_recheck") else "-")]:
+        print(f"  {label:<18} {value}")
+    check(st.pending_changes == 1 and st.sent_changes == 0,
+          f"segmentation's outbox: {st.pending_changes} changes pending, {st.sent_changes} sent; expected p2's "
+          f"realization pending, nothing sent")
+    print("  = p2's realization waits for destination (a Marketo static list, a LinkedIn Matched Audience)")
+
+
+
 def free_port() -> int:
-    """A port free right now (identity's, picked before profile starts; see main)."""
+    """A port free right now (identity's and profile's, picked before the services start; see main)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
@@ -627,18 +848,28 @@ def main() -> int:
                     help="cdp-identity to run (default $CDP_IDENTITY_BIN or .build/release/cdp-identity)")
     ap.add_argument("--profile-binary", type=Path, metavar="PATH",
                     help="cdp-profile to run (default $CDP_PROFILE_BIN or .build/release/cdp-profile)")
+    ap.add_argument("--segmentation-binary", type=Path, metavar="PATH",
+                    help="cdp-segmentation to run (default $CDP_SEGMENTATION_BIN or .build/release/cdp-segmentation)")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="cdp-demo."))
-    # Identity forwards to profile and profile's DeletePerson calls identity: identity's port is picked
-    # first, so that profile can start (and tell its address) before identity.
+    # Profile forwards to segmentation, which reads profile's views for Evaluate, Estimate and Explain; identity
+    # forwards to profile, whose DeletePerson calls identity. Profile's and identity's ports are picked first, so
+    # that segmentation, then profile, then identity can each start knowing where to send (and tell its address).
     identity = Service("identity", binary(args.identity_binary, "CDP_IDENTITY_BIN", "cdp-identity"),
                        ["--data-dir", str(work / "identity"), *IDENTITY_RULES], work, port=free_port())
     profile = Service("profile", binary(args.profile_binary, "CDP_PROFILE_BIN", "cdp-profile"),
-                      ["--data-dir", str(work / "profile"), "--identity", f"127.0.0.1:{identity.port}"], work)
+                      ["--data-dir", str(work / "profile"), "--identity", f"127.0.0.1:{identity.port}"], work,
+                      port=free_port())
+    segmentation = Service("segmentation",
+                           binary(args.segmentation_binary, "CDP_SEGMENTATION_BIN", "cdp-segmentation"),
+                           ["--data-dir", str(work / "segmentation"), "--profile", f"127.0.0.1:{profile.port}"], work)
     ingestion = Service("ingestion", binary(args.ingestion_binary, "CDP_INGESTION_BIN", "cdp-ingestion"),
                         ["--data-dir", str(work / "ingestion")], work)
+    services = (ingestion, identity, profile, segmentation)
     try:
         try:
+            segmentation.start()
+            profile.args += ["--segmentation", segmentation.address]
             profile.start()
             identity.args += ["--profile", profile.address]
             identity.start()
@@ -647,28 +878,34 @@ def main() -> int:
         except (OSError, RuntimeError) as e:
             print(f"demo: error: cannot start a service: {e}", file=sys.stderr)
             return 2
-        print(f"cdp-profile   listening on {profile.address} (pid {profile.proc.pid}), data dir {work / 'profile'}, "
-              f"--identity {identity.address}")
-        print("  no --segmentation: its changed views wait in its outbox for the segmentation service, which comes "
-              "next")
-        print(f"cdp-identity  listening on {identity.address} (pid {identity.proc.pid}), data dir {work / 'identity'}, "
-              f"--profile {profile.address}")
+        print(f"cdp-segmentation listening on {segmentation.address} (pid {segmentation.proc.pid}), data dir "
+              f"{work / 'segmentation'}, --profile {profile.address}")
+        print("  no --destination: its membership changes wait in its outbox for the destination service, which "
+              "comes next")
+        print(f"cdp-profile      listening on {profile.address} (pid {profile.proc.pid}), data dir {work / 'profile'}, "
+              f"--identity {identity.address}, --segmentation {segmentation.address}")
+        print(f"cdp-identity     listening on {identity.address} (pid {identity.proc.pid}), data dir "
+              f"{work / 'identity'}, --profile {profile.address}")
         print(f"  rules: {' '.join(IDENTITY_RULES) or 'the defaults'}")
-        print(f"cdp-ingestion listening on {ingestion.address} (pid {ingestion.proc.pid}), "
+        print(f"cdp-ingestion    listening on {ingestion.address} (pid {ingestion.proc.pid}), "
               f"data dir {work / 'ingestion'}, --identity {identity.address}")
         with grpc.insecure_channel(ingestion.address, options=CHANNEL_OPTIONS) as ing_channel, \
                 grpc.insecure_channel(identity.address, options=CHANNEL_OPTIONS) as idn_channel, \
-                grpc.insecure_channel(profile.address, options=CHANNEL_OPTIONS) as prof_channel:
-            for ch in (ing_channel, idn_channel, prof_channel):
+                grpc.insecure_channel(profile.address, options=CHANNEL_OPTIONS) as prof_channel, \
+                grpc.insecure_channel(segmentation.address, options=CHANNEL_OPTIONS) as seg_channel:
+            for ch in (ing_channel, idn_channel, prof_channel, seg_channel):
                 grpc.channel_ready_future(ch).result(timeout=TIMEOUT)
+            seg = segmentation_pb2_grpc.SegmentationStub(seg_channel)
+            segment, batch_segment = create_segment(seg)
             ing = ingestion_pb2_grpc.IngestionStub(ing_channel)
             accepted, files = ingest_fixtures(ing)
             wait_forwarded(ing, accepted)
             forwarded = identity_view(identity_pb2_grpc.IdentityStub(idn_channel), files, accepted)
-            profile_view(profile_pb2_grpc.ProfileStub(prof_channel), forwarded)
+            p2_cluster, visit_key, visit = profile_view(profile_pb2_grpc.ProfileStub(prof_channel), forwarded)
+            segmentation_view(seg, segment, batch_segment, p2_cluster, visit_key, visit)
         print()
-        # Ingestion first: it forwards to identity, which forwards to profile.
-        for service in (ingestion, identity, profile):
+        # In the order data flows: ingestion forwards to identity, identity to profile, profile to segmentation.
+        for service in services:
             rc = service.stop()
             print(f"stopped cdp-{service.name} with SIGTERM: exit status {rc}")
             check(rc == 0, f"cdp-{service.name} exited with status {rc} on SIGTERM:\n{service.stderr_tail()}")
@@ -679,11 +916,10 @@ def main() -> int:
               file=sys.stderr)
         return 1
     finally:
-        ingestion.kill()
-        identity.kill()
-        profile.kill()
+        for service in services:
+            service.kill()
         if args.keep_data:
-            print(f"kept {work} (ingestion/, identity/, profile/, *.out, *.err)")
+            print(f"kept {work} (ingestion/, identity/, profile/, segmentation/, *.out, *.err)")
         else:
             shutil.rmtree(work, ignore_errors=True)
 

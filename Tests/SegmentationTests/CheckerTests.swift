@@ -91,7 +91,25 @@ struct CheckerTests {
         )
         #expect(
             definition.root.text
-                == "sum O.amount over O from person.accounts.opportunities where (O.isWon = true) > 1000000"
+                == "(sum O.amount over O from person.accounts.opportunities where O.isWon = true) > 1000000"
         )
+    }
+
+    /// The normalized text parses back to the same tree: explanations quote valid PQL.
+    @Test(arguments: [
+        ParserTests.bodea,
+        "not (person.score > 5) or person.country in [\"US\", null]",
+        "a or b and not c",
+        "(a or b) and c",
+        "exists A from person.accounts where (A.name = \"x\" or A.industry = \"y\") and person.score > 1",
+        "person.accounts[industry = \"Retail\" and employees > 5].count() >= 2",
+        "(max O.amount over O from person.opportunities where O.isWon = true) > (min O.amount over O from person.opportunities)",
+        "person.jobTitle.contains(\"VP\", false) and inSegment(\"s1\")",
+        "E.timestamp occurs between date(2026, 1, 1) and date(2026, 2, 1) and E.timestamp occurs last week",
+    ])
+    func renderingRoundTrips(text: String) throws {
+        let tree = try Parser.parse(text)
+        let rendered = PQLText.render(tree)
+        #expect(ParserTests.shape(try Parser.parse(rendered)) == ParserTests.shape(tree), "\(rendered)")
     }
 }

@@ -205,6 +205,44 @@ struct EngineTests {
         #expect(try await harness.members(segment.id) == [])
     }
 
+    @Test func aStreamingSegmentEvaluatedAsOfThePastReturnsToNowAtTheNextRecheck() async throws {
+        let harness = try SegmentationHarness(start: Story.visit.addingTimeInterval(90 * 86_400))
+        let streaming = try await harness.engine.createSegment(
+            name: "buyers",
+            pql: Story.bodea,
+            entityType: .person,
+            mode: .streaming
+        )
+        let batch = try await harness.engine.createSegment(
+            name: "buyers, as of a day",
+            pql: Story.bodea,
+            entityType: .person,
+            mode: .batch
+        )
+        // Three months after the visit, streaming holds nobody.
+        try await harness.ingest(Story.withoutVisit + [Bodea.pageVisit(at: Story.visit)])
+        #expect(try await harness.members(streaming.id) == [])
+        let jobs = EvaluationJobs(
+            engine: harness.engine,
+            source: StoreViewSource(store: harness.profileStore),
+            logger: Self.logger
+        )
+        let job = try await harness.engine.newJob(
+            segments: [streaming.id, batch.id],
+            asOf: Story.visit.addingTimeInterval(86_400),
+            partition: 0,
+            partitions: 1
+        )
+        await jobs.execute(job)
+        #expect(try await harness.members(streaming.id) == ["p2@townsend.com"])
+        #expect(try await harness.members(batch.id) == ["p2@townsend.com"])
+        // The streaming membership expired long before now: the next re-check exits it; the batch
+        // segment keeps what its job decided.
+        #expect(try await harness.engine.runDueRechecks().transitions.exited == 1)
+        #expect(try await harness.members(streaming.id) == [])
+        #expect(try await harness.members(batch.id) == ["p2@townsend.com"])
+    }
+
     @Test func aRestartKeepsSegmentsMembershipsAndVersions() async throws {
         let directory = FileManager.default.temporaryDirectory.appendingPathComponent("segmentation-\(UUID())")
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)

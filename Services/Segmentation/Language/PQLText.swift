@@ -24,7 +24,7 @@ public enum PQLText {
         case .and(let left, let right, _): return grouped(left, unless: .and) + " and " + grouped(right, unless: .and)
         case .or(let left, let right, _): return grouped(left, unless: .or) + " or " + grouped(right, unless: .or)
         case .compare(let left, let comparison, let right, _):
-            return render(left) + " " + comparison.rawValue + " " + render(right)
+            return operand(left) + " " + comparison.rawValue + " " + operand(right)
         case .isIn(let value, let list, _):
             return render(value) + " in [" + list.map(render).joined(separator: ", ") + "]"
         case .occurs(let value, let condition, _):
@@ -47,13 +47,23 @@ public enum PQLText {
 
     private enum Connective { case and, or }
 
-    /// Parenthesized unless atomic or the same connective (which associates).
+    /// Parenthesized where the parser would otherwise read it differently: a connective inside another
+    /// (or in a `where`), a quantifier or aggregate followed by more; comparisons bind tighter than
+    /// `and` and `or` and need none.
     private static func grouped(_ expression: Expression, unless connective: Connective? = nil) -> String {
         switch expression {
         case .and where connective == .and, .or where connective == .or: return render(expression)
-        case .and, .or, .not, .exists, .forall, .aggregate, .compare, .isIn, .occurs:
-            return "(" + render(expression) + ")"
+        case .and, .or, .exists, .forall, .aggregate: return "(" + render(expression) + ")"
         default: return render(expression)
+        }
+    }
+
+    /// A side of a comparison: an aggregate or quantifier there needs parentheses, or its `where` would
+    /// take the comparison.
+    private static func operand(_ expression: Expression) -> String {
+        switch expression {
+        case .aggregate, .exists, .forall, .and, .or, .not: "(" + render(expression) + ")"
+        default: render(expression)
         }
     }
 }

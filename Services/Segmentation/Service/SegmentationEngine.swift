@@ -224,7 +224,8 @@ public actor SegmentationEngine {
     // MARK: - Evaluation
 
     /// Evaluates the frame's view against a plan as of the frame's time: each segment's result, and
-    /// the earliest time one of them can change with time alone.
+    /// the earliest time the result of a streaming one can change with time alone (batch segments
+    /// change only when evaluated).
     private func evaluate(_ plan: Plan, entityType: Cdp_Model_V1_EntityType) throws -> ([String: Bool], Double?) {
         if !plan.external.isEmpty {
             frame.memberships = try store.realizedSegments(entityType, frame.clusterID).intersection(plan.external)
@@ -236,7 +237,9 @@ public actor SegmentationEngine {
             let outcome = loaded.compiled.evaluate(in: frame)
             results[loaded.record.id] = outcome.matched
             if outcome.matched { frame.memberships.insert(loaded.record.id) }
-            if let until = outcome.validUntil { validUntil = min(validUntil ?? until, until) }
+            if loaded.record.isStreaming, let until = outcome.validUntil {
+                validUntil = min(validUntil ?? until, until)
+            }
         }
         return (results, validUntil)
     }
@@ -296,17 +299,9 @@ public actor SegmentationEngine {
         frame.load(view, asOf: time.timeIntervalSince1970)
         let plan = streamingPlans[view.audience] ?? Plan(segments: [], external: [])
         let (results, validUntil) = try evaluate(plan, entityType: view.entityType)
-        let recheck: Recheck
-        if let validUntil {
-            let bytes: Data =
-                switch view {
-                case .person(let person): try person.serializedBytes()
-                case .account(let account): try account.serializedBytes()
-                }
-            recheck = .schedule(due: Date(timeIntervalSince1970: validUntil), view: bytes)
-        } else {
-            recheck = .clear
-        }
+        let recheck: Recheck =
+            try validUntil.map { .schedule(due: Date(timeIntervalSince1970: $0), view: try Self.bytes(of: view)) }
+            ?? .clear
         return EntityEvaluation(
             entityType: view.entityType,
             cluster: view.cluster,
@@ -315,6 +310,13 @@ public actor SegmentationEngine {
             results: results,
             recheck: recheck
         )
+    }
+
+    private static func bytes(of view: EntityView) throws -> Data {
+        switch view {
+        case .person(let person): try person.serializedBytes()
+        case .account(let account): try account.serializedBytes()
+        }
     }
 
     /// Re-evaluates the stored views whose memberships can have changed with time by now. Returns how
@@ -353,14 +355,20 @@ public actor SegmentationEngine {
         }
         let evaluations = try views.map { view in
             frame.load(view, asOf: asOf.timeIntervalSince1970)
-            let (results, _) = try evaluate(plans[view.audience]!, entityType: view.entityType)
+            let (results, validUntil) = try evaluate(plans[view.audience]!, entityType: view.entityType)
+            // A streaming segment's time-dependent membership is re-checked like one from a streaming
+            // view: at once if the job's asOf is so far back that it has already expired.
+            let recheck: Recheck =
+                try validUntil.map {
+                    .scheduleUnlessEarlier(due: Date(timeIntervalSince1970: $0), view: try Self.bytes(of: view))
+                } ?? .keep
             return EntityEvaluation(
                 entityType: view.entityType,
                 cluster: view.cluster,
                 version: nil,
                 record: view.record,
                 results: results,
-                recheck: .keep
+                recheck: recheck
             )
         }
         return try store.commit(evaluations, at: now())

@@ -24,7 +24,7 @@ public final class SQLiteSegmentationStore: Sendable {
 
     static var migrator: DatabaseMigrator {
         var migrator = DatabaseMigrator()
-        migrator.registerMigration("v1: segments, views, memberships, rechecks, jobs, outbox") { db in
+        migrator.registerMigration("v1: segments, entities, memberships, rechecks, jobs, outbox") { db in
             try db.execute(
                 sql: """
                     CREATE TABLE segments (
@@ -39,11 +39,14 @@ public final class SQLiteSegmentationStore: Sendable {
                         depends_on TEXT NOT NULL,
                         depends_on_time INTEGER NOT NULL
                     );
-                    -- The latest view version taken per entity: an older one is stale.
-                    CREATE TABLE views (
+                    -- Per entity evaluated: the latest view version taken (an older one is stale; 0 before
+                    -- the first streaming view) and its unified record as last seen (kept after a removal,
+                    -- so an exit can still say whom it is about).
+                    CREATE TABLE entities (
                         entity INTEGER NOT NULL,
                         cluster INTEGER NOT NULL,
                         version INTEGER NOT NULL,
+                        record BLOB NOT NULL,
                         PRIMARY KEY (entity, cluster)
                     ) WITHOUT ROWID;
                     -- One row per segment and entity that was ever realized; version counts status changes.
@@ -54,7 +57,6 @@ public final class SQLiteSegmentationStore: Sendable {
                         realized INTEGER NOT NULL,
                         since REAL NOT NULL,
                         version INTEGER NOT NULL,
-                        record BLOB NOT NULL,
                         PRIMARY KEY (segment, entity, cluster)
                     ) WITHOUT ROWID;
                     CREATE INDEX memberships_by_entity ON memberships (entity, cluster);
@@ -175,7 +177,11 @@ public final class SQLiteSegmentationStore: Sendable {
         try writer.write { db in
             let realized = try Row.fetchAll(
                 db,
-                sql: "SELECT entity, cluster, version, record FROM memberships WHERE segment = ? AND realized = 1",
+                sql: """
+                    SELECT m.entity, m.cluster, m.version, e.record FROM memberships m
+                    JOIN entities e ON e.entity = m.entity AND e.cluster = m.cluster
+                    WHERE m.segment = ? AND m.realized = 1
+                    """,
                 arguments: [id]
             )
             for row in realized {
@@ -214,7 +220,9 @@ public final class SQLiteSegmentationStore: Sendable {
     public func viewVersion(_ entityType: Cdp_Model_V1_EntityType, _ cluster: UInt64) throws -> UInt64? {
         try writer.read { db in
             try Int64.fetchOne(
-                try db.cachedStatement(sql: "SELECT version FROM views WHERE entity = ? AND cluster = ?"),
+                try db.cachedStatement(
+                    sql: "SELECT version FROM entities WHERE entity = ? AND cluster = ? AND version > 0"
+                ),
                 arguments: [entityType.rawValue, Int64(cluster)]
             ).map { UInt64($0) }
         }
@@ -251,56 +259,70 @@ public final class SQLiteSegmentationStore: Sendable {
         at now: Date,
         _ transitions: inout Transitions,
         _ db: Database
-    )
-        throws
-    {
+    ) throws {
         let entity = evaluation.entityType.rawValue
         let cluster = Int64(evaluation.cluster)
-        if let version = evaluation.version {
-            try db.cachedStatement(sql: "INSERT OR REPLACE INTO views (entity, cluster, version) VALUES (?, ?, ?)")
-                .execute(arguments: [entity, cluster, Int64(version)])
+        if let record = evaluation.record {
+            // The version moves only with streaming views; batch runs and re-checks keep it.
+            try db.cachedStatement(
+                sql: """
+                    INSERT INTO entities (entity, cluster, version, record) VALUES (?, ?, ?, ?)
+                    ON CONFLICT (entity, cluster) DO UPDATE SET record = excluded.record,
+                        version = max(version, excluded.version)
+                    """
+            ).execute(arguments: [
+                entity, cluster, Int64(evaluation.version ?? 0), try record.serializedBytes() as Data,
+            ])
+        } else if let version = evaluation.version {
+            // A removal: keep the record last seen, remember the version (an empty record if none was seen).
+            try db.cachedStatement(
+                sql: """
+                    INSERT INTO entities (entity, cluster, version, record) VALUES (?, ?, ?, x'')
+                    ON CONFLICT (entity, cluster) DO UPDATE SET version = max(version, excluded.version)
+                    """
+            ).execute(arguments: [entity, cluster, Int64(version)])
         }
-        var stored: [String: (realized: Bool, version: Int64, record: Data)] = [:]
+        var stored: [String: (realized: Bool, version: Int64)] = [:]
         for row in try Row.fetchAll(
             try db.cachedStatement(
-                sql: "SELECT segment, realized, version, record FROM memberships WHERE entity = ? AND cluster = ?"
+                sql: "SELECT segment, realized, version FROM memberships WHERE entity = ? AND cluster = ?"
             ),
             arguments: [entity, cluster]
         ) {
-            stored[row[0]] = (row[1], row[2], row[3])
+            stored[row[0]] = (row[1], row[2])
         }
-        let recordBytes: Data? = try evaluation.record.map { try $0.serializedBytes() }
         // A removed entity exits everything it is realized in.
         let results =
             evaluation.record == nil
             ? stored.filter { $0.value.realized }.mapValues { _ in false } : evaluation.results
+        var record = evaluation.record
         for (segment, matched) in results.sorted(by: { $0.key < $1.key }) {
             let previous = stored[segment]
             if previous == nil && !matched { continue }
-            let record = recordBytes ?? previous?.record ?? Data()
-            if let previous, previous.realized == matched {
-                // Same status: keep the record current for GetMembers, without news.
-                if let recordBytes, recordBytes != previous.record {
-                    try db.cachedStatement(
-                        sql: "UPDATE memberships SET record = ? WHERE segment = ? AND entity = ? AND cluster = ?"
-                    ).execute(arguments: [recordBytes, segment, entity, cluster])
-                }
-                continue
-            }
+            if let previous, previous.realized == matched { continue }
             let version = (previous?.version ?? 0) + 1
             try db.cachedStatement(
                 sql: """
-                    INSERT OR REPLACE INTO memberships (segment, entity, cluster, realized, since, version, record)
-                    VALUES (?, ?, ?, ?, ?, ?, ?)
+                    INSERT OR REPLACE INTO memberships (segment, entity, cluster, realized, since, version)
+                    VALUES (?, ?, ?, ?, ?, ?)
                     """
-            ).execute(arguments: [segment, entity, cluster, matched, now.timeIntervalSince1970, version, record])
+            ).execute(arguments: [segment, entity, cluster, matched, now.timeIntervalSince1970, version])
+            if record == nil {
+                // A removal: the record last seen.
+                record =
+                    try Data.fetchOne(
+                        db,
+                        sql: "SELECT record FROM entities WHERE entity = ? AND cluster = ?",
+                        arguments: [entity, cluster]
+                    ).map { try Cdp_Profile_V1_UnifiedRecord(serializedBytes: $0) } ?? Cdp_Profile_V1_UnifiedRecord()
+            }
             var change = Cdp_Destination_V1_MembershipChange()
             change.segmentID = segment
             change.entityType = evaluation.entityType
             change.clusterID = evaluation.cluster
             change.realized = matched
             change.version = UInt64(version)
-            change.record = try Cdp_Profile_V1_UnifiedRecord(serializedBytes: record)
+            change.record = record ?? Cdp_Profile_V1_UnifiedRecord()
             try Self.enqueue(change, at: now, db)
             if matched { transitions.realized += 1 } else { transitions.exited += 1 }
         }
@@ -312,6 +334,13 @@ public final class SQLiteSegmentationStore: Sendable {
         case .schedule(let due, let view):
             try db.cachedStatement(
                 sql: "INSERT OR REPLACE INTO rechecks (entity, cluster, due, view) VALUES (?, ?, ?, ?)"
+            ).execute(arguments: [entity, cluster, due.timeIntervalSince1970, view])
+        case .scheduleUnlessEarlier(let due, let view):
+            try db.cachedStatement(
+                sql: """
+                    INSERT INTO rechecks (entity, cluster, due, view) VALUES (?, ?, ?, ?)
+                    ON CONFLICT (entity, cluster) DO UPDATE SET due = min(due, excluded.due), view = excluded.view
+                    """
             ).execute(arguments: [entity, cluster, due.timeIntervalSince1970, view])
         }
     }
@@ -349,12 +378,13 @@ public final class SQLiteSegmentationStore: Sendable {
         limit: Int
     ) throws -> [MembershipRecord] {
         try writer.read { db in
-            let filter = realized.map { " AND realized = \($0 ? 1 : 0)" } ?? ""
+            let filter = realized.map { " AND m.realized = \($0 ? 1 : 0)" } ?? ""
             return try Row.fetchAll(
                 db,
                 sql: """
-                    SELECT entity, cluster, realized, since, version, record FROM memberships
-                    WHERE segment = ? AND cluster > ?\(filter) ORDER BY entity, cluster LIMIT ?
+                    SELECT m.entity, m.cluster, m.realized, m.since, m.version, e.record FROM memberships m
+                    JOIN entities e ON e.entity = m.entity AND e.cluster = m.cluster
+                    WHERE m.segment = ? AND m.cluster > ?\(filter) ORDER BY m.entity, m.cluster LIMIT ?
                     """,
                 arguments: [segment, Int64(after), limit]
             ).map { row in

@@ -54,6 +54,9 @@ public enum Recheck: Sendable, Equatable {
     case keep
     /// Re-evaluate the stored view at `due` (a membership can expire or begin then).
     case schedule(due: Date, view: Data)
+    /// As `schedule`, unless a re-check is already due earlier (a batch job evaluated only some of the
+    /// streaming segments).
+    case scheduleUnlessEarlier(due: Date, view: Data)
     /// Nothing to re-check.
     case clear
 }
