@@ -195,7 +195,7 @@ public enum Parser {
                     condition = try negation()
                 }
                 return .aggregate(Aggregate(rawValue: word)!, measured, variable, collection, condition, position)
-            case .identifier:
+            case .identifier(let word) where !Parser.keywords.contains(word):
                 return try path()
             default:
                 throw error(expected: "a value: a name, a number, a string, true, false, null or '('")

@@ -359,8 +359,8 @@ public actor SegmentationEngine {
             // A streaming segment's time-dependent membership is re-checked like one from a streaming
             // view: at once if the job's asOf is so far back that it has already expired.
             let recheck: Recheck =
-                try validUntil.map {
-                    .scheduleUnlessEarlier(due: Date(timeIntervalSince1970: $0), view: try Self.bytes(of: view))
+                validUntil.map {
+                    .scheduleUnlessEarlier(due: Date(timeIntervalSince1970: $0), view: { try Self.bytes(of: view) })
                 } ?? .keep
             return EntityEvaluation(
                 entityType: view.entityType,

@@ -262,7 +262,14 @@ public final class SQLiteSegmentationStore: Sendable {
     ) throws {
         let entity = evaluation.entityType.rawValue
         let cluster = Int64(evaluation.cluster)
-        if let record = evaluation.record {
+        let held = try Row.fetchOne(
+            try db.cachedStatement(sql: "SELECT version, record FROM entities WHERE entity = ? AND cluster = ?"),
+            arguments: [entity, cluster]
+        ).map { (version: $0[0] as Int64, record: $0[1] as Data) }
+        let recordBytes: Data? = try evaluation.record.map { try $0.serializedBytes() }
+        if let recordBytes, let held, held.record == recordBytes, Int64(evaluation.version ?? 0) <= held.version {
+            // Unchanged (a batch run over a quiet entity): no write.
+        } else if let recordBytes {
             // The version moves only with streaming views; batch runs and re-checks keep it.
             try db.cachedStatement(
                 sql: """
@@ -270,9 +277,7 @@ public final class SQLiteSegmentationStore: Sendable {
                     ON CONFLICT (entity, cluster) DO UPDATE SET record = excluded.record,
                         version = max(version, excluded.version)
                     """
-            ).execute(arguments: [
-                entity, cluster, Int64(evaluation.version ?? 0), try record.serializedBytes() as Data,
-            ])
+            ).execute(arguments: [entity, cluster, Int64(evaluation.version ?? 0), recordBytes])
         } else if let version = evaluation.version {
             // A removal: keep the record last seen, remember the version (an empty record if none was seen).
             try db.cachedStatement(
@@ -336,12 +341,17 @@ public final class SQLiteSegmentationStore: Sendable {
                 sql: "INSERT OR REPLACE INTO rechecks (entity, cluster, due, view) VALUES (?, ?, ?, ?)"
             ).execute(arguments: [entity, cluster, due.timeIntervalSince1970, view])
         case .scheduleUnlessEarlier(let due, let view):
+            let scheduled = try Double.fetchOne(
+                try db.cachedStatement(sql: "SELECT due FROM rechecks WHERE entity = ? AND cluster = ?"),
+                arguments: [entity, cluster]
+            )
+            if let scheduled, scheduled <= due.timeIntervalSince1970 { break }
             try db.cachedStatement(
                 sql: """
                     INSERT INTO rechecks (entity, cluster, due, view) VALUES (?, ?, ?, ?)
                     ON CONFLICT (entity, cluster) DO UPDATE SET due = min(due, excluded.due), view = excluded.view
                     """
-            ).execute(arguments: [entity, cluster, due.timeIntervalSince1970, view])
+            ).execute(arguments: [entity, cluster, due.timeIntervalSince1970, try view()])
         }
     }
 

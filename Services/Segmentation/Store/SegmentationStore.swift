@@ -49,14 +49,14 @@ public struct SegmentRecord: Sendable, Equatable {
 }
 
 /// What to do with an entity's scheduled time re-check.
-public enum Recheck: Sendable, Equatable {
+public enum Recheck: Sendable {
     /// Leave it as it is.
     case keep
     /// Re-evaluate the stored view at `due` (a membership can expire or begin then).
     case schedule(due: Date, view: Data)
-    /// As `schedule`, unless a re-check is already due earlier (a batch job evaluated only some of the
-    /// streaming segments).
-    case scheduleUnlessEarlier(due: Date, view: Data)
+    /// As `schedule`, unless a re-check is already due no later (a batch job evaluated only some of the
+    /// streaming segments, or the same view again); the view is serialized only when written.
+    case scheduleUnlessEarlier(due: Date, view: @Sendable () throws -> Data)
     /// Nothing to re-check.
     case clear
 }
