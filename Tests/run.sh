@@ -3,7 +3,8 @@
 # warnings in the project's own code, runs the Swift tests, then the interop tests in both
 # directions, the socket robustness tests against the real server binary, generic
 # reflection / health clients (no .proto files) against it, and the Python tests of the
-# ingestion, identity and profile services' processes (crashes, restarts, the pipeline between them).
+# ingestion, identity, profile and segmentation services' processes (crashes, restarts, the pipeline
+# between them).
 #
 # Usage: Tests/run.sh            (run from anywhere)
 # Each stage prints its own summary; the script stops at the first failing stage.
@@ -54,5 +55,9 @@ Tests/python-env.sh
 stage "profile: the Bodea pipeline to a flaky segmentation (views, fan-out, DeletePerson), SIGKILL of profile during forwarding, bad requests (Python, against cdp-ingestion + cdp-identity + cdp-profile)"
 Tests/python-env.sh
 .venv/bin/python -m pytest Tests/Profile -q -p no:cacheprovider
+
+stage "segmentation: the Bodea segment streaming end to end, explanations, batch jobs, SIGKILL of segmentation, bad requests (Python, against cdp-ingestion + cdp-identity + cdp-profile + cdp-segmentation)"
+Tests/python-env.sh
+.venv/bin/python -m pytest Tests/Segmentation -q -p no:cacheprovider
 
 stage "all test stages passed"

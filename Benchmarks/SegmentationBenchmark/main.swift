@@ -199,6 +199,7 @@ for (index, pql) in definitions.enumerated() {
     compiled.append(try CompiledSegment(pql, audience: .person) { audiences[$0] })
     audiences["s\(index + 1)"] = .person
 }
+let segmentIDs = compiled.indices.map { "s\($0 + 1)" }
 print("segmentation-benchmark: \(viewCount) person views, \(compiled.count) segments, seed \(seed)")
 
 // 1. Core evaluation, one thread: generate a chunk (untimed), evaluate it (timed).
@@ -223,7 +224,7 @@ do {
                 frame.memberships = []
                 for (index, segment) in compiled.enumerated() where segment.evaluate(in: frame).matched {
                     matches[index] += 1
-                    frame.memberships.insert("s\(index + 1)")
+                    frame.memberships.insert(segmentIDs[index])
                 }
             }
         }

@@ -205,7 +205,7 @@ struct EngineTests {
         #expect(try await harness.members(segment.id) == [])
     }
 
-    @Test func aStreamingSegmentEvaluatedAsOfThePastReturnsToNowAtTheNextRecheck() async throws {
+    @Test func aJobAsOfThePastEvaluatesBatchSegmentsOnly() async throws {
         let harness = try SegmentationHarness(start: Story.visit.addingTimeInterval(90 * 86_400))
         let streaming = try await harness.engine.createSegment(
             name: "buyers",
@@ -219,8 +219,45 @@ struct EngineTests {
             entityType: .person,
             mode: .batch
         )
-        // Three months after the visit, streaming holds nobody.
         try await harness.ingest(Story.withoutVisit + [Bodea.pageVisit(at: Story.visit)])
+        let past = Story.visit.addingTimeInterval(86_400)
+        do {
+            _ = try await harness.engine.jobSegments([streaming.id, batch.id], asOf: past)
+            Issue.record("a streaming segment was evaluated as of the past")
+        } catch let error as RPCError {
+            #expect(error.code == .failedPrecondition)
+            #expect(
+                error.message.hasPrefix("\(streaming.id) is a streaming segment, whose members are always as of now")
+            )
+        }
+        // "All" as of the past means the batch segments; as of now, every segment.
+        #expect(try await harness.engine.jobSegments([], asOf: past) == [batch.id])
+        #expect(try await harness.engine.jobSegments([], asOf: harness.clock.now) == [streaming.id, batch.id])
+
+        let jobs = EvaluationJobs(
+            engine: harness.engine,
+            source: StoreViewSource(store: harness.profileStore),
+            logger: Self.logger
+        )
+        let job = try await harness.engine.newJob(segments: [batch.id], asOf: past, partition: 0, partitions: 1)
+        await jobs.execute(job)
+        #expect(try await harness.members(batch.id) == ["p2@townsend.com"])
+        #expect(try await harness.members(streaming.id) == [])
+        // Batch segments are not re-checked: only Evaluate changes them.
+        #expect(try await harness.engine.runDueRechecks().checked == 0)
+        #expect(try await harness.members(batch.id) == ["p2@townsend.com"])
+    }
+
+    @Test func aJobAsOfNowSchedulesTheRechecksOfStreamingSegments() async throws {
+        let harness = try SegmentationHarness(start: Story.visit.addingTimeInterval(3600))
+        // The data first: no segment sees the views as they arrive.
+        try await harness.ingest(Story.withoutVisit + [Bodea.pageVisit(at: Story.visit)])
+        let streaming = try await harness.engine.createSegment(
+            name: "buyers",
+            pql: Story.bodea,
+            entityType: .person,
+            mode: .streaming
+        )
         #expect(try await harness.members(streaming.id) == [])
         let jobs = EvaluationJobs(
             engine: harness.engine,
@@ -228,19 +265,17 @@ struct EngineTests {
             logger: Self.logger
         )
         let job = try await harness.engine.newJob(
-            segments: [streaming.id, batch.id],
-            asOf: Story.visit.addingTimeInterval(86_400),
+            segments: [streaming.id],
+            asOf: harness.clock.now,
             partition: 0,
             partitions: 1
         )
         await jobs.execute(job)
         #expect(try await harness.members(streaming.id) == ["p2@townsend.com"])
-        #expect(try await harness.members(batch.id) == ["p2@townsend.com"])
-        // The streaming membership expired long before now: the next re-check exits it; the batch
-        // segment keeps what its job decided.
+        #expect(try await harness.engine.status().rechecks == 1)
+        harness.clock.set(Story.visit.addingTimeInterval(32 * 86_400))
         #expect(try await harness.engine.runDueRechecks().transitions.exited == 1)
         #expect(try await harness.members(streaming.id) == [])
-        #expect(try await harness.members(batch.id) == ["p2@townsend.com"])
     }
 
     @Test func aRestartKeepsSegmentsMembershipsAndVersions() async throws {

@@ -25,6 +25,8 @@ final class TestClock: Sendable {
 struct StoreViewSource: ViewSource {
     let store: SQLiteProfileStore
 
+    var isAvailable: Bool { true }
+
     func scan(
         _ entityType: Cdp_Model_V1_EntityType,
         partition: Int,

@@ -73,6 +73,7 @@ struct ParserTests {
             "(max(O.amount for O in account.opportunities) > 5.5)"
         ),
         ("person.score != null", "(person.score != null)"),
+        ("person.score > -1.5 and person.score < -0", "and((person.score > -1.5), (person.score < 0))"),
     ])
     func eachConstruct(text: String, shape: String) throws {
         #expect(Self.shape(try Parser.parse(text)) == shape)
@@ -93,6 +94,15 @@ struct ParserTests {
         ("person.score > 3 person", 1, 18, "'and', 'or' or the end of the definition", "'person'"),
         ("sum O.amount from O", 1, 14, "'over' after the value of 'sum'", "'from'"),
         ("a # b", 1, 3, "a name, a number, a string or an operator", "'#'"),
+        (
+            "E.timestamp occurs <= 99999999999999999999 days before now", 1, 23,
+            "a whole number of days, weeks, months or years (at most 100000) after 'occurs <='",
+            "the number 1e+20"
+        ),
+        (
+            "person.score = 1 99999999999999999999", 1, 18, "'and', 'or' or the end of the definition",
+            "the number 1e+20"
+        ),
     ])
     func errorsSayWhereWhatWasExpectedAndWhatWasFound(
         text: String,

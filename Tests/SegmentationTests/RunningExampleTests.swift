@@ -96,7 +96,7 @@ struct RunningExampleTests {
         let outcome = segment.evaluate(in: frame)
         #expect(outcome.matched)
         let validUntil = try #require(outcome.validUntil)
-        // A month after the visit (the 2026-10-27 visit leaves the window on 2026-11-27).
+        // A month after the visit (the visit of 2026-10-26 leaves the window on 2026-11-26).
         #expect(validUntil > Self.visit.addingTimeInterval(28 * 86_400).timeIntervalSince1970)
         #expect(validUntil <= Self.visit.addingTimeInterval(32 * 86_400).timeIntervalSince1970)
         frame.load(person: p2, asOf: validUntil)

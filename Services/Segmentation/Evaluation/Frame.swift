@@ -57,7 +57,7 @@ public final class Frame {
     public func load(person view: Cdp_Profile_V1_PersonView, asOf: Double) {
         clear()
         audience = .person
-        persons = [view.person]
+        persons.append(view.person)
         root = .person(0)
         accounts = view.accounts
         opportunities = view.opportunities
@@ -72,7 +72,7 @@ public final class Frame {
     public func load(account view: Cdp_Profile_V1_AccountView, asOf: Double) {
         clear()
         audience = .account
-        accounts = [view.account]
+        accounts.append(view.account)
         root = .account(0)
         opportunities = view.opportunities
         persons = view.persons
@@ -82,8 +82,9 @@ public final class Frame {
     private func clear() {
         extracted = 0
         windowStarts.removeAll(keepingCapacity: true)
-        persons = []
-        accounts = []
+        // Kept allocated for the next view's root.
+        persons.removeAll(keepingCapacity: true)
+        accounts.removeAll(keepingCapacity: true)
         opportunities = []
         opportunityRoles = []
         campaigns = []

@@ -51,7 +51,8 @@ public final class Node: Sendable {
     public let kind: NodeKind
     /// Its type.
     public let type: ValueType
-    /// Where it starts in the definition.
+    /// Where it is in the definition: its start, or for an operator (a comparison, `in`, `occurs`, a
+    /// `.field` or `.method(…)`), the operator.
     public let position: SourcePosition
     /// Its PQL text, for explanations.
     public let text: String

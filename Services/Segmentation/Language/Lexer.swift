@@ -15,7 +15,8 @@ struct Token: Hashable {
     var description: String {
         switch kind {
         case .identifier(let name): "'\(name)'"
-        case .number(let value): value == value.rounded() ? "the number \(Int(value))" : "the number \(value)"
+        case .number(let value):
+            value == value.rounded() && abs(value) < 1e15 ? "the number \(Int(value))" : "the number \(value)"
         case .string(let text): "the string \"\(text)\""
         case .symbol(let symbol): "'\(symbol)'"
         case .end: "the end of the definition"
@@ -23,7 +24,7 @@ struct Token: Hashable {
     }
 }
 
-/// Splits a definition into tokens: identifiers, numbers, double-quoted strings (with `\"` and `\\`
+/// Splits a definition into tokens: identifiers, numbers (a leading `-` for negative ones), double-quoted strings (with `\"` and `\\`
 /// escapes), and the symbols `( ) [ ] , . = != < <= > >=`.
 enum Lexer {
     static func tokens(_ text: String) throws(SyntaxError) -> [Token] {
@@ -55,8 +56,15 @@ enum Lexer {
                     advance()
                 }
                 tokens.append(Token(kind: .identifier(name), position: position))
-            } else if character.isNumber {
+            } else if character.isNumber
+                || (character == "-" && index + 1 < characters.count && characters[index + 1].isNumber)
+            {
+                // A minus sign directly before a digit makes a negative number (there is no arithmetic).
                 var digits = ""
+                if character == "-" {
+                    digits.append("-")
+                    advance()
+                }
                 while index < characters.count, characters[index].isNumber || characters[index] == "." {
                     // A dot followed by a letter is a member access, not a decimal point.
                     if characters[index] == ".", index + 1 < characters.count, !characters[index + 1].isNumber { break }

@@ -111,8 +111,11 @@ public enum Parser {
         mutating func timeCondition() throws(SyntaxError) -> TimeCondition {
             if isSymbol("<=") {
                 advance()
-                guard case .number(let count) = current.kind, count >= 0, count == count.rounded() else {
-                    throw error(expected: "a whole number of days, weeks, months or years after 'occurs <='")
+                guard case .number(let count) = current.kind, count >= 0, count == count.rounded(), count <= 100_000
+                else {
+                    throw error(
+                        expected: "a whole number of days, weeks, months or years (at most 100000) after 'occurs <='"
+                    )
                 }
                 advance()
                 guard case .identifier(let word) = current.kind, let unit = Self.unit(word) else {

@@ -144,7 +144,13 @@ struct SegmentationCommand: AsyncParsableCommand {
                 configuration: .init(chunkSize: forwardBatchSize),
                 logger: logger,
                 fetch: { limit in try await engine.nextChangeChunk(limit: limit) },
-                deliver: { chunk in try await DestinationForwarding.deliver(chunk, via: client) },
+                deliver: { [partition, partitions] chunk in
+                    try await DestinationForwarding.deliver(
+                        chunk,
+                        sender: partitions == 1 ? "segmentation" : "segmentation-\(partition)-of-\(partitions)",
+                        via: client
+                    )
+                },
                 acknowledge: { chunk in try await engine.acknowledge(chunk) }
             )
         } else {

@@ -112,7 +112,12 @@ public actor SegmentationEngine {
             record.dependsOn = definition.segmentReferences.sorted()
             record.dependsOnTime = definition.dependsOnTime
         }
-        if let name { record.name = name }
+        if let name {
+            guard !name.isEmpty else {
+                throw RPCError(code: .invalidArgument, message: "a segment's name cannot be empty")
+            }
+            record.name = name
+        }
         if let mode { record.mode = mode == .batch ? .batch : .streaming }
         record.updatedAt = now()
         try store.updateSegment(record)
@@ -265,9 +270,24 @@ public actor SegmentationEngine {
             case .account(let account)?:
                 (entityType, cluster, view) = (.account, account.account.clusterID, .account(account))
             case .removed(let removed)?:
+                guard removed.entityType == .person || removed.entityType == .account else {
+                    throw RPCError(
+                        code: .invalidArgument,
+                        message: "a removed entity is a PERSON or an ACCOUNT, not \(removed.entityType)"
+                    )
+                }
                 (entityType, cluster) = (removed.entityType, removed.clusterID)
             case nil:
                 throw RPCError(code: .invalidArgument, message: "a view change carries no view")
+            }
+            // The store keeps ids and versions as SQLite integers (signed 64-bit).
+            guard cluster <= UInt64(Int64.max), change.version <= UInt64(Int64.max) else {
+                throw RPCError(
+                    code: .invalidArgument,
+                    message:
+                        "cluster_id \(cluster) or version \(change.version) is above 2^63 - 1, the largest this service "
+                        + "stores"
+                )
             }
             let name = "\(entityType.rawValue)/\(cluster)"
             let held = try latest[name] ?? store.viewVersion(entityType, cluster)
@@ -335,6 +355,36 @@ public actor SegmentationEngine {
         return (due.count, try store.commit(evaluations, at: time))
     }
 
+    /// The segments a batch job as of `asOf` evaluates: `requested` (all if empty), checked to exist.
+    ///
+    /// A streaming segment's memberships always mean now, so a job as of a past time (more than a
+    /// minute back, for clock skew) leaves streaming segments alone: named ones are refused, and "all"
+    /// means all batch segments.
+    public func jobSegments(_ requested: [String], asOf: Date) throws -> [String] {
+        var ids = try batchSegments(requested)
+        if asOf < now().addingTimeInterval(-60) {
+            let streaming = ids.filter { segments[$0]?.record.isStreaming ?? false }
+            if !requested.isEmpty && !streaming.isEmpty {
+                throw RPCError(
+                    code: .failedPrecondition,
+                    message: "\(streaming.joined(separator: ", ")) "
+                        + (streaming.count == 1 ? "is a streaming segment" : "are streaming segments")
+                        + ", whose members are always as of now: evaluate as of now, or give a past as_of to a "
+                        + "batch segment (or to Estimate)"
+                )
+            }
+            ids.removeAll { streaming.contains($0) }
+        }
+        guard !ids.isEmpty else {
+            throw RPCError(
+                code: .failedPrecondition,
+                message: requested.isEmpty && !segments.isEmpty
+                    ? "there are no batch segments to evaluate as of a past time" : "there are no segments to evaluate"
+            )
+        }
+        return ids
+    }
+
     /// The ids of `requested` segments (all if empty) for a batch job, checked to exist; only those of
     /// `entityType` if given.
     public func batchSegments(_ requested: [String], of entityType: Cdp_Model_V1_EntityType? = nil) throws -> [String] {
@@ -357,7 +407,7 @@ public actor SegmentationEngine {
             frame.load(view, asOf: asOf.timeIntervalSince1970)
             let (results, validUntil) = try evaluate(plans[view.audience]!, entityType: view.entityType)
             // A streaming segment's time-dependent membership is re-checked like one from a streaming
-            // view: at once if the job's asOf is so far back that it has already expired.
+            // view (jobs evaluate streaming segments only as of now).
             let recheck: Recheck =
                 validUntil.map {
                     .scheduleUnlessEarlier(due: Date(timeIntervalSince1970: $0), view: { try Self.bytes(of: view) })
@@ -407,12 +457,6 @@ public actor SegmentationEngine {
     /// Explains a segment's result on a view.
     public func explain(_ id: String, _ view: EntityView, asOf: Date) throws -> (Outcome, [ExplanationStep]) {
         let loaded = try loaded(id)
-        guard view.audience == loaded.compiled.definition.audience else {
-            throw RPCError(
-                code: .invalidArgument,
-                message: "segment \(id) is a \(loaded.compiled.definition.audience.rawValue) audience"
-            )
-        }
         frame.load(view, asOf: asOf.timeIntervalSince1970)
         frame.memberships = try store.realizedSegments(view.entityType, view.cluster)
         return loaded.compiled.explain(in: frame)

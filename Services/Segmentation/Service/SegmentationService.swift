@@ -139,6 +139,12 @@ public final class SegmentationService: Cdp_Segmentation_V1_Segmentation.Service
         request: Cdp_Segmentation_V1_EstimateRequest,
         context: ServerContext
     ) async throws -> Cdp_Segmentation_V1_EstimateResponse {
+        guard [.unspecified, .person, .account].contains(request.entityType) else {
+            throw RPCError(
+                code: .invalidArgument,
+                message: "entity_type must be PERSON or ACCOUNT, not \(request.entityType)"
+            )
+        }
         let entityType: Cdp_Model_V1_EntityType = request.entityType == .account ? .account : .person
         let segment = try await engine.compile(request.pql, entityType)
         let asOf = request.hasAsOf ? request.asOf.date : await engine.currentTime()
@@ -170,11 +176,9 @@ public final class SegmentationService: Cdp_Segmentation_V1_Segmentation.Service
         request: Cdp_Segmentation_V1_EvaluateRequest,
         context: ServerContext
     ) async throws -> Cdp_Segmentation_V1_EvaluationJob {
-        let ids = try await engine.batchSegments(request.segmentIds)
-        guard !ids.isEmpty else {
-            throw RPCError(code: .failedPrecondition, message: "there are no segments to evaluate")
-        }
         let asOf = request.hasAsOf ? request.asOf.date : await engine.currentTime()
+        let ids = try await engine.jobSegments(request.segmentIds, asOf: asOf)
+        guard source.isAvailable else { throw NoViewSource.refusal }
         let (partition, partitions) = jobs.assignment
         let job = try await engine.newJob(segments: ids, asOf: asOf, partition: partition, partitions: partitions)
         jobs.submit(job)
@@ -195,7 +199,7 @@ public final class SegmentationService: Cdp_Segmentation_V1_Segmentation.Service
         let limit = request.pageSize == 0 ? 100 : Int(min(request.pageSize, 1000))
         var after: UInt64 = 0
         if !request.pageToken.isEmpty {
-            guard let token = UInt64(request.pageToken) else {
+            guard let token = UInt64(request.pageToken), token <= UInt64(Int64.max) else {
                 throw RPCError(
                     code: .invalidArgument,
                     message: "page_token \"\(request.pageToken)\" is not one GetMembers returned"
@@ -285,15 +289,17 @@ public final class SegmentationService: Cdp_Segmentation_V1_Segmentation.Service
 /// Sends membership changes to the destination service.
 public enum DestinationForwarding {
     /// Sends one chunk; returns once destination acknowledged it.
+    ///
+    /// - Parameter sender: Who sends: sequences are numbered per sender (each replica has its own store),
+    ///   so a receiver dedupes by sender and sequence.
     public static func deliver(
         _ chunk: ChangeChunk,
+        sender: String,
         via client: RPCClient,
         timeout: Duration = .seconds(30)
-    )
-        async throws
-    {
+    ) async throws {
         var request = Cdp_Destination_V1_AcceptMembershipChangesRequest()
-        request.sender = "segmentation"
+        request.sender = sender
         request.changes = chunk.changes
         _ = try await Cdp_Destination_V1_Destination.Client(client).acceptMembershipChanges(
             request,

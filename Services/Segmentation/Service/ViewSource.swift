@@ -6,6 +6,9 @@ import SwiftProtobuf
 
 /// Where batch jobs, estimates and explanations read views: profile.
 public protocol ViewSource: Sendable {
+    /// Whether views can be read at all (false when no profile service is configured).
+    var isAvailable: Bool { get }
+
     /// Every view of one partition of `entityType`'s clusters, as of `asOf`, in chunks.
     func scan(
         _ entityType: Cdp_Model_V1_EntityType,
@@ -25,6 +28,7 @@ public protocol ViewSource: Sendable {
 
 /// Views from the profile service over RPC (`ScanPersonViews`, `GetPerson`, …).
 public struct ProfileViewSource: ViewSource {
+    public var isAvailable: Bool { true }
     private let client: Cdp_Profile_V1_Profile.Client
     private let chunkSize: Int
 
@@ -96,7 +100,10 @@ public struct NoViewSource: ViewSource {
     /// Creates the source.
     public init() {}
 
-    static let refusal = RPCError(
+    public var isAvailable: Bool { false }
+
+    /// Why every read is refused.
+    public static let refusal = RPCError(
         code: .failedPrecondition,
         message: "segmentation has no profile service configured (--profile or CDP_PROFILE_ADDR) to read views from"
     )

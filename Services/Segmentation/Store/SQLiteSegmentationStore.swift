@@ -490,6 +490,8 @@ public final class SQLiteSegmentationStore: Sendable {
     // MARK: - Outbox
 
     private static func enqueue(_ change: Cdp_Destination_V1_MembershipChange, at now: Date, _ db: Database) throws {
+        var change = change
+        change.at = Google_Protobuf_Timestamp(date: now)
         try db.cachedStatement(sql: "INSERT INTO outbox (created, change) VALUES (?, ?)")
             .execute(arguments: [now.timeIntervalSince1970, try change.serializedBytes() as Data])
     }

@@ -28,7 +28,8 @@ public nonisolated struct Cdp_Destination_V1_MembershipChange: Sendable {
   // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
   // methods supported on all messages.
 
-  /// Strictly increasing across segmentation's sends, never reused.
+  /// Strictly increasing across one sender's sends, never reused; replicas of segmentation send as
+  /// different senders (`segmentation-<partition>-of-<partitions>`), each numbering its own.
   public var sequence: UInt64 = 0
 
   public var segmentID: String = String()
@@ -77,7 +78,7 @@ public nonisolated struct Cdp_Destination_V1_AcceptMembershipChangesRequest: Sen
   // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
   // methods supported on all messages.
 
-  /// Who sends, e.g. `segmentation`.
+  /// Who sends: `segmentation`, or `segmentation-<partition>-of-<partitions>` for a replica.
   public var sender: String = String()
 
   public var changes: [Cdp_Destination_V1_MembershipChange] = []
