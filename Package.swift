@@ -88,6 +88,8 @@ let package = Package(
             ],
             path: "Shared/ServiceSupport"
         ),
+        // Gregorian dates as days since 1970, without Foundation: ingestion's parsers, PQL's calendar.
+        .target(name: "CivilDate", path: "Shared/CivilDate"),
         // Per-record SQLite statements through the C API, for the stores' hot paths.
         .target(
             name: "SQLiteSupport",
@@ -103,7 +105,7 @@ let package = Package(
         // validation and normalization. No storage, no RPC.
         .target(
             name: "IngestionFormats",
-            dependencies: ["CDPProto", .product(name: "SwiftProtobuf", package: "swift-protobuf")],
+            dependencies: ["CDPProto", "CivilDate", .product(name: "SwiftProtobuf", package: "swift-protobuf")],
             path: "Services/Ingestion/Formats"
         ),
         // Ingestion's storage behind one protocol; the embedded SQLite implementation.
@@ -186,6 +188,7 @@ let package = Package(
         .executableTarget(
             name: "identity-benchmark",
             dependencies: [
+                "BenchmarkSupport",
                 "CDPProto", "IdentityGraph", "IdentityRules", "IdentityService", "IdentityStore",
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "SwiftProtobuf", package: "swift-protobuf"),
@@ -237,14 +240,21 @@ let package = Package(
         // Profile benchmark (release build): fragments/s, events/s, view builds/s, lookups.
         .executableTarget(
             name: "profile-benchmark",
-            dependencies: ["CDPProto", "ProfileStore", .product(name: "SwiftProtobuf", package: "swift-protobuf")],
+            dependencies: [
+                "BenchmarkSupport", "CDPProto", "ProfileStore",
+                .product(name: "SwiftProtobuf", package: "swift-protobuf"),
+            ],
             path: "Benchmarks/ProfileBenchmark"
         ),
+
+        // What the benchmark programs share: a seeded random generator.
+        .target(name: "BenchmarkSupport", path: "Benchmarks/Support"),
 
         // MARK: Segmentation
         // The PQL dialect: parser with positioned errors, the view schema, the type checker. No I/O.
         .target(
             name: "SegmentationLanguage",
+            dependencies: ["CivilDate"],
             path: "Services/Segmentation/Language"
         ),
         // Checked definitions compiled to closures over person and account views; explanations.
@@ -296,6 +306,7 @@ let package = Package(
         .executableTarget(
             name: "segmentation-benchmark",
             dependencies: [
+                "BenchmarkSupport",
                 "CDPProto", "SegmentationEvaluation", "SegmentationLanguage", "SegmentationService",
                 "SegmentationStore",
                 .product(name: "NIOPosix", package: "swift-nio"),

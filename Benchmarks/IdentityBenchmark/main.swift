@@ -16,6 +16,7 @@
 // shared by all their records (the link between sources), a CRM id on about half of them and a web
 // visitor id on a third; about 1 % of records carry a placeholder email ("unknown") that must not
 // link them. Emails share 20,000 company domains, one account per company and source.
+import BenchmarkSupport
 import CDPProto
 import Foundation
 import IdentityGraph
@@ -24,21 +25,6 @@ import IdentityService
 import IdentityStore
 import NIOPosix
 import SwiftProtobuf
-
-struct Generator {
-    var state: UInt64
-
-    mutating func next() -> UInt64 {
-        // SplitMix64: deterministic for a seed, fast.
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
-
-    mutating func below(_ bound: Int) -> Int { Int(next() % UInt64(bound)) }
-}
 
 /// One synthetic person record.
 struct SyntheticPerson {
@@ -62,7 +48,7 @@ let companies = 20_000
 let instances = ["mkto-1", "mkto-2", "sf-1"]
 
 func generate(records target: Int, seed: UInt64) -> (records: [SyntheticPerson], people: Int) {
-    var random = Generator(state: seed)
+    var random = SplitMix64(state: seed)
     var records: [SyntheticPerson] = []
     records.reserveCapacity(target)
     var person = 0

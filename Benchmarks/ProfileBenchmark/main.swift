@@ -9,22 +9,11 @@
 // two sources), 2.5 opportunities per account... scaled as the 1M / 200k / 500k / 5M: accounts
 // = persons / 5, opportunities = persons / 2, events = persons × 5. Prints fragments/s, events/s, view
 // builds/s, lookup p50/p99 (identity → person view), and peak RSS.
+import BenchmarkSupport
 import CDPProto
 import Foundation
 import ProfileStore
 import SwiftProtobuf
-
-struct Generator {
-    var state: UInt64
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
-    mutating func below(_ bound: Int) -> Int { Int(next() % UInt64(bound)) }
-}
 
 func seconds(_ duration: Duration) -> Double {
     Double(duration.components.seconds) + Double(duration.components.attoseconds) / 1e18
@@ -43,7 +32,7 @@ let seed = arguments.dropFirst().first.flatMap { UInt64($0) } ?? 42
 let accounts = max(persons / 5, 1)
 let opportunities = max(persons / 2, 1)
 let events = persons * 5
-nonisolated(unsafe) var random = Generator(state: seed)
+nonisolated(unsafe) var random = SplitMix64(state: seed)
 let instances = ["mkto-1", "mkto-2"]
 let now = Date()
 

@@ -12,6 +12,7 @@
 //    batch job's path: evaluation plus the SQLite commit of memberships and transitions).
 // 3. Streaming: 20,000 views through `SegmentationEngine.acceptViews`, one view per call as profile's
 //    relay can send them, with the 20 segments streaming; latency per call, p50 and p99.
+import BenchmarkSupport
 import CDPProto
 import Foundation
 import NIOPosix
@@ -20,20 +21,6 @@ import SegmentationLanguage
 import SegmentationService
 import SegmentationStore
 import SwiftProtobuf
-
-/// A small deterministic generator (SplitMix64).
-struct Random {
-    var state: UInt64
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
-    mutating func below(_ bound: Int) -> Int { Int(next() % UInt64(bound)) }
-    mutating func chance(_ percent: Int) -> Bool { below(100) < percent }
-}
 
 /// Generates person views shaped like the platform's: 1–3 accounts from a shared pool, their
 /// opportunities, roles on some, campaign and list memberships, and page views over the last year.
@@ -54,7 +41,7 @@ struct ViewGenerator {
     var accountCount: Int { max(1, persons / 5) }
 
     func account(_ id: Int) -> Cdp_Profile_V1_UnifiedRecord {
-        var random = Random(state: seed &+ UInt64(id) &* 7919)
+        var random = SplitMix64(state: seed &+ UInt64(id) &* 7919)
         var unified = Cdp_Profile_V1_UnifiedRecord()
         unified.clusterID = UInt64(id)
         unified.record.key = "A\(id)@crm.Salesforce"
@@ -70,7 +57,7 @@ struct ViewGenerator {
 
     /// An account's opportunities: 2–3 on average (500k for 200k accounts).
     func opportunities(of account: Int) -> [Cdp_Profile_V1_UnifiedRecord] {
-        var random = Random(state: seed &+ UInt64(account) &* 104_729)
+        var random = SplitMix64(state: seed &+ UInt64(account) &* 104_729)
         return (0..<(1 + random.below(4))).map { index in
             let id = account * 8 + index
             var unified = Cdp_Profile_V1_UnifiedRecord()
@@ -92,7 +79,7 @@ struct ViewGenerator {
     }
 
     func view(_ id: Int) -> Cdp_Profile_V1_PersonView {
-        var random = Random(state: seed &+ UInt64(id) &* 1_000_003)
+        var random = SplitMix64(state: seed &+ UInt64(id) &* 1_000_003)
         var view = Cdp_Profile_V1_PersonView()
         view.person.clusterID = UInt64(id)
         view.person.record.key = "P\(id)@mkto-1.Marketo"

@@ -1,4 +1,5 @@
 import CDPProto
+import CivilDate
 import SwiftProtobuf
 
 /// A value as the input format gave it, before it is checked against a field's type.
@@ -126,8 +127,10 @@ private struct TimestampParser {
         guard let year = digits(4), expect("-"), let month = digits(2), expect("-"), let day = digits(2) else {
             return nil
         }
-        guard (1...12).contains(month), (1...Self.daysIn(month: month, year: year)).contains(day) else { return nil }
-        let days = Self.daysFromCivil(year: year, month: month, day: day)
+        guard (1...12).contains(month),
+            (1...Int64(CivilDate.daysInMonth(year: Int(year), month: Int(month)))).contains(day)
+        else { return nil }
+        let days = Int64(CivilDate.days(year: Int(year), month: Int(month), day: Int(day)))
         if index == bytes.count {
             return allowDate ? Google_Protobuf_Timestamp(seconds: days * 86_400, nanos: 0) : nil
         }
@@ -195,21 +198,4 @@ private struct TimestampParser {
         return true
     }
 
-    private static func daysIn(month: Int64, year: Int64) -> Int64 {
-        switch month {
-        case 2: return (year % 4 == 0 && year % 100 != 0) || year % 400 == 0 ? 29 : 28
-        case 4, 6, 9, 11: return 30
-        default: return 31
-        }
-    }
-
-    /// Days since 1970-01-01 in the proleptic Gregorian calendar (Howard Hinnant's algorithm).
-    private static func daysFromCivil(year: Int64, month: Int64, day: Int64) -> Int64 {
-        let y = month <= 2 ? year - 1 : year
-        let era = (y >= 0 ? y : y - 399) / 400
-        let yearOfEra = y - era * 400
-        let dayOfYear = (153 * (month + (month > 2 ? -3 : 9)) + 2) / 5 + day - 1
-        let dayOfEra = yearOfEra * 365 + yearOfEra / 4 - yearOfEra / 100 + dayOfYear
-        return era * 146_097 + dayOfEra - 719_468
-    }
 }

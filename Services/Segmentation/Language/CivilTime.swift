@@ -1,34 +1,18 @@
+import CivilDate
+
 /// UTC calendar arithmetic on seconds since 1970, for `date(…)` and the calendar periods of time
 /// conditions (days from the civil date after Howard Hinnant's algorithms; weeks start on Monday).
 public enum CivilTime {
     /// Days since 1970-01-01 of a proleptic Gregorian date.
     public static func days(year: Int, month: Int, day: Int) -> Int {
-        let y = month <= 2 ? year - 1 : year
-        let era = (y >= 0 ? y : y - 399) / 400
-        let yearOfEra = y - era * 400
-        let dayOfYear = (153 * (month + (month > 2 ? -3 : 9)) + 2) / 5 + day - 1
-        let dayOfEra = yearOfEra * 365 + yearOfEra / 4 - yearOfEra / 100 + dayOfYear
-        return era * 146_097 + dayOfEra - 719_468
+        CivilDate.days(year: year, month: month, day: day)
     }
 
     /// The date of a day since 1970-01-01.
-    public static func date(days: Int) -> (year: Int, month: Int, day: Int) {
-        let z = days + 719_468
-        let era = (z >= 0 ? z : z - 146_096) / 146_097
-        let dayOfEra = z - era * 146_097
-        let yearOfEra = (dayOfEra - dayOfEra / 1460 + dayOfEra / 36524 - dayOfEra / 146_096) / 365
-        let dayOfYear = dayOfEra - (365 * yearOfEra + yearOfEra / 4 - yearOfEra / 100)
-        let mp = (5 * dayOfYear + 2) / 153
-        let day = dayOfYear - (153 * mp + 2) / 5 + 1
-        let month = mp < 10 ? mp + 3 : mp - 9
-        return (yearOfEra + era * 400 + (month <= 2 ? 1 : 0), month, day)
-    }
+    public static func date(days: Int) -> (year: Int, month: Int, day: Int) { CivilDate.date(days: days) }
 
     /// The number of days of a month.
-    public static func daysInMonth(year: Int, month: Int) -> Int {
-        let next = month == 12 ? days(year: year + 1, month: 1, day: 1) : days(year: year, month: month + 1, day: 1)
-        return next - days(year: year, month: month, day: 1)
-    }
+    public static func daysInMonth(year: Int, month: Int) -> Int { CivilDate.daysInMonth(year: year, month: month) }
 
     /// `time` moved by `count` calendar units (negative: back), keeping the time of day; a day of month
     /// that the target month lacks becomes its last day (March 31 minus one month is February 28/29).

@@ -49,32 +49,33 @@ public struct ProfileViewSource: ViewSource {
         request.partition = UInt32(partition)
         request.partitions = UInt32(partitions)
         request.asOf = Google_Protobuf_Timestamp(date: asOf)
-        let size = chunkSize
         if entityType == .account {
             try await client.scanAccountViews(request) { call in
-                var views: [EntityView] = []
-                for try await view in call.responses {
-                    views.append(.account(view))
-                    if views.count == size {
-                        try await chunk(views)
-                        views.removeAll(keepingCapacity: true)
-                    }
-                }
-                if !views.isEmpty { try await chunk(views) }
+                try await Self.forward(call.responses, in: chunkSize, as: EntityView.account, to: chunk)
             }
         } else {
             try await client.scanPersonViews(request) { call in
-                var views: [EntityView] = []
-                for try await view in call.responses {
-                    views.append(.person(view))
-                    if views.count == size {
-                        try await chunk(views)
-                        views.removeAll(keepingCapacity: true)
-                    }
-                }
-                if !views.isEmpty { try await chunk(views) }
+                try await Self.forward(call.responses, in: chunkSize, as: EntityView.person, to: chunk)
             }
         }
+    }
+
+    /// Hands a scan's views on in chunks of `size`.
+    private static func forward<View: Sendable>(
+        _ views: RPCAsyncSequence<View>,
+        in size: Int,
+        as wrap: (View) -> EntityView,
+        to chunk: @Sendable ([EntityView]) async throws -> Void
+    ) async throws {
+        var pending: [EntityView] = []
+        for try await view in views {
+            pending.append(wrap(view))
+            if pending.count == size {
+                try await chunk(pending)
+                pending.removeAll(keepingCapacity: true)
+            }
+        }
+        if !pending.isEmpty { try await chunk(pending) }
     }
 
     public func view(
