@@ -18,6 +18,7 @@ let package = Package(
         .executable(name: "cdp-identity", targets: ["cdp-identity"]),
         .executable(name: "cdp-profile", targets: ["cdp-profile"]),
         .executable(name: "cdp-segmentation", targets: ["cdp-segmentation"]),
+        .executable(name: "cdp-destination", targets: ["cdp-destination"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-nio", exact: "2.101.3"),
@@ -27,6 +28,7 @@ let package = Package(
         .package(url: "https://github.com/adam-fowler/compress-nio", exact: "1.5.0"),
         .package(url: "https://github.com/swift-server/swift-service-lifecycle", exact: "2.13.0"),
         .package(url: "https://github.com/groue/GRDB.swift", exact: "7.10.0"),
+        .package(url: "https://github.com/apple/swift-crypto", exact: "3.12.3"),
     ],
     targets: [
         // libnghttp2, behind one small C module; only RPCHTTP2 imports it (privately).
@@ -315,6 +317,47 @@ let package = Package(
             path: "Benchmarks/SegmentationBenchmark"
         ),
 
+        // MARK: Destination
+        // Destinations, activations, members, the delivery queue, what was delivered, the run log.
+        .target(
+            name: "DestinationStore",
+            dependencies: [
+                "CDPProto", "SQLiteSupport", .product(name: "GRDB", package: "GRDB.swift"),
+                .product(name: "SwiftProtobuf", package: "swift-protobuf"),
+            ],
+            path: "Services/Destination/Store"
+        ),
+        // What each kind of destination is told, and how: identity mapping, consent, file exports.
+        .target(
+            name: "DestinationConnectors",
+            dependencies: ["CDPProto", "DestinationStore", .product(name: "Crypto", package: "swift-crypto")],
+            path: "Services/Destination/Connectors"
+        ),
+        // The engine actor, the delivery workers (one per destination) and the RPC service.
+        .target(
+            name: "DestinationService",
+            dependencies: [
+                "CDPProto", "RPCCore", "ServiceSupport", "DestinationStore", "DestinationConnectors",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "SwiftProtobuf", package: "swift-protobuf"),
+            ],
+            path: "Services/Destination/Service"
+        ),
+        .executableTarget(
+            name: "cdp-destination",
+            dependencies: [
+                "CDPProto", "RPCCore", "RPCHTTP2", "RPCServices", "DestinationService", "DestinationStore",
+                "ServiceSupport",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ],
+            path: "Services/Destination/Main"
+        ),
+
         // grpc.testing messages and stubs, used by the interop programs and the tests.
         .target(
             name: "InteropProto",
@@ -401,6 +444,15 @@ let package = Package(
                 .product(name: "NIOPosix", package: "swift-nio"),
             ],
             path: "Tests/ProfileTests"
+        ),
+        .testTarget(
+            name: "DestinationTests",
+            dependencies: [
+                "CDPProto", "DestinationConnectors", "DestinationService", "DestinationStore", "RPCCore",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+            ],
+            path: "Tests/DestinationTests"
         ),
         .testTarget(
             name: "SegmentationTests",

@@ -1,0 +1,139 @@
+import CDPProto
+import Crypto
+import DestinationStore
+import Foundation
+
+/// A member as a destination is told about it: added or removed, under the identity the activation
+/// maps it to, with the mapped attributes.
+public struct OutboundMember: Sendable, Equatable {
+    public var entityType: Cdp_Model_V1_EntityType
+    public var cluster: UInt64
+    /// True: add; false: remove.
+    public var add: Bool
+    /// The membership version the state comes from (webhooks send it, so receivers can dedupe).
+    public var version: UInt64
+    /// The identity at the destination: an email, a hashed email, a CRM id, or a company name.
+    public var identity: String
+    /// Destination field → value.
+    public var attributes: [String: String]
+
+    /// Creates a member.
+    public init(
+        entityType: Cdp_Model_V1_EntityType,
+        cluster: UInt64,
+        add: Bool,
+        version: UInt64,
+        identity: String,
+        attributes: [String: String]
+    ) {
+        self.entityType = entityType
+        self.cluster = cluster
+        self.add = add
+        self.version = version
+        self.identity = identity
+        self.attributes = attributes
+    }
+}
+
+/// Why a delivery attempt failed.
+public enum DeliveryFailure: Error, Sendable, Equatable {
+    /// Worth another attempt (HTTP 429, 5xx, a timeout, a throttling code), after `after` if the
+    /// destination said.
+    case retryable(String, after: Duration?)
+    /// The whole call cannot succeed as it is (bad credentials, a list that does not exist).
+    case permanent(String)
+}
+
+/// What a delivery needs besides the members: the activation, and for full exports every member
+/// the activation has added once these changes are applied.
+public struct DeliveryContext: Sendable {
+    public var activation: ActivationRecord
+    public var runNumber: Int
+    public var currentMembers: @Sendable () async throws -> [OutboundMember]
+
+    /// Creates a context.
+    public init(
+        activation: ActivationRecord,
+        runNumber: Int,
+        currentMembers: @escaping @Sendable () async throws -> [OutboundMember]
+    ) {
+        self.activation = activation
+        self.runNumber = runNumber
+        self.currentMembers = currentMembers
+    }
+}
+
+/// One kind of destination.
+public protocol Connector: Sendable {
+    /// The most members one delivery takes.
+    var batchLimit: Int { get }
+    /// Whether persons who opted out of email are kept out (marketing destinations).
+    var suppressesOptedOut: Bool { get }
+    /// The identity a member is known by when the activation does not say.
+    var defaultIdentity: Cdp_Destination_V1_IdentityMapping { get }
+
+    /// Delivers adds and removes. Returns the members the destination refused for good, with its
+    /// words; throws ``DeliveryFailure`` when the whole call failed.
+    func deliver(_ members: [OutboundMember], _ context: DeliveryContext) async throws -> [UInt64: String]
+}
+
+/// How records become outbound members.
+public enum MemberMapping {
+    /// SHA-256 of the trimmed, lower-cased email, lower-case hex (LinkedIn's and the file exports'
+    /// hashed email).
+    public static func hashedEmail(_ email: String) -> String {
+        let normalized = email.trimmingCharacters(in: .whitespacesAndNewlines).lowercased()
+        return SHA256.hash(data: Data(normalized.utf8)).map { String(format: "%02x", $0) }.joined()
+    }
+
+    /// Whether the record is a person who opted out of email.
+    public static func optedOut(_ record: Cdp_Profile_V1_UnifiedRecord) -> Bool {
+        record.record.person.hasEmailOptOut && record.record.person.emailOptOut
+    }
+
+    /// The identity of a member under a mapping; nil if the record lacks it.
+    public static func identity(
+        of record: Cdp_Profile_V1_UnifiedRecord,
+        _ mapping: Cdp_Destination_V1_IdentityMapping
+    ) -> String? {
+        if case .account? = record.record.entity {
+            let account = record.record.account
+            return account.hasName ? account.name : nil
+        }
+        let person = record.record.person
+        switch mapping {
+        case .hashedEmail: return person.hasEmail ? hashedEmail(person.email) : nil
+        case .crmID: return person.hasCrmID ? person.crmID : nil
+        default: return person.hasEmail ? person.email : nil
+        }
+    }
+
+    /// The value of a profile field of the record, by its PQL name (`firstName`, `jobTitle`, a custom
+    /// attribute's name).
+    public static func value(_ field: String, of record: Cdp_Profile_V1_UnifiedRecord) -> String? {
+        let person = record.record.person
+        let account = record.record.account
+        switch (record.record.entity, field) {
+        case (.person?, "email"): return person.hasEmail ? person.email : nil
+        case (.person?, "firstName"): return person.hasFirstName ? person.firstName : nil
+        case (.person?, "lastName"): return person.hasLastName ? person.lastName : nil
+        case (.person?, "jobTitle"): return person.hasJobTitle ? person.jobTitle : nil
+        case (.person?, "country"): return person.hasCountry ? person.country : nil
+        case (.person?, "crmId"): return person.hasCrmID ? person.crmID : nil
+        case (.person?, "score"): return person.hasScore ? String(person.score) : nil
+        case (.account?, "name"): return account.hasName ? account.name : nil
+        case (.account?, "domain"): return account.hasDomain ? account.domain : nil
+        case (.account?, "website"): return account.hasWebsite ? account.website : nil
+        case (.account?, "industry"): return account.hasIndustry ? account.industry : nil
+        case (.account?, "country"): return account.hasCountry ? account.country : nil
+        default: break
+        }
+        switch record.record.customAttributes[field]?.kind {
+        case .stringValue(let text)?: return text
+        case .numberValue(let number)?: return String(number)
+        case .boolValue(let flag)?: return String(flag)
+        case .jsonValue(let json)?: return json
+        case nil: return nil
+        }
+    }
+}

@@ -1,0 +1,115 @@
+import ArgumentParser
+import CDPProto
+import DestinationService
+import DestinationStore
+import Foundation
+import Logging
+import NIOPosix
+import RPCCore
+import RPCHTTP2
+import RPCServices
+import ServiceLifecycle
+import ServiceSupport
+
+/// The destination service's executable.
+@main
+struct DestinationCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "cdp-destination",
+        abstract: "Runs the destination service: destinations, activations, delivery of segment memberships.",
+        discussion: """
+            Serves cdp.destination.v1.Destination (plus grpc.health.v1.Health and server reflection) over h2c. \
+            Segmentation's membership changes (AcceptMembershipChanges) are committed to \
+            DATA_DIR/destination.sqlite (SQLite, WAL) before they are acknowledged; each activation of a segment \
+            to a destination queues its members' adds and removes, and one worker per destination delivers \
+            them, retrying with backoff, so that one failing destination never delays another. Today FILE \
+            destinations (CSV or JSON Lines per run, incremental or full) are implemented; MARKETO, LINKEDIN and \
+            WEBHOOK are refused with UNIMPLEMENTED.
+
+            Prints 'listening on HOST:PORT' on stdout once bound. SIGINT or SIGTERM start a graceful shutdown. \
+            Environment: CDP_DATA_DIR and CDP_TOKEN stand in for --data-dir and --auth-token.
+            """
+    )
+
+    @Option(help: "The address to bind.")
+    var host: String = "127.0.0.1"
+
+    @Option(help: "The port to listen on; 0 picks a free one.")
+    var port: Int = 7404
+
+    @Option(help: "The directory of the service's database (default: $CDP_DATA_DIR/destination or ./data/destination).")
+    var dataDir: String?
+
+    @Option(
+        name: .customLong("auth-token"),
+        help: "A bearer token callers must send (default: $CDP_TOKEN)."
+    )
+    var authToken: String?
+
+    @Option(help: "The largest request message, in bytes.")
+    var maxReceiveMessageBytes: Int = 16 * 1024 * 1024
+
+    @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.")
+    var logLevel: String = "info"
+
+    func validate() throws {
+        guard (0...65535).contains(port) else { throw ValidationError("--port must be between 0 and 65535.") }
+        guard Logger.Level(rawValue: logLevel) != nil else {
+            throw ValidationError("--log-level must be one of trace, debug, info, notice, warning, error, critical.")
+        }
+    }
+
+    func run() async throws {
+        MemoryTuning.keepFreedMemoryForReuse()
+        let environment = ProcessInfo.processInfo.environment
+        LoggingSystem.bootstrap { label in
+            var handler = StreamLogHandler.standardError(label: label)
+            handler.logLevel = Logger.Level(rawValue: self.logLevel) ?? .info
+            return handler
+        }
+        let logger = Logger(label: "cdp-destination")
+        let directory = dataDir ?? (environment["CDP_DATA_DIR"].map { $0 + "/destination" } ?? "./data/destination")
+        let store: SQLiteDestinationStore
+        do {
+            try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+            store = try SQLiteDestinationStore(path: directory + "/destination.sqlite")
+        } catch {
+            throw StartupError(
+                "cannot open the database in \(directory) (from --data-dir or $CDP_DATA_DIR): "
+                    + "\(error.localizedDescription)"
+            )
+        }
+        let engineThread = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+        let engine = DestinationEngine(store: store, loop: engineThread.next())
+        let workers = DeliveryWorkers(engine: engine, logger: logger)
+        let token = authToken ?? environment["CDP_TOKEN"]
+        let service = DestinationService(engine: engine, workers: workers, logger: logger)
+        let health = HealthService()
+        let server = RPCServer(
+            configuration: .init(
+                host: host,
+                port: port,
+                maxReceiveMessageBytes: maxReceiveMessageBytes,
+                authorizationTokens: token.map { Set([$0]) } ?? [],
+                runsHandlersOnEventLoop: false
+            ),
+            services: [service, health, ReflectionService(services: [service, health])],
+            logger: logger
+        )
+        let boundPort: Int
+        do {
+            boundPort = try await server.start().port ?? port
+        } catch {
+            throw StartupError("cannot listen on \(host):\(port) (--host, --port): \(error)")
+        }
+        FileHandle.standardOutput.write(Data("listening on \(host):\(boundPort)\n".utf8))
+        logger.info("destination service started", metadata: ["data.dir": "\(directory)", "port": "\(boundPort)"])
+        try await ServiceGroup(
+            services: [server, workers],
+            gracefulShutdownSignals: [.sigterm, .sigint],
+            logger: logger
+        )
+        .run()
+        try await engineThread.shutdownGracefully()
+    }
+}

@@ -1,0 +1,307 @@
+import CDPProto
+import DestinationConnectors
+import DestinationService
+import DestinationStore
+import Foundation
+import Logging
+import NIOPosix
+import RPCCore
+import Synchronization
+import Testing
+
+/// The destination service's engine and delivery workers with file exports and fake connectors:
+/// intake, backfill, adds and removes, consent, isolation, retries and restarts.
+@Suite("Destination delivery")
+struct DeliveryTests {
+    static let logger = Logger(label: "test", factory: { _ in SwiftLogNoOpLogHandler() })
+
+    static func person(_ cluster: UInt64, _ email: String, optedOut: Bool = false) -> Cdp_Profile_V1_UnifiedRecord {
+        var record = Cdp_Profile_V1_UnifiedRecord()
+        record.clusterID = cluster
+        record.record.key = "\(cluster)@mkto-1.Marketo"
+        record.record.person.personID = "\(cluster)"
+        record.record.person.email = email
+        record.record.person.firstName = "P\(cluster)"
+        if optedOut { record.record.person.emailOptOut = true }
+        return record
+    }
+
+    static func change(
+        _ sequence: UInt64,
+        _ segment: String,
+        _ record: Cdp_Profile_V1_UnifiedRecord,
+        realized: Bool,
+        version: UInt64
+    ) -> Cdp_Destination_V1_MembershipChange {
+        var change = Cdp_Destination_V1_MembershipChange()
+        change.sequence = sequence
+        change.segmentID = segment
+        change.entityType = .person
+        change.clusterID = record.clusterID
+        change.realized = realized
+        change.version = version
+        change.record = record
+        return change
+    }
+
+    static func temporaryDirectory() throws -> String {
+        let url = FileManager.default.temporaryDirectory.appendingPathComponent("destination-\(UUID())")
+        try FileManager.default.createDirectory(at: url, withIntermediateDirectories: true)
+        return url.path
+    }
+
+    /// The export files of a directory, oldest first, as text.
+    static func files(_ directory: String) throws -> [String] {
+        try FileManager.default.contentsOfDirectory(atPath: directory).filter { !$0.hasPrefix(".") }.sorted().map {
+            try String(contentsOfFile: directory + "/" + $0, encoding: .utf8)
+        }
+    }
+
+    /// Runs the workers while `body` runs.
+    static func withWorkers(
+        _ engine: DestinationEngine,
+        connector: (@Sendable (DestinationRecord) throws -> any Connector)? = nil,
+        _ body: (DeliveryWorkers) async throws -> Void
+    ) async throws {
+        let workers =
+            connector.map {
+                DeliveryWorkers(
+                    engine: engine,
+                    backoff: Backoff(initial: .milliseconds(5), maximum: .milliseconds(20)),
+                    idlePoll: .milliseconds(10),
+                    logger: logger,
+                    connector: $0
+                )
+            }
+            ?? DeliveryWorkers(
+                engine: engine,
+                backoff: Backoff(initial: .milliseconds(5), maximum: .milliseconds(20)),
+                idlePoll: .milliseconds(10),
+                logger: logger
+            )
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            group.addTask { try await workers.run() }
+            defer { group.cancelAll() }
+            try await body(workers)
+        }
+    }
+
+    /// Waits until `condition` holds (or a few seconds pass).
+    static func eventually(_ condition: () async throws -> Bool) async throws -> Bool {
+        for _ in 0..<500 {
+            if try await condition() { return true }
+            try await Task.sleep(for: .milliseconds(10))
+        }
+        return false
+    }
+
+    @Test func anActivationBackfillsThenSendsChangesToAFile() async throws {
+        let directory = try Self.temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let engine = DestinationEngine(
+            store: try SQLiteDestinationStore(),
+            loop: MultiThreadedEventLoopGroup.singleton.next()
+        )
+        // p2 is realized before any activation: the backfill sends it.
+        let p2 = Self.person(6, "p2@townsend.com")
+        _ = try await engine.accept(sender: "segmentation", [Self.change(1, "s1", p2, realized: true, version: 1)])
+        let destination = try await engine.createDestination(
+            type: .file,
+            name: "marketo list export",
+            settings: ["directory": directory, "format": "csv"]
+        )
+        let (activation, backfill) = try await engine.activate(
+            segment: "s1",
+            destination: destination.id,
+            identity: .unspecified,
+            attributes: ["First Name": "firstName"]
+        )
+        #expect(backfill == 1)
+        try await Self.withWorkers(engine) { _ in
+            #expect(try await Self.eventually { try Self.files(directory).count == 1 })
+            #expect(try Self.files(directory) == ["op,identity,First Name\nadd,p2@townsend.com,P6\n"])
+            // p2 exits: a removal.
+            _ = try await engine.accept(sender: "segmentation", [Self.change(2, "s1", p2, realized: false, version: 2)])
+            #expect(try await Self.eventually { try Self.files(directory).count == 2 })
+            #expect(try Self.files(directory).last == "op,identity,First Name\nremove,p2@townsend.com,P6\n")
+        }
+        let runs = try await engine.runs(destination: destination.id, before: 0, limit: 10)
+        #expect(runs.map { ($0.1.added, $0.1.removed) }.elementsEqual([(0, 1), (1, 0)], by: ==))
+        #expect(runs.allSatisfy { $0.1.activationID == activation.id })
+    }
+
+    @Test func reDeliveriesAndOldVersionsChangeNothing() async throws {
+        let store = try SQLiteDestinationStore()
+        let p1 = Self.person(1, "p1@townsend.com")
+        let changes = [
+            Self.change(1, "s1", p1, realized: true, version: 1),
+            Self.change(2, "s1", p1, realized: false, version: 2),
+        ]
+        #expect(try store.accept(sender: "segmentation", changes, at: Date()) == (2, 0))
+        // The relay sends the chunk again: both are duplicates.
+        #expect(try store.accept(sender: "segmentation", changes, at: Date()) == (0, 2))
+        // Another replica numbers its own sequences.
+        let p3 = Self.person(3, "p3@townsend.com")
+        #expect(
+            try store.accept(
+                sender: "segmentation-1-of-2",
+                [Self.change(1, "s1", p3, realized: true, version: 1)],
+                at: Date()
+            )
+                == (1, 0)
+        )
+        // A version older than the one held is ignored, however new its sequence.
+        _ = try store.accept(sender: "segmentation", [Self.change(3, "s1", p1, realized: true, version: 1)], at: Date())
+        let destination = try store.createDestination(
+            type: .file,
+            name: "f",
+            settings: [:],
+            credentials: [:],
+            at: Date()
+        )
+        let (_, backfill) = try store.activate(
+            segment: "s1",
+            destination: destination.id,
+            identity: .email,
+            attributes: [:],
+            at: Date()
+        )
+        // p3 only: p1's latest state (version 2) is exited.
+        #expect(backfill == 1)
+        #expect(try store.nextBatch(destination: destination.id, limit: 10)?.members.map(\.cluster) == [3])
+    }
+
+    @Test func optedOutPersonsAreSuppressedAndCounted() async throws {
+        let directory = try Self.temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let engine = DestinationEngine(
+            store: try SQLiteDestinationStore(),
+            loop: MultiThreadedEventLoopGroup.singleton.next()
+        )
+        let destination = try await engine.createDestination(
+            type: .file,
+            name: "linkedin upload",
+            settings: ["directory": directory, "format": "jsonl"]
+        )
+        _ = try await engine.activate(
+            segment: "s1",
+            destination: destination.id,
+            identity: .hashedEmail,
+            attributes: [:]
+        )
+        try await Self.withWorkers(engine) { _ in
+            _ = try await engine.accept(
+                sender: "segmentation",
+                [
+                    Self.change(1, "s1", Self.person(2, " P2@Townsend.com "), realized: true, version: 1),
+                    Self.change(
+                        2,
+                        "s1",
+                        Self.person(9, "out@townsend.com", optedOut: true),
+                        realized: true,
+                        version: 1
+                    ),
+                ]
+            )
+            #expect(try await Self.eventually { try Self.files(directory).count == 1 })
+        }
+        // The hashed email of the trimmed, lower-cased address, and nobody else.
+        #expect(
+            try Self.files(directory)
+                == ["{\"identity\":\"\(MemberMapping.hashedEmail("p2@townsend.com"))\",\"op\":\"add\"}\n"]
+        )
+        #expect(MemberMapping.hashedEmail("p2@townsend.com").count == 64)
+        let run = try #require(try await engine.runs(destination: destination.id, before: 0, limit: 1).first?.1)
+        #expect(run.added == 1 && run.suppressed == 1)
+    }
+
+    /// A connector that fails while told to, and records what it was sent.
+    final class FlakyConnector: Connector {
+        let state = Mutex((failing: false, failures: 0, sent: [OutboundMember]()))
+        var batchLimit: Int { 100 }
+        var suppressesOptedOut: Bool { true }
+        var defaultIdentity: Cdp_Destination_V1_IdentityMapping { .email }
+
+        func deliver(_ members: [OutboundMember], _ context: DeliveryContext) async throws -> [UInt64: String] {
+            try state.withLock { state in
+                if state.failing {
+                    state.failures += 1
+                    throw DeliveryFailure.retryable("HTTP 503", after: nil)
+                }
+                state.sent += members
+                return members.filter { $0.identity.hasPrefix("bad") }.reduce(into: [:]) {
+                    $0[$1.cluster] = "1004 Lead not found"
+                }
+            }
+        }
+    }
+
+    @Test func oneFailingDestinationDoesNotDelayAnotherAndCatchesUpWithoutDuplicates() async throws {
+        let engine = DestinationEngine(
+            store: try SQLiteDestinationStore(),
+            loop: MultiThreadedEventLoopGroup.singleton.next()
+        )
+        let down = FlakyConnector()
+        let up = FlakyConnector()
+        down.state.withLock { $0.failing = true }
+        let first = try await engine.createDestination(type: .file, name: "down", settings: ["directory": "/tmp"])
+        let second = try await engine.createDestination(type: .file, name: "up", settings: ["directory": "/tmp"])
+        for destination in [first, second] {
+            _ = try await engine.activate(segment: "s1", destination: destination.id, identity: .email, attributes: [:])
+        }
+        let connectors: @Sendable (DestinationRecord) -> any Connector = { $0.id == first.id ? down : up }
+        try await Self.withWorkers(engine, connector: connectors) { workers in
+            _ = try await engine.accept(
+                sender: "segmentation",
+                (1...20).map {
+                    Self.change(
+                        UInt64($0),
+                        "s1",
+                        Self.person(UInt64($0), "p\($0)@x.example"),
+                        realized: true,
+                        version: 1
+                    )
+                }
+                    + [Self.change(21, "s1", Self.person(21, "bad@x.example"), realized: true, version: 1)]
+            )
+            #expect(try await Self.eventually { up.state.withLock { $0.sent.count } == 21 })
+            #expect(down.state.withLock { $0.sent.isEmpty && $0.failures > 0 })
+            #expect(workers.lastError(first.id) == "HTTP 503")
+            // The failing destination comes back: it catches up, once each.
+            down.state.withLock { $0.failing = false }
+            #expect(try await Self.eventually { down.state.withLock { $0.sent.count } == 21 })
+            #expect(try await Self.eventually { try await engine.pending(first.id).count == 0 })
+            // A re-delivered change for members already added sends nothing new.
+            _ = try await engine.accept(
+                sender: "segmentation",
+                [Self.change(22, "s1", Self.person(1, "p1@x.example"), realized: true, version: 3)]
+            )
+            try await Task.sleep(for: .milliseconds(100))
+            #expect(down.state.withLock { $0.sent.count } == 21)
+        }
+        let runs = try await engine.runs(destination: first.id, before: 0, limit: 100).map(\.1)
+        #expect(runs.reduce(0) { $0 + $1.retries } > 0)
+        #expect(runs.flatMap(\.errors).map(\.message) == ["1004 Lead not found"])
+        #expect(Set(down.state.withLock { $0.sent.map(\.cluster) }).count == 21)
+    }
+
+    @Test func destinationsAreCheckedAndCredentialsKeptApart() async throws {
+        let engine = DestinationEngine(
+            store: try SQLiteDestinationStore(),
+            loop: MultiThreadedEventLoopGroup.singleton.next()
+        )
+        await #expect(throws: RPCError.self) {
+            _ = try await engine.createDestination(type: .file, name: "no directory", settings: [:])
+        }
+        await #expect(throws: RPCError.self) {
+            _ = try await engine.createDestination(
+                type: .file,
+                name: "x",
+                settings: ["directory": "/tmp", "format": "xlsx"]
+            )
+        }
+        await #expect(throws: RPCError.self) {
+            _ = try await engine.activate(segment: "s1", destination: "d99", identity: .email, attributes: [:])
+        }
+    }
+}
