@@ -1,22 +1,23 @@
-"""Pipeline demo: Bodea's fixture files through a release cdp-ingestion, cdp-identity, cdp-profile and
-cdp-segmentation, step by step.
+"""Pipeline demo: Bodea's fixture files through a release cdp-ingestion, cdp-identity, cdp-profile,
+cdp-segmentation and cdp-destination, step by step.
 
 Run through Examples/demo.sh (builds the release binaries, prepares .venv), or directly:
     .venv/bin/python Examples/demo.py [--keep-data] [--ingestion-binary PATH] [--identity-binary PATH]
                                       [--profile-binary PATH] [--segmentation-binary PATH]
+                                      [--destination-binary PATH]
 
-1. starts `cdp-segmentation --port 0 --data-dir <temp>/segmentation --profile <profile's address>` without
-   --destination (membership changes wait in its durable outbox for the destination service, the last
-   service of the pipeline), then `cdp-profile --port <picked> --data-dir <temp>/profile --identity
-   <identity's address> --segmentation <segmentation's address>` (its changed views flow to segmentation),
-   then `cdp-identity --port <picked> --data-dir <temp>/identity --profile <profile's address>` (default
-   rules: a person may hold several CRM ids, one per CRM of Bodea's, see IDENTITY_RULES), then
-   `cdp-ingestion --port 0 --data-dir <temp>/ingestion --identity <identity's address>`; profile's and
-   identity's ports are picked before segmentation starts, as segmentation and profile, and profile and
-   identity, each name the other;
+1. starts `cdp-destination --port 0 --data-dir <temp>/destination`, then `cdp-segmentation --port 0
+   --data-dir <temp>/segmentation --profile <profile's address> --destination <destination's address>`,
+   then `cdp-profile --port <picked> --data-dir <temp>/profile --identity <identity's address>
+   --segmentation <segmentation's address>` (its changed views flow to segmentation), then `cdp-identity
+   --port <picked> --data-dir <temp>/identity --profile <profile's address>` (default rules: a person may
+   hold several CRM ids, one per CRM of Bodea's, see IDENTITY_RULES), then `cdp-ingestion --port 0
+   --data-dir <temp>/ingestion --identity <identity's address>`; profile's and identity's ports are
+   picked before segmentation starts, as segmentation and profile, and profile and identity, each name the
+   other;
 2. creates the Bodea segment (DESIGN.md §5) on segmentation before any data arrives: "Townsend buyers",
    PERSON, STREAMING: a company that has won more than $1M across all its accounts, and a page view of the
-   new product page within a month of now;
+   new product page within a month of now; and a BATCH copy, which only Evaluate changes;
 3. creates the sources of the Bodea story (Tests/IngestionTests/Fixtures/EXPECTED.md);
 4. uploads every fixture file (64 KiB data messages, key = the file's path, error threshold 0.5:
    the fixtures hold bad rows on purpose) and prints each batch with its record errors;
@@ -35,15 +36,19 @@ Run through Examples/demo.sh (builds the release binaries, prepares .venv), or d
    once although Salesforce and Marketo 1 both hold it), p2's person view (the merged person, its
    accounts, opportunities and roles, campaigns, lists, events) and profile's outbox, once it has sent
    every changed view to segmentation;
-10. prints segmentation's view: the segment's streaming members (the views were evaluated as they arrived,
+10. prints segmentation's view: the streaming segment's members (the views were evaluated as they arrived,
     as of the day the demo runs: p2 is a member only if its last page view of the new product page, in
     April 2026, is within a month of now; the demo computes which and prints why); a batch Evaluate of the
-    segment as of 2026-05-01, polled until it succeeds; its realized members (exactly p2@townsend.com); the
-    explanation of p2's membership (the two opportunities summed, the page view that matched); the
+    batch copy as of 2026-05-01, polled until it succeeds; its realized members (exactly p2@townsend.com);
+    the explanation of p2's membership (the two opportunities summed, the page view that matched); the
     estimates of the same definition with a $2M threshold (nobody: the total is $1.1M) and with $1M (p2);
-    segmentation's outbox (no --destination: the membership change waits there for the destination service);
-11. stops the services with SIGTERM (ingestion, identity, profile, then segmentation) and requires exit
-    status 0 from each.
+    segmentation's outbox, once it has sent p2's realization to destination;
+11. prints destination's part: two file destinations, a Marketo static list's import file and a LinkedIn
+    Matched Audience's upload file, the batch segment activated to both (the first with email, first
+    name, last name and title; the second with hashed emails only); the files written (exactly
+    p2@townsend.com, and exactly its SHA-256) and the delivery log;
+12. stops the services with SIGTERM (ingestion, identity, profile, segmentation, then destination) and
+    requires exit status 0 from each.
 
 Exit status 1 when anything is unexpected (a call fails, a batch does not complete, counts do not
 add up, identity resolves the story differently, profile's views differ from the story, segmentation's
@@ -54,6 +59,8 @@ service does not start.
 from __future__ import annotations
 
 import argparse
+import csv
+import hashlib
 import importlib
 import os
 import shutil
@@ -77,6 +84,8 @@ ppb = importlib.import_module("cdp.profile.v1.profile_pb2")  # generated beside 
 profile_pb2_grpc = importlib.import_module("cdp.profile.v1.profile_pb2_grpc")
 spb = importlib.import_module("cdp.segmentation.v1.segmentation_pb2")
 segmentation_pb2_grpc = importlib.import_module("cdp.segmentation.v1.segmentation_pb2_grpc")
+dpb = importlib.import_module("cdp.destination.v1.destination_pb2")
+destination_pb2_grpc = importlib.import_module("cdp.destination.v1.destination_pb2_grpc")
 
 CHUNK = 64 * 1024
 TIMEOUT = 30
@@ -812,20 +821,78 @@ def segmentation_view(stub, segment: spb.Segment, batch: spb.Segment, p2_cluster
               f"Estimate with > {threshold}: matched {est.matched} of {est.evaluated} as of {ts_text(est.as_of)}; "
               f"expected {want} as of {AS_OF}")
 
-    print("\n-- Segmentation's outbox (no --destination: membership changes wait here for the destination service, "
-          "which comes next)")
-    st = stub.GetOutboxStatus(spb.GetOutboxStatusRequest(), timeout=TIMEOUT)
+    print("\n-- Segmentation's outbox (--destination: membership changes go to cdp-destination)")
+    deadline = time.monotonic() + DRAIN_TIMEOUT
+    while True:
+        st = stub.GetOutboxStatus(spb.GetOutboxStatusRequest(), timeout=TIMEOUT)
+        if st.pending_changes == 0 or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
     for label, value in [("pending changes", st.pending_changes),
                          ("oldest pending", ts_text(st.oldest_pending) if st.HasField("oldest_pending") else "-"),
                          ("sent changes", st.sent_changes), ("last error", st.last_error or "-"),
                          ("scheduled rechecks", st.scheduled_rechecks),
                          ("next recheck", ts_text(st.next_recheck) if st.HasField("next_recheck") else "-")]:
         print(f"  {label:<18} {value}")
-    check(st.pending_changes == 1 and st.sent_changes == 0,
-          f"segmentation's outbox: {st.pending_changes} changes pending, {st.sent_changes} sent; expected p2's "
-          f"realization pending, nothing sent")
-    print("  = p2's realization waits for destination (a Marketo static list, a LinkedIn Matched Audience)")
+    check(st.pending_changes == 0 and st.sent_changes >= 1 and not st.last_error,
+          f"segmentation's outbox: {st.pending_changes} changes pending, {st.sent_changes} sent, last error "
+          f"{st.last_error or '-'}; expected p2's realization sent to destination")
+    print("  = p2's realization is at destination, which holds every segment's members for activations")
 
+
+def destination_view(stub, batch: spb.Segment, work: Path) -> None:
+    """The batch segment's audience activated to two file exports: a Marketo static list's import file and a
+    LinkedIn Matched Audience's upload file (hashed emails only). Marketo and LinkedIn themselves come next."""
+    print("\n== Destination: the audience activated to a Marketo list export and a LinkedIn upload file")
+    marketo = stub.CreateDestination(dpb.CreateDestinationRequest(
+        type=dpb.DESTINATION_TYPE_FILE, name="Marketo static list: Townsend buyers (import file)",
+        settings={"directory": str(work / "exports" / "marketo"), "format": "csv"}), timeout=TIMEOUT)
+    linkedin = stub.CreateDestination(dpb.CreateDestinationRequest(
+        type=dpb.DESTINATION_TYPE_FILE, name="LinkedIn Matched Audience: Townsend buyers (upload file)",
+        settings={"directory": str(work / "exports" / "linkedin"), "format": "csv"}), timeout=TIMEOUT)
+    for d in (marketo, linkedin):
+        print(f"  destination {d.id}: {d.name}, {dict(d.settings)}")
+    activations = [
+        stub.Activate(dpb.ActivateRequest(segment_id=batch.id, destination_id=marketo.id,
+                                          identity=dpb.IDENTITY_MAPPING_EMAIL,
+                                          attributes={"firstName": "firstName", "lastName": "lastName",
+                                                      "title": "jobTitle"}), timeout=TIMEOUT),
+        stub.Activate(dpb.ActivateRequest(segment_id=batch.id, destination_id=linkedin.id,
+                                          identity=dpb.IDENTITY_MAPPING_HASHED_EMAIL), timeout=TIMEOUT),
+    ]
+    for a in activations:
+        print(f"  activation {a.id}: segment {a.segment_id} -> {a.destination_id}, identity "
+              f"{dpb.IdentityMapping.Name(a.identity)}, attributes {dict(a.attributes) or '-'}")
+
+    def exported(directory: Path) -> list[Path]:
+        return sorted(p for p in directory.glob("*.csv")) if directory.exists() else []
+
+    deadline = time.monotonic() + DRAIN_TIMEOUT
+    while time.monotonic() < deadline and not (exported(work / "exports" / "marketo")
+                                               and exported(work / "exports" / "linkedin")):
+        time.sleep(0.05)
+    hashed = hashlib.sha256(b"p2@townsend.com").hexdigest()
+    for name, directory, want in [("Marketo", work / "exports" / "marketo",
+                                   [["add", "p2@townsend.com", "Paul", "Okafor", "Director, Procurement"]]),
+                                  ("LinkedIn", work / "exports" / "linkedin", [["add", hashed]])]:
+        files = exported(directory)
+        check(len(files) == 1, f"the {name} export directory {directory} holds {len(files)} files; expected one")
+        text = files[0].read_text()
+        print(f"\n-- {name}: {files[0].name}")
+        for line in text.splitlines():
+            print(f"  {line}")
+        rows = list(csv.reader(text.splitlines()))
+        check(rows[1:] == want, f"the {name} export holds {rows[1:]}; expected {want}")
+    print(f"  = the Marketo file adds exactly p2@townsend.com; the LinkedIn file exactly its SHA-256, {hashed[:16]}…")
+
+    print("\n-- ListDeliveries")
+    for d in (marketo, linkedin):
+        runs = stub.ListDeliveries(dpb.ListDeliveriesRequest(destination_id=d.id), timeout=TIMEOUT).deliveries
+        for run in runs:
+            print(f"  {d.id} {run.id}: activation {run.activation_id}, added {run.added}, removed {run.removed}, "
+                  f"suppressed (opted out) {run.suppressed}, failed {run.failed}, retries {run.retries}")
+        check(sum(r.added for r in runs) == 1 and all(r.failed == 0 for r in runs),
+              f"deliveries of {d.id}: {[(r.added, r.failed) for r in runs]}; expected one member added")
 
 
 def free_port() -> int:
@@ -850,6 +917,8 @@ def main() -> int:
                     help="cdp-profile to run (default $CDP_PROFILE_BIN or .build/release/cdp-profile)")
     ap.add_argument("--segmentation-binary", type=Path, metavar="PATH",
                     help="cdp-segmentation to run (default $CDP_SEGMENTATION_BIN or .build/release/cdp-segmentation)")
+    ap.add_argument("--destination-binary", type=Path, metavar="PATH",
+                    help="cdp-destination to run (default $CDP_DESTINATION_BIN or .build/release/cdp-destination)")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="cdp-demo."))
     # Profile forwards to segmentation, which reads profile's views for Evaluate, Estimate and Explain; identity
@@ -865,9 +934,13 @@ def main() -> int:
                            ["--data-dir", str(work / "segmentation"), "--profile", f"127.0.0.1:{profile.port}"], work)
     ingestion = Service("ingestion", binary(args.ingestion_binary, "CDP_INGESTION_BIN", "cdp-ingestion"),
                         ["--data-dir", str(work / "ingestion")], work)
-    services = (ingestion, identity, profile, segmentation)
+    destination = Service("destination", binary(args.destination_binary, "CDP_DESTINATION_BIN", "cdp-destination"),
+                          ["--data-dir", str(work / "destination")], work)
+    services = (ingestion, identity, profile, segmentation, destination)
     try:
         try:
+            destination.start()
+            segmentation.args += ["--destination", destination.address]
             segmentation.start()
             profile.args += ["--segmentation", segmentation.address]
             profile.start()
@@ -878,10 +951,10 @@ def main() -> int:
         except (OSError, RuntimeError) as e:
             print(f"demo: error: cannot start a service: {e}", file=sys.stderr)
             return 2
+        print(f"cdp-destination  listening on {destination.address} (pid {destination.proc.pid}), data dir "
+              f"{work / 'destination'}")
         print(f"cdp-segmentation listening on {segmentation.address} (pid {segmentation.proc.pid}), data dir "
-              f"{work / 'segmentation'}, --profile {profile.address}")
-        print("  no --destination: its membership changes wait in its outbox for the destination service, which "
-              "comes next")
+              f"{work / 'segmentation'}, --profile {profile.address}, --destination {destination.address}")
         print(f"cdp-profile      listening on {profile.address} (pid {profile.proc.pid}), data dir {work / 'profile'}, "
               f"--identity {identity.address}, --segmentation {segmentation.address}")
         print(f"cdp-identity     listening on {identity.address} (pid {identity.proc.pid}), data dir "
@@ -892,8 +965,9 @@ def main() -> int:
         with grpc.insecure_channel(ingestion.address, options=CHANNEL_OPTIONS) as ing_channel, \
                 grpc.insecure_channel(identity.address, options=CHANNEL_OPTIONS) as idn_channel, \
                 grpc.insecure_channel(profile.address, options=CHANNEL_OPTIONS) as prof_channel, \
-                grpc.insecure_channel(segmentation.address, options=CHANNEL_OPTIONS) as seg_channel:
-            for ch in (ing_channel, idn_channel, prof_channel, seg_channel):
+                grpc.insecure_channel(segmentation.address, options=CHANNEL_OPTIONS) as seg_channel, \
+                grpc.insecure_channel(destination.address, options=CHANNEL_OPTIONS) as dst_channel:
+            for ch in (ing_channel, idn_channel, prof_channel, seg_channel, dst_channel):
                 grpc.channel_ready_future(ch).result(timeout=TIMEOUT)
             seg = segmentation_pb2_grpc.SegmentationStub(seg_channel)
             segment, batch_segment = create_segment(seg)
@@ -903,8 +977,10 @@ def main() -> int:
             forwarded = identity_view(identity_pb2_grpc.IdentityStub(idn_channel), files, accepted)
             p2_cluster, visit_key, visit = profile_view(profile_pb2_grpc.ProfileStub(prof_channel), forwarded)
             segmentation_view(seg, segment, batch_segment, p2_cluster, visit_key, visit)
+            destination_view(destination_pb2_grpc.DestinationStub(dst_channel), batch_segment, work)
         print()
-        # In the order data flows: ingestion forwards to identity, identity to profile, profile to segmentation.
+        # In the order data flows: ingestion forwards to identity, identity to profile, profile to segmentation,
+        # segmentation to destination.
         for service in services:
             rc = service.stop()
             print(f"stopped cdp-{service.name} with SIGTERM: exit status {rc}")
@@ -919,7 +995,7 @@ def main() -> int:
         for service in services:
             service.kill()
         if args.keep_data:
-            print(f"kept {work} (ingestion/, identity/, profile/, segmentation/, *.out, *.err)")
+            print(f"kept {work} (ingestion/, identity/, profile/, segmentation/, destination/, exports/, *.out, *.err)")
         else:
             shutil.rmtree(work, ignore_errors=True)
 

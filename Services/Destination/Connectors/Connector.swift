@@ -48,6 +48,7 @@ public enum DeliveryFailure: Error, Sendable, Equatable {
 /// the activation has added once these changes are applied.
 public struct DeliveryContext: Sendable {
     public var activation: ActivationRecord
+    /// The run's start in milliseconds since 1970: increasing, so file names sort by run.
     public var runNumber: Int
     public var currentMembers: @Sendable () async throws -> [OutboundMember]
 

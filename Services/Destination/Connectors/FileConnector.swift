@@ -55,8 +55,7 @@ public struct FileConnector: Connector {
                 text += String(decoding: try encoder.encode(object), as: UTF8.self) + "\n"
             }
         }
-        let name =
-            "\(context.activation.id)-\(mode.rawValue)-\(String(format: "%06d", context.runNumber)).\(format.rawValue)"
+        let name = "\(context.activation.id)-\(mode.rawValue)-\(context.runNumber).\(format.rawValue)"
         do {
             try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
             let temporary = directory + "/." + name + ".tmp"
