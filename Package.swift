@@ -83,7 +83,7 @@ let package = Package(
         .target(
             name: "ServiceSupport",
             dependencies: [
-                "RPCCore",
+                "RPCCore", "RPCHTTP2",
                 "CMalloc",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),

@@ -62,22 +62,14 @@ struct DestinationCommand: AsyncParsableCommand {
     func run() async throws {
         MemoryTuning.keepFreedMemoryForReuse()
         let environment = ProcessInfo.processInfo.environment
-        LoggingSystem.bootstrap { label in
-            var handler = StreamLogHandler.standardError(label: label)
-            handler.logLevel = Logger.Level(rawValue: self.logLevel) ?? .info
-            return handler
-        }
+        ServiceMain.bootstrapLogging(level: logLevel)
         let logger = Logger(label: "cdp-destination")
-        let directory = dataDir ?? (environment["CDP_DATA_DIR"].map { $0 + "/destination" } ?? "./data/destination")
+        let directory = try ServiceMain.dataDirectory(dataDir, service: "destination")
         let store: SQLiteDestinationStore
         do {
-            try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
             store = try SQLiteDestinationStore(path: directory + "/destination.sqlite")
         } catch {
-            throw StartupError(
-                "cannot open the database in \(directory) (from --data-dir or $CDP_DATA_DIR): "
-                    + "\(error.localizedDescription)"
-            )
+            throw ServiceMain.databaseError(directory, error)
         }
         let engineThread = MultiThreadedEventLoopGroup(numberOfThreads: 1)
         let engine = DestinationEngine(store: store, loop: engineThread.next())
@@ -96,20 +88,9 @@ struct DestinationCommand: AsyncParsableCommand {
             services: [service, health, ReflectionService(services: [service, health])],
             logger: logger
         )
-        let boundPort: Int
-        do {
-            boundPort = try await server.start().port ?? port
-        } catch {
-            throw StartupError("cannot listen on \(host):\(port) (--host, --port): \(error)")
-        }
-        FileHandle.standardOutput.write(Data("listening on \(host):\(boundPort)\n".utf8))
+        let boundPort = try await ServiceMain.start(server, host: host, port: port)
         logger.info("destination service started", metadata: ["data.dir": "\(directory)", "port": "\(boundPort)"])
-        try await ServiceGroup(
-            services: [server, workers],
-            gracefulShutdownSignals: [.sigterm, .sigint],
-            logger: logger
-        )
-        .run()
+        try await ServiceMain.run([server, workers], logger: logger)
         try await engineThread.shutdownGracefully()
     }
 }

@@ -168,22 +168,14 @@ struct IdentityCommand: AsyncParsableCommand {
     func run() async throws {
         MemoryTuning.keepFreedMemoryForReuse()
         let environment = ProcessInfo.processInfo.environment
-        LoggingSystem.bootstrap { label in
-            var handler = StreamLogHandler.standardError(label: label)
-            handler.logLevel = Logger.Level(rawValue: self.logLevel) ?? .info
-            return handler
-        }
+        ServiceMain.bootstrapLogging(level: logLevel)
         let logger = Logger(label: "cdp-identity")
-        let directory = dataDir ?? (environment["CDP_DATA_DIR"].map { $0 + "/identity" } ?? "./data/identity")
+        let directory = try ServiceMain.dataDirectory(dataDir, service: "identity")
         let store: SQLiteIdentityStore
         do {
-            try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
             store = try SQLiteIdentityStore(path: directory + "/identity.sqlite")
         } catch {
-            throw StartupError(
-                "cannot open the database in \(directory) (from --data-dir or $CDP_DATA_DIR): "
-                    + "\(error.localizedDescription)"
-            )
+            throw ServiceMain.databaseError(directory, error)
         }
         // The engine's own thread: its store calls block.
         let engineThread = MultiThreadedEventLoopGroup(numberOfThreads: 1)
@@ -250,18 +242,12 @@ struct IdentityCommand: AsyncParsableCommand {
             services: [service, health, ReflectionService(services: [service, health])],
             logger: logger
         )
-        let boundPort: Int
-        do {
-            boundPort = try await server.start().port ?? port
-        } catch {
-            throw StartupError("cannot listen on \(host):\(port) (--host, --port): \(error)")
-        }
-        FileHandle.standardOutput.write(Data("listening on \(host):\(boundPort)\n".utf8))
+        let boundPort = try await ServiceMain.start(server, host: host, port: port)
         logger.info("identity service started", metadata: ["data.dir": "\(directory)", "port": "\(boundPort)"])
 
         var services: [any Service] = [server]
         if let relay { services.append(relay) }
-        try await ServiceGroup(services: services, gracefulShutdownSignals: [.sigterm, .sigint], logger: logger).run()
+        try await ServiceMain.run(services, logger: logger)
         await profileTransport?.close()
         try await engineThread.shutdownGracefully()
     }

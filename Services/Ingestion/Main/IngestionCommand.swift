@@ -85,22 +85,14 @@ struct IngestionCommand: AsyncParsableCommand {
     func run() async throws {
         MemoryTuning.keepFreedMemoryForReuse()
         let environment = ProcessInfo.processInfo.environment
-        LoggingSystem.bootstrap { label in
-            var handler = StreamLogHandler.standardError(label: label)
-            handler.logLevel = Logger.Level(rawValue: self.logLevel) ?? .info
-            return handler
-        }
+        ServiceMain.bootstrapLogging(level: logLevel)
         let logger = Logger(label: "cdp-ingestion")
-        let directory = dataDir ?? (environment["CDP_DATA_DIR"].map { $0 + "/ingestion" } ?? "./data/ingestion")
+        let directory = try ServiceMain.dataDirectory(dataDir, service: "ingestion")
         let store: SQLiteIngestionStore
         do {
-            try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
             store = try SQLiteIngestionStore(path: directory + "/ingestion.sqlite")
         } catch {
-            throw StartupError(
-                "cannot open the database in \(directory) (from --data-dir or $CDP_DATA_DIR): "
-                    + "\(error.localizedDescription)"
-            )
+            throw ServiceMain.databaseError(directory, error)
         }
         let token = authToken ?? environment["CDP_TOKEN"]
 
@@ -145,13 +137,7 @@ struct IngestionCommand: AsyncParsableCommand {
             services: [service, health, ReflectionService(services: [service, health])],
             logger: logger
         )
-        let boundPort: Int
-        do {
-            boundPort = try await server.start().port ?? port
-        } catch {
-            throw StartupError("cannot listen on \(host):\(port) (--host, --port): \(error)")
-        }
-        FileHandle.standardOutput.write(Data("listening on \(host):\(boundPort)\n".utf8))
+        let boundPort = try await ServiceMain.start(server, host: host, port: port)
         logger.info(
             "ingestion service started",
             metadata: ["data.dir": "\(directory)", "port": "\(boundPort)"]
@@ -159,7 +145,7 @@ struct IngestionCommand: AsyncParsableCommand {
 
         services.append(server)
         if let relay { services.append(relay) }
-        try await ServiceGroup(services: services, gracefulShutdownSignals: [.sigterm, .sigint], logger: logger).run()
+        try await ServiceMain.run(services, logger: logger)
         await identityTransport?.close()
     }
 }

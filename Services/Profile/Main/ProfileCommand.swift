@@ -119,25 +119,17 @@ struct ProfileCommand: AsyncParsableCommand {
     func run() async throws {
         MemoryTuning.keepFreedMemoryForReuse()
         let environment = ProcessInfo.processInfo.environment
-        LoggingSystem.bootstrap { label in
-            var handler = StreamLogHandler.standardError(label: label)
-            handler.logLevel = Logger.Level(rawValue: self.logLevel) ?? .info
-            return handler
-        }
+        ServiceMain.bootstrapLogging(level: logLevel)
         let logger = Logger(label: "cdp-profile")
-        let directory = dataDir ?? (environment["CDP_DATA_DIR"].map { $0 + "/profile" } ?? "./data/profile")
+        let directory = try ServiceMain.dataDirectory(dataDir, service: "profile")
         let store: SQLiteProfileStore
         do {
-            try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
             store = try SQLiteProfileStore(
                 path: directory + "/profile.sqlite",
                 configuration: .init(policies: try policies(), eventRetention: .seconds(eventRetentionDays * 86_400))
             )
         } catch {
-            throw StartupError(
-                "cannot open the database in \(directory) (from --data-dir or $CDP_DATA_DIR): "
-                    + "\(error.localizedDescription)"
-            )
+            throw ServiceMain.databaseError(directory, error)
         }
         let engineThread = MultiThreadedEventLoopGroup(numberOfThreads: 1)
         let engine = ProfileEngine(store: store, loop: engineThread.next())
@@ -196,18 +188,12 @@ struct ProfileCommand: AsyncParsableCommand {
             services: [service, health, ReflectionService(services: [service, health])],
             logger: logger
         )
-        let boundPort: Int
-        do {
-            boundPort = try await server.start().port ?? port
-        } catch {
-            throw StartupError("cannot listen on \(host):\(port) (--host, --port): \(error)")
-        }
-        FileHandle.standardOutput.write(Data("listening on \(host):\(boundPort)\n".utf8))
+        let boundPort = try await ServiceMain.start(server, host: host, port: port)
         logger.info("profile service started", metadata: ["data.dir": "\(directory)", "port": "\(boundPort)"])
 
         var services: [any Service] = [server]
         if let relay { services.append(relay) }
-        try await ServiceGroup(services: services, gracefulShutdownSignals: [.sigterm, .sigint], logger: logger).run()
+        try await ServiceMain.run(services, logger: logger)
         for transport in transports { await transport.close() }
         try await engineThread.shutdownGracefully()
     }

@@ -96,22 +96,14 @@ struct SegmentationCommand: AsyncParsableCommand {
     func run() async throws {
         MemoryTuning.keepFreedMemoryForReuse()
         let environment = ProcessInfo.processInfo.environment
-        LoggingSystem.bootstrap { label in
-            var handler = StreamLogHandler.standardError(label: label)
-            handler.logLevel = Logger.Level(rawValue: self.logLevel) ?? .info
-            return handler
-        }
+        ServiceMain.bootstrapLogging(level: logLevel)
         let logger = Logger(label: "cdp-segmentation")
-        let directory = dataDir ?? (environment["CDP_DATA_DIR"].map { $0 + "/segmentation" } ?? "./data/segmentation")
+        let directory = try ServiceMain.dataDirectory(dataDir, service: "segmentation")
         let store: SQLiteSegmentationStore
         do {
-            try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
             store = try SQLiteSegmentationStore(path: directory + "/segmentation.sqlite")
         } catch {
-            throw StartupError(
-                "cannot open the database in \(directory) (from --data-dir or $CDP_DATA_DIR): "
-                    + "\(error.localizedDescription)"
-            )
+            throw ServiceMain.databaseError(directory, error)
         }
         let engineThread = MultiThreadedEventLoopGroup(numberOfThreads: 1)
         let engine: SegmentationEngine
@@ -186,13 +178,7 @@ struct SegmentationCommand: AsyncParsableCommand {
             services: [service, health, ReflectionService(services: [service, health])],
             logger: logger
         )
-        let boundPort: Int
-        do {
-            boundPort = try await server.start().port ?? port
-        } catch {
-            throw StartupError("cannot listen on \(host):\(port) (--host, --port): \(error)")
-        }
-        FileHandle.standardOutput.write(Data("listening on \(host):\(boundPort)\n".utf8))
+        let boundPort = try await ServiceMain.start(server, host: host, port: port)
         logger.info(
             "segmentation service started",
             metadata: ["data.dir": "\(directory)", "port": "\(boundPort)", "partition": "\(partition)/\(partitions)"]
@@ -200,7 +186,7 @@ struct SegmentationCommand: AsyncParsableCommand {
 
         var services: [any Service] = [server, jobs, rechecks]
         if let relay { services.append(relay) }
-        try await ServiceGroup(services: services, gracefulShutdownSignals: [.sigterm, .sigint], logger: logger).run()
+        try await ServiceMain.run(services, logger: logger)
         for transport in transports { await transport.close() }
         try await engineThread.shutdownGracefully()
     }

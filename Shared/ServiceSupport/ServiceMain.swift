@@ -1,0 +1,59 @@
+import Foundation
+import Logging
+import RPCHTTP2
+import ServiceLifecycle
+
+/// What every service executable does the same way: logs to standard error, finds and creates its
+/// data directory, binds and announces its server, and runs until SIGTERM or SIGINT.
+public enum ServiceMain {
+    /// Sends logs to standard error at `level` (a `Logger.Level` name; `info` if it is not one).
+    public static func bootstrapLogging(level: String) {
+        LoggingSystem.bootstrap { label in
+            var handler = StreamLogHandler.standardError(label: label)
+            handler.logLevel = Logger.Level(rawValue: level) ?? .info
+            return handler
+        }
+    }
+
+    /// The service's data directory, created if needed: `flag` (`--data-dir`), else
+    /// `$CDP_DATA_DIR/<service>`, else `./data/<service>`.
+    public static func dataDirectory(_ flag: String?, service: String) throws -> String {
+        let directory =
+            flag
+            ?? (ProcessInfo.processInfo.environment["CDP_DATA_DIR"].map { $0 + "/" + service } ?? "./data/" + service)
+        do {
+            try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        } catch {
+            throw StartupError(
+                "cannot create the data directory \(directory) (from --data-dir or $CDP_DATA_DIR): "
+                    + error.localizedDescription
+            )
+        }
+        return directory
+    }
+
+    /// The error for a database that does not open, naming the directory and where it came from.
+    public static func databaseError(_ directory: String, _ error: any Error) -> StartupError {
+        StartupError(
+            "cannot open the database in \(directory) (from --data-dir or $CDP_DATA_DIR): \(error.localizedDescription)"
+        )
+    }
+
+    /// Binds `server` and prints `listening on HOST:PORT` on standard output (what scripts wait for);
+    /// returns the port bound.
+    public static func start(_ server: RPCServer, host: String, port: Int) async throws -> Int {
+        let bound: Int
+        do {
+            bound = try await server.start().port ?? port
+        } catch {
+            throw StartupError("cannot listen on \(host):\(port) (--host, --port): \(error)")
+        }
+        FileHandle.standardOutput.write(Data("listening on \(host):\(bound)\n".utf8))
+        return bound
+    }
+
+    /// Runs `services` until SIGTERM or SIGINT starts a graceful shutdown.
+    public static func run(_ services: [any Service], logger: Logger) async throws {
+        try await ServiceGroup(services: services, gracefulShutdownSignals: [.sigterm, .sigint], logger: logger).run()
+    }
+}
