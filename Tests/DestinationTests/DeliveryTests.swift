@@ -123,7 +123,8 @@ struct DeliveryTests {
             // p2 exits: a removal.
             _ = try await engine.accept(sender: "segmentation", [Self.change(2, "s1", p2, realized: false, version: 2)])
             #expect(try await Self.eventually { try Self.files(directory).count == 2 })
-            #expect(try Self.files(directory).last == "op,identity,First Name\nremove,p2@townsend.com,P6\n")
+            // A removal names the member; attributes go with adds only.
+            #expect(try Self.files(directory).last == "op,identity\nremove,p2@townsend.com\n")
         }
         let runs = try await engine.runs(destination: destination.id, before: 0, limit: 10)
         #expect(runs.map { ($0.1.added, $0.1.removed) }.elementsEqual([(0, 1), (1, 0)], by: ==))

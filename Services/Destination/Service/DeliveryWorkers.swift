@@ -20,6 +20,8 @@ public final class DeliveryWorkers: Service, Sendable {
     private let idlePoll: Duration
     private let logger: Logger
     private let wakeSignal = WakeSignal()
+    /// Each destination's worker waits on its own signal (a signal has one waiter).
+    private let destinationSignals = Mutex<[String: WakeSignal]>([:])
     private let errors = Mutex<[String: String]>([:])
     private let connector: @Sendable (DestinationRecord) throws -> any Connector
 
@@ -46,7 +48,10 @@ public final class DeliveryWorkers: Service, Sendable {
     }
 
     /// Tells the workers that work was queued.
-    public func wake() { wakeSignal.signal() }
+    public func wake() {
+        wakeSignal.signal()
+        for signal in destinationSignals.withLock({ Array($0.values) }) { signal.signal() }
+    }
 
     /// A destination's last delivery error, cleared by the next success.
     public func lastError(_ destination: String) -> String? { errors.withLock { $0[destination] } }
@@ -82,6 +87,7 @@ public final class DeliveryWorkers: Service, Sendable {
             return
         }
         let signal = WakeSignal()
+        destinationSignals.withLock { $0[destination.id] = signal }
         while !Task.isCancelled {
             do {
                 guard let batch = try await engine.nextBatch(destination: destination.id, limit: connector.batchLimit)
@@ -120,29 +126,41 @@ public final class DeliveryWorkers: Service, Sendable {
             if member.realized && optedOut { report.suppressed += 1 }
             var wanted = member
             wanted.realized = member.realized && !optedOut
-            // Already so at the destination (or never added and not to be): nothing to send.
-            if wanted.realized == (member.delivered ?? false) {
+            let current = MemberMapping.identity(of: member.record, mapping)
+            let known = member.delivered == true ? member.identity : nil
+            // Already so at the destination, under the same identity: nothing to send.
+            if wanted.realized == (member.delivered ?? false) && (!wanted.realized || known == current) {
                 report.delivered.append(wanted)
-                continue
-            }
-            guard let identity = MemberMapping.identity(of: member.record, mapping) else {
-                report.failed.append((member.cluster, "the record has no \(Self.name(of: mapping)) to send"))
                 continue
             }
             var attributes: [String: String] = [:]
             for (field, source) in batch.activation.attributes {
                 if let value = MemberMapping.value(source, of: member.record) { attributes[field] = value }
             }
-            outbound.append(
-                OutboundMember(
-                    entityType: member.entityType,
-                    cluster: member.cluster,
-                    add: wanted.realized,
-                    version: member.version,
-                    identity: identity,
-                    attributes: attributes
+            func send(_ add: Bool, _ identity: String) {
+                outbound.append(
+                    OutboundMember(
+                        entityType: member.entityType,
+                        cluster: member.cluster,
+                        add: add,
+                        version: member.version,
+                        identity: identity,
+                        attributes: add ? attributes : [:]
+                    )
                 )
-            )
+            }
+            // A removal names the member as the destination knows it, even if its email changed since.
+            if let known, known != current || !wanted.realized { send(false, known) }
+            if wanted.realized {
+                guard let current else {
+                    report.failed.append((member.cluster, "the record has no \(Self.name(of: mapping)) to send"))
+                    continue
+                }
+                send(true, current)
+                wanted.identity = current
+            } else {
+                wanted.identity = known
+            }
             byCluster[member.cluster] = wanted
         }
         if !outbound.isEmpty {
@@ -155,7 +173,7 @@ public final class DeliveryWorkers: Service, Sendable {
             ) {
                 // Full exports: what was added before, with this batch's changes applied.
                 var current = try await engine.deliveredMembers(activation: activation.id).compactMap { member in
-                    MemberMapping.identity(of: member.record, mapping).map { identity in
+                    (member.identity ?? MemberMapping.identity(of: member.record, mapping)).map { identity in
                         OutboundMember(
                             entityType: member.entityType,
                             cluster: member.cluster,
@@ -176,9 +194,14 @@ public final class DeliveryWorkers: Service, Sendable {
                 do {
                     let refused = try await connector.deliver(outbound, context)
                     for member in outbound {
-                        if let message = refused[member.cluster] {
-                            report.failed.append((member.cluster, message))
-                        } else if let wanted = byCluster[member.cluster] {
+                        if refused[member.cluster] == nil {
+                            if member.add { report.added += 1 } else { report.removed += 1 }
+                        }
+                    }
+                    for (cluster, wanted) in byCluster.sorted(by: { $0.key < $1.key }) {
+                        if let message = refused[cluster] {
+                            report.failed.append((cluster, message))
+                        } else {
                             report.delivered.append(wanted)
                         }
                     }
@@ -188,7 +211,7 @@ public final class DeliveryWorkers: Service, Sendable {
                     switch failure {
                     case .permanent(let message):
                         errors.withLock { $0[destination.id] = message }
-                        for member in outbound { report.failed.append((member.cluster, message)) }
+                        for cluster in byCluster.keys.sorted() { report.failed.append((cluster, message)) }
                     case .retryable(let message, let after):
                         errors.withLock { $0[destination.id] = message }
                         report.retries += 1

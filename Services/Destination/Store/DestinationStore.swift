@@ -56,6 +56,8 @@ public struct PendingMember: Sendable, Equatable {
     public var record: Cdp_Profile_V1_UnifiedRecord
     /// What the destination was last told: true added, false removed, nil never told.
     public var delivered: Bool?
+    /// The identity the destination knows the member by (what was last sent), or the one sent now.
+    public var identity: String?
 }
 
 /// Work taken for one delivery: an activation's pending members.
@@ -66,8 +68,12 @@ public struct PendingBatch: Sendable {
 
 /// How a delivery ended for each member of a batch.
 public struct DeliveryReport: Sendable, Equatable {
-    /// Members delivered (added or removed as asked).
+    /// Members whose state at the destination is now settled (sent, or already so), with the
+    /// identity the destination knows them by.
     public var delivered: [PendingMember] = []
+    /// Adds and removes actually sent.
+    public var added = 0
+    public var removed = 0
     /// Members not sent because they opted out of email; for those delivered before, a removal was sent.
     public var suppressed = 0
     /// Members the destination refused for good, with its words.

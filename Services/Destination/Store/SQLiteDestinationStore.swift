@@ -81,6 +81,9 @@ public final class SQLiteDestinationStore: Sendable {
                         cluster INTEGER NOT NULL,
                         realized INTEGER NOT NULL,
                         version INTEGER NOT NULL,
+                        -- The identity the destination knows the member by: a removal uses it, even after
+                        -- the person's email changed.
+                        identity TEXT,
                         PRIMARY KEY (activation, entity, cluster)
                     ) WITHOUT ROWID;
                     CREATE TABLE runs (
@@ -326,7 +329,7 @@ public final class SQLiteDestinationStore: Sendable {
             let members = try Row.fetchAll(
                 db,
                 sql: """
-                    SELECT q.entity, q.cluster, q.realized, q.version, m.record, d.realized
+                    SELECT q.entity, q.cluster, q.realized, q.version, m.record, d.realized, d.identity
                     FROM queue q
                     JOIN members m ON m.segment = q.segment AND m.entity = q.entity AND m.cluster = q.cluster
                     LEFT JOIN delivered d ON d.activation = q.activation AND d.entity = q.entity AND d.cluster = q.cluster
@@ -340,7 +343,8 @@ public final class SQLiteDestinationStore: Sendable {
                     realized: row[2],
                     version: UInt64(row[3] as Int64),
                     record: try Cdp_Profile_V1_UnifiedRecord(serializedBytes: row[4] as Data),
-                    delivered: row[5]
+                    delivered: row[5],
+                    identity: row[6]
                 )
             }
             return PendingBatch(activation: activation, members: members)
@@ -362,12 +366,12 @@ public final class SQLiteDestinationStore: Sendable {
             for member in report.delivered {
                 try db.cachedStatement(
                     sql: """
-                        INSERT OR REPLACE INTO delivered (activation, entity, cluster, realized, version)
-                        VALUES (?, ?, ?, ?, ?)
+                        INSERT OR REPLACE INTO delivered (activation, entity, cluster, realized, version, identity)
+                        VALUES (?, ?, ?, ?, ?, ?)
                         """
                 ).execute(arguments: [
                     activation, member.entityType.rawValue, Int64(member.cluster), member.realized,
-                    Int64(member.version),
+                    Int64(member.version), member.identity,
                 ])
             }
             var errors = Cdp_Destination_V1_Delivery()
@@ -385,8 +389,8 @@ public final class SQLiteDestinationStore: Sendable {
                     """,
                 arguments: [
                     activation, batch.activation.destinationID, report.startedAt.timeIntervalSince1970,
-                    report.finishedAt.timeIntervalSince1970, report.delivered.filter(\.realized).count,
-                    report.delivered.filter { !$0.realized }.count, report.suppressed, report.failed.count,
+                    report.finishedAt.timeIntervalSince1970, report.added, report.removed, report.suppressed,
+                    report.failed.count,
                     report.retries, try errors.serializedBytes() as Data,
                 ]
             )
@@ -399,7 +403,7 @@ public final class SQLiteDestinationStore: Sendable {
             try Row.fetchAll(
                 db,
                 sql: """
-                    SELECT d.entity, d.cluster, d.version, m.record FROM delivered d
+                    SELECT d.entity, d.cluster, d.version, m.record, d.identity FROM delivered d
                     JOIN activations a ON a.id = d.activation
                     JOIN members m ON m.segment = a.segment AND m.entity = d.entity AND m.cluster = d.cluster
                     WHERE d.activation = ? AND d.realized = 1 ORDER BY d.cluster
@@ -412,7 +416,8 @@ public final class SQLiteDestinationStore: Sendable {
                     realized: true,
                     version: UInt64(row[2] as Int64),
                     record: try Cdp_Profile_V1_UnifiedRecord(serializedBytes: row[3] as Data),
-                    delivered: true
+                    delivered: true,
+                    identity: row[4]
                 )
             }
         }
