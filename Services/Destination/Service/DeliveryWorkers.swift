@@ -61,7 +61,14 @@ public final class DeliveryWorkers: Service, Sendable {
             await withTaskGroup(of: Void.self) { group in
                 var running: Set<String> = []
                 while !Task.isCancelled {
-                    for destination in (try? await self.engine.destinations()) ?? []
+                    let destinations: [DestinationRecord]
+                    do {
+                        destinations = try await self.engine.destinations()
+                    } catch {
+                        self.logger.error("cannot list the destinations to deliver", metadata: ["error": "\(error)"])
+                        destinations = []
+                    }
+                    for destination in destinations
                     where !running.contains(destination.id) {
                         running.insert(destination.id)
                         group.addTask { await self.work(destination) }

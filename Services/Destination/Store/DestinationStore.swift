@@ -67,7 +67,7 @@ public struct PendingBatch: Sendable {
 }
 
 /// How a delivery ended for each member of a batch.
-public struct DeliveryReport: Sendable, Equatable {
+public struct DeliveryReport: Sendable {
     /// Members whose state at the destination is now settled (sent, or already so), with the
     /// identity the destination knows them by.
     public var delivered: [PendingMember] = []
@@ -89,9 +89,4 @@ public struct DeliveryReport: Sendable, Equatable {
         self.finishedAt = finishedAt
     }
 
-    public static func == (lhs: DeliveryReport, rhs: DeliveryReport) -> Bool {
-        lhs.delivered == rhs.delivered && lhs.suppressed == rhs.suppressed && lhs.retries == rhs.retries
-            && lhs.failed.map(\.cluster) == rhs.failed.map(\.cluster)
-            && lhs.failed.map(\.message) == rhs.failed.map(\.message)
-    }
 }

@@ -101,7 +101,11 @@ public final class EvaluationJobs: Service, Sendable {
             failed.state = .failed
             failed.error = "\(error)"
             failed.finishedAt = Google_Protobuf_Timestamp(date: await engine.currentTime())
-            try? await engine.save(failed)
+            do {
+                try await engine.save(failed)
+            } catch {
+                logger.error("cannot record the failed job", metadata: ["job": "\(job.id)", "error": "\(error)"])
+            }
             logger.error("evaluation failed", metadata: ["job": "\(job.id)", "error": "\(error)"])
         }
     }

@@ -154,7 +154,7 @@ public actor SegmentationEngine {
     }
 
     /// How many members a segment has realized.
-    public func realizedCount(_ id: String) throws -> UInt64 { try store.realizedCounts()[id] ?? 0 }
+    public func realizedCount(_ id: String) throws -> UInt64 { try store.realizedCount(of: id) }
 
     /// A definition checked and compiled for an estimate.
     public func compile(_ pql: String, _ entityType: Cdp_Model_V1_EntityType) throws -> CompiledSegment {

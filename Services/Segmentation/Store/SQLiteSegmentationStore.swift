@@ -214,6 +214,19 @@ public final class SQLiteSegmentationStore: Sendable {
         }
     }
 
+    /// How many members one segment has realized.
+    public func realizedCount(of segment: String) throws -> UInt64 {
+        try writer.read { db in
+            UInt64(
+                try Int64.fetchOne(
+                    db,
+                    sql: "SELECT COUNT(*) FROM memberships WHERE segment = ? AND realized = 1",
+                    arguments: [segment]
+                ) ?? 0
+            )
+        }
+    }
+
     // MARK: - Views and memberships
 
     /// The latest view version taken for an entity.
