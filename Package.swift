@@ -29,6 +29,7 @@ let package = Package(
         .package(url: "https://github.com/swift-server/swift-service-lifecycle", exact: "2.13.0"),
         .package(url: "https://github.com/groue/GRDB.swift", exact: "7.10.0"),
         .package(url: "https://github.com/apple/swift-crypto", exact: "3.12.3"),
+        .package(url: "https://github.com/swift-server/async-http-client", exact: "1.37.0"),
     ],
     targets: [
         // libnghttp2, behind one small C module; only RPCHTTP2 imports it (privately).
@@ -135,6 +136,7 @@ let package = Package(
                 "CDPProto", "IngestionService", "IngestionStore", "RPCCore", "RPCHTTP2", "RPCServices",
                 "ServiceSupport",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ],
@@ -330,7 +332,14 @@ let package = Package(
         // What each kind of destination is told, and how: identity mapping, consent, file exports.
         .target(
             name: "DestinationConnectors",
-            dependencies: ["CDPProto", "DestinationStore", .product(name: "Crypto", package: "swift-crypto")],
+            dependencies: [
+                "CDPProto", "DestinationStore",
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOFoundationCompat", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+            ],
             path: "Services/Destination/Connectors"
         ),
         // The engine actor, the delivery workers (one per destination) and the RPC service.
@@ -348,8 +357,8 @@ let package = Package(
         .executableTarget(
             name: "cdp-destination",
             dependencies: [
-                "CDPProto", "RPCCore", "RPCHTTP2", "RPCServices", "DestinationService", "DestinationStore",
-                "ServiceSupport",
+                "CDPProto", "RPCCore", "RPCHTTP2", "RPCServices", "DestinationConnectors", "DestinationService",
+                "DestinationStore", "ServiceSupport",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOPosix", package: "swift-nio"),

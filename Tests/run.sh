@@ -3,8 +3,8 @@
 # warnings in the project's own code, runs the Swift tests, then the interop tests in both
 # directions, the socket robustness tests against the real server binary, generic
 # reflection / health clients (no .proto files) against it, and the Python tests of the
-# ingestion, identity, profile and segmentation services' processes (crashes, restarts, the pipeline
-# between them).
+# ingestion, identity, profile, segmentation and destination services' processes (crashes, restarts, the
+# pipeline between them).
 #
 # Usage: Tests/run.sh            (run from anywhere)
 # Each stage prints its own summary; the script stops at the first failing stage.
@@ -59,5 +59,9 @@ Tests/python-env.sh
 stage "segmentation: the Bodea segment streaming end to end, explanations, batch jobs, SIGKILL of segmentation, bad requests (Python, against cdp-ingestion + cdp-identity + cdp-profile + cdp-segmentation)"
 Tests/python-env.sh
 .venv/bin/python -m pytest Tests/Segmentation -q -p no:cacheprovider
+
+stage "destination: file exports following a segment, Marketo / LinkedIn / webhook fakes (the running example, 30% faults, isolation, SIGKILL mid-delivery), bad requests (Python, against the five services)"
+Tests/python-env.sh
+.venv/bin/python -m pytest Tests/Destination -q -p no:cacheprovider
 
 stage "all test stages passed"

@@ -1,8 +1,4 @@
-"""Not yet a stage of Tests/run.sh: test_destination_sigkill can see a duplicate add when a SIGKILL lands
-between a run's file and its record (the known bug test_a_batch_written_before_a_sigkill_is_not_added_again
-pins down); the stage is added when that is fixed (the stage's lines: .git/destination-run-stage.patch).
-
-Ingestion -> identity -> profile -> segmentation -> destination -> export files, end to end over gRPC,
+"""Ingestion -> identity -> profile -> segmentation -> destination -> export files, end to end over gRPC,
 against the real binaries (all five services real; the destinations are FILE destinations).
 
 Tests:
@@ -33,12 +29,12 @@ Tests:
   as a@match.example.
 * test_a_member_that_came_and_went_before_delivery_is_not_counted: a member realized and exited in one
   AcceptMembershipChanges before any delivery is sent nowhere, and no run counts it as added or removed.
-* test_a_batch_written_before_a_sigkill_is_not_added_again (xfail, a service bug): a SIGKILL right after
-  an incremental file appears (before its run is recorded) makes the restarted destination write the same
-  add into a second file: a duplicate add.
+* test_a_batch_written_before_a_sigkill_is_not_added_again: a SIGKILL right after an incremental file
+  appears (before its run is recorded): the restarted destination delivers the saved plan again into the
+  same file name (same run number), so no second file adds the member again.
 * test_unhappy_paths: against a standalone cdp-destination: CreateDestination FILE without `directory`
   (INVALID_ARGUMENT naming it), with format xml (naming format), MARKETO / LINKEDIN / WEBHOOK
-  (UNIMPLEMENTED), UNSPECIFIED (INVALID_ARGUMENT); Activate to an unknown destination (NOT_FOUND), with an
+  each without a required setting (INVALID_ARGUMENT naming it, never echoing a secret), UNSPECIFIED (INVALID_ARGUMENT); Activate to an unknown destination (NOT_FOUND), with an
   empty segment (INVALID_ARGUMENT); Deactivate of an unknown activation (NOT_FOUND); ListDeliveries of an
   unknown destination (NOT_FOUND), with garbage page tokens (INVALID_ARGUMENT); AcceptMembershipChanges
   with an empty sender (INVALID_ARGUMENT, nothing taken), a re-sent sequence (a duplicate).
@@ -76,7 +72,6 @@ from destination_support import (  # noqa: E402
 )
 
 INVALID, NOT_FOUND = grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND
-UNIMPLEMENTED = grpc.StatusCode.UNIMPLEMENTED
 
 
 def _env(name: str, default, conv=int):
@@ -340,14 +335,15 @@ def test_unhappy_paths(tmp_path):
         msg = expect_error(lambda: create(FILE, {"directory": str(tmp_path / "x"), "format": "xml"}), INVALID,
                            "CreateDestination FILE with format xml")
         assert "format" in msg, f"CreateDestination FILE with format xml: {msg!r} does not name format"
-        for type_, settings in ((Req.DESTINATION_TYPE_MARKETO, {"endpoint": "https://123-ABC-456.mktorest.com",
-                                                                "client_id": "c", "client_secret": "s3cr3t",
-                                                                "list_id": "1"}),
-                                (Req.DESTINATION_TYPE_LINKEDIN, {"ad_account": "urn:li:sponsoredAccount:1",
-                                                                 "access_token": "t"}),
-                                (Req.DESTINATION_TYPE_WEBHOOK, {"url": "http://127.0.0.1:9/", "secret": "s"})):
-            msg = expect_error(lambda: create(type_, settings), UNIMPLEMENTED,
-                               f"CreateDestination {Req.DestinationType.Name(type_)}")
+        for type_, settings, missing in (
+                (Req.DESTINATION_TYPE_MARKETO, {"endpoint": "https://123-ABC-456.mktorest.com",
+                                                "client_id": "c", "client_secret": "s3cr3t"}, "list_id"),
+                (Req.DESTINATION_TYPE_LINKEDIN, {"ad_account": "urn:li:sponsoredAccount:1",
+                                                 "source_platform": "P"}, "access_token"),
+                (Req.DESTINATION_TYPE_WEBHOOK, {"url": "http://127.0.0.1:9/"}, "secret")):
+            msg = expect_error(lambda: create(type_, settings), INVALID,
+                               f"CreateDestination {Req.DestinationType.Name(type_)} without {missing}")
+            assert missing in msg, f"CreateDestination without {missing}: {msg!r} does not name it"
             assert "s3cr3t" not in msg, f"CreateDestination MARKETO's error shows the client secret: {msg!r}"
         expect_error(lambda: create(Req.DESTINATION_TYPE_UNSPECIFIED, {"directory": str(tmp_path / "x")}), INVALID,
                      "CreateDestination with no type")
@@ -476,13 +472,6 @@ def test_a_member_that_came_and_went_before_delivery_is_not_counted(tmp_path):
             f"expected no file and nothing counted")
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "service bug (at-least-once into files): a SIGKILL after a run's file is renamed into place and before the "
-    "run is recorded re-delivers the batch into a second file. Sent: sender 'segmentation', seq k s1/cluster "
-    "20+k v1 realized w<k>@match.example; destination SIGKILLed as soon as the file adding it appears, restarted "
-    "on the same data dir. Expected: the files add w<k>@match.example once. Actual: a second file "
-    "a1-incremental-<later ms>.csv adds it again (timing-dependent: 4 to 6 tries in 6 with the debug build; "
-    "the test tries up to 8 times)"))
 def test_a_batch_written_before_a_sigkill_is_not_added_again(tmp_path):
     with _Standalone(tmp_path) as d:
         for k in range(8):

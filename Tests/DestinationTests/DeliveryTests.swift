@@ -57,11 +57,17 @@ struct DeliveryTests {
         }
     }
 
+    /// An engine on the shared loop whose connectors reach APIs through `transport`.
+    static func engine(_ store: SQLiteDestinationStore, transport: any HTTPTransport = FakeHTTP()) -> DestinationEngine
+    {
+        DestinationEngine(store: store, loop: MultiThreadedEventLoopGroup.singleton.next(), transport: transport)
+    }
+
     /// Runs the workers while `body` runs.
     static func withWorkers(
         _ engine: DestinationEngine,
         connector: (@Sendable (DestinationRecord) throws -> any Connector)? = nil,
-        _ body: (DeliveryWorkers) async throws -> Void
+        body: (DeliveryWorkers) async throws -> Void
     ) async throws {
         let workers =
             connector.map {
@@ -98,10 +104,7 @@ struct DeliveryTests {
     @Test func anActivationBackfillsThenSendsChangesToAFile() async throws {
         let directory = try Self.temporaryDirectory()
         defer { try? FileManager.default.removeItem(atPath: directory) }
-        let engine = DestinationEngine(
-            store: try SQLiteDestinationStore(),
-            loop: MultiThreadedEventLoopGroup.singleton.next()
-        )
+        let engine = Self.engine(try SQLiteDestinationStore())
         // p2 is realized before any activation: the backfill sends it.
         let p2 = Self.person(6, "p2@townsend.com")
         _ = try await engine.accept(sender: "segmentation", [Self.change(1, "s1", p2, realized: true, version: 1)])
@@ -175,10 +178,7 @@ struct DeliveryTests {
     @Test func optedOutPersonsAreSuppressedAndCounted() async throws {
         let directory = try Self.temporaryDirectory()
         defer { try? FileManager.default.removeItem(atPath: directory) }
-        let engine = DestinationEngine(
-            store: try SQLiteDestinationStore(),
-            loop: MultiThreadedEventLoopGroup.singleton.next()
-        )
+        let engine = Self.engine(try SQLiteDestinationStore())
         let destination = try await engine.createDestination(
             type: .file,
             name: "linkedin upload",
@@ -238,10 +238,7 @@ struct DeliveryTests {
     }
 
     @Test func oneFailingDestinationDoesNotDelayAnotherAndCatchesUpWithoutDuplicates() async throws {
-        let engine = DestinationEngine(
-            store: try SQLiteDestinationStore(),
-            loop: MultiThreadedEventLoopGroup.singleton.next()
-        )
+        let engine = Self.engine(try SQLiteDestinationStore())
         let down = FlakyConnector()
         let up = FlakyConnector()
         down.state.withLock { $0.failing = true }
@@ -286,11 +283,73 @@ struct DeliveryTests {
         #expect(Set(down.state.withLock { $0.sent.map(\.cluster) }).count == 21)
     }
 
-    @Test func destinationsAreCheckedAndCredentialsKeptApart() async throws {
-        let engine = DestinationEngine(
-            store: try SQLiteDestinationStore(),
-            loop: MultiThreadedEventLoopGroup.singleton.next()
+    /// A connector that records each call, and hangs in its first while told to (a crash mid-delivery).
+    final class RecordingConnector: Connector {
+        let calls = Mutex<[(members: [OutboundMember], run: Int)]>([])
+        let hangs: Bool
+        var batchLimit: Int { 100 }
+        var suppressesOptedOut: Bool { true }
+        var defaultIdentity: Cdp_Destination_V1_IdentityMapping { .email }
+
+        init(hangs: Bool) { self.hangs = hangs }
+
+        func deliver(_ members: [OutboundMember], _ context: DeliveryContext) async throws -> [UInt64: String] {
+            calls.withLock { $0.append((members, context.runNumber)) }
+            if hangs { try await Task.sleep(for: .seconds(3600)) }
+            return [:]
+        }
+    }
+
+    @Test func aDeliveryCutShortByACrashIsRepeatedAsPlannedBeforeAnythingNew() async throws {
+        let directory = try Self.temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let path = directory + "/destination.sqlite"
+        let p2 = Self.person(6, "p2@townsend.com")
+        let hanging = RecordingConnector(hangs: true)
+        let before = Self.engine(try SQLiteDestinationStore(path: path))
+        let destination = try await before.createDestination(type: .file, name: "f", settings: ["directory": directory])
+        _ = try await before.activate(segment: "s1", destination: destination.id, identity: .email, attributes: [:])
+        try await Self.withWorkers(
+            before,
+            connector: { _ in hanging },
+            body: { (_: DeliveryWorkers) async throws in
+                _ = try await before.accept(
+                    sender: "segmentation",
+                    [Self.change(1, "s1", p2, realized: true, version: 1)]
+                )
+                #expect(try await Self.eventually { hanging.calls.withLock { $0.count } == 1 })
+                // p2 exits while its add is under way; then the process dies.
+                _ = try await before.accept(
+                    sender: "segmentation",
+                    [Self.change(2, "s1", p2, realized: false, version: 2)]
+                )
+            }
         )
+        let interrupted = try #require(hanging.calls.withLock { $0.first })
+        #expect(try await before.runs(destination: destination.id, before: 0, limit: 10).isEmpty)
+
+        let recording = RecordingConnector(hangs: false)
+        let after = Self.engine(try SQLiteDestinationStore(path: path))
+        try await Self.withWorkers(
+            after,
+            connector: { _ in recording },
+            body: { (_: DeliveryWorkers) async throws in
+                #expect(try await Self.eventually { recording.calls.withLock { $0.count } == 2 })
+                #expect(try await Self.eventually { try await after.pending(destination.id).count == 0 })
+            }
+        )
+        let calls = recording.calls.withLock { $0 }
+        // First the interrupted delivery again, unchanged (same members, same run: same file name)…
+        #expect(calls[0].members == interrupted.members && calls[0].run == interrupted.run)
+        #expect(calls[0].members.map(\.add) == [true])
+        // …then the exit, in a run of its own; nothing else.
+        #expect(calls[1].members.map(\.add) == [false] && calls[1].run > interrupted.run)
+        let runs = try await after.runs(destination: destination.id, before: 0, limit: 10).map(\.1)
+        #expect(runs.map { ($0.added, $0.removed) }.elementsEqual([(0, 1), (1, 0)], by: ==))
+    }
+
+    @Test func destinationsAreCheckedAndCredentialsKeptApart() async throws {
+        let engine = Self.engine(try SQLiteDestinationStore())
         await #expect(throws: RPCError.self) {
             _ = try await engine.createDestination(type: .file, name: "no directory", settings: [:])
         }

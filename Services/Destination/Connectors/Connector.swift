@@ -5,7 +5,7 @@ import Foundation
 
 /// A member as a destination is told about it: added or removed, under the identity the activation
 /// maps it to, with the mapped attributes.
-public struct OutboundMember: Sendable, Equatable {
+public struct OutboundMember: Sendable, Equatable, Codable {
     public var entityType: Cdp_Model_V1_EntityType
     public var cluster: UInt64
     /// True: add; false: remove.
@@ -16,6 +16,8 @@ public struct OutboundMember: Sendable, Equatable {
     public var identity: String
     /// Destination field → value.
     public var attributes: [String: String]
+    /// An account's web domain (LinkedIn company audiences match on it).
+    public var domain: String?
 
     /// Creates a member.
     public init(
@@ -24,7 +26,8 @@ public struct OutboundMember: Sendable, Equatable {
         add: Bool,
         version: UInt64,
         identity: String,
-        attributes: [String: String]
+        attributes: [String: String],
+        domain: String? = nil
     ) {
         self.entityType = entityType
         self.cluster = cluster
@@ -32,35 +35,79 @@ public struct OutboundMember: Sendable, Equatable {
         self.version = version
         self.identity = identity
         self.attributes = attributes
+        self.domain = domain
+    }
+
+    private enum CodingKeys: String, CodingKey { case entity, cluster, add, version, identity, attributes, domain }
+
+    public init(from decoder: any Decoder) throws {
+        let container = try decoder.container(keyedBy: CodingKeys.self)
+        entityType = Cdp_Model_V1_EntityType(rawValue: try container.decode(Int.self, forKey: .entity)) ?? .person
+        cluster = try container.decode(UInt64.self, forKey: .cluster)
+        add = try container.decode(Bool.self, forKey: .add)
+        version = try container.decode(UInt64.self, forKey: .version)
+        identity = try container.decode(String.self, forKey: .identity)
+        attributes = try container.decode([String: String].self, forKey: .attributes)
+        domain = try container.decodeIfPresent(String.self, forKey: .domain)
+    }
+
+    public func encode(to encoder: any Encoder) throws {
+        var container = encoder.container(keyedBy: CodingKeys.self)
+        try container.encode(entityType.rawValue, forKey: .entity)
+        try container.encode(cluster, forKey: .cluster)
+        try container.encode(add, forKey: .add)
+        try container.encode(version, forKey: .version)
+        try container.encode(identity, forKey: .identity)
+        try container.encode(attributes, forKey: .attributes)
+        try container.encodeIfPresent(domain, forKey: .domain)
     }
 }
 
 /// Why a delivery attempt failed.
-public enum DeliveryFailure: Error, Sendable, Equatable {
-    /// Worth another attempt (HTTP 429, 5xx, a timeout, a throttling code), after `after` if the
-    /// destination said.
+public enum DeliveryFailure: Error, Sendable, Equatable, CustomStringConvertible {
+    /// Worth another attempt (HTTP 429, 5xx, a timeout, a throttling code, refused credentials), after
+    /// `after` if the destination said.
     case retryable(String, after: Duration?)
-    /// The whole call cannot succeed as it is (bad credentials, a list that does not exist).
+    /// The whole call cannot succeed as it is (a list that does not exist, a request the API rejects).
     case permanent(String)
+
+    public var description: String {
+        switch self {
+        case .retryable(let message, _), .permanent(let message): message
+        }
+    }
 }
 
-/// What a delivery needs besides the members: the activation, and for full exports every member
-/// the activation has added once these changes are applied.
+/// What a delivery needs besides the members: the activation, the run, for full exports every member
+/// the activation has added once these changes are applied, and the connector's state per activation.
 public struct DeliveryContext: Sendable {
     public var activation: ActivationRecord
-    /// The run's start in milliseconds since 1970: increasing, so file names sort by run.
+    /// The run's start in milliseconds since 1970: increasing, so file names sort by run. A delivery
+    /// repeated after a crash keeps its number.
     public var runNumber: Int
     public var currentMembers: @Sendable () async throws -> [OutboundMember]
+    /// Reads a value the connector kept for this activation.
+    public var loadState: @Sendable (String) async throws -> String?
+    /// Keeps a value for this activation (committed before it returns).
+    public var saveState: @Sendable (String, String) async throws -> Void
+
+    /// `<activation>-<run number>`: the same for every attempt of this delivery, also after a restart
+    /// (webhooks send it as the idempotency key).
+    public var deliveryID: String { "\(activation.id)-\(runNumber)" }
 
     /// Creates a context.
     public init(
         activation: ActivationRecord,
         runNumber: Int,
-        currentMembers: @escaping @Sendable () async throws -> [OutboundMember]
+        currentMembers: @escaping @Sendable () async throws -> [OutboundMember] = { [] },
+        loadState: @escaping @Sendable (String) async throws -> String? = { _ in nil },
+        saveState: @escaping @Sendable (String, String) async throws -> Void = { _, _ in }
     ) {
         self.activation = activation
         self.runNumber = runNumber
         self.currentMembers = currentMembers
+        self.loadState = loadState
+        self.saveState = saveState
     }
 }
 
@@ -72,10 +119,16 @@ public protocol Connector: Sendable {
     var suppressesOptedOut: Bool { get }
     /// The identity a member is known by when the activation does not say.
     var defaultIdentity: Cdp_Destination_V1_IdentityMapping { get }
+    /// The identities the destination can take.
+    var supportedIdentities: Set<Cdp_Destination_V1_IdentityMapping> { get }
 
     /// Delivers adds and removes. Returns the members the destination refused for good, with its
     /// words; throws ``DeliveryFailure`` when the whole call failed.
     func deliver(_ members: [OutboundMember], _ context: DeliveryContext) async throws -> [UInt64: String]
+}
+
+extension Connector {
+    public var supportedIdentities: Set<Cdp_Destination_V1_IdentityMapping> { [.email, .hashedEmail, .crmID] }
 }
 
 /// How records become outbound members.
@@ -85,6 +138,18 @@ public enum MemberMapping {
     public static func hashedEmail(_ email: String) -> String {
         let normalized = email.trimmingCharacters(in: .whitespacesAndNewlines).lowercased()
         return SHA256.hash(data: Data(normalized.utf8)).map { String(format: "%02x", $0) }.joined()
+    }
+
+    /// An account's web domain: its domain, else its website's host without `www.`.
+    public static func domain(of record: Cdp_Profile_V1_UnifiedRecord) -> String? {
+        guard case .account? = record.record.entity else { return nil }
+        let account = record.record.account
+        if account.hasDomain, !account.domain.isEmpty { return account.domain.lowercased() }
+        guard account.hasWebsite, !account.website.isEmpty else { return nil }
+        let website = account.website.contains("://") ? account.website : "https://" + account.website
+        guard var host = URLComponents(string: website)?.host?.lowercased(), !host.isEmpty else { return nil }
+        if host.hasPrefix("www.") { host.removeFirst(4) }
+        return host
     }
 
     /// Whether the record is a person who opted out of email.

@@ -1,5 +1,7 @@
 import ArgumentParser
+import AsyncHTTPClient
 import CDPProto
+import DestinationConnectors
 import DestinationService
 import DestinationStore
 import Foundation
@@ -22,9 +24,10 @@ struct DestinationCommand: AsyncParsableCommand {
             Segmentation's membership changes (AcceptMembershipChanges) are committed to \
             DATA_DIR/destination.sqlite (SQLite, WAL) before they are acknowledged; each activation of a segment \
             to a destination queues its members' adds and removes, and one worker per destination delivers \
-            them, retrying with backoff, so that one failing destination never delays another. Today FILE \
-            destinations (CSV or JSON Lines per run, incremental or full) are implemented; MARKETO, LINKEDIN and \
-            WEBHOOK are refused with UNIMPLEMENTED.
+            them, retrying with backoff, so that one failing destination never delays another. Destination \
+            types: MARKETO (a static list over the REST API), LINKEDIN (a Matched Audience, DMP segments), \
+            WEBHOOK (signed JSON POSTs) and FILE (CSV or JSON Lines per run, incremental or full); their \
+            settings are in Services/Destination/README.md.
 
             Prints 'listening on HOST:PORT' on stdout once bound. SIGINT or SIGTERM start a graceful shutdown. \
             Environment: CDP_DATA_DIR and CDP_TOKEN stand in for --data-dir and --auth-token.
@@ -72,7 +75,13 @@ struct DestinationCommand: AsyncParsableCommand {
             throw ServiceMain.databaseError(directory, error)
         }
         let engineThread = MultiThreadedEventLoopGroup(numberOfThreads: 1)
-        let engine = DestinationEngine(store: store, loop: engineThread.next())
+        // One HTTP client (connection pools, TLS) for every connector; each request carries its deadline.
+        let httpClient = HTTPClient(eventLoopGroupProvider: .shared(MultiThreadedEventLoopGroup.singleton))
+        let engine = DestinationEngine(
+            store: store,
+            loop: engineThread.next(),
+            transport: AsyncHTTPTransport(client: httpClient)
+        )
         let workers = DeliveryWorkers(engine: engine, logger: logger)
         let token = authToken ?? environment["CDP_TOKEN"]
         let service = DestinationService(engine: engine, workers: workers, logger: logger)
@@ -90,7 +99,13 @@ struct DestinationCommand: AsyncParsableCommand {
         )
         let boundPort = try await ServiceMain.start(server, host: host, port: port)
         logger.info("destination service started", metadata: ["data.dir": "\(directory)", "port": "\(boundPort)"])
-        try await ServiceMain.run([server, workers], logger: logger)
+        do {
+            try await ServiceMain.run([server, workers], logger: logger)
+        } catch {
+            try? await httpClient.shutdown()
+            throw error
+        }
+        try await httpClient.shutdown()
         try await engineThread.shutdownGracefully()
     }
 }

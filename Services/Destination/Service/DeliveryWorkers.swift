@@ -10,10 +10,12 @@ import Synchronization
 
 /// Delivers each destination's queue with its own worker: a slow or failing destination only delays
 /// itself. A worker takes a batch, keeps opted-out persons out of marketing destinations, maps each
-/// member to its identity and attributes, calls the connector, retries with exponential backoff and
-/// jitter while the failure is retryable, and records the run. Nothing is lost across restarts: a
-/// batch leaves the queue only when its run is recorded; one delivered but not recorded is delivered
-/// again, which connectors keep idempotent (a member is added or removed, never counted).
+/// member to its identity and attributes, and saves that plan; then it calls the connector, retries
+/// with exponential backoff and jitter while the failure is retryable, and records the run, which
+/// ends the plan. Nothing is lost across restarts: a batch leaves the queue only when its run is
+/// recorded. Nothing is added twice: a plan interrupted by a crash is delivered again exactly as
+/// planned (the same members, operations, run number and file name), and the destinations take a
+/// repeated add or remove as a no-op.
 public final class DeliveryWorkers: Service, Sendable {
     private let engine: DestinationEngine
     private let backoff: Backoff
@@ -33,18 +35,13 @@ public final class DeliveryWorkers: Service, Sendable {
         backoff: Backoff = Backoff(initial: .milliseconds(100), maximum: .seconds(30)),
         idlePoll: Duration = .seconds(1),
         logger: Logger,
-        connector: @escaping @Sendable (DestinationRecord) throws -> any Connector = { destination in
-            try Connectors.make(
-                type: destination.type,
-                settings: destination.settings.merging(destination.credentials) { setting, _ in setting }
-            )
-        }
+        connector: (@Sendable (DestinationRecord) throws -> any Connector)? = nil
     ) {
         self.engine = engine
         self.backoff = backoff
         self.idlePoll = idlePoll
         self.logger = logger
-        self.connector = connector
+        self.connector = connector ?? { try engine.connector(for: $0) }
     }
 
     /// Tells the workers that work was queued.
@@ -97,13 +94,28 @@ public final class DeliveryWorkers: Service, Sendable {
         destinationSignals.withLock { $0[destination.id] = signal }
         while !Task.isCancelled {
             do {
-                guard let batch = try await engine.nextBatch(destination: destination.id, limit: connector.batchLimit)
-                else {
-                    await signal.wait(upTo: idlePoll)
-                    continue
+                let plan: DeliveryPlan
+                if let saved = try await engine.plannedDelivery(destination: destination.id) {
+                    // A delivery under way when the process stopped: the same again.
+                    plan = try JSONDecoder().decode(DeliveryPlan.self, from: saved)
+                } else {
+                    guard
+                        let batch = try await engine.nextBatch(destination: destination.id, limit: connector.batchLimit)
+                    else {
+                        await signal.wait(upTo: idlePoll)
+                        continue
+                    }
+                    plan = Self.plan(batch, connector, startedAt: await engine.currentTime())
+                    if !plan.outbound.isEmpty {
+                        try await engine.savePlannedDelivery(
+                            destination: destination.id,
+                            activation: plan.activation,
+                            plan: try JSONEncoder().encode(plan)
+                        )
+                    }
                 }
-                guard let report = await deliver(batch, destination, connector) else { return }
-                try await engine.complete(batch, report)
+                guard let report = await deliver(plan, destination, connector) else { return }
+                try await engine.complete(activation: plan.activation, destination: destination.id, report)
             } catch {
                 errors.withLock { $0[destination.id] = "\(error)" }
                 logger.error(
@@ -115,70 +127,179 @@ public final class DeliveryWorkers: Service, Sendable {
         }
     }
 
-    /// Delivers one batch until it succeeds or fails for good; nil if cancelled meanwhile.
-    func deliver(
-        _ batch: PendingBatch,
-        _ destination: DestinationRecord,
-        _ connector: any Connector
-    ) async
-        -> DeliveryReport?
-    {
-        let started = await engine.currentTime()
-        var report = DeliveryReport(startedAt: started, finishedAt: started)
+    /// Decides what a batch sends: who is suppressed, who is already so at the destination, the
+    /// removals (under the identity the destination knows) and the adds with their attributes.
+    static func plan(_ batch: PendingBatch, _ connector: any Connector, startedAt: Date) -> DeliveryPlan {
+        var plan = DeliveryPlan(
+            activation: batch.activation.id,
+            runNumber: Int(startedAt.timeIntervalSince1970 * 1000),
+            startedAt: startedAt,
+            taken: batch.members.map {
+                SettledMember(
+                    entityType: $0.entityType,
+                    cluster: $0.cluster,
+                    realized: $0.realized,
+                    version: $0.version,
+                    identity: nil
+                )
+            }
+        )
         let mapping = batch.activation.identity == .unspecified ? connector.defaultIdentity : batch.activation.identity
-        var outbound: [OutboundMember] = []
-        var byCluster: [UInt64: PendingMember] = [:]
         for member in batch.members {
             let optedOut = connector.suppressesOptedOut && MemberMapping.optedOut(member.record)
-            if member.realized && optedOut { report.suppressed += 1 }
-            var wanted = member
-            wanted.realized = member.realized && !optedOut
+            if member.realized && optedOut { plan.suppressed += 1 }
+            let realized = member.realized && !optedOut
             let current = MemberMapping.identity(of: member.record, mapping)
             let known = member.delivered == true ? member.identity : nil
+            var settled = SettledMember(
+                entityType: member.entityType,
+                cluster: member.cluster,
+                realized: realized,
+                version: member.version,
+                identity: known
+            )
             // Already so at the destination, under the same identity: nothing to send.
-            if wanted.realized == (member.delivered ?? false) && (!wanted.realized || known == current) {
-                report.delivered.append(wanted)
+            if realized == (member.delivered ?? false) && (!realized || known == current) {
+                plan.unchanged.append(settled)
                 continue
             }
             var attributes: [String: String] = [:]
             for (field, source) in batch.activation.attributes {
                 if let value = MemberMapping.value(source, of: member.record) { attributes[field] = value }
             }
+            let domain = MemberMapping.domain(of: member.record)
             func send(_ add: Bool, _ identity: String) {
-                outbound.append(
+                plan.outbound.append(
                     OutboundMember(
                         entityType: member.entityType,
                         cluster: member.cluster,
                         add: add,
                         version: member.version,
                         identity: identity,
-                        attributes: add ? attributes : [:]
+                        attributes: add ? attributes : [:],
+                        domain: domain
                     )
                 )
             }
             // A removal names the member as the destination knows it, even if its email changed since.
-            if let known, known != current || !wanted.realized { send(false, known) }
-            if wanted.realized {
+            if let known, known != current || !realized { send(false, known) }
+            if realized {
                 guard let current else {
-                    report.failed.append((member.cluster, "the record has no \(Self.name(of: mapping)) to send"))
+                    plan.failed.append(
+                        MemberFailure(
+                            cluster: member.cluster,
+                            message: "the record has no \(name(of: mapping)) to send"
+                        )
+                    )
                     continue
                 }
                 send(true, current)
-                wanted.identity = current
-            } else {
-                wanted.identity = known
+                settled.identity = current
             }
-            byCluster[member.cluster] = wanted
+            plan.sent.append(settled)
         }
-        if !outbound.isEmpty {
-            let engine = self.engine
-            let activation = batch.activation
-            let changes = outbound
-            let context = DeliveryContext(
-                activation: activation,
-                runNumber: Int(started.timeIntervalSince1970 * 1000)
-            ) {
-                // Full exports: what was added before, with this batch's changes applied.
+        return plan
+    }
+
+    /// Delivers a plan until it succeeds or fails for good; nil if cancelled meanwhile.
+    func deliver(
+        _ plan: DeliveryPlan,
+        _ destination: DestinationRecord,
+        _ connector: any Connector
+    ) async -> DeliveryReport? {
+        var report = DeliveryReport(taken: plan.taken, startedAt: plan.startedAt, finishedAt: plan.startedAt)
+        report.suppressed = plan.suppressed
+        report.failed = plan.failed
+        report.delivered = plan.unchanged
+        if !plan.outbound.isEmpty {
+            let activation: ActivationRecord
+            do {
+                guard let found = try await engine.activation(plan.activation) else {
+                    logger.error(
+                        "a planned delivery names an unknown activation",
+                        metadata: ["activation": "\(plan.activation)"]
+                    )
+                    return report
+                }
+                activation = found
+            } catch {
+                logger.error("cannot read the activation of a delivery", metadata: ["error": "\(error)"])
+                return nil
+            }
+            let context = context(plan, activation, connector)
+            var delay = Duration.zero
+            while true {
+                if Task.isCancelled { return nil }
+                do {
+                    let refused = try await connector.deliver(plan.outbound, context)
+                    for member in plan.outbound where refused[member.cluster] == nil {
+                        if member.add { report.added += 1 } else { report.removed += 1 }
+                    }
+                    for member in plan.sent {
+                        if let message = refused[member.cluster] {
+                            report.failed.append(MemberFailure(cluster: member.cluster, message: message))
+                        } else {
+                            report.delivered.append(member)
+                        }
+                    }
+                    errors.withLock { $0[destination.id] = nil }
+                    break
+                } catch let failure as DeliveryFailure {
+                    switch failure {
+                    case .permanent(let message):
+                        errors.withLock { $0[destination.id] = message }
+                        logger.warning(
+                            "delivery failed for good",
+                            metadata: ["destination": "\(destination.id)", "error": "\(message)"]
+                        )
+                        for member in plan.sent {
+                            report.failed.append(MemberFailure(cluster: member.cluster, message: message))
+                        }
+                    case .retryable(let message, let after):
+                        errors.withLock { $0[destination.id] = message }
+                        report.retries += 1
+                        delay = backoff.delay(after: delay)
+                        logger.notice(
+                            "delivery failed; retrying",
+                            metadata: [
+                                "destination": "\(destination.id)", "retry": "\(report.retries)", "error": "\(message)",
+                            ]
+                        )
+                        try? await Task.sleep(for: max(after ?? .zero, Backoff.jittered(delay)))
+                        continue
+                    }
+                    break
+                } catch is CancellationError {
+                    return nil
+                } catch {
+                    errors.withLock { $0[destination.id] = "\(error)" }
+                    report.retries += 1
+                    delay = backoff.delay(after: delay)
+                    logger.notice(
+                        "delivery failed; retrying",
+                        metadata: [
+                            "destination": "\(destination.id)", "retry": "\(report.retries)", "error": "\(error)",
+                        ]
+                    )
+                    try? await Task.sleep(for: Backoff.jittered(delay))
+                    continue
+                }
+            }
+        }
+        report.finishedAt = await engine.currentTime()
+        return report
+    }
+
+    /// What the connector may ask during a delivery: full exports' member list, its per-activation state.
+    func context(_ plan: DeliveryPlan, _ activation: ActivationRecord, _ connector: any Connector) -> DeliveryContext {
+        let engine = self.engine
+        let changes = plan.outbound
+        let mapping = activation.identity == .unspecified ? connector.defaultIdentity : activation.identity
+        return DeliveryContext(
+            activation: activation,
+            runNumber: plan.runNumber,
+            currentMembers: {
+                // Full exports: what was added before, with this delivery's changes applied.
                 var current = try await engine.deliveredMembers(activation: activation.id).compactMap { member in
                     (member.identity ?? MemberMapping.identity(of: member.record, mapping)).map { identity in
                         OutboundMember(
@@ -194,56 +315,12 @@ public final class DeliveryWorkers: Service, Sendable {
                 let changed = Set(changes.map(\.cluster))
                 current.removeAll { changed.contains($0.cluster) }
                 return (current + changes.filter(\.add)).sorted { $0.cluster < $1.cluster }
+            },
+            loadState: { key in try await engine.connectorState(activation: activation.id, key: key) },
+            saveState: { key, value in
+                try await engine.setConnectorState(activation: activation.id, key: key, value: value)
             }
-            var delay = Duration.zero
-            while true {
-                if Task.isCancelled { return nil }
-                do {
-                    let refused = try await connector.deliver(outbound, context)
-                    for member in outbound {
-                        if refused[member.cluster] == nil {
-                            if member.add { report.added += 1 } else { report.removed += 1 }
-                        }
-                    }
-                    for (cluster, wanted) in byCluster.sorted(by: { $0.key < $1.key }) {
-                        if let message = refused[cluster] {
-                            report.failed.append((cluster, message))
-                        } else {
-                            report.delivered.append(wanted)
-                        }
-                    }
-                    errors.withLock { $0[destination.id] = nil }
-                    break
-                } catch let failure as DeliveryFailure {
-                    switch failure {
-                    case .permanent(let message):
-                        errors.withLock { $0[destination.id] = message }
-                        for cluster in byCluster.keys.sorted() { report.failed.append((cluster, message)) }
-                    case .retryable(let message, let after):
-                        errors.withLock { $0[destination.id] = message }
-                        report.retries += 1
-                        delay = backoff.delay(after: delay)
-                        logger.notice(
-                            "delivery failed; retrying",
-                            metadata: [
-                                "destination": "\(destination.id)", "retry": "\(report.retries)", "error": "\(message)",
-                            ]
-                        )
-                        try? await Task.sleep(for: max(after ?? .zero, Backoff.jittered(delay)))
-                        continue
-                    }
-                    break
-                } catch {
-                    errors.withLock { $0[destination.id] = "\(error)" }
-                    report.retries += 1
-                    delay = backoff.delay(after: delay)
-                    try? await Task.sleep(for: Backoff.jittered(delay))
-                    continue
-                }
-            }
-        }
-        report.finishedAt = await engine.currentTime()
-        return report
+        )
     }
 
     static func name(of mapping: Cdp_Destination_V1_IdentityMapping) -> String {
@@ -253,4 +330,24 @@ public final class DeliveryWorkers: Service, Sendable {
         default: "email"
         }
     }
+}
+
+/// A delivery decided before it starts and saved, so that a crash repeats exactly it.
+struct DeliveryPlan: Codable, Sendable {
+    var activation: String
+    /// The run's start in milliseconds since 1970 (file names, webhook ids).
+    var runNumber: Int
+    var startedAt: Date
+    /// The queue rows the delivery takes.
+    var taken: [SettledMember]
+    /// What is sent: removals and adds.
+    var outbound: [OutboundMember] = []
+    /// Members already so at the destination: settled without sending.
+    var unchanged: [SettledMember] = []
+    /// Members settled once the sends succeed (each unless the destination refuses it).
+    var sent: [SettledMember] = []
+    /// Members that cannot be sent (no identity to send).
+    var failed: [MemberFailure] = []
+    /// Opted-out persons kept out.
+    var suppressed = 0
 }

@@ -11,6 +11,8 @@ public actor DestinationEngine {
     private let executor: any SerialExecutor
     private let store: SQLiteDestinationStore
     private let now: @Sendable () -> Date
+    /// How connectors reach their APIs.
+    public nonisolated let transport: any HTTPTransport
     /// Keys of the settings map that are credentials, per type: kept apart and never returned.
     static let credentialKeys: [Cdp_Destination_V1_DestinationType: Set<String>] = [
         .marketo: ["client_secret"], .linkedin: ["access_token"], .webhook: ["secret"], .file: [],
@@ -20,10 +22,25 @@ public actor DestinationEngine {
     public nonisolated var unownedExecutor: UnownedSerialExecutor { executor.asUnownedSerialExecutor() }
 
     /// An engine over `store`, on `loop`, with a clock.
-    public init(store: SQLiteDestinationStore, loop: any EventLoop, now: @escaping @Sendable () -> Date = Date.init) {
+    public init(
+        store: SQLiteDestinationStore,
+        loop: any EventLoop,
+        transport: any HTTPTransport,
+        now: @escaping @Sendable () -> Date = Date.init
+    ) {
         self.executor = loop.executor
         self.store = store
+        self.transport = transport
         self.now = now
+    }
+
+    /// The connector of a destination, from its settings and credentials.
+    public nonisolated func connector(for destination: DestinationRecord) throws -> any Connector {
+        try Connectors.make(
+            type: destination.type,
+            settings: destination.settings.merging(destination.credentials) { setting, _ in setting },
+            transport: transport
+        )
     }
 
     /// The clock.
@@ -41,16 +58,10 @@ public actor DestinationEngine {
                 message: "type must be MARKETO, LINKEDIN, WEBHOOK or FILE, not \(type)"
             )
         }
-        guard type == .file else {
-            throw RPCError(
-                code: .unimplemented,
-                message: "\(type) destinations are not implemented yet; FILE destinations are"
-            )
-        }
         do {
-            _ = try Connectors.make(type: type, settings: settings)
+            _ = try Connectors.make(type: type, settings: settings, transport: transport)
         } catch {
-            throw RPCError(code: .invalidArgument, message: "\(error)")
+            throw RPCError(code: .invalidArgument, message: "\(Self.typeName(type)) destination: \(error)")
         }
         return try store.createDestination(
             type: type,
@@ -77,8 +88,19 @@ public actor DestinationEngine {
         attributes: [String: String]
     ) throws -> (ActivationRecord, backfill: Int) {
         guard !segment.isEmpty else { throw RPCError(code: .invalidArgument, message: "segment_id is empty") }
-        guard try store.destinations().contains(where: { $0.id == destination }) else {
+        guard let record = try store.destinations().first(where: { $0.id == destination }) else {
             throw RPCError(code: .notFound, message: "no destination has the id \(destination)")
+        }
+        // A destination whose connector cannot be built is still activatable: its worker reports why.
+        if let connector = try? connector(for: record), identity != .unspecified,
+            !connector.supportedIdentities.contains(identity)
+        {
+            let names = connector.supportedIdentities.map(Self.identityName).sorted().joined(separator: " or ")
+            throw RPCError(
+                code: .invalidArgument,
+                message:
+                    "\(Self.typeName(record.type)) destinations take \(names) identities, not \(Self.identityName(identity))"
+            )
         }
         return try store.activate(
             segment: segment,
@@ -120,27 +142,73 @@ public actor DestinationEngine {
         try store.deliveredMembers(activation: activation)
     }
 
-    /// Records a finished delivery.
-    public func complete(_ batch: PendingBatch, _ report: DeliveryReport) throws { try store.complete(batch, report) }
+    /// One activation, active or not.
+    public func activation(_ id: String) throws -> ActivationRecord? { try store.activation(id) }
+
+    /// Saves a destination's planned delivery before it starts.
+    public func savePlannedDelivery(destination: String, activation: String, plan: Data) throws {
+        try store.savePlannedDelivery(destination: destination, activation: activation, plan: plan)
+    }
+
+    /// A destination's planned delivery not yet recorded as done (after a crash: the one under way).
+    public func plannedDelivery(destination: String) throws -> Data? {
+        try store.plannedDelivery(destination: destination)
+    }
+
+    /// Records a finished delivery and ends the destination's planned one.
+    public func complete(activation: String, destination: String, _ report: DeliveryReport) throws {
+        try store.complete(activation: activation, destination: destination, report)
+    }
+
+    /// A value a connector keeps for an activation.
+    public func connectorState(activation: String, key: String) throws -> String? {
+        try store.connectorState(activation: activation, key: key)
+    }
+
+    /// Keeps a value for an activation's connector.
+    public func setConnectorState(activation: String, key: String, value: String) throws {
+        try store.setConnectorState(activation: activation, key: key, value: value)
+    }
 
     /// A destination's runs, newest first.
     public func runs(destination: String, before: Int64, limit: Int) throws -> [(Int64, Cdp_Destination_V1_Delivery)] {
         try store.runs(destination: destination, before: before, limit: limit)
     }
+
+    static func typeName(_ type: Cdp_Destination_V1_DestinationType) -> String {
+        switch type {
+        case .marketo: "MARKETO"
+        case .linkedin: "LINKEDIN"
+        case .webhook: "WEBHOOK"
+        case .file: "FILE"
+        default: "\(type)"
+        }
+    }
+
+    static func identityName(_ mapping: Cdp_Destination_V1_IdentityMapping) -> String {
+        switch mapping {
+        case .email: "EMAIL"
+        case .hashedEmail: "HASHED_EMAIL"
+        case .crmID: "CRM_ID"
+        default: "UNSPECIFIED"
+        }
+    }
 }
 
 /// The connector of each destination type.
 public enum Connectors {
-    /// A connector for a destination's type and settings.
+    /// A connector for a destination's type and settings (credentials included).
     public static func make(
         type: Cdp_Destination_V1_DestinationType,
-        settings: [String: String]
-    ) throws
-        -> any Connector
-    {
+        settings: [String: String],
+        transport: any HTTPTransport
+    ) throws -> any Connector {
         switch type {
         case .file: return try FileConnector(settings: settings)
-        default: throw ConnectorSettingsError("\(type) destinations are not implemented yet")
+        case .marketo: return try MarketoConnector(settings: settings, transport: transport)
+        case .linkedin: return try LinkedInConnector(settings: settings, transport: transport)
+        case .webhook: return try WebhookConnector(settings: settings, transport: transport)
+        default: throw ConnectorSettingsError("the type must be MARKETO, LINKEDIN, WEBHOOK or FILE")
         }
     }
 }

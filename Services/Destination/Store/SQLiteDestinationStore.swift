@@ -107,6 +107,26 @@ public final class SQLiteDestinationStore: Sendable {
                     """
             )
         }
+        migrator.registerMigration("v2: planned deliveries, connector state") { db in
+            try db.execute(
+                sql: """
+                    -- A delivery planned and possibly under way, per destination (a worker has one at a time):
+                    -- after a crash the same plan is delivered again before anything new.
+                    CREATE TABLE planned (
+                        destination TEXT PRIMARY KEY,
+                        activation TEXT NOT NULL,
+                        plan BLOB NOT NULL
+                    );
+                    -- What a connector keeps per activation (e.g. the LinkedIn DMP segment it created).
+                    CREATE TABLE connector_state (
+                        activation TEXT NOT NULL,
+                        key TEXT NOT NULL,
+                        value TEXT NOT NULL,
+                        PRIMARY KEY (activation, key)
+                    ) WITHOUT ROWID;
+                    """
+            )
+        }
         return migrator
     }
 
@@ -216,6 +236,32 @@ public final class SQLiteDestinationStore: Sendable {
     /// Every activation, oldest first.
     public func activations() throws -> [ActivationRecord] {
         try writer.read { db in try Self.activations(db, filter: "", []) }
+    }
+
+    /// One activation, active or not.
+    public func activation(_ id: String) throws -> ActivationRecord? {
+        try writer.read { db in try Self.activations(db, filter: "WHERE id = ?", [id]).first }
+    }
+
+    /// A value a connector keeps for an activation.
+    public func connectorState(activation: String, key: String) throws -> String? {
+        try writer.read { db in
+            try String.fetchOne(
+                db,
+                sql: "SELECT value FROM connector_state WHERE activation = ? AND key = ?",
+                arguments: [activation, key]
+            )
+        }
+    }
+
+    /// Keeps a value for an activation's connector.
+    public func setConnectorState(activation: String, key: String, value: String) throws {
+        try writer.write { db in
+            try db.execute(
+                sql: "INSERT OR REPLACE INTO connector_state (activation, key, value) VALUES (?, ?, ?)",
+                arguments: [activation, key, value]
+            )
+        }
     }
 
     private static func activations(
@@ -351,16 +397,35 @@ public final class SQLiteDestinationStore: Sendable {
         }
     }
 
-    /// Records a finished delivery: what each member now is at the destination, the queue rows done
-    /// (unless a newer version arrived meanwhile), and the run with its counts and errors.
-    public func complete(_ batch: PendingBatch, _ report: DeliveryReport) throws {
+    /// Saves a destination's planned delivery before it starts: until ``complete(activation:destination:_:)``
+    /// records it, ``plannedDelivery(destination:)`` hands it back (after a crash, too).
+    public func savePlannedDelivery(destination: String, activation: String, plan: Data) throws {
         try writer.write { db in
-            let activation = batch.activation.id
-            for member in batch.members {
+            try db.execute(
+                sql: "INSERT OR REPLACE INTO planned (destination, activation, plan) VALUES (?, ?, ?)",
+                arguments: [destination, activation, plan]
+            )
+        }
+    }
+
+    /// A destination's planned delivery not yet recorded as done.
+    public func plannedDelivery(destination: String) throws -> Data? {
+        try writer.read { db in
+            try Data.fetchOne(db, sql: "SELECT plan FROM planned WHERE destination = ?", arguments: [destination])
+        }
+    }
+
+    /// Records a finished delivery: what each member now is at the destination, the queue rows done
+    /// (unless a newer version arrived meanwhile), the run with its counts and errors, and the end of
+    /// the destination's planned delivery. One transaction.
+    public func complete(activation: String, destination: String, _ report: DeliveryReport) throws {
+        try writer.write { db in
+            for member in report.taken {
                 try db.cachedStatement(
                     sql: "DELETE FROM queue WHERE activation = ? AND entity = ? AND cluster = ? AND version <= ?"
                 ).execute(arguments: [
-                    activation, member.entityType.rawValue, Int64(member.cluster), Int64(member.version),
+                    activation, member.entityType.rawValue, Int64(clamping: member.cluster),
+                    Int64(clamping: member.version),
                 ])
             }
             for member in report.delivered {
@@ -370,8 +435,8 @@ public final class SQLiteDestinationStore: Sendable {
                         VALUES (?, ?, ?, ?, ?, ?)
                         """
                 ).execute(arguments: [
-                    activation, member.entityType.rawValue, Int64(member.cluster), member.realized,
-                    Int64(member.version), member.identity,
+                    activation, member.entityType.rawValue, Int64(clamping: member.cluster), member.realized,
+                    Int64(clamping: member.version), member.identity,
                 ])
             }
             var errors = Cdp_Destination_V1_Delivery()
@@ -388,12 +453,12 @@ public final class SQLiteDestinationStore: Sendable {
                     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
                     """,
                 arguments: [
-                    activation, batch.activation.destinationID, report.startedAt.timeIntervalSince1970,
+                    activation, destination, report.startedAt.timeIntervalSince1970,
                     report.finishedAt.timeIntervalSince1970, report.added, report.removed, report.suppressed,
-                    report.failed.count,
-                    report.retries, try errors.serializedBytes() as Data,
+                    report.failed.count, report.retries, try errors.serializedBytes() as Data,
                 ]
             )
+            try db.execute(sql: "DELETE FROM planned WHERE destination = ?", arguments: [destination])
         }
     }
 

@@ -1,0 +1,151 @@
+import AsyncHTTPClient
+import Foundation
+import NIOCore
+import NIOFoundationCompat
+import NIOHTTP1
+
+/// One HTTP request as a connector makes it.
+public struct HTTPRequestData: Sendable, Equatable {
+    public var method: String
+    public var url: String
+    public var headers: [(String, String)]
+    public var body: Data?
+    /// How long the whole exchange may take.
+    public var timeout: Duration
+
+    /// Creates a request.
+    public init(
+        method: String,
+        url: String,
+        headers: [(String, String)] = [],
+        body: Data? = nil,
+        timeout: Duration = .seconds(30)
+    ) {
+        self.method = method
+        self.url = url
+        self.headers = headers
+        self.body = body
+        self.timeout = timeout
+    }
+
+    /// The method and the URL without its query: what logs and errors may show (a query can hold a
+    /// secret, as Marketo's token request does).
+    public var redacted: String {
+        "\(method) \(url.split(separator: "?", maxSplits: 1).first.map(String.init) ?? url)"
+    }
+
+    /// The value of a header, by its name in any case.
+    public func header(_ name: String) -> String? {
+        headers.first { $0.0.caseInsensitiveCompare(name) == .orderedSame }?.1
+    }
+
+    public static func == (lhs: HTTPRequestData, rhs: HTTPRequestData) -> Bool {
+        lhs.method == rhs.method && lhs.url == rhs.url && lhs.body == rhs.body && lhs.timeout == rhs.timeout
+            && lhs.headers.map { "\($0.0.lowercased()): \($0.1)" }
+                == rhs.headers.map { "\($0.0.lowercased()): \($0.1)" }
+    }
+}
+
+/// One HTTP response as a connector reads it.
+public struct HTTPResponseData: Sendable {
+    public var status: Int
+    public var headers: [(String, String)]
+    public var body: Data
+
+    /// Creates a response.
+    public init(status: Int, headers: [(String, String)] = [], body: Data = Data()) {
+        self.status = status
+        self.headers = headers
+        self.body = body
+    }
+
+    /// The value of a header, by its name in any case.
+    public func header(_ name: String) -> String? {
+        headers.first { $0.0.caseInsensitiveCompare(name) == .orderedSame }?.1
+    }
+
+    /// The delay a `Retry-After` header asks for (seconds; HTTP dates are not used by these APIs).
+    public var retryAfter: Duration? {
+        header("Retry-After").flatMap { Int($0.trimmingCharacters(in: .whitespaces)) }.map { .seconds(max(0, $0)) }
+    }
+}
+
+/// Sends HTTP requests: the real client in the service, an in-memory fake in unit tests.
+public protocol HTTPTransport: Sendable {
+    /// Sends a request; throws when no response came (connection refused, timeout).
+    func send(_ request: HTTPRequestData) async throws -> HTTPResponseData
+}
+
+extension HTTPTransport {
+    /// Sends a request and sorts the outcome as the delivery engine needs it: the response if its
+    /// status is 2xx; otherwise a ``DeliveryFailure`` that says what happened to which call (the URL
+    /// without its query). 408, 429 and 5xx are retryable (after `Retry-After` if given), so are
+    /// timeouts and refused connections, and so are 401 and 403: refused credentials are fixed by a
+    /// person, and the members wait for that instead of being dropped. Other statuses are permanent.
+    public func exchange(
+        _ request: HTTPRequestData,
+        _ service: String
+    ) async throws(DeliveryFailure)
+        -> HTTPResponseData
+    {
+        let response: HTTPResponseData
+        do {
+            response = try await send(request)
+        } catch {
+            throw .retryable("\(service): \(request.redacted) failed: \(error)", after: nil)
+        }
+        switch response.status {
+        case 200..<300:
+            return response
+        case 401, 403:
+            throw .retryable(
+                "\(service) refused the credentials: \(request.redacted) answered HTTP \(response.status)",
+                after: nil
+            )
+        case 408, 429, 500..<600:
+            throw .retryable(
+                "\(service): \(request.redacted) answered HTTP \(response.status)\(response.excerpt)",
+                after: response.retryAfter
+            )
+        default:
+            throw .permanent("\(service): \(request.redacted) answered HTTP \(response.status)\(response.excerpt)")
+        }
+    }
+}
+
+extension HTTPResponseData {
+    /// The start of the body, for error messages.
+    var excerpt: String {
+        let text = String(decoding: body.prefix(300), as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
+        return text.isEmpty ? "" : ": " + text
+    }
+}
+
+/// HTTP over AsyncHTTPClient (HTTP/1.1 and HTTP/2, TLS), with each request's deadline and a cap on
+/// the response size.
+public struct AsyncHTTPTransport: HTTPTransport {
+    private let client: HTTPClient
+    private let maxResponseBytes: Int
+
+    /// A transport over `client`.
+    public init(client: HTTPClient, maxResponseBytes: Int = 16 << 20) {
+        self.client = client
+        self.maxResponseBytes = maxResponseBytes
+    }
+
+    public func send(_ request: HTTPRequestData) async throws -> HTTPResponseData {
+        var outgoing = HTTPClientRequest(url: request.url)
+        outgoing.method = HTTPMethod(rawValue: request.method)
+        for (name, value) in request.headers { outgoing.headers.add(name: name, value: value) }
+        if let body = request.body { outgoing.body = .bytes(ByteBuffer(bytes: body)) }
+        let milliseconds =
+            request.timeout.components.seconds * 1000 + request.timeout.components.attoseconds / 1_000_000_000_000_000
+        let response = try await client.execute(outgoing, timeout: .milliseconds(milliseconds))
+        let body = try await response.body.collect(upTo: maxResponseBytes)
+        return HTTPResponseData(
+            status: Int(response.status.code),
+            headers: response.headers.map { ($0.name, $0.value) },
+            body: Data(buffer: body)
+        )
+    }
+}

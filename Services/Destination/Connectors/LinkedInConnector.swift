@@ -1,0 +1,171 @@
+import CDPProto
+import DestinationStore
+import Foundation
+
+/// A LinkedIn Matched Audience over the Marketing API's DMP segments.
+///
+/// Each activation gets its own DMP segment, created on its first delivery (`POST /rest/dmpSegments`,
+/// type USER for person audiences, COMPANY for account audiences) unless the setting `segment_id`
+/// names one; the created id is kept, so a restart never creates a second. Persons are added and
+/// removed as the SHA-256 of their trimmed, lower-cased email (`POST /rest/dmpSegments/{id}/users`),
+/// accounts by company name and website domain (`…/companies`), in BATCH_CREATE calls of at most
+/// `batch_size` elements. Adding an id twice or removing an absent one is harmless at LinkedIn, so a
+/// repeated delivery is too.
+///
+/// Every call sends `Authorization: Bearer`, `LinkedIn-Version` and `X-Restli-Protocol-Version: 2.0.0`.
+/// 429 and 5xx are retried (after `Retry-After` if sent), and so is 404 on a segment just created
+/// (LinkedIn asks for a few seconds before the first users). An element answered with a status of
+/// 400 or more is that member's error.
+///
+/// Settings: `endpoint` (https://api.linkedin.com), `access_token`, `ad_account`, `version` (YYYYMM,
+/// 202610), `source_platform`, `segment_name`, `segment_id`, `batch_size` (500),
+/// `segment_ready_seconds` (5), `timeout_seconds` (30).
+public struct LinkedInConnector: Connector {
+    public let endpoint: String
+    public let adAccount: String
+    public let version: String
+    public let sourcePlatform: String?
+    public let segmentName: String?
+    public let fixedSegmentID: String?
+    public let elementsPerCall: Int
+    public let segmentReady: Duration
+    public let timeout: Duration
+    private let accessToken: String
+    private let transport: any HTTPTransport
+
+    public var batchLimit: Int { elementsPerCall }
+    public var suppressesOptedOut: Bool { true }
+    public var defaultIdentity: Cdp_Destination_V1_IdentityMapping { .hashedEmail }
+    public var supportedIdentities: Set<Cdp_Destination_V1_IdentityMapping> { [.hashedEmail] }
+
+    /// The connector state key of an activation's DMP segment id.
+    static let segmentKey = "linkedin.dmp_segment"
+
+    /// A connector from a destination's settings (credentials included); the error names the setting.
+    public init(settings: [String: String], transport: any HTTPTransport) throws(ConnectorSettingsError) {
+        endpoint = try Settings.url("endpoint", settings, default: "https://api.linkedin.com")
+        accessToken = try Settings.required("access_token", settings)
+        let account = try Settings.required("ad_account", settings)
+        guard account.hasPrefix("urn:li:sponsoredAccount:"), account.count > 24,
+            account.dropFirst(24).allSatisfy({ $0.isASCII && $0.isNumber })
+        else {
+            throw ConnectorSettingsError("ad_account must be urn:li:sponsoredAccount:<number>, not \(account)")
+        }
+        adAccount = account
+        version = settings["version"] ?? "202610"
+        guard version.count == 6, version.allSatisfy({ $0.isASCII && $0.isNumber }) else {
+            throw ConnectorSettingsError("version must be a LinkedIn-Version YYYYMM such as 202610, not \(version)")
+        }
+        fixedSegmentID = settings["segment_id"].flatMap { $0.isEmpty ? nil : Self.segmentID(fromHeader: $0) }
+        sourcePlatform = settings["source_platform"].flatMap { $0.isEmpty ? nil : $0 }
+        if fixedSegmentID == nil && sourcePlatform == nil {
+            throw ConnectorSettingsError(
+                "the setting source_platform is required to create DMP segments (LinkedIn gives it to Audience API partners), unless segment_id names an existing segment"
+            )
+        }
+        segmentName = settings["segment_name"].flatMap { $0.isEmpty ? nil : $0 }
+        elementsPerCall = try Settings.integer("batch_size", settings, default: 500, in: 1...5000)
+        segmentReady = .seconds(try Settings.integer("segment_ready_seconds", settings, default: 5, in: 0...600))
+        timeout = .seconds(try Settings.integer("timeout_seconds", settings, default: 30, in: 1...600))
+        self.transport = transport
+    }
+
+    public func deliver(_ members: [OutboundMember], _ context: DeliveryContext) async throws -> [UInt64: String] {
+        guard let first = members.first else { return [:] }
+        let companies = first.entityType == .account
+        let segment = try await segmentID(context, companies: companies)
+        var refused: [UInt64: String] = [:]
+        for start in stride(from: 0, to: members.count, by: elementsPerCall) {
+            let chunk = Array(members[start..<min(start + elementsPerCall, members.count)])
+            let elements: [[String: Any]] = chunk.map { member in
+                var element: [String: Any] = ["action": member.add ? "ADD" : "REMOVE"]
+                if companies {
+                    element["companyName"] = member.identity
+                    if let domain = member.domain { element["companyWebsiteDomain"] = domain }
+                } else {
+                    element["userIds"] = [["idType": "SHA256_EMAIL", "idValue": member.identity]]
+                }
+                return element
+            }
+            let response = try await post(
+                "/rest/dmpSegments/\(segment)/\(companies ? "companies" : "users")",
+                ["elements": elements],
+                batch: true
+            )
+            let statuses = (try? JSONDecoder().decode(LinkedInBatchResponse.self, from: response.body))?.elements ?? []
+            for (index, member) in chunk.enumerated() {
+                guard index < statuses.count, let status = statuses[index].status, status >= 400 else { continue }
+                refused[member.cluster] =
+                    "LinkedIn answered \(status) for this \(companies ? "company" : "user")"
+                    + (statuses[index].message.map { ": \($0)" } ?? "")
+            }
+        }
+        return refused
+    }
+
+    /// The activation's DMP segment: the configured one, the one created before, or a new one.
+    func segmentID(_ context: DeliveryContext, companies: Bool) async throws -> String {
+        if let fixedSegmentID { return fixedSegmentID }
+        if let kept = try await context.loadState(Self.segmentKey) { return kept }
+        let body: [String: Any] = [
+            "name": segmentName ?? "CDP \(context.activation.segmentID)",
+            "sourcePlatform": sourcePlatform ?? "",
+            "account": adAccount,
+            "type": companies ? "COMPANY" : "USER",
+            "destinations": [["destination": "LINKEDIN"]],
+        ]
+        let response = try await post("/rest/dmpSegments", body, batch: false)
+        guard let header = response.header("x-restli-id") ?? response.header("x-linkedin-id"),
+            let id = Self.segmentID(fromHeader: header)
+        else {
+            throw DeliveryFailure.permanent("LinkedIn created a DMP segment but sent no x-restli-id header")
+        }
+        try await context.saveState(Self.segmentKey, id)
+        // LinkedIn asks for a few seconds between creating a segment and streaming to it.
+        try await Task.sleep(for: segmentReady)
+        return id
+    }
+
+    /// A POST with LinkedIn's headers; a 404 on a segment's users or companies is retried (not ready yet).
+    func post(_ path: String, _ object: [String: Any], batch: Bool) async throws(DeliveryFailure) -> HTTPResponseData {
+        let body: Data
+        do {
+            body = try JSONSerialization.data(withJSONObject: object, options: [.sortedKeys])
+        } catch {
+            throw .permanent("cannot encode the LinkedIn request: \(error)")
+        }
+        var headers = [
+            ("Authorization", "Bearer \(accessToken)"), ("LinkedIn-Version", version),
+            ("X-Restli-Protocol-Version", "2.0.0"), ("Content-Type", "application/json"),
+        ]
+        if batch { headers.append(("X-RestLi-Method", "BATCH_CREATE")) }
+        let request = HTTPRequestData(
+            method: "POST",
+            url: endpoint + path,
+            headers: headers,
+            body: body,
+            timeout: timeout
+        )
+        do {
+            return try await transport.exchange(request, "LinkedIn")
+        } catch .permanent(let message) where batch && message.contains("HTTP 404") {
+            throw .retryable(message + " (a segment just created is not ready for a few seconds)", after: nil)
+        }
+    }
+
+    /// A segment id from a header or setting: `123`, or a URN ending in it (`urn:li:dmpSegment:123`).
+    static func segmentID(fromHeader value: String) -> String? {
+        let id = value.split(separator: ":").last.map(String.init)?.trimmingCharacters(in: .whitespaces) ?? ""
+        return id.isEmpty || !id.allSatisfy({ $0.isASCII && ($0.isNumber || $0.isLetter || $0 == "-" || $0 == "_") })
+            ? nil : id
+    }
+}
+
+/// `{"elements":[{"status":201}, …]}`.
+struct LinkedInBatchResponse: Decodable {
+    struct Element: Decodable {
+        var status: Int?
+        var message: String?
+    }
+    var elements: [Element]
+}

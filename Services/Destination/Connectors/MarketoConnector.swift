@@ -1,0 +1,327 @@
+import CDPProto
+import DestinationStore
+import Foundation
+import Synchronization
+
+/// A Marketo Engage static list over the REST API.
+///
+/// Adds sync the leads by email (`POST /rest/v1/leads.json`, createOrUpdate, the mapped attributes as
+/// lead fields) and add their ids to the list (`POST /rest/v1/lists/{listId}/leads.json?id=…`);
+/// removes look the leads up by email (`GET /rest/v1/leads.json?filterType=email`) and take them off
+/// the list (`DELETE …/leads.json?id=…`). Every call carries at most 300 records, Marketo's limit.
+///
+/// Authentication is OAuth client credentials against the identity endpoint; the token is reused
+/// until a minute before it expires and renewed when Marketo answers 601 or 602. Marketo reports most
+/// errors in HTTP 200 bodies: throttling and transient codes (606, 615, 604, 608, 611, 614, 713, 502)
+/// are retried with backoff, 607 (daily quota) after the next midnight in Chicago, when the quota
+/// resets; per-record `skipped` reasons become the member's error. Calls to one instance stay within
+/// Marketo's limits (100 per 20 s, 10 at a time) for every destination of this process together.
+///
+/// Settings: `endpoint`, `identity` (default `<endpoint>/identity`), `client_id`, `client_secret`,
+/// `list_id`, `calls_per_20s` (100), `concurrency` (10), `timeout_seconds` (30).
+public struct MarketoConnector: Connector {
+    public let endpoint: String
+    public let identityEndpoint: String
+    public let clientID: String
+    public let listID: String
+    public let timeout: Duration
+    private let clientSecret: String
+    private let transport: any HTTPTransport
+    private let limiter: CallLimiter
+    private let token = TokenCache()
+    private let now: @Sendable () -> Date
+
+    /// Marketo's limit of records per call.
+    public static let recordsPerCall = 300
+    public var batchLimit: Int { Self.recordsPerCall }
+    public var suppressesOptedOut: Bool { true }
+    public var defaultIdentity: Cdp_Destination_V1_IdentityMapping { .email }
+    public var supportedIdentities: Set<Cdp_Destination_V1_IdentityMapping> { [.email] }
+
+    /// A connector from a destination's settings (credentials included); the error names the setting.
+    public init(
+        settings: [String: String],
+        transport: any HTTPTransport,
+        now: @escaping @Sendable () -> Date = Date.init
+    ) throws(ConnectorSettingsError) {
+        let endpoint = try Settings.url("endpoint", settings)
+        self.endpoint = endpoint
+        identityEndpoint = settings["identity"] == nil ? endpoint + "/identity" : try Settings.url("identity", settings)
+        clientID = try Settings.required("client_id", settings)
+        clientSecret = try Settings.required("client_secret", settings)
+        let listID = try Settings.required("list_id", settings)
+        guard listID.allSatisfy(\.isASCII), listID.allSatisfy(\.isNumber) else {
+            throw ConnectorSettingsError("list_id must be the static list's number, not \(listID)")
+        }
+        self.listID = listID
+        timeout = .seconds(try Settings.integer("timeout_seconds", settings, default: 30, in: 1...600))
+        let calls = try Settings.integer("calls_per_20s", settings, default: 100, in: 1...100)
+        let concurrency = try Settings.integer("concurrency", settings, default: 10, in: 1...10)
+        limiter = CallLimiter.shared(key: endpoint, calls: calls, window: .seconds(20), concurrency: concurrency)
+        self.transport = transport
+        self.now = now
+    }
+
+    public func deliver(_ members: [OutboundMember], _ context: DeliveryContext) async throws -> [UInt64: String] {
+        var refused: [UInt64: String] = [:]
+        // Removes first: a member whose email changed is removed under the old one and added under the new.
+        for chunk in Self.lookupChunks(members.filter { !$0.add }) {
+            let ids = try await leadIDs(emails: chunk.map(\.identity))
+            let known = chunk.compactMap { member in ids[member.identity.lowercased()].map { (member, $0) } }
+            guard !known.isEmpty else { continue }
+            let results = try await listCall("DELETE", ids: known.map(\.1))
+            for (member, id) in known {
+                guard let result = results[id], result.status == "skipped" else { continue }
+                // 1004 lead not found, 1015 lead not in list: already off the list.
+                let reasons = result.reasons ?? []
+                if !reasons.contains(where: { $0.code.value == "1004" || $0.code.value == "1015" }) {
+                    refused[member.cluster] = Self.describe(reasons)
+                }
+            }
+        }
+        let adds = members.filter(\.add)
+        for start in stride(from: 0, to: adds.count, by: Self.recordsPerCall) {
+            let chunk = Array(adds[start..<min(start + Self.recordsPerCall, adds.count)])
+            let synced = try await syncLeads(chunk)
+            var listed: [(OutboundMember, Int64)] = []
+            for (member, result) in zip(chunk, synced) {
+                if let id = result.id, result.status != "skipped" {
+                    listed.append((member, id))
+                } else {
+                    refused[member.cluster] = Self.describe(result.reasons ?? [])
+                }
+            }
+            guard !listed.isEmpty else { continue }
+            let results = try await listCall("POST", ids: listed.map(\.1))
+            for (member, id) in listed {
+                guard let result = results[id] else {
+                    refused[member.cluster] = "Marketo did not report lead \(id) in the list add"
+                    continue
+                }
+                if result.status == "skipped" { refused[member.cluster] = Self.describe(result.reasons ?? []) }
+            }
+        }
+        return refused
+    }
+
+    // MARK: - Calls
+
+    /// `POST /rest/v1/leads.json` (createOrUpdate by email); one result per lead, in order.
+    func syncLeads(_ members: [OutboundMember]) async throws(DeliveryFailure) -> [MarketoResult] {
+        let input = members.map { member in
+            member.attributes.merging(["email": member.identity]) { _, email in email }
+        }
+        let body: Data
+        do {
+            body = try JSONSerialization.data(
+                withJSONObject: ["action": "createOrUpdate", "lookupField": "email", "input": input] as [String: Any],
+                options: [.sortedKeys]
+            )
+        } catch {
+            throw .permanent("cannot encode the leads: \(error)")
+        }
+        let results = try await call("POST", "/rest/v1/leads.json", body: body)
+        guard results.count == members.count else {
+            throw .retryable(
+                "Marketo answered \(results.count) results for \(members.count) leads in POST /rest/v1/leads.json",
+                after: nil
+            )
+        }
+        return results
+    }
+
+    /// The lead ids of emails (lower-cased keys); emails without a lead are absent.
+    func leadIDs(emails: [String]) async throws(DeliveryFailure) -> [String: Int64] {
+        let values = emails.map { Self.queryEscaped($0) }.joined(separator: ",")
+        let results = try await call(
+            "GET",
+            "/rest/v1/leads.json?filterType=email&filterValues=\(values)&fields=id,email",
+            body: nil
+        )
+        var ids: [String: Int64] = [:]
+        for result in results {
+            if let id = result.id, let email = result.email { ids[email.lowercased()] = id }
+        }
+        return ids
+    }
+
+    /// Adds (`POST`) or removes (`DELETE`) leads of the list; the results by lead id.
+    func listCall(_ method: String, ids: [Int64]) async throws(DeliveryFailure) -> [Int64: MarketoResult] {
+        let query = ids.map { "id=\($0)" }.joined(separator: "&")
+        let results = try await call(method, "/rest/v1/lists/\(listID)/leads.json?\(query)", body: nil)
+        var byID: [Int64: MarketoResult] = [:]
+        for result in results { if let id = result.id { byID[id] = result } }
+        return byID
+    }
+
+    /// One REST call with the token, within the limits; renews the token once on 601/602 and sorts
+    /// Marketo's in-body errors.
+    func call(_ method: String, _ path: String, body: Data?) async throws(DeliveryFailure) -> [MarketoResult] {
+        var renewed = false
+        while true {
+            let token = try await accessToken(renew: renewed)
+            var headers = [("Authorization", "Bearer \(token)"), ("Accept", "application/json")]
+            if body != nil { headers.append(("Content-Type", "application/json")) }
+            let request = HTTPRequestData(
+                method: method,
+                url: endpoint + path,
+                headers: headers,
+                body: body,
+                timeout: timeout
+            )
+            let response: HTTPResponseData
+            do {
+                response = try await limiter.run { try await transport.exchange(request, "Marketo") }
+            } catch let failure as DeliveryFailure {
+                throw failure
+            } catch {
+                throw .retryable("Marketo: \(request.redacted): \(error)", after: nil)
+            }
+            let decoded: MarketoResponse
+            do {
+                decoded = try JSONDecoder().decode(MarketoResponse.self, from: response.body)
+            } catch {
+                throw .retryable(
+                    "Marketo: \(request.redacted) answered a body that is not its JSON\(response.excerpt)",
+                    after: nil
+                )
+            }
+            if decoded.success { return decoded.result ?? [] }
+            let error = decoded.errors?.first
+            let code = error?.code.value ?? ""
+            let message = "Marketo: \(request.redacted) failed with \(code) \(error?.message ?? "(no message)")"
+            switch code {
+            case "601", "602":
+                // The token expired or was revoked early: renew it once and repeat the call.
+                if renewed { throw .retryable(message + " after renewing the access token", after: nil) }
+                renewed = true
+                continue
+            case "606", "615", "604", "608", "611", "614", "713", "502":
+                throw .retryable(message, after: nil)
+            case "607":
+                throw .retryable(message + "; retrying after the quota resets", after: Self.untilQuotaReset(now()))
+            default:
+                throw .permanent(message)
+            }
+        }
+    }
+
+    /// The access token, renewed a minute before it expires or when `renew` (Marketo refused it).
+    func accessToken(renew: Bool) async throws(DeliveryFailure) -> String {
+        let clock = ContinuousClock()
+        if !renew, let held = token.held.withLock({ $0 }), clock.now < held.renewAt { return held.value }
+        let query = [
+            "grant_type=client_credentials", "client_id=\(Self.queryEscaped(clientID))",
+            "client_secret=\(Self.queryEscaped(clientSecret))",
+        ].joined(separator: "&")
+        let request = HTTPRequestData(
+            method: "GET",
+            url: identityEndpoint + "/oauth/token?" + query,
+            headers: [("Accept", "application/json")],
+            timeout: timeout
+        )
+        let response = try await transport.exchange(request, "Marketo identity")
+        guard let decoded = try? JSONDecoder().decode(MarketoToken.self, from: response.body) else {
+            throw .retryable(
+                "Marketo identity: \(request.redacted) answered no access_token\(response.excerpt)",
+                after: nil
+            )
+        }
+        let lifetime = max(0, (decoded.expires_in ?? 3600) - 60)
+        token.held.withLock { $0 = (decoded.access_token, clock.now + .seconds(lifetime)) }
+        return decoded.access_token
+    }
+
+    // MARK: - Helpers
+
+    /// Removal lookups: at most 300 emails, and the query under Marketo's 8 KB URI limit.
+    public static func lookupChunks(_ members: [OutboundMember]) -> [[OutboundMember]] {
+        var chunks: [[OutboundMember]] = []
+        var chunk: [OutboundMember] = []
+        var length = 0
+        for member in members {
+            let added = queryEscaped(member.identity).utf8.count + 1
+            if !chunk.isEmpty && (chunk.count == recordsPerCall || length + added > 6_000) {
+                chunks.append(chunk)
+                chunk = []
+                length = 0
+            }
+            chunk.append(member)
+            length += added
+        }
+        if !chunk.isEmpty { chunks.append(chunk) }
+        return chunks
+    }
+
+    /// A query parameter value: everything but unreserved characters percent-encoded.
+    public static func queryEscaped(_ value: String) -> String {
+        var allowed = CharacterSet.alphanumerics
+        allowed.insert(charactersIn: "-._~")
+        return value.addingPercentEncoding(withAllowedCharacters: allowed) ?? value
+    }
+
+    static func describe(_ reasons: [MarketoReason]) -> String {
+        reasons.isEmpty
+            ? "Marketo skipped the lead without a reason"
+            : reasons.map { "\($0.code.value) \($0.message ?? "")".trimmingCharacters(in: .whitespaces) }
+                .joined(separator: "; ")
+    }
+
+    /// Until the next midnight in Chicago (US Central), when Marketo's daily quota resets.
+    static func untilQuotaReset(_ now: Date) -> Duration {
+        var calendar = Calendar(identifier: .gregorian)
+        calendar.timeZone = TimeZone(identifier: "America/Chicago") ?? TimeZone(secondsFromGMT: -6 * 3600)!
+        let midnight =
+            calendar.nextDate(
+                after: now,
+                matching: DateComponents(hour: 0, minute: 0, second: 0),
+                matchingPolicy: .nextTime
+            ) ?? now.addingTimeInterval(86_400)
+        return .seconds(max(1, Int(midnight.timeIntervalSince(now).rounded(.up))))
+    }
+}
+
+/// The access token a connector holds, and when to renew it.
+final class TokenCache: Sendable {
+    let held = Mutex<(value: String, renewAt: ContinuousClock.Instant)?>(nil)
+}
+
+/// Marketo's response envelope.
+struct MarketoResponse: Decodable {
+    var success: Bool
+    var errors: [MarketoReason]?
+    var result: [MarketoResult]?
+}
+
+/// One record of a result: a lead's id and status, with reasons when skipped.
+struct MarketoResult: Decodable {
+    var id: Int64?
+    var email: String?
+    var status: String?
+    var reasons: [MarketoReason]?
+}
+
+/// An error or a reason: Marketo sends codes as strings ("606") and sometimes as numbers.
+struct MarketoReason: Decodable {
+    var code: LooseString
+    var message: String?
+}
+
+struct MarketoToken: Decodable {
+    var access_token: String
+    var expires_in: Int?
+}
+
+/// A JSON string or number, as text.
+struct LooseString: Decodable {
+    var value: String
+
+    init(from decoder: any Decoder) throws {
+        let container = try decoder.singleValueContainer()
+        if let text = try? container.decode(String.self) {
+            value = text
+        } else {
+            value = String(try container.decode(Int64.self))
+        }
+    }
+}
