@@ -19,7 +19,8 @@ import Foundation
 ///
 /// Settings: `endpoint` (https://api.linkedin.com), `access_token`, `ad_account`, `version` (YYYYMM,
 /// 202610), `source_platform`, `segment_name`, `segment_id`, `batch_size` (500),
-/// `segment_ready_seconds` (5), `timeout_seconds` (30).
+/// `segment_ready_seconds` (5), `calls_per_minute` (300, shared by the destinations of one ad account),
+/// `timeout_seconds` (30).
 public struct LinkedInConnector: Connector {
     public let endpoint: String
     public let adAccount: String
@@ -32,6 +33,7 @@ public struct LinkedInConnector: Connector {
     public let timeout: Duration
     private let accessToken: String
     private let transport: any HTTPTransport
+    private let limiter: CallLimiter
 
     public var batchLimit: Int { elementsPerCall }
     public var suppressesOptedOut: Bool { true }
@@ -67,6 +69,15 @@ public struct LinkedInConnector: Connector {
         elementsPerCall = try Settings.integer("batch_size", settings, default: 500, in: 1...5000)
         segmentReady = .seconds(try Settings.integer("segment_ready_seconds", settings, default: 5, in: 0...600))
         timeout = .seconds(try Settings.integer("timeout_seconds", settings, default: 30, in: 1...600))
+        // LinkedIn limits streaming per member and minute (600 user calls, 300 company calls in the
+        // current docs); the default keeps under both for every destination of one ad account.
+        let perMinute = try Settings.integer("calls_per_minute", settings, default: 300, in: 1...6000)
+        limiter = CallLimiter.shared(
+            key: "linkedin \(endpoint) \(account)",
+            calls: perMinute,
+            window: .seconds(60),
+            concurrency: 4
+        )
         self.transport = transport
     }
 
@@ -147,9 +158,13 @@ public struct LinkedInConnector: Connector {
             timeout: timeout
         )
         do {
-            return try await transport.exchange(request, "LinkedIn")
-        } catch .permanent(let message) where batch && message.contains("HTTP 404") {
+            return try await limiter.run { try await transport.exchange(request, "LinkedIn") }
+        } catch DeliveryFailure.permanent(let message) where batch && message.contains("HTTP 404") {
             throw .retryable(message + " (a segment just created is not ready for a few seconds)", after: nil)
+        } catch let failure as DeliveryFailure {
+            throw failure
+        } catch {
+            throw .retryable("LinkedIn: \(request.redacted): \(error)", after: nil)
         }
     }
 

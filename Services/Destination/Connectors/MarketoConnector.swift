@@ -64,6 +64,11 @@ public struct MarketoConnector: Connector {
 
     public func deliver(_ members: [OutboundMember], _ context: DeliveryContext) async throws -> [UInt64: String] {
         var refused: [UInt64: String] = [:]
+        for member in members where member.entityType != .person {
+            refused[member.cluster] =
+                "a Marketo static list holds persons; send account audiences to LinkedIn, a webhook or a file"
+        }
+        let members = members.filter { $0.entityType == .person }
         // Removes first: a member whose email changed is removed under the old one and added under the new.
         for chunk in Self.lookupChunks(members.filter { !$0.add }) {
             let ids = try await leadIDs(emails: chunk.map(\.identity))

@@ -19,7 +19,8 @@ import Foundation
 /// 2xx is success; 408, 429, 5xx, timeouts and refused connections are retried (after `Retry-After` if
 /// sent); other statuses fail the delivery's members with the receiver's answer.
 ///
-/// Settings: `url`, `secret`, `batch_size` (100), `timeout_seconds` (30), `include_opted_out` (false).
+/// Settings: `url`, `secret`, `batch_size` (100), `calls_per_minute` (600, shared by the destinations of
+/// one URL), `timeout_seconds` (30), `include_opted_out` (false).
 public struct WebhookConnector: Connector {
     public let url: String
     public let batchLimit: Int
@@ -28,6 +29,7 @@ public struct WebhookConnector: Connector {
     /// The signing key's bytes (SymmetricKey is not Sendable).
     private let key: Data
     private let transport: any HTTPTransport
+    private let limiter: CallLimiter
     private let now: @Sendable () -> Date
 
     public var defaultIdentity: Cdp_Destination_V1_IdentityMapping { .email }
@@ -51,6 +53,8 @@ public struct WebhookConnector: Connector {
         batchLimit = try Settings.integer("batch_size", settings, default: 100, in: 1...10_000)
         timeout = .seconds(try Settings.integer("timeout_seconds", settings, default: 30, in: 1...600))
         suppressesOptedOut = !(try Settings.flag("include_opted_out", settings, default: false))
+        let perMinute = try Settings.integer("calls_per_minute", settings, default: 600, in: 1...60_000)
+        limiter = CallLimiter.shared(key: "webhook \(url)", calls: perMinute, window: .seconds(60), concurrency: 4)
         self.transport = transport
         self.now = now
     }
@@ -94,7 +98,13 @@ public struct WebhookConnector: Connector {
             body: body,
             timeout: timeout
         )
-        _ = try await transport.exchange(request, "webhook")
+        do {
+            _ = try await limiter.run { try await transport.exchange(request, "webhook") }
+        } catch let failure as DeliveryFailure {
+            throw failure
+        } catch {
+            throw DeliveryFailure.retryable("webhook: \(request.redacted): \(error)", after: nil)
+        }
         return [:]
     }
 

@@ -28,21 +28,27 @@ public nonisolated enum Cdp_Destination_V1_DestinationType: SwiftProtobuf.Enum, 
   public typealias RawValue = Int
   case unspecified // = 0
 
-  /// A Marketo Engage static list. Settings: `endpoint` (REST base, e.g.
-  /// https://123-ABC-456.mktorest.com), `identity` (default `<endpoint>/identity`), `client_id`,
-  /// `list_id`; credential: `client_secret`.
+  /// A Marketo Engage static list (persons; adds are upserted by email). Settings: `endpoint` (REST base,
+  /// e.g. https://123-ABC-456.mktorest.com), `identity` (default `<endpoint>/identity`), `client_id`,
+  /// `list_id`, `calls_per_20s` (default 100), `concurrency` (default 10), `timeout_seconds` (default 30);
+  /// credential: `client_secret`. Identity: EMAIL.
   case marketo // = 1
 
-  /// A LinkedIn Matched Audience (DMP segment). Settings: `endpoint` (default
-  /// https://api.linkedin.com), `ad_account` (`urn:li:sponsoredAccount:…`), `version` (LinkedIn-Version,
-  /// YYYYMM), `segment_name`; credential: `access_token`.
+  /// A LinkedIn Matched Audience: one DMP segment per activation, created on its first delivery unless
+  /// `segment_id` names one. Settings: `endpoint` (default https://api.linkedin.com), `ad_account`
+  /// (`urn:li:sponsoredAccount:…`), `version` (LinkedIn-Version YYYYMM, default 202610), `source_platform`
+  /// (required to create segments), `segment_name`, `segment_id`, `batch_size` (default 500),
+  /// `segment_ready_seconds` (default 5), `timeout_seconds` (default 30); credential: `access_token`.
+  /// Identity: HASHED_EMAIL for persons; accounts go as companies (name and website domain).
   case linkedin // = 2
 
-  /// JSON POSTs of adds and removes. Settings: `url`; credential: `secret` (HMAC-SHA256 signature).
+  /// JSON POSTs of adds and removes, signed as Standard Webhooks (webhook-id, webhook-timestamp,
+  /// webhook-signature). Settings: `url`, `batch_size` (default 100), `timeout_seconds` (default 30),
+  /// `include_opted_out` (default false); credential: `secret` (`whsec_<base64>` or text).
   case webhook // = 3
 
-  /// Files per run. Settings: `directory`, `format` (`csv` or `jsonl`), `mode` (`full` or `incremental`),
-  /// `hashed` (`true`: hashed emails only, as LinkedIn takes them).
+  /// Files per run. Settings: `directory`, `format` (`csv` or `jsonl`), `mode` (`full` or `incremental`).
+  /// A LinkedIn upload file: activate with HASHED_EMAIL and no attributes.
   case file // = 4
   case UNRECOGNIZED(Int)
 
