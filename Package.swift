@@ -367,6 +367,17 @@ let package = Package(
             path: "Services/Destination/Main"
         ),
 
+        // Intake and delivery throughput, and change-to-delivery latency, of the destination engine.
+        .executableTarget(
+            name: "destination-benchmark",
+            dependencies: [
+                "BenchmarkSupport", "CDPProto", "DestinationConnectors", "DestinationService", "DestinationStore",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+            ],
+            path: "Benchmarks/DestinationBenchmark"
+        ),
+
         // grpc.testing messages and stubs, used by the interop programs and the tests.
         .target(
             name: "InteropProto",

@@ -278,3 +278,72 @@ def deliveries(stub, destination_id: str, page_size: int = 7) -> list:
     if len(set(ids)) != len(ids):
         raise AssertionError(f"ListDeliveries({destination_id}) lists a run twice across its pages: {ids}")
     return out
+
+
+# ---------------------------------------------------------------------------------------------------
+# Helpers of the connector tests (Tests/Destination/test_connectors.py)
+# ---------------------------------------------------------------------------------------------------
+
+MARKETO = destination_pb2.DESTINATION_TYPE_MARKETO
+LINKEDIN = destination_pb2.DESTINATION_TYPE_LINKEDIN
+WEBHOOK = destination_pb2.DESTINATION_TYPE_WEBHOOK
+CRM_ID = destination_pb2.IDENTITY_MAPPING_CRM_ID
+
+
+def person_change(sequence: int, cluster: int, version: int, realized: bool, email: str, segment: str = "s1",
+                  **person):
+    """A MembershipChange of a person (cluster) with a record holding `email` and the Person fields given
+    (first_name=..., last_name=..., job_title=..., email_opt_out=...)."""
+    change = destination_pb2.MembershipChange(sequence=sequence, segment_id=segment, entity_type=E.ENTITY_TYPE_PERSON,
+                                              cluster_id=cluster, realized=realized, version=version)
+    change.record.cluster_id = cluster
+    change.record.record.person.email = email
+    for k, v in person.items():
+        setattr(change.record.record.person, k, v)
+    return change
+
+
+def standalone_destination(tmp_path: Path, args=()) -> Service:
+    """A cdp-destination on its own (no segmentation: the test sends membership changes itself)."""
+    return Service("destination", DESTINATION_BIN, "CDP_DESTINATION_BIN", tmp_path / "destination-data", tmp_path,
+                   list(args))
+
+
+def wait_until(fn, timeout: float, what: str, interval: float = 0.05):
+    """Polls fn() until it returns something truthy (returned); AssertionError naming `what` and the last
+    value (or error) after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    last = None
+    while True:
+        try:
+            value = fn()
+            if value:
+                return value
+            last = value
+        except grpc.RpcError as e:
+            last = f"{e.code().name} {e.details()}"
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: not within {timeout:.0f}s (last: {last!r})")
+        time.sleep(interval)
+
+
+def destination_info(stub, destination_id: str):
+    """One destination as ListDestinations shows it."""
+    for d in stub.ListDestinations(destination_pb2.ListDestinationsRequest(), timeout=10).destinations:
+        if d.id == destination_id:
+            return d
+    raise AssertionError(f"ListDestinations does not list {destination_id}")
+
+
+def account_change(sequence: int, cluster: int, version: int, realized: bool, name: str | None, domain: str | None,
+                   segment: str = "s2"):
+    """A MembershipChange of an account (cluster) with a record holding its name and domain (when given)."""
+    change = destination_pb2.MembershipChange(sequence=sequence, segment_id=segment, entity_type=E.ENTITY_TYPE_ACCOUNT,
+                                              cluster_id=cluster, realized=realized, version=version)
+    change.record.cluster_id = cluster
+    change.record.record.account.account_id = f"acc-{cluster}"
+    if name is not None:
+        change.record.record.account.name = name
+    if domain is not None:
+        change.record.record.account.domain = domain
+    return change

@@ -252,7 +252,7 @@ import Testing
         #expect(refused == [7: "LinkedIn answered 400 for this user: bad id"])
         _ = try await connector.deliver([Self.member(9, hash)], context)
         #expect(created.withLock { $0 } == 1)
-        #expect(state.withLock { $0 } == ["linkedin.dmp_segment": "9001"])
+        #expect(state.withLock { $0["linkedin.dmp_segment"] } == "9001")
         let create = try #require(http.sent.first)
         #expect(
             body(create)["type"] as? String == "USER"
@@ -264,6 +264,75 @@ import Testing
         #expect(first["action"] as? String == "ADD")
         #expect((first["userIds"] as? [[String: String]]) == [["idType": "SHA256_EMAIL", "idValue": hash]])
         #expect(users[1][0]["action"] as? String == "REMOVE")
+    }
+
+    @Test func linkedInFindsASegmentWhoseCreateAnswerWasLostInsteadOfCreatingAnother() async throws {
+        let creates = Mutex(0)
+        let http = FakeHTTP { request in
+            switch (request.method, path(request)) {
+            case ("POST", "/rest/dmpSegments"):
+                // LinkedIn creates it, but the answer never arrives.
+                creates.withLock { $0 += 1 }
+                throw FakeHTTP.Unreachable()
+            case ("GET", "/rest/dmpSegments"):
+                #expect(request.url.contains("q=account&account=urn%3Ali%3AsponsoredAccount%3A1&start=0&count=100"))
+                return json([
+                    "elements": [
+                        ["id": 5, "description": "made by hand"],
+                        ["id": 7001, "description": "CDP activation a1 of segment s1"],
+                    ]
+                ])
+            default:
+                return json(["elements": [["status": 201]]])
+            }
+        }
+        let connector = try LinkedInConnector(
+            settings: [
+                "access_token": "t", "ad_account": "urn:li:sponsoredAccount:1", "source_platform": "P",
+                "segment_ready_seconds": "0",
+            ],
+            transport: http
+        )
+        let state = Mutex<[String: String]>([:])
+        let context = DeliveryContext(
+            activation: Self.activation,
+            runNumber: 1,
+            loadState: { key in state.withLock { $0[key] } },
+            saveState: { key, value in state.withLock { $0[key] = value } }
+        )
+        let member = Self.member(1, MemberMapping.hashedEmail("a@b.c"))
+        await #expect(throws: DeliveryFailure.self) { _ = try await connector.deliver([member], context) }
+        _ = try await connector.deliver([member], context)
+        #expect(creates.withLock { $0 } == 1)
+        #expect(http.sent.last.map(path) == "/rest/dmpSegments/7001/users")
+    }
+
+    @Test func aRetriedMarketoDeliveryRepeatsOnlyTheCallsThatFailed() async throws {
+        let model = MarketoModel()
+        let (connector, http) = try Self.marketo(model, endpoint: "https://m6.example")
+        let members = (1...400).map { Self.member(UInt64($0), "p\($0)@x.example") }
+        // API calls: 1 sync of chunk 1, 2 its list add, 3 sync of chunk 2, 4 its list add (throttled).
+        model.state.withLock {
+            $0.faultsAt[4] = json(["success": false, "errors": [["code": "615", "message": "busy"]]])
+        }
+        await #expect(throws: DeliveryFailure.self) { _ = try await connector.deliver(members, Self.context) }
+        #expect(model.listed().count == 300)
+        let refused = try await connector.deliver(members, Self.context)
+        #expect(refused.isEmpty && model.listed().count == 400)
+        // The retry made only the failed call again: no second sync, no repeated list add of chunk 1.
+        let api = http.sent.filter { path($0).hasPrefix("/rest/") }
+        #expect(
+            api.map { "\($0.method) \(path($0))" } == [
+                "POST /rest/v1/leads.json", "POST /rest/v1/lists/1001/leads.json", "POST /rest/v1/leads.json",
+                "POST /rest/v1/lists/1001/leads.json", "POST /rest/v1/lists/1001/leads.json",
+            ]
+        )
+        // Another delivery starts afresh.
+        _ = try await connector.deliver(
+            [Self.member(1, "p1@x.example")],
+            DeliveryContext(activation: Self.activation, runNumber: 2)
+        )
+        #expect(http.sent.filter { path($0) == "/rest/v1/leads.json" }.count == 3)
     }
 
     @Test func linkedInRetriesANotYetReadySegmentAndThrottling() async throws {

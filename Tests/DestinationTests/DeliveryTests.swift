@@ -348,6 +348,15 @@ struct DeliveryTests {
         #expect(runs.map { ($0.added, $0.removed) }.elementsEqual([(0, 1), (1, 0)], by: ==))
     }
 
+    @Test func runNumbersOnlyGoUpEvenWhenTheClockDoesNot() async throws {
+        let store = try SQLiteDestinationStore()
+        #expect(try store.nextRunNumber(destination: "d1", atLeast: 1_000) == 1_000)
+        #expect(try store.nextRunNumber(destination: "d1", atLeast: 1_000) == 1_001)
+        #expect(try store.nextRunNumber(destination: "d1", atLeast: 900) == 1_002)
+        #expect(try store.nextRunNumber(destination: "d1", atLeast: 5_000) == 5_000)
+        #expect(try store.nextRunNumber(destination: "d2", atLeast: 900) == 900)
+    }
+
     @Test func destinationsAreCheckedAndCredentialsKeptApart() async throws {
         let engine = Self.engine(try SQLiteDestinationStore())
         await #expect(throws: RPCError.self) {

@@ -59,6 +59,9 @@ final class MarketoModel: Sendable {
         var skipEmails: Set<String> = []
         /// Answers for the next API calls (not identity), first first.
         var faults: [HTTPResponseData] = []
+        /// Answers for given API calls, by number (1: the first API call).
+        var faultsAt: [Int: HTTPResponseData] = [:]
+        var apiCalls = 0
         var largestChunk = 0
     }
 
@@ -86,6 +89,8 @@ final class MarketoModel: Sendable {
             else {
                 return json(["success": false, "errors": [["code": "601", "message": "Access token invalid"]]])
             }
+            state.apiCalls += 1
+            if let fault = state.faultsAt.removeValue(forKey: state.apiCalls) { return fault }
             if !state.faults.isEmpty { return state.faults.removeFirst() }
             let ids = query(request).filter { $0.0 == "id" }.compactMap { Int64($0.1) }
             state.largestChunk = max(state.largestChunk, ids.count)

@@ -2,6 +2,7 @@ import CDPProto
 import Crypto
 import DestinationStore
 import Foundation
+import Synchronization
 
 /// A member as a destination is told about it: added or removed, under the identity the activation
 /// maps it to, with the mapped attributes.
@@ -129,6 +130,25 @@ public protocol Connector: Sendable {
 
 extension Connector {
     public var supportedIdentities: Set<Cdp_Destination_V1_IdentityMapping> { [.email, .hashedEmail, .crmID] }
+}
+
+/// What the calls of a delivery achieved, kept between its attempts: a retry repeats only the calls
+/// that did not succeed (Marketo counts every call against its limits). Kept in memory: after a
+/// restart a delivery's calls are all made again, which the destinations take as no-ops.
+final class DeliveryProgress<Entry: Sendable>: Sendable {
+    private let entries = Mutex<[String: Entry]>([:])
+
+    /// Runs `body` on the delivery's progress so far; keeps it if `body` fails with a retryable failure.
+    func run(_ delivery: String, _ initial: Entry, _ body: (inout Entry) async throws -> Void) async throws -> Entry {
+        var entry = entries.withLock { $0.removeValue(forKey: delivery) } ?? initial
+        do {
+            try await body(&entry)
+        } catch {
+            if case .retryable? = error as? DeliveryFailure { entries.withLock { $0[delivery] = entry } }
+            throw error
+        }
+        return entry
+    }
 }
 
 /// How records become outbound members.

@@ -3,6 +3,7 @@ import Foundation
 import NIOCore
 import NIOFoundationCompat
 import NIOHTTP1
+import NIOPosix
 
 /// One HTTP request as a connector makes it.
 public struct HTTPRequestData: Sendable, Equatable {
@@ -121,6 +122,14 @@ extension HTTPResponseData {
     }
 }
 
+/// A request that got no response, in plain words.
+public struct TransportError: Error, CustomStringConvertible {
+    public var description: String
+
+    /// Creates an error.
+    public init(_ description: String) { self.description = description }
+}
+
 /// HTTP over AsyncHTTPClient (HTTP/1.1 and HTTP/2, TLS), with each request's deadline and a cap on
 /// the response size.
 public struct AsyncHTTPTransport: HTTPTransport {
@@ -140,12 +149,37 @@ public struct AsyncHTTPTransport: HTTPTransport {
         if let body = request.body { outgoing.body = .bytes(ByteBuffer(bytes: body)) }
         let milliseconds =
             request.timeout.components.seconds * 1000 + request.timeout.components.attoseconds / 1_000_000_000_000_000
-        let response = try await client.execute(outgoing, timeout: .milliseconds(milliseconds))
-        let body = try await response.body.collect(upTo: maxResponseBytes)
+        let response: HTTPClientResponse
+        let body: ByteBuffer
+        do {
+            response = try await client.execute(outgoing, timeout: .milliseconds(milliseconds))
+            body = try await response.body.collect(upTo: maxResponseBytes)
+        } catch {
+            throw TransportError(Self.describe(error, timeout: request.timeout))
+        }
         return HTTPResponseData(
             status: Int(response.status.code),
             headers: response.headers.map { ($0.name, $0.value) },
             body: Data(buffer: body)
         )
+    }
+
+    /// Why no response came, without NIO's internals ("connection refused", not the errno dump).
+    static func describe(_ error: any Error, timeout: Duration) -> String {
+        if let error = error as? HTTPClientError {
+            switch error {
+            case .deadlineExceeded, .readTimeout, .writeTimeout, .connectTimeout:
+                return "no response within \(timeout)"
+            case .remoteConnectionClosed:
+                return "the server closed the connection"
+            default:
+                return "\(error)"
+            }
+        }
+        if let error = error as? IOError { return String(cString: strerror(error.errnoCode)).lowercased() }
+        if let error = error as? NIOConnectionError, let first = error.connectionErrors.first?.error {
+            return describe(first, timeout: timeout)
+        }
+        return "\(error)"
     }
 }

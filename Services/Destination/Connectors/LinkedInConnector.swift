@@ -34,6 +34,7 @@ public struct LinkedInConnector: Connector {
     private let accessToken: String
     private let transport: any HTTPTransport
     private let limiter: CallLimiter
+    private let progress = DeliveryProgress<LinkedInProgress>()
 
     public var batchLimit: Int { elementsPerCall }
     public var suppressesOptedOut: Bool { true }
@@ -42,6 +43,9 @@ public struct LinkedInConnector: Connector {
 
     /// The connector state key of an activation's DMP segment id.
     static let segmentKey = "linkedin.dmp_segment"
+    /// Set before a segment is created: if the answer is lost (a timeout, a crash), the next attempt
+    /// looks the segment up instead of creating a second one.
+    static let creatingKey = "linkedin.creating"
 
     /// A connector from a destination's settings (credentials included); the error names the setting.
     public init(settings: [String: String], transport: any HTTPTransport) throws(ConnectorSettingsError) {
@@ -85,8 +89,20 @@ public struct LinkedInConnector: Connector {
         guard let first = members.first else { return [:] }
         let companies = first.entityType == .account
         let segment = try await segmentID(context, companies: companies)
-        var refused: [UInt64: String] = [:]
-        for start in stride(from: 0, to: members.count, by: elementsPerCall) {
+        return try await progress.run(context.deliveryID, LinkedInProgress()) { progress in
+            try await deliver(members, to: segment, companies: companies, &progress)
+        }.refused
+    }
+
+    /// The calls of a delivery, skipping the chunks an earlier attempt completed.
+    func deliver(
+        _ members: [OutboundMember],
+        to segment: String,
+        companies: Bool,
+        _ progress: inout LinkedInProgress
+    ) async throws {
+        for (index, start) in stride(from: 0, to: members.count, by: elementsPerCall).enumerated()
+        where !progress.done.contains(index) {
             let chunk = Array(members[start..<min(start + elementsPerCall, members.count)])
             let elements: [[String: Any]] = chunk.map { member in
                 var element: [String: Any] = ["action": member.add ? "ADD" : "REMOVE"]
@@ -98,34 +114,43 @@ public struct LinkedInConnector: Connector {
                 }
                 return element
             }
-            let response = try await post(
-                "/rest/dmpSegments/\(segment)/\(companies ? "companies" : "users")",
+            let response = try await send(
+                post: "/rest/dmpSegments/\(segment)/\(companies ? "companies" : "users")",
                 ["elements": elements],
                 batch: true
             )
             let statuses = (try? JSONDecoder().decode(LinkedInBatchResponse.self, from: response.body))?.elements ?? []
-            for (index, member) in chunk.enumerated() {
-                guard index < statuses.count, let status = statuses[index].status, status >= 400 else { continue }
-                refused[member.cluster] =
+            for (position, member) in chunk.enumerated() {
+                guard position < statuses.count, let status = statuses[position].status, status >= 400 else { continue }
+                progress.refused[member.cluster] =
                     "LinkedIn answered \(status) for this \(companies ? "company" : "user")"
-                    + (statuses[index].message.map { ": \($0)" } ?? "")
+                    + (statuses[position].message.map { ": \($0)" } ?? "")
             }
+            progress.done.insert(index)
         }
-        return refused
     }
 
-    /// The activation's DMP segment: the configured one, the one created before, or a new one.
+    /// The activation's DMP segment: the configured one, the one created before, or a new one. A
+    /// segment's description names its activation, so a create whose answer was lost is found again
+    /// (`GET /rest/dmpSegments?q=account`) rather than repeated.
     func segmentID(_ context: DeliveryContext, companies: Bool) async throws -> String {
         if let fixedSegmentID { return fixedSegmentID }
         if let kept = try await context.loadState(Self.segmentKey) { return kept }
+        let description = "CDP activation \(context.activation.id) of segment \(context.activation.segmentID)"
+        if try await context.loadState(Self.creatingKey) != nil, let found = try await find(description) {
+            try await context.saveState(Self.segmentKey, found)
+            return found
+        }
+        try await context.saveState(Self.creatingKey, description)
         let body: [String: Any] = [
             "name": segmentName ?? "CDP \(context.activation.segmentID)",
+            "description": description,
             "sourcePlatform": sourcePlatform ?? "",
             "account": adAccount,
             "type": companies ? "COMPANY" : "USER",
             "destinations": [["destination": "LINKEDIN"]],
         ]
-        let response = try await post("/rest/dmpSegments", body, batch: false)
+        let response = try await send(post: "/rest/dmpSegments", body, batch: false)
         guard let header = response.header("x-restli-id") ?? response.header("x-linkedin-id"),
             let id = Self.segmentID(fromHeader: header)
         else {
@@ -137,26 +162,69 @@ public struct LinkedInConnector: Connector {
         return id
     }
 
-    /// A POST with LinkedIn's headers; a 404 on a segment's users or companies is retried (not ready yet).
-    func post(_ path: String, _ object: [String: Any], batch: Bool) async throws(DeliveryFailure) -> HTTPResponseData {
+    /// The id of the ad account's DMP segment with this description, if there is one.
+    func find(_ description: String) async throws(DeliveryFailure) -> String? {
+        let account = MarketoConnector.queryEscaped(adAccount)
+        var start = 0
+        while start < 10_000 {
+            let response = try await send(
+                get: "/rest/dmpSegments?q=account&account=\(account)&start=\(start)&count=100"
+            )
+            guard let page = try? JSONDecoder().decode(LinkedInSegmentPage.self, from: response.body) else {
+                throw .retryable(
+                    "LinkedIn: the DMP segments of \(adAccount) came back unreadable\(response.excerpt)",
+                    after: nil
+                )
+            }
+            if let match = page.elements.first(where: { $0.description == description }) {
+                return Self.segmentID(fromHeader: match.id.value)
+            }
+            guard page.elements.count == 100 else { return nil }
+            start += 100
+        }
+        return nil
+    }
+
+    /// A GET with LinkedIn's headers.
+    func send(get path: String) async throws(DeliveryFailure) -> HTTPResponseData {
+        try await send(
+            HTTPRequestData(method: "GET", url: endpoint + path, headers: headers, timeout: timeout),
+            batch: false
+        )
+    }
+
+    /// The headers of every call.
+    var headers: [(String, String)] {
+        [
+            ("Authorization", "Bearer \(accessToken)"), ("LinkedIn-Version", version),
+            ("X-Restli-Protocol-Version", "2.0.0"),
+        ]
+    }
+
+    /// A POST of JSON with LinkedIn's headers (and BATCH_CREATE for a batch).
+    func send(
+        post path: String,
+        _ object: [String: Any],
+        batch: Bool
+    ) async throws(DeliveryFailure)
+        -> HTTPResponseData
+    {
         let body: Data
         do {
             body = try JSONSerialization.data(withJSONObject: object, options: [.sortedKeys])
         } catch {
             throw .permanent("cannot encode the LinkedIn request: \(error)")
         }
-        var headers = [
-            ("Authorization", "Bearer \(accessToken)"), ("LinkedIn-Version", version),
-            ("X-Restli-Protocol-Version", "2.0.0"), ("Content-Type", "application/json"),
-        ]
+        var headers = headers + [("Content-Type", "application/json")]
         if batch { headers.append(("X-RestLi-Method", "BATCH_CREATE")) }
-        let request = HTTPRequestData(
-            method: "POST",
-            url: endpoint + path,
-            headers: headers,
-            body: body,
-            timeout: timeout
+        return try await send(
+            HTTPRequestData(method: "POST", url: endpoint + path, headers: headers, body: body, timeout: timeout),
+            batch: batch
         )
+    }
+
+    /// A call within the limits; a 404 on a segment's users or companies is retried (not ready yet).
+    func send(_ request: HTTPRequestData, batch: Bool) async throws(DeliveryFailure) -> HTTPResponseData {
         do {
             return try await limiter.run { try await transport.exchange(request, "LinkedIn") }
         } catch DeliveryFailure.permanent(let message) where batch && message.contains("HTTP 404") {
@@ -174,6 +242,21 @@ public struct LinkedInConnector: Connector {
         return id.isEmpty || !id.allSatisfy({ $0.isASCII && ($0.isNumber || $0.isLetter || $0 == "-" || $0 == "_") })
             ? nil : id
     }
+}
+
+/// What one delivery's calls achieved so far: the chunks sent and the members LinkedIn refused.
+struct LinkedInProgress: Sendable {
+    var done: Set<Int> = []
+    var refused: [UInt64: String] = [:]
+}
+
+/// A page of `GET /rest/dmpSegments?q=account`.
+struct LinkedInSegmentPage: Decodable {
+    struct Segment: Decodable {
+        var id: LooseString
+        var description: String?
+    }
+    var elements: [Segment]
 }
 
 /// `{"elements":[{"status":201}, …]}`.

@@ -29,6 +29,7 @@ public struct MarketoConnector: Connector {
     private let transport: any HTTPTransport
     private let limiter: CallLimiter
     private let token = TokenCache()
+    private let progress = DeliveryProgress<MarketoProgress>()
     private let now: @Sendable () -> Date
 
     /// Marketo's limit of records per call.
@@ -63,50 +64,66 @@ public struct MarketoConnector: Connector {
     }
 
     public func deliver(_ members: [OutboundMember], _ context: DeliveryContext) async throws -> [UInt64: String] {
-        var refused: [UInt64: String] = [:]
+        try await progress.run(context.deliveryID, MarketoProgress()) { progress in
+            try await deliver(members, &progress)
+        }.refused
+    }
+
+    /// The calls of a delivery, skipping those an earlier attempt completed.
+    func deliver(_ members: [OutboundMember], _ progress: inout MarketoProgress) async throws {
         for member in members where member.entityType != .person {
-            refused[member.cluster] =
+            progress.refused[member.cluster] =
                 "a Marketo static list holds persons; send account audiences to LinkedIn, a webhook or a file"
         }
-        let members = members.filter { $0.entityType == .person }
+        let persons = members.filter { $0.entityType == .person }
         // Removes first: a member whose email changed is removed under the old one and added under the new.
-        for chunk in Self.lookupChunks(members.filter { !$0.add }) {
+        for (index, chunk) in Self.lookupChunks(persons.filter { !$0.add }).enumerated()
+        where !progress.done.contains("remove \(index)") {
             let ids = try await leadIDs(emails: chunk.map(\.identity))
             let known = chunk.compactMap { member in ids[member.identity.lowercased()].map { (member, $0) } }
-            guard !known.isEmpty else { continue }
-            let results = try await listCall("DELETE", ids: known.map(\.1))
-            for (member, id) in known {
-                guard let result = results[id], result.status == "skipped" else { continue }
-                // 1004 lead not found, 1015 lead not in list: already off the list.
-                let reasons = result.reasons ?? []
-                if !reasons.contains(where: { $0.code.value == "1004" || $0.code.value == "1015" }) {
-                    refused[member.cluster] = Self.describe(reasons)
+            if !known.isEmpty {
+                let results = try await listCall("DELETE", ids: known.map(\.1))
+                for (member, id) in known {
+                    guard let result = results[id], result.status == "skipped" else { continue }
+                    // 1004 lead not found, 1015 lead not in list: already off the list.
+                    let reasons = result.reasons ?? []
+                    if !reasons.contains(where: { $0.code.value == "1004" || $0.code.value == "1015" }) {
+                        progress.refused[member.cluster] = Self.describe(reasons)
+                    }
                 }
             }
+            progress.done.insert("remove \(index)")
         }
-        let adds = members.filter(\.add)
-        for start in stride(from: 0, to: adds.count, by: Self.recordsPerCall) {
+        let adds = persons.filter(\.add)
+        for (index, start) in stride(from: 0, to: adds.count, by: Self.recordsPerCall).enumerated()
+        where !progress.done.contains("list \(index)") {
             let chunk = Array(adds[start..<min(start + Self.recordsPerCall, adds.count)])
-            let synced = try await syncLeads(chunk)
-            var listed: [(OutboundMember, Int64)] = []
-            for (member, result) in zip(chunk, synced) {
-                if let id = result.id, result.status != "skipped" {
-                    listed.append((member, id))
-                } else {
-                    refused[member.cluster] = Self.describe(result.reasons ?? [])
+            if progress.synced[index] == nil {
+                var listed: [MarketoProgress.Lead] = []
+                for (member, result) in zip(chunk, try await syncLeads(chunk)) {
+                    if let id = result.id, result.status != "skipped" {
+                        listed.append(.init(cluster: member.cluster, id: id))
+                    } else {
+                        progress.refused[member.cluster] = Self.describe(result.reasons ?? [])
+                    }
+                }
+                progress.synced[index] = listed
+            }
+            let listed = progress.synced[index] ?? []
+            if !listed.isEmpty {
+                let results = try await listCall("POST", ids: listed.map(\.id))
+                for lead in listed {
+                    guard let result = results[lead.id] else {
+                        progress.refused[lead.cluster] = "Marketo did not report lead \(lead.id) in the list add"
+                        continue
+                    }
+                    if result.status == "skipped" {
+                        progress.refused[lead.cluster] = Self.describe(result.reasons ?? [])
+                    }
                 }
             }
-            guard !listed.isEmpty else { continue }
-            let results = try await listCall("POST", ids: listed.map(\.1))
-            for (member, id) in listed {
-                guard let result = results[id] else {
-                    refused[member.cluster] = "Marketo did not report lead \(id) in the list add"
-                    continue
-                }
-                if result.status == "skipped" { refused[member.cluster] = Self.describe(result.reasons ?? []) }
-            }
+            progress.done.insert("list \(index)")
         }
-        return refused
     }
 
     // MARK: - Calls
@@ -197,7 +214,8 @@ public struct MarketoConnector: Connector {
             let message = "Marketo: \(request.redacted) failed with \(code) \(error?.message ?? "(no message)")"
             switch code {
             case "601", "602":
-                // The token expired or was revoked early: renew it once and repeat the call.
+                // The token expired or was revoked early: forget it, renew it once and repeat the call.
+                self.token.held.withLock { $0 = nil }
                 if renewed { throw .retryable(message + " after renewing the access token", after: nil) }
                 renewed = true
                 continue
@@ -284,6 +302,18 @@ public struct MarketoConnector: Connector {
             ) ?? now.addingTimeInterval(86_400)
         return .seconds(max(1, Int(midnight.timeIntervalSince(now).rounded(.up))))
     }
+}
+
+/// What one delivery's calls achieved so far: the steps done (`remove <chunk>`, `list <chunk>`), the
+/// leads each chunk of adds synced, and the members Marketo refused.
+struct MarketoProgress: Sendable {
+    struct Lead: Sendable {
+        var cluster: UInt64
+        var id: Int64
+    }
+    var done: Set<String> = []
+    var synced: [Int: [Lead]] = [:]
+    var refused: [UInt64: String] = [:]
 }
 
 /// The access token a connector holds, and when to renew it.

@@ -105,7 +105,14 @@ public final class DeliveryWorkers: Service, Sendable {
                         await signal.wait(upTo: idlePoll)
                         continue
                     }
-                    plan = Self.plan(batch, connector, startedAt: await engine.currentTime())
+                    var planned = Self.plan(batch, connector, startedAt: await engine.currentTime())
+                    if !planned.outbound.isEmpty {
+                        planned.runNumber = try await engine.nextRunNumber(
+                            destination: destination.id,
+                            atLeast: planned.runNumber
+                        )
+                    }
+                    plan = planned
                     if !plan.outbound.isEmpty {
                         try await engine.savePlannedDelivery(
                             destination: destination.id,
@@ -335,7 +342,8 @@ public final class DeliveryWorkers: Service, Sendable {
 /// A delivery decided before it starts and saved, so that a crash repeats exactly it.
 struct DeliveryPlan: Codable, Sendable {
     var activation: String
-    /// The run's start in milliseconds since 1970 (file names, webhook ids).
+    /// The run's start in milliseconds since 1970, or one above the destination's previous run if that
+    /// is not below it (file names, webhook ids: unique per destination).
     var runNumber: Int
     var startedAt: Date
     /// The queue rows the delivery takes.

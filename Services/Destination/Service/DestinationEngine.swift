@@ -150,6 +150,11 @@ public actor DestinationEngine {
         try store.savePlannedDelivery(destination: destination, activation: activation, plan: plan)
     }
 
+    /// A run number for a destination's next delivery, above every earlier one.
+    public func nextRunNumber(destination: String, atLeast: Int) throws -> Int {
+        Int(try store.nextRunNumber(destination: destination, atLeast: Int64(atLeast)))
+    }
+
     /// A destination's planned delivery not yet recorded as done (after a crash: the one under way).
     public func plannedDelivery(destination: String) throws -> Data? {
         try store.plannedDelivery(destination: destination)

@@ -408,6 +408,22 @@ public final class SQLiteDestinationStore: Sendable {
         }
     }
 
+    /// A run number for a destination's next delivery: `atLeast` (the time in milliseconds), or one
+    /// above the last one handed out if the clock gave that already or went back. Webhook ids and file
+    /// names are built from it, so two deliveries never share one.
+    public func nextRunNumber(destination: String, atLeast: Int64) throws -> Int64 {
+        try writer.write { db in
+            let key = "run_number:" + destination
+            let last = try Int64.fetchOne(db, sql: "SELECT value FROM counters WHERE name = ?", arguments: [key]) ?? 0
+            let number = max(atLeast, last + 1)
+            try db.execute(
+                sql: "INSERT OR REPLACE INTO counters (name, value) VALUES (?, ?)",
+                arguments: [key, number]
+            )
+            return number
+        }
+    }
+
     /// A destination's planned delivery not yet recorded as done.
     public func plannedDelivery(destination: String) throws -> Data? {
         try writer.read { db in
