@@ -104,17 +104,28 @@ import Testing
             }
             #expect(message.contains(code) && message.contains("/rest/v1/leads.json"))
         }
-        // The daily quota: retried after the next midnight in Chicago, within a day.
+        // The daily quota: retried after it resets at 06:00 UTC ("12:00AM CST"), within a day.
         guard case .retryable(_, let after?)? = await failure("607") else {
             Issue.record("607 should be retried after the quota resets")
             return
         }
-        #expect(after > .zero && after <= .seconds(86_400 + 3_600))
-        guard case .permanent(let message)? = await failure("1013") else {
-            Issue.record("1013 should fail the delivery")
+        #expect(after > .zero && after <= .seconds(86_400))
+        #expect(MarketoConnector.untilQuotaReset(Date(timeIntervalSince1970: 1_764_374_400)) == .seconds(6 * 3_600))
+        #expect(MarketoConnector.untilQuotaReset(Date(timeIntervalSince1970: 1_764_396_000)) == .seconds(86_400))
+        // No such list, access denied: the members wait for the settings to be fixed.
+        for code in ["1013", "603", "610"] {
+            guard case .retryable(let message, after: nil)? = await failure(code) else {
+                Issue.record("\(code) should keep the members waiting")
+                continue
+            }
+            #expect(message.contains("check the destination's settings"))
+        }
+        // A request Marketo rejects as such fails the delivery.
+        guard case .permanent(let message)? = await failure("609") else {
+            Issue.record("609 should fail the delivery")
             return
         }
-        #expect(message.contains("1013"))
+        #expect(message.contains("609"))
         // HTTP 429 and 5xx are retryable, with Retry-After.
         model.state.withLock { $0.faults = [HTTPResponseData(status: 429, headers: [("Retry-After", "7")])] }
         await #expect(
@@ -249,7 +260,7 @@ import Testing
             ],
             context
         )
-        #expect(refused == [7: "LinkedIn answered 400 for this user: bad id"])
+        #expect(refused == [7: "LinkedIn answered 400 for this user in DMP segment 9001: bad id"])
         _ = try await connector.deliver([Self.member(9, hash)], context)
         #expect(created.withLock { $0 } == 1)
         #expect(state.withLock { $0["linkedin.dmp_segment"] } == "9001")

@@ -194,6 +194,21 @@ public enum MemberMapping {
         }
     }
 
+    /// An activation's attribute mapping (destination field → profile field) applied to a record;
+    /// fields the record lacks are left out.
+    public static func attributes(
+        _ mapping: [String: String],
+        of record: Cdp_Profile_V1_UnifiedRecord
+    )
+        -> [String: String]
+    {
+        var attributes: [String: String] = [:]
+        for (field, source) in mapping {
+            if let value = value(source, of: record) { attributes[field] = value }
+        }
+        return attributes
+    }
+
     /// The value of a profile field of the record, by its PQL name (`firstName`, `jobTitle`, a custom
     /// attribute's name).
     public static func value(_ field: String, of record: Cdp_Profile_V1_UnifiedRecord) -> String? {

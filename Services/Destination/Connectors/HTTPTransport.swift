@@ -80,9 +80,11 @@ public protocol HTTPTransport: Sendable {
 extension HTTPTransport {
     /// Sends a request and sorts the outcome as the delivery engine needs it: the response if its
     /// status is 2xx; otherwise a ``DeliveryFailure`` that says what happened to which call (the URL
-    /// without its query). 408, 429 and 5xx are retryable (after `Retry-After` if given), so are
-    /// timeouts and refused connections, and so are 401 and 403: refused credentials are fixed by a
-    /// person, and the members wait for that instead of being dropped. Other statuses are permanent.
+    /// without its query). Retryable, with the members waiting: timeouts and refused connections,
+    /// 408, 409, 423, 429 and 5xx (after `Retry-After` if given), and what a person has to fix in the
+    /// settings or at the destination: redirects (not followed: a POST would become a GET without its
+    /// body), 401, 403, 404 and 426 (an API version retired). Other statuses (400, 413, 422, …) reject
+    /// the request itself and are permanent.
     public func exchange(
         _ request: HTTPRequestData,
         _ service: String
@@ -95,21 +97,26 @@ extension HTTPTransport {
         } catch {
             throw .retryable("\(service): \(request.redacted) failed: \(error)", after: nil)
         }
+        let call = "\(service): \(request.redacted) answered HTTP \(response.status)"
         switch response.status {
         case 200..<300:
             return response
+        case 300..<400:
+            throw .retryable(
+                call + ", a redirect to \(response.header("Location") ?? "nowhere"); set the URL it names",
+                after: nil
+            )
         case 401, 403:
             throw .retryable(
                 "\(service) refused the credentials: \(request.redacted) answered HTTP \(response.status)",
                 after: nil
             )
-        case 408, 429, 500..<600:
-            throw .retryable(
-                "\(service): \(request.redacted) answered HTTP \(response.status)\(response.excerpt)",
-                after: response.retryAfter
-            )
+        case 404, 426:
+            throw .retryable(call + response.excerpt + " (check the destination's settings)", after: nil)
+        case 408, 409, 423, 429, 500..<600:
+            throw .retryable(call + response.excerpt, after: response.retryAfter)
         default:
-            throw .permanent("\(service): \(request.redacted) answered HTTP \(response.status)\(response.excerpt)")
+            throw .permanent(call + response.excerpt)
         }
     }
 }
@@ -136,7 +143,17 @@ public struct AsyncHTTPTransport: HTTPTransport {
     private let client: HTTPClient
     private let maxResponseBytes: Int
 
-    /// A transport over `client`.
+    /// The client configuration connectors need: no redirects followed (a POST would become a GET
+    /// without its body), and a read timeout, since a request's deadline ends when the response head
+    /// arrives and a stalled body would otherwise hang its destination.
+    public static var clientConfiguration: HTTPClient.Configuration {
+        var configuration = HTTPClient.Configuration()
+        configuration.redirectConfiguration = .disallow
+        configuration.timeout = .init(connect: .seconds(10), read: .seconds(60))
+        return configuration
+    }
+
+    /// A transport over `client` (made with ``clientConfiguration``).
     public init(client: HTTPClient, maxResponseBytes: Int = 16 << 20) {
         self.client = client
         self.maxResponseBytes = maxResponseBytes

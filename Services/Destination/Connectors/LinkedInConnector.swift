@@ -13,9 +13,9 @@ import Foundation
 /// repeated delivery is too.
 ///
 /// Every call sends `Authorization: Bearer`, `LinkedIn-Version` and `X-Restli-Protocol-Version: 2.0.0`.
-/// 429 and 5xx are retried (after `Retry-After` if sent), and so is 404 on a segment just created
-/// (LinkedIn asks for a few seconds before the first users). An element answered with a status of
-/// 400 or more is that member's error.
+/// 429 and 5xx are retried (after `Retry-After` if sent), and so is 404 (a segment just created is
+/// not ready for a few seconds). An element answered with a status of 400 or more is that member's
+/// error.
 ///
 /// Settings: `endpoint` (https://api.linkedin.com), `access_token`, `ad_account`, `version` (YYYYMM,
 /// 202610), `source_platform`, `segment_name`, `segment_id`, `batch_size` (500),
@@ -62,7 +62,14 @@ public struct LinkedInConnector: Connector {
         guard version.count == 6, version.allSatisfy({ $0.isASCII && $0.isNumber }) else {
             throw ConnectorSettingsError("version must be a LinkedIn-Version YYYYMM such as 202610, not \(version)")
         }
-        fixedSegmentID = settings["segment_id"].flatMap { $0.isEmpty ? nil : Self.segmentID(fromHeader: $0) }
+        if let given = settings["segment_id"], !given.isEmpty {
+            guard let id = Self.segmentID(fromHeader: given) else {
+                throw ConnectorSettingsError("segment_id must be a DMP segment's id or URN, not \(given)")
+            }
+            fixedSegmentID = id
+        } else {
+            fixedSegmentID = nil
+        }
         sourcePlatform = settings["source_platform"].flatMap { $0.isEmpty ? nil : $0 }
         if fixedSegmentID == nil && sourcePlatform == nil {
             throw ConnectorSettingsError(
@@ -119,12 +126,22 @@ public struct LinkedInConnector: Connector {
                 ["elements": elements],
                 batch: true
             )
-            let statuses = (try? JSONDecoder().decode(LinkedInBatchResponse.self, from: response.body))?.elements ?? []
-            for (position, member) in chunk.enumerated() {
-                guard position < statuses.count, let status = statuses[position].status, status >= 400 else { continue }
-                progress.refused[member.cluster] =
-                    "LinkedIn answered \(status) for this \(companies ? "company" : "user")"
-                    + (statuses[position].message.map { ": \($0)" } ?? "")
+            // One status per element, in order; a failed element may also name its index (202502 on).
+            guard let statuses = try? JSONDecoder().decode(LinkedInBatchResponse.self, from: response.body).elements,
+                statuses.count == chunk.count
+            else {
+                throw DeliveryFailure.retryable(
+                    "LinkedIn: POST …/dmpSegments/\(segment)/\(companies ? "companies" : "users") answered without "
+                        + "one status per element\(response.excerpt)",
+                    after: nil
+                )
+            }
+            for (position, element) in statuses.enumerated() {
+                guard let status = element.status, status >= 400 else { continue }
+                let index = element.batchIndex.flatMap { chunk.indices.contains($0) ? $0 : nil } ?? position
+                progress.refused[chunk[index].cluster] =
+                    "LinkedIn answered \(status) for this \(companies ? "company" : "user") in DMP segment \(segment)"
+                    + (element.message.map { ": \($0)" } ?? "")
             }
             progress.done.insert(index)
         }
@@ -227,8 +244,6 @@ public struct LinkedInConnector: Connector {
     func send(_ request: HTTPRequestData, batch: Bool) async throws(DeliveryFailure) -> HTTPResponseData {
         do {
             return try await limiter.run { try await transport.exchange(request, "LinkedIn") }
-        } catch DeliveryFailure.permanent(let message) where batch && message.contains("HTTP 404") {
-            throw .retryable(message + " (a segment just created is not ready for a few seconds)", after: nil)
         } catch let failure as DeliveryFailure {
             throw failure
         } catch {
@@ -263,6 +278,7 @@ struct LinkedInSegmentPage: Decodable {
 struct LinkedInBatchResponse: Decodable {
     struct Element: Decodable {
         var status: Int?
+        var batchIndex: Int?
         var message: String?
     }
     var elements: [Element]

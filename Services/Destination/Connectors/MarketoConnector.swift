@@ -13,8 +13,9 @@ import Synchronization
 /// Authentication is OAuth client credentials against the identity endpoint; the token is reused
 /// until a minute before it expires and renewed when Marketo answers 601 or 602. Marketo reports most
 /// errors in HTTP 200 bodies: throttling and transient codes (606, 615, 604, 608, 611, 614, 713, 502)
-/// are retried with backoff, 607 (daily quota) after the next midnight in Chicago, when the quota
-/// resets; per-record `skipped` reasons become the member's error. Calls to one instance stay within
+/// are retried with backoff, 607 (daily quota) after 06:00 UTC, when the quota resets; configuration
+/// problems (603 access denied, 610 not found, 1013 no such list) keep the members waiting with the
+/// error shown; per-record `skipped` reasons become the member's error. Calls to one instance stay within
 /// Marketo's limits (100 per 20 s, 10 at a time) for every destination of this process together.
 ///
 /// Settings: `endpoint`, `identity` (default `<endpoint>/identity`), `client_id`, `client_secret`,
@@ -45,9 +46,12 @@ public struct MarketoConnector: Connector {
         transport: any HTTPTransport,
         now: @escaping @Sendable () -> Date = Date.init
     ) throws(ConnectorSettingsError) {
-        let endpoint = try Settings.url("endpoint", settings)
+        var endpoint = try Settings.url("endpoint", settings)
+        // Marketo's Admin > Web Services shows the REST endpoint with /rest; the calls add it.
+        if endpoint.hasSuffix("/rest") { endpoint.removeLast(5) }
         self.endpoint = endpoint
-        identityEndpoint = settings["identity"] == nil ? endpoint + "/identity" : try Settings.url("identity", settings)
+        identityEndpoint =
+            (settings["identity"] ?? "").isEmpty ? endpoint + "/identity" : try Settings.url("identity", settings)
         clientID = try Settings.required("client_id", settings)
         clientSecret = try Settings.required("client_secret", settings)
         let listID = try Settings.required("list_id", settings)
@@ -223,6 +227,13 @@ public struct MarketoConnector: Connector {
                 throw .retryable(message, after: nil)
             case "607":
                 throw .retryable(message + "; retrying after the quota resets", after: Self.untilQuotaReset(now()))
+            case "603", "610", "1013":
+                // Access denied, no such resource, no such list: a setting or permission to fix; the
+                // members wait for it.
+                throw .retryable(
+                    message + " (check the destination's settings and the API user's permissions)",
+                    after: nil
+                )
             default:
                 throw .permanent(message)
             }
@@ -244,13 +255,15 @@ public struct MarketoConnector: Connector {
             timeout: timeout
         )
         let response = try await transport.exchange(request, "Marketo identity")
+        // The body holds the token: never quoted in an error.
         guard let decoded = try? JSONDecoder().decode(MarketoToken.self, from: response.body) else {
             throw .retryable(
-                "Marketo identity: \(request.redacted) answered no access_token\(response.excerpt)",
+                "Marketo identity: \(request.redacted) answered without a readable access_token",
                 after: nil
             )
         }
-        let lifetime = max(0, (decoded.expires_in ?? 3600) - 60)
+        let expiresIn = Int(decoded.expires_in?.value ?? "") ?? 3600
+        let lifetime = expiresIn > 120 ? expiresIn - 60 : max(0, expiresIn / 2)
         token.held.withLock { $0 = (decoded.access_token, clock.now + .seconds(lifetime)) }
         return decoded.access_token
     }
@@ -290,17 +303,14 @@ public struct MarketoConnector: Connector {
                 .joined(separator: "; ")
     }
 
-    /// Until the next midnight in Chicago (US Central), when Marketo's daily quota resets.
-    static func untilQuotaReset(_ now: Date) -> Duration {
-        var calendar = Calendar(identifier: .gregorian)
-        calendar.timeZone = TimeZone(identifier: "America/Chicago") ?? TimeZone(secondsFromGMT: -6 * 3600)!
-        let midnight =
-            calendar.nextDate(
-                after: now,
-                matching: DateComponents(hour: 0, minute: 0, second: 0),
-                matchingPolicy: .nextTime
-            ) ?? now.addingTimeInterval(86_400)
-        return .seconds(max(1, Int(midnight.timeIntervalSince(now).rounded(.up))))
+    /// Until Marketo's daily quota resets: "12:00AM CST", taken as fixed Central Standard Time (06:00
+    /// UTC) all year; in summer that is an hour after midnight in Chicago, so the retry never comes
+    /// early and sleeps another day.
+    public static func untilQuotaReset(_ now: Date) -> Duration {
+        let day = 86_400
+        let seconds = Int(now.timeIntervalSince1970.rounded(.down))
+        let reset = (seconds - 6 * 3_600) / day * day + day + 6 * 3_600
+        return .seconds(max(1, reset - seconds))
     }
 }
 
@@ -344,7 +354,7 @@ struct MarketoReason: Decodable {
 
 struct MarketoToken: Decodable {
     var access_token: String
-    var expires_in: Int?
+    var expires_in: LooseString?
 }
 
 /// A JSON string or number, as text.

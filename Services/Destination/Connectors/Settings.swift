@@ -9,14 +9,14 @@ enum Settings {
         return value
     }
 
-    /// An http or https URL without a trailing slash.
+    /// An http or https URL without a user or password; a base URL (`keepPath` false) loses its
+    /// trailing slashes, a URL called as it is (a webhook's) is kept exactly.
     static func url(
         _ key: String,
         _ settings: [String: String],
-        default fallback: String? = nil
-    )
-        throws(ConnectorSettingsError) -> String
-    {
+        default fallback: String? = nil,
+        keepPath: Bool = false
+    ) throws(ConnectorSettingsError) -> String {
         var value = settings[key]?.trimmingCharacters(in: .whitespaces) ?? ""
         if value.isEmpty, let fallback { value = fallback }
         guard !value.isEmpty else { throw ConnectorSettingsError("the setting \(key) is required") }
@@ -25,7 +25,10 @@ enum Settings {
         else {
             throw ConnectorSettingsError("\(key) must be an http or https URL, not \(value)")
         }
-        while value.hasSuffix("/") { value.removeLast() }
+        if components.user != nil || components.password != nil {
+            throw ConnectorSettingsError("\(key) must not carry a user or password; use the credential settings")
+        }
+        while !keepPath && value.hasSuffix("/") { value.removeLast() }
         return value
     }
 

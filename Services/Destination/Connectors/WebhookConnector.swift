@@ -40,7 +40,7 @@ public struct WebhookConnector: Connector {
         transport: any HTTPTransport,
         now: @escaping @Sendable () -> Date = Date.init
     ) throws(ConnectorSettingsError) {
-        url = try Settings.url("url", settings)
+        url = try Settings.url("url", settings, keepPath: true)
         let secret = try Settings.required("secret", settings)
         if secret.hasPrefix("whsec_") {
             guard let bytes = Data(base64Encoded: String(secret.dropFirst(6))), !bytes.isEmpty else {

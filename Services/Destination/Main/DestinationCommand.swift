@@ -76,7 +76,10 @@ struct DestinationCommand: AsyncParsableCommand {
         }
         let engineThread = MultiThreadedEventLoopGroup(numberOfThreads: 1)
         // One HTTP client (connection pools, TLS) for every connector; each request carries its deadline.
-        let httpClient = HTTPClient(eventLoopGroupProvider: .shared(MultiThreadedEventLoopGroup.singleton))
+        let httpClient = HTTPClient(
+            eventLoopGroupProvider: .shared(MultiThreadedEventLoopGroup.singleton),
+            configuration: AsyncHTTPTransport.clientConfiguration
+        )
         let engine = DestinationEngine(
             store: store,
             loop: engineThread.next(),
@@ -97,12 +100,13 @@ struct DestinationCommand: AsyncParsableCommand {
             services: [service, health, ReflectionService(services: [service, health])],
             logger: logger
         )
-        let boundPort = try await ServiceMain.start(server, host: host, port: port)
-        logger.info("destination service started", metadata: ["data.dir": "\(directory)", "port": "\(boundPort)"])
         do {
+            let boundPort = try await ServiceMain.start(server, host: host, port: port)
+            logger.info("destination service started", metadata: ["data.dir": "\(directory)", "port": "\(boundPort)"])
             try await ServiceMain.run([server, workers], logger: logger)
         } catch {
             try? await httpClient.shutdown()
+            try? await engineThread.shutdownGracefully()
             throw error
         }
         try await httpClient.shutdown()

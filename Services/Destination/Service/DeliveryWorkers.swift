@@ -25,6 +25,9 @@ public final class DeliveryWorkers: Service, Sendable {
     /// Each destination's worker waits on its own signal (a signal has one waiter).
     private let destinationSignals = Mutex<[String: WakeSignal]>([:])
     private let errors = Mutex<[String: String]>([:])
+    /// Destinations with a worker; a worker that stops (say its connector cannot be built) leaves, and
+    /// the next look at the destinations starts it again.
+    private let running = Mutex<Set<String>>([])
     private let connector: @Sendable (DestinationRecord) throws -> any Connector
 
     /// Creates the workers.
@@ -56,7 +59,6 @@ public final class DeliveryWorkers: Service, Sendable {
     public func run() async throws {
         await cancelWhenGracefulShutdown {
             await withTaskGroup(of: Void.self) { group in
-                var running: Set<String> = []
                 while !Task.isCancelled {
                     let destinations: [DestinationRecord]
                     do {
@@ -65,10 +67,12 @@ public final class DeliveryWorkers: Service, Sendable {
                         self.logger.error("cannot list the destinations to deliver", metadata: ["error": "\(error)"])
                         destinations = []
                     }
-                    for destination in destinations
-                    where !running.contains(destination.id) {
-                        running.insert(destination.id)
-                        group.addTask { await self.work(destination) }
+                    for destination in destinations where self.running.withLock({ $0.insert(destination.id).inserted })
+                    {
+                        group.addTask {
+                            await self.work(destination)
+                            _ = self.running.withLock { $0.remove(destination.id) }
+                        }
                     }
                     await self.wakeSignal.wait(upTo: self.idlePoll)
                 }
@@ -170,10 +174,7 @@ public final class DeliveryWorkers: Service, Sendable {
                 plan.unchanged.append(settled)
                 continue
             }
-            var attributes: [String: String] = [:]
-            for (field, source) in batch.activation.attributes {
-                if let value = MemberMapping.value(source, of: member.record) { attributes[field] = value }
-            }
+            let attributes = MemberMapping.attributes(batch.activation.attributes, of: member.record)
             let domain = MemberMapping.domain(of: member.record)
             func send(_ add: Bool, _ identity: String) {
                 plan.outbound.append(
@@ -195,9 +196,15 @@ public final class DeliveryWorkers: Service, Sendable {
                     plan.failed.append(
                         MemberFailure(
                             cluster: member.cluster,
-                            message: "the record has no \(name(of: mapping)) to send"
+                            message: "the record has no \(name(of: mapping, member.entityType)) to send"
                         )
                     )
+                    // Removed under the identity it had: settled as not there.
+                    if known != nil {
+                        settled.realized = false
+                        settled.identity = nil
+                        plan.sent.append(settled)
+                    }
                     continue
                 }
                 send(true, current)
@@ -219,24 +226,30 @@ public final class DeliveryWorkers: Service, Sendable {
         report.failed = plan.failed
         report.delivered = plan.unchanged
         if !plan.outbound.isEmpty {
-            let activation: ActivationRecord
-            do {
-                guard let found = try await engine.activation(plan.activation) else {
-                    logger.error(
-                        "a planned delivery names an unknown activation",
-                        metadata: ["activation": "\(plan.activation)"]
-                    )
-                    return report
-                }
-                activation = found
-            } catch {
-                logger.error("cannot read the activation of a delivery", metadata: ["error": "\(error)"])
-                return nil
-            }
-            let context = context(plan, activation, connector)
             var delay = Duration.zero
             while true {
                 if Task.isCancelled { return nil }
+                // Read each attempt: a deactivated activation's delivery is abandoned (nothing more is
+                // sent for it), even one under way or repeated after a crash.
+                let activation: ActivationRecord
+                do {
+                    guard let found = try await engine.activation(plan.activation), found.active else {
+                        logger.notice(
+                            "a delivery of an inactive activation is abandoned",
+                            metadata: ["destination": "\(destination.id)", "activation": "\(plan.activation)"]
+                        )
+                        report.delivered = []
+                        report.failed = []
+                        break
+                    }
+                    activation = found
+                } catch {
+                    errors.withLock { $0[destination.id] = "cannot read activation \(plan.activation): \(error)" }
+                    logger.error("cannot read the activation of a delivery", metadata: ["error": "\(error)"])
+                    try? await Task.sleep(for: idlePoll)
+                    continue
+                }
+                let context = context(plan, activation, connector)
                 do {
                     let refused = try await connector.deliver(plan.outbound, context)
                     for member in plan.outbound where refused[member.cluster] == nil {
@@ -259,8 +272,15 @@ public final class DeliveryWorkers: Service, Sendable {
                             "delivery failed for good",
                             metadata: ["destination": "\(destination.id)", "error": "\(message)"]
                         )
+                        // Some calls may have worked before the one refused (a removal, a first chunk):
+                        // what the destination holds is unknown, so these members count as not there, and
+                        // whatever they become next is sent (adds and removes repeat harmlessly).
                         for member in plan.sent {
                             report.failed.append(MemberFailure(cluster: member.cluster, message: message))
+                            var unknown = member
+                            unknown.realized = false
+                            unknown.identity = nil
+                            report.delivered.append(unknown)
                         }
                     case .retryable(let message, let after):
                         errors.withLock { $0[destination.id] = message }
@@ -315,7 +335,8 @@ public final class DeliveryWorkers: Service, Sendable {
                             add: true,
                             version: member.version,
                             identity: identity,
-                            attributes: [:]
+                            attributes: MemberMapping.attributes(activation.attributes, of: member.record),
+                            domain: MemberMapping.domain(of: member.record)
                         )
                     }
                 }
@@ -330,11 +351,12 @@ public final class DeliveryWorkers: Service, Sendable {
         )
     }
 
-    static func name(of mapping: Cdp_Destination_V1_IdentityMapping) -> String {
+    static func name(of mapping: Cdp_Destination_V1_IdentityMapping, _ entity: Cdp_Model_V1_EntityType) -> String {
+        if entity == .account { return "account name" }
         switch mapping {
-        case .crmID: "CRM id"
-        case .hashedEmail: "email to hash"
-        default: "email"
+        case .crmID: return "CRM id"
+        case .hashedEmail: return "email (to hash)"
+        default: return "email"
         }
     }
 }
