@@ -105,7 +105,6 @@ let engine = DestinationEngine(
     transport: receiver
 )
 let clock = ContinuousClock()
-setvbuf(stdout, nil, _IOLBF, 0)
 print("destination-benchmark: \(persons) persons, seed \(seed), release build: \(!_isDebugAssertConfiguration())")
 
 // 1. Intake.
@@ -154,7 +153,7 @@ try await withThrowingTaskGroup(of: Void.self) { group in
         for destination in [file, webhook] where done[destination.id] == nil {
             if try await engine.pending(destination.id).count == 0 { done[destination.id] = clock.now - backfillStart }
         }
-        try await Task.sleep(for: .milliseconds(20))
+        try await Task.sleep(for: .milliseconds(100))
     }
     let suppressed = try await engine.runs(destination: file.id, before: 0, limit: 10_000).reduce(0) {
         $0 + Int($1.1.suppressed)

@@ -372,5 +372,29 @@ struct DeliveryTests {
         await #expect(throws: RPCError.self) {
             _ = try await engine.activate(segment: "s1", destination: "d99", identity: .email, attributes: [:])
         }
+        // One static list, one audience: a second activation waits for the first to be deactivated.
+        let marketo = try await engine.createDestination(
+            type: .marketo,
+            name: "list 1001",
+            settings: ["endpoint": "https://m.example/rest", "client_id": "c", "client_secret": "s", "list_id": "1001"]
+        )
+        #expect(marketo.credentials == ["client_secret": "s"] && marketo.settings["client_secret"] == nil)
+        let first = try await engine.activate(segment: "s1", destination: marketo.id, identity: .email, attributes: [:])
+        do {
+            _ = try await engine.activate(segment: "s2", destination: marketo.id, identity: .email, attributes: [:])
+            Issue.record("a second activation of one Marketo list was accepted")
+        } catch let error as RPCError {
+            #expect(error.code == .failedPrecondition && error.message.contains("Marketo list 1001"))
+        }
+        await #expect(throws: RPCError.self) {
+            _ = try await engine.activate(
+                segment: "s2",
+                destination: marketo.id,
+                identity: .hashedEmail,
+                attributes: [:]
+            )
+        }
+        _ = try await engine.deactivate(first.0.id)
+        _ = try await engine.activate(segment: "s2", destination: marketo.id, identity: .email, attributes: [:])
     }
 }

@@ -102,6 +102,23 @@ public actor DestinationEngine {
                     "\(Self.typeName(record.type)) destinations take \(names) identities, not \(Self.identityName(identity))"
             )
         }
+        // A Marketo static list, or a LinkedIn segment named by `segment_id`, is one audience: two
+        // activations would remove each other's members (each only knows what it sent).
+        let sharedTarget =
+            record.type == .marketo
+            ? "Marketo list \(record.settings["list_id"] ?? "")"
+            : record.type == .linkedin && !(record.settings["segment_id"] ?? "").isEmpty
+                ? "LinkedIn DMP segment \(record.settings["segment_id"] ?? "")" : nil
+        if let sharedTarget,
+            let other = try store.activations().first(where: { $0.destinationID == destination && $0.active })
+        {
+            throw RPCError(
+                code: .failedPrecondition,
+                message:
+                    "\(destination) already sends segment \(other.segmentID) to \(sharedTarget) (activation \(other.id)); "
+                    + "one audience per list: deactivate it, or create another destination for segment \(segment)"
+            )
+        }
         return try store.activate(
             segment: segment,
             destination: destination,

@@ -127,6 +127,16 @@ public final class SQLiteDestinationStore: Sendable {
                     """
             )
         }
+        migrator.registerMigration("v3: the queue in delivery order") { db in
+            // A batch is an activation's oldest entries in (since, cluster) order: with the index in that
+            // order a batch reads its rows instead of sorting the whole queue (a backfill has one `since`).
+            try db.execute(
+                sql: """
+                    DROP INDEX queue_by_age;
+                    CREATE INDEX queue_in_order ON queue (activation, since, cluster);
+                    """
+            )
+        }
         return migrator
     }
 
@@ -366,8 +376,10 @@ public final class SQLiteDestinationStore: Sendable {
                 let id = try String.fetchOne(
                     db,
                     sql: """
-                        SELECT q.activation FROM queue q JOIN activations a ON a.id = q.activation
-                        WHERE a.destination = ? AND a.active = 1 ORDER BY q.since LIMIT 1
+                        SELECT id FROM (
+                            SELECT a.id, (SELECT MIN(since) FROM queue WHERE activation = a.id) AS oldest
+                            FROM activations a WHERE a.destination = ? AND a.active = 1
+                        ) WHERE oldest IS NOT NULL ORDER BY oldest LIMIT 1
                         """,
                     arguments: [destination]
                 ), let activation = try Self.activations(db, filter: "WHERE id = ?", [id]).first
@@ -510,8 +522,8 @@ public final class SQLiteDestinationStore: Sendable {
             let row = try Row.fetchOne(
                 db,
                 sql: """
-                    SELECT COUNT(*), MIN(q.since) FROM queue q JOIN activations a ON a.id = q.activation
-                    WHERE a.destination = ? AND a.active = 1
+                    SELECT COUNT(*), MIN(since) FROM queue
+                    WHERE activation IN (SELECT id FROM activations WHERE destination = ? AND active = 1)
                     """,
                 arguments: [destination]
             )
