@@ -185,6 +185,38 @@ import Testing
         #expect(model.state.withLock { $0.violations }.isEmpty)
     }
 
+    @Test func marketoRemovesEveryDuplicateLeadOfAnEmailAcrossPages() async throws {
+        let deleted = Mutex<[String]>([])
+        let http = FakeHTTP { request in
+            switch (request.method, path(request)) {
+            case ("GET", "/identity/oauth/token"):
+                return json(["access_token": "t", "token_type": "bearer", "expires_in": 3599, "scope": "x"])
+            case ("GET", "/rest/v1/leads.json"):
+                // Two leads share the email; Marketo pages them.
+                let second = request.url.contains("nextPageToken=P2")
+                return json([
+                    "success": true, "result": [["id": second ? 8 : 7, "email": "dup@x.example"]],
+                    "nextPageToken": second ? "" : "P2",
+                ])
+            case ("DELETE", "/rest/v1/lists/1001/leads.json"):
+                deleted.withLock { $0.append(contentsOf: query(request).map(\.1)) }
+                return json([
+                    "success": true, "result": [["id": 7, "status": "removed"], ["id": 8, "status": "removed"]],
+                ])
+            default:
+                Issue.record("unexpected \(request.method) \(request.url)")
+                return HTTPResponseData(status: 500)
+            }
+        }
+        let connector = try MarketoConnector(
+            settings: ["endpoint": "https://m7.example", "client_id": "c", "client_secret": "s", "list_id": "1001"],
+            transport: http
+        )
+        let refused = try await connector.deliver([Self.member(1, "dup@x.example", add: false)], Self.context)
+        #expect(refused.isEmpty)
+        #expect(deleted.withLock { $0 } == ["7", "8"])
+    }
+
     @Test func marketoLookupsStayUnder8KB() {
         let members = (1...300).map { Self.member(UInt64($0), String(repeating: "x", count: 60) + "\($0)@x.example") }
         let chunks = MarketoConnector.lookupChunks(members)

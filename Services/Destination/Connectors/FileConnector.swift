@@ -60,10 +60,13 @@ public struct FileConnector: Connector {
             try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
             let temporary = directory + "/." + name + ".tmp"
             try Data(text.utf8).write(to: URL(fileURLWithPath: temporary))
-            if FileManager.default.fileExists(atPath: directory + "/" + name) {
-                try FileManager.default.removeItem(atPath: directory + "/" + name)
+            // rename(2) replaces a file of the same name (a run repeated after a crash) in one step.
+            guard rename(temporary, directory + "/" + name) == 0 else {
+                throw CocoaError(
+                    .fileWriteUnknown,
+                    userInfo: [NSLocalizedDescriptionKey: String(cString: strerror(errno))]
+                )
             }
-            try FileManager.default.moveItem(atPath: temporary, toPath: directory + "/" + name)
         } catch {
             throw DeliveryFailure.retryable(
                 "cannot write \(directory)/\(name): \(error.localizedDescription)",

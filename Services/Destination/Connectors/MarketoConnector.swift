@@ -84,10 +84,12 @@ public struct MarketoConnector: Connector {
         for (index, chunk) in Self.lookupChunks(persons.filter { !$0.add }).enumerated()
         where !progress.done.contains("remove \(index)") {
             let ids = try await leadIDs(emails: chunk.map(\.identity))
-            let known = chunk.compactMap { member in ids[member.identity.lowercased()].map { (member, $0) } }
-            if !known.isEmpty {
-                let results = try await listCall("DELETE", ids: known.map(\.1))
-                for (member, id) in known {
+            // Every lead of the email: Marketo may hold duplicates, and any of them may be on the list.
+            let known = chunk.flatMap { member in (ids[member.identity.lowercased()] ?? []).map { (member, $0) } }
+            for start in stride(from: 0, to: known.count, by: Self.recordsPerCall) {
+                let part = known[start..<min(start + Self.recordsPerCall, known.count)]
+                let results = try await listCall("DELETE", ids: part.map(\.1))
+                for (member, id) in part {
                     guard let result = results[id], result.status == "skipped" else { continue }
                     // 1004 lead not found, 1015 lead not in list: already off the list.
                     let reasons = result.reasons ?? []
@@ -156,18 +158,24 @@ public struct MarketoConnector: Connector {
         return results
     }
 
-    /// The lead ids of emails (lower-cased keys); emails without a lead are absent.
-    func leadIDs(emails: [String]) async throws(DeliveryFailure) -> [String: Int64] {
+    /// The lead ids of emails (lower-cased keys; all of an email's leads, following `nextPageToken`);
+    /// emails without a lead are absent.
+    func leadIDs(emails: [String]) async throws(DeliveryFailure) -> [String: [Int64]] {
         let values = emails.map { Self.queryEscaped($0) }.joined(separator: ",")
-        let results = try await call(
-            "GET",
-            "/rest/v1/leads.json?filterType=email&filterValues=\(values)&fields=id,email",
-            body: nil
-        )
-        var ids: [String: Int64] = [:]
-        for result in results {
-            if let id = result.id, let email = result.email { ids[email.lowercased()] = id }
-        }
+        var ids: [String: [Int64]] = [:]
+        var page: String?
+        repeat {
+            let response = try await envelope(
+                "GET",
+                "/rest/v1/leads.json?filterType=email&filterValues=\(values)&fields=id,email"
+                    + (page.map { "&nextPageToken=" + Self.queryEscaped($0) } ?? ""),
+                body: nil
+            )
+            for result in response.result ?? [] {
+                if let id = result.id, let email = result.email { ids[email.lowercased(), default: []].append(id) }
+            }
+            page = response.nextPageToken.flatMap { $0.isEmpty || $0 == page ? nil : $0 }
+        } while page != nil
         return ids
     }
 
@@ -183,6 +191,11 @@ public struct MarketoConnector: Connector {
     /// One REST call with the token, within the limits; renews the token once on 601/602 and sorts
     /// Marketo's in-body errors.
     func call(_ method: String, _ path: String, body: Data?) async throws(DeliveryFailure) -> [MarketoResult] {
+        try await envelope(method, path, body: body).result ?? []
+    }
+
+    /// One REST call, as ``call(_:_:body:)``, answering Marketo's whole envelope (for paging).
+    func envelope(_ method: String, _ path: String, body: Data?) async throws(DeliveryFailure) -> MarketoResponse {
         var renewed = false
         while true {
             let token = try await accessToken(renew: renewed)
@@ -212,7 +225,7 @@ public struct MarketoConnector: Connector {
                     after: nil
                 )
             }
-            if decoded.success { return decoded.result ?? [] }
+            if decoded.success { return decoded }
             let error = decoded.errors?.first
             let code = error?.code.value ?? ""
             let message = "Marketo: \(request.redacted) failed with \(code) \(error?.message ?? "(no message)")"
@@ -336,6 +349,7 @@ struct MarketoResponse: Decodable {
     var success: Bool
     var errors: [MarketoReason]?
     var result: [MarketoResult]?
+    var nextPageToken: String?
 }
 
 /// One record of a result: a lead's id and status, with reasons when skipped.
