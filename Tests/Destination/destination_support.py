@@ -27,6 +27,7 @@ import json
 import random
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import grpc
@@ -307,6 +308,37 @@ def standalone_destination(tmp_path: Path, args=()) -> Service:
     """A cdp-destination on its own (no segmentation: the test sends membership changes itself)."""
     return Service("destination", DESTINATION_BIN, "CDP_DESTINATION_BIN", tmp_path / "destination-data", tmp_path,
                    list(args))
+
+
+@contextmanager
+def running_destination(tmp_path: Path, args=(), port: int | None = None, fakes=(), on_error=None):
+    """A standalone cdp-destination (``standalone_destination``) started, and a DestinationStub on a channel to
+    it: yields (the Service, the stub). Without `port` the service takes a free one and the channel waits until
+    it is ready; with `port` (kept across the test's restarts) the channel is a plain one to 127.0.0.1:port.
+    On any exception (a failed check included) logs on_error() (when given), then the service's diagnostics,
+    and re-raises; always closes the channel, kills the service if it still runs and stops the `fakes`."""
+    svc = standalone_destination(tmp_path, args)
+    ch = None
+    try:
+        if port is None:
+            svc.start(0)
+            ch = channel(svc.address)
+        else:
+            svc.start(port)
+            ch = grpc.insecure_channel(f"127.0.0.1:{port}")
+        yield svc, destination_pb2_grpc.DestinationStub(ch)
+    except BaseException:
+        if on_error is not None:
+            on_error()
+        log(diagnostics([svc]))
+        raise
+    finally:
+        if ch is not None:
+            ch.close()
+        if svc.alive():
+            svc.kill()
+        for f in fakes:
+            f.stop()
 
 
 def wait_until(fn, timeout: float, what: str, interval: float = 0.05):

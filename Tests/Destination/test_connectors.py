@@ -91,10 +91,9 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from destination_support import (  # noqa: E402
     CRM_ID, EMAIL_ID, HASHED_ID, LINKEDIN, MARKETO, MKTO, PERSON_COLUMNS, PIPELINE_BINARIES, REALIZED, account_change,
-    SEGMENT_PQL, SF, WEBHOOK, DestinationPipeline, EmailDataset, DESTINATION_BIN, call_with_retry, channel,
-    csv_text, deliveries, destination_info, destination_pb2, destination_pb2_grpc, diagnostics, entity_request,
-    expect_error, free_port, hashed, ingest, ingestion_pb2, log, members, person_change, segmentation_pb2,
-    standalone_destination, wait_until,
+    SEGMENT_PQL, SF, WEBHOOK, DestinationPipeline, EmailDataset, DESTINATION_BIN, call_with_retry, csv_text,
+    deliveries, destination_info, destination_pb2, diagnostics, entity_request, expect_error, free_port, hashed,
+    ingest, ingestion_pb2, log, members, person_change, running_destination, segmentation_pb2, wait_until,
 )
 from fakes import FakeLinkedIn, FakeMarketo, FakeWebhook  # noqa: E402
 
@@ -422,13 +421,8 @@ def test_a_down_destination_does_not_delay_another(tmp_path):
     mkto = FakeMarketo().start()
     mkto.go_down()
     li = FakeLinkedIn(id_header="x-linkedin-id").start()   # the fallback header
-    svc = standalone_destination(tmp_path)
-    ch = None
     problems: list[str] = []
-    try:
-        svc.start(0)
-        ch = channel(svc.address)
-        dst = destination_pb2_grpc.DestinationStub(ch)
+    with running_destination(tmp_path, fakes=(mkto, li)) as (svc, dst):
         d1 = create(dst, MARKETO, "Marketo (down)", marketo_settings(mkto))
         d2 = create(dst, LINKEDIN, "LinkedIn", linkedin_settings(li))
         a1 = activate(dst, "s1", d1.id, attributes={"firstName": "firstName"})
@@ -497,16 +491,6 @@ def test_a_down_destination_does_not_delay_another(tmp_path):
                             f"{li.request_log(li.count - li_requests)}")
         problems += fake_problems(mkto, li)
         _fail(problems, fake_report(mkto, li) + "\n" + diagnostics([svc]))
-    except BaseException:
-        log(diagnostics([svc]))
-        raise
-    finally:
-        if ch is not None:
-            ch.close()
-        if svc.alive():
-            svc.kill()
-        mkto.stop()
-        li.stop()
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -530,15 +514,11 @@ def test_sigkill_mid_delivery(tmp_path):
     hook = FakeWebhook(secret="plain-webhook-secret", batch_size=4, fail_rate=0.2, seed=seed + 2, faults=faults,
                        delay=slow).start()
     fakes_ = (mkto, li, hook)
-    svc = standalone_destination(tmp_path)
     port = free_port()
-    ch = None
     problems: list[str] = []
     kill_log: list[str] = []
-    try:
-        svc.start(port)
-        ch = grpc.insecure_channel(f"127.0.0.1:{port}")
-        dst = destination_pb2_grpc.DestinationStub(ch)
+    with running_destination(tmp_path, port=port, fakes=fakes_,
+                             on_error=lambda: log("kills: " + "; ".join(kill_log))) as (svc, dst):
         d1 = create(dst, MARKETO, "Marketo", marketo_settings(mkto))
         d2 = create(dst, LINKEDIN, "LinkedIn", linkedin_settings(li))
         d3 = create(dst, WEBHOOK, "webhook", webhook_settings(hook))
@@ -606,17 +586,6 @@ def test_sigkill_mid_delivery(tmp_path):
             f"{[(f.name, f.lost_answers) for f in fakes_]}")
         problems += fake_problems(*fakes_)
         _fail(problems, "kills: " + "; ".join(kill_log) + "\n" + fake_report(*fakes_) + "\n" + diagnostics([svc]))
-    except BaseException:
-        log("kills: " + "; ".join(kill_log))
-        log(diagnostics([svc]))
-        raise
-    finally:
-        if ch is not None:
-            ch.close()
-        if svc.alive():
-            svc.kill()
-        for f in fakes_:
-            f.stop()
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -642,13 +611,8 @@ def test_unhappy_paths(tmp_path):
     gone = FakeWebhook(secret=hook_secret).start()   # configured with a wrong path: 404 (its violations expected)
     quota = FakeMarketo(client_secret=good_secret, fail_rate=1.0, faults={"err607": 1}, identity_faults=False).start()
     fakes_ = (mkto, li, hook, gone, quota)
-    svc = standalone_destination(tmp_path, ["--log-level", "trace"])
-    ch = None
     problems: list[str] = []
-    try:
-        svc.start(0)
-        ch = channel(svc.address)
-        dst = destination_pb2_grpc.DestinationStub(ch)
+    with running_destination(tmp_path, ["--log-level", "trace"], fakes=fakes_) as (svc, dst):
 
         def refused(type_, settings, names: str, what: str):
             msg = expect_error(lambda: create(dst, type_, "x", settings), INVALID, what)
@@ -805,16 +769,6 @@ def test_unhappy_paths(tmp_path):
                 problems.append(f"the secret {sec!r} appears in the service's output "
                                 f"({sorted(p.name for p in tmp_path.glob('destination-*.*'))})")
         _fail(problems, fake_report(*fakes_) + "\n" + diagnostics([svc]))
-    except BaseException:
-        log(diagnostics([svc]))
-        raise
-    finally:
-        if ch is not None:
-            ch.close()
-        if svc.alive():
-            svc.kill()
-        for f in fakes_:
-            f.stop()
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -829,13 +783,8 @@ def test_large_batches_are_chunked(tmp_path):
     mkto = FakeMarketo().start()
     li = FakeLinkedIn(max_elements=200, version="202601", urn_ids=True).start()   # ids as urn:li:dmpSegment:N
     existing = li.precreate()
-    svc = standalone_destination(tmp_path)
-    ch = None
     problems: list[str] = []
-    try:
-        svc.start(0)
-        ch = channel(svc.address)
-        dst = destination_pb2_grpc.DestinationStub(ch)
+    with running_destination(tmp_path, fakes=(mkto, li)) as (svc, dst):
         d1 = create(dst, MARKETO, "Marketo", marketo_settings(mkto, identity=mkto.url + "/identity"))
         d2 = create(dst, LINKEDIN, "LinkedIn", linkedin_settings(li, version="202601"))
         d3 = create(dst, LINKEDIN, "LinkedIn, an existing segment",
@@ -878,16 +827,6 @@ def test_large_batches_are_chunked(tmp_path):
                                 f"{n - 15} or {n}, 15 were already out), no errors")
         problems += fake_problems(mkto, li)
         _fail(problems, fake_report(mkto, li) + "\n" + diagnostics([svc]))
-    except BaseException:
-        log(diagnostics([svc]))
-        raise
-    finally:
-        if ch is not None:
-            ch.close()
-        if svc.alive():
-            svc.kill()
-        mkto.stop()
-        li.stop()
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -900,13 +839,8 @@ def test_marketo_limits_are_shared_per_instance(tmp_path):
     answering slowly, enforces both), so their 4 calls take at least 20 s, and both lists end right."""
     _require([(DESTINATION_BIN, "CDP_DESTINATION_BIN")])
     mkto = FakeMarketo(lists=(1001, 1002), rate_limit=3, concurrency_limit=1, delay=(0.3, 0.3)).start()
-    svc = standalone_destination(tmp_path)
-    ch = None
     problems: list[str] = []
-    try:
-        svc.start(0)
-        ch = channel(svc.address)
-        dst = destination_pb2_grpc.DestinationStub(ch)
+    with running_destination(tmp_path, fakes=(mkto,)) as (svc, dst):
         limits = {"calls_per_20s": "3", "concurrency": "1"}
         d1 = create(dst, MARKETO, "list 1001", marketo_settings(mkto, 1001, **limits))
         d2 = create(dst, MARKETO, "list 1002", marketo_settings(mkto, 1002, **limits))
@@ -928,15 +862,6 @@ def test_marketo_limits_are_shared_per_instance(tmp_path):
             problems.append(f"{mkto.api_calls} calls within {elapsed:.1f}s with calls_per_20s=3")
         problems += fake_problems(mkto)
         _fail(problems, fake_report(mkto) + "\n" + diagnostics([svc]))
-    except BaseException:
-        log(diagnostics([svc]))
-        raise
-    finally:
-        if ch is not None:
-            ch.close()
-        if svc.alive():
-            svc.kill()
-        mkto.stop()
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -955,13 +880,8 @@ def test_identity_changes_and_opt_outs_of_added_members(tmp_path):
     li = FakeLinkedIn().start()
     hook = FakeWebhook(secret="a-webhook-secret").start()
     fakes_ = (mkto, li, hook)
-    svc = standalone_destination(tmp_path)
-    ch = None
     problems: list[str] = []
-    try:
-        svc.start(0)
-        ch = channel(svc.address)
-        dst = destination_pb2_grpc.DestinationStub(ch)
+    with running_destination(tmp_path, fakes=fakes_) as (svc, dst):
         ds = [create(dst, MARKETO, "Marketo", marketo_settings(mkto)), create(dst, LINKEDIN, "LinkedIn",
                                                                               linkedin_settings(li)),
               create(dst, WEBHOOK, "webhook", webhook_settings(hook))]
@@ -1000,16 +920,6 @@ def test_identity_changes_and_opt_outs_of_added_members(tmp_path):
             problems.append(f"ListDeliveries({ds[0].id}): {tot}")
         problems += fake_problems(*fakes_)
         _fail(problems, fake_report(*fakes_) + "\n" + diagnostics([svc]))
-    except BaseException:
-        log(diagnostics([svc]))
-        raise
-    finally:
-        if ch is not None:
-            ch.close()
-        if svc.alive():
-            svc.kill()
-        for f in fakes_:
-            f.stop()
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -1021,13 +931,8 @@ def test_a_segment_created_before_a_sigkill_is_not_created_again(tmp_path):
     restarted: the activation must still end with one DMP segment."""
     _require([(DESTINATION_BIN, "CDP_DESTINATION_BIN")])
     li = FakeLinkedIn(forced=["timeout_after"], lossy_create=True).start()   # the first create: answer lost
-    svc = standalone_destination(tmp_path)
     port = free_port()
-    ch = None
-    try:
-        svc.start(port)
-        ch = grpc.insecure_channel(f"127.0.0.1:{port}")
-        dst = destination_pb2_grpc.DestinationStub(ch)
+    with running_destination(tmp_path, port=port, fakes=(li,)) as (svc, dst):
         d = create(dst, LINKEDIN, "LinkedIn", linkedin_settings(li))
         activate(dst, "s1", d.id)
         _send(dst, [person_change(1, 1, 1, True, "once@segment.example")])
@@ -1037,9 +942,3 @@ def test_a_segment_created_before_a_sigkill_is_not_created_again(tmp_path):
         _wait_pending(dst, [d.id], 30, "after the restart")
         segs = [(s.id, s.body["name"], len(s.tracker.members)) for s in li.segment_list()]
         assert len(segs) == 1, f"LinkedIn has {len(segs)} segments for one activation: {segs}\n{li.request_log(6)}"
-    finally:
-        if ch is not None:
-            ch.close()
-        if svc.alive():
-            svc.kill()
-        li.stop()

@@ -58,6 +58,7 @@ import random
 import sys
 import threading
 import time
+from contextlib import ExitStack
 from pathlib import Path
 
 import grpc
@@ -66,9 +67,9 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from destination_support import (  # noqa: E402
     E, EMAIL_ID, FILE, HASHED_ID, PIPELINE_BINARIES, REALIZED, SEGMENT_PQL, DestinationPipeline, EmailDataset,
-    Service, DESTINATION_BIN, channel, csv_text, deliveries, destination_pb2, destination_pb2_grpc, diagnostics,
-    entity_request, expect_error, hashed, hidden_files, ingest, ingestion_pb2, log, members, read_exports, replay,
-    segmentation_pb2, MKTO, SF, PERSON_COLUMNS,
+    DESTINATION_BIN, csv_text, deliveries, destination_pb2, entity_request, expect_error, hashed, hidden_files,
+    ingest, ingestion_pb2, log, members, read_exports, replay, running_destination, segmentation_pb2, MKTO, SF,
+    PERSON_COLUMNS,
 )
 
 INVALID, NOT_FOUND = grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND
@@ -309,21 +310,11 @@ def test_destination_sigkill(tmp_path):
 # 3. Unhappy paths against a standalone cdp-destination
 # ---------------------------------------------------------------------------------------------------
 
-def _standalone_destination(tmp_path: Path, args=()) -> Service:
-    return Service("destination", DESTINATION_BIN, "CDP_DESTINATION_BIN", tmp_path / "destination-data", tmp_path,
-                   list(args))
-
-
 def test_unhappy_paths(tmp_path):
     if not DESTINATION_BIN.exists():
         pytest.fail(f"cdp-destination not found at {DESTINATION_BIN} (build it, or set CDP_DESTINATION_BIN)",
                     pytrace=False)
-    svc = _standalone_destination(tmp_path)
-    ch = None
-    try:
-        svc.start(0)
-        ch = channel(svc.address)
-        dst = destination_pb2_grpc.DestinationStub(ch)
+    with running_destination(tmp_path) as (svc, dst):
         Req = destination_pb2
 
         def create(type_, settings, name="x"):
@@ -383,14 +374,6 @@ def test_unhappy_paths(tmp_path):
         assert (r1.accepted, r1.duplicates, r2.accepted, r2.duplicates) == (1, 0, 0, 1), (
             f"AcceptMembershipChanges then the same again answered {r1} and {r2}")
         assert svc.alive(), f"destination died: {svc.exit_description()}"
-    except BaseException:
-        log(diagnostics([svc]))
-        raise
-    finally:
-        if ch is not None:
-            ch.close()
-        if svc.alive():
-            svc.kill()
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -422,18 +405,17 @@ class _Standalone:
     def __init__(self, tmp_path: Path):
         if not DESTINATION_BIN.exists():
             pytest.fail(f"cdp-destination not found at {DESTINATION_BIN}", pytrace=False)
-        self.svc = _standalone_destination(tmp_path)
+        self.tmp_path = tmp_path
         self.exports = tmp_path / "exports"
-        self.ch = None
 
     def __enter__(self):
-        self.svc.start(0)
-        self.ch = channel(self.svc.address)
-        self.dst = destination_pb2_grpc.DestinationStub(self.ch)
-        self.d1 = self.dst.CreateDestination(destination_pb2.CreateDestinationRequest(
-            type=FILE, name="csv", settings={"directory": str(self.exports)}), timeout=10)
-        self.a1 = self.dst.Activate(destination_pb2.ActivateRequest(segment_id="s1", destination_id=self.d1.id,
-                                                                    identity=EMAIL_ID), timeout=10)
+        with ExitStack() as stack:
+            self.svc, self.dst = stack.enter_context(running_destination(self.tmp_path))
+            self.d1 = self.dst.CreateDestination(destination_pb2.CreateDestinationRequest(
+                type=FILE, name="csv", settings={"directory": str(self.exports)}), timeout=10)
+            self.a1 = self.dst.Activate(destination_pb2.ActivateRequest(segment_id="s1", destination_id=self.d1.id,
+                                                                        identity=EMAIL_ID), timeout=10)
+            self._running = stack.pop_all()
         return self
 
     def send(self, *changes) -> None:
@@ -443,12 +425,8 @@ class _Standalone:
         _wait_idle(self.dst, self.d1.id)
 
     def __exit__(self, *exc):
-        if exc[0] is not None:
-            log(diagnostics([self.svc]))
-        if self.ch is not None:
-            self.ch.close()
-        if self.svc.alive():
-            self.svc.kill()
+        # running_destination's exit: logs the diagnostics on an exception, closes the channel, kills the service
+        return self._running.__exit__(*exc)
 
 
 def test_a_member_whose_email_changed_is_removed_under_the_email_it_was_added_with(tmp_path):
