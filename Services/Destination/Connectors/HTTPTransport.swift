@@ -6,7 +6,7 @@ import NIOHTTP1
 import NIOPosix
 
 /// One HTTP request as a connector makes it.
-public struct HTTPRequestData: Sendable, Equatable {
+public struct HTTPRequestData: Sendable {
     public var method: String
     public var url: String
     public var headers: [(String, String)]
@@ -36,15 +36,12 @@ public struct HTTPRequestData: Sendable, Equatable {
     }
 
     /// The value of a header, by its name in any case.
-    public func header(_ name: String) -> String? {
-        headers.first { $0.0.caseInsensitiveCompare(name) == .orderedSame }?.1
-    }
+    public func header(_ name: String) -> String? { headerValue(name, in: headers) }
+}
 
-    public static func == (lhs: HTTPRequestData, rhs: HTTPRequestData) -> Bool {
-        lhs.method == rhs.method && lhs.url == rhs.url && lhs.body == rhs.body && lhs.timeout == rhs.timeout
-            && lhs.headers.map { "\($0.0.lowercased()): \($0.1)" }
-                == rhs.headers.map { "\($0.0.lowercased()): \($0.1)" }
-    }
+/// The first value of a header, by its name in any case.
+private func headerValue(_ name: String, in headers: [(String, String)]) -> String? {
+    headers.first { $0.0.caseInsensitiveCompare(name) == .orderedSame }?.1
 }
 
 /// One HTTP response as a connector reads it.
@@ -61,9 +58,7 @@ public struct HTTPResponseData: Sendable {
     }
 
     /// The value of a header, by its name in any case.
-    public func header(_ name: String) -> String? {
-        headers.first { $0.0.caseInsensitiveCompare(name) == .orderedSame }?.1
-    }
+    public func header(_ name: String) -> String? { headerValue(name, in: headers) }
 
     /// The delay a `Retry-After` header asks for (seconds; HTTP dates are not used by these APIs).
     public var retryAfter: Duration? {
@@ -117,6 +112,25 @@ extension HTTPTransport {
             throw .retryable(call + response.excerpt, after: response.retryAfter)
         default:
             throw .permanent(call + response.excerpt)
+        }
+    }
+}
+
+extension HTTPTransport {
+    /// ``exchange(_:_:)`` once `limiter` allows the call (a cancelled wait is retryable too).
+    public func exchange(
+        _ request: HTTPRequestData,
+        _ service: String,
+        within limiter: CallLimiter
+    )
+        async throws(DeliveryFailure) -> HTTPResponseData
+    {
+        do {
+            return try await limiter.run { try await exchange(request, service) }
+        } catch let failure as DeliveryFailure {
+            throw failure
+        } catch {
+            throw .retryable("\(service): \(request.redacted): \(error)", after: nil)
         }
     }
 }

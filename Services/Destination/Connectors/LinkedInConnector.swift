@@ -204,9 +204,10 @@ public struct LinkedInConnector: Connector {
 
     /// A GET with LinkedIn's headers.
     func send(get path: String) async throws(DeliveryFailure) -> HTTPResponseData {
-        try await send(
+        try await transport.exchange(
             HTTPRequestData(method: "GET", url: endpoint + path, headers: headers, timeout: timeout),
-            batch: false
+            "LinkedIn",
+            within: limiter
         )
     }
 
@@ -234,21 +235,11 @@ public struct LinkedInConnector: Connector {
         }
         var headers = headers + [("Content-Type", "application/json")]
         if batch { headers.append(("X-RestLi-Method", "BATCH_CREATE")) }
-        return try await send(
+        return try await transport.exchange(
             HTTPRequestData(method: "POST", url: endpoint + path, headers: headers, body: body, timeout: timeout),
-            batch: batch
+            "LinkedIn",
+            within: limiter
         )
-    }
-
-    /// A call within the limits; a 404 on a segment's users or companies is retried (not ready yet).
-    func send(_ request: HTTPRequestData, batch: Bool) async throws(DeliveryFailure) -> HTTPResponseData {
-        do {
-            return try await limiter.run { try await transport.exchange(request, "LinkedIn") }
-        } catch let failure as DeliveryFailure {
-            throw failure
-        } catch {
-            throw .retryable("LinkedIn: \(request.redacted): \(error)", after: nil)
-        }
     }
 
     /// A segment id from a header or setting: `123`, or a URN ending in it (`urn:li:dmpSegment:123`).

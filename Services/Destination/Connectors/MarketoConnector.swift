@@ -198,7 +198,7 @@ public struct MarketoConnector: Connector {
     func envelope(_ method: String, _ path: String, body: Data?) async throws(DeliveryFailure) -> MarketoResponse {
         var renewed = false
         while true {
-            let token = try await accessToken(renew: renewed)
+            let token = try await accessToken()
             var headers = [("Authorization", "Bearer \(token)"), ("Accept", "application/json")]
             if body != nil { headers.append(("Content-Type", "application/json")) }
             let request = HTTPRequestData(
@@ -208,14 +208,7 @@ public struct MarketoConnector: Connector {
                 body: body,
                 timeout: timeout
             )
-            let response: HTTPResponseData
-            do {
-                response = try await limiter.run { try await transport.exchange(request, "Marketo") }
-            } catch let failure as DeliveryFailure {
-                throw failure
-            } catch {
-                throw .retryable("Marketo: \(request.redacted): \(error)", after: nil)
-            }
+            let response = try await transport.exchange(request, "Marketo", within: limiter)
             let decoded: MarketoResponse
             do {
                 decoded = try JSONDecoder().decode(MarketoResponse.self, from: response.body)
@@ -253,10 +246,10 @@ public struct MarketoConnector: Connector {
         }
     }
 
-    /// The access token, renewed a minute before it expires or when `renew` (Marketo refused it).
-    func accessToken(renew: Bool) async throws(DeliveryFailure) -> String {
+    /// The access token, renewed a minute before it expires or once forgotten (Marketo refused it).
+    func accessToken() async throws(DeliveryFailure) -> String {
         let clock = ContinuousClock()
-        if !renew, let held = token.held.withLock({ $0 }), clock.now < held.renewAt { return held.value }
+        if let held = token.held.withLock({ $0 }), clock.now < held.renewAt { return held.value }
         let query = [
             "grant_type=client_credentials", "client_id=\(Self.queryEscaped(clientID))",
             "client_secret=\(Self.queryEscaped(clientSecret))",

@@ -98,13 +98,7 @@ public struct WebhookConnector: Connector {
             body: body,
             timeout: timeout
         )
-        do {
-            _ = try await limiter.run { try await transport.exchange(request, "webhook") }
-        } catch let failure as DeliveryFailure {
-            throw failure
-        } catch {
-            throw DeliveryFailure.retryable("webhook: \(request.redacted): \(error)", after: nil)
-        }
+        _ = try await transport.exchange(request, "webhook", within: limiter)
         return [:]
     }
 
