@@ -19,6 +19,8 @@ let package = Package(
         .executable(name: "cdp-profile", targets: ["cdp-profile"]),
         .executable(name: "cdp-segmentation", targets: ["cdp-segmentation"]),
         .executable(name: "cdp-destination", targets: ["cdp-destination"]),
+        .executable(name: "cdp", targets: ["cdp"]),
+        .library(name: "CDPClient", targets: ["CDPClient"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-nio", exact: "2.101.3"),
@@ -376,6 +378,29 @@ let package = Package(
                 .product(name: "NIOPosix", package: "swift-nio"),
             ],
             path: "Benchmarks/DestinationBenchmark"
+        ),
+
+        // MARK: Client
+        // What every client of the platform needs: where the five services are, typed clients, their
+        // backlogs and waiting for data to travel through them, and running them as local processes.
+        .target(
+            name: "CDPClient",
+            dependencies: [
+                "CDPProto", "RPCCore", "RPCHTTP2", "RPCServices", "ServiceSupport",
+                .product(name: "SwiftProtobuf", package: "swift-protobuf"),
+            ],
+            path: "Shared/CDPClient"
+        ),
+        // `cdp`, the command-line client: cdp up, status, demo, ingest, profile, segment, destination, ….
+        .executableTarget(
+            name: "cdp",
+            dependencies: [
+                "CDPClient", "CDPProto", "RPCCore",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "SwiftProtobuf", package: "swift-protobuf"),
+                .product(name: "UnixSignals", package: "swift-service-lifecycle"),
+            ],
+            path: "Services/CLI"
         ),
 
         // grpc.testing messages and stubs, used by the interop programs and the tests.

@@ -5,6 +5,12 @@ public struct HostPort: Sendable, Equatable, CustomStringConvertible {
     /// The TCP port.
     public var port: Int
 
+    /// An address from its parts.
+    public init(host: String, port: Int) {
+        self.host = host
+        self.port = port
+    }
+
     /// Parses `HOST:PORT` (`[::1]:7401` for IPv6); nil if it is not one.
     public init?(_ text: String) {
         guard let colon = text.lastIndex(of: ":"), let port = Int(text[text.index(after: colon)...]),

@@ -15,6 +15,20 @@ public enum ServiceMain {
         }
     }
 
+    /// The value of the environment variable `variable` when it is set and not empty, else `fallback`:
+    /// the default of a flag that `CDP_*` variables stand in for (a flag given on the command line wins).
+    public static func environment(_ variable: String, default fallback: String) -> String {
+        guard let value = ProcessInfo.processInfo.environment[variable], !value.isEmpty else { return fallback }
+        return value
+    }
+
+    /// The integer in the environment variable `variable` when it is set and not empty, else
+    /// `fallback`; -1 when it is not an integer, which every flag this serves refuses as out of range.
+    public static func environment(_ variable: String, default fallback: Int) -> Int {
+        guard let value = ProcessInfo.processInfo.environment[variable], !value.isEmpty else { return fallback }
+        return Int(value) ?? -1
+    }
+
     /// The service's data directory, created if needed: `flag` (`--data-dir`), else
     /// `$CDP_DATA_DIR/<service>`, else `./data/<service>`.
     public static func dataDirectory(_ flag: String?, service: String) throws -> String {

@@ -30,15 +30,15 @@ struct DestinationCommand: AsyncParsableCommand {
             settings are in Services/Destination/README.md.
 
             Prints 'listening on HOST:PORT' on stdout once bound. SIGINT or SIGTERM start a graceful shutdown. \
-            Environment: CDP_DATA_DIR and CDP_TOKEN stand in for --data-dir and --auth-token.
+            Environment: CDP_HOST, CDP_PORT, CDP_LOG_LEVEL, CDP_DATA_DIR and CDP_TOKEN stand in for --host, --port, --log-level, --data-dir and --auth-token.
             """
     )
 
-    @Option(help: "The address to bind.")
-    var host: String = "127.0.0.1"
+    @Option(help: "The address to bind ($CDP_HOST stands in for it).")
+    var host: String = ServiceMain.environment("CDP_HOST", default: "127.0.0.1")
 
-    @Option(help: "The port to listen on; 0 picks a free one.")
-    var port: Int = 7404
+    @Option(help: "The port to listen on; 0 picks a free one ($CDP_PORT stands in for it).")
+    var port: Int = ServiceMain.environment("CDP_PORT", default: 7404)
 
     @Option(help: "The directory of the service's database (default: $CDP_DATA_DIR/destination or ./data/destination).")
     var dataDir: String?
@@ -52,13 +52,17 @@ struct DestinationCommand: AsyncParsableCommand {
     @Option(help: "The largest request message, in bytes.")
     var maxReceiveMessageBytes: Int = 16 * 1024 * 1024
 
-    @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.")
-    var logLevel: String = "info"
+    @Option(help: "Log level: trace, debug, info, notice, warning, error, critical ($CDP_LOG_LEVEL stands in for it).")
+    var logLevel: String = ServiceMain.environment("CDP_LOG_LEVEL", default: "info")
 
     func validate() throws {
-        guard (0...65535).contains(port) else { throw ValidationError("--port must be between 0 and 65535.") }
+        guard (0...65535).contains(port) else {
+            throw ValidationError("--port (or $CDP_PORT) must be between 0 and 65535.")
+        }
         guard Logger.Level(rawValue: logLevel) != nil else {
-            throw ValidationError("--log-level must be one of trace, debug, info, notice, warning, error, critical.")
+            throw ValidationError(
+                "--log-level (or $CDP_LOG_LEVEL) must be one of trace, debug, info, notice, warning, error, critical."
+            )
         }
     }
 

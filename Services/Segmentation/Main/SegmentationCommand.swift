@@ -30,16 +30,16 @@ struct SegmentationCommand: AsyncParsableCommand {
             so segments must be created on each.
 
             Prints 'listening on HOST:PORT' on stdout once bound. SIGINT or SIGTERM start a graceful shutdown. \
-            Environment: CDP_DATA_DIR, CDP_PROFILE_ADDR, CDP_DESTINATION_ADDR and CDP_TOKEN stand in for \
-            --data-dir, --profile, --destination and --auth-token.
+            Environment: CDP_HOST, CDP_PORT, CDP_LOG_LEVEL, CDP_DATA_DIR, CDP_PROFILE_ADDR, CDP_DESTINATION_ADDR, CDP_PARTITION, CDP_PARTITIONS and CDP_TOKEN stand in for \
+            --host, --port, --log-level, --data-dir, --profile, --destination, --partition, --partitions and --auth-token.
             """
     )
 
-    @Option(help: "The address to bind.")
-    var host: String = "127.0.0.1"
+    @Option(help: "The address to bind ($CDP_HOST stands in for it).")
+    var host: String = ServiceMain.environment("CDP_HOST", default: "127.0.0.1")
 
-    @Option(help: "The port to listen on; 0 picks a free one.")
-    var port: Int = 7403
+    @Option(help: "The port to listen on; 0 picks a free one ($CDP_PORT stands in for it).")
+    var port: Int = ServiceMain.environment("CDP_PORT", default: 7403)
 
     @Option(
         help: "The directory of the service's database (default: $CDP_DATA_DIR/segmentation or ./data/segmentation)."
@@ -52,11 +52,11 @@ struct SegmentationCommand: AsyncParsableCommand {
     @Option(help: "The destination service to send membership changes to, HOST:PORT (default: $CDP_DESTINATION_ADDR).")
     var destination: String?
 
-    @Option(help: "This replica's partition of the clusters, from 0.")
-    var partition: Int = 0
+    @Option(help: "This replica's partition of the clusters, from 0 ($CDP_PARTITION stands in for it).")
+    var partition: Int = ServiceMain.environment("CDP_PARTITION", default: 0)
 
-    @Option(help: "How many replicas share the clusters.")
-    var partitions: Int = 1
+    @Option(help: "How many replicas share the clusters ($CDP_PARTITIONS stands in for it).")
+    var partitions: Int = ServiceMain.environment("CDP_PARTITIONS", default: 1)
 
     @Option(help: "Membership changes per call to destination.")
     var forwardBatchSize: Int = 500
@@ -70,17 +70,23 @@ struct SegmentationCommand: AsyncParsableCommand {
     @Option(help: "The largest request message, in bytes.")
     var maxReceiveMessageBytes: Int = 16 * 1024 * 1024
 
-    @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.")
-    var logLevel: String = "info"
+    @Option(help: "Log level: trace, debug, info, notice, warning, error, critical ($CDP_LOG_LEVEL stands in for it).")
+    var logLevel: String = ServiceMain.environment("CDP_LOG_LEVEL", default: "info")
 
     func validate() throws {
-        guard (0...65535).contains(port) else { throw ValidationError("--port must be between 0 and 65535.") }
+        guard (0...65535).contains(port) else {
+            throw ValidationError("--port (or $CDP_PORT) must be between 0 and 65535.")
+        }
         guard partitions > 0, (0..<partitions).contains(partition) else {
-            throw ValidationError("--partition must be between 0 and --partitions - 1 (partitions count from 0).")
+            throw ValidationError(
+                "--partition ($CDP_PARTITION) must be between 0 and --partitions ($CDP_PARTITIONS) - 1 (partitions count from 0)."
+            )
         }
         guard forwardBatchSize > 0 else { throw ValidationError("--forward-batch-size must be positive.") }
         guard Logger.Level(rawValue: logLevel) != nil else {
-            throw ValidationError("--log-level must be one of trace, debug, info, notice, warning, error, critical.")
+            throw ValidationError(
+                "--log-level (or $CDP_LOG_LEVEL) must be one of trace, debug, info, notice, warning, error, critical."
+            )
         }
         let environment = ProcessInfo.processInfo.environment
         for (flag, value) in [

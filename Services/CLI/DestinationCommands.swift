@@ -1,0 +1,209 @@
+import ArgumentParser
+import CDPClient
+import CDPProto
+import Foundation
+
+/// `cdp destination create|list`.
+struct DestinationCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "destination",
+        abstract: "Create and list destinations: Marketo static lists, LinkedIn audiences, webhooks, file exports.",
+        discussion: """
+            Settings by type (Services/Destination/README.md has them all):
+              marketo:  endpoint, identity, client_id, client_secret, list_id [, calls_per_20s, concurrency]
+              linkedin: endpoint, access_token, ad_account [, segment_name, segment_id, version, batch_size]
+              webhook:  url, secret [, batch_size, calls_per_minute, include_opted_out]
+              file:     directory [, format=csv|jsonl, mode=incremental|full]
+            Credentials (client_secret, access_token, secret) are stored apart and never shown again.
+            """,
+        subcommands: [Create.self, List.self]
+    )
+
+    struct Create: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Create a destination and print its id.")
+
+        @Option(help: "marketo, linkedin, webhook or file.")
+        var type: String
+
+        @Option(help: "A name for people.")
+        var name: String
+
+        @Option(name: .customLong("set"), help: "A setting, KEY=VALUE; repeat for each.")
+        var settings: [String] = []
+
+        @OptionGroup var client: ClientOptions
+
+        func run() async throws {
+            let destinationType: Cdp_Destination_V1_DestinationType
+            switch type.lowercased() {
+            case "marketo": destinationType = .marketo
+            case "linkedin": destinationType = .linkedin
+            case "webhook": destinationType = .webhook
+            case "file": destinationType = .file
+            default: throw CLIError("--type must be marketo, linkedin, webhook or file (got \"\(type)\")")
+            }
+            let request = try Cdp_Destination_V1_CreateDestinationRequest.with {
+                $0.type = destinationType
+                $0.name = name
+                $0.settings = try Arguments.pairs(settings, option: "--set", example: "directory=./exports")
+            }
+            let info = try await client.withClients { clients in
+                try await clients.calling(.destination) {
+                    try await clients.destination.createDestination(request, options: client.callOptions)
+                }
+            }
+            if client.json { try Output.json(info) } else { Output.line(info.id) }
+        }
+    }
+
+    struct List: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "List the destinations with their settings (credentials by name only) and backlog."
+        )
+
+        @OptionGroup var client: ClientOptions
+
+        func run() async throws {
+            let destinations = try await client.withClients { clients in
+                try await clients.calling(.destination) {
+                    try await clients.destination.listDestinations(.init(), options: client.callOptions).destinations
+                }
+            }
+            if client.json { return try Output.json("destinations", destinations) }
+            Output.table(
+                ["id", "type", "name", "pending", "last error", "settings"],
+                destinations.map { d in
+                    let settings =
+                        d.settings.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }
+                        + d.credentials.sorted().map { "\($0)=(set)" }
+                    return [
+                        d.id, Self.typeName(d.type), d.name, "\(d.pending)", d.lastError.isEmpty ? "-" : d.lastError,
+                        settings.joined(separator: " "),
+                    ]
+                }
+            )
+        }
+
+        static func typeName(_ type: Cdp_Destination_V1_DestinationType) -> String {
+            switch type {
+            case .marketo: "marketo"
+            case .linkedin: "linkedin"
+            case .webhook: "webhook"
+            case .file: "file"
+            default: "\(type)"
+            }
+        }
+    }
+}
+
+/// `cdp activate SEGMENT --destination DEST`.
+struct ActivateCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "activate",
+        abstract: "Send a segment's members to a destination, now and whenever they change; prints the activation id.",
+        discussion: """
+            The current members are sent first (a backfill), then every entry and exit as segmentation reports \
+            it. --identity chooses what identifies a person at the destination (default: the destination's own: \
+            email for Marketo and files, hashed-email for LinkedIn). --attribute NAME=FIELD adds a field of the \
+            unified person (firstName, lastName, jobTitle, country, score, …) under NAME, e.g. \
+            --attribute title=jobTitle.
+            """
+    )
+
+    @Argument(help: "The segment's id.")
+    var segment: String
+
+    @Option(help: "The destination's id.")
+    var destination: String
+
+    @Option(help: "email, hashed-email or crm-id.")
+    var identity: String?
+
+    @Option(name: .customLong("attribute"), help: "A field to send, NAME=FIELD; repeat for each.")
+    var attributes: [String] = []
+
+    @OptionGroup var client: ClientOptions
+
+    func run() async throws {
+        var mapping = Cdp_Destination_V1_IdentityMapping.unspecified
+        switch identity?.lowercased() {
+        case nil: break
+        case "email": mapping = .email
+        case "hashed-email": mapping = .hashedEmail
+        case "crm-id": mapping = .crmID
+        default: throw CLIError("--identity must be email, hashed-email or crm-id (got \"\(identity!)\")")
+        }
+        let request = try Cdp_Destination_V1_ActivateRequest.with {
+            $0.segmentID = segment
+            $0.destinationID = destination
+            $0.identity = mapping
+            $0.attributes = try Arguments.pairs(attributes, option: "--attribute", example: "title=jobTitle")
+        }
+        let activation = try await client.withClients { clients in
+            // The destination checks the segment exists only through the changes it receives; ask
+            // segmentation first so that a mistyped id is refused at once.
+            _ = try await clients.calling(.segmentation) {
+                try await clients.segmentation.getSegment(.with { $0.id = segment }, options: client.callOptions)
+            }
+            return try await clients.calling(.destination) {
+                try await clients.destination.activate(request, options: client.callOptions)
+            }
+        }
+        if client.json { try Output.json(activation) } else { Output.line(activation.id) }
+    }
+}
+
+/// `cdp deliveries DEST`.
+struct DeliveriesCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "deliveries",
+        abstract: "List a destination's deliveries, newest first: members added, removed, suppressed, failed.",
+        discussion: "--json: {\"deliveries\":[Delivery…]} (cdp.destination.v1)."
+    )
+
+    @Argument(help: "The destination's id.")
+    var destination: String
+
+    @Option(help: "At most this many deliveries.")
+    var limit: Int = 100
+
+    @OptionGroup var client: ClientOptions
+
+    func run() async throws {
+        guard limit > 0 else { throw CLIError("--limit must be positive (got \(limit))") }
+        let deliveries = try await client.withClients { clients in
+            var deliveries: [Cdp_Destination_V1_Delivery] = []
+            var token = ""
+            repeat {
+                let page = try await clients.calling(.destination) {
+                    try await clients.destination.listDeliveries(
+                        .with {
+                            $0.destinationID = destination
+                            $0.pageSize = UInt32(min(limit - deliveries.count, 500))
+                            $0.pageToken = token
+                        },
+                        options: client.callOptions
+                    )
+                }
+                deliveries += page.deliveries
+                token = page.nextPageToken
+            } while !token.isEmpty && deliveries.count < limit
+            return Array(deliveries.prefix(limit))
+        }
+        if client.json { return try Output.json("deliveries", deliveries) }
+        Output.table(
+            ["delivery", "activation", "finished", "added", "removed", "suppressed", "failed", "retries"],
+            deliveries.map {
+                [
+                    $0.id, $0.activationID, $0.hasFinishedAt ? TimeArgument.format($0.finishedAt.date) : "-",
+                    "\($0.added)", "\($0.removed)", "\($0.suppressed)", "\($0.failed)", "\($0.retries)",
+                ]
+            }
+        )
+        for delivery in deliveries {
+            for error in delivery.errors {
+                Output.line("  \(delivery.id): member \(error.clusterID): \(error.message)")
+            }
+        }
+    }
+}

@@ -1,0 +1,216 @@
+import ArgumentParser
+import CDPClient
+import CDPProto
+import Foundation
+import RPCCore
+
+/// `cdp source create|list`.
+struct SourceCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "source",
+        abstract: "Register and list sources (a system's type and instance, e.g. Marketo:mkto-1).",
+        subcommands: [Create.self, List.self]
+    )
+
+    struct Create: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Register a source; registering an existing one changes nothing."
+        )
+
+        @Option(help: "The system's type: Marketo, Salesforce, MDM, Web, … (letters, digits, '-', '_').")
+        var type: String
+
+        @Option(help: "The instance of that system, e.g. mkto-1 (letters, digits, '-', '_', '.').")
+        var instance: String
+
+        @Option(help: "Free text, e.g. \"Marketo of line of business 1\".")
+        var description: String = ""
+
+        @OptionGroup var client: ClientOptions
+
+        func run() async throws {
+            let request = Cdp_Ingestion_V1_CreateSourceRequest.with {
+                $0.source = .with {
+                    $0.type = type
+                    $0.instance = instance
+                }
+                $0.description_p = description
+            }
+            let info = try await client.withClients { clients in
+                try await clients.calling(.ingestion) {
+                    try await clients.ingestion.createSource(request, options: client.callOptions)
+                }
+            }
+            if client.json { try Output.json(info) } else { Output.line("\(info.source.type):\(info.source.instance)") }
+        }
+    }
+
+    struct List: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "List the registered sources.")
+
+        @OptionGroup var client: ClientOptions
+
+        func run() async throws {
+            let sources = try await client.withClients { clients in
+                try await clients.calling(.ingestion) {
+                    try await clients.ingestion.listSources(.init(), options: client.callOptions).sources
+                }
+            }
+            if client.json { return try Output.json("sources", sources) }
+            Output.table(
+                ["source", "created", "description"],
+                sources.map {
+                    [
+                        "\($0.source.type):\($0.source.instance)", TimeArgument.format($0.createdAt.date),
+                        $0.description_p,
+                    ]
+                }
+            )
+        }
+    }
+}
+
+/// `cdp ingest FILE`: one batch upload, streamed from disk.
+struct IngestCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "ingest",
+        abstract: "Upload a file as one batch of a source's records.",
+        discussion: """
+            The file streams to ingestion in 64 KiB messages (a progress bar shows on a terminal) and is parsed \
+            as it arrives. The batch's summary and its record errors (line, field, reason) follow. Uploading \
+            the same file again with the same --key returns the first result and stores nothing twice (the \
+            default key is the file's absolute path and size). Exit status 1 if the batch failed (e.g. more \
+            rejected records than --error-threshold allows). With --wait, returns only once the batch's records \
+            have gone through identity and profile and the resulting views have reached segmentation, so that \
+            a following `cdp profile get` or `cdp segment evaluate` sees them.
+
+            Formats: canonical (the platform's own CSV, or NDJSON for files ending .ndjson or .jsonl), \
+            salesforce (Bulk API CSV exports), marketo (bulk extract CSV), mdm (a crosswalk CSV).
+            """
+    )
+
+    @Argument(help: "The file to upload.")
+    var file: String
+
+    @Option(
+        help:
+            "The entity or object of the file: person, account, … for canonical files; the object's name (Account, leads, …) for native exports; identityLink for an MDM crosswalk."
+    )
+    var entity: String
+
+    @Option(help: "The source, TYPE:INSTANCE, e.g. Marketo:mkto-1.")
+    var source: String
+
+    @Option(help: "canonical, salesforce, marketo or mdm.")
+    var format: String = "canonical"
+
+    @Option(help: "The idempotency key (default: the file's absolute path and size).")
+    var key: String?
+
+    @Option(help: "The largest fraction of rejected records before the batch fails (0 to 1; default: the service's).")
+    var errorThreshold: Double?
+
+    @Flag(help: "Return once the batch has reached segmentation (through identity and profile).")
+    var wait = false
+
+    @Option(help: "Seconds --wait may take.")
+    var waitTimeout: Double = 300
+
+    @OptionGroup var client: ClientOptions
+
+    func run() async throws {
+        let source = try Arguments.source(source)
+        let wireFormat = try Self.wireFormat(format, file: file)
+        if let errorThreshold, !(0...1).contains(errorThreshold) {
+            throw CLIError("--error-threshold must be between 0 and 1 (got \(errorThreshold))")
+        }
+        let url = URL(fileURLWithPath: file)
+        guard let handle = FileHandle(forReadingAtPath: url.path) else {
+            throw CLIError(
+                "cannot read \(file): "
+                    + (FileManager.default.fileExists(atPath: url.path) ? "permission denied" : "no such file")
+            )
+        }
+        defer { try? handle.close() }
+        let size = (try? FileManager.default.attributesOfItem(atPath: url.path)[.size] as? Int64) ?? 0
+        let header = Cdp_Ingestion_V1_BatchHeader.with {
+            $0.source = source
+            $0.entity = entity
+            $0.format = wireFormat
+            $0.idempotencyKey = key ?? "\(url.standardizedFileURL.path)#\(size)"
+            if let errorThreshold { $0.errorThreshold = errorThreshold }
+            $0.fileName = url.lastPathComponent
+        }
+        let progress = ProgressBar(label: url.lastPathComponent, total: size, enabled: size > 4 * 1024 * 1024)
+        let batch = try await client.withClients { clients in
+            let batch = try await clients.calling(.ingestion) {
+                try await clients.ingestion.rpc.withCall(
+                    Cdp_Ingestion_V1_Ingestion.Method.ingestBatch,
+                    options: CallOptions(timeout: nil)
+                ) { call in
+                    try await call.send(.with { $0.header = header })
+                    var sent: Int64 = 0
+                    while true {
+                        let chunk = try handle.read(upToCount: 64 * 1024) ?? Data()
+                        if chunk.isEmpty { break }
+                        try await call.send(.with { $0.data = chunk })
+                        sent += Int64(chunk.count)
+                        progress.update(sent)
+                    }
+                    try await call.closeSend()
+                    progress.finish()
+                    guard let batch = try await call.receive() else {
+                        throw RPCError(code: .internalError, message: "IngestBatch ended without an answer")
+                    }
+                    return batch
+                }
+            }
+            if wait, batch.state == .completed {
+                try await clients.waitUntilDelivered(
+                    timeout: .milliseconds(Int64(waitTimeout * 1000)),
+                    options: client.callOptions
+                )
+            }
+            return batch
+        }
+        if client.json { try Output.json(batch) } else { Self.printSummary(batch, waited: wait) }
+        if batch.state != .completed {
+            throw CLIError(
+                "the batch \(batch.batchID) \(batch.state): \(batch.failure.isEmpty ? "see above" : batch.failure)"
+            )
+        }
+    }
+
+    /// The wire format for `name`; canonical files are NDJSON when they end in .ndjson or .jsonl.
+    static func wireFormat(_ name: String, file: String) throws -> Cdp_Ingestion_V1_Format {
+        switch name.lowercased() {
+        case "canonical":
+            let lower = file.lowercased()
+            return lower.hasSuffix(".ndjson") || lower.hasSuffix(".jsonl") ? .canonicalNdjson : .canonicalCsv
+        case "salesforce": return .salesforceCsv
+        case "marketo": return .marketoCsv
+        case "mdm": return .mdmCsv
+        default: throw CLIError("--format must be canonical, salesforce, marketo or mdm (got \"\(name)\")")
+        }
+    }
+
+    /// The batch in a few lines, then its record errors.
+    static func printSummary(_ batch: Cdp_Ingestion_V1_Batch, waited: Bool) {
+        let c = batch.counts
+        let replayed = batch.replayed ? " (a re-send: the first upload's result)" : ""
+        let source = "\(batch.source.type):\(batch.source.instance)"
+        Output.line("batch \(batch.batchID) \(batch.fileName) (\(source), \(batch.entity)): \(batch.state)\(replayed)")
+        Output.line(
+            "  \(c.records) records: \(c.accepted) accepted, \(c.duplicates) duplicates, \(c.rejected) rejected"
+        )
+        if !batch.failure.isEmpty { Output.line("  failure: \(batch.failure)") }
+        for error in batch.errors {
+            let field = error.field.isEmpty ? "" : ", field \(error.field)"
+            Output.line("  line \(error.line)\(field): \(error.reason)")
+        }
+        if c.rejected > UInt64(batch.errors.count) {
+            Output.line("  (\(c.rejected - UInt64(batch.errors.count)) more record errors not listed)")
+        }
+        if waited, batch.state == .completed { Output.line("  reached segmentation (through identity and profile)") }
+    }
+}

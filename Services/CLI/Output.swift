@@ -1,0 +1,112 @@
+import Foundation
+import SwiftProtobuf
+
+/// What commands print: text or JSON on stdout, errors and progress on stderr.
+enum Output {
+    /// A line on stdout.
+    static func line(_ text: String = "") {
+        FileHandle.standardOutput.write(Data((text + "\n").utf8))
+    }
+
+    /// A message as protobuf JSON (lowerCamelCase field names, enums by name) on one line of stdout.
+    static func json(_ message: some SwiftProtobuf.Message) throws {
+        line(try message.jsonString())
+    }
+
+    /// A list of messages as one JSON object `{"<key>": [...]}` on one line of stdout.
+    static func json(_ key: String, _ messages: [some SwiftProtobuf.Message]) throws {
+        let items = try messages.map { try $0.jsonString() }
+        line("{\"\(key)\":[" + items.joined(separator: ",") + "]}")
+    }
+
+    /// A value as compact JSON (sorted keys, times as RFC 3339) on one line of stdout.
+    static func json(_ value: some Encodable) throws {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
+        encoder.dateEncodingStrategy = .iso8601
+        line(String(decoding: try encoder.encode(value), as: UTF8.self))
+    }
+
+    /// `cdp: error: <message>` on stderr.
+    static func error(_ message: String) {
+        FileHandle.standardError.write(Data("cdp: error: \(message)\n".utf8))
+    }
+
+    /// A note on stderr (progress, hints), never mixed into stdout's JSON.
+    static func note(_ text: String) {
+        FileHandle.standardError.write(Data((text + "\n").utf8))
+    }
+
+    /// Whether stderr is a terminal (progress bars redraw only there).
+    static let stderrIsTerminal = isatty(STDERR_FILENO) == 1
+
+    /// Columns padded to the widest cell of each, two spaces apart.
+    static func table(_ header: [String], _ rows: [[String]]) {
+        let all = [header] + rows
+        var widths = [Int](repeating: 0, count: header.count)
+        for row in all {
+            for (i, cell) in row.enumerated() where i < widths.count { widths[i] = max(widths[i], cell.count) }
+        }
+        for row in all {
+            let cells = row.enumerated().map { i, cell in
+                i == row.count - 1 ? cell : cell.padding(toLength: widths[i], withPad: " ", startingAt: 0)
+            }
+            line(cells.joined(separator: "  "))
+        }
+    }
+}
+
+/// A progress bar on stderr (redrawn in place on a terminal, a line per 10% elsewhere).
+final class ProgressBar {
+    private let label: String
+    private let total: Int64
+    private var lastDrawn = -1
+    private let enabled: Bool
+
+    init(label: String, total: Int64, enabled: Bool = true) {
+        self.label = label
+        self.total = max(total, 1)
+        self.enabled = enabled
+    }
+
+    /// Shows `done` of the total.
+    func update(_ done: Int64) {
+        guard enabled else { return }
+        let percent = Int(min(100, done * 100 / total))
+        if Output.stderrIsTerminal {
+            guard percent != lastDrawn else { return }
+            let width = 30
+            let filled = percent * width / 100
+            let bar = String(repeating: "#", count: filled) + String(repeating: ".", count: width - filled)
+            FileHandle.standardError.write(Data("\r\(label) [\(bar)] \(percent)%".utf8))
+        } else {
+            guard percent / 10 != lastDrawn / 10 || lastDrawn < 0 else { return }
+            Output.note("\(label): \(percent)%")
+        }
+        lastDrawn = percent
+    }
+
+    /// Ends the bar's line.
+    func finish() {
+        guard enabled, Output.stderrIsTerminal, lastDrawn >= 0 else { return }
+        FileHandle.standardError.write(Data("\n".utf8))
+    }
+}
+
+/// Readable numbers and durations.
+enum Format {
+    /// `1,100,000` for 1100000.
+    static func number(_ value: Double) -> String {
+        let formatter = NumberFormatter()
+        formatter.numberStyle = .decimal
+        formatter.maximumFractionDigits = 2
+        return formatter.string(from: NSNumber(value: value)) ?? "\(value)"
+    }
+
+    /// `3.2 s`, `4 min 10 s`, `2 h 5 min` for an age in seconds.
+    static func age(_ seconds: Double) -> String {
+        if seconds < 60 { return String(format: "%.1f s", seconds) }
+        if seconds < 3600 { return "\(Int(seconds) / 60) min \(Int(seconds) % 60) s" }
+        return "\(Int(seconds) / 3600) h \(Int(seconds) % 3600 / 60) min"
+    }
+}

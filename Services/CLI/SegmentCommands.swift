@@ -1,0 +1,393 @@
+import ArgumentParser
+import CDPClient
+import CDPProto
+import Foundation
+import RPCCore
+
+/// `cdp segment …`: definitions, evaluations, members, explanations.
+struct SegmentCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "segment",
+        abstract: "Create, evaluate and inspect segments written in PQL.",
+        discussion: """
+            A segment is a PQL definition over people (rooted at `person` and `xEvent`) or accounts (rooted at \
+            `account`), e.g. `person.accounts.opportunities[isWon = true].count() > 0`. Streaming segments are \
+            evaluated on every changed profile as it arrives; batch segments when `segment evaluate` runs. The \
+            dialect: Services/Segmentation/README.md.
+            """,
+        subcommands: [
+            Create.self, List.self, Get.self, Delete.self, Estimate.self, Evaluate.self, Members.self, Explain.self,
+        ]
+    )
+
+    static func entityType(_ name: String) throws -> Cdp_Model_V1_EntityType {
+        switch name.lowercased() {
+        case "person": return .person
+        case "account": return .account
+        default: throw CLIError("--entity must be person or account (got \"\(name)\")")
+        }
+    }
+
+    struct Create: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Create a segment and print its id.",
+            discussion:
+                "A definition that does not parse or check is refused with its line, column and what was expected."
+        )
+
+        @Option(help: "A name for people.")
+        var name: String
+
+        @Option(help: "The PQL definition.")
+        var pql: String
+
+        @Option(help: "person or account.")
+        var entity: String = "person"
+
+        @Option(help: "streaming (evaluated as profiles change) or batch (evaluated by `segment evaluate`).")
+        var mode: String = "streaming"
+
+        @OptionGroup var client: ClientOptions
+
+        func run() async throws {
+            let entityType = try SegmentCommand.entityType(entity)
+            let evaluationMode: Cdp_Segmentation_V1_EvaluationMode
+            switch mode.lowercased() {
+            case "streaming": evaluationMode = .streaming
+            case "batch": evaluationMode = .batch
+            default: throw CLIError("--mode must be streaming or batch (got \"\(mode)\")")
+            }
+            let request = Cdp_Segmentation_V1_CreateSegmentRequest.with {
+                $0.name = name
+                $0.pql = pql
+                $0.entityType = entityType
+                $0.mode = evaluationMode
+            }
+            let segment = try await client.withClients { clients in
+                try await clients.calling(.segmentation) {
+                    try await clients.segmentation.createSegment(request, options: client.callOptions)
+                }
+            }
+            if client.json { try Output.json(segment) } else { Output.line(segment.id) }
+        }
+    }
+
+    struct List: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "List the segments.")
+
+        @OptionGroup var client: ClientOptions
+
+        func run() async throws {
+            let segments = try await client.withClients { clients in
+                try await clients.calling(.segmentation) {
+                    try await clients.segmentation.listSegments(.init(), options: client.callOptions).segments
+                }
+            }
+            if client.json { return try Output.json("segments", segments) }
+            Output.table(
+                ["id", "name", "entity", "mode", "members", "updated"],
+                segments.map {
+                    [
+                        $0.id, $0.name, Self.entity($0.entityType), Self.mode($0.mode), "\($0.realized)",
+                        TimeArgument.format($0.updatedAt.date),
+                    ]
+                }
+            )
+        }
+
+        static func entity(_ type: Cdp_Model_V1_EntityType) -> String { type == .account ? "account" : "person" }
+        static func mode(_ mode: Cdp_Segmentation_V1_EvaluationMode) -> String {
+            mode == .batch ? "batch" : "streaming"
+        }
+    }
+
+    struct Get: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Show one segment.")
+
+        @Argument(help: "The segment's id, e.g. s1.")
+        var id: String
+
+        @OptionGroup var client: ClientOptions
+
+        func run() async throws {
+            let segment = try await client.withClients { clients in
+                try await clients.calling(.segmentation) {
+                    try await clients.segmentation.getSegment(.with { $0.id = id }, options: client.callOptions)
+                }
+            }
+            if client.json { return try Output.json(segment) }
+            Output.line("\(segment.id): \(segment.name)")
+            Output.line("  \(List.entity(segment.entityType)), \(List.mode(segment.mode)), \(segment.realized) members")
+            if !segment.dependsOn.isEmpty { Output.line("  depends on: \(segment.dependsOn.joined(separator: ", "))") }
+            if segment.dependsOnTime { Output.line("  membership can change with time alone (event windows)") }
+            Output.line(
+                "  created \(TimeArgument.format(segment.createdAt.date)), updated \(TimeArgument.format(segment.updatedAt.date))"
+            )
+            for line in segment.pql.split(separator: "\n", omittingEmptySubsequences: false) {
+                Output.line("    \(line)")
+            }
+        }
+    }
+
+    struct Delete: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Delete a segment; its members exit. Refused while another segment names it."
+        )
+
+        @Argument(help: "The segment's id.")
+        var id: String
+
+        @OptionGroup var client: ClientOptions
+
+        func run() async throws {
+            let response = try await client.withClients { clients in
+                try await clients.calling(.segmentation) {
+                    try await clients.segmentation.deleteSegment(.with { $0.id = id }, options: client.callOptions)
+                }
+            }
+            if client.json { try Output.json(response) } else { Output.line("deleted \(id)") }
+        }
+    }
+
+    struct Estimate: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Count who a definition selects, without saving anything (exact: every profile is evaluated)."
+        )
+
+        @Option(help: "The PQL definition.")
+        var pql: String
+
+        @Option(help: "person or account.")
+        var entity: String = "person"
+
+        @Option(help: "Evaluate as of this time (RFC 3339 or a date; default: now).")
+        var asOf: String?
+
+        @OptionGroup var client: ClientOptions
+
+        func run() async throws {
+            let request = try Cdp_Segmentation_V1_EstimateRequest.with {
+                $0.pql = pql
+                $0.entityType = try SegmentCommand.entityType(entity)
+                if let asOf { $0.asOf = try Arguments.time(asOf).timestamp }
+            }
+            let estimate = try await client.withClients { clients in
+                try await clients.calling(.segmentation) {
+                    try await clients.segmentation.estimate(request, options: CallOptions(timeout: nil))
+                }
+            }
+            if client.json { return try Output.json(estimate) }
+            Output.line("\(estimate.matched) of \(estimate.evaluated) as of \(TimeArgument.format(estimate.asOf.date))")
+        }
+    }
+
+    struct Evaluate: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Evaluate segments over every profile and wait until the job ends.",
+            discussion: """
+                Without ids: every segment. As of a past time (--as-of), only batch segments are evaluated \
+                (streaming segments always mean now). --json prints the finished EvaluationJob; exit status 1 \
+                if the job failed.
+                """
+        )
+
+        @Argument(help: "The segments to evaluate (default: all).")
+        var ids: [String] = []
+
+        @Option(help: "Evaluate as of this time (RFC 3339 or a date; default: now).")
+        var asOf: String?
+
+        @OptionGroup var client: ClientOptions
+
+        func run() async throws {
+            let request = try Cdp_Segmentation_V1_EvaluateRequest.with {
+                $0.segmentIds = ids
+                if let asOf { $0.asOf = try Arguments.time(asOf).timestamp }
+            }
+            let job = try await client.withClients { clients in
+                try await SegmentCommand.evaluate(
+                    request,
+                    clients: clients,
+                    options: client.callOptions,
+                    quiet: client.json
+                )
+            }
+            if client.json { try Output.json(job) } else { SegmentCommand.printJob(job) }
+            if job.state != .succeeded { throw ExitCode.failure }
+        }
+    }
+
+    /// Starts a job and polls it to its end, showing progress on stderr.
+    static func evaluate(
+        _ request: Cdp_Segmentation_V1_EvaluateRequest,
+        clients: ServiceClients,
+        options: CallOptions,
+        quiet: Bool
+    ) async throws -> Cdp_Segmentation_V1_EvaluationJob {
+        var job = try await clients.calling(.segmentation) {
+            try await clients.segmentation.evaluate(request, options: options)
+        }
+        var lastShown: UInt64 = .max
+        while job.state == .running {
+            if !quiet, job.evaluated != lastShown, Output.stderrIsTerminal {
+                FileHandle.standardError.write(Data("\rjob \(job.id): \(job.evaluated) profiles evaluated".utf8))
+                lastShown = job.evaluated
+            }
+            try await Task.sleep(for: .milliseconds(100))
+            let id = job.id
+            job = try await clients.calling(.segmentation) {
+                try await clients.segmentation.getEvaluation(.with { $0.id = id }, options: options)
+            }
+        }
+        if lastShown != .max { FileHandle.standardError.write(Data("\n".utf8)) }
+        return job
+    }
+
+    static func printJob(_ job: Cdp_Segmentation_V1_EvaluationJob) {
+        let seconds = job.finishedAt.date.timeIntervalSince(job.startedAt.date)
+        Output.line(
+            "job \(job.id) \(job.state) as of \(TimeArgument.format(job.asOf.date)): segments "
+                + "\(job.segmentIds.joined(separator: ", ")); \(job.evaluated) profiles evaluated in "
+                + String(format: "%.2f s", seconds) + "; \(job.realized) entered, \(job.exited) exited"
+        )
+        if !job.error.isEmpty { Output.line("  error: \(job.error)") }
+    }
+
+    struct Members: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "List a segment's members.",
+            discussion: """
+                --json: an array of {"id" (the person's or account's cluster id), "entity", "emails", "name", \
+                "status" (realized or exited), "since" (RFC 3339), "version"}.
+                """
+        )
+
+        @Argument(help: "The segment's id.")
+        var id: String
+
+        @Option(help: "realized or exited (default: both).")
+        var status: String?
+
+        @OptionGroup var client: ClientOptions
+
+        struct Member: Encodable {
+            var id: UInt64
+            var entity: String
+            var emails: [String]
+            var name: String
+            var status: String
+            var since: String
+            var version: UInt64
+        }
+
+        func run() async throws {
+            var filter = Cdp_Segmentation_V1_MembershipStatus.unspecified
+            switch status?.lowercased() {
+            case nil: break
+            case "realized": filter = .realized
+            case "exited": filter = .exited
+            default: throw CLIError("--status must be realized or exited (got \"\(status!)\")")
+            }
+            let members = try await client.withClients { clients in
+                var members: [Cdp_Segmentation_V1_Member] = []
+                var token = ""
+                repeat {
+                    let page = try await clients.calling(.segmentation) {
+                        try await clients.segmentation.getMembers(
+                            .with {
+                                $0.segmentID = id
+                                $0.status = filter
+                                $0.pageSize = 1000
+                                $0.pageToken = token
+                            },
+                            options: client.callOptions
+                        )
+                    }
+                    members += page.members
+                    token = page.nextPageToken
+                } while !token.isEmpty
+                return members
+            }
+            let rows = members.map { member in
+                let record = member.record.record
+                let isAccount = member.entityType == .account
+                return Member(
+                    id: member.clusterID,
+                    entity: isAccount ? "account" : "person",
+                    emails: Self.emails(of: member),
+                    name: isAccount ? record.account.name : Describe.person(record),
+                    status: member.status == .exited ? "exited" : "realized",
+                    since: TimeArgument.format(member.since.date),
+                    version: member.version
+                )
+            }
+            if client.json { return try Output.json(rows) }
+            Output.table(
+                ["id", "status", "since", "emails", "who"],
+                rows.map { ["\($0.id)", $0.status, $0.since, $0.emails.joined(separator: " "), $0.name] }
+            )
+        }
+
+        /// A person's emails: the unified record's email first, then those of its fragments' keys are not
+        /// known here, so the unified email alone (an account has none).
+        static func emails(of member: Cdp_Segmentation_V1_Member) -> [String] {
+            guard member.entityType != .account else { return [] }
+            let email = member.record.record.person.email
+            return email.isEmpty ? [] : [email]
+        }
+    }
+
+    struct Explain: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract:
+                "Explain why a person or account is in a segment or not: the parts that decided, and their values."
+        )
+
+        @Argument(help: "The segment's id.")
+        var id: String
+
+        @Option(help: "The person or account, NAMESPACE:VALUE, e.g. email:p2@townsend.com.")
+        var identity: String
+
+        @Option(help: "Explain as of this time (RFC 3339 or a date; default: now).")
+        var asOf: String?
+
+        @OptionGroup var client: ClientOptions
+
+        func run() async throws {
+            let request = try Cdp_Segmentation_V1_ExplainRequest.with {
+                $0.segmentID = id
+                $0.identity = try Arguments.identity(identity)
+                if let asOf { $0.asOf = try Arguments.time(asOf).timestamp }
+            }
+            let explanation = try await client.withClients { clients in
+                try await clients.calling(.segmentation) {
+                    try await clients.segmentation.explain(request, options: client.callOptions)
+                }
+            }
+            if client.json { return try Output.json(explanation) }
+            SegmentCommand.printExplanation(explanation, who: identity)
+        }
+    }
+
+    static func printExplanation(
+        _ explanation: Cdp_Segmentation_V1_Explanation,
+        who: String,
+        indent: String = "",
+        say: (String) -> Void = { Output.line($0) }
+    ) {
+        say(
+            "\(indent)\(who) (cluster \(explanation.clusterID)) \(explanation.matched ? "matches" : "does not match") "
+                + "\(explanation.segmentID) as of \(TimeArgument.format(explanation.asOf.date))"
+        )
+        for step in explanation.steps {
+            let text = step.text.replacingOccurrences(of: "\n", with: " ")
+            say("\(indent)  line \(step.line), column \(step.column): \(text)")
+            say("\(indent)    = \(step.result)")
+            for entity in step.entities {
+                let value = entity.value.isEmpty ? "" : " → \(entity.value)"
+                say("\(indent)      \(entity.kind) \(entity.key): \(entity.label)\(value)")
+            }
+        }
+    }
+}

@@ -1,0 +1,141 @@
+import ArgumentParser
+import CDPClient
+import Foundation
+
+/// `cdp status`: each service's health and backlog.
+struct StatusCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "status",
+        abstract: "Show each service's health and backlog (what it holds that the next one has not taken yet).",
+        discussion: """
+            For each service: whether it answers its health check, then what waits in its outbox: ingestion's \
+            records for identity, identity's updates for profile, profile's views for segmentation, \
+            segmentation's membership changes for destination, destination's members for its destinations; \
+            the age of the oldest, and the last forwarding error. Exit status 1 if a service is unreachable or \
+            not serving. --json: {"services":[{"name","address","healthy","pending","oldestPendingSeconds",\
+            "lastError","error"}]}.
+            """
+    )
+
+    @OptionGroup var client: ClientOptions
+
+    struct ServiceStatus: Encodable {
+        var name: String
+        var address: String
+        var healthy: Bool
+        var pending: UInt64?
+        var unit: String
+        var oldestPendingSeconds: Double?
+        var lastError: String
+        var error: String?
+    }
+
+    func run() async throws {
+        let statuses = try await client.withClients { clients in
+            var statuses: [ServiceStatus] = []
+            for service in ServiceName.allCases {
+                var status = ServiceStatus(
+                    name: service.rawValue,
+                    address: "\(clients.endpoints[service].address)",
+                    healthy: false,
+                    unit: Backlog.unit(of: service),
+                    lastError: ""
+                )
+                do {
+                    let health = try await clients.calling(service) {
+                        try await clients.health(service).check(.init(), options: client.callOptions)
+                    }
+                    status.healthy = health.status == .serving
+                    if !status.healthy { status.error = "health check answered \(health.status)" }
+                    let backlog = try await clients.backlog(service, options: client.callOptions)
+                    status.pending = backlog.pending
+                    status.oldestPendingSeconds = backlog.oldestPending.map { max(0, Date().timeIntervalSince($0)) }
+                    status.lastError = backlog.lastError
+                } catch {
+                    status.healthy = false
+                    status.error = "\(error)"
+                }
+                statuses.append(status)
+            }
+            return statuses
+        }
+        if client.json {
+            struct Document: Encodable { var services: [ServiceStatus] }
+            try Output.json(Document(services: statuses))
+        } else {
+            Output.table(
+                ["service", "address", "health", "backlog", "oldest", "last error"],
+                statuses.map { status in
+                    [
+                        status.name, status.address, status.healthy ? "serving" : "DOWN",
+                        status.pending.map { "\($0) \(status.unit)" } ?? "-",
+                        status.oldestPendingSeconds.map(Format.age) ?? "-",
+                        status.lastError.isEmpty ? "-" : status.lastError,
+                    ]
+                }
+            )
+            for status in statuses { if let error = status.error { Output.error(error) } }
+        }
+        if statuses.contains(where: { !$0.healthy }) { throw ExitCode.failure }
+    }
+}
+
+/// `cdp health`: one address's health check, for container health checks and scripts.
+struct HealthCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "health",
+        abstract: "Check one service's health (grpc.health.v1): exit 0 if it is serving, 1 otherwise.",
+        discussion: """
+            For container health checks: `cdp health --addr 127.0.0.1:7400`. Without --addr, checks the \
+            service named by --service at its usual address (see `cdp --help`).
+            """
+    )
+
+    @Option(help: "The HOST:PORT to check.")
+    var addr: String?
+
+    @Option(
+        help: "The service to check when --addr is not given: ingestion, identity, profile, segmentation, destination."
+    )
+    var service: String = "ingestion"
+
+    @OptionGroup var client: ClientOptions
+
+    func run() async throws {
+        guard let name = ServiceName(rawValue: service) else {
+            throw CLIError(
+                "--service must be one of ingestion, identity, profile, segmentation, destination (got \"\(service)\")"
+            )
+        }
+        var options = client
+        if let addr { options.setAddress(addr, of: name) }
+        let answer = try await options.withClients { clients in
+            try await clients.calling(name) {
+                try await clients.health(name).check(.init(), options: options.callOptions)
+            }
+        }
+        if client.json {
+            struct Document: Encodable {
+                var service: String
+                var status: String
+            }
+            try Output.json(Document(service: name.rawValue, status: "\(answer.status)"))
+        } else {
+            Output.line("\(name): \(answer.status == .serving ? "serving" : "\(answer.status)")")
+        }
+        if answer.status != .serving { throw ExitCode.failure }
+    }
+}
+
+extension ClientOptions {
+    /// Points `service` at `address`, as its `--<service>-addr` flag would.
+    mutating func setAddress(_ address: String?, of service: ServiceName) {
+        switch service {
+        case .ingestion: ingestionAddress = address
+        case .identity: identityAddress = address
+        case .profile: profileAddress = address
+        case .segmentation: segmentationAddress = address
+        case .destination: destinationAddress = address
+        }
+    }
+}

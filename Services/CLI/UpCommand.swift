@@ -1,0 +1,140 @@
+import ArgumentParser
+import CDPClient
+import Foundation
+import UnixSignals
+
+/// `cdp up`: the five services as local processes until Ctrl-C or SIGTERM.
+struct UpCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "up",
+        abstract: "Run the five services locally on SQLite under one data directory, until Ctrl-C or SIGTERM.",
+        discussion: """
+            Starts cdp-ingestion, cdp-identity, cdp-profile, cdp-segmentation and cdp-destination as separate \
+            processes listening on N..N+4 (N: --port-base), each with its own database under DATA_DIR/<service> \
+            and the addresses of its peers (ingestion → identity → profile → segmentation → destination). \
+            Their logs go to DATA_DIR/logs/<service>.log. Once every service answers its health check, prints \
+            the endpoints (with --json one line: {"dataDir":…,"services":[{"name","address","pid"}…]}). \
+            Ctrl-C or SIGTERM stops them all (SIGTERM, upstream first); if one of them stops on its own, the \
+            others are stopped too and `cdp up` exits with status 1. Other commands find the services with the \
+            same --port-base (or $CDP_PORT_BASE).
+            """
+    )
+
+    @Option(help: "The directory of the services' databases and logs.")
+    var dataDir: String = "./data"
+
+    @Option(help: "Ingestion's port; the others follow (default: $CDP_PORT_BASE or 7400).")
+    var portBase: Int?
+
+    @Option(help: "The address the services bind (default: $CDP_HOST or 127.0.0.1).")
+    var host: String?
+
+    @Option(help: "Where the cdp-* executables are (default: $CDP_BIN_DIR, else next to cdp, else PATH).")
+    var binDir: String?
+
+    @Option(help: "The services' log level: trace, debug, info, notice, warning, error, critical.")
+    var logLevel: String = "info"
+
+    @Option(help: "Seconds to wait for the services to become healthy.")
+    var startTimeout: Double = 60
+
+    @Flag(help: "Print the endpoints as one JSON line.")
+    var json = false
+
+    func run() async throws {
+        let environment = ProcessInfo.processInfo.environment
+        let endpoints: ServiceEndpoints
+        do {
+            endpoints = try ServiceEndpoints(host: host, portBase: portBase, environment: environment)
+        } catch let error as ServiceEndpoints.InvalidSetting {
+            throw CLIError(error.description)
+        }
+        let ingestion = endpoints[.ingestion].address
+        let services = LocalServices(
+            configuration: .init(
+                dataDirectory: dataDir,
+                host: ingestion.host,
+                portBase: ingestion.port,
+                binDirectory: binDir ?? environment["CDP_BIN_DIR"],
+                logLevel: logLevel
+            )
+        )
+        // Trap the signals before anything starts, so that Ctrl-C during start-up also stops everything.
+        let signals = await UnixSignalsSequence(trapping: .sigint, .sigterm)
+        let running: [LocalServices.Running]
+        do {
+            running = try services.start()
+            try await services.waitUntilHealthy(timeout: .milliseconds(Int64(startTimeout * 1000)))
+        } catch {
+            await services.stop()
+            throw CLIError("\(error)")
+        }
+        try announce(running)
+
+        // Either a signal arrives (a clean stop) or a service exits on its own (a failure).
+        let outcome = await withTaskGroup(of: String?.self) { group in
+            group.addTask {
+                for await signal in signals { return "received \(signal)" }
+                return nil
+            }
+            group.addTask {
+                while !Task.isCancelled {
+                    if let (service, status) = services.exited() {
+                        return "\(service.executable) exited on its own with status \(status)"
+                    }
+                    try? await Task.sleep(for: .milliseconds(200))
+                }
+                return nil
+            }
+            let first = await group.next() ?? nil
+            group.cancelAll()
+            return first
+        }
+        let failed = outcome?.hasPrefix("received") == false
+        if failed, let outcome, let service = ServiceName.allCases.first(where: { outcome.hasPrefix($0.executable) }) {
+            Output.error(outcome + "; stopping the others\n" + services.logTail(of: service))
+        } else if let outcome {
+            Output.note("cdp up: \(outcome), stopping the services")
+        }
+        let statuses = await services.stop()
+        let unclean = statuses.filter { $0.value != 0 }.sorted { $0.key < $1.key }
+        for (service, status) in unclean where !failed {
+            Output.error("\(service.executable) stopped with status \(status); see \(dataDir)/logs/\(service).log")
+        }
+        if failed || !unclean.isEmpty { throw ExitCode.failure }
+        Output.note("cdp up: all five services stopped")
+    }
+
+    private func announce(_ running: [LocalServices.Running]) throws {
+        if json {
+            struct Announcement: Encodable {
+                struct Service: Encodable {
+                    var name: String
+                    var address: String
+                    var pid: Int32
+                    var log: String
+                }
+                var dataDir: String
+                var services: [Service]
+            }
+            try Output.json(
+                Announcement(
+                    dataDir: dataDir,
+                    services: running.map {
+                        .init(name: $0.service.rawValue, address: "\($0.address)", pid: $0.pid, log: $0.logPath)
+                    }
+                )
+            )
+        } else {
+            Output.line("cdp up: five services running on \(dataDir) (logs in \(dataDir)/logs); Ctrl-C stops them")
+            Output.table(
+                ["service", "address", "pid", "executable"],
+                running.map { [$0.service.rawValue, "\($0.address)", "\($0.pid)", $0.executable] }
+            )
+            let base = running.first { $0.service == .ingestion }!.address.port
+            if base != ServiceName.defaultPortBase {
+                Output.line("other commands: export CDP_PORT_BASE=\(base)")
+            }
+        }
+    }
+}
