@@ -266,6 +266,7 @@ struct Story {
 
         say("\n== Ingesting \(examples) (\(manifest.entries.count) files)")
         var records: UInt64 = 0
+        let width = manifest.entries.map(\.file.count).max() ?? 0
         for entry in manifest.entries {
             let path = examples + "/" + entry.file
             guard let data = FileManager.default.contents(atPath: path) else { throw CLIError("cannot read \(path)") }
@@ -288,7 +289,7 @@ struct Story {
             }
             let c = batch.counts
             say(
-                "  \(entry.file.padding(toLength: 28, withPad: " ", startingAt: 0)) \(entry.source.type):\(entry.source.instance) "
+                "  \(entry.file.padding(toLength: width, withPad: " ", startingAt: 0)) \(entry.source.type):\(entry.source.instance) "
                     + "\(entry.entity): \(c.accepted) accepted, \(c.rejected) rejected"
             )
             for error in batch.errors { say("      line \(error.line) \(error.field): \(error.reason)") }
@@ -311,9 +312,16 @@ struct Story {
         say("  fragments: \(account.account.fragmentKeys.joined(separator: ", "))")
         for opportunity in account.opportunities { say("  opportunity: \(Describe.opportunity(opportunity.record))") }
         say("  persons: \(account.persons.map { $0.record.person.email }.joined(separator: ", "))")
+        // What each silo alone knows: the won amounts of the opportunities it holds.
+        var wonBySource: [String: Double] = [:]
+        for opportunity in account.opportunities where opportunity.record.opportunity.isWon {
+            let source = opportunity.record.source
+            wonBySource["\(source.type):\(source.instance)", default: 0] += opportunity.record.opportunity.amount
+        }
+        let silos = wonBySource.sorted { $0.key < $1.key }.map { "\($0.key) alone knows \(Format.number($0.value))" }
         say(
             "  won across all its accounts: \(Format.number(account.totals.wonAmount)) "
-                + "(in either silo alone: one opportunity each, nobody above $1M)"
+                + "; \(silos.joined(separator: ", ")): only the unified account passes $1M"
         )
 
         say("\n== The segment (batch, person), DESIGN.md §5")
