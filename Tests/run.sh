@@ -64,4 +64,8 @@ stage "destination: file exports following a segment, Marketo / LinkedIn / webho
 Tests/python-env.sh
 .venv/bin/python -m pytest Tests/Destination -q -p no:cacheprovider
 
+stage "cli: cdp up, the Bodea demo flow through the cdp CLI, cdp demo, CLI errors (Python, against the five services)"
+Tests/python-env.sh
+.venv/bin/python -m pytest Tests/CLI -q -p no:cacheprovider
+
 stage "all test stages passed"
