@@ -138,7 +138,6 @@ let package = Package(
                 "CDPProto", "IngestionService", "IngestionStore", "RPCCore", "RPCHTTP2", "RPCServices",
                 "ServiceSupport",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
-                .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ],
@@ -426,6 +425,11 @@ let package = Package(
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             path: "Tests/Interop/InteropClient"
+        ),
+        .testTarget(
+            name: "CDPClientTests",
+            dependencies: ["CDPClient"],
+            path: "Tests/CDPClientTests"
         ),
         .testTarget(
             name: "RPCCoreTests",
