@@ -34,7 +34,8 @@ public enum ServiceMain {
     public static func dataDirectory(_ flag: String?, service: String) throws -> String {
         let directory =
             flag
-            ?? (ProcessInfo.processInfo.environment["CDP_DATA_DIR"].map { $0 + "/" + service } ?? "./data/" + service)
+            ?? (ProcessInfo.processInfo.environment["CDP_DATA_DIR"].flatMap { $0.isEmpty ? nil : $0 + "/" + service }
+                ?? "./data/" + service)
         do {
             try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
         } catch {

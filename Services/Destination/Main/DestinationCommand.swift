@@ -90,7 +90,8 @@ struct DestinationCommand: AsyncParsableCommand {
             transport: AsyncHTTPTransport(client: httpClient)
         )
         let workers = DeliveryWorkers(engine: engine, logger: logger)
-        let token = authToken ?? environment["CDP_TOKEN"]
+        // An empty token (a variable set to nothing, as compose files do) means no authentication.
+        let token = (authToken ?? environment["CDP_TOKEN"]).flatMap { $0.isEmpty ? nil : $0 }
         let service = DestinationService(engine: engine, workers: workers, logger: logger)
         let health = HealthService()
         let server = RPCServer(

@@ -204,7 +204,8 @@ struct IdentityCommand: AsyncParsableCommand {
                 "duration": "\(clock.now - loadStart)",
             ]
         )
-        let token = authToken ?? environment["CDP_TOKEN"]
+        // An empty token (a variable set to nothing, as compose files do) means no authentication.
+        let token = (authToken ?? environment["CDP_TOKEN"]).flatMap { $0.isEmpty ? nil : $0 }
 
         var relay: OutboxRelay<UpdateChunk>?
         var profileTransport: HTTP2ClientTransport?

@@ -98,7 +98,8 @@ struct IngestionCommand: AsyncParsableCommand {
         } catch {
             throw ServiceMain.databaseError(directory, error)
         }
-        let token = authToken ?? environment["CDP_TOKEN"]
+        // An empty token (a variable set to nothing, as compose files do) means no authentication.
+        let token = (authToken ?? environment["CDP_TOKEN"]).flatMap { $0.isEmpty ? nil : $0 }
 
         var services: [any Service] = []
         var relay: OutboxRelay<OutboxChunk>?

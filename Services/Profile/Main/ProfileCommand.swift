@@ -137,7 +137,8 @@ struct ProfileCommand: AsyncParsableCommand {
         }
         let engineThread = MultiThreadedEventLoopGroup(numberOfThreads: 1)
         let engine = ProfileEngine(store: store, loop: engineThread.next())
-        let token = authToken ?? environment["CDP_TOKEN"]
+        // An empty token (a variable set to nothing, as compose files do) means no authentication.
+        let token = (authToken ?? environment["CDP_TOKEN"]).flatMap { $0.isEmpty ? nil : $0 }
         var metadata = Metadata()
         if let token { metadata.add("authorization", "Bearer \(token)") }
 

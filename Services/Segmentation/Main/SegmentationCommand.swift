@@ -118,7 +118,8 @@ struct SegmentationCommand: AsyncParsableCommand {
         } catch {
             throw StartupError("cannot load the segments of \(directory): \(error)")
         }
-        let token = authToken ?? environment["CDP_TOKEN"]
+        // An empty token (a variable set to nothing, as compose files do) means no authentication.
+        let token = (authToken ?? environment["CDP_TOKEN"]).flatMap { $0.isEmpty ? nil : $0 }
         var metadata = Metadata()
         if let token { metadata.add("authorization", "Bearer \(token)") }
 
