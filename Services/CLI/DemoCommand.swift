@@ -269,7 +269,6 @@ struct Story {
         let width = manifest.entries.map(\.file.count).max() ?? 0
         for entry in manifest.entries {
             let path = examples + "/" + entry.file
-            guard let data = FileManager.default.contents(atPath: path) else { throw CLIError("cannot read \(path)") }
             let format = try IngestCommand.wireFormat(entry.format, file: entry.file)
             let header = Cdp_Ingestion_V1_BatchHeader.with {
                 $0.source = entry.source
@@ -278,15 +277,7 @@ struct Story {
                 $0.idempotencyKey = "demo:" + entry.file
                 $0.fileName = entry.file
             }
-            let chunks = stride(from: 0, to: data.count, by: 64 * 1024).map {
-                data[$0..<min($0 + 64 * 1024, data.count)]
-            }
-            let batch = try await clients.calling(.ingestion) {
-                try await clients.ingestion.ingestBatch(
-                    [.with { $0.header = header }] + chunks.map { chunk in .with { $0.data = Data(chunk) } },
-                    options: call
-                )
-            }
+            let batch = try await clients.uploadBatch(path: path, header: header)
             let c = batch.counts
             say(
                 "  \(entry.file.padding(toLength: width, withPad: " ", startingAt: 0)) \(entry.source.type):\(entry.source.instance) "

@@ -9,11 +9,15 @@ struct DestinationCommand: AsyncParsableCommand {
         commandName: "destination",
         abstract: "Create and list destinations: Marketo static lists, LinkedIn audiences, webhooks, file exports.",
         discussion: """
-            Settings by type (Services/Destination/README.md has them all):
-              marketo:  endpoint, identity, client_id, client_secret, list_id [, calls_per_20s, concurrency]
-              linkedin: endpoint, access_token, ad_account [, segment_name, segment_id, version, batch_size]
-              webhook:  url, secret [, batch_size, calls_per_minute, include_opted_out]
-              file:     directory [, format=csv|jsonl, mode=incremental|full]
+            Settings by type, required first, [optional with their defaults] (Services/Destination/README.md):
+              marketo:  endpoint, client_id, client_secret, list_id [identity=<endpoint>/identity,
+                        calls_per_20s=100, concurrency=10, timeout_seconds=30]
+              linkedin: endpoint, access_token, ad_account, source_platform (unless segment_id names an existing
+                        segment) [segment_name, segment_id, version=202610, batch_size=500,
+                        segment_ready_seconds=5, calls_per_minute=300, timeout_seconds=30]
+              webhook:  url, secret [batch_size=100, calls_per_minute=600, timeout_seconds=30,
+                        include_opted_out=false]
+              file:     directory [format=csv|jsonl, mode=incremental|full]
             Credentials (client_secret, access_token, secret) are stored apart and never shown again.
             """,
         subcommands: [Create.self, List.self]

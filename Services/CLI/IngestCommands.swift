@@ -17,10 +17,15 @@ struct SourceCommand: AsyncParsableCommand {
             abstract: "Register a source; registering an existing one changes nothing."
         )
 
-        @Option(help: "The system's type: Marketo, Salesforce, MDM, Web, … (letters, digits, '-', '_').")
+        @Option(
+            help: """
+                The system's type: Marketo, Salesforce, MDM, Web, … (an upper-case letter, then letters, digits, \
+                '-', '_').
+                """
+        )
         var type: String
 
-        @Option(help: "The instance of that system, e.g. mkto-1 (letters, digits, '-', '_', '.').")
+        @Option(help: "The instance of that system, e.g. mkto-1 (1 to 64 letters, digits, '-', '_').")
         var instance: String
 
         @Option(help: "Free text, e.g. \"Marketo of line of business 1\".")
@@ -125,13 +130,12 @@ struct IngestCommand: AsyncParsableCommand {
             throw CLIError("--error-threshold must be between 0 and 1 (got \(errorThreshold))")
         }
         let url = URL(fileURLWithPath: file)
-        guard let handle = FileHandle(forReadingAtPath: url.path) else {
+        guard FileManager.default.isReadableFile(atPath: url.path) else {
             throw CLIError(
                 "cannot read \(file): "
                     + (FileManager.default.fileExists(atPath: url.path) ? "permission denied" : "no such file")
             )
         }
-        defer { try? handle.close() }
         let size = (try? FileManager.default.attributesOfItem(atPath: url.path)[.size] as? Int64) ?? 0
         let header = Cdp_Ingestion_V1_BatchHeader.with {
             $0.source = source
@@ -143,28 +147,8 @@ struct IngestCommand: AsyncParsableCommand {
         }
         let progress = ProgressBar(label: url.lastPathComponent, total: size, enabled: size > 4 * 1024 * 1024)
         let batch = try await client.withClients { clients in
-            let batch = try await clients.calling(.ingestion) {
-                try await clients.ingestion.rpc.withCall(
-                    Cdp_Ingestion_V1_Ingestion.Method.ingestBatch,
-                    options: CallOptions(timeout: nil)
-                ) { call in
-                    try await call.send(.with { $0.header = header })
-                    var sent: Int64 = 0
-                    while true {
-                        let chunk = try handle.read(upToCount: 64 * 1024) ?? Data()
-                        if chunk.isEmpty { break }
-                        try await call.send(.with { $0.data = chunk })
-                        sent += Int64(chunk.count)
-                        progress.update(sent)
-                    }
-                    try await call.closeSend()
-                    progress.finish()
-                    guard let batch = try await call.receive() else {
-                        throw RPCError(code: .internalError, message: "IngestBatch ended without an answer")
-                    }
-                    return batch
-                }
-            }
+            let batch = try await clients.uploadBatch(path: url.path, header: header, progress: progress.update)
+            progress.finish()
             if wait, batch.state == .completed {
                 try await clients.waitUntilDelivered(
                     timeout: .milliseconds(Int64(waitTimeout * 1000)),

@@ -151,7 +151,11 @@ struct SegmentCommand: AsyncParsableCommand {
 
     struct Estimate: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
-            abstract: "Count who a definition selects, without saving anything (exact: every profile is evaluated)."
+            abstract: "Count who a definition selects, without saving anything.",
+            discussion: """
+                Exact, not sampled: every profile of the segmentation service's partition is evaluated (with \
+                several segmentation replicas, each counts its own partition).
+                """
         )
 
         @Option(help: "The PQL definition.")

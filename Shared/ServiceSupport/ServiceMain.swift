@@ -15,6 +15,13 @@ public enum ServiceMain {
         }
     }
 
+    /// The value of the environment variable `variable`, nil when it is unset or empty (compose files pass
+    /// variables set to nothing).
+    public static func variable(_ variable: String) -> String? {
+        guard let value = ProcessInfo.processInfo.environment[variable], !value.isEmpty else { return nil }
+        return value
+    }
+
     /// The value of the environment variable `variable` when it is set and not empty, else `fallback`:
     /// the default of a flag that `CDP_*` variables stand in for (a flag given on the command line wins).
     public static func environment(_ variable: String, default fallback: String) -> String {

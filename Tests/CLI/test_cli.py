@@ -1,4 +1,4 @@
-"""Acceptance test of the `cdp` CLI (.git/briefs/cli-spec.md; Examples/bodea/README.md).
+"""Acceptance test of the `cdp` CLI (README.md "The CLI"; Examples/bodea/README.md).
 
 1. ``cdp up`` runs the five services; the Bodea flow goes through the CLI only: ``source create`` for each
    source of Examples/bodea/ingest.tsv, ``ingest --wait --json`` of every file (COMPLETED, nothing rejected),
@@ -11,7 +11,7 @@
 3. SIGTERM to ``cdp up``: exit status 0 within 20 s, none of its services left;
 4. ``cdp demo`` as a whole on its own ports and data directory.
 
-The binaries are .build/debug's unless CDP_BIN_DIR names another directory (CI: .build/release).
+The binaries are .build/debug's unless CDP_BIN_DIR names another directory (e.g. .build/release).
 """
 
 from __future__ import annotations

@@ -45,7 +45,7 @@ struct DestinationCommand: AsyncParsableCommand {
 
     @Option(
         name: .customLong("auth-token"),
-        help: "A bearer token callers must send (default: $CDP_TOKEN)."
+        help: "A bearer token callers must send (default: $CDP_TOKEN; none or empty: no authentication)."
     )
     var authToken: String?
 
@@ -68,7 +68,6 @@ struct DestinationCommand: AsyncParsableCommand {
 
     func run() async throws {
         MemoryTuning.keepFreedMemoryForReuse()
-        let environment = ProcessInfo.processInfo.environment
         ServiceMain.bootstrapLogging(level: logLevel)
         let logger = Logger(label: "cdp-destination")
         let directory = try ServiceMain.dataDirectory(dataDir, service: "destination")
@@ -90,8 +89,8 @@ struct DestinationCommand: AsyncParsableCommand {
             transport: AsyncHTTPTransport(client: httpClient)
         )
         let workers = DeliveryWorkers(engine: engine, logger: logger)
-        // An empty token (a variable set to nothing, as compose files do) means no authentication.
-        let token = (authToken ?? environment["CDP_TOKEN"]).flatMap { $0.isEmpty ? nil : $0 }
+        // An empty token (a variable set to nothing, as compose files pass it) means no authentication.
+        let token = (authToken ?? ServiceMain.variable("CDP_TOKEN")).flatMap { $0.isEmpty ? nil : $0 }
         let service = DestinationService(engine: engine, workers: workers, logger: logger)
         let health = HealthService()
         let server = RPCServer(

@@ -88,7 +88,8 @@ struct IdentityCommand: AsyncParsableCommand {
 
     @Option(
         name: .customLong("auth-token"),
-        help: "A bearer token callers must send, also sent to profile (default: $CDP_TOKEN; none: no authentication)."
+        help:
+            "A bearer token callers must send, also sent to profile (default: $CDP_TOKEN; none or empty: no authentication)."
     )
     var authToken: String?
 
@@ -113,7 +114,7 @@ struct IdentityCommand: AsyncParsableCommand {
                 "--log-level (or $CDP_LOG_LEVEL) must be one of trace, debug, info, notice, warning, error, critical."
             )
         }
-        if let address = profile ?? ProcessInfo.processInfo.environment["CDP_PROFILE_ADDR"] {
+        if let address = profile ?? ServiceMain.variable("CDP_PROFILE_ADDR") {
             guard HostPort(address) != nil else {
                 throw ValidationError("--profile must be HOST:PORT, e.g. 127.0.0.1:7402 (got \"\(address)\").")
             }
@@ -171,7 +172,6 @@ struct IdentityCommand: AsyncParsableCommand {
 
     func run() async throws {
         MemoryTuning.keepFreedMemoryForReuse()
-        let environment = ProcessInfo.processInfo.environment
         ServiceMain.bootstrapLogging(level: logLevel)
         let logger = Logger(label: "cdp-identity")
         let directory = try ServiceMain.dataDirectory(dataDir, service: "identity")
@@ -204,12 +204,12 @@ struct IdentityCommand: AsyncParsableCommand {
                 "duration": "\(clock.now - loadStart)",
             ]
         )
-        // An empty token (a variable set to nothing, as compose files do) means no authentication.
-        let token = (authToken ?? environment["CDP_TOKEN"]).flatMap { $0.isEmpty ? nil : $0 }
+        // An empty token (a variable set to nothing, as compose files pass it) means no authentication.
+        let token = (authToken ?? ServiceMain.variable("CDP_TOKEN")).flatMap { $0.isEmpty ? nil : $0 }
 
         var relay: OutboxRelay<UpdateChunk>?
         var profileTransport: HTTP2ClientTransport?
-        if let address = (profile ?? environment["CDP_PROFILE_ADDR"]).flatMap(HostPort.init) {
+        if let address = (profile ?? ServiceMain.variable("CDP_PROFILE_ADDR")).flatMap(HostPort.init) {
             let transport = HTTP2ClientTransport(configuration: .init(host: address.host, port: address.port))
             profileTransport = transport
             var metadata = Metadata()

@@ -54,7 +54,8 @@ struct IngestionCommand: AsyncParsableCommand {
 
     @Option(
         name: .customLong("auth-token"),
-        help: "A bearer token callers must send, also sent to identity (default: $CDP_TOKEN; none: no authentication)."
+        help:
+            "A bearer token callers must send, also sent to identity (default: $CDP_TOKEN; none or empty: no authentication)."
     )
     var authToken: String?
 
@@ -79,7 +80,7 @@ struct IngestionCommand: AsyncParsableCommand {
                 "--log-level (or $CDP_LOG_LEVEL) must be one of trace, debug, info, notice, warning, error, critical."
             )
         }
-        if let address = identity ?? ProcessInfo.processInfo.environment["CDP_IDENTITY_ADDR"] {
+        if let address = identity ?? ServiceMain.variable("CDP_IDENTITY_ADDR") {
             guard HostPort(address) != nil else {
                 throw ValidationError("--identity must be HOST:PORT, e.g. 127.0.0.1:7401 (got \"\(address)\").")
             }
@@ -88,7 +89,6 @@ struct IngestionCommand: AsyncParsableCommand {
 
     func run() async throws {
         MemoryTuning.keepFreedMemoryForReuse()
-        let environment = ProcessInfo.processInfo.environment
         ServiceMain.bootstrapLogging(level: logLevel)
         let logger = Logger(label: "cdp-ingestion")
         let directory = try ServiceMain.dataDirectory(dataDir, service: "ingestion")
@@ -98,13 +98,13 @@ struct IngestionCommand: AsyncParsableCommand {
         } catch {
             throw ServiceMain.databaseError(directory, error)
         }
-        // An empty token (a variable set to nothing, as compose files do) means no authentication.
-        let token = (authToken ?? environment["CDP_TOKEN"]).flatMap { $0.isEmpty ? nil : $0 }
+        // An empty token (a variable set to nothing, as compose files pass it) means no authentication.
+        let token = (authToken ?? ServiceMain.variable("CDP_TOKEN")).flatMap { $0.isEmpty ? nil : $0 }
 
         var services: [any Service] = []
         var relay: OutboxRelay<OutboxChunk>?
         var identityTransport: HTTP2ClientTransport?
-        if let address = (identity ?? environment["CDP_IDENTITY_ADDR"]).flatMap(HostPort.init) {
+        if let address = (identity ?? ServiceMain.variable("CDP_IDENTITY_ADDR")).flatMap(HostPort.init) {
             let transport = HTTP2ClientTransport(configuration: .init(host: address.host, port: address.port))
             identityTransport = transport
             var metadata = Metadata()

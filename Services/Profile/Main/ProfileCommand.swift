@@ -66,7 +66,8 @@ struct ProfileCommand: AsyncParsableCommand {
 
     @Option(
         name: .customLong("auth-token"),
-        help: "A bearer token callers must send, also sent to identity and segmentation (default: $CDP_TOKEN)."
+        help:
+            "A bearer token callers must send, also sent to identity and segmentation (default: $CDP_TOKEN; none or empty: no authentication)."
     )
     var authToken: String?
 
@@ -88,10 +89,9 @@ struct ProfileCommand: AsyncParsableCommand {
                 "--log-level (or $CDP_LOG_LEVEL) must be one of trace, debug, info, notice, warning, error, critical."
             )
         }
-        let environment = ProcessInfo.processInfo.environment
         for (flag, value) in [
-            ("--identity", identity ?? environment["CDP_IDENTITY_ADDR"]),
-            ("--segmentation", segmentation ?? environment["CDP_SEGMENTATION_ADDR"]),
+            ("--identity", identity ?? ServiceMain.variable("CDP_IDENTITY_ADDR")),
+            ("--segmentation", segmentation ?? ServiceMain.variable("CDP_SEGMENTATION_ADDR")),
         ] {
             if let value, HostPort(value) == nil {
                 throw ValidationError("\(flag) must be HOST:PORT, e.g. 127.0.0.1:7401 (got \"\(value)\").")
@@ -122,7 +122,6 @@ struct ProfileCommand: AsyncParsableCommand {
 
     func run() async throws {
         MemoryTuning.keepFreedMemoryForReuse()
-        let environment = ProcessInfo.processInfo.environment
         ServiceMain.bootstrapLogging(level: logLevel)
         let logger = Logger(label: "cdp-profile")
         let directory = try ServiceMain.dataDirectory(dataDir, service: "profile")
@@ -137,14 +136,14 @@ struct ProfileCommand: AsyncParsableCommand {
         }
         let engineThread = MultiThreadedEventLoopGroup(numberOfThreads: 1)
         let engine = ProfileEngine(store: store, loop: engineThread.next())
-        // An empty token (a variable set to nothing, as compose files do) means no authentication.
-        let token = (authToken ?? environment["CDP_TOKEN"]).flatMap { $0.isEmpty ? nil : $0 }
+        // An empty token (a variable set to nothing, as compose files pass it) means no authentication.
+        let token = (authToken ?? ServiceMain.variable("CDP_TOKEN")).flatMap { $0.isEmpty ? nil : $0 }
         var metadata = Metadata()
         if let token { metadata.add("authorization", "Bearer \(token)") }
 
         var transports: [HTTP2ClientTransport] = []
         var removeIdentity: ProfileService.RemoveIdentity?
-        if let address = (identity ?? environment["CDP_IDENTITY_ADDR"]).flatMap(HostPort.init) {
+        if let address = (identity ?? ServiceMain.variable("CDP_IDENTITY_ADDR")).flatMap(HostPort.init) {
             let transport = HTTP2ClientTransport(configuration: .init(host: address.host, port: address.port))
             transports.append(transport)
             let client = Cdp_Identity_V1_Identity.Client(RPCClient(transport: transport, defaultMetadata: metadata))
@@ -158,7 +157,7 @@ struct ProfileCommand: AsyncParsableCommand {
             logger.notice("no identity service configured (--identity): DeletePerson is refused")
         }
         var relay: OutboxRelay<ViewChunk>?
-        if let address = (segmentation ?? environment["CDP_SEGMENTATION_ADDR"]).flatMap(HostPort.init) {
+        if let address = (segmentation ?? ServiceMain.variable("CDP_SEGMENTATION_ADDR")).flatMap(HostPort.init) {
             let transport = HTTP2ClientTransport(configuration: .init(host: address.host, port: address.port))
             transports.append(transport)
             let client = RPCClient(transport: transport, defaultMetadata: metadata)

@@ -63,7 +63,8 @@ struct SegmentationCommand: AsyncParsableCommand {
 
     @Option(
         name: .customLong("auth-token"),
-        help: "A bearer token callers must send, also sent to profile and destination (default: $CDP_TOKEN)."
+        help:
+            "A bearer token callers must send, also sent to profile and destination (default: $CDP_TOKEN; none or empty: no authentication)."
     )
     var authToken: String?
 
@@ -88,10 +89,9 @@ struct SegmentationCommand: AsyncParsableCommand {
                 "--log-level (or $CDP_LOG_LEVEL) must be one of trace, debug, info, notice, warning, error, critical."
             )
         }
-        let environment = ProcessInfo.processInfo.environment
         for (flag, value) in [
-            ("--profile", profile ?? environment["CDP_PROFILE_ADDR"]),
-            ("--destination", destination ?? environment["CDP_DESTINATION_ADDR"]),
+            ("--profile", profile ?? ServiceMain.variable("CDP_PROFILE_ADDR")),
+            ("--destination", destination ?? ServiceMain.variable("CDP_DESTINATION_ADDR")),
         ] {
             if let value, HostPort(value) == nil {
                 throw ValidationError("\(flag) must be HOST:PORT, e.g. 127.0.0.1:7402 (got \"\(value)\").")
@@ -101,7 +101,6 @@ struct SegmentationCommand: AsyncParsableCommand {
 
     func run() async throws {
         MemoryTuning.keepFreedMemoryForReuse()
-        let environment = ProcessInfo.processInfo.environment
         ServiceMain.bootstrapLogging(level: logLevel)
         let logger = Logger(label: "cdp-segmentation")
         let directory = try ServiceMain.dataDirectory(dataDir, service: "segmentation")
@@ -118,14 +117,14 @@ struct SegmentationCommand: AsyncParsableCommand {
         } catch {
             throw StartupError("cannot load the segments of \(directory): \(error)")
         }
-        // An empty token (a variable set to nothing, as compose files do) means no authentication.
-        let token = (authToken ?? environment["CDP_TOKEN"]).flatMap { $0.isEmpty ? nil : $0 }
+        // An empty token (a variable set to nothing, as compose files pass it) means no authentication.
+        let token = (authToken ?? ServiceMain.variable("CDP_TOKEN")).flatMap { $0.isEmpty ? nil : $0 }
         var metadata = Metadata()
         if let token { metadata.add("authorization", "Bearer \(token)") }
 
         var transports: [HTTP2ClientTransport] = []
         let source: any ViewSource
-        if let address = (profile ?? environment["CDP_PROFILE_ADDR"]).flatMap(HostPort.init) {
+        if let address = (profile ?? ServiceMain.variable("CDP_PROFILE_ADDR")).flatMap(HostPort.init) {
             let transport = HTTP2ClientTransport(configuration: .init(host: address.host, port: address.port))
             transports.append(transport)
             source = ProfileViewSource(client: RPCClient(transport: transport, defaultMetadata: metadata))
@@ -134,7 +133,7 @@ struct SegmentationCommand: AsyncParsableCommand {
             source = NoViewSource()
         }
         var relay: OutboxRelay<ChangeChunk>?
-        if let address = (destination ?? environment["CDP_DESTINATION_ADDR"]).flatMap(HostPort.init) {
+        if let address = (destination ?? ServiceMain.variable("CDP_DESTINATION_ADDR")).flatMap(HostPort.init) {
             let transport = HTTP2ClientTransport(configuration: .init(host: address.host, port: address.port))
             transports.append(transport)
             let client = RPCClient(transport: transport, defaultMetadata: metadata)
