@@ -394,7 +394,7 @@ let package = Package(
         .executableTarget(
             name: "cdp",
             dependencies: [
-                "CDPClient", "CDPProto", "RPCCore",
+                "CDPClient", "CDPProto", "RPCCore", "RPCServices",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "SwiftProtobuf", package: "swift-protobuf"),
                 .product(name: "UnixSignals", package: "swift-service-lifecycle"),

@@ -1,6 +1,7 @@
 import ArgumentParser
 import CDPClient
 import Foundation
+import RPCServices
 
 /// `cdp status`: each service's health and backlog.
 struct StatusCommand: AsyncParsableCommand {
@@ -109,10 +110,16 @@ struct HealthCommand: AsyncParsableCommand {
         }
         var options = client
         if let addr { options.setAddress(addr, of: name) }
-        let answer = try await options.withClients { clients in
-            try await clients.calling(name) {
-                try await clients.health(name).check(.init(), options: options.callOptions)
+        let answer: Grpc_Health_V1_HealthCheckResponse
+        do {
+            answer = try await options.withClients { clients in
+                try await clients.calling(name) {
+                    try await clients.health(name).check(.init(), options: options.callOptions)
+                }
             }
+        } catch let error as ServiceCallError where addr != nil {
+            // A probe of one address: name the address, not how `cdp` finds the five services.
+            throw CLIError("\(addr!) does not answer its health check: \(error.reason)")
         }
         if client.json {
             struct Document: Encodable {

@@ -89,6 +89,9 @@ public struct ServiceCallError: Error, CustomStringConvertible {
     /// Whether the service could not be reached at all (nothing listening, connection lost).
     public var isUnreachable: Bool { code == .unavailable }
 
+    /// Why the call failed, without naming the service (e.g. `connection refused`).
+    public var reason: String { code == .unavailable ? Self.plainReason(message) : "\(code): \(message)" }
+
     public var description: String {
         if code == .unavailable {
             return "cannot reach \(service) at \(endpoint.address) (from \(endpoint.origin)): "
