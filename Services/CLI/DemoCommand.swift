@@ -311,7 +311,7 @@ struct Story {
         }
         let silos = wonBySource.sorted { $0.key < $1.key }.map { "\($0.key) alone knows \(Format.number($0.value))" }
         say(
-            "  won across all its accounts: \(Format.number(account.totals.wonAmount)) "
+            "  won across all its accounts: \(Format.number(account.totals.wonAmount))"
                 + "; \(silos.joined(separator: ", ")): only the unified account passes $1M"
         )
 
