@@ -6,8 +6,8 @@
 # standard library linked in, so that at run time they need only libnghttp2, libsqlite3, libstdc++, libgcc_s,
 # libm, zlib and libc from plain Debian 12:
 #
-#   Examples/build-release.sh   # swift build -c release --static-swift-stdlib --product P, for each P of
-#                               # cdp-ingestion cdp-identity cdp-profile cdp-segmentation cdp-destination cdp
+#   Examples/build-release.sh   # swift build -c release --static-swift-stdlib --scratch-path .build-static --product P,
+#                               # for each P of cdp-ingestion cdp-identity cdp-profile cdp-segmentation cdp-destination cdp
 #
 # then the image is built from a small context holding only what is copied below (the same paths as in
 # the repository). Examples/compose-demo.sh stages one in .build/containers/context (the binaries with
@@ -41,8 +41,8 @@ RUN apt-get update \
     && install -d -o cdp -g cdp -m 0750 /var/lib/cdp \
     && install -d -o cdp -g cdp -m 0755 /exports
 
-COPY .build/release/cdp-ingestion .build/release/cdp-identity .build/release/cdp-profile \
-     .build/release/cdp-segmentation .build/release/cdp-destination .build/release/cdp /usr/local/bin/
+COPY .build-static/release/cdp-ingestion .build-static/release/cdp-identity .build-static/release/cdp-profile \
+     .build-static/release/cdp-segmentation .build-static/release/cdp-destination .build-static/release/cdp /usr/local/bin/
 COPY Examples/bodea/ /usr/share/cdp/examples/bodea/
 
 ENV CDP_HOST=0.0.0.0 CDP_DATA_DIR=/var/lib/cdp

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Container demo: runs the five services in containers with compose.yaml and the Bodea story against them.
 #   a. builds the release binaries with the Swift standard library linked in (Examples/build-release.sh:
-#      swift build -c release --static-swift-stdlib --product cdp-ingestion, cdp-identity, cdp-profile,
-#      cdp-segmentation, cdp-destination, cdp), so that they run on plain Debian 12;
+#      swift build -c release --static-swift-stdlib --scratch-path .build-static --product cdp-ingestion,
+#      cdp-identity, cdp-profile, cdp-segmentation, cdp-destination, cdp; into .build-static/release), so that they run on plain Debian 12;
 #   b. makes the base image docker.io/library/debian:bookworm-slim if podman has none: debootstrap
 #      --variant=minbase bookworm, trimmed like the official slim image, imported with `podman import`;
 #      the root filesystem tarball is kept in .build/containers/ so that the next run only imports it;
@@ -22,11 +22,11 @@
 # `.ci/setup-containers` installs them on Debian 12.
 #
 # Usage: Examples/compose-demo.sh [--no-build] [--keep] [--no-demo]
-#   --no-build   use the binaries already in .build/release (skip step a; CI builds them before)
+#   --no-build   use the binaries already in .build-static/release (skip step a; CI builds them before)
 #   --keep       leave the containers running at the end (and after a failure); stop them with
 #                `podman-compose -p cdp -f compose.yaml down -v -t 15`
 #   --no-demo    stop after step e (image and containers only; skip f)
-# Env: CDP_IMAGE=localhost/cdp:dev (the image built and run), CDP_CLI_BIN=.build/release/cdp (the `cdp`
+# Env: CDP_IMAGE=localhost/cdp:dev (the image built and run), CDP_CLI_BIN=.build-static/release/cdp (the `cdp`
 #      copied into the image and run on the host), CDP_EXPORTS_DIR=.build/containers/exports,
 #      CDP_DEBIAN_MIRROR (for debootstrap; default: the first Debian archive this machine's apt sources
 #      name), CDP_HEALTH_TIMEOUT=120 (seconds).
@@ -58,7 +58,7 @@ WORK="$REPO_ROOT/.build/containers"
 ROOTFS_TAR="$WORK/debian-bookworm-slim-rootfs.tar"
 export CDP_IMAGE="${CDP_IMAGE:-localhost/cdp:dev}"
 export CDP_EXPORTS_DIR="${CDP_EXPORTS_DIR:-$WORK/exports}"
-CDP_CLI_BIN="${CDP_CLI_BIN:-.build/release/cdp}"
+CDP_CLI_BIN="${CDP_CLI_BIN:-.build-static/release/cdp}"
 # The Debian archive this machine's apt uses (deb822 `URIs:` or one-line `deb URI suite`), so that the base
 # image is made from the same mirror.
 host_mirror() {
@@ -208,7 +208,7 @@ fi
 begin image
 binaries=()
 for product in "${PRODUCTS[@]}"; do
-  binary=".build/release/$product"
+  binary=".build-static/release/$product"
   [[ "$product" == cdp ]] && binary="$CDP_CLI_BIN"
   [[ -x "$binary" ]] || fail "$binary is missing: build it (without --no-build this script does)"
   if ldd "$binary" 2>/dev/null | grep -q 'libswift'; then
@@ -218,9 +218,9 @@ for product in "${PRODUCTS[@]}"; do
 done
 context="$WORK/context"
 rm -rf "$context"
-mkdir -p "$context/.build/release" "$context/Examples"
+mkdir -p "$context/.build-static/release" "$context/Examples"
 for binary in "${binaries[@]}"; do
-  staged="$context/.build/release/$(basename "$binary")"
+  staged="$context/.build-static/release/$(basename "$binary")"
   strip --strip-debug -o "$staged" "$binary" 2>/dev/null || cp "$binary" "$staged"
 done
 cp -r Examples/bodea "$context/Examples/bodea"

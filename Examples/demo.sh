@@ -9,8 +9,8 @@
 # stopped. Exit status 1 if anything differs from the story.
 #
 # Usage: Examples/demo.sh [--no-build] [cdp demo options…]
-#   --no-build   use the binaries already in .build/release
-#   other options go to `cdp demo` (see `.build/release/cdp demo --help`), e.g. --data-dir DIR, --out DIR
+#   --no-build   use the binaries already in .build-static/release
+#   other options go to `cdp demo` (see `.build-static/release/cdp demo --help`), e.g. --data-dir DIR, --out DIR
 set -euo pipefail
 
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -29,4 +29,4 @@ done
 if (( BUILD )); then
   Examples/build-release.sh
 fi
-exec .build/release/cdp demo --bin-dir .build/release --examples Examples/bodea ${PASS[@]+"${PASS[@]}"}
+exec .build-static/release/cdp demo --bin-dir .build-static/release --examples Examples/bodea ${PASS[@]+"${PASS[@]}"}

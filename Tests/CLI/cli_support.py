@@ -3,7 +3,7 @@
 The test drives the platform through the `cdp` executable only (no gRPC from Python):
 
 * ``BIN_DIR`` / ``CDP``: the binaries, ``.build/debug`` unless ``CDP_BIN_DIR`` names another directory
-  (e.g. ``.build/release``); ``cdp up`` finds the five services there (``--bin-dir``);
+  (e.g. ``.build-static/release``); ``cdp up`` finds the five services there (``--bin-dir``);
 * ``free_port_base``: the first of five consecutive ports that are free right now (the services listen on
   N..N+4 in the order ingestion, identity, profile, segmentation, destination);
 * ``run_cdp`` / ``cdp_json``: one `cdp …` command with ``CDP_PORT_BASE`` set and every other ``CDP_…``

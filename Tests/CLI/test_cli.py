@@ -11,7 +11,7 @@
 3. SIGTERM to ``cdp up``: exit status 0 within 20 s, none of its services left;
 4. ``cdp demo`` as a whole on its own ports and data directory.
 
-The binaries are .build/debug's unless CDP_BIN_DIR names another directory (e.g. .build/release).
+The binaries are .build/debug's unless CDP_BIN_DIR names another directory (e.g. .build-static/release).
 """
 
 from __future__ import annotations
