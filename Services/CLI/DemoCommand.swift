@@ -294,11 +294,9 @@ struct Story {
         say("  done: \(records) records")
 
         say("\n== Townsend, unified: Account 1 of Marketo 1 and Account 2 of Marketo 2 are one company (MDM)")
+        let townsend = try Arguments.identity(DemoCommand.townsend)
         let account = try await clients.calling(.profile) {
-            try await clients.profile.getAccount(
-                .with { $0.identity = try! Arguments.identity(DemoCommand.townsend) },
-                options: call
-            )
+            try await clients.profile.getAccount(.with { $0.identity = townsend }, options: call)
         }
         say("  fragments: \(account.account.fragmentKeys.joined(separator: ", "))")
         for opportunity in account.opportunities { say("  opportunity: \(Describe.opportunity(opportunity.record))") }

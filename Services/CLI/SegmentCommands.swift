@@ -332,8 +332,7 @@ struct SegmentCommand: AsyncParsableCommand {
             )
         }
 
-        /// A person's emails: the unified record's email first, then those of its fragments' keys are not
-        /// known here, so the unified email alone (an account has none).
+        /// A person's emails: the unified record's email (the member record carries one; an account has none).
         static func emails(of member: Cdp_Segmentation_V1_Member) -> [String] {
             guard member.entityType != .account else { return [] }
             let email = member.record.record.person.email

@@ -72,16 +72,18 @@ struct UpCommand: AsyncParsableCommand {
         try announce(running)
 
         // Either a signal arrives (a clean stop) or a service exits on its own (a failure).
-        let outcome = await withTaskGroup(of: String?.self) { group in
+        enum Outcome: Sendable {
+            case signal(String)
+            case exited(ServiceName, status: Int32)
+        }
+        let outcome = await withTaskGroup(of: Outcome?.self) { group in
             group.addTask {
-                for await signal in signals { return "received \(signal)" }
+                for await signal in signals { return .signal("\(signal)") }
                 return nil
             }
             group.addTask {
                 while !Task.isCancelled {
-                    if let (service, status) = services.exited() {
-                        return "\(service.executable) exited on its own with status \(status)"
-                    }
+                    if let (service, status) = services.exited() { return .exited(service, status: status) }
                     try? await Task.sleep(for: .milliseconds(200))
                 }
                 return nil
@@ -90,11 +92,18 @@ struct UpCommand: AsyncParsableCommand {
             group.cancelAll()
             return first
         }
-        let failed = outcome?.hasPrefix("received") == false
-        if failed, let outcome, let service = ServiceName.allCases.first(where: { outcome.hasPrefix($0.executable) }) {
-            Output.error(outcome + "; stopping the others\n" + services.logTail(of: service))
-        } else if let outcome {
-            Output.note("cdp up: \(outcome), stopping the services")
+        var failed = false
+        switch outcome {
+        case .exited(let service, let status):
+            failed = true
+            Output.error(
+                "\(service.executable) exited on its own with status \(status); stopping the others\n"
+                    + services.logTail(of: service)
+            )
+        case .signal(let signal):
+            Output.note("cdp up: received \(signal), stopping the services")
+        case nil:
+            break
         }
         let statuses = await services.stop()
         let unclean = statuses.filter { $0.value != 0 }.sorted { $0.key < $1.key }

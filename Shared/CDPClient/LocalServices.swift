@@ -178,7 +178,16 @@ public final class LocalServices: Sendable {
             endpoints: configuration.endpoints,
             token: ProcessInfo.processInfo.environment["CDP_TOKEN"]
         )
-        defer { Task { await clients.close() } }
+        do {
+            try await waitUntilHealthy(clients: clients, timeout: timeout)
+            await clients.close()
+        } catch {
+            await clients.close()
+            throw error
+        }
+    }
+
+    private func waitUntilHealthy(clients: ServiceClients, timeout: Duration) async throws {
         let deadline = ContinuousClock.now + timeout
         var waiting = Set(ServiceName.allCases)
         while !waiting.isEmpty {
