@@ -56,6 +56,11 @@ def peak_rss_mb(pid: int) -> float:
     return 0.0
 
 
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--records", type=int, default=200_000, help="records in all (default 200,000)")
@@ -106,6 +111,7 @@ def main() -> int:
         print(f"{'all':<18} {sum(r[1] for r in rows):>9,} {accepted:>9,} {sum(r[3] for r in rows):>7.1f} "
               f"{total:>8.2f} {accepted / total:>10,.0f}")
         print("\npeak RSS: " + ", ".join(f"{name} {peak_rss_mb(pid):.0f} MB" for name, pid in pids.items()))
+        print("CPU seconds: " + ", ".join(f"{name} {cpu_seconds(pid):.1f}" for name, pid in pids.items()))
         status = 0
     except Exception as error:  # noqa: BLE001 — report and stop the services
         print(f"cli-ingest-benchmark: {error}", file=sys.stderr)

@@ -47,6 +47,11 @@ public actor ProfileEngine {
         try store.accountView(cluster: cluster)
     }
 
+    /// Views of several persons and accounts from one snapshot (see ``ProfileStore/views(of:asOf:)``).
+    public func views(of keys: [ViewKey], asOf: Date) throws -> [ProfileView?] {
+        try store.views(of: keys, asOf: asOf)
+    }
+
     /// One page of a partition's clusters.
     public func clusters(
         of entity: Cdp_Model_V1_EntityType,
@@ -75,19 +80,18 @@ public actor ProfileEngine {
     public func nextViewChunk(limit: Int, asOf: Date = Date()) throws -> ViewChunk? {
         let changed = try store.nextChangedViews(limit: limit)
         guard !changed.isEmpty else { return nil }
-        var changes: [Cdp_Segmentation_V1_ViewChange] = []
-        for view in changed {
+        let built = try store.views(of: changed.map { ViewKey(entity: $0.entity, cluster: $0.cluster) }, asOf: asOf)
+        let changes = zip(changed, built).map { view, built in
             var change = Cdp_Segmentation_V1_ViewChange()
             change.version = view.version
-            if view.entity == .person, let person = try store.personView(cluster: view.cluster, asOf: asOf) {
-                change.person = person
-            } else if view.entity == .account, let account = try store.accountView(cluster: view.cluster) {
-                change.account = account
-            } else {
+            switch built {
+            case .person(let person)?: change.person = person
+            case .account(let account)?: change.account = account
+            case nil:
                 change.removed.entityType = view.entity
                 change.removed.clusterID = view.cluster
             }
-            changes.append(change)
+            return change
         }
         return ViewChunk(views: changed, changes: changes)
     }

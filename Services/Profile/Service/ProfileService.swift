@@ -85,10 +85,8 @@ public final class ProfileService: Cdp_Profile_V1_Profile.ServiceProtocol {
         context: ServerContext
     ) async throws {
         let asOf = request.hasAsOf ? request.asOf.date : Date()
-        try await scan(.person, request) { cluster in
-            if let view = try await self.engine.personView(cluster: cluster, asOf: asOf) {
-                try await responses.write(view)
-            }
+        try await scan(.person, request, asOf: asOf) { view in
+            if case .person(let person) = view { try await responses.write(person) }
         }
     }
 
@@ -97,15 +95,18 @@ public final class ProfileService: Cdp_Profile_V1_Profile.ServiceProtocol {
         responses: RPCWriter<Cdp_Profile_V1_AccountView>,
         context: ServerContext
     ) async throws {
-        try await scan(.account, request) { cluster in
-            if let view = try await self.engine.accountView(cluster: cluster) { try await responses.write(view) }
+        try await scan(.account, request, asOf: Date()) { view in
+            if case .account(let account) = view { try await responses.write(account) }
         }
     }
 
+    /// Every view of a partition, built a page at a time from one snapshot per page (persons of one
+    /// account share its unified records), written one by one.
     private func scan(
         _ entity: Cdp_Model_V1_EntityType,
         _ request: Cdp_Profile_V1_ScanRequest,
-        each: (UInt64) async throws -> Void
+        asOf: Date,
+        each: (ProfileView) async throws -> Void
     ) async throws {
         let partitions = Int(max(request.partitions, 1))
         guard Int(request.partition) < partitions else {
@@ -123,10 +124,11 @@ public final class ProfileService: Cdp_Profile_V1_Profile.ServiceProtocol {
                 partition: Int(request.partition),
                 partitions: partitions,
                 after: after,
-                limit: 500
+                limit: 200
             )
             guard let last = page.last else { return }
-            for cluster in page { try await each(cluster) }
+            let views = try await engine.views(of: page.map { ViewKey(entity: entity, cluster: $0) }, asOf: asOf)
+            for case let view? in views { try await each(view) }
             after = last
         }
     }

@@ -19,6 +19,10 @@ public protocol ProfileStore: Sendable {
     func personView(cluster: UInt64, asOf: Date) throws -> Cdp_Profile_V1_PersonView?
     /// The account view of `cluster`; nil if no fragment belongs to it.
     func accountView(cluster: UInt64) throws -> Cdp_Profile_V1_AccountView?
+    /// The views of several persons and accounts, from one snapshot and in the order asked, nil where
+    /// no fragment belongs to the cluster. Work the views share (an account's unified record and its
+    /// opportunities, which every person of the account shows) is done once per call.
+    func views(of keys: [ViewKey], asOf: Date) throws -> [ProfileView?]
     /// Clusters of `entity` with a fragment, in one partition (cluster modulo `partitions`), greater than
     /// `after`, ascending, at most `limit`.
     func clusters(
@@ -71,6 +75,26 @@ public struct FragmentKey: Sendable, Hashable {
         self.entity = entity
         self.key = key
     }
+}
+
+/// A person or an account, by cluster.
+public struct ViewKey: Sendable, Hashable {
+    /// `.person` or `.account`.
+    public var entity: Cdp_Model_V1_EntityType
+    /// The cluster identity gave it.
+    public var cluster: UInt64
+
+    /// Creates a key.
+    public init(entity: Cdp_Model_V1_EntityType, cluster: UInt64) {
+        self.entity = entity
+        self.cluster = cluster
+    }
+}
+
+/// A built person or account view.
+public enum ProfileView: Sendable {
+    case person(Cdp_Profile_V1_PersonView)
+    case account(Cdp_Profile_V1_AccountView)
 }
 
 /// A person or account whose view changed.

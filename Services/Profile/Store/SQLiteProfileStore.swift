@@ -466,6 +466,14 @@ public final class SQLiteProfileStore: ProfileStore {
         )
     }
 
+    /// The opportunities of an account, looked up in `memo` first.
+    private func opportunities(ofAccount cluster: UInt64, _ db: Database, _ memo: ViewMemo) throws -> [UInt64] {
+        if let known = memo.accountOpportunities[cluster] { return known }
+        let found = try opportunities(ofAccount: cluster, db)
+        memo.accountOpportunities[cluster] = found
+        return found
+    }
+
     /// The opportunities of an account.
     private func opportunities(ofAccount cluster: UInt64, _ db: Database) throws -> [UInt64] {
         try UInt64s(
@@ -529,14 +537,17 @@ public final class SQLiteProfileStore: ProfileStore {
 
     // MARK: - Views
 
-    /// The unified record of a cluster; nil if it has no live fragment.
+    /// The unified record of a cluster; nil if it has no live fragment. Looked up in `memo` first.
     private func unified(
         _ entity: Cdp_Model_V1_EntityType,
         _ cluster: UInt64,
-        _ db: Database
+        _ db: Database,
+        _ memo: ViewMemo
     ) throws
         -> Cdp_Profile_V1_UnifiedRecord?
     {
+        let key = ViewKey(entity: entity, cluster: cluster)
+        if let known = memo.unified[key] { return known }
         let rows = try Row.fetchAll(
             try db.cachedStatement(
                 sql: """
@@ -549,11 +560,15 @@ public final class SQLiteProfileStore: ProfileStore {
         let fragments = rows.map { row in
             Fragment(key: row[0], source: row[1], lastUpdated: row[2], ingestedAt: row[3], record: row[4])
         }
-        guard let record = try Unifier.unify(fragments, policy: configuration.policy(entity)) else { return nil }
-        var unified = Cdp_Profile_V1_UnifiedRecord()
-        unified.clusterID = cluster
-        unified.record = record
-        unified.fragmentKeys = fragments.map(\.key).sorted()
+        var unified: Cdp_Profile_V1_UnifiedRecord?
+        if let record = try Unifier.unify(fragments, policy: configuration.policy(entity)) {
+            var built = Cdp_Profile_V1_UnifiedRecord()
+            built.clusterID = cluster
+            built.record = record
+            built.fragmentKeys = fragments.map(\.key).sorted()
+            unified = built
+        }
+        memo.unified[key] = .some(unified)
         return unified
     }
 
@@ -579,20 +594,44 @@ public final class SQLiteProfileStore: ProfileStore {
     }
 
     public func personView(cluster: UInt64, asOf: Date) throws -> Cdp_Profile_V1_PersonView? {
-        try writer.read { db in try personView(cluster, asOf: asOf, db) }
+        try writer.read { db in try personView(cluster, asOf: asOf, db, ViewMemo()) }
     }
 
-    private func personView(_ cluster: UInt64, asOf: Date, _ db: Database) throws -> Cdp_Profile_V1_PersonView? {
-        guard let person = try unified(.person, cluster, db) else { return nil }
+    public func accountView(cluster: UInt64) throws -> Cdp_Profile_V1_AccountView? {
+        try writer.read { db in try accountView(cluster, db, ViewMemo()) }
+    }
+
+    public func views(of keys: [ViewKey], asOf: Date) throws -> [ProfileView?] {
+        try writer.read { db in
+            let memo = ViewMemo()
+            return try keys.map { key in
+                switch key.entity {
+                case .person: try personView(key.cluster, asOf: asOf, db, memo).map(ProfileView.person)
+                case .account: try accountView(key.cluster, db, memo).map(ProfileView.account)
+                default: nil
+                }
+            }
+        }
+    }
+
+    private func personView(
+        _ cluster: UInt64,
+        asOf: Date,
+        _ db: Database,
+        _ memo: ViewMemo
+    ) throws -> Cdp_Profile_V1_PersonView? {
+        guard let person = try unified(.person, cluster, db, memo) else { return nil }
         var view = Cdp_Profile_V1_PersonView()
         view.person = person
         view.asOf = Google_Protobuf_Timestamp(date: asOf)
         let accountClusters = try accounts(ofPerson: cluster, db)
-        view.accounts = try accountClusters.compactMap { try unified(.account, $0, db) }
+        view.accounts = try accountClusters.compactMap { try unified(.account, $0, db, memo) }
         let roles = try memberships(ofPerson: cluster, relation: .opportunityPersonRelation, role: Role.opportunity, db)
         var opportunityClusters = Set(roles.map(\.target))
-        for account in accountClusters { opportunityClusters.formUnion(try opportunities(ofAccount: account, db)) }
-        view.opportunities = try opportunityClusters.sorted().compactMap { try opportunity($0, db) }
+        for account in accountClusters {
+            opportunityClusters.formUnion(try opportunities(ofAccount: account, db, memo))
+        }
+        view.opportunities = try opportunityClusters.sorted().compactMap { try opportunity($0, db, memo) }
         view.opportunityRoles = roles.map { target, record in
             var role = Cdp_Profile_V1_OpportunityRole()
             role.opportunityClusterID = target
@@ -603,7 +642,7 @@ public final class SQLiteProfileStore: ProfileStore {
         }
         view.campaigns = try memberships(ofPerson: cluster, relation: .campaignMember, role: Role.campaign, db)
             .compactMap { target, record in
-                guard let campaign = try unified(.campaign, target, db) else { return nil }
+                guard let campaign = try unified(.campaign, target, db, memo) else { return nil }
                 var membership = Cdp_Profile_V1_CampaignMembership()
                 membership.campaign = campaign
                 let member = record.campaignMember
@@ -613,7 +652,7 @@ public final class SQLiteProfileStore: ProfileStore {
             }
         view.lists = try memberships(ofPerson: cluster, relation: .marketingListMember, role: Role.list, db)
             .compactMap { target, _ in
-                guard let list = try unified(.marketingList, target, db) else { return nil }
+                guard let list = try unified(.marketingList, target, db, memo) else { return nil }
                 var membership = Cdp_Profile_V1_ListMembership()
                 membership.list = list
                 return membership
@@ -624,33 +663,40 @@ public final class SQLiteProfileStore: ProfileStore {
     }
 
     /// An opportunity of a view, with the accounts it belongs to.
-    private func opportunity(_ cluster: UInt64, _ db: Database) throws -> Cdp_Profile_V1_UnifiedRecord? {
-        guard var opportunity = try unified(.opportunity, cluster, db) else { return nil }
-        opportunity.accountClusterIds = try accounts(ofOpportunity: cluster, db)
+    private func opportunity(
+        _ cluster: UInt64,
+        _ db: Database,
+        _ memo: ViewMemo
+    ) throws -> Cdp_Profile_V1_UnifiedRecord? {
+        if let known = memo.opportunities[cluster] { return known }
+        var opportunity = try unified(.opportunity, cluster, db, memo)
+        if opportunity != nil { opportunity?.accountClusterIds = try accounts(ofOpportunity: cluster, db) }
+        memo.opportunities[cluster] = .some(opportunity)
         return opportunity
     }
 
-    public func accountView(cluster: UInt64) throws -> Cdp_Profile_V1_AccountView? {
-        try writer.read { db in
-            guard let account = try unified(.account, cluster, db) else { return nil }
-            var view = Cdp_Profile_V1_AccountView()
-            view.account = account
-            view.opportunities = try opportunities(ofAccount: cluster, db).compactMap { try opportunity($0, db) }
-            view.persons = try persons(ofAccount: cluster, db).compactMap { try unified(.person, $0, db) }
-            var totals = Cdp_Profile_V1_AccountTotals()
-            totals.opportunities = UInt32(view.opportunities.count)
-            for opportunity in view.opportunities.map(\.record.opportunity) {
-                if opportunity.isClosed && opportunity.isWon {
-                    totals.wonOpportunities += 1
-                    totals.wonAmount += opportunity.amount
-                } else if !opportunity.isClosed {
-                    totals.openAmount += opportunity.amount
-                }
-            }
-            totals.persons = UInt32(view.persons.count)
-            view.totals = totals
-            return view
+    private func accountView(_ cluster: UInt64, _ db: Database, _ memo: ViewMemo) throws -> Cdp_Profile_V1_AccountView?
+    {
+        guard let account = try unified(.account, cluster, db, memo) else { return nil }
+        var view = Cdp_Profile_V1_AccountView()
+        view.account = account
+        view.opportunities = try opportunities(ofAccount: cluster, db, memo).compactMap {
+            try opportunity($0, db, memo)
         }
+        view.persons = try persons(ofAccount: cluster, db).compactMap { try unified(.person, $0, db, memo) }
+        var totals = Cdp_Profile_V1_AccountTotals()
+        totals.opportunities = UInt32(view.opportunities.count)
+        for opportunity in view.opportunities.map(\.record.opportunity) {
+            if opportunity.isClosed && opportunity.isWon {
+                totals.wonOpportunities += 1
+                totals.wonAmount += opportunity.amount
+            } else if !opportunity.isClosed {
+                totals.openAmount += opportunity.amount
+            }
+        }
+        totals.persons = UInt32(view.persons.count)
+        view.totals = totals
+        return view
     }
 
     public func clusters(
@@ -853,6 +899,14 @@ public final class SQLiteProfileStore: ProfileStore {
     static func milliseconds(_ date: Date) -> Int64 { Int64((date.timeIntervalSince1970 * 1000).rounded()) }
 
     static func date(_ milliseconds: Int64) -> Date { Date(timeIntervalSince1970: Double(milliseconds) / 1000) }
+}
+
+/// What the views built from one snapshot share: unified records (an account's, its opportunities'),
+/// an account's opportunity clusters. Only valid inside the read transaction that filled it.
+final class ViewMemo {
+    var unified: [ViewKey: Cdp_Profile_V1_UnifiedRecord?] = [:]
+    var opportunities: [UInt64: Cdp_Profile_V1_UnifiedRecord?] = [:]
+    var accountOpportunities: [UInt64: [UInt64]] = [:]
 }
 
 /// Marks persons and accounts whose views changed, within one write transaction.
