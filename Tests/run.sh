@@ -4,7 +4,7 @@
 # directions, the socket robustness tests against the real server binary, generic
 # reflection / health clients (no .proto files) against it, and the Python tests of the
 # ingestion, identity, profile, segmentation and destination services' processes (crashes, restarts, the
-# pipeline between them).
+# pipeline between them), and the end-to-end crash test on generated data.
 #
 # Usage: Tests/run.sh            (run from anywhere)
 # Each stage prints its own summary; the script stops at the first failing stage.
@@ -67,5 +67,9 @@ Tests/python-env.sh
 stage "cli: cdp up, the Bodea demo flow through the cdp CLI, cdp demo, CLI errors (Python, against the five services)"
 Tests/python-env.sh
 .venv/bin/python -m pytest Tests/CLI -q -p no:cacheprovider
+
+stage "end to end: generated B2B data (Benchmarks/b2b_generator.py) through the five services, once clean and once with eight SIGKILLs and restarts; nothing lost or duplicated, clusters equal the ground truth, views and memberships equal the clean run's (Python)"
+Tests/python-env.sh
+.venv/bin/python -m pytest Tests/EndToEnd -q -p no:cacheprovider
 
 stage "all test stages passed"
