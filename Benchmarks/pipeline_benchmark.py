@@ -12,8 +12,8 @@ stream of events at fixed rates.
 4. Waits until every outbox is empty: every view built and taken by segmentation. Then evaluates the
    twenty segments in one job as of the dataset's end and counts their members.
 5. Streaming: a streaming segment (a visit to a probe page within a day) activated to a webhook (a local
-   receiver). Events for distinct persons, one per ``StreamRecords`` request, at each ``--rates`` step
-   for ``--stream-seconds``; per event, the latency from its acknowledgement to the membership
+   receiver). One event for each of many distinct persons, at each ``--rates`` step for
+   ``--stream-seconds``: a ``StreamRecords`` request every ``--stream-tick-ms`` with the events due; per event, the latency from its acknowledgement to the membership
    transition (the member's ``since`` in segmentation) and to the webhook's receipt of the add
    (which comes after the delivery was queued, so it bounds that from above).
 
@@ -27,7 +27,6 @@ Usage: .venv/bin/python Benchmarks/pipeline_benchmark.py [--scale 1.0] [--bin-di
 from __future__ import annotations
 
 import argparse
-import csv
 import http.server
 import importlib
 import json
@@ -52,6 +51,7 @@ sys.path.insert(0, str(REPO_ROOT / "Benchmarks"))
 sys.path.insert(0, str(REPO_ROOT / "Tests" / "Ingestion"))
 import b2b_generator  # noqa: E402
 import b2b_segments  # noqa: E402
+import ground_truth  # noqa: E402
 from protos import identity_pb2, identity_pb2_grpc, ingestion_pb2, ingestion_pb2_grpc, model_pb2  # noqa: E402
 
 profile_pb2 = importlib.import_module("cdp.profile.v1.profile_pb2")
@@ -158,15 +158,16 @@ class Platform:
 class Sampler(threading.Thread):
     """Counters, CPU and RSS twice a second, for per-stage rates and peaks."""
 
-    def __init__(self, platform_: Platform):
+    def __init__(self, platform_: Platform, interval: float = 0.5):
         super().__init__(daemon=True)
         self.platform = platform_
+        self.interval = interval
         self.samples: list[tuple[float, dict, dict]] = []
         self.halt = threading.Event()
         self.peak_rss = {name: 0.0 for name in SERVICES}
 
     def run(self) -> None:
-        while not self.halt.wait(0.5):
+        while not self.halt.wait(self.interval):
             try:
                 counters = self.platform.counters()
             except grpc.RpcError:
@@ -224,7 +225,7 @@ class WebhookReceiver:
     """A local webhook endpoint: notes when each added identity arrived."""
 
     def __init__(self):
-        self.arrivals: dict[str, float] = {}
+        self.arrivals: dict[int, float] = {}  # cluster -> when its add arrived
         receiver = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -233,7 +234,7 @@ class WebhookReceiver:
                 now = time.time()
                 for member in json.loads(body).get("members", []):
                     if member.get("op") == "add":
-                        receiver.arrivals.setdefault(member["identity"], now)
+                        receiver.arrivals.setdefault(int(member["cluster"]), now)
                 self.send_response(204)
                 self.end_headers()
 
@@ -248,45 +249,56 @@ class WebhookReceiver:
         self.server.shutdown()
 
 
-def stream_step(platform_: Platform, emails: list[str], rate: int, seconds: float, prefix: str):
-    """Sends one event per request for distinct persons at `rate`; returns (sent, ack times by email,
-    achieved rate)."""
+def stream_step(platform_: Platform, targets: list[tuple[str, str]], rate: int, seconds: float, prefix: str,
+                tick: float):
+    """Sends one event for each of `rate * seconds` distinct persons (true person, email), paced at `rate`:
+    every `tick` seconds one StreamRecords request with the events due by then (as a client reading a
+    queue would). Returns (the true persons, ack times by true person, achieved rate)."""
     total = int(rate * seconds)
-    chosen = emails[:total]
-    del emails[:total]
+    chosen = [person for person, _ in targets[:total]]
+    emails = [email for _, email in targets[:total]]
+    del targets[:total]
     source = model_pb2.Source(type="Web", instance="web-stream")
-    sent_at: list[float] = []
+    requests_sent: list[list[str]] = []   # the true persons of each request, in order
     acked: dict[str, float] = {}
-    done = threading.Event()
+    last_sent = [0.0]
 
     def requests():
         start = time.monotonic()
-        for i, email in enumerate(chosen):
-            due = start + i / rate
-            pause = due - time.monotonic()
-            if pause > 0:
-                time.sleep(pause)
-            event = model_pb2.ExperienceEvent(event_id=f"{prefix}-{i}", email=email,
-                                              event_type="web.webpagedetails.pageViews", url=PROBE_URL,
-                                              name="Stream probe")
-            event.timestamp.FromDatetime(datetime.now(timezone.utc))
-            sent_at.append(time.monotonic())
-            yield ingestion_pb2.StreamRecordsRequest(source=source, records=[model_pb2.Record(event=event)])
-        done.set()
+        sent = 0
+        while sent < total:
+            due = min(total, int((time.monotonic() - start) * rate) + 1)
+            if due > sent:
+                records = []
+                for i in range(sent, due):
+                    event = model_pb2.ExperienceEvent(event_id=f"{prefix}-{i}", email=emails[i],
+                                                      event_type="web.webpagedetails.pageViews", url=PROBE_URL,
+                                                      name="Stream probe")
+                    event.timestamp.FromDatetime(datetime.now(timezone.utc))
+                    records.append(model_pb2.Record(event=event))
+                requests_sent.append(chosen[sent:due])
+                sent = due
+                last_sent[0] = time.monotonic()
+                yield ingestion_pb2.StreamRecordsRequest(source=source, records=records)
+            time.sleep(tick)
 
     stub = ingestion_pb2_grpc.IngestionStub(platform_.channels["ingestion"])
     start = time.monotonic()
     for response in stub.StreamRecords(requests(), timeout=seconds * 10 + 120):
-        if response.accepted != 1:
-            raise RuntimeError(f"stream request {response.request_number}: accepted {response.accepted}, "
-                               f"errors {list(response.errors)[:2]}")
-        acked[chosen[response.request_number - 1]] = time.time()
-    elapsed = sent_at[-1] - start if sent_at else 0.0
-    return chosen, acked, (len(chosen) / elapsed if elapsed > 0 else 0.0)
+        persons = requests_sent[response.request_number - 1]
+        if response.accepted != len(persons):
+            raise RuntimeError(f"stream request {response.request_number}: accepted {response.accepted} of "
+                               f"{len(persons)}, errors {list(response.errors)[:2]}")
+        now = time.time()
+        for person in persons:
+            acked[person] = now
+    elapsed = last_sent[0] - start
+    return chosen, acked, (total / elapsed if elapsed > 0 else 0.0)
 
 
-def probe_members(platform_: Platform, segment_id: str) -> dict[str, float]:
-    """Realized members of the probe segment by email, with the time they entered."""
+def probe_members(platform_: Platform, segment_id: str, persons: dict[str, str]) -> dict[str, tuple[int, float]]:
+    """Realized members of the probe segment by true person (through their fragment keys and the ground
+    truth): their cluster and the time they entered."""
     stub = segmentation_pb2_grpc.SegmentationStub(platform_.channels["segmentation"])
     found: dict[str, float] = {}
     token = ""
@@ -294,8 +306,10 @@ def probe_members(platform_: Platform, segment_id: str) -> dict[str, float]:
         page = stub.GetMembers(segmentation_pb2.GetMembersRequest(segment_id=segment_id, page_token=token,
                                                                   page_size=1000), timeout=60)
         for member in page.members:
-            if member.status == segmentation_pb2.MEMBERSHIP_STATUS_REALIZED and member.record.record.person.email:
-                found[member.record.record.person.email] = member.since.ToMicroseconds() / 1e6
+            if member.status == segmentation_pb2.MEMBERSHIP_STATUS_REALIZED and member.record.fragment_keys:
+                person = persons.get(member.record.fragment_keys[0])
+                if person is not None:
+                    found[person] = (member.cluster_id, member.since.ToMicroseconds() / 1e6)
         token = page.next_page_token
         if not token:
             return found
@@ -309,7 +323,9 @@ def main() -> int:
     ap.add_argument("--dataset", help="a directory generated before (its manifest.json); default: generate")
     ap.add_argument("--bin-dir", default=str(REPO_ROOT / ".build-static" / "release"))
     ap.add_argument("--rates", default="1000,2000,4000", help="events per second of the streaming steps")
-    ap.add_argument("--stream-seconds", type=float, default=20.0)
+    ap.add_argument("--stream-seconds", type=float, default=20.0, help="length of each streaming step")
+    ap.add_argument("--stream-tick-ms", type=float, default=10.0,
+                    help="a StreamRecords request every this many ms with the events due (default 10)")
     ap.add_argument("--drain-timeout", type=float, default=7200.0)
     ap.add_argument("--keep-data", action="store_true")
     ap.add_argument("--report", help="also write the report to this file")
@@ -423,41 +439,62 @@ def main() -> int:
                               "before now)")
         hook = platform_.cli("destination", "create", "--type", "webhook", "--name", "probe-hook",
                              "--set", f"url={receiver.url}", "--set", "batch_size=1000",
-                             "--set", "calls_per_minute=60000", "--set", "secret=bench")
+                             "--set", "calls_per_minute=60000", "--set", "secret=bench",
+                             # Opted-out persons too: every streamed person must arrive.
+                             "--set", "include_opted_out=true")
         platform_.cli("activate", probe["id"], "--destination", hook["id"])
-        with open(dataset / "truth" / "persons.csv", newline="") as f:
-            seen: set[str] = set()
-            emails = []
-            for row in csv.DictReader(f):
-                if row["email"] and row["truePerson"] not in seen:
-                    seen.add(row["truePerson"])
-                    emails.append(row["email"])
+        truth = ground_truth.load_truth(dataset, events=False)
+        seen: set[str] = set()
+        targets: list[tuple[str, str]] = []  # (true person, one of its emails), each person once
+        for key, person in truth.persons.items():
+            email = truth.person_emails.get(key)
+            if email and person not in seen:
+                seen.add(person)
+                targets.append((person, email))
         say()
-        say("| rate/s | achieved/s | events | ack→member p50 ms | p99 ms | max ms | ack→webhook p50 ms | p99 ms |")
-        say("|---:|---:|---:|---:|---:|---:|---:|---:|")
+        say("| rate/s | achieved/s | events | ack→member p50 ms | p99 ms | max ms | ack→webhook p50 ms | p99 ms "
+            "| most pending: ingestion / identity / profile / segmentation |")
+        say("|---:|---:|---:|---:|---:|---:|---:|---:|---|")
         failures = []
+        cpu_notes: list[str] = []
         for step, rate in enumerate(int(r) for r in args.rates.split(",")):
-            if len(emails) < rate * args.stream_seconds:
+            if len(targets) < rate * args.stream_seconds:
                 say(f"(stopped before {rate}/s: not enough distinct persons left)")
                 break
-            chosen, acked, achieved = stream_step(platform_, emails, rate, args.stream_seconds, f"s{step}")
-            deadline = time.monotonic() + 120
-            members: dict[str, float] = {}
+            backlog = Sampler(platform_, interval=0.2)
+            backlog.start()
+            chosen, acked, achieved = stream_step(platform_, targets, rate, args.stream_seconds, f"s{step}",
+                                                  args.stream_tick_ms / 1000)
+            deadline = time.monotonic() + 300
+            members: dict[str, tuple[int, float]] = {}
             while time.monotonic() < deadline:
-                members = probe_members(platform_, probe["id"])
-                if all(e in members for e in chosen) and all(e in receiver.arrivals for e in chosen):
+                members = probe_members(platform_, probe["id"], truth.persons)
+                if all(p in members and members[p][0] in receiver.arrivals for p in chosen):
                     break
                 time.sleep(0.5)
+            backlog.halt.set()
+            backlog.join()
+            most = {k: max((c[k] for _, c, _ in backlog.samples), default=0) for k in
+                    ("ingestion_pending", "identity_pending", "profile_pending", "segmentation_pending")}
+            if len(backlog.samples) >= 2:
+                (t_a, _, cpu_a), (t_b, _, cpu_b) = backlog.samples[0], backlog.samples[-1]
+                cpu_notes.append(f"{rate:,}/s: " + ", ".join(
+                    f"{name} {100 * (cpu_b[name] - cpu_a[name]) / (t_b - t_a):.0f}%" for name in SERVICES))
             missing = [e for e in chosen if e not in members]
             if missing:
                 failures.append(f"{len(missing)} of {len(chosen)} persons streamed at {rate}/s never entered the "
                                 f"probe segment, e.g. {missing[:3]}")
-            to_member = [1000 * (members[e] - acked[e]) for e in chosen if e in members]
-            to_hook = [1000 * (receiver.arrivals[e] - acked[e]) for e in chosen if e in receiver.arrivals]
+            to_member = [1000 * (members[p][1] - acked[p]) for p in chosen if p in members]
+            to_hook = [1000 * (receiver.arrivals[members[p][0]] - acked[p]) for p in chosen
+                       if p in members and members[p][0] in receiver.arrivals]
             say(f"| {rate:,} | {achieved:,.0f} | {len(chosen):,} | {percentile(to_member, 50):.1f} | "
                 f"{percentile(to_member, 99):.1f} | {max(to_member, default=float('nan')):.1f} | "
-                f"{percentile(to_hook, 50):.1f} | {percentile(to_hook, 99):.1f} |")
+                f"{percentile(to_hook, 50):.1f} | {percentile(to_hook, 99):.1f} | "
+                + " / ".join(f"{most[k]:,}" for k in most) + " |")
         receiver.close()
+        say()
+        say("CPU of each service while streaming (% of one core, from the first event to the last member): "
+            + "; ".join(cpu_notes))
         for failure in failures:
             say(f"FAILED: {failure}")
         status = 1 if failures else 0

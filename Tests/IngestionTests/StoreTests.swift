@@ -104,6 +104,23 @@ struct StoreTests {
         #expect(try await store.nextOutboxChunk(limit: 10, maxBytes: 1)?.records.count == 1)
     }
 
+    /// A stream commits one outbox entry per request; a chunk takes several entries (oldest first, up to
+    /// the limit), and its acknowledgement removes exactly what it took.
+    @Test func oneChunkTakesTheRecordsOfManySmallCommits() async throws {
+        let store = try SQLiteIngestionStore()
+        for n in 1...5 { _ = try await store.appendStreamRecords(Self.records(n...n), streamID: "stream:s") }
+        let first = try #require(try await store.nextOutboxChunk(limit: 3))
+        #expect(first.records.map(Self.key) == ["P1@mkto-1.Marketo", "P2@mkto-1.Marketo", "P3@mkto-1.Marketo"])
+        #expect(first.parts.count == 3)
+        try await store.acknowledge(first)
+        #expect(try await store.outboxStatus().pending == 2)
+        let rest = try #require(try await store.nextOutboxChunk(limit: 10))
+        #expect(rest.records.map(Self.key) == ["P4@mkto-1.Marketo", "P5@mkto-1.Marketo"])
+        try await store.acknowledge(rest)
+        #expect(try await store.nextOutboxChunk(limit: 10) == nil)
+        #expect(try await store.outboxStatus().forwarded == 5)
+    }
+
     @Test func aFailedBatchKeepsNothingSoACorrectedResendIsStored() async throws {
         let store = try SQLiteIngestionStore()
         let id = try Self.startedID(try await store.beginBatch(Self.header(), errorThreshold: 0.05))

@@ -81,6 +81,38 @@ struct ProfileStoreTests {
         #expect(try Self.townsend(store)?.totals.wonAmount == 1_150_000)
     }
 
+    /// Views built together from one snapshot (sharing the account and its opportunities) are the views
+    /// built one by one, in the order asked, with nil for a cluster that holds nothing.
+    @Test func viewsBuiltTogetherEqualViewsBuiltAlone() async throws {
+        let store = try SQLiteProfileStore()
+        let pipeline = try ProfilePipeline(profile: store)
+        for group in Self.story { try await pipeline.ingest(group) }
+        let townsend = try #require(try Self.townsend(store))
+        var keys = try ["p3@townsend.com", "p1@townsend.com", "p2@townsend.com"].map { email in
+            ViewKey(
+                entity: .person,
+                cluster: try #require(try store.cluster(of: .person, named: identity("email", email)))
+            )
+        }
+        keys.insert(ViewKey(entity: .account, cluster: townsend.account.clusterID), at: 1)
+        keys.append(ViewKey(entity: .person, cluster: 999_999))
+        let together = try store.views(of: keys, asOf: Self.asOf)
+        #expect(together.count == keys.count)
+        for (key, view) in zip(keys, together) {
+            switch view {
+            case .person(let person)?:
+                let alone = try store.personView(cluster: key.cluster, asOf: Self.asOf)
+                #expect(key.entity == .person && person == alone)
+                #expect(person.opportunities.map(\.record.opportunity.amount).reduce(0, +) == 1_100_000)
+            case .account(let account)?:
+                #expect(key.entity == .account && account == townsend)
+            case nil:
+                #expect(key.cluster == 999_999)
+            }
+        }
+        #expect(together.compactMap { $0 }.count == 4)
+    }
+
     /// The crosswalk row of Account 2 deleted: the account splits, and each person follows their own.
     @Test func aSplitRehomesFragmentsAndReferences() async throws {
         let store = try SQLiteProfileStore()

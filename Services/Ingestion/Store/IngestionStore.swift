@@ -141,17 +141,32 @@ public let maxStoredErrors = 1000
 
 /// Records taken from the outbox for one forwarding attempt.
 public struct OutboxChunk: Sendable {
-    /// The outbox entry they come from.
-    public var entryID: Int64
+    /// What the chunk takes from one outbox entry (one commit): its records up to `lastSequence`.
+    public struct Part: Sendable, Equatable {
+        /// The outbox entry.
+        public var entryID: Int64
+        /// The highest sequence number taken from it.
+        public var lastSequence: Int64
+        /// How many records were taken from it.
+        public var count: Int
+
+        /// Creates a part.
+        public init(entryID: Int64, lastSequence: Int64, count: Int) {
+            self.entryID = entryID
+            self.lastSequence = lastSequence
+            self.count = count
+        }
+    }
+
+    /// The outbox entries the records come from, oldest first: several small commits (a stream's
+    /// requests) travel in one chunk.
+    public var parts: [Part]
     /// The records, in sequence order, each with its record still serialized as stored.
     public var records: [Cdp_Identity_V1_StoredRecordBytes]
-    /// The highest sequence number in `records`.
-    public var lastSequence: Int64
 
     /// Creates a chunk (for store implementations).
-    public init(entryID: Int64, records: [Cdp_Identity_V1_StoredRecordBytes], lastSequence: Int64) {
-        self.entryID = entryID
+    public init(parts: [Part], records: [Cdp_Identity_V1_StoredRecordBytes]) {
+        self.parts = parts
         self.records = records
-        self.lastSequence = lastSequence
     }
 }

@@ -535,58 +535,69 @@ public final class SQLiteIngestionStore: IngestionStore {
         try await writer.read { db in
             // Invariant: records an outbox entry covers are never deleted (only receiving, failed and
             // interrupted batches lose records, and none of them has outbox entries).
-            guard
-                let entry = try Row.fetchOne(
-                    db,
-                    sql: "SELECT id, next_seq, last_seq FROM outbox ORDER BY id LIMIT 1"
-                )
-            else { return nil }
-            let rows = try Row.fetchAll(
-                db,
-                sql: """
-                    SELECT seq, key, version, batch_id, ingested_at, payload FROM records
-                    WHERE seq BETWEEN ? AND ? ORDER BY seq LIMIT ?
-                    """,
-                arguments: [entry["next_seq"] as Int64, entry["last_seq"] as Int64, limit]
+            // Entries are taken oldest first until the chunk is full: a stream commits one entry per
+            // request, and one record per round trip to identity would cap streaming at the round trip.
+            let entries = try Row.fetchAll(
+                try db.cachedStatement(sql: "SELECT id, next_seq, last_seq FROM outbox ORDER BY id LIMIT ?"),
+                arguments: [limit]
             )
+            var parts: [OutboxChunk.Part] = []
             var records: [Cdp_Identity_V1_StoredRecordBytes] = []
-            records.reserveCapacity(rows.count)
             var bytes = 0
-            var lastSequence = entry["last_seq"] as Int64
-            for row in rows {
-                let payload: Data = row["payload"]
-                // At least one record, however large (records are at most 100 KB), then up to maxBytes.
-                if !records.isEmpty, bytes + payload.count > maxBytes { break }
-                bytes += payload.count
-                var stored = Cdp_Identity_V1_StoredRecordBytes()
-                stored.sequence = UInt64(row["seq"] as Int64)
-                stored.batchID = row["batch_id"]
-                stored.version = UInt64(bitPattern: row["version"] as Int64)
-                stored.ingestedAt = Self.timestamp(row["ingested_at"])
-                stored.record = payload
-                records.append(stored)
-                lastSequence = row["seq"]
+            entries: for entry in entries {
+                let rows = try Row.fetchAll(
+                    try db.cachedStatement(
+                        sql: """
+                            SELECT seq, key, version, batch_id, ingested_at, payload FROM records
+                            WHERE seq BETWEEN ? AND ? ORDER BY seq LIMIT ?
+                            """
+                    ),
+                    arguments: [entry["next_seq"] as Int64, entry["last_seq"] as Int64, limit - records.count]
+                )
+                var part = OutboxChunk.Part(entryID: entry["id"], lastSequence: entry["last_seq"], count: 0)
+                var full = records.count + rows.count >= limit
+                for row in rows {
+                    let payload: Data = row["payload"]
+                    // At least one record, however large (records are at most 100 KB), then up to maxBytes.
+                    if !records.isEmpty, bytes + payload.count > maxBytes {
+                        full = true
+                        break
+                    }
+                    bytes += payload.count
+                    var stored = Cdp_Identity_V1_StoredRecordBytes()
+                    stored.sequence = UInt64(row["seq"] as Int64)
+                    stored.batchID = row["batch_id"]
+                    stored.version = UInt64(bitPattern: row["version"] as Int64)
+                    stored.ingestedAt = Self.timestamp(row["ingested_at"])
+                    stored.record = payload
+                    records.append(stored)
+                    part.lastSequence = row["seq"]
+                    part.count += 1
+                }
+                // An entry without records (none should exist) goes too, so that its acknowledgement deletes it.
+                if part.count > 0 || rows.isEmpty { parts.append(part) }
+                if full { break entries }
             }
-            return OutboxChunk(entryID: entry["id"], records: records, lastSequence: lastSequence)
+            return parts.isEmpty ? nil : OutboxChunk(parts: parts, records: records)
         }
     }
 
     public func acknowledge(_ chunk: OutboxChunk) async throws {
         try await writer.write { db in
-            guard
-                let lastSeq = try Int64.fetchOne(
-                    db,
-                    sql: "SELECT last_seq FROM outbox WHERE id = ?",
-                    arguments: [chunk.entryID]
-                )
-            else { return }
-            if chunk.lastSequence >= lastSeq {
-                try db.execute(sql: "DELETE FROM outbox WHERE id = ?", arguments: [chunk.entryID])
-            } else {
-                try db.execute(
-                    sql: "UPDATE outbox SET next_seq = ?, remaining = max(remaining - ?, 0) WHERE id = ?",
-                    arguments: [chunk.lastSequence + 1, chunk.records.count, chunk.entryID]
-                )
+            for part in chunk.parts {
+                guard
+                    let lastSeq = try Int64.fetchOne(
+                        try db.cachedStatement(sql: "SELECT last_seq FROM outbox WHERE id = ?"),
+                        arguments: [part.entryID]
+                    )
+                else { continue }
+                if part.lastSequence >= lastSeq {
+                    try db.cachedStatement(sql: "DELETE FROM outbox WHERE id = ?").execute(arguments: [part.entryID])
+                } else {
+                    try db.cachedStatement(
+                        sql: "UPDATE outbox SET next_seq = ?, remaining = max(remaining - ?, 0) WHERE id = ?"
+                    ).execute(arguments: [part.lastSequence + 1, part.count, part.entryID])
+                }
             }
             try db.execute(
                 sql: "UPDATE counters SET value = value + ? WHERE name = 'forwarded'",

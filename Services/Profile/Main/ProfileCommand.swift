@@ -134,8 +134,8 @@ struct ProfileCommand: AsyncParsableCommand {
         } catch {
             throw ServiceMain.databaseError(directory, error)
         }
-        let engineThread = MultiThreadedEventLoopGroup(numberOfThreads: 1)
-        let engine = ProfileEngine(store: store, loop: engineThread.next())
+        let engineThreads = MultiThreadedEventLoopGroup(numberOfThreads: 2)
+        let engine = ProfileEngine(store: store, loop: engineThreads.next(), readLoop: engineThreads.next())
         // An empty token (a variable set to nothing, as compose files pass it) means no authentication.
         let token = (authToken ?? ServiceMain.variable("CDP_TOKEN")).flatMap { $0.isEmpty ? nil : $0 }
         var metadata = Metadata()
@@ -199,6 +199,6 @@ struct ProfileCommand: AsyncParsableCommand {
         if let relay { services.append(relay) }
         try await ServiceMain.run(services, logger: logger)
         for transport in transports { await transport.close() }
-        try await engineThread.shutdownGracefully()
+        try await engineThreads.shutdownGracefully()
     }
 }

@@ -3,20 +3,25 @@ import Foundation
 import NIOCore
 import ProfileStore
 
-/// Profile's store on a thread of its own: every store call blocks, and must not hold a thread of
-/// the shared concurrency pool. One actor also serializes the application of identity's ordered
-/// stream.
+/// Profile's store on two threads of its own: every store call blocks, and must not hold a thread of
+/// the shared concurrency pool. The engine's thread applies identity's ordered stream (one actor
+/// serializes it) and takes changed views; a second thread, the ``ProfileReader``, builds views and
+/// answers lookups and scans on its own SQLite connection (WAL lets it read while the stream is
+/// applied), so building views and applying updates use both cores.
 public actor ProfileEngine {
     private let executor: any SerialExecutor
     private let store: any ProfileStore
+    private let reader: ProfileReader
 
     /// The dedicated event loop the actor runs on.
     public nonisolated var unownedExecutor: UnownedSerialExecutor { executor.asUnownedSerialExecutor() }
 
-    /// An engine over `store`, running on `loop` (one no other work shares).
-    public init(store: any ProfileStore, loop: any EventLoop) {
+    /// An engine over `store`: writes run on `loop`, reads on `readLoop` (loops no other work shares;
+    /// without `readLoop`, reads share `loop`).
+    public init(store: any ProfileStore, loop: any EventLoop, readLoop: (any EventLoop)? = nil) {
         self.executor = loop.executor
         self.store = store
+        self.reader = ProfileReader(store: store, loop: readLoop ?? loop)
     }
 
     /// Applies identity's updates (see ``ProfileStore/apply(_:)``).
@@ -28,44 +33,51 @@ public actor ProfileEngine {
     public func appliedSequence() throws -> UInt64 { try store.appliedSequence() }
 
     /// The cluster of the `entity` an identity names.
-    public func cluster(
+    public nonisolated func cluster(
         of entity: Cdp_Model_V1_EntityType,
         named identity: Cdp_Identity_V1_IdentityValue
-    ) throws
+    ) async throws
         -> UInt64?
     {
-        try store.cluster(of: entity, named: identity)
+        try await reader.run { try $0.cluster(of: entity, named: identity) }
     }
 
     /// A person view.
-    public func personView(cluster: UInt64, asOf: Date) throws -> Cdp_Profile_V1_PersonView? {
-        try store.personView(cluster: cluster, asOf: asOf)
+    public nonisolated func personView(cluster: UInt64, asOf: Date) async throws -> Cdp_Profile_V1_PersonView? {
+        try await reader.run { try $0.personView(cluster: cluster, asOf: asOf) }
     }
 
     /// An account view.
-    public func accountView(cluster: UInt64) throws -> Cdp_Profile_V1_AccountView? {
-        try store.accountView(cluster: cluster)
+    public nonisolated func accountView(cluster: UInt64) async throws -> Cdp_Profile_V1_AccountView? {
+        try await reader.run { try $0.accountView(cluster: cluster) }
     }
 
     /// Views of several persons and accounts from one snapshot (see ``ProfileStore/views(of:asOf:)``).
-    public func views(of keys: [ViewKey], asOf: Date) throws -> [ProfileView?] {
-        try store.views(of: keys, asOf: asOf)
+    public nonisolated func views(of keys: [ViewKey], asOf: Date) async throws -> [ProfileView?] {
+        try await reader.run { try $0.views(of: keys, asOf: asOf) }
     }
 
     /// One page of a partition's clusters.
-    public func clusters(
+    public nonisolated func clusters(
         of entity: Cdp_Model_V1_EntityType,
         partition: Int,
         partitions: Int,
         after: UInt64,
         limit: Int
-    ) throws -> [UInt64] {
-        try store.clusters(of: entity, partition: partition, partitions: partitions, after: after, limit: limit)
+    ) async throws -> [UInt64] {
+        try await reader.run {
+            try $0.clusters(of: entity, partition: partition, partitions: partitions, after: after, limit: limit)
+        }
     }
 
     /// A person's events.
-    public func events(person cluster: UInt64, from: Date, to: Date, limit: Int) throws -> [Cdp_Profile_V1_Event] {
-        try store.events(person: cluster, from: from, to: to, limit: limit)
+    public nonisolated func events(
+        person cluster: UInt64,
+        from: Date,
+        to: Date,
+        limit: Int
+    ) async throws -> [Cdp_Profile_V1_Event] {
+        try await reader.run { try $0.events(person: cluster, from: from, to: to, limit: limit) }
     }
 
     /// What a privacy delete of the person removes.
@@ -76,11 +88,13 @@ public actor ProfileEngine {
 
     // MARK: - Outbox to segmentation
 
-    /// The next changed views, built now (a person or account with nothing left is sent as removed).
-    public func nextViewChunk(limit: Int, asOf: Date = Date()) throws -> ViewChunk? {
-        let changed = try store.nextChangedViews(limit: limit)
+    /// The next changed views, taken on the engine's thread and built on the reader's, from a snapshot
+    /// at least as new as the changes (a person or account with nothing left is sent as removed). A view
+    /// changed again meanwhile stays pending (``ProfileStore/markSent(_:)`` compares generations).
+    public nonisolated func nextViewChunk(limit: Int, asOf: Date = Date()) async throws -> ViewChunk? {
+        let changed = try await takeChangedViews(limit: limit)
         guard !changed.isEmpty else { return nil }
-        let built = try store.views(of: changed.map { ViewKey(entity: $0.entity, cluster: $0.cluster) }, asOf: asOf)
+        let built = try await views(of: changed.map { ViewKey(entity: $0.entity, cluster: $0.cluster) }, asOf: asOf)
         let changes = zip(changed, built).map { view, built in
             var change = Cdp_Segmentation_V1_ViewChange()
             change.version = view.version
@@ -95,6 +109,8 @@ public actor ProfileEngine {
         }
         return ViewChunk(views: changed, changes: changes)
     }
+
+    private func takeChangedViews(limit: Int) throws -> [ChangedView] { try store.nextChangedViews(limit: limit) }
 
     /// Marks a delivered chunk sent.
     public func acknowledge(_ chunk: ViewChunk) throws { try store.markSent(chunk.views) }
@@ -111,4 +127,22 @@ public struct ViewChunk: Sendable {
     public var views: [ChangedView]
     /// The views, as sent.
     public var changes: [Cdp_Segmentation_V1_ViewChange]
+}
+
+/// The reads of profile's store on a thread of their own (see ``ProfileEngine``).
+actor ProfileReader {
+    private let executor: any SerialExecutor
+    private let store: any ProfileStore
+
+    nonisolated var unownedExecutor: UnownedSerialExecutor { executor.asUnownedSerialExecutor() }
+
+    init(store: any ProfileStore, loop: any EventLoop) {
+        self.executor = loop.executor
+        self.store = store
+    }
+
+    /// Runs one read of the store on the reader's thread.
+    func run<Result: Sendable>(_ read: @Sendable (any ProfileStore) throws -> Result) throws -> Result {
+        try read(store)
+    }
 }
