@@ -113,6 +113,27 @@ struct ProfileStoreTests {
         #expect(together.compactMap { $0 }.count == 4)
     }
 
+    /// Accounts and opportunities kept from one view build to the next never outlive a change: an
+    /// amount changed, then the account split, each shows in the next view at once.
+    @Test func keptAccountsAndOpportunitiesFollowEveryChange() async throws {
+        let store = try SQLiteProfileStore()
+        let pipeline = try ProfilePipeline(profile: store)
+        for group in Self.story { try await pipeline.ingest(group) }
+        func wonByP2() throws -> Double {
+            try #require(try Self.person("p2@townsend.com", store)).opportunities.map(\.record.opportunity.amount)
+                .reduce(0, +)
+        }
+        #expect(try wonByP2() == 1_100_000)
+        #expect(try wonByP2() == 1_100_000, "built again from what was kept")
+        try await pipeline.ingest([Bodea.wonOpportunity("O2", "mkto-2", account: "A2", amount: 950_000)])
+        #expect(try wonByP2() == 1_150_000)
+        try await pipeline.ingest([Bodea.deleted(Bodea.crosswalks[1])])
+        let p2 = try #require(try Self.person("p2@townsend.com", store))
+        #expect(p2.accounts.count == 2, "the split account is two accounts again")
+        let p1 = try #require(try Self.person("p1@townsend.com", store))
+        #expect(p1.opportunities.map(\.record.opportunity.amount) == [200_000], "p1 keeps only Account 1's")
+    }
+
     /// The crosswalk row of Account 2 deleted: the account splits, and each person follows their own.
     @Test func aSplitRehomesFragmentsAndReferences() async throws {
         let store = try SQLiteProfileStore()

@@ -5,6 +5,7 @@ import IdentityRules
 import ProfileModel
 import SQLiteSupport
 import SwiftProtobuf
+import Synchronization
 
 /// The embedded ``ProfileStore``: one SQLite database in WAL mode through GRDB.
 ///
@@ -38,6 +39,8 @@ public final class SQLiteProfileStore: ProfileStore {
 
     private let writer: any DatabaseWriter
     private let configuration: Configuration
+    /// What persons' views share, kept from one view build to the next.
+    private let shared = SharedViewCache()
     private let now: @Sendable () -> Date
 
     /// Opens (creating if needed) the database at `path` and migrates it.
@@ -146,7 +149,9 @@ public final class SQLiteProfileStore: ProfileStore {
     }
 
     public func apply(_ updates: [Cdp_Profile_V1_IdentityUpdate]) throws -> (applied: Int, duplicates: Int) {
-        try writer.write { db in
+        // After the commit, so that a view build that read the old rows cannot store them as current.
+        defer { if updates.contains(where: SharedViewCache.invalidates) { shared.invalidate() } }
+        return try writer.write { db in
             var last = UInt64(try Self.counter("applied_identity_sequence", db))
             var applied = 0
             var duplicates = 0
@@ -469,8 +474,13 @@ public final class SQLiteProfileStore: ProfileStore {
     /// The opportunities of an account, looked up in `memo` first.
     private func opportunities(ofAccount cluster: UInt64, _ db: Database, _ memo: ViewMemo) throws -> [UInt64] {
         if let known = memo.accountOpportunities[cluster] { return known }
+        if let known = memo.shared.opportunities(ofAccount: cluster, generation: memo.generation) {
+            memo.accountOpportunities[cluster] = known
+            return known
+        }
         let found = try opportunities(ofAccount: cluster, db)
         memo.accountOpportunities[cluster] = found
+        memo.shared.store(opportunities: found, ofAccount: cluster, generation: memo.generation)
         return found
     }
 
@@ -548,6 +558,11 @@ public final class SQLiteProfileStore: ProfileStore {
     {
         let key = ViewKey(entity: entity, cluster: cluster)
         if let known = memo.unified[key] { return known }
+        let shareable = SharedViewCache.shareable.contains(entity)
+        if shareable, let known = memo.shared.unified(key, generation: memo.generation) {
+            memo.unified[key] = .some(known)
+            return known
+        }
         let rows = try Row.fetchAll(
             try db.cachedStatement(
                 sql: """
@@ -569,6 +584,7 @@ public final class SQLiteProfileStore: ProfileStore {
             unified = built
         }
         memo.unified[key] = .some(unified)
+        if shareable { memo.shared.store(unified: unified, for: key, generation: memo.generation) }
         return unified
     }
 
@@ -594,17 +610,20 @@ public final class SQLiteProfileStore: ProfileStore {
     }
 
     public func personView(cluster: UInt64, asOf: Date) throws -> Cdp_Profile_V1_PersonView? {
-        try writer.read { db in try personView(cluster, asOf: asOf, db, ViewMemo()) }
+        let memo = ViewMemo(shared: shared)
+        return try writer.read { db in try personView(cluster, asOf: asOf, db, memo) }
     }
 
     public func accountView(cluster: UInt64) throws -> Cdp_Profile_V1_AccountView? {
-        try writer.read { db in try accountView(cluster, db, ViewMemo()) }
+        let memo = ViewMemo(shared: shared)
+        return try writer.read { db in try accountView(cluster, db, memo) }
     }
 
     public func views(of keys: [ViewKey], asOf: Date) throws -> [ProfileView?] {
-        try writer.read { db in
-            let memo = ViewMemo()
-            return try keys.map { key in
+        // The memo notes the shared cache's generation before the read transaction takes its snapshot.
+        let memo = ViewMemo(shared: shared)
+        return try writer.read { db in
+            try keys.map { key in
                 switch key.entity {
                 case .person: try personView(key.cluster, asOf: asOf, db, memo).map(ProfileView.person)
                 case .account: try accountView(key.cluster, db, memo).map(ProfileView.account)
@@ -669,9 +688,14 @@ public final class SQLiteProfileStore: ProfileStore {
         _ memo: ViewMemo
     ) throws -> Cdp_Profile_V1_UnifiedRecord? {
         if let known = memo.opportunities[cluster] { return known }
+        if let known = memo.shared.opportunity(cluster, generation: memo.generation) {
+            memo.opportunities[cluster] = .some(known)
+            return known
+        }
         var opportunity = try unified(.opportunity, cluster, db, memo)
         if opportunity != nil { opportunity?.accountClusterIds = try accounts(ofOpportunity: cluster, db) }
         memo.opportunities[cluster] = .some(opportunity)
+        memo.shared.store(opportunity: opportunity, for: cluster, generation: memo.generation)
         return opportunity
     }
 
@@ -795,7 +819,8 @@ public final class SQLiteProfileStore: ProfileStore {
     }
 
     public func delete(_ data: PersonData) throws -> (fragments: Int, events: Int) {
-        try writer.write { db in
+        defer { shared.invalidate() }
+        return try writer.write { db in
             let changes = ChangeMarker(db: db, now: Self.milliseconds(now()))
             var fragments = 0
             for fragment in data.fragments {
@@ -902,11 +927,90 @@ public final class SQLiteProfileStore: ProfileStore {
 }
 
 /// What the views built from one snapshot share: unified records (an account's, its opportunities'),
-/// an account's opportunity clusters. Only valid inside the read transaction that filled it.
+/// an account's opportunity clusters. Only valid inside the read transaction that filled it; what lasts
+/// longer goes to the ``SharedViewCache`` too.
 final class ViewMemo {
     var unified: [ViewKey: Cdp_Profile_V1_UnifiedRecord?] = [:]
     var opportunities: [UInt64: Cdp_Profile_V1_UnifiedRecord?] = [:]
     var accountOpportunities: [UInt64: [UInt64]] = [:]
+    let shared: SharedViewCache
+    /// The shared cache's generation before the snapshot was taken.
+    let generation: UInt64
+
+    init(shared: SharedViewCache) {
+        self.shared = shared
+        self.generation = shared.generation
+    }
+}
+
+/// Unified accounts, opportunities, campaigns and lists, and each account's opportunity clusters, kept
+/// from one view build to the next: persons' views read them far more often than they change (events
+/// and person fragments, most of the traffic, change none of them).
+///
+/// Any update that could change one of them (a fragment of those entities, a cluster change, a removed
+/// identity, a privacy delete) invalidates them all by moving the generation on, after its commit. A
+/// build stores a value only under the generation it noted before its snapshot, and only if that is
+/// still the current one: a value read from rows older than a change is never served after it.
+final class SharedViewCache: Sendable {
+    /// The entities whose unified records are kept.
+    static let shareable: Set<Cdp_Model_V1_EntityType> = [.account, .opportunity, .campaign, .marketingList]
+    /// The most values kept; beyond it the cache starts again empty.
+    static let capacity = 200_000
+
+    private struct State {
+        var generation: UInt64 = 0
+        var unified: [ViewKey: Cdp_Profile_V1_UnifiedRecord?] = [:]
+        var opportunities: [UInt64: Cdp_Profile_V1_UnifiedRecord?] = [:]
+        var accountOpportunities: [UInt64: [UInt64]] = [:]
+
+        var count: Int { unified.count + opportunities.count + accountOpportunities.count }
+
+        /// Whether a value computed under `generation` may be stored (and makes room if needed).
+        mutating func admits(_ generation: UInt64) -> Bool {
+            guard generation == self.generation else { return false }
+            if count >= SharedViewCache.capacity { self = State(generation: generation) }
+            return true
+        }
+    }
+
+    private let state = Mutex(State())
+
+    /// Whether applying `update` may change a kept value.
+    static func invalidates(_ update: Cdp_Profile_V1_IdentityUpdate) -> Bool {
+        switch update.update {
+        case .record(let annotated)?: shareable.contains(annotated.entityType)
+        case .clusterChange?, .identityRemoved?: true
+        case nil: false
+        }
+    }
+
+    var generation: UInt64 { state.withLock { $0.generation } }
+
+    func invalidate() { state.withLock { $0 = State(generation: $0.generation &+ 1) } }
+
+    func unified(_ key: ViewKey, generation: UInt64) -> Cdp_Profile_V1_UnifiedRecord?? {
+        state.withLock { $0.generation == generation ? $0.unified[key] : nil }
+    }
+
+    func opportunity(_ cluster: UInt64, generation: UInt64) -> Cdp_Profile_V1_UnifiedRecord?? {
+        state.withLock { $0.generation == generation ? $0.opportunities[cluster] : nil }
+    }
+
+    func opportunities(ofAccount cluster: UInt64, generation: UInt64) -> [UInt64]? {
+        state.withLock { $0.generation == generation ? $0.accountOpportunities[cluster] : nil }
+    }
+
+    func store(unified: Cdp_Profile_V1_UnifiedRecord?, for key: ViewKey, generation: UInt64) {
+        state.withLock { if $0.admits(generation) { $0.unified[key] = .some(unified) } }
+    }
+
+    func store(opportunity: Cdp_Profile_V1_UnifiedRecord?, for cluster: UInt64, generation: UInt64) {
+        state.withLock { if $0.admits(generation) { $0.opportunities[cluster] = .some(opportunity) } }
+    }
+
+    func store(opportunities: [UInt64], ofAccount cluster: UInt64, generation: UInt64) {
+        state.withLock { if $0.admits(generation) { $0.accountOpportunities[cluster] = opportunities } }
+    }
 }
 
 /// Marks persons and accounts whose views changed, within one write transaction.
