@@ -16,7 +16,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -27,38 +26,10 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT / "Benchmarks"))
 sys.path.insert(0, str(REPO_ROOT / "Tests" / "Ingestion"))
 import ingestion_benchmark  # noqa: E402  (its generator; the canonical files of the ingestion benchmark)
+from pipeline_benchmark import free_base, proc_stats  # noqa: E402
 
 FORMAT = {ingestion_benchmark.ingestion_pb2.FORMAT_CANONICAL_CSV: "canonical",
           ingestion_benchmark.ingestion_pb2.FORMAT_CANONICAL_NDJSON: "canonical"}
-
-
-def free_base() -> int:
-    for base in range(27400, 60000, 5):
-        try:
-            socks = []
-            for port in range(base, base + 5):
-                s = socket.socket()
-                socks.append(s)
-                s.bind(("127.0.0.1", port))
-            return base
-        except OSError:
-            continue
-        finally:
-            for s in socks:
-                s.close()
-    raise SystemExit("no five free ports")
-
-
-def peak_rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def main() -> int:
@@ -110,8 +81,9 @@ def main() -> int:
         accepted = sum(r[2] for r in rows)
         print(f"{'all':<18} {sum(r[1] for r in rows):>9,} {accepted:>9,} {sum(r[3] for r in rows):>7.1f} "
               f"{total:>8.2f} {accepted / total:>10,.0f}")
-        print("\npeak RSS: " + ", ".join(f"{name} {peak_rss_mb(pid):.0f} MB" for name, pid in pids.items()))
-        print("CPU seconds: " + ", ".join(f"{name} {cpu_seconds(pid):.1f}" for name, pid in pids.items()))
+        stats = {name: proc_stats(pid) for name, pid in pids.items()}
+        print("\npeak RSS: " + ", ".join(f"{name} {hwm:.0f} MB" for name, (_, _, hwm) in stats.items()))
+        print("CPU seconds: " + ", ".join(f"{name} {cpu:.1f}" for name, (cpu, _, _) in stats.items()))
         status = 0
     except Exception as error:  # noqa: BLE001 — report and stop the services
         print(f"cli-ingest-benchmark: {error}", file=sys.stderr)

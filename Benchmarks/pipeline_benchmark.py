@@ -32,7 +32,6 @@ import importlib
 import json
 import os
 import platform
-import queue
 import shutil
 import signal
 import socket
