@@ -7,7 +7,7 @@ import ProfileStore
 /// the shared concurrency pool. The engine's thread applies identity's ordered stream (one actor
 /// serializes it) and takes changed views; a second thread, the ``ProfileReader``, builds views and
 /// answers lookups and scans on its own SQLite connection (WAL lets it read while the stream is
-/// applied), so building views and applying updates use both cores.
+/// applied), so a scan or a lookup does not wait behind a batch of updates.
 public actor ProfileEngine {
     private let executor: any SerialExecutor
     private let store: any ProfileStore
