@@ -396,6 +396,7 @@ let package = Package(
             dependencies: [
                 "CDPClient", "CDPProto", "RPCCore", "RPCServices",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "SwiftProtobuf", package: "swift-protobuf"),
                 .product(name: "UnixSignals", package: "swift-service-lifecycle"),
             ],
@@ -452,6 +453,7 @@ let package = Package(
                 "TestSupport", "CDPProto", "IngestionFormats", "IngestionStore", "IngestionService", "RPCCore",
                 "RPCHTTP2",
                 "ServiceSupport",
+                .product(name: "GRDB", package: "GRDB.swift"),
                 .product(name: "Logging", package: "swift-log"),
             ],
             path: "Tests/IngestionTests",

@@ -1,6 +1,7 @@
 import ArgumentParser
 import CDPClient
 import CDPProto
+import Crypto
 import Foundation
 import RPCCore
 
@@ -83,8 +84,10 @@ struct IngestCommand: AsyncParsableCommand {
         discussion: """
             The file streams to ingestion in 64 KiB messages (a progress bar shows on a terminal) and is parsed \
             as it arrives. The batch's summary and its record errors (line, field, reason) follow. Uploading \
-            the same file again with the same --key returns the first result and stores nothing twice (the \
-            default key is the file's absolute path and size). Exit status 1 if the batch failed (e.g. more \
+            the same batch again returns the first result and stores nothing twice: a batch is the same when \
+            its --key is (by default a SHA-256 of the file's content with its --source, --entity, --format and \
+            --error-threshold, so a retry after a lost answer is safe and a corrected retry is a new batch). To \
+            send the same content again as a new batch, give a new --key. Exit status 1 if the batch failed (e.g. more \
             rejected records than --error-threshold allows). With --wait, returns only once the batch's records \
             have gone through identity and profile and the resulting views have reached segmentation, so that \
             a following `cdp profile get` or `cdp segment evaluate` sees them.
@@ -109,7 +112,12 @@ struct IngestCommand: AsyncParsableCommand {
     @Option(help: "canonical, salesforce, marketo or mdm.")
     var format: String = "canonical"
 
-    @Option(help: "The idempotency key (default: the file's absolute path and size).")
+    @Option(
+        help: """
+            The idempotency key: a batch sent again under the same key returns the first result (default: a \
+            SHA-256 of the file's content, source, entity, format and error threshold).
+            """
+    )
     var key: String?
 
     @Option(help: "The largest fraction of rejected records before the batch fails (0 to 1; default: the service's).")
@@ -137,11 +145,19 @@ struct IngestCommand: AsyncParsableCommand {
             )
         }
         let size = (try? FileManager.default.attributesOfItem(atPath: url.path)[.size] as? Int64) ?? 0
+        let idempotencyKey =
+            try key
+            ?? Self.defaultKey(
+                file: url,
+                entity: entity,
+                format: wireFormat,
+                errorThreshold: errorThreshold
+            )
         let header = Cdp_Ingestion_V1_BatchHeader.with {
             $0.source = source
             $0.entity = entity
             $0.format = wireFormat
-            $0.idempotencyKey = key ?? "\(url.standardizedFileURL.path)#\(size)"
+            $0.idempotencyKey = idempotencyKey
             if let errorThreshold { $0.errorThreshold = errorThreshold }
             $0.fileName = url.lastPathComponent
         }
@@ -157,12 +173,40 @@ struct IngestCommand: AsyncParsableCommand {
             }
             return batch
         }
-        if client.json { try Output.json(batch) } else { Self.printSummary(batch, waited: wait) }
+        if client.json {
+            try Output.json(batch)
+        } else {
+            Self.printSummary(batch, waited: wait, explicitKey: key != nil)
+        }
         if batch.state != .completed {
             throw CLIError(
                 "the batch \(batch.batchID) \(batch.state): \(batch.failure.isEmpty ? "see above" : batch.failure)"
             )
         }
+    }
+
+    /// The key of an upload when --key is not given: everything that decides the batch's outcome (the
+    /// content, the entity, the format and the error threshold; the source is part of the service's
+    /// index), so that only a retry of the same upload gets the stored result.
+    static func defaultKey(
+        file: URL,
+        entity: String,
+        format: Cdp_Ingestion_V1_Format,
+        errorThreshold: Double?
+    ) throws -> String {
+        guard let handle = FileHandle(forReadingAtPath: file.path) else {
+            throw CLIError("cannot read \(file.path)")
+        }
+        defer { try? handle.close() }
+        var hash = SHA256()
+        do {
+            while let chunk = try handle.read(upToCount: 1 << 20), !chunk.isEmpty { hash.update(data: chunk) }
+        } catch {
+            throw CLIError("cannot read \(file.path): \(error)")
+        }
+        let digest = hash.finalize().map { String(format: "%02x", $0) }.joined()
+        let threshold = errorThreshold.map { "\($0)" } ?? "default"
+        return "sha256:\(digest) entity:\(entity) format:\(format) threshold:\(threshold)"
     }
 
     /// The wire format for `name`; canonical files are NDJSON when they end in .ndjson or .jsonl.
@@ -179,15 +223,24 @@ struct IngestCommand: AsyncParsableCommand {
     }
 
     /// The batch in a few lines, then its record errors.
-    static func printSummary(_ batch: Cdp_Ingestion_V1_Batch, waited: Bool) {
+    static func printSummary(_ batch: Cdp_Ingestion_V1_Batch, waited: Bool, explicitKey: Bool) {
         let c = batch.counts
-        let replayed = batch.replayed ? " (a re-send: the first upload's result)" : ""
+        let replayed = batch.replayed ? " (sent before: the first upload's result; nothing was stored again)" : ""
         let source = "\(batch.source.type):\(batch.source.instance)"
         Output.line("batch \(batch.batchID) \(batch.fileName) (\(source), \(batch.entity)): \(batch.state)\(replayed)")
         Output.line(
             "  \(c.records) records: \(c.accepted) accepted, \(c.duplicates) duplicates, \(c.rejected) rejected"
         )
         if !batch.failure.isEmpty { Output.line("  failure: \(batch.failure)") }
+        if batch.replayed {
+            let created = TimeArgument.format(batch.createdAt.date)
+            Output.line(
+                "  first sent \(created)"
+                    + (explicitKey
+                        ? " under the same --key; to send it again as a new batch, give a new --key"
+                        : " with the same content and options; to send it again as a new batch, give a --key")
+            )
+        }
         for error in batch.errors {
             let field = error.field.isEmpty ? "" : ", field \(error.field)"
             Output.line("  line \(error.line)\(field): \(error.reason)")

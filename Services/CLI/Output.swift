@@ -1,11 +1,46 @@
 import Foundation
 import SwiftProtobuf
 
+#if canImport(Glibc)
+import Glibc
+
+private let systemWrite = Glibc.write
+#else
+import Darwin
+
+private let systemWrite = Darwin.write
+#endif
+
 /// What commands print: text or JSON on stdout, errors and progress on stderr.
 enum Output {
     /// A line on stdout.
     static func line(_ text: String = "") {
-        FileHandle.standardOutput.write(Data((text + "\n").utf8))
+        write(text + "\n", to: STDOUT_FILENO)
+    }
+
+    /// Writes all of `text` to `descriptor`. A reader that went away (`cdp … | head`) ends the command
+    /// quietly as a closed pipe ends other tools, by SIGPIPE (exit status 141 in a shell), rather than
+    /// with Foundation's fatal error on EPIPE; any other failure to write ends it with status 1.
+    static func write(_ text: String, to descriptor: Int32) {
+        var text = text
+        text.withUTF8 { bytes in
+            var offset = 0
+            while offset < bytes.count {
+                let written = systemWrite(descriptor, bytes.baseAddress! + offset, bytes.count - offset)
+                if written >= 0 {
+                    offset += written
+                } else if errno == EINTR {
+                    continue
+                } else if errno == EPIPE {
+                    // SIGPIPE is ignored in this process (SwiftNIO ignores it); restore it to end as tools do.
+                    signal(SIGPIPE, SIG_DFL)
+                    raise(SIGPIPE)
+                    exit(141)
+                } else {
+                    exit(1)
+                }
+            }
+        }
     }
 
     /// A message as protobuf JSON (lowerCamelCase field names, enums by name) on one line of stdout.
@@ -29,12 +64,12 @@ enum Output {
 
     /// `cdp: error: <message>` on stderr.
     static func error(_ message: String) {
-        FileHandle.standardError.write(Data("cdp: error: \(message)\n".utf8))
+        write("cdp: error: \(message)\n", to: STDERR_FILENO)
     }
 
     /// A note on stderr (progress, hints), never mixed into stdout's JSON.
     static func note(_ text: String) {
-        FileHandle.standardError.write(Data((text + "\n").utf8))
+        write(text + "\n", to: STDERR_FILENO)
     }
 
     /// Whether stderr is a terminal (progress bars redraw only there).
@@ -78,7 +113,7 @@ final class ProgressBar {
             let width = 30
             let filled = percent * width / 100
             let bar = String(repeating: "#", count: filled) + String(repeating: ".", count: width - filled)
-            FileHandle.standardError.write(Data("\r\(label) [\(bar)] \(percent)%".utf8))
+            Output.write("\r\(label) [\(bar)] \(percent)%", to: STDERR_FILENO)
         } else {
             guard percent / 10 != lastDrawn / 10 || lastDrawn < 0 else { return }
             Output.note("\(label): \(percent)%")
@@ -89,7 +124,7 @@ final class ProgressBar {
     /// Ends the bar's line.
     func finish() {
         guard enabled, Output.stderrIsTerminal, lastDrawn >= 0 else { return }
-        FileHandle.standardError.write(Data("\n".utf8))
+        Output.write("\n", to: STDERR_FILENO)
     }
 }
 

@@ -16,7 +16,8 @@ struct SegmentCommand: AsyncParsableCommand {
             dialect: Services/Segmentation/README.md.
             """,
         subcommands: [
-            Create.self, List.self, Get.self, Delete.self, Estimate.self, Evaluate.self, Members.self, Explain.self,
+            Create.self, List.self, Get.self, Delete.self, Estimate.self, Evaluate.self, Job.self, Members.self,
+            Explain.self,
         ]
     )
 
@@ -31,8 +32,12 @@ struct SegmentCommand: AsyncParsableCommand {
     struct Create: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
             abstract: "Create a segment and print its id.",
-            discussion:
-                "A definition that does not parse or check is refused with its line, column and what was expected."
+            discussion: """
+                A definition that does not parse or check is refused with its line, column and what was expected. \
+                The new segment is evaluated over the existing profiles at once by a batch job (named on stderr; \
+                `cdp segment job ID --wait` follows it, or give --wait here); a streaming segment also follows \
+                every profile that changes from then on.
+                """
         )
 
         @Option(help: "A name for people.")
@@ -46,6 +51,9 @@ struct SegmentCommand: AsyncParsableCommand {
 
         @Option(help: "streaming (evaluated as profiles change) or batch (evaluated by `segment evaluate`).")
         var mode: String = "streaming"
+
+        @Flag(help: "Return once the first evaluation over the existing profiles has ended.")
+        var wait = false
 
         @OptionGroup var client: ClientOptions
 
@@ -63,12 +71,68 @@ struct SegmentCommand: AsyncParsableCommand {
                 $0.entityType = entityType
                 $0.mode = evaluationMode
             }
-            let segment = try await client.withClients { clients in
-                try await clients.calling(.segmentation) {
+            let (segment, job) = try await client.withClients { clients in
+                let segment = try await clients.calling(.segmentation) {
                     try await clients.segmentation.createSegment(request, options: client.callOptions)
                 }
+                guard wait, !segment.evaluationJobID.isEmpty else {
+                    return (segment, Cdp_Segmentation_V1_EvaluationJob?.none)
+                }
+                let job = try await SegmentCommand.follow(
+                    segment.evaluationJobID,
+                    clients: clients,
+                    options: client.callOptions,
+                    quiet: client.json
+                )
+                return (segment, job)
             }
-            if client.json { try Output.json(segment) } else { Output.line(segment.id) }
+            if client.json {
+                try Output.json(segment)
+            } else {
+                Output.line(segment.id)
+                if let job {
+                    SegmentCommand.printJob(job)
+                } else if !segment.evaluationJobID.isEmpty {
+                    Output.note(
+                        "\(segment.id): evaluating over the existing profiles in job \(segment.evaluationJobID) "
+                            + "(`cdp segment job \(segment.evaluationJobID) --wait` follows it)"
+                    )
+                }
+            }
+            if let job, job.state != .succeeded { throw ExitCode.failure }
+        }
+    }
+
+    struct Job: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Show an evaluation job (started by `segment evaluate`, `segment create` or an update).",
+            discussion: "--json prints the EvaluationJob; with --wait, exit status 1 if the job failed."
+        )
+
+        @Argument(help: "The job's id, e.g. job-3.")
+        var id: String
+
+        @Flag(help: "Wait until the job ends, showing progress on a terminal.")
+        var wait = false
+
+        @OptionGroup var client: ClientOptions
+
+        func run() async throws {
+            let job = try await client.withClients { clients in
+                if wait {
+                    return try await SegmentCommand.follow(
+                        id,
+                        clients: clients,
+                        options: client.callOptions,
+                        quiet: client.json
+                    )
+                }
+                return try await clients.calling(.segmentation) {
+                    try await clients.segmentation.getEvaluation(.with { $0.id = id }, options: client.callOptions)
+                }
+            }
+            if client.json { try Output.json(job) } else { SegmentCommand.printJob(job) }
+            if wait, job.state != .succeeded { throw ExitCode.failure }
         }
     }
 
@@ -221,38 +285,52 @@ struct SegmentCommand: AsyncParsableCommand {
         }
     }
 
-    /// Starts a job and polls it to its end, showing progress on stderr.
+    /// Starts a job and follows it to its end.
     static func evaluate(
         _ request: Cdp_Segmentation_V1_EvaluateRequest,
         clients: ServiceClients,
         options: CallOptions,
         quiet: Bool
     ) async throws -> Cdp_Segmentation_V1_EvaluationJob {
-        var job = try await clients.calling(.segmentation) {
+        let job = try await clients.calling(.segmentation) {
             try await clients.segmentation.evaluate(request, options: options)
+        }
+        return try await follow(job.id, clients: clients, options: options, quiet: quiet)
+    }
+
+    /// Polls a job to its end, showing progress on stderr when it is a terminal.
+    static func follow(
+        _ id: String,
+        clients: ServiceClients,
+        options: CallOptions,
+        quiet: Bool
+    ) async throws -> Cdp_Segmentation_V1_EvaluationJob {
+        var job = try await clients.calling(.segmentation) {
+            try await clients.segmentation.getEvaluation(.with { $0.id = id }, options: options)
         }
         var lastShown: UInt64 = .max
         while job.state == .running {
             if !quiet, job.evaluated != lastShown, Output.stderrIsTerminal {
-                FileHandle.standardError.write(Data("\rjob \(job.id): \(job.evaluated) profiles evaluated".utf8))
+                Output.write("\rjob \(job.id): \(job.evaluated) profiles evaluated", to: STDERR_FILENO)
                 lastShown = job.evaluated
             }
             try await Task.sleep(for: .milliseconds(100))
-            let id = job.id
             job = try await clients.calling(.segmentation) {
                 try await clients.segmentation.getEvaluation(.with { $0.id = id }, options: options)
             }
         }
-        if lastShown != .max { FileHandle.standardError.write(Data("\n".utf8)) }
+        if lastShown != .max { Output.write("\n", to: STDERR_FILENO) }
         return job
     }
 
     static func printJob(_ job: Cdp_Segmentation_V1_EvaluationJob) {
-        let seconds = job.finishedAt.date.timeIntervalSince(job.startedAt.date)
+        let running = job.state == .running
+        let seconds = (running ? Date() : job.finishedAt.date).timeIntervalSince(job.startedAt.date)
         Output.line(
             "job \(job.id) \(job.state) as of \(TimeArgument.format(job.asOf.date)): segments "
-                + "\(job.segmentIds.joined(separator: ", ")); \(job.evaluated) profiles evaluated in "
-                + String(format: "%.2f s", seconds) + "; \(job.realized) entered, \(job.exited) exited"
+                + "\(job.segmentIds.joined(separator: ", ")); \(job.evaluated) profiles evaluated "
+                + (running ? "so far, for " : "in ") + String(format: "%.2f s", seconds)
+                + "; \(job.realized) entered, \(job.exited) exited"
         )
         if !job.error.isEmpty { Output.line("  error: \(job.error)") }
     }

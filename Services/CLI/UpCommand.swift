@@ -14,9 +14,12 @@ struct UpCommand: AsyncParsableCommand {
             and the addresses of its peers (ingestion → identity → profile → segmentation → destination). \
             Their logs go to DATA_DIR/logs/<service>.log. Once every service answers its health check, prints \
             the endpoints (with --json one line: {"dataDir":…,"services":[{"name","address","pid"}…]}). \
-            Ctrl-C or SIGTERM stops them all (SIGTERM, upstream first); if one of them stops on its own, the \
-            others are stopped too and `cdp up` exits with status 1. Other commands find the services with the \
-            same --port-base (or $CDP_PORT_BASE).
+            Ctrl-C or SIGTERM stops them all (SIGTERM, upstream first). A service that stops on its own \
+            (a crash, SIGKILL) is started again after 1, 2, 4, … s (at most 30 s) while the others keep \
+            working: what they could not hand on waits in their outboxes. After --max-restarts restarts of one \
+            service within 10 minutes, `cdp up` stops everything and exits with status 1. One `cdp up` per \
+            data directory (a lock file in it); a port answered by another process is refused. Other commands \
+            find the services with the same --port-base (or $CDP_PORT_BASE).
             """
     )
 
@@ -37,6 +40,9 @@ struct UpCommand: AsyncParsableCommand {
 
     @Option(help: "Seconds to wait for the services to become healthy.")
     var startTimeout: Double = 60
+
+    @Option(help: "Restarts of one service within 10 minutes before `cdp up` gives up (0: never restart).")
+    var maxRestarts: Int = 5
 
     @Flag(help: "Print the endpoints as one JSON line.")
     var json = false
@@ -71,35 +77,23 @@ struct UpCommand: AsyncParsableCommand {
         }
         try announce(running)
 
-        // Either a signal arrives (a clean stop) or a service exits on its own (a failure).
-        enum Outcome: Sendable {
-            case signal(String)
-            case exited(ServiceName, status: Int32)
-        }
+        // Until a signal arrives (a clean stop), services that stop on their own are started again; one
+        // that keeps stopping ends the run (a failure).
         let outcome = await withTaskGroup(of: Outcome?.self) { group in
             group.addTask {
                 for await signal in signals { return .signal("\(signal)") }
                 return nil
             }
-            group.addTask {
-                while !Task.isCancelled {
-                    if let (service, status) = services.exited() { return .exited(service, status: status) }
-                    try? await Task.sleep(for: .milliseconds(200))
-                }
-                return nil
-            }
+            group.addTask { await supervise(services) }
             let first = await group.next() ?? nil
             group.cancelAll()
             return first
         }
         var failed = false
         switch outcome {
-        case .exited(let service, let status):
+        case .gaveUp(let service, let reason):
             failed = true
-            Output.error(
-                "\(service.executable) exited on its own with status \(status); stopping the others\n"
-                    + services.logTail(of: service)
-            )
+            Output.error("\(reason); stopping the others\n" + services.logTail(of: service))
         case .signal(let signal):
             Output.note("cdp up: received \(signal), stopping the services")
         case nil:
@@ -112,6 +106,54 @@ struct UpCommand: AsyncParsableCommand {
         }
         if failed || !unclean.isEmpty { throw ExitCode.failure }
         Output.note("cdp up: all five services stopped")
+    }
+
+    /// How supervision ended.
+    private enum Outcome: Sendable {
+        /// SIGINT or SIGTERM: a clean stop.
+        case signal(String)
+        /// A service kept stopping, or could not be started again: the reason.
+        case gaveUp(ServiceName, String)
+    }
+
+    /// Restarts each service that stops on its own, after a backoff, until one has needed more than
+    /// --max-restarts restarts within 10 minutes (or cannot be started); returns that failure, or nil
+    /// when cancelled.
+    private func supervise(_ services: LocalServices) async -> Outcome? {
+        let window = Duration.seconds(600)
+        var restarts: [ServiceName: [ContinuousClock.Instant]] = [:]
+        while !Task.isCancelled {
+            guard let (service, termination) = services.exited() else {
+                try? await Task.sleep(for: .milliseconds(200))
+                continue
+            }
+            let now = ContinuousClock.now
+            let recent = restarts[service, default: []].filter { now - $0 < window }
+            guard recent.count < maxRestarts else {
+                let times = maxRestarts == 1 ? "once" : "\(maxRestarts) times"
+                return .gaveUp(
+                    service,
+                    maxRestarts == 0
+                        ? "\(service.executable) \(termination) (--max-restarts 0)"
+                        : "\(service.executable) \(termination) after being restarted \(times) in 10 minutes"
+                )
+            }
+            let delay = Duration.seconds(min(30, 1 << recent.count))
+            Output.note(
+                "cdp up: \(service.executable) \(termination); restarting it in \(delay.components.seconds) s "
+                    + "(restart \(recent.count + 1) of at most \(maxRestarts) in 10 minutes)"
+            )
+            try? await Task.sleep(for: delay)
+            if Task.isCancelled { return nil }
+            do {
+                let running = try services.restart(service)
+                Output.note("cdp up: \(service.executable) restarted (pid \(running.pid))")
+            } catch {
+                return .gaveUp(service, "\(service.executable) \(termination) and cannot be started again: \(error)")
+            }
+            restarts[service] = recent + [now]
+        }
+        return nil
     }
 
     private func announce(_ running: [LocalServices.Running]) throws {

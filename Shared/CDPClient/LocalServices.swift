@@ -1,5 +1,6 @@
 import Foundation
 import RPCCore
+import RPCServices
 import ServiceSupport
 
 /// The five service executables run as child processes on one machine, on the embedded default
@@ -85,14 +86,47 @@ public final class LocalServices: Sendable {
         public var description: String
     }
 
+    /// How a service's process ended.
+    public enum Termination: Sendable, Equatable, CustomStringConvertible {
+        /// It exited with this status.
+        case exited(Int32)
+        /// A signal ended it (SIGKILL from the OOM killer or a person, SIGSEGV from a crash, …).
+        case signalled(Int32)
+
+        public var description: String {
+            switch self {
+            case .exited(let status): "exited with status \(status)"
+            case .signalled(let signal):
+                "was killed by signal \(signal)\(Self.signalName(signal).map { " (\($0))" } ?? "")"
+            }
+        }
+
+        private static func signalName(_ signal: Int32) -> String? {
+            switch signal {
+            case SIGKILL: "SIGKILL"
+            case SIGTERM: "SIGTERM"
+            case SIGINT: "SIGINT"
+            case SIGSEGV: "SIGSEGV"
+            case SIGABRT: "SIGABRT"
+            case SIGILL: "SIGILL"
+            case SIGTRAP: "SIGTRAP"
+            case SIGBUS: "SIGBUS"
+            default: nil
+            }
+        }
+    }
+
     /// The configuration the services run with.
     public let configuration: Configuration
     private let processes: LockedBox<[ServiceName: Process]>
+    /// Held from ``start()`` to ``stop(timeout:)``: one set of services per data directory.
+    private let lock: LockedBox<DataDirectoryLock?>
 
     /// Prepares to start the services; nothing runs until ``start()``.
     public init(configuration: Configuration) {
         self.configuration = configuration
         self.processes = LockedBox([:])
+        self.lock = LockedBox(nil)
     }
 
     /// The executable of `service`: in `binDirectory` if given, else next to the running executable,
@@ -123,6 +157,9 @@ public final class LocalServices: Sendable {
 
     /// Starts the five services (destination first, so every service's downstream peer is starting
     /// before it) and returns them; they keep running until ``stop(timeout:)``.
+    ///
+    /// - Throws: ``Failure`` when the data directory is in use by another `cdp up` (a lock file in it),
+    ///   or a service cannot be started.
     public func start() throws -> [Running] {
         let fileManager = FileManager.default
         let logs = configuration.dataDirectory + "/logs"
@@ -131,45 +168,66 @@ public final class LocalServices: Sendable {
         } catch {
             throw Failure(description: "cannot create \(logs): \(error.localizedDescription)")
         }
-        // Variables the services read in place of flags would contradict the flags given here.
+        let held = try DataDirectoryLock(directory: configuration.dataDirectory)
+        lock.withLock { $0 = held }
+        var running: [Running] = []
+        for service in ServiceName.allCases.reversed() {
+            running.append(try launch(service, freshLog: true))
+        }
+        return running.sorted { $0.service < $1.service }
+    }
+
+    /// Starts `service` again after it stopped on its own (see ``exited()``); its log continues.
+    public func restart(_ service: ServiceName) throws -> Running {
+        try launch(service, freshLog: false)
+    }
+
+    private func launch(_ service: ServiceName, freshLog: Bool) throws -> Running {
+        let fileManager = FileManager.default
+        let executable = try Self.executable(of: service, binDirectory: configuration.binDirectory)
+        let logPath = configuration.dataDirectory + "/logs/" + service.rawValue + ".log"
+        if freshLog || !fileManager.fileExists(atPath: logPath) {
+            guard fileManager.createFile(atPath: logPath, contents: nil) else {
+                throw Failure(description: "cannot create the log file \(logPath)")
+            }
+        }
+        guard let log = FileHandle(forWritingAtPath: logPath) else {
+            throw Failure(description: "cannot open the log file \(logPath)")
+        }
+        defer { try? log.close() }
+        _ = try? log.seekToEnd()
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: executable)
+        process.arguments = configuration.arguments(of: service)
+        process.environment = Self.serviceEnvironment
+        process.standardInput = FileHandle.nullDevice
+        process.standardOutput = log
+        process.standardError = log
+        do {
+            try process.run()
+        } catch {
+            throw Failure(description: "cannot start \(executable): \(error.localizedDescription)")
+        }
+        processes.withLock { $0[service] = process }
+        return Running(
+            service: service,
+            pid: process.processIdentifier,
+            address: configuration.address(of: service),
+            logPath: logPath,
+            executable: executable
+        )
+    }
+
+    /// This process's environment less the variables the services read in place of the flags given
+    /// here (they would contradict them).
+    private static var serviceEnvironment: [String: String] {
         var environment = ProcessInfo.processInfo.environment
         for variable in ["CDP_DATA_DIR", "CDP_HOST", "CDP_PORT", "CDP_LOG_LEVEL", "CDP_PARTITION", "CDP_PARTITIONS"]
             + ServiceName.allCases.map(\.addressVariable)
         {
             environment[variable] = nil
         }
-        var running: [Running] = []
-        for service in ServiceName.allCases.reversed() {
-            let executable = try Self.executable(of: service, binDirectory: configuration.binDirectory)
-            let logPath = logs + "/" + service.rawValue + ".log"
-            guard fileManager.createFile(atPath: logPath, contents: nil),
-                let log = FileHandle(forWritingAtPath: logPath)
-            else { throw Failure(description: "cannot create the log file \(logPath)") }
-            let process = Process()
-            process.executableURL = URL(fileURLWithPath: executable)
-            process.arguments = configuration.arguments(of: service)
-            process.environment = environment
-            process.standardInput = FileHandle.nullDevice
-            process.standardOutput = log
-            process.standardError = log
-            do {
-                try process.run()
-            } catch {
-                throw Failure(description: "cannot start \(executable): \(error.localizedDescription)")
-            }
-            try? log.close()
-            processes.withLock { $0[service] = process }
-            running.append(
-                Running(
-                    service: service,
-                    pid: process.processIdentifier,
-                    address: configuration.address(of: service),
-                    logPath: logPath,
-                    executable: executable
-                )
-            )
-        }
-        return running.sorted { $0.service < $1.service }
+        return environment
     }
 
     /// Waits until every service answers its health check with SERVING; fails as soon as one exits.
@@ -191,15 +249,32 @@ public final class LocalServices: Sendable {
         let deadline = ContinuousClock.now + timeout
         var waiting = Set(ServiceName.allCases)
         while !waiting.isEmpty {
-            if let (service, status) = exited() {
+            if let (service, termination) = exited() {
                 throw Failure(
-                    description: "\(service.executable) exited with status \(status) while starting\n"
+                    description: "\(service.executable) \(termination) while starting\n"
                         + logTail(of: service)
                 )
             }
             for service in waiting.sorted() {
-                let answer = try? await clients.health(service).check(.init(), options: .init(timeout: .seconds(1)))
-                if answer?.status == .serving { waiting.remove(service) }
+                guard
+                    let answer = try? await clients.rpc(service).unary(
+                        Grpc_Health_V1_Health.Method.check,
+                        .init(),
+                        options: .init(timeout: .seconds(1))
+                    ), answer.message.status == .serving
+                else { continue }
+                // Whoever answers on the port must be the process started here, not another instance
+                // (a port taken by another `cdp up` would otherwise pass for this one's service).
+                let pid = processes.withLock { $0[service]?.processIdentifier }
+                guard let pid, answer.initialMetadata.first(HealthService.processIDKey) == "\(pid)" else {
+                    let other = answer.initialMetadata.first(HealthService.processIDKey).map { " (pid \($0))" } ?? ""
+                    throw Failure(
+                        description: "\(configuration.address(of: service)) is answered by another process\(other), "
+                            + "not by the \(service.executable) started here: the port is taken (another `cdp up`?); "
+                            + "stop it or choose another --port-base"
+                    )
+                }
+                waiting.remove(service)
             }
             guard !waiting.isEmpty else { break }
             guard ContinuousClock.now < deadline else {
@@ -213,12 +288,15 @@ public final class LocalServices: Sendable {
         }
     }
 
-    /// The first service found to have exited, with its exit status; nil while all run.
-    public func exited() -> (ServiceName, Int32)? {
+    /// The first service found to have stopped, with how it ended; nil while all run.
+    public func exited() -> (ServiceName, Termination)? {
         processes.withLock { processes in
             for service in ServiceName.allCases {
                 if let process = processes[service], !process.isRunning {
-                    return (service, process.terminationStatus)
+                    let status = process.terminationStatus
+                    let termination: Termination =
+                        process.terminationReason == .uncaughtSignal ? .signalled(status) : .exited(status)
+                    return (service, termination)
                 }
             }
             return nil
@@ -245,6 +323,7 @@ public final class LocalServices: Sendable {
             statuses[service] = process.terminationStatus
         }
         processes.withLock { $0 = [:] }
+        lock.withLock { $0 = nil }
         return statuses
     }
 

@@ -1,10 +1,16 @@
+import Foundation
 import RPCCore
 
 /// The standard `grpc.health.v1.Health` service.
 ///
 /// The overall server (service name `""`) is `SERVING` from the start; other services report what
-/// ``setStatus(_:for:)`` last said, or `SERVICE_UNKNOWN`. `Watch` streams every change.
+/// ``setStatus(_:for:)`` last said, or `SERVICE_UNKNOWN`. `Watch` streams every change. `Check` answers
+/// with the serving process's id in the response metadata (``processIDKey``), so that a supervisor
+/// can tell its own child from another process holding the port.
 public final class HealthService: Grpc_Health_V1_Health.ServiceProtocol {
+    /// The response metadata key of the serving process's id.
+    public static let processIDKey = "cdp-pid"
+
     /// A service's health.
     public typealias ServingStatus = Grpc_Health_V1_HealthCheckResponse.ServingStatus
 
@@ -37,6 +43,7 @@ public final class HealthService: Grpc_Health_V1_Health.ServiceProtocol {
         guard let status = self.state.value.statuses[request.service] else {
             throw RPCError(code: .notFound, message: "Unknown service: \(request.service)")
         }
+        context.addInitialMetadata(Metadata([(Self.processIDKey, "\(ProcessInfo.processInfo.processIdentifier)")]))
         var response = Grpc_Health_V1_HealthCheckResponse()
         response.status = status
         return response

@@ -71,6 +71,16 @@ public struct RawStatement {
         return code == SQLITE_ROW
     }
 
+    /// Steps the statement once and returns the integer columns `0..<columns` of the row it produced
+    /// (nil when it produced none), then resets it.
+    public func integers(_ columns: Int32) throws -> [Int64]? {
+        let code = sqlite3_step(handle)
+        defer { sqlite3_reset(handle) }
+        guard code == SQLITE_ROW || code == SQLITE_DONE else { throw Self.error(connection, code, "step") }
+        guard code == SQLITE_ROW else { return nil }
+        return (0..<columns).map { sqlite3_column_int64(handle, $0) }
+    }
+
     /// The rowid of the last row inserted on the connection.
     public var lastInsertedRowID: Int64 { sqlite3_last_insert_rowid(connection) }
 

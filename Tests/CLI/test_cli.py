@@ -25,27 +25,9 @@ import pytest
 
 from cli_support import (
     AS_OF, BODEA, BODEA_PQL, LINKEDIN_ROWS, MARKETO_ROWS, OPPORTUNITY_1, OPPORTUNITY_2, P2, P2_VISIT, SERVICES,
-    CdpUp, assert_cli_error, assert_no_crash, cdp_json, cdp_ok, describe, exported, free_port_base, id_of,
+    assert_cli_error, assert_no_crash, cdp_json, cdp_ok, describe, exported, free_port_base, id_of,
     manifest, num, read_csv_rows, require_cdp, run_cdp, service_running, wait_for_files,
 )
-
-
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory):
-    """`cdp up` on a fresh data directory and five free consecutive ports; stopped (SIGKILL if need be) at the
-    end of the module unless a test stopped it with SIGTERM."""
-    require_cdp()
-    work = tmp_path_factory.mktemp("cli")
-    up = CdpUp(work / "data", free_port_base())
-    try:
-        up.start()
-        yield up
-    finally:
-        if up.proc is not None and up.proc.poll() is None:
-            rc, _ = up.terminate()
-            if rc is None:
-                print(f"cdp up did not stop within 20 s of SIGTERM at teardown\n{up.logs()}")
-        up.kill()
 
 
 def test_up_json_line(stack):

@@ -25,7 +25,9 @@ final class FailingStore: IdentityStore, @unchecked Sendable {
         if lock.withLock({ failingLoads }) { throw CocoaError(.fileReadUnknown) }
         return try inner.loadGraphs()
     }
-    func unseen(_ versions: [RecordVersion]) throws -> [Bool] { try inner.unseen(versions) }
+    func currentVersions(of records: [RecordSlot]) throws -> [RecordSlot: TakenVersion] {
+        try inner.currentVersions(of: records)
+    }
     func commit(_ commit: IdentityCommit) throws {
         if lock.withLock({ failingCommits }) { throw CocoaError(.fileWriteOutOfSpace) }
         try inner.commit(commit)
@@ -157,6 +159,33 @@ struct IdentityEngineTests {
         // Twice in one call: taken once.
         let account = Bodea.accounts[0]
         #expect(try await engine.accept([account, account]) == .init(accepted: 1, duplicates: 1))
+    }
+
+    /// Only the current version of a record makes a duplicate: a value changed back (A, B, A) is taken
+    /// and forwarded; an older version that arrives after a newer one (a re-delivered chunk, a batch that
+    /// completed after a later stream) is not; a person and an account sharing a key are apart.
+    @Test func onlyTheCurrentVersionIsADuplicate() async throws {
+        let store = try SQLiteIdentityStore()
+        let engine = try IdentityEngine(store: store, loop: Self.loop)
+        let optedIn = Bodea.person("P9", "mkto-1", email: "p9@townsend.com", account: nil)
+        var record = optedIn.record
+        record.person.emailOptOut = true
+        let optedOut = Bodea.stored(record)
+        let optedInAgain = Bodea.stored(optedIn.record)
+        #expect(try await engine.accept([optedIn, optedOut]) == .init(accepted: 2, duplicates: 0))
+        #expect(try await engine.accept([optedInAgain]) == .init(accepted: 1, duplicates: 0), "changed back")
+        #expect(try await engine.accept([optedIn, optedOut, optedInAgain]) == .init(accepted: 0, duplicates: 3))
+        let forwarded = try outbox(of: store).compactMap { update -> Bool? in
+            guard case .record(let annotated)? = update.update, annotated.stored.record.key == record.key else {
+                return nil
+            }
+            return annotated.stored.record.person.emailOptOut
+        }
+        #expect(forwarded == [false, true, false])
+        // An account with the person's key is another record.
+        let account = Bodea.account("P9", "mkto-1", name: "Nine")
+        #expect(try await engine.accept([account]) == .init(accepted: 1, duplicates: 0))
+        #expect(try await engine.accept([optedInAgain, account]) == .init(accepted: 0, duplicates: 2))
     }
 
     /// The state after a restart equals the state before it, and the outbox's numbering continues.

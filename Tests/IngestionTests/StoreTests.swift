@@ -1,8 +1,10 @@
 import CDPProto
 import Foundation
-import IngestionStore
+import GRDB
 import SwiftProtobuf
 import Testing
+
+@testable import IngestionStore
 
 /// The SQLite store: idempotent appends, batch visibility, cleanup of failed and interrupted batches, and
 /// the outbox.
@@ -67,6 +69,61 @@ struct StoreTests {
         let newVersion = try await store.appendStreamRecords(Self.records(1...1, version: 2), streamID: "s1")
         #expect(newVersion == AppendResult(accepted: 1, duplicates: 0))
         #expect(try await store.outboxStatus().pending == 5)
+    }
+
+    /// Only the current version of a key makes a duplicate: a value changed back (A, B, A) is a third
+    /// version, stored and forwarded after the second, in the order it arrived.
+    @Test func aValueChangedBackIsANewVersion() async throws {
+        let store = try SQLiteIngestionStore()
+        for version: UInt64 in [1, 2, 1] {
+            #expect(
+                try await store.appendStreamRecords(Self.records(1...1, version: version), streamID: "s1").accepted == 1
+            )
+        }
+        #expect(try await store.appendStreamRecords(Self.records(1...1, version: 1), streamID: "s1").duplicates == 1)
+        // In a batch too, and twice in one chunk: the second copy equals the first, now current.
+        let id = try Self.startedID(try await store.beginBatch(Self.header(), errorThreshold: 0.05))
+        let chunk = Self.records(1...1, version: 2) + Self.records(1...1, version: 2) + Self.records(1...1, version: 1)
+        #expect(try await store.appendBatchRecords(chunk, batchID: id) == AppendResult(accepted: 2, duplicates: 1))
+        _ = try await store.finishBatch(id, outcome: Self.completed(records: 3))
+        var versions: [UInt64] = []
+        while let chunk = try await store.nextOutboxChunk(limit: 10) {
+            versions += chunk.records.map(\.version)
+            try await store.acknowledge(chunk)
+        }
+        #expect(versions == [1, 2, 1, 2, 1])
+    }
+
+    /// A database written by the previous schema (unique key and version) opens, keeps its records and
+    /// their sequence numbers, and takes a value changed back.
+    @Test func theV2DatabaseMigratesWithItsRecords() async throws {
+        try await Self.withDatabase { path in
+            do {
+                var migrator = SQLiteIngestionStore.migrator
+                // The schema as the previous release left it.
+                let queue = try DatabaseQueue(path: path)
+                migrator.eraseDatabaseOnSchemaChange = false
+                try migrator.migrate(queue, upTo: "v2: index of receiving batches")
+                try await queue.write { db in
+                    for (seq, version) in [(1, 1), (2, 2), (7, 3)] {
+                        try db.execute(
+                            sql: """
+                                INSERT INTO records (seq, key, version, batch_id, entity, ingested_at, payload)
+                                VALUES (?, 'P1@mkto-1.Marketo', ?, 'stream:s', 1, 0, x'00')
+                                """,
+                            arguments: [seq, version]
+                        )
+                    }
+                    // A record deleted since (a failed batch): its seq must not come back.
+                    try db.execute(sql: "DELETE FROM records WHERE seq = 7")
+                }
+            }
+            let store = try SQLiteIngestionStore(path: path)
+            let appended = try await store.appendStreamRecords(Self.records(1...1, version: 1), streamID: "s2")
+            #expect(appended == AppendResult(accepted: 1, duplicates: 0), "version 1 is not the current one (2 is)")
+            let chunk = try #require(try await store.nextOutboxChunk(limit: 10))
+            #expect(chunk.records.map(\.sequence) == [8], "sequence numbers are never reused")
+        }
     }
 
     @Test func aBatchIsForwardedOnlyOnceCompleted() async throws {

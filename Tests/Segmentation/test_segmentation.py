@@ -383,18 +383,25 @@ def test_running_example_streaming(tmp_path):
         if len(dest.snapshot()) != sent_before:
             problems.append(f"the batch job sent {[describe(c) for c in dest.snapshot()[sent_before:]]}, expected "
                             f"nothing")
-        townsend = seg.CreateSegment(segmentation_pb2.CreateSegmentRequest(
-            name="everyone at Townsend (batch)", pql='person.email.endsWith("@townsend.com")',
-            mode=segmentation_pb2.EVALUATION_MODE_BATCH), timeout=10)
-        # A new view streams in (p1's name changes): batch-mode segments do not take it.
+        # A new view streams in (p1's name changes), then a batch-mode segment is created: the job its creation
+        # starts evaluates every existing view, so it has its members without a manual Evaluate.
         ingest(ing, MKTO1, "person", csv_text(PERSON_COLUMNS, [
             ("101", EMAIL["p1"], "Patricia", "One", "Contact", "A1", None, "2026-04-19T10:00:00Z")]),
             key="m1-persons-2", expect_records=1)
         pipe.drain(timeout=30)
-        if members(seg, townsend.id):
-            problems.append(f"the batch-mode segment {townsend.id} has members before any Evaluate: "
-                            f"{member_emails(members(seg, townsend.id))}")
-        run_job([townsend.id], 3, 3, "p1, p2 and p3 enter the batch-mode segment")
+        townsend = seg.CreateSegment(segmentation_pb2.CreateSegmentRequest(
+            name="everyone at Townsend (batch)", pql='person.email.endsWith("@townsend.com")',
+            mode=segmentation_pb2.EVALUATION_MODE_BATCH), timeout=10)
+        if not townsend.evaluation_job_id:
+            problems.append(f"CreateSegment answered {townsend}: no evaluation_job_id")
+        else:
+            first = wait_job(seg, townsend.evaluation_job_id)
+            if first.state != segmentation_pb2.JOB_STATE_SUCCEEDED or list(first.segment_ids) != [townsend.id] or \
+                    (first.evaluated, first.realized, first.exited) != (3, 3, 0):
+                problems.append(f"the creation job of {townsend.id}: {first}; expected SUCCEEDED over 3 views, "
+                                f"3 realized (p1, p2 and p3)")
+        pipe.drain(timeout=30)
+        run_job([townsend.id], 3, 0, "the creation job already entered p1, p2 and p3")
         want = {clusters[p]: e for p, e in EMAIL.items()}
         if member_emails(members(seg, townsend.id, REALIZED)) != want:
             problems.append(f"GetMembers({townsend.id}) after its batch job: "

@@ -1,6 +1,10 @@
 import CDPProto
 import Foundation
 import SwiftProtobuf
+import Synchronization
+
+/// Ingestion's sequence numbers for the records tests make: increasing, in the order they are made.
+private let lastSequence = Atomic<UInt64>(0)
 
 /// The Bodea records of DESIGN.md §1 as ingestion would forward them.
 public enum Bodea {
@@ -11,9 +15,13 @@ public enum Bodea {
         return source
     }
 
+    /// `record` as ingestion forwards it, with the next sequence number (so re-sending the same value
+    /// re-delivers it, and a record made later is a later arrival).
     public static func stored(_ record: Cdp_Model_V1_Record, batch: String = "b-test") -> Cdp_Identity_V1_StoredRecord {
         var stored = Cdp_Identity_V1_StoredRecord()
         stored.record = record
+        // A record made later arrived later: a new version of a record made before supersedes it.
+        stored.sequence = lastSequence.add(1, ordering: .relaxed).newValue
         stored.batchID = batch
         stored.version = FNV.hash(try! record.serializedBytes() as [UInt8])
         stored.ingestedAt = Google_Protobuf_Timestamp(date: Date(timeIntervalSince1970: 1_795_000_000))

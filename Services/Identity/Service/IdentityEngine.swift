@@ -45,9 +45,9 @@ public actor IdentityEngine {
 
     /// What an intake call did.
     public struct IntakeResult: Sendable, Equatable {
-        /// Records taken for the first time.
+        /// Records taken: each is now its record's current version.
         public var accepted: Int
-        /// Records taken before (same key and version), skipped.
+        /// Records skipped: the current version again, or a version older than the current one.
         public var duplicates: Int
 
         /// Creates a result.
@@ -119,23 +119,25 @@ public actor IdentityEngine {
 
     // MARK: - Intake
 
-    /// Links `records` in order and commits the results; records taken before are skipped.
+    /// Links `records` in order and commits the results; a record that its current version supersedes
+    /// (see ``TakenVersion/supersedes(_:)``) is skipped.
     ///
     /// - Throws: The store's error if the commit failed; nothing of the call is kept then.
     public func accept(_ records: [Cdp_Identity_V1_StoredRecord]) throws -> IntakeResult {
         try reloadIfNeeded()
-        let versions = records.map { RecordVersion(key: $0.record.key, version: $0.version) }
-        let unseen = try store.unseen(versions)
+        let slots = records.map { RecordSlot(key: $0.record.key, entity: $0.record.entityType) }
+        var current = try store.currentVersions(of: slots)
         var commit = IdentityCommit(committedAt: now())
-        var takenNow = Set<RecordVersion>()
         var updates: [Cdp_Profile_V1_IdentityUpdate] = []
         var duplicates = 0
-        for (index, stored) in records.enumerated() {
-            guard unseen[index], takenNow.insert(versions[index]).inserted else {
+        for (slot, stored) in zip(slots, records) {
+            if let taken = current[slot], taken.supersedes(stored) {
                 duplicates += 1
                 continue
             }
-            commit.accepted.append(versions[index])
+            let taken = TakenVersion(version: stored.version, sequence: stored.sequence)
+            current[slot] = taken
+            commit.accepted.append((slot, taken))
             updates += link(stored, into: &commit)
         }
         try save(updates, in: &commit)

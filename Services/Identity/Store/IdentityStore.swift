@@ -12,8 +12,8 @@ import IdentityRules
 public protocol IdentityStore: Sendable {
     /// Every graph's persisted state, to rebuild the in-memory graphs at start.
     func loadGraphs() throws -> [EntityGraph: GraphState]
-    /// For each (record key, version), whether it was never taken before.
-    func unseen(_ versions: [RecordVersion]) throws -> [Bool]
+    /// The version last taken of each of these records (by key and entity type), where there is one.
+    func currentVersions(of records: [RecordSlot]) throws -> [RecordSlot: TakenVersion]
     /// Writes one intake call's (or one removal's) effects.
     func commit(_ commit: IdentityCommit) throws
     /// The stored links of these records in `graph`, by record key.
@@ -32,17 +32,40 @@ public protocol IdentityStore: Sendable {
     func outboxStatus() throws -> (pending: UInt64, oldestPending: Date?, forwarded: UInt64)
 }
 
-/// A version of a record: its key and the hash ingestion gave its content.
-public struct RecordVersion: Hashable, Sendable {
+/// A record's place: its key and entity type (a person and an account of one source may share a key).
+public struct RecordSlot: Hashable, Sendable {
     /// The record's key.
     public var key: String
+    /// The record's entity type.
+    public var entity: Cdp_Model_V1_EntityType
+
+    /// Creates a record slot.
+    public init(key: String, entity: Cdp_Model_V1_EntityType) {
+        self.key = key
+        self.entity = entity
+    }
+}
+
+/// The version of a record last taken: the hash ingestion gave its content and ingestion's sequence
+/// number for it (the order records arrived in).
+public struct TakenVersion: Hashable, Sendable {
     /// The content hash.
     public var version: UInt64
+    /// Ingestion's sequence number.
+    public var sequence: UInt64
 
-    /// Creates a record version.
-    public init(key: String, version: UInt64) {
-        self.key = key
+    /// Creates a taken version.
+    public init(version: UInt64, sequence: UInt64) {
         self.version = version
+        self.sequence = sequence
+    }
+
+    /// Whether `stored` changes nothing after this version: it is this version again (a re-delivery,
+    /// or the same content re-sent), or an older one that arrived at ingestion before this one (a
+    /// re-delivered chunk, or a batch that completed after a later stream). A value changed back
+    /// (A, B, A) arrives later than B and is taken.
+    public func supersedes(_ stored: Cdp_Identity_V1_StoredRecord) -> Bool {
+        stored.version == version || stored.sequence < sequence
     }
 }
 
@@ -95,8 +118,8 @@ public struct StoredConflict: Sendable, Equatable {
 
 /// Everything one intake call (or one identity removal) changed.
 public struct IdentityCommit: Sendable {
-    /// Record versions taken, so that a re-delivery is recognised.
-    public var accepted: [RecordVersion] = []
+    /// The versions taken, each now its record's current one, so that a re-delivery is recognised.
+    public var accepted: [(slot: RecordSlot, version: TakenVersion)] = []
     /// Each graph's journal, in order.
     public var graphChanges: [(graph: EntityGraph, changes: [GraphChange])] = []
     /// Where the records linked in this commit came from, by graph and record key (a person and an

@@ -100,6 +100,25 @@ public final class SQLiteIdentityStore: IdentityStore {
                 sql: "INSERT OR REPLACE INTO counters (name, value) SELECT 'pending_updates', count(*) FROM outbox"
             )
         }
+        // Every version ever taken made a value changed back (A, B, A) look like a re-delivery of A and
+        // dropped it. Only the current version of each record counts now, with ingestion's sequence
+        // number, which also tells an older version re-delivered after a newer one. The old table
+        // cannot say which version is current: it goes, and a chunk re-delivered right after the
+        // upgrade is taken again (linking is idempotent; profile applies it as the same fragment).
+        migrator.registerMigration("v4: the current version of each record") { db in
+            try db.execute(
+                sql: """
+                    DROP TABLE accepted;
+                    CREATE TABLE current_versions (
+                        key TEXT NOT NULL,
+                        entity INTEGER NOT NULL,
+                        version INTEGER NOT NULL,
+                        sequence INTEGER NOT NULL,
+                        PRIMARY KEY (key, entity)
+                    ) WITHOUT ROWID;
+                    """
+            )
+        }
         return migrator
     }
 
@@ -140,15 +159,25 @@ public final class SQLiteIdentityStore: IdentityStore {
         }
     }
 
-    public func unseen(_ versions: [RecordVersion]) throws -> [Bool] {
+    public func currentVersions(of records: [RecordSlot]) throws -> [RecordSlot: TakenVersion] {
         try writer.read { db in
-            let seen = try RawStatement(db, "SELECT 1 FROM accepted WHERE key = ?1 AND version = ?2")
-            defer { seen.finalize() }
-            return try versions.map { version in
-                try seen.bind(1, version.key)
-                try seen.bind(2, Int64(bitPattern: version.version))
-                return try !seen.hasRow()
+            let select = try RawStatement(
+                db,
+                "SELECT version, sequence FROM current_versions WHERE key = ?1 AND entity = ?2"
+            )
+            defer { select.finalize() }
+            var found: [RecordSlot: TakenVersion] = [:]
+            for slot in records where found[slot] == nil {
+                try select.bind(1, slot.key)
+                try select.bind(2, Int64(slot.entity.rawValue))
+                if let row = try select.integers(2) {
+                    found[slot] = TakenVersion(
+                        version: UInt64(bitPattern: row[0]),
+                        sequence: UInt64(bitPattern: row[1])
+                    )
+                }
             }
+            return found
         }
     }
 
@@ -157,11 +186,16 @@ public final class SQLiteIdentityStore: IdentityStore {
     public func commit(_ commit: IdentityCommit) throws {
         guard !commit.isEmpty else { return }
         try writer.write { db in
-            let accept = try RawStatement(db, "INSERT OR IGNORE INTO accepted (key, version) VALUES (?1, ?2)")
+            let accept = try RawStatement(
+                db,
+                "INSERT OR REPLACE INTO current_versions (key, entity, version, sequence) VALUES (?1, ?2, ?3, ?4)"
+            )
             defer { accept.finalize() }
-            for version in commit.accepted {
-                try accept.bind(1, version.key)
-                try accept.bind(2, Int64(bitPattern: version.version))
+            for (slot, taken) in commit.accepted {
+                try accept.bind(1, slot.key)
+                try accept.bind(2, Int64(slot.entity.rawValue))
+                try accept.bind(3, Int64(bitPattern: taken.version))
+                try accept.bind(4, Int64(bitPattern: taken.sequence))
                 try accept.run()
             }
             let statements = try GraphStatements(db)

@@ -532,22 +532,7 @@ enum RecordPreparation {
 
     static func prepare(_ record: Cdp_Model_V1_Record) throws -> PreparedRecord {
         let payload: Data = try record.serializedBytes(options: options)
-        let entity: Cdp_Model_V1_EntityType
-        switch record.entity {
-        case .person?: entity = .person
-        case .account?: entity = .account
-        case .opportunity?: entity = .opportunity
-        case .accountPersonRelation?: entity = .accountPersonRelation
-        case .opportunityPersonRelation?: entity = .opportunityPersonRelation
-        case .campaign?: entity = .campaign
-        case .campaignMember?: entity = .campaignMember
-        case .marketingList?: entity = .marketingList
-        case .marketingListMember?: entity = .marketingListMember
-        case .event?: entity = .event
-        case .identityLink?: entity = .identityLink
-        case nil: entity = .unspecified
-        }
         let version = payload.withUnsafeBytes { FNV1a.hash($0) }
-        return PreparedRecord(key: record.key, version: version, entity: entity, payload: payload)
+        return PreparedRecord(key: record.key, version: version, entity: record.entityType, payload: payload)
     }
 }

@@ -19,7 +19,9 @@ public protocol IngestionStore: Sendable {
 
     /// Starts a batch, or finds the one with the same source and idempotency key.
     func beginBatch(_ header: Cdp_Ingestion_V1_BatchHeader, errorThreshold: Double) async throws -> BatchStart
-    /// Appends one chunk of a receiving batch's records; duplicates (same key and version) are skipped.
+    /// Appends one chunk of a receiving batch's records. A record equal to the current (latest stored)
+    /// version of its key is a duplicate and skipped; anything else is a new version, even one equal to
+    /// an older version (a value changed back).
     func appendBatchRecords(_ records: [PreparedRecord], batchID: String) async throws -> AppendResult
     /// Ends a receiving batch. A completed batch's records are queued for forwarding; a failed or
     /// interrupted batch's records are deleted (an interrupted batch may be sent again under the same
@@ -91,7 +93,7 @@ public enum FNV1a {
 public struct AppendResult: Sendable, Equatable {
     /// Records stored for the first time.
     public var accepted: Int
-    /// Records skipped because the same key and version were already stored.
+    /// Records skipped because they equal the current version of their key.
     public var duplicates: Int
 
     /// Creates a result.

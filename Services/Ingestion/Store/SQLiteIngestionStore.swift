@@ -120,6 +120,37 @@ public final class SQLiteIngestionStore: IngestionStore {
             // Every append asks whether another batch is receiving (see `append`).
             try db.execute(sql: "CREATE INDEX batches_receiving ON batches (id) WHERE state = 'receiving'")
         }
+        migrator.registerMigration("v3: versions in arrival order") { db in
+            // A record is a duplicate only when it equals the current (latest) version of its key, so
+            // a value changed back (A, B, A) is a third version, not a duplicate of the first. Same
+            // key and content may now be stored more than once: the unique (key, version) index
+            // goes, and an index on (key, entity) finds the current version (a person and an account
+            // of one source may share a key; index rows end with seq, so the latest is the last). SQLite cannot drop a constraint: the table is rebuilt, and
+            // AUTOINCREMENT's high-water mark is carried over so that no seq is ever reused.
+            try db.execute(
+                sql: """
+                    CREATE TABLE records_v3 (
+                        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+                        key TEXT NOT NULL,
+                        version INTEGER NOT NULL,
+                        batch_id TEXT NOT NULL,
+                        entity INTEGER NOT NULL,
+                        ingested_at INTEGER NOT NULL,
+                        payload BLOB NOT NULL
+                    );
+                    INSERT INTO records_v3 (seq, key, version, batch_id, entity, ingested_at, payload)
+                        SELECT seq, key, version, batch_id, entity, ingested_at, payload FROM records ORDER BY seq;
+                    INSERT INTO sqlite_sequence (name, seq)
+                        SELECT 'records_v3', 0 WHERE NOT EXISTS (SELECT 1 FROM sqlite_sequence WHERE name = 'records_v3');
+                    UPDATE sqlite_sequence
+                        SET seq = (SELECT max(seq) FROM sqlite_sequence WHERE name IN ('records', 'records_v3'))
+                        WHERE name = 'records_v3';
+                    DROP TABLE records;
+                    ALTER TABLE records_v3 RENAME TO records;
+                    CREATE INDEX records_by_key ON records (key, entity);
+                    """
+            )
+        }
         return migrator
     }
 
@@ -444,7 +475,8 @@ public final class SQLiteIngestionStore: IngestionStore {
         }
     }
 
-    /// Inserts records, skipping stored (key, version) pairs; returns the counts and the seq range used.
+    /// Inserts records, skipping each one equal to the current (latest stored) version of its key and
+    /// entity; returns the counts and the seq range used.
     ///
     /// The hot path of ingestion: the statement is bound and stepped through SQLite's C API directly,
     /// since GRDB's `StatementArguments` box every value (measured: a few µs per record).
@@ -459,7 +491,8 @@ public final class SQLiteIngestionStore: IngestionStore {
             db,
             """
             INSERT INTO records (key, version, batch_id, entity, ingested_at, payload)
-            VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (key, version) DO NOTHING
+            SELECT ?1, ?2, ?3, ?4, ?5, ?6
+            WHERE (SELECT version FROM records WHERE key = ?1 AND entity = ?4 ORDER BY seq DESC LIMIT 1) IS NOT ?2
             """
         )
         defer { insert.finalize() }
@@ -496,8 +529,8 @@ public final class SQLiteIngestionStore: IngestionStore {
         return (result, first.map { $0...last })
     }
 
-    /// Records a claim on the stored copy of a duplicate when a batch that is still receiving holds it
-    /// (see the `claims` table).
+    /// Records a claim on the stored copy of a duplicate (its key's current version) when a batch that
+    /// is still receiving holds it (see the `claims` table).
     private static func claimIfHeldByReceivingBatch(
         _ record: PreparedRecord,
         claimer: String,
@@ -507,8 +540,8 @@ public final class SQLiteIngestionStore: IngestionStore {
         guard
             let holder = try Row.fetchOne(
                 db,
-                sql: "SELECT seq, batch_id FROM records WHERE key = ? AND version = ?",
-                arguments: [record.key, Int64(bitPattern: record.version)]
+                sql: "SELECT seq, batch_id FROM records WHERE key = ? AND entity = ? ORDER BY seq DESC LIMIT 1",
+                arguments: [record.key, Int64(record.entity.rawValue)]
             )
         else { return }
         let holderID: String = holder["batch_id"]

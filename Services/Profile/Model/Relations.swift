@@ -3,20 +3,7 @@ import Foundation
 
 /// The entity type of a record, as the API names it; nil for a record without an entity.
 public func entityType(of record: Cdp_Model_V1_Record) -> Cdp_Model_V1_EntityType? {
-    switch record.entity {
-    case .person?: .person
-    case .account?: .account
-    case .opportunity?: .opportunity
-    case .accountPersonRelation?: .accountPersonRelation
-    case .opportunityPersonRelation?: .opportunityPersonRelation
-    case .campaign?: .campaign
-    case .campaignMember?: .campaignMember
-    case .marketingList?: .marketingList
-    case .marketingListMember?: .marketingListMember
-    case .event?: .event
-    case .identityLink?: .identityLink
-    case nil: nil
-    }
+    record.entity == nil ? nil : record.entityType
 }
 
 /// The roles identity gives the references of each kind of record (see IdentityRules).

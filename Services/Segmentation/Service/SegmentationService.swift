@@ -73,8 +73,29 @@ public final class SegmentationService: Cdp_Segmentation_V1_Segmentation.Service
             entityType: request.entityType,
             mode: request.mode
         )
-        logger.info("segment created", metadata: ["segment": "\(record.id)", "name": "\(record.name)"])
-        return Self.message(record, realized: 0)
+        var segment = Self.message(record, realized: 0)
+        segment.evaluationJobID = try await evaluateExistingViews(of: record)
+        logger.info(
+            "segment created",
+            metadata: ["segment": "\(record.id)", "name": "\(record.name)", "job": "\(segment.evaluationJobID)"]
+        )
+        return segment
+    }
+
+    /// Starts a batch job that evaluates `record` over every existing view of this replica's partition,
+    /// so that a new or redefined segment has its members without a manual Evaluate; returns the job's
+    /// id, or "" when there is no profile service to read views from.
+    private func evaluateExistingViews(of record: SegmentRecord) async throws -> String {
+        guard source.isAvailable else { return "" }
+        let (partition, partitions) = jobs.assignment
+        let job = try await engine.newJob(
+            segments: [record.id],
+            asOf: await engine.currentTime(),
+            partition: partition,
+            partitions: partitions
+        )
+        jobs.submit(job)
+        return job.id
     }
 
     public func getSegment(
@@ -98,13 +119,18 @@ public final class SegmentationService: Cdp_Segmentation_V1_Segmentation.Service
         request: Cdp_Segmentation_V1_UpdateSegmentRequest,
         context: ServerContext
     ) async throws -> Cdp_Segmentation_V1_Segment {
+        let before = try await engine.segment(request.id)
         let record = try await engine.updateSegment(
             id: request.id,
             name: request.hasName ? request.name : nil,
             pql: request.hasPql ? request.pql : nil,
             mode: request.hasMode ? request.mode : nil
         )
-        return Self.message(record, realized: try await engine.realizedCount(request.id))
+        var segment = Self.message(record, realized: try await engine.realizedCount(request.id))
+        if record.pql != before.pql || record.mode != before.mode {
+            segment.evaluationJobID = try await evaluateExistingViews(of: record)
+        }
+        return segment
     }
 
     public func deleteSegment(

@@ -532,10 +532,10 @@ public nonisolated struct Cdp_Identity_V1_AcceptRecordsResponse: Sendable {
   // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
   // methods supported on all messages.
 
-  /// Records taken for the first time.
+  /// Records taken: each is now its record's current version.
   public var accepted: UInt32 = 0
 
-  /// Records already taken before.
+  /// Records skipped: the current version again, or an older one.
   public var duplicates: UInt32 = 0
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()

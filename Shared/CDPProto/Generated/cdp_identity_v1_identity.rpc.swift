@@ -81,8 +81,10 @@ public enum Cdp_Identity_V1_Identity {
     ///
     /// Throw ``RPCError`` (or an ``RPCErrorConvertible`` error) to end a call with a chosen status.
     public protocol ServiceProtocol: RPCService {
-        /// Takes stored records from ingestion's outbox. Idempotent: a record already taken (same key and
-        /// version) changes nothing, so the sender retries freely until it gets an answer.
+        /// Takes stored records from ingestion's outbox. Idempotent: a record equal to the current version
+        /// of its record (same key, entity and version) or older than it (a lower ingestion sequence number)
+        /// changes nothing, so the sender retries freely until it gets an answer. A value changed back to an
+        /// earlier one arrives with a higher sequence number and is taken.
         ///
         /// Serves `/cdp.identity.v1.Identity/AcceptRecords` (unary).
         func acceptRecords(
@@ -146,8 +148,10 @@ public enum Cdp_Identity_V1_Identity {
             self.rpc = rpc
         }
 
-        /// Takes stored records from ingestion's outbox. Idempotent: a record already taken (same key and
-        /// version) changes nothing, so the sender retries freely until it gets an answer.
+        /// Takes stored records from ingestion's outbox. Idempotent: a record equal to the current version
+        /// of its record (same key, entity and version) or older than it (a lower ingestion sequence number)
+        /// changes nothing, so the sender retries freely until it gets an answer. A value changed back to an
+        /// earlier one arrives with a higher sequence number and is taken.
         ///
         /// Calls `/cdp.identity.v1.Identity/AcceptRecords` (unary) and returns the response message. For its metadata,
         /// use `rpc.unary(Cdp_Identity_V1_Identity.Method.acceptRecords, request)`.

@@ -367,7 +367,8 @@ public nonisolated struct Cdp_Ingestion_V1_BatchCounts: Sendable {
   /// Valid records stored for the first time.
   public var accepted: UInt64 = 0
 
-  /// Valid records already stored with the same content (nothing stored again).
+  /// Valid records equal to the current (latest stored) version of their key: nothing stored again.
+  /// A record equal to an older version only (a value changed back) is a new version, accepted.
   public var duplicates: UInt64 = 0
 
   /// Invalid records (see errors).
@@ -517,6 +518,7 @@ public nonisolated struct Cdp_Ingestion_V1_StreamRecordsResponse: Sendable {
 
   public var accepted: UInt32 = 0
 
+  /// Records equal to the current version of their key (see BatchCounts.duplicates).
   public var duplicates: UInt32 = 0
 
   /// Rejected records, by record_number within the request.

@@ -193,6 +193,11 @@ public nonisolated struct Cdp_Segmentation_V1_Segment: Sendable {
   /// Whether membership can change with the passing of time alone (event windows).
   public var dependsOnTime: Bool = false
 
+  /// The batch job that evaluates the segment over the existing views, in the answers of CreateSegment
+  /// and of an UpdateSegment that changed the definition or mode; empty elsewhere, and when this
+  /// replica has no profile service to read views from.
+  public var evaluationJobID: String = String()
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -825,7 +830,7 @@ nonisolated extension Cdp_Segmentation_V1_JobState: SwiftProtobuf._ProtoNameProv
 
 nonisolated extension Cdp_Segmentation_V1_Segment: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".Segment"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}id\0\u{1}name\0\u{1}pql\0\u{3}entity_type\0\u{1}mode\0\u{3}created_at\0\u{3}updated_at\0\u{1}realized\0\u{3}depends_on\0\u{3}depends_on_time\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}id\0\u{1}name\0\u{1}pql\0\u{3}entity_type\0\u{1}mode\0\u{3}created_at\0\u{3}updated_at\0\u{1}realized\0\u{3}depends_on\0\u{3}depends_on_time\0\u{3}evaluation_job_id\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -843,6 +848,7 @@ nonisolated extension Cdp_Segmentation_V1_Segment: SwiftProtobuf.Message, SwiftP
       case 8: try { try decoder.decodeSingularUInt64Field(value: &self.realized) }()
       case 9: try { try decoder.decodeRepeatedStringField(value: &self.dependsOn) }()
       case 10: try { try decoder.decodeSingularBoolField(value: &self.dependsOnTime) }()
+      case 11: try { try decoder.decodeSingularStringField(value: &self.evaluationJobID) }()
       default: break
       }
     }
@@ -883,6 +889,9 @@ nonisolated extension Cdp_Segmentation_V1_Segment: SwiftProtobuf.Message, SwiftP
     if self.dependsOnTime != false {
       try visitor.visitSingularBoolField(value: self.dependsOnTime, fieldNumber: 10)
     }
+    if !self.evaluationJobID.isEmpty {
+      try visitor.visitSingularStringField(value: self.evaluationJobID, fieldNumber: 11)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -897,6 +906,7 @@ nonisolated extension Cdp_Segmentation_V1_Segment: SwiftProtobuf.Message, SwiftP
     if lhs.realized != rhs.realized {return false}
     if lhs.dependsOn != rhs.dependsOn {return false}
     if lhs.dependsOnTime != rhs.dependsOnTime {return false}
+    if lhs.evaluationJobID != rhs.evaluationJobID {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
