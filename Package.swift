@@ -394,7 +394,7 @@ let package = Package(
         .executableTarget(
             name: "cdp",
             dependencies: [
-                "CDPClient", "CDPProto", "RPCCore", "RPCServices",
+                "CDPClient", "CDPProto", "RPCCore", "RPCServices", "ServiceSupport",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "SwiftProtobuf", package: "swift-protobuf"),

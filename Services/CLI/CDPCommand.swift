@@ -1,6 +1,7 @@
 import ArgumentParser
 import CDPClient
 import Foundation
+import ServiceSupport
 
 /// `cdp`, the command-line client of the platform.
 @main
@@ -18,6 +19,7 @@ struct CDPCommand: AsyncParsableCommand {
             Start here: `cdp demo` runs the whole Bodea story on a fresh data directory; `cdp up` runs the \
             services until Ctrl-C.
             """,
+        version: PlatformVersion.current,
         subcommands: [
             UpCommand.self, StatusCommand.self, HealthCommand.self, DemoCommand.self,
             SourceCommand.self, IngestCommand.self,

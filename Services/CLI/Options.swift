@@ -32,8 +32,8 @@ struct ClientOptions: ParsableArguments {
     @Option(help: "The bearer token the services require (default: $CDP_TOKEN).")
     var token: String?
 
-    @Option(help: "Seconds one call may take.")
-    var timeout: Double = 30
+    @Option(help: "Seconds one call may take (default: 30; for `segment estimate`, which reads every profile: none).")
+    var timeout: Double?
 
     @Flag(help: "Print one JSON document on stdout instead of text.")
     var json = false
@@ -56,8 +56,12 @@ struct ClientOptions: ParsableArguments {
         }
     }
 
-    /// Call options with this command's timeout.
-    var callOptions: CallOptions { CallOptions(timeout: .milliseconds(Int64(timeout * 1000))) }
+    /// Call options with this command's timeout (30 s unless --timeout says otherwise).
+    var callOptions: CallOptions { CallOptions(timeout: .milliseconds(Int64((timeout ?? 30) * 1000))) }
+
+    /// Call options for a call that takes as long as the data it reads: no deadline unless --timeout
+    /// gives one.
+    var longCallOptions: CallOptions { CallOptions(timeout: timeout.map { .milliseconds(Int64($0 * 1000)) }) }
 
     /// Runs `body` with clients of the services, closing them afterwards.
     func withClients<Result: Sendable>(_ body: (ServiceClients) async throws -> Result) async throws -> Result {

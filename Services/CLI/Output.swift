@@ -72,6 +72,26 @@ enum Output {
         write(text + "\n", to: STDERR_FILENO)
     }
 
+    /// Runs `body`; when it takes more than a second and stderr is a terminal, shows `label` with the
+    /// seconds waited so far on stderr until it ends (the line is cleared then).
+    static func showingElapsed<T: Sendable>(_ label: String, _ body: () async throws -> T) async throws -> T {
+        guard stderrIsTerminal else { return try await body() }
+        return try await withThrowingTaskGroup(of: Void.self) { group in
+            group.addTask {
+                let start = ContinuousClock.now
+                var shown = false
+                defer { if shown { write("\r\u{1B}[K", to: STDERR_FILENO) } }
+                while true {
+                    try await Task.sleep(for: .seconds(1))
+                    shown = true
+                    write("\r\(label) \((ContinuousClock.now - start).components.seconds) s", to: STDERR_FILENO)
+                }
+            }
+            defer { group.cancelAll() }
+            return try await body()
+        }
+    }
+
     /// Whether stderr is a terminal (progress bars redraw only there).
     static let stderrIsTerminal = isatty(STDERR_FILENO) == 1
 

@@ -240,8 +240,10 @@ struct SegmentCommand: AsyncParsableCommand {
                 if let asOf { $0.asOf = try Arguments.time(asOf).timestamp }
             }
             let estimate = try await client.withClients { clients in
-                try await clients.calling(.segmentation) {
-                    try await clients.segmentation.estimate(request, options: CallOptions(timeout: nil))
+                try await Output.showingElapsed("estimating over every profile…") {
+                    try await clients.calling(.segmentation) {
+                        try await clients.segmentation.estimate(request, options: client.longCallOptions)
+                    }
                 }
             }
             if client.json { return try Output.json(estimate) }

@@ -31,7 +31,8 @@ struct DestinationCommand: AsyncParsableCommand {
 
             Prints 'listening on HOST:PORT' on stdout once bound. SIGINT or SIGTERM start a graceful shutdown. \
             Environment: CDP_HOST, CDP_PORT, CDP_LOG_LEVEL, CDP_DATA_DIR and CDP_TOKEN stand in for --host, --port, --log-level, --data-dir and --auth-token.
-            """
+            """,
+        version: PlatformVersion.current
     )
 
     @Option(help: "The address to bind ($CDP_HOST stands in for it).")

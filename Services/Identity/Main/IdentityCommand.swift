@@ -36,7 +36,8 @@ struct IdentityCommand: AsyncParsableCommand {
             Prints 'listening on HOST:PORT' on stdout once bound. SIGINT or SIGTERM start a graceful \
             shutdown. Environment: CDP_HOST, CDP_PORT, CDP_LOG_LEVEL, CDP_DATA_DIR, CDP_PROFILE_ADDR and CDP_TOKEN stand in for --host, --port, --log-level, --data-dir, \
             --profile and --auth-token.
-            """
+            """,
+        version: PlatformVersion.current
     )
 
     @Option(help: "The address to bind ($CDP_HOST stands in for it).")

@@ -28,7 +28,8 @@ struct IngestionCommand: AsyncParsableCommand {
 
             Environment: CDP_HOST, CDP_PORT, CDP_LOG_LEVEL, CDP_DATA_DIR, CDP_IDENTITY_ADDR and CDP_TOKEN stand in for --host, --port, --log-level, --data-dir, --identity \
             and --auth-token.
-            """
+            """,
+        version: PlatformVersion.current
     )
 
     @Option(help: "The address to bind ($CDP_HOST stands in for it).")

@@ -32,7 +32,8 @@ struct SegmentationCommand: AsyncParsableCommand {
             Prints 'listening on HOST:PORT' on stdout once bound. SIGINT or SIGTERM start a graceful shutdown. \
             Environment: CDP_HOST, CDP_PORT, CDP_LOG_LEVEL, CDP_DATA_DIR, CDP_PROFILE_ADDR, CDP_DESTINATION_ADDR, CDP_PARTITION, CDP_PARTITIONS and CDP_TOKEN stand in for \
             --host, --port, --log-level, --data-dir, --profile, --destination, --partition, --partitions and --auth-token.
-            """
+            """,
+        version: PlatformVersion.current
     )
 
     @Option(help: "The address to bind ($CDP_HOST stands in for it).")
