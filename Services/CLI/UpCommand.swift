@@ -48,6 +48,7 @@ struct UpCommand: AsyncParsableCommand {
     var json = false
 
     func run() async throws {
+        guard maxRestarts >= 0 else { throw CLIError("--max-restarts must be 0 or more (got \(maxRestarts))") }
         let environment = ProcessInfo.processInfo.environment
         let endpoints: ServiceEndpoints
         do {

@@ -196,6 +196,11 @@ public final class LocalServices: Sendable {
         }
         defer { try? log.close() }
         _ = try? log.seekToEnd()
+        if !freshLog {
+            // Where one run of the service ends and the next begins, for whoever reads the log.
+            let stamp = ISO8601DateFormatter().string(from: Date())
+            try? log.write(contentsOf: Data("--- \(stamp): started again by cdp up ---\n".utf8))
+        }
         let process = Process()
         process.executableURL = URL(fileURLWithPath: executable)
         process.arguments = configuration.arguments(of: service)

@@ -103,6 +103,8 @@ def test_killed_services_come_back_and_nothing_acknowledged_is_lost(tmp_path):
         for name in SERVICES:
             assert f"cdp-{name} was killed by signal 9 (SIGKILL)" in stderr, stderr
             assert f"cdp-{name} restarted" in stderr, stderr
+            log = (up.data_dir / "logs" / f"{name}.log").read_text(errors="replace")
+            assert "started again by cdp up" in log, f"{name}.log does not mark the restart"
 
         # Nothing acknowledged was lost: every person reaches profile and the segments.
         segment = cdp_json(["segment", "create", "--name", "supervised", "--pql",
