@@ -161,7 +161,8 @@ struct ActivateCommand: AsyncParsableCommand {
 struct DeliveriesCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "deliveries",
-        abstract: "List a destination's deliveries, newest first: members added, removed, suppressed, failed.",
+        abstract:
+            "List a destination's deliveries, newest first: members added, removed, updated, suppressed, failed.",
         discussion: "--json: {\"deliveries\":[Delivery…]} (cdp.destination.v1)."
     )
 
@@ -196,11 +197,12 @@ struct DeliveriesCommand: AsyncParsableCommand {
         }
         if client.json { return try Output.json("deliveries", deliveries) }
         Output.table(
-            ["delivery", "activation", "finished", "added", "removed", "suppressed", "failed", "retries"],
+            ["delivery", "activation", "finished", "added", "removed", "updated", "suppressed", "failed", "retries"],
             deliveries.map {
                 [
                     $0.id, $0.activationID, $0.hasFinishedAt ? TimeArgument.format($0.finishedAt.date) : "-",
-                    "\($0.added)", "\($0.removed)", "\($0.suppressed)", "\($0.failed)", "\($0.retries)",
+                    "\($0.added)", "\($0.removed)", "\($0.updated)", "\($0.suppressed)", "\($0.failed)",
+                    "\($0.retries)",
                 ]
             }
         )

@@ -91,7 +91,8 @@ struct SegmentCommand: AsyncParsableCommand {
             } else {
                 Output.line(segment.id)
                 if let job {
-                    SegmentCommand.printJob(job)
+                    // stdout stays the id alone (`seg=$(cdp segment create … --wait)`); the job's end is a note.
+                    SegmentCommand.printJob(job, to: Output.note)
                 } else if !segment.evaluationJobID.isEmpty {
                     Output.note(
                         "\(segment.id): evaluating over the existing profiles in job \(segment.evaluationJobID) "
@@ -325,16 +326,16 @@ struct SegmentCommand: AsyncParsableCommand {
         return job
     }
 
-    static func printJob(_ job: Cdp_Segmentation_V1_EvaluationJob) {
+    static func printJob(_ job: Cdp_Segmentation_V1_EvaluationJob, to print: (String) -> Void = Output.line) {
         let running = job.state == .running
         let seconds = (running ? Date() : job.finishedAt.date).timeIntervalSince(job.startedAt.date)
-        Output.line(
+        print(
             "job \(job.id) \(job.state) as of \(TimeArgument.format(job.asOf.date)): segments "
                 + "\(job.segmentIds.joined(separator: ", ")); \(job.evaluated) profiles evaluated "
                 + (running ? "so far, for " : "in ") + String(format: "%.2f s", seconds)
                 + "; \(job.realized) entered, \(job.exited) exited"
         )
-        if !job.error.isEmpty { Output.line("  error: \(job.error)") }
+        if !job.error.isEmpty { print("  error: \(job.error)") }
     }
 
     struct Members: AsyncParsableCommand {

@@ -239,8 +239,8 @@ def hidden_files(directory: Path) -> list[str]:
 
 def replay(files) -> tuple[set[str], list[str]]:
     """Applies each file's adds, then its removes, in order. Returns (the members added at the end, the
-    problems: an add of a member already added with no remove between, a remove of one not added, an op
-    that is neither, a member twice in one file)."""
+    problems: an add of a member already added with no remove between, a remove of one not added, an update
+    of one not added, an op that is none of add, update and remove, a member twice in one file)."""
     held: set[str] = set()
     problems: list[str] = []
     for name, rows in files:
@@ -249,8 +249,10 @@ def replay(files) -> tuple[set[str], list[str]]:
             if identity in seen:
                 problems.append(f"{name}: {identity} twice in one file")
             seen.add(identity)
-            if op not in ("add", "remove"):
+            if op not in ("add", "update", "remove"):
                 problems.append(f"{name}: op {op!r} for {identity}")
+            if op == "update" and identity not in held:
+                problems.append(f"{name}: updates {identity}, which no earlier file added")
         for op, identity in rows:
             if op == "add":
                 if identity in held:

@@ -1275,7 +1275,8 @@ def webhook_signature(secret: str, msg_id: str, timestamp: str, body: bytes) -> 
 class FakeWebhook(FakeHTTP):
     """A Standard Webhooks receiver at ``path``: verifies the signature (``webhook-signature: v1,<base64>``,
     space-separated candidates, constant-time compare), the timestamp (within ``tolerance`` seconds), the
-    body's shape (``type: audience.changes``, ``id`` equal to the webhook-id, members with op / entity /
+    body's shape (``type: audience.changes``, ``id`` equal to the webhook-id, members with op (add, update,
+    remove) / entity /
     cluster / version / identity / attributes; at most ``batch_size``), and deduplicates by webhook-id: a
     repeated id is answered 200 without applying, and must carry byte for byte the body of its first
     delivery. State: members per activation (by identity)."""
@@ -1298,6 +1299,7 @@ class FakeWebhook(FakeHTTP):
         self.activations: dict[str, _AddTracker] = {}
         self.member_info: dict[tuple[str, str], dict] = {}   # (activation, identity) -> the member as added
         self.batches: list[dict] = []               # applied bodies, in order
+        self.stray_updates: list[str] = []          # updates of members the activation does not hold
 
     def members(self, activation: str) -> set[str]:
         with self.lock:
@@ -1368,6 +1370,11 @@ class FakeWebhook(FakeHTTP):
                     tracker.add(m["identity"], req)
                     self.member_info[(act, m["identity"])] = m
                     added.append(m["identity"])
+                elif m["op"] == "update":
+                    # The member stays; its attributes change.
+                    if m["identity"] not in tracker.members:
+                        self.stray_updates.append(f"{msg_id}: update of {m['identity']}, not a member of {act}")
+                    self.member_info[(act, m["identity"])] = m
                 else:
                     tracker.remove(m["identity"])
             self.applied_ids.add(msg_id)
@@ -1403,7 +1410,7 @@ class FakeWebhook(FakeHTTP):
             extra = set(m) - self.MEMBER_KEYS
             if missing or extra:
                 return f"members[{i}]: missing {sorted(missing)}, unknown {sorted(extra)}"
-            if m["op"] not in ("add", "remove"):
+            if m["op"] not in ("add", "update", "remove"):
                 return f"members[{i}].op {m['op']!r}"
             if m["entity"] not in ("person", "account"):
                 return f"members[{i}].entity {m['entity']!r}"

@@ -134,6 +134,50 @@ struct DeliveryTests {
         #expect(runs.allSatisfy { $0.1.activationID == activation.id })
     }
 
+    @Test func aMemberWhoseRecordChangesIsUpdatedOrReKeyed() async throws {
+        let directory = try Self.temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let engine = Self.engine(try SQLiteDestinationStore())
+        let destination = try await engine.createDestination(
+            type: .file,
+            name: "export",
+            settings: ["directory": directory, "format": "csv"]
+        )
+        _ = try await engine.activate(
+            segment: "s1",
+            destination: destination.id,
+            identity: .email,
+            attributes: ["First Name": "firstName"]
+        )
+        var p2 = Self.person(6, "p2@townsend.com")
+        try await Self.withWorkers(engine) { _ in
+            _ = try await engine.accept(sender: "segmentation", [Self.change(1, "s1", p2, realized: true, version: 1)])
+            #expect(try await Self.eventually { try Self.files(directory).count == 1 })
+            // A mapped attribute changed: an update in place.
+            p2.record.person.firstName = "Paula"
+            _ = try await engine.accept(sender: "segmentation", [Self.change(2, "s1", p2, realized: true, version: 2)])
+            #expect(try await Self.eventually { try Self.files(directory).count == 2 })
+            #expect(try Self.files(directory).last == "op,identity,First Name\nupdate,p2@townsend.com,Paula\n")
+            // A new email: removed under the old one, added under the new.
+            p2.record.person.email = "paula@townsend.com"
+            _ = try await engine.accept(sender: "segmentation", [Self.change(3, "s1", p2, realized: true, version: 3)])
+            #expect(try await Self.eventually { try Self.files(directory).count == 3 })
+            #expect(
+                try Self.files(directory).last
+                    == "op,identity,First Name\nremove,p2@townsend.com,\nadd,paula@townsend.com,Paula\n"
+            )
+            // Nothing the destination is told changed (an unmapped field): nothing sent.
+            p2.record.person.jobTitle = "CFO"
+            _ = try await engine.accept(sender: "segmentation", [Self.change(4, "s1", p2, realized: true, version: 4)])
+            #expect(try await Self.eventually { try await engine.pending(destination.id).count == 0 })
+            #expect(try Self.files(directory).count == 3)
+        }
+        let runs = try await engine.runs(destination: destination.id, before: 0, limit: 10)
+        #expect(
+            runs.map { [$0.1.added, $0.1.removed, $0.1.updated] } == [[0, 0, 0], [1, 1, 0], [0, 0, 1], [1, 0, 0]]
+        )
+    }
+
     @Test func reDeliveriesAndOldVersionsChangeNothing() async throws {
         let store = try SQLiteDestinationStore()
         let p1 = Self.person(1, "p1@townsend.com")

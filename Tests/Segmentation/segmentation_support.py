@@ -78,6 +78,18 @@ def describe(change) -> str:
             f"{'realized' if change.realized else 'exited'}{f' ({email})' if email else ''}")
 
 
+def _content(change) -> bytes:
+    """What an update must change: the record's entity fields and custom attributes (not its key, source or
+    source time)."""
+    record = destination_pb2.MembershipChange()
+    record.CopyFrom(change)
+    inner = record.record.record
+    inner.ClearField("key")
+    inner.ClearField("source")
+    inner.ClearField("last_updated")
+    return inner.SerializeToString(deterministic=True)
+
+
 class FakeDestination:
     """`cdp.destination.v1.Destination/AcceptMembershipChanges` on 127.0.0.1:<ephemeral>.
 
@@ -91,6 +103,8 @@ class FakeDestination:
     * a (segment, cluster, version) delivered under two sequences or with two different contents;
     * a new sequence whose version is not above the one held for its membership (a lower version applied
       after a higher one), and versions of one membership that are not 1, 2, 3, ... in sequence order;
+    * an exit of a membership not realized, and a realized change of a realized membership (an update)
+      whose record tells nothing new (the same entity fields and custom attributes);
     * a change without a segment or cluster.
 
     Failures (seeded): the first ``forced_failures`` calls fail in turn after and before applying, then
@@ -209,9 +223,13 @@ class FakeDestination:
                     if change.version != held_version + 1:
                         self._problem(f"call {self.calls}: {describe(change)} follows version {held_version} "
                                       f"(a version skipped)")
-                    if change.realized != (change.version % 2 == 1):
-                        self._problem(f"call {self.calls}: {describe(change)}: odd versions enter and even ones "
-                                      f"exit (memberships start realized and alternate)")
+                    held_realized = held.realized if held is not None else False
+                    if not change.realized and not held_realized:
+                        self._problem(f"call {self.calls}: {describe(change)}: an exit of a membership that is "
+                                      f"not realized")
+                    elif change.realized and held_realized and _content(held) == _content(change):
+                        self._problem(f"call {self.calls}: {describe(change)}: realized again (an update) with "
+                                      f"the same content as version {held_version}")
                     self.latest[key] = change
                 self.by_sequence[seq] = content
                 self.highest = seq

@@ -66,7 +66,8 @@ Tests (about 25 s in all with the debug builds on 2 cores; 8 s of it waiting for
   profile answers for each matching person's email, with that email in the member record); GetMembers
   (EXITED) agrees; the destination's latest change per (segment, cluster) is realized exactly for those
   members, with the member's version; the destination saw every membership's versions as 1, 2, 3, ... in
-  sequence order, alternating realized and exited, no (segment, cluster, version) under two sequences,
+  sequence order, exits only of realized memberships and updates (realized again) only with a changed
+  record, no (segment, cluster, version) under two sequences,
   sequences strictly increasing once duplicates are dropped, every re-sent sequence identical to its
   first delivery (at-least-once, never a lower version after a higher one); segmentation's sent_changes
   equals the changes applied; every change names its person's email (exits of deleted persons too). Then

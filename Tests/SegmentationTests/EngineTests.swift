@@ -107,6 +107,76 @@ struct EngineTests {
         #expect(changes.last?.record.record.person.email == "p3@townsend.com")
     }
 
+    @Test func aMemberWhoseRecordChangesIsAnnouncedAgainAndOnlyThen() async throws {
+        let harness = try SegmentationHarness(start: Story.visit)
+        let segment = try await harness.engine.createSegment(
+            name: "example.com",
+            pql: "person.email.endsWith(\"@example.com\")",
+            entityType: .person,
+            mode: .streaming
+        )
+        var version: UInt64 = 0
+        func accept(_ fill: (inout Cdp_Model_V1_Record) -> Void) async throws -> Transitions {
+            version += 1
+            var change = Cdp_Segmentation_V1_ViewChange()
+            change.version = version
+            change.person.person = Views.unified(7, key: "7@crm.Salesforce") { record in
+                record.person.personID = "7"
+                record.person.email = "ann@example.com"
+                record.person.jobTitle = "CFO"
+                fill(&record)
+            }
+            return try await harness.engine.acceptViews([change]).transitions
+        }
+        #expect(try await accept { _ in }.realized == 1)
+        #expect(try await harness.drainOutbox().map(\.version) == [1])
+
+        // Merge bookkeeping only (another fragment won, a newer source time): nothing to announce.
+        let quiet = try await accept { record in
+            record.key = "7@mkto.Marketo"
+            record.lastUpdated = .init(seconds: 1_800_000_000)
+        }
+        #expect(quiet == Transitions())
+        #expect(try await harness.drainOutbox().isEmpty)
+
+        // A new email, still a member: announced again with the new record and the next version.
+        let moved = try await accept { $0.person.email = "ann.lee@example.com" }
+        #expect(moved.updated == 1 && moved.realized == 0 && moved.exited == 0)
+        let update = try await harness.drainOutbox()
+        #expect(update.map(\.realized) == [true] && update.map(\.version) == [2])
+        #expect(update.first?.record.record.person.email == "ann.lee@example.com")
+
+        // A new job title (what an attribute mapping sends): announced too.
+        let promoted = try await accept { record in
+            record.person.email = "ann.lee@example.com"
+            record.person.jobTitle = "CEO"
+        }
+        #expect(promoted.updated == 1)
+        #expect(try await harness.drainOutbox().map(\.record.record.person.jobTitle) == ["CEO"])
+
+        // A batch job's scan read before the last streaming views neither reverts the record nor
+        // announces anything.
+        var old = Cdp_Profile_V1_PersonView()
+        old.person = Views.unified(7, key: "7@crm.Salesforce") { record in
+            record.person.personID = "7"
+            record.person.email = "ann@example.com"
+        }
+        let scanned = try await harness.engine.evaluateBatch(
+            [.person(old)],
+            segments: [segment.id],
+            asOf: harness.clock.now
+        )
+        #expect(scanned == Transitions())
+        #expect(try await harness.members(segment.id) == ["ann.lee@example.com"])
+        #expect(try await harness.drainOutbox().isEmpty)
+
+        // Leaving the segment is an exit, not an update as well.
+        let left = try await accept { $0.person.email = "ann@elsewhere.org" }
+        #expect(left.exited == 1 && left.updated == 0)
+        let exit = try await harness.drainOutbox()
+        #expect(exit.map(\.realized) == [false] && exit.map(\.version) == [4])
+    }
+
     @Test func inSegmentFollowsDependenciesAndRejectsCycles() async throws {
         let harness = try SegmentationHarness(start: Story.visit.addingTimeInterval(3600))
         // Created in an order where the dependent segment has the lower id.

@@ -100,6 +100,7 @@ struct SegmentationHarness {
             let result = try await engine.acceptViews(chunk.changes)
             total.realized += result.transitions.realized
             total.exited += result.transitions.exited
+            total.updated += result.transitions.updated
             try await profile.acknowledge(chunk)
         }
         return total

@@ -11,6 +11,10 @@ public struct OutboundMember: Sendable, Equatable, Codable {
     public var cluster: UInt64
     /// True: add; false: remove.
     public var add: Bool
+    /// An add of a member the destination already has, under the same identity, sent because its
+    /// mapped attributes changed: destinations update it in place (Marketo upserts the lead, files and
+    /// webhooks write an `update`).
+    public var update: Bool
     /// The membership version the state comes from (webhooks send it, so receivers can dedupe).
     public var version: UInt64
     /// The identity at the destination: an email, a hashed email, a CRM id, or a company name.
@@ -28,24 +32,32 @@ public struct OutboundMember: Sendable, Equatable, Codable {
         version: UInt64,
         identity: String,
         attributes: [String: String],
-        domain: String? = nil
+        domain: String? = nil,
+        update: Bool = false
     ) {
         self.entityType = entityType
         self.cluster = cluster
         self.add = add
+        self.update = update
         self.version = version
         self.identity = identity
         self.attributes = attributes
         self.domain = domain
     }
 
-    private enum CodingKeys: String, CodingKey { case entity, cluster, add, version, identity, attributes, domain }
+    private enum CodingKeys: String, CodingKey {
+        case entity, cluster, add, update, version, identity, attributes, domain
+    }
+
+    /// How files and webhooks name the operation: `add`, `update` or `remove`.
+    public var operation: String { add ? (update ? "update" : "add") : "remove" }
 
     public init(from decoder: any Decoder) throws {
         let container = try decoder.container(keyedBy: CodingKeys.self)
         entityType = Cdp_Model_V1_EntityType(rawValue: try container.decode(Int.self, forKey: .entity)) ?? .person
         cluster = try container.decode(UInt64.self, forKey: .cluster)
         add = try container.decode(Bool.self, forKey: .add)
+        update = try container.decodeIfPresent(Bool.self, forKey: .update) ?? false
         version = try container.decode(UInt64.self, forKey: .version)
         identity = try container.decode(String.self, forKey: .identity)
         attributes = try container.decode([String: String].self, forKey: .attributes)
@@ -57,6 +69,7 @@ public struct OutboundMember: Sendable, Equatable, Codable {
         try container.encode(entityType.rawValue, forKey: .entity)
         try container.encode(cluster, forKey: .cluster)
         try container.encode(add, forKey: .add)
+        if update { try container.encode(update, forKey: .update) }
         try container.encode(version, forKey: .version)
         try container.encode(identity, forKey: .identity)
         try container.encode(attributes, forKey: .attributes)
@@ -192,6 +205,16 @@ public enum MemberMapping {
         case .crmID: return person.hasCrmID ? person.crmID : nil
         default: return person.hasEmail ? person.email : nil
         }
+    }
+
+    /// A digest of what a destination is told about a member besides its identity: the mapped
+    /// attributes and an account's domain. Two equal digests need no update.
+    public static func content(attributes: [String: String], domain: String?) -> String {
+        var text = domain.map { "domain=\($0)\n" } ?? ""
+        for (field, value) in attributes.sorted(by: { $0.key < $1.key }) {
+            text += "\(field.count):\(field)=\(value.count):\(value)\n"
+        }
+        return SHA256.hash(data: Data(text.utf8)).prefix(16).map { String(format: "%02x", $0) }.joined()
     }
 
     /// An activation's attribute mapping (destination field → profile field) applied to a record;

@@ -43,14 +43,14 @@ public struct FileConnector: Connector {
         case .csv:
             text = (["op", "identity"] + columns).map(Self.csvField).joined(separator: ",") + "\n"
             for row in rows {
-                let fields = [row.add ? "add" : "remove", row.identity] + columns.map { row.attributes[$0] ?? "" }
+                let fields = [row.operation, row.identity] + columns.map { row.attributes[$0] ?? "" }
                 text += fields.map(Self.csvField).joined(separator: ",") + "\n"
             }
         case .jsonl:
             let encoder = JSONEncoder()
             encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
             for row in rows {
-                var object = ["op": row.add ? "add" : "remove", "identity": row.identity]
+                var object = ["op": row.operation, "identity": row.identity]
                 for (key, value) in row.attributes { object["attributes." + key] = value }
                 text += String(decoding: try encoder.encode(object), as: UTF8.self) + "\n"
             }

@@ -93,6 +93,9 @@ public struct LinkedInConnector: Connector {
     }
 
     public func deliver(_ members: [OutboundMember], _ context: DeliveryContext) async throws -> [UInt64: String] {
+        // A user is matched by the hashed email alone, which an update keeps: nothing to tell LinkedIn. A
+        // company's update is an ADD with its new name and domain.
+        let members = members.filter { !($0.update && $0.entityType == .person) }
         guard let first = members.first else { return [:] }
         let companies = first.entityType == .account
         let segment = try await segmentID(context, companies: companies)

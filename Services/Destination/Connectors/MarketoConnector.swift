@@ -108,7 +108,8 @@ public struct MarketoConnector: Connector {
                 var listed: [MarketoProgress.Lead] = []
                 for (member, result) in zip(chunk, try await syncLeads(chunk)) {
                     if let id = result.id, result.status != "skipped" {
-                        listed.append(.init(cluster: member.cluster, id: id))
+                        // An update is the lead's new fields: it is on the list already.
+                        if !member.update { listed.append(.init(cluster: member.cluster, id: id)) }
                     } else {
                         progress.refused[member.cluster] = Self.describe(result.reasons ?? [])
                     }

@@ -69,7 +69,7 @@ public struct WebhookConnector: Connector {
             "destination": context.activation.destinationID,
             "members": members.map { member in
                 [
-                    "op": member.add ? "add" : "remove",
+                    "op": member.operation,
                     "entity": member.entityType == .account ? "account" : "person",
                     "cluster": member.cluster,
                     "version": member.version,

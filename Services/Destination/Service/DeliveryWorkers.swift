@@ -161,22 +161,26 @@ public final class DeliveryWorkers: Service, Sendable {
             if member.realized && optedOut { plan.suppressed += 1 }
             let realized = member.realized && !optedOut
             let current = MemberMapping.identity(of: member.record, mapping)
-            let known = member.delivered == true ? member.identity : nil
+            let wasThere = member.delivered ?? false
+            let known = wasThere ? member.identity : nil
+            let attributes = MemberMapping.attributes(batch.activation.attributes, of: member.record)
+            let domain = MemberMapping.domain(of: member.record)
+            let content = MemberMapping.content(attributes: attributes, domain: domain)
             var settled = SettledMember(
                 entityType: member.entityType,
                 cluster: member.cluster,
                 realized: realized,
                 version: member.version,
-                identity: known
+                identity: known,
+                content: wasThere ? member.content : nil
             )
-            // Already so at the destination, under the same identity: nothing to send.
-            if realized == (member.delivered ?? false) && (!realized || known == current) {
+            // Already so at the destination, under the same identity and with the same attributes:
+            // nothing to send.
+            if realized == wasThere && (!realized || (known == current && member.content == content)) {
                 plan.unchanged.append(settled)
                 continue
             }
-            let attributes = MemberMapping.attributes(batch.activation.attributes, of: member.record)
-            let domain = MemberMapping.domain(of: member.record)
-            func send(_ add: Bool, _ identity: String) {
+            func send(_ add: Bool, _ identity: String, update: Bool = false) {
                 plan.outbound.append(
                     OutboundMember(
                         entityType: member.entityType,
@@ -185,7 +189,8 @@ public final class DeliveryWorkers: Service, Sendable {
                         version: member.version,
                         identity: identity,
                         attributes: add ? attributes : [:],
-                        domain: domain
+                        domain: domain,
+                        update: update
                     )
                 )
             }
@@ -203,12 +208,17 @@ public final class DeliveryWorkers: Service, Sendable {
                     if known != nil {
                         settled.realized = false
                         settled.identity = nil
+                        settled.content = nil
                         plan.sent.append(settled)
                     }
                     continue
                 }
-                send(true, current)
+                // There already under this identity: its attributes changed, so it is updated in place.
+                send(true, current, update: known == current)
                 settled.identity = current
+                settled.content = content
+            } else {
+                settled.content = nil
             }
             plan.sent.append(settled)
         }
@@ -253,7 +263,13 @@ public final class DeliveryWorkers: Service, Sendable {
                 do {
                     let refused = try await connector.deliver(plan.outbound, context)
                     for member in plan.outbound where refused[member.cluster] == nil {
-                        if member.add { report.added += 1 } else { report.removed += 1 }
+                        if member.update {
+                            report.updated += 1
+                        } else if member.add {
+                            report.added += 1
+                        } else {
+                            report.removed += 1
+                        }
                     }
                     for member in plan.sent {
                         if let message = refused[member.cluster] {
@@ -280,6 +296,7 @@ public final class DeliveryWorkers: Service, Sendable {
                             var unknown = member
                             unknown.realized = false
                             unknown.identity = nil
+                            unknown.content = nil
                             report.delivered.append(unknown)
                         }
                     case .retryable(let message, let after):

@@ -77,6 +77,9 @@ public struct PendingMember: Sendable, Equatable {
     public var delivered: Bool?
     /// The identity the destination knows the member by (what was last sent), or the one sent now.
     public var identity: String?
+    /// A digest of the attributes (and an account's domain) last sent, to tell whether an update is
+    /// due; nil if never recorded.
+    public var content: String? = nil
 }
 
 /// Work taken for one delivery: an activation's pending members.
@@ -95,6 +98,8 @@ public struct SettledMember: Sendable, Equatable, Codable {
     public var version: UInt64
     /// The identity the destination knows the member by (nil: never sent).
     public var identity: String?
+    /// A digest of the attributes (and an account's domain) the destination has for the member.
+    public var content: String?
 
     /// Creates a settled member.
     public init(
@@ -102,16 +107,18 @@ public struct SettledMember: Sendable, Equatable, Codable {
         cluster: UInt64,
         realized: Bool,
         version: UInt64,
-        identity: String?
+        identity: String?,
+        content: String? = nil
     ) {
         self.entityType = entityType
         self.cluster = cluster
         self.realized = realized
         self.version = version
         self.identity = identity
+        self.content = content
     }
 
-    private enum CodingKeys: String, CodingKey { case entity, cluster, realized, version, identity }
+    private enum CodingKeys: String, CodingKey { case entity, cluster, realized, version, identity, content }
 
     public init(from decoder: any Decoder) throws {
         let container = try decoder.container(keyedBy: CodingKeys.self)
@@ -120,6 +127,7 @@ public struct SettledMember: Sendable, Equatable, Codable {
         realized = try container.decode(Bool.self, forKey: .realized)
         version = try container.decode(UInt64.self, forKey: .version)
         identity = try container.decodeIfPresent(String.self, forKey: .identity)
+        content = try container.decodeIfPresent(String.self, forKey: .content)
     }
 
     public func encode(to encoder: any Encoder) throws {
@@ -129,6 +137,7 @@ public struct SettledMember: Sendable, Equatable, Codable {
         try container.encode(realized, forKey: .realized)
         try container.encode(version, forKey: .version)
         try container.encodeIfPresent(identity, forKey: .identity)
+        try container.encodeIfPresent(content, forKey: .content)
     }
 }
 
@@ -152,9 +161,10 @@ public struct DeliveryReport: Sendable {
     /// Members whose state at the destination is now settled (sent, or already so), with the
     /// identity the destination knows them by.
     public var delivered: [SettledMember] = []
-    /// Adds and removes actually sent.
+    /// Adds, removes and updates (members already there whose attributes changed) actually sent.
     public var added = 0
     public var removed = 0
+    public var updated = 0
     /// Members not sent because they opted out of email; for those delivered before, a removal was sent.
     public var suppressed = 0
     /// Members the destination refused for good, with its words.

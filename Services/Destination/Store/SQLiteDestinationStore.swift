@@ -137,6 +137,17 @@ public final class SQLiteDestinationStore: Sendable {
                     """
             )
         }
+        migrator.registerMigration("v4: the content last delivered, updates per run") { db in
+            // Members that stay in a segment while their attributes change are sent again as updates:
+            // `content` (a digest of the attributes and domain last sent) tells whether one is due. Rows
+            // from before have none, so their next change is sent.
+            try db.execute(
+                sql: """
+                    ALTER TABLE delivered ADD COLUMN content TEXT;
+                    ALTER TABLE runs ADD COLUMN updated INTEGER NOT NULL DEFAULT 0;
+                    """
+            )
+        }
         return migrator
     }
 
@@ -387,7 +398,7 @@ public final class SQLiteDestinationStore: Sendable {
             let members = try Row.fetchAll(
                 db,
                 sql: """
-                    SELECT q.entity, q.cluster, q.realized, q.version, m.record, d.realized, d.identity
+                    SELECT q.entity, q.cluster, q.realized, q.version, m.record, d.realized, d.identity, d.content
                     FROM queue q
                     JOIN members m ON m.segment = q.segment AND m.entity = q.entity AND m.cluster = q.cluster
                     LEFT JOIN delivered d ON d.activation = q.activation AND d.entity = q.entity AND d.cluster = q.cluster
@@ -402,7 +413,8 @@ public final class SQLiteDestinationStore: Sendable {
                     version: UInt64(row[3] as Int64),
                     record: try Cdp_Profile_V1_UnifiedRecord(serializedBytes: row[4] as Data),
                     delivered: row[5],
-                    identity: row[6]
+                    identity: row[6],
+                    content: row[7]
                 )
             }
             return PendingBatch(activation: activation, members: members)
@@ -459,12 +471,13 @@ public final class SQLiteDestinationStore: Sendable {
             for member in report.delivered {
                 try db.cachedStatement(
                     sql: """
-                        INSERT OR REPLACE INTO delivered (activation, entity, cluster, realized, version, identity)
-                        VALUES (?, ?, ?, ?, ?, ?)
+                        INSERT OR REPLACE INTO delivered (activation, entity, cluster, realized, version, identity,
+                            content)
+                        VALUES (?, ?, ?, ?, ?, ?, ?)
                         """
                 ).execute(arguments: [
                     activation, member.entityType.rawValue, Int64(clamping: member.cluster), member.realized,
-                    Int64(clamping: member.version), member.identity,
+                    Int64(clamping: member.version), member.identity, member.content,
                 ])
             }
             var errors = Cdp_Destination_V1_Delivery()
@@ -476,14 +489,14 @@ public final class SQLiteDestinationStore: Sendable {
             }
             try db.execute(
                 sql: """
-                    INSERT INTO runs (activation, destination, started, finished, added, removed, suppressed, failed,
-                        retries, errors)
-                    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                    INSERT INTO runs (activation, destination, started, finished, added, removed, updated, suppressed,
+                        failed, retries, errors)
+                    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
                     """,
                 arguments: [
                     activation, destination, report.startedAt.timeIntervalSince1970,
-                    report.finishedAt.timeIntervalSince1970, report.added, report.removed, report.suppressed,
-                    report.failed.count, report.retries, try errors.serializedBytes() as Data,
+                    report.finishedAt.timeIntervalSince1970, report.added, report.removed, report.updated,
+                    report.suppressed, report.failed.count, report.retries, try errors.serializedBytes() as Data,
                 ]
             )
             try db.execute(sql: "DELETE FROM planned WHERE destination = ?", arguments: [destination])
@@ -538,7 +551,8 @@ public final class SQLiteDestinationStore: Sendable {
             try Row.fetchAll(
                 db,
                 sql: """
-                    SELECT number, activation, started, finished, added, removed, suppressed, failed, retries, errors
+                    SELECT number, activation, started, finished, added, removed, suppressed, failed, retries, errors,
+                        updated
                     FROM runs WHERE destination = ? AND (? = 0 OR number < ?) ORDER BY number DESC LIMIT ?
                     """,
                 arguments: [destination, before, before, limit]
@@ -554,6 +568,7 @@ public final class SQLiteDestinationStore: Sendable {
                 delivery.suppressed = row[6]
                 delivery.failed = row[7]
                 delivery.retries = row[8]
+                delivery.updated = row[10]
                 return (number, delivery)
             }
         }

@@ -74,7 +74,7 @@ public final class EvaluationJobs: Service, Sendable {
                         return job
                     }
                     try await self.engine.save(snapshot)
-                    if transitions.realized + transitions.exited > 0 { self.changed() }
+                    if transitions.announced { self.changed() }
                 }
                 let exits = try await engine.exitUnseen(
                     segments: ids,
@@ -137,7 +137,7 @@ public final class RecheckScheduler: Service, Sendable {
             while !Task.isCancelled {
                 do {
                     let (checked, transitions) = try await self.engine.runDueRechecks()
-                    if transitions.realized + transitions.exited > 0 { self.changed() }
+                    if transitions.announced { self.changed() }
                     if checked > 0 { continue }
                 } catch {
                     self.logger.error("time re-check failed", metadata: ["error": "\(error)"])

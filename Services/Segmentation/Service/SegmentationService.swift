@@ -54,7 +54,7 @@ public final class SegmentationService: Cdp_Segmentation_V1_Segmentation.Service
             logger.error("segmentation store failed; the call was rolled back", metadata: ["error": "\(error)"])
             throw RPCError(code: .unavailable, message: "segmentation could not store the results (\(error)); retry")
         }
-        if result.transitions.realized + result.transitions.exited > 0 { changed() }
+        if result.transitions.announced { changed() }
         var response = Cdp_Segmentation_V1_AcceptViewsResponse()
         response.accepted = UInt32(result.accepted)
         response.stale = UInt32(result.stale)

@@ -185,13 +185,14 @@ public final class SQLiteSegmentationStore: Sendable {
                 arguments: [id]
             )
             for row in realized {
-                var change = Cdp_Destination_V1_MembershipChange()
-                change.segmentID = id
-                change.entityType = Cdp_Model_V1_EntityType(rawValue: row[0]) ?? .person
-                change.clusterID = UInt64(row[1] as Int64)
-                change.realized = false
-                change.version = UInt64(row[2] as Int64) + 1
-                change.record = try Cdp_Profile_V1_UnifiedRecord(serializedBytes: row[3] as Data)
+                let change = Self.change(
+                    id,
+                    Cdp_Model_V1_EntityType(rawValue: row[0]) ?? .person,
+                    UInt64(row[1] as Int64),
+                    realized: false,
+                    version: row[2] as Int64 + 1,
+                    try Cdp_Profile_V1_UnifiedRecord(serializedBytes: row[3] as Data)
+                )
                 try Self.enqueue(change, at: now, db)
             }
             try db.execute(sql: "DELETE FROM memberships WHERE segment = ?", arguments: [id])
@@ -279,10 +280,21 @@ public final class SQLiteSegmentationStore: Sendable {
             try db.cachedStatement(sql: "SELECT version, record FROM entities WHERE entity = ? AND cluster = ?"),
             arguments: [entity, cluster]
         ).map { (version: $0[0] as Int64, record: $0[1] as Data) }
-        let recordBytes: Data? = try evaluation.record.map { try $0.serializedBytes() }
+        var record = evaluation.record
+        // A batch job's or a re-check's view (no version) is read from profile while streaming views
+        // keep arriving: once a streaming view was taken, its record is the newest, so the scanned one
+        // neither replaces it nor counts as a change.
+        if evaluation.version == nil, let held, held.version > 0, !held.record.isEmpty, record != nil {
+            record = try Cdp_Profile_V1_UnifiedRecord(serializedBytes: held.record)
+        }
+        let recordBytes: Data? = try record.map { try $0.serializedBytes() }
+        var previousRecord: Cdp_Profile_V1_UnifiedRecord?
         if let recordBytes, let held, held.record == recordBytes, Int64(evaluation.version ?? 0) <= held.version {
             // Unchanged (a batch run over a quiet entity): no write.
         } else if let recordBytes {
+            if let held, held.record != recordBytes, !held.record.isEmpty {
+                previousRecord = try Cdp_Profile_V1_UnifiedRecord(serializedBytes: held.record)
+            }
             // The version moves only with streaming views; batch runs and re-checks keep it.
             try db.cachedStatement(
                 sql: """
@@ -311,13 +323,35 @@ public final class SQLiteSegmentationStore: Sendable {
         }
         // A removed entity exits everything it is realized in.
         let results =
-            evaluation.record == nil
+            record == nil
             ? stored.filter { $0.value.realized }.mapValues { _ in false } : evaluation.results
-        var record = evaluation.record
+        // A member that stays realized while what destinations are told about it changed (an email, a
+        // name, consent, a custom attribute; not merge bookkeeping such as keys and source times) is
+        // announced again with its new record: destinations update or re-key it.
+        let contentChanged = previousRecord.map { !Self.sameContent($0, record!) } ?? false
         for (segment, matched) in results.sorted(by: { $0.key < $1.key }) {
             let previous = stored[segment]
             if previous == nil && !matched { continue }
-            if let previous, previous.realized == matched { continue }
+            if let previous, previous.realized == matched {
+                guard matched, contentChanged else { continue }
+                try db.cachedStatement(
+                    sql: "UPDATE memberships SET version = ? WHERE segment = ? AND entity = ? AND cluster = ?"
+                ).execute(arguments: [previous.version + 1, segment, entity, cluster])
+                try Self.enqueue(
+                    Self.change(
+                        segment,
+                        evaluation.entityType,
+                        evaluation.cluster,
+                        realized: true,
+                        version: previous.version + 1,
+                        record!
+                    ),
+                    at: now,
+                    db
+                )
+                transitions.updated += 1
+                continue
+            }
             let version = (previous?.version ?? 0) + 1
             try db.cachedStatement(
                 sql: """
@@ -334,14 +368,18 @@ public final class SQLiteSegmentationStore: Sendable {
                         arguments: [entity, cluster]
                     ).map { try Cdp_Profile_V1_UnifiedRecord(serializedBytes: $0) } ?? Cdp_Profile_V1_UnifiedRecord()
             }
-            var change = Cdp_Destination_V1_MembershipChange()
-            change.segmentID = segment
-            change.entityType = evaluation.entityType
-            change.clusterID = evaluation.cluster
-            change.realized = matched
-            change.version = UInt64(version)
-            change.record = record ?? Cdp_Profile_V1_UnifiedRecord()
-            try Self.enqueue(change, at: now, db)
+            try Self.enqueue(
+                Self.change(
+                    segment,
+                    evaluation.entityType,
+                    evaluation.cluster,
+                    realized: matched,
+                    version: version,
+                    record!
+                ),
+                at: now,
+                db
+            )
             if matched { transitions.realized += 1 } else { transitions.exited += 1 }
         }
         switch evaluation.recheck {
@@ -501,6 +539,31 @@ public final class SQLiteSegmentationStore: Sendable {
     }
 
     // MARK: - Outbox
+
+    /// Whether two records of one entity tell destinations the same: the entity's fields and custom
+    /// attributes (keys, sources and source times are merge bookkeeping).
+    static func sameContent(_ one: Cdp_Profile_V1_UnifiedRecord, _ other: Cdp_Profile_V1_UnifiedRecord) -> Bool {
+        one.record.entity == other.record.entity && one.record.customAttributes == other.record.customAttributes
+            && one.record.isDeleted == other.record.isDeleted
+    }
+
+    private static func change(
+        _ segment: String,
+        _ entityType: Cdp_Model_V1_EntityType,
+        _ cluster: UInt64,
+        realized: Bool,
+        version: Int64,
+        _ record: Cdp_Profile_V1_UnifiedRecord
+    ) -> Cdp_Destination_V1_MembershipChange {
+        var change = Cdp_Destination_V1_MembershipChange()
+        change.segmentID = segment
+        change.entityType = entityType
+        change.clusterID = cluster
+        change.realized = realized
+        change.version = UInt64(version)
+        change.record = record
+        return change
+    }
 
     private static func enqueue(_ change: Cdp_Destination_V1_MembershipChange, at now: Date, _ db: Database) throws {
         var change = change

@@ -107,6 +107,12 @@ public struct MembershipRecord: Sendable, Equatable {
 public struct Transitions: Sendable, Equatable {
     public var realized = 0
     public var exited = 0
+    /// Members that stayed realized while their record's content changed (announced so that
+    /// destinations can update the member's identity and attributes).
+    public var updated = 0
+
+    /// Whether anything was announced to destination.
+    public var announced: Bool { realized + exited + updated > 0 }
 
     /// No changes.
     public init() {}

@@ -137,7 +137,9 @@ public nonisolated enum Cdp_Destination_V1_IdentityMapping: SwiftProtobuf.Enum, 
 
 }
 
-/// An entity entered or left a segment.
+/// An entity entered or left a segment, or, staying realized, its record changed in what destinations
+/// are told (an email, a name, consent, a custom attribute): then `realized` is true again, with a
+/// higher version and the new record, and destination updates the member where it is activated.
 public nonisolated struct Cdp_Destination_V1_MembershipChange: Sendable {
   // SwiftProtobuf.Message conformance is added in an extension below. See the
   // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
@@ -425,6 +427,10 @@ public nonisolated struct Cdp_Destination_V1_Delivery: Sendable {
 
   /// Persons not sent because they opted out of email (marketing destinations).
   public var suppressed: UInt32 = 0
+
+  /// Members already at the destination sent again because their mapped attributes changed (a new
+  /// identity is a removal and an add instead).
+  public var updated: UInt32 = 0
 
   /// Members the destination refused for good.
   public var failed: UInt32 = 0
@@ -971,7 +977,7 @@ nonisolated extension Cdp_Destination_V1_ListDeliveriesRequest: SwiftProtobuf.Me
 
 nonisolated extension Cdp_Destination_V1_Delivery: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".Delivery"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}id\0\u{3}activation_id\0\u{3}started_at\0\u{3}finished_at\0\u{1}added\0\u{1}removed\0\u{1}suppressed\0\u{1}failed\0\u{1}retries\0\u{1}errors\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}id\0\u{3}activation_id\0\u{3}started_at\0\u{3}finished_at\0\u{1}added\0\u{1}removed\0\u{1}suppressed\0\u{1}failed\0\u{1}retries\0\u{1}errors\0\u{1}updated\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -989,6 +995,7 @@ nonisolated extension Cdp_Destination_V1_Delivery: SwiftProtobuf.Message, SwiftP
       case 8: try { try decoder.decodeSingularUInt32Field(value: &self.failed) }()
       case 9: try { try decoder.decodeSingularUInt32Field(value: &self.retries) }()
       case 10: try { try decoder.decodeRepeatedMessageField(value: &self.errors) }()
+      case 11: try { try decoder.decodeSingularUInt32Field(value: &self.updated) }()
       default: break
       }
     }
@@ -1029,6 +1036,9 @@ nonisolated extension Cdp_Destination_V1_Delivery: SwiftProtobuf.Message, SwiftP
     if !self.errors.isEmpty {
       try visitor.visitRepeatedMessageField(value: self.errors, fieldNumber: 10)
     }
+    if self.updated != 0 {
+      try visitor.visitSingularUInt32Field(value: self.updated, fieldNumber: 11)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -1040,6 +1050,7 @@ nonisolated extension Cdp_Destination_V1_Delivery: SwiftProtobuf.Message, SwiftP
     if lhs.added != rhs.added {return false}
     if lhs.removed != rhs.removed {return false}
     if lhs.suppressed != rhs.suppressed {return false}
+    if lhs.updated != rhs.updated {return false}
     if lhs.failed != rhs.failed {return false}
     if lhs.retries != rhs.retries {return false}
     if lhs.errors != rhs.errors {return false}
