@@ -127,7 +127,7 @@ let package = Package(
         .target(
             name: "IngestionService",
             dependencies: [
-                "CDPProto", "IngestionFormats", "IngestionStore", "RPCCore",
+                "CDPProto", "IdentityGraph", "IdentityRules", "IngestionFormats", "IngestionStore", "RPCCore",
                 .product(name: "Logging", package: "swift-log"),
             ],
             path: "Services/Ingestion/Service"
@@ -154,7 +154,7 @@ let package = Package(
         // Which identities and references each kind of source record yields.
         .target(
             name: "IdentityRules",
-            dependencies: ["CDPProto", "IdentityGraph"],
+            dependencies: ["CDPProto", "IdentityGraph", .product(name: "Crypto", package: "swift-crypto")],
             path: "Services/Identity/Rules"
         ),
         // Identity's storage behind one protocol; the embedded SQLite implementation.
@@ -221,9 +221,10 @@ let package = Package(
         .target(
             name: "ProfileService",
             dependencies: [
-                "CDPProto", "IdentityRules", "ProfileStore", "RPCCore",
+                "CDPProto", "IdentityGraph", "IdentityRules", "ProfileStore", "RPCCore",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "SwiftProtobuf", package: "swift-protobuf"),
             ],
             path: "Services/Profile/Service"

@@ -5,10 +5,14 @@ public enum ServiceDatabase {
     /// Opens (creating if needed) the database at `path` in WAL mode with `synchronous = NORMAL` (a
     /// commit survives a crash of the process, which is what an acknowledgement promises; it may not
     /// survive a power loss of the machine), runs `pragmas` on every connection, and migrates it.
+    ///
+    /// `secure_delete`: deleted content is overwritten with zeros, so that data a privacy request erased
+    /// does not linger in the file's free pages (the write-ahead log is cleared by ``clearLog(_:)``).
     public static func open(path: String, migrator: DatabaseMigrator, pragmas: [String] = []) throws -> DatabasePool {
         var configuration = Configuration()
         configuration.prepareDatabase { db in
             try db.execute(sql: "PRAGMA synchronous = NORMAL")
+            try db.execute(sql: "PRAGMA secure_delete = ON")
             for pragma in pragmas { try db.execute(sql: "PRAGMA " + pragma) }
         }
         let pool = try DatabasePool(path: path, configuration: configuration)
@@ -21,5 +25,18 @@ public enum ServiceDatabase {
         let queue = try DatabaseQueue(configuration: Configuration())
         try migrator.migrate(queue)
         return queue
+    }
+
+    /// Copies the write-ahead log into the database and truncates it to nothing (a privacy request's
+    /// last step: the log still holds pages written before data was deleted). False when readers kept
+    /// part of it in use; a later call finishes.
+    public static func clearLog(_ writer: any DatabaseWriter) -> Bool {
+        guard let pool = writer as? DatabasePool else { return true }
+        do {
+            let result = try pool.writeWithoutTransaction { db in try db.checkpoint(.truncate) }
+            return result.walFrameCount == result.checkpointedFrameCount
+        } catch {
+            return false
+        }
     }
 }

@@ -46,6 +46,8 @@ final class FailingStore: IdentityStore, @unchecked Sendable {
     func outboxStatus() throws -> (pending: UInt64, oldestPending: Date?, forwarded: UInt64) {
         try inner.outboxStatus()
     }
+    func forget(keys: [String]) throws -> Int { try inner.forget(keys: keys) }
+    func clearLog() -> Bool { inner.clearLog() }
 }
 
 /// A temporary directory removed at the end of the test.
@@ -328,14 +330,15 @@ struct IdentityEngineTests {
         let store = try SQLiteIdentityStore()
         let engine = try IdentityEngine(store: store, loop: Self.loop)
         _ = try await engine.accept(Bodea.persons)
-        let events = try #require(try await engine.remove(Self.email("p2@townsend.com"), from: .person))
-        #expect(events.count == 1)
+        let removal = try #require(try await engine.remove(Self.email("p2@townsend.com"), from: .person))
+        #expect(removal.events.count == 1)
         #expect(try await engine.resolve(Self.email("p2@townsend.com"), in: .person) == nil)
         #expect(
             try await engine.resolve(Self.key("102@mkto-1.Marketo"), in: .person)?.cluster
                 != engine.resolve(Self.key("2102@mkto-2.Marketo"), in: .person)?.cluster
         )
         let last = try outbox(of: store).suffix(2).map(\.update)
+        #expect(removal.updateSequence == (try outbox(of: store).last?.sequence))
         guard case .clusterChange(let change)? = last.first, case .identityRemoved(let removed)? = last.last else {
             Issue.record("expected the split, then the removal, in the outbox: \(last)")
             return

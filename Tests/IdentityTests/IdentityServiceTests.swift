@@ -97,6 +97,16 @@ extension RecordingProfile {
         -> Cdp_Profile_V1_DeletePersonResponse
     { throw Self.unimplemented }
 
+    func getPrivacyRequest(
+        request: Cdp_Privacy_V1_GetPrivacyRequestRequest,
+        context: ServerContext
+    ) async throws -> Cdp_Privacy_V1_PrivacyRequest { throw Self.unimplemented }
+
+    func listPrivacyRequests(
+        request: Cdp_Privacy_V1_ListPrivacyRequestsRequest,
+        context: ServerContext
+    ) async throws -> Cdp_Privacy_V1_ListPrivacyRequestsResponse { throw Self.unimplemented }
+
     func getOutboxStatus(
         request: Cdp_Profile_V1_GetOutboxStatusRequest,
         context: ServerContext

@@ -8,7 +8,7 @@ import TestSupport
 
 /// Identity in process, feeding a profile store: records go through the identity engine, and its
 /// outbox is applied to the profile store, as the relay would.
-public struct ProfilePipeline {
+public struct ProfilePipeline: Sendable {
     /// Identity's store.
     public let identityStore: SQLiteIdentityStore
     /// Identity's engine.

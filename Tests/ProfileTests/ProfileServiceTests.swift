@@ -1,5 +1,7 @@
 import CDPProto
 import Foundation
+import IdentityGraph
+import IdentityService
 import Logging
 import NIOPosix
 import PipelineSupport
@@ -122,32 +124,46 @@ extension RecordingSegmentation {
     ) async throws -> Cdp_Segmentation_V1_OutboxStatus { throw Self.unimplemented }
 }
 
-/// The identities a stand-in identity service was asked to remove.
-final class RemovedIdentities: Sendable {
-    private let list = Mutex<[String]>([])
-    var all: [String] { list.withLock { $0 } }
-    func append(_ identity: Cdp_Identity_V1_IdentityValue) {
-        list.withLock { $0.append("\(identity.namespace):\(identity.value)") }
+/// A stand-in for ingestion's, segmentation's and destination's `Erasure`: records each call.
+final class RecordingErasure: Cdp_Privacy_V1_Erasure.ServiceProtocol {
+    private let calls = Mutex<[Cdp_Privacy_V1_EraseRequest]>([])
+    var all: [Cdp_Privacy_V1_EraseRequest] { calls.withLock { $0 } }
+
+    func erase(
+        request: Cdp_Privacy_V1_EraseRequest,
+        context: ServerContext
+    ) async throws -> Cdp_Privacy_V1_EraseReport {
+        calls.withLock { $0.append(request) }
+        var report = Cdp_Privacy_V1_EraseReport()
+        report.removed["calls"] = 1
+        return report
     }
 }
 
-/// A profile service on loopback fed by an in-process identity, sending views to a recording
-/// segmentation, with a recording identity removal.
-struct ProfileHarness {
+/// A profile service on loopback fed by an in-process identity (whose service, on its own loopback
+/// server, removes identities; its updates are forwarded to profile as identity's relay would),
+/// sending views to a recording segmentation, with the other services' erasure recorded.
+struct ProfileHarness: Sendable {
     let client: Cdp_Profile_V1_Profile.Client
     let pipeline: ProfilePipeline
     let segmentation: RecordingSegmentation
-    let removed: RemovedIdentities
+    let erasure: RecordingErasure
+
+    /// Sends identity's pending updates to profile, as identity's relay does.
+    func forward() async throws {
+        // Only what was sent is acknowledged (a test's ingest and the background relay both forward;
+        // profile skips what it applied before).
+        guard let chunk = try pipeline.identityStore.nextOutboxChunk(limit: 1_000_000, maxBytes: .max) else { return }
+        var request = Cdp_Profile_V1_AcceptIdentityUpdatesRequest()
+        request.sender = "test"
+        request.updates = try chunk.updates.map { try Cdp_Profile_V1_IdentityUpdate(serializedBytes: $0) }
+        _ = try await client.acceptIdentityUpdates(request)
+        try pipeline.identityStore.acknowledge(chunk)
+    }
 
     func ingest(_ records: [Cdp_Identity_V1_StoredRecord]) async throws {
         _ = try await pipeline.identity.accept(records)
-        var request = Cdp_Profile_V1_AcceptIdentityUpdatesRequest()
-        request.sender = "test"
-        request.updates = try pipeline.pendingUpdates()
-        _ = try await client.acceptIdentityUpdates(request)
-        while let chunk = try pipeline.identityStore.nextOutboxChunk(limit: 1_000_000, maxBytes: .max) {
-            try pipeline.identityStore.acknowledge(chunk)
-        }
+        try await forward()
     }
 
     func request(_ namespace: String, _ value: String) -> Cdp_Profile_V1_GetEntityRequest {
@@ -178,12 +194,33 @@ func withProfileHarness(identityAvailable: Bool = true, _ body: (ProfileHarness)
         deliver: { try await SegmentationForwarding.deliver($0, via: segmentationClient) },
         acknowledge: { try await engine.acknowledge($0) }
     )
-    let removed = RemovedIdentities()
+    let pipeline = try ProfilePipeline(profile: store)
+    // Identity's service and the other services' erasure on one loopback server.
+    let erasure = RecordingErasure()
+    let peersServer = RPCServer(
+        configuration: .init(runsHandlersOnEventLoop: false),
+        services: [IdentityService(engine: pipeline.identity, logger: logger), erasure],
+        logger: logger
+    )
+    let peersPort = try await peersServer.start().port!
+    let peersTransport = HTTP2ClientTransport(configuration: .init(host: "127.0.0.1", port: peersPort))
+    let peers = RPCClient(transport: peersTransport)
+    let privacy = PrivacyCoordinator(
+        engine: engine,
+        peers: .init(
+            ingestion: Cdp_Privacy_V1_Erasure.Client(peers),
+            identity: identityAvailable ? Cdp_Identity_V1_Identity.Client(peers) : nil,
+            identityErasure: identityAvailable ? Cdp_Privacy_V1_Erasure.Client(peers) : nil,
+            segmentation: Cdp_Privacy_V1_Erasure.Client(peers),
+            destination: Cdp_Privacy_V1_Erasure.Client(peers)
+        ),
+        logger: logger,
+        pollInterval: .milliseconds(50)
+    ) { relay.wake() }
     let service = ProfileService(
         engine: engine,
         logger: logger,
-        removeIdentity: identityAvailable
-            ? { @Sendable identity in removed.append(identity) } : nil,
+        privacy: privacy,
         changed: { relay.wake() },
         forwardingError: { relay.status.lastError }
     )
@@ -192,19 +229,29 @@ func withProfileHarness(identityAvailable: Bool = true, _ body: (ProfileHarness)
     let transport = HTTP2ClientTransport(configuration: .init(host: "127.0.0.1", port: port))
     let harness = ProfileHarness(
         client: Cdp_Profile_V1_Profile.Client(RPCClient(transport: transport)),
-        pipeline: try ProfilePipeline(profile: store),
+        pipeline: pipeline,
         segmentation: segmentation,
-        removed: removed
+        erasure: erasure
     )
     func close() async {
         await transport.close()
         await server.shutdown()
+        await peersTransport.close()
+        await peersServer.shutdown()
         await segmentationTransport.close()
         await segmentationServer.shutdown()
     }
     do {
         try await withThrowingTaskGroup(of: Void.self) { group in
             group.addTask { try await relay.run() }
+            group.addTask { try await privacy.run() }
+            // Identity's relay: its updates reach profile while a privacy request waits for them.
+            group.addTask {
+                while !Task.isCancelled {
+                    try await harness.forward()
+                    try await Task.sleep(for: .milliseconds(20))
+                }
+            }
             try await body(harness)
             group.cancelAll()
         }
@@ -265,13 +312,22 @@ struct ProfileServiceTests {
         }
     }
 
-    @Test func deletePersonTellsIdentityAndRemovesTheView() async throws {
+    @Test func aPrivacyRequestReachesEveryServiceAndIsIdempotent() async throws {
         try await withProfileHarness { harness in
             for group in ProfileStoreTests.story { try await harness.ingest(group) }
             let p3 = try await harness.client.getPerson(harness.request("email", "p3@townsend.com"))
             let deleted = try await harness.client.deletePerson(harness.request("email", "p3@townsend.com"))
-            #expect(deleted.fragmentsDeleted == 1)
-            #expect(harness.removed.all == ["email:p3@townsend.com", "sourceKey:2103@mkto-2.Marketo"])
+            #expect(deleted.fragmentsDeleted == 1 && !deleted.alreadyErased)
+            #expect(
+                deleted.identities.map { "\($0.namespace):\($0.value)" } == [
+                    "email:p3@townsend.com", "sourceKey:2103@mkto-2.Marketo",
+                ]
+            )
+            #expect(deleted.request.id == "pr-1")
+            // Identity no longer knows the person.
+            #expect(
+                try await harness.pipeline.identity.resolve(Identity("email", "p3@townsend.com"), in: .person) == nil
+            )
             let gone = await #expect(throws: RPCError.self) {
                 _ = try await harness.client.getPerson(harness.request("email", "p3@townsend.com"))
             }
@@ -279,6 +335,30 @@ struct ProfileServiceTests {
             try await eventually {
                 harness.segmentation.latest["person/\(p3.person.clusterID)"]?.removed.clusterID == p3.person.clusterID
             }
+            // Ingestion got the hashes (never the identities) and the keys; segmentation and destination
+            // the cluster; then the request settles and every service clears its log.
+            let first = try #require(harness.erasure.all.first)
+            #expect(first.identityHashes.count == 2 && first.identityHashes.allSatisfy { $0.count == 32 })
+            #expect(first.recordKeys.contains("2103@mkto-2.Marketo"))
+            #expect(harness.erasure.all.contains { $0.personClusters.contains(p3.person.clusterID) })
+            try await eventually {
+                try await harness.client.getPrivacyRequest(.with { $0.id = "pr-1" }).state == .done
+            }
+            #expect(harness.erasure.all.contains { $0.final })
+            let done = try await harness.client.getPrivacyRequest(.with { $0.id = "pr-1" })
+            #expect(
+                done.services.map(\.service) == ["ingestion", "identity", "profile", "segmentation", "destination"]
+            )
+            #expect(done.services.allSatisfy(\.done) && done.hasFinishedAt)
+
+            // A second delete answers the first request; nothing more is deleted.
+            let again = try await harness.client.deletePerson(harness.request("email", " P3@Townsend.com "))
+            #expect(again.alreadyErased && again.request.id == "pr-1" && again.fragmentsDeleted == 0)
+            #expect(try await harness.client.listPrivacyRequests(.init()).requests.map(\.id) == ["pr-1"])
+            let unknown = await #expect(throws: RPCError.self) {
+                _ = try await harness.client.deletePerson(harness.request("email", "nobody@townsend.com"))
+            }
+            #expect(unknown?.code == .notFound)
         }
     }
 

@@ -90,6 +90,7 @@ struct DestinationCommand: AsyncParsableCommand {
             transport: AsyncHTTPTransport(client: httpClient)
         )
         let workers = DeliveryWorkers(engine: engine, logger: logger)
+        let erasure = DestinationErasure(engine: engine, workers: workers, logger: logger)
         // An empty token (a variable set to nothing, as compose files pass it) means no authentication.
         let token = (authToken ?? ServiceMain.variable("CDP_TOKEN")).flatMap { $0.isEmpty ? nil : $0 }
         let service = DestinationService(engine: engine, workers: workers, logger: logger)
@@ -102,7 +103,7 @@ struct DestinationCommand: AsyncParsableCommand {
                 authorizationTokens: token.map { Set([$0]) } ?? [],
                 runsHandlersOnEventLoop: false
             ),
-            services: [service, health, ReflectionService(services: [service, health])],
+            services: [service, erasure, health, ReflectionService(services: [service, erasure, health])],
             logger: logger
         )
         do {

@@ -197,6 +197,17 @@ public actor DestinationEngine {
         try store.runs(destination: destination, before: before, limit: limit)
     }
 
+    /// Erases persons (a privacy request); see ``SQLiteDestinationStore/erase(clusters:at:)``.
+    public func erase(clusters: [UInt64]) throws -> (removals: Int, records: Int, abandoned: Int) {
+        try store.erase(clusters: clusters, at: now())
+    }
+
+    /// How many removals of erased persons are still to be delivered.
+    public func erasurePending(clusters: [UInt64]) throws -> Int { try store.erasurePending(clusters: clusters) }
+
+    /// Clears the write-ahead log of deleted data; false if it could not yet.
+    public func clearLog() -> Bool { store.clearLog() }
+
     static func typeName(_ type: Cdp_Destination_V1_DestinationType) -> String {
         switch type {
         case .marketo: "MARKETO"

@@ -148,6 +148,19 @@ public final class SQLiteDestinationStore: Sendable {
                     """
             )
         }
+        migrator.registerMigration("v5: members erased by privacy requests") { db in
+            // Persons a privacy request erased: their records are kept redacted (the cluster only), and
+            // once a destination has removed one, nothing about it is kept for that activation.
+            try db.execute(
+                sql: """
+                    CREATE TABLE forgotten (
+                        entity INTEGER NOT NULL,
+                        cluster INTEGER NOT NULL,
+                        PRIMARY KEY (entity, cluster)
+                    ) WITHOUT ROWID;
+                    """
+            )
+        }
         return migrator
     }
 
@@ -348,14 +361,18 @@ public final class SQLiteDestinationStore: Sendable {
                     arguments: [change.segmentID, entity, cluster]
                 )
                 if let held, held >= version { continue }
+                // An erased person's change that was on its way keeps only the cluster.
+                let forgotten = try Self.isForgotten(entity, cluster, db)
                 try db.cachedStatement(
                     sql: """
                         INSERT OR REPLACE INTO members (segment, entity, cluster, realized, version, record)
                         VALUES (?, ?, ?, ?, ?, ?)
                         """
                 ).execute(arguments: [
-                    change.segmentID, entity, cluster, change.realized, version,
-                    try change.record.serializedBytes() as Data,
+                    change.segmentID, entity, cluster, change.realized && !forgotten, version,
+                    forgotten
+                        ? try Self.redacted(change.clusterID).serializedBytes() as Data
+                        : try change.record.serializedBytes() as Data,
                 ])
                 try db.cachedStatement(
                     sql: """
@@ -366,7 +383,8 @@ public final class SQLiteDestinationStore: Sendable {
                             WHERE excluded.version > queue.version
                         """
                 ).execute(arguments: [
-                    entity, cluster, change.realized, version, now.timeIntervalSince1970, change.segmentID,
+                    entity, cluster, change.realized && !forgotten, version, now.timeIntervalSince1970,
+                    change.segmentID,
                 ])
             }
             try db.execute(
@@ -469,6 +487,15 @@ public final class SQLiteDestinationStore: Sendable {
                 ])
             }
             for member in report.delivered {
+                let entity = member.entityType.rawValue
+                let cluster = Int64(clamping: member.cluster)
+                if !member.realized, try Self.isForgotten(entity, cluster, db) {
+                    // An erased person is off the destination: nothing about it is kept.
+                    try db.cachedStatement(
+                        sql: "DELETE FROM delivered WHERE activation = ? AND entity = ? AND cluster = ?"
+                    ).execute(arguments: [activation, entity, cluster])
+                    continue
+                }
                 try db.cachedStatement(
                     sql: """
                         INSERT OR REPLACE INTO delivered (activation, entity, cluster, realized, version, identity,
@@ -572,6 +599,111 @@ public final class SQLiteDestinationStore: Sendable {
                 return (number, delivery)
             }
         }
+    }
+
+    // MARK: - Privacy
+
+    /// Erases persons (a privacy request): every segment's member record keeps only the cluster, the
+    /// member leaves its segments, and each active activation that delivered it queues its removal
+    /// (under the identity it sent, which is kept until the removal is delivered, then deleted).
+    /// What deactivated activations delivered is forgotten at once: nothing more is sent for them.
+    /// Returns how many removals were queued, how many records were redacted and how many deliveries
+    /// of deactivated activations were forgotten.
+    public func erase(clusters: [UInt64], at now: Date) throws -> (removals: Int, records: Int, abandoned: Int) {
+        try writer.write { db in
+            let person = Cdp_Model_V1_EntityType.person.rawValue
+            var removals = 0
+            var records = 0
+            var abandoned = 0
+            for cluster in Set(clusters) {
+                let id = Int64(clamping: cluster)
+                try db.execute(
+                    sql: "INSERT OR IGNORE INTO forgotten (entity, cluster) VALUES (?, ?)",
+                    arguments: [person, id]
+                )
+                let redacted = try Self.redacted(cluster).serializedBytes() as Data
+                for row in try Row.fetchAll(
+                    db,
+                    sql: "SELECT segment, version FROM members WHERE entity = ? AND cluster = ?",
+                    arguments: [person, id]
+                ) {
+                    let segment: String = row[0]
+                    let version = row[1] as Int64 + 1
+                    try db.execute(
+                        sql: """
+                            UPDATE members SET realized = 0, version = ?, record = ?
+                            WHERE segment = ? AND entity = ? AND cluster = ?
+                            """,
+                        arguments: [version, redacted, segment, person, id]
+                    )
+                    records += 1
+                    try db.execute(
+                        sql: """
+                            INSERT INTO queue (activation, segment, entity, cluster, realized, version, since)
+                            SELECT a.id, a.segment, ?, ?, 0, ?, ? FROM activations a
+                            WHERE a.segment = ? AND a.active = 1
+                            ON CONFLICT (activation, entity, cluster) DO UPDATE
+                                SET realized = 0, version = max(queue.version, excluded.version)
+                            """,
+                        arguments: [person, id, version, now.timeIntervalSince1970, segment]
+                    )
+                    removals += db.changesCount
+                }
+                // Deactivated activations send nothing more: what they delivered is forgotten now.
+                try db.execute(
+                    sql: """
+                        DELETE FROM delivered WHERE entity = ? AND cluster = ?
+                            AND (realized = 0 OR activation IN (SELECT id FROM activations WHERE active = 0))
+                        """,
+                    arguments: [person, id]
+                )
+                abandoned += db.changesCount
+            }
+            return (removals, records, abandoned)
+        }
+    }
+
+    /// How many of the erased `clusters` are still delivered (waiting for their removal) or queued.
+    public func erasurePending(clusters: [UInt64]) throws -> Int {
+        try writer.read { db in
+            var pending = 0
+            for cluster in Set(clusters) {
+                let arguments: StatementArguments = [Cdp_Model_V1_EntityType.person.rawValue, Int64(clamping: cluster)]
+                pending +=
+                    try Int.fetchOne(
+                        db,
+                        sql: "SELECT COUNT(*) FROM delivered WHERE entity = ? AND cluster = ?",
+                        arguments: arguments
+                    ) ?? 0
+                pending +=
+                    try Int.fetchOne(
+                        db,
+                        sql: """
+                            SELECT COUNT(*) FROM queue WHERE entity = ? AND cluster = ?
+                                AND activation IN (SELECT id FROM activations WHERE active = 1)
+                            """,
+                        arguments: arguments
+                    ) ?? 0
+            }
+            return pending
+        }
+    }
+
+    /// Clears the write-ahead log of deleted data; false if it could not yet.
+    public func clearLog() -> Bool { ServiceDatabase.clearLog(writer) }
+
+    private static func isForgotten(_ entity: Int, _ cluster: Int64, _ db: Database) throws -> Bool {
+        try Int64.fetchOne(
+            try db.cachedStatement(sql: "SELECT 1 FROM forgotten WHERE entity = ? AND cluster = ?"),
+            arguments: [entity, cluster]
+        ) != nil
+    }
+
+    /// A record that names only its cluster.
+    static func redacted(_ cluster: UInt64) -> Cdp_Profile_V1_UnifiedRecord {
+        var record = Cdp_Profile_V1_UnifiedRecord()
+        record.clusterID = cluster
+        return record
     }
 
     // MARK: - Helpers

@@ -235,6 +235,7 @@ struct IdentityCommand: AsyncParsableCommand {
             committed: { [relay] in relay?.wake() },
             forwardingError: { [relay] in relay?.status.lastError }
         )
+        let erasure = IdentityErasure(engine: engine, logger: logger)
         let health = HealthService()
         let server = RPCServer(
             configuration: .init(
@@ -245,7 +246,7 @@ struct IdentityCommand: AsyncParsableCommand {
                 // Decoding a call's records is CPU work: keep it off the event loops.
                 runsHandlersOnEventLoop: false
             ),
-            services: [service, health, ReflectionService(services: [service, health])],
+            services: [service, erasure, health, ReflectionService(services: [service, erasure, health])],
             logger: logger
         )
         let boundPort = try await ServiceMain.start(server, host: host, port: port)

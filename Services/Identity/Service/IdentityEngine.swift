@@ -346,8 +346,11 @@ public actor IdentityEngine {
 
     /// Removes `identity` from `graph` and commits it: the cluster changes it caused, then an
     /// `IdentityRemoved` update, go to profile; stored conflicts naming the value are deleted. Returns
-    /// nil if the graph did not hold it.
-    public func remove(_ identity: Identity, from graph: EntityGraph) throws -> [GraphEvent]? {
+    /// the graph events and the sequence of the last update sent, or nil if the graph did not hold it.
+    public func remove(
+        _ identity: Identity,
+        from graph: EntityGraph
+    ) throws -> (events: [GraphEvent], updateSequence: UInt64)? {
         try reloadIfNeeded()
         guard var held = graphs.removeValue(forKey: graph) else { return nil }
         let present = held.cluster(of: identity) != nil
@@ -362,6 +365,13 @@ public actor IdentityEngine {
         removed.identityRemoved.identity = IdentityService.message(identity)
         updates.append(removed)
         try save(updates, in: &commit)
-        return events
+        return (events, nextUpdateSequence - 1)
     }
+
+    /// A privacy request's part here besides removing identities: forgets the versions taken and the
+    /// conflicts of the person's records (their keys name the person's source ids).
+    public func forget(keys: [String]) throws -> Int { try store.forget(keys: keys) }
+
+    /// Clears the write-ahead log of deleted data; false if it could not yet.
+    public func clearLog() -> Bool { store.clearLog() }
 }

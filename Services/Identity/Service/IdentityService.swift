@@ -171,16 +171,17 @@ public final class IdentityService: Cdp_Identity_V1_Identity.ServiceProtocol {
     {
         let graph = try Self.clusteredGraph(request.entityType)
         let identity = try Self.identity(request.identity, field: "identity")
-        let events: [GraphEvent]?
+        let removal: (events: [GraphEvent], updateSequence: UInt64)?
         do {
-            events = try await engine.remove(identity, from: graph)
+            removal = try await engine.remove(identity, from: graph)
         } catch {
             throw RPCError(code: .unavailable, message: "identity could not store the removal (\(error)); retry")
         }
         var response = Cdp_Identity_V1_RemoveIdentityResponse()
-        response.removed = events != nil
-        response.changes = (events ?? []).map { IdentityEngine.clusterChange($0, in: graph) }
-        if events != nil {
+        response.removed = removal != nil
+        response.changes = (removal?.events ?? []).map { IdentityEngine.clusterChange($0, in: graph) }
+        response.updateSequence = removal?.updateSequence ?? 0
+        if removal != nil {
             logger.notice(
                 "identity removed",
                 metadata: ["graph": "\(graph.rawValue)", "namespace": "\(identity.namespace)"]

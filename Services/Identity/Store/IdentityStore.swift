@@ -30,6 +30,11 @@ public protocol IdentityStore: Sendable {
     func acknowledge(_ chunk: UpdateChunk) throws
     /// How much is pending.
     func outboxStatus() throws -> (pending: UInt64, oldestPending: Date?, forwarded: UInt64)
+    /// Deletes the versions taken and the conflicts of the records `keys` (a privacy request); returns
+    /// how many rows went.
+    func forget(keys: [String]) throws -> Int
+    /// Clears the write-ahead log of deleted data; false if it could not yet.
+    func clearLog() -> Bool
 }
 
 /// A record's place: its key and entity type (a person and an account of one source may share a key).

@@ -511,4 +511,21 @@ public final class SQLiteIdentityStore: IdentityStore {
     static func milliseconds(_ date: Date) -> Int64 { Int64((date.timeIntervalSince1970 * 1000).rounded()) }
 
     static func date(_ milliseconds: Int64) -> Date { Date(timeIntervalSince1970: Double(milliseconds) / 1000) }
+
+    // MARK: - Privacy
+
+    public func forget(keys: [String]) throws -> Int {
+        try writer.write { db in
+            var removed = 0
+            for key in Set(keys) {
+                try db.execute(sql: "DELETE FROM current_versions WHERE key = ?", arguments: [key])
+                removed += db.changesCount
+                try db.execute(sql: "DELETE FROM conflicts WHERE record_key = ?", arguments: [key])
+                removed += db.changesCount
+            }
+            return removed
+        }
+    }
+
+    public func clearLog() -> Bool { ServiceDatabase.clearLog(writer) }
 }

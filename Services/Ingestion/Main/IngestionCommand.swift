@@ -123,13 +123,16 @@ struct IngestionCommand: AsyncParsableCommand {
             logger.notice("no identity service configured (--identity): accepted records stay in the outbox")
         }
 
+        let suppression = Suppression(try await store.suppressions())
         let service = IngestionService(
             store: store,
             configuration: .init(chunkRecords: chunkRecords, defaultErrorThreshold: errorThreshold),
             logger: logger,
             committed: { [relay] in relay?.wake() },
-            forwardingError: { [relay] in relay?.status.lastError }
+            forwardingError: { [relay] in relay?.status.lastError },
+            suppression: suppression
         )
+        let erasure = IngestionErasure(store: store, suppression: suppression, logger: logger)
         let health = HealthService()
         let server = RPCServer(
             configuration: .init(
@@ -140,7 +143,7 @@ struct IngestionCommand: AsyncParsableCommand {
                 // Parsing and storage are CPU and disk work: keep them off the event loops.
                 runsHandlersOnEventLoop: false
             ),
-            services: [service, health, ReflectionService(services: [service, health])],
+            services: [service, erasure, health, ReflectionService(services: [service, erasure, health])],
             logger: logger
         )
         let boundPort = try await ServiceMain.start(server, host: host, port: port)

@@ -42,6 +42,7 @@ public final class IngestionService: Cdp_Ingestion_V1_Ingestion.ServiceProtocol 
     private let logger: Logger
     private let committed: @Sendable () -> Void
     private let forwardingError: @Sendable () -> String?
+    private let suppression: Suppression
     /// Sources known to exist (they are never deleted), to spare a lookup per stream request.
     private let knownSources = Mutex(Set<String>())
 
@@ -50,13 +51,16 @@ public final class IngestionService: Cdp_Ingestion_V1_Ingestion.ServiceProtocol 
     /// - Parameters:
     ///   - committed: Called after records were queued for forwarding (wakes the outbox relay).
     ///   - forwardingError: The relay's last error, for `GetOutboxStatus`.
+    ///   - suppression: The erased persons whose records are refused (shared with ``IngestionErasure``).
     public init(
         store: any IngestionStore,
         configuration: Configuration = .defaults,
         logger: Logger,
         committed: @escaping @Sendable () -> Void = {},
-        forwardingError: @escaping @Sendable () -> String? = { nil }
+        forwardingError: @escaping @Sendable () -> String? = { nil },
+        suppression: Suppression = Suppression()
     ) {
+        self.suppression = suppression
         self.store = store
         self.configuration = configuration
         self.logger = logger
@@ -139,6 +143,7 @@ public final class IngestionService: Cdp_Ingestion_V1_Ingestion.ServiceProtocol 
         var receiver = BatchReceiver(
             parser: parser,
             source: header.source,
+            suppression: suppression,
             chunkRecords: configuration.chunkRecords,
             maxErrors: max(configuration.maxReturnedErrors, maxStoredErrors)
         )
@@ -315,6 +320,13 @@ public final class IngestionService: Cdp_Ingestion_V1_Ingestion.ServiceProtocol 
             for (index, record) in request.records.enumerated() {
                 switch TypedRecords.normalize(record, source: request.source) {
                 case .record(let normalized):
+                    if let erasure = suppression.request(refusing: normalized) {
+                        response.suppressed += 1
+                        response.errors.append(
+                            Self.recordError(Suppression.error(erasure), line: 0, number: UInt64(index + 1))
+                        )
+                        continue
+                    }
                     // Serialized once: the payload's size is the one the limit is about.
                     let record = try RecordPreparation.prepare(normalized)
                     if let tooLarge = RecordPreparation.sizeError(bytes: record.payload.count) {
@@ -334,6 +346,17 @@ public final class IngestionService: Cdp_Ingestion_V1_Ingestion.ServiceProtocol 
             }
             try await responses.write(response)
         }
+    }
+
+    // MARK: - Privacy
+
+    public func allowIdentities(
+        request: Cdp_Ingestion_V1_AllowIdentitiesRequest,
+        context: ServerContext
+    ) async throws -> Cdp_Ingestion_V1_AllowIdentitiesResponse {
+        let response = try await Self.allow(request, store: store, suppression: suppression)
+        logger.notice("privacy requests lifted", metadata: ["requests": "\(response.requestIds)"])
+        return response
     }
 
     // MARK: - Status
@@ -426,6 +449,7 @@ public enum IdentityForwarding {
 struct BatchReceiver {
     private var parser: BatchParser
     private let source: Cdp_Model_V1_Source
+    private let suppression: Suppression
     private let chunkRecords: Int
     private let maxErrors: Int
     private var parsed: [ParsedRecord] = []
@@ -436,9 +460,16 @@ struct BatchReceiver {
     var counts = Cdp_Ingestion_V1_BatchCounts()
     private(set) var errors: [Cdp_Ingestion_V1_RecordError] = []
 
-    init(parser: BatchParser, source: Cdp_Model_V1_Source, chunkRecords: Int, maxErrors: Int) {
+    init(
+        parser: BatchParser,
+        source: Cdp_Model_V1_Source,
+        suppression: Suppression,
+        chunkRecords: Int,
+        maxErrors: Int
+    ) {
         self.parser = parser
         self.source = source
+        self.suppression = suppression
         self.chunkRecords = chunkRecords
         self.maxErrors = maxErrors
         pending.reserveCapacity(chunkRecords)
@@ -473,7 +504,7 @@ struct BatchReceiver {
                 if let tooLarge = RecordPreparation.sizeError(bytes: size) {
                     reject([tooLarge], line: 0, number: typedNumber)
                 } else {
-                    pending.append(normalized)
+                    keep(normalized, line: 0, number: typedNumber)
                 }
             case .rejected(let fieldErrors):
                 reject(fieldErrors, line: 0, number: typedNumber)
@@ -500,11 +531,24 @@ struct BatchReceiver {
             counts.records += 1
             switch item.result {
             case .record(let record):
-                pending.append(record)
+                keep(record, line: item.line, number: item.number)
             case .rejected(let fieldErrors):
                 reject(fieldErrors, line: item.line, number: item.number)
             }
         }
+    }
+
+    /// Queues a valid record for the next chunk, unless it names a person a privacy request erased:
+    /// then it is refused and counted apart (not against the error threshold).
+    private mutating func keep(_ record: Cdp_Model_V1_Record, line: UInt64, number: UInt64) {
+        if let erasure = suppression.request(refusing: record) {
+            counts.suppressed += 1
+            if errors.count < maxErrors {
+                errors.append(IngestionService.recordError(Suppression.error(erasure), line: line, number: number))
+            }
+            return
+        }
+        pending.append(record)
     }
 
     private mutating func reject(_ fieldErrors: [FieldError], line: UInt64, number: UInt64) {

@@ -46,6 +46,22 @@ public protocol IngestionStore: Sendable {
     func acknowledge(_ chunk: OutboxChunk) async throws
     /// How much is pending.
     func outboxStatus() async throws -> (pending: UInt64, oldestPending: Date?, forwarded: UInt64)
+
+    /// The hashed identities of erased persons, with the privacy request of each.
+    func suppressions() async throws -> [Data: String]
+    /// A privacy request's part here: keeps `hashes` as suppressed by `request`, and deletes every
+    /// stored version of the records `keys` names and every record not forwarded yet that `refuses`
+    /// (given its payload). Returns how many hashes were new and how many records were deleted.
+    func erase(
+        request: String,
+        hashes: [Data],
+        keys: [String],
+        refuses: @Sendable (Data) -> Bool
+    ) async throws -> (suppressed: Int, records: Int)
+    /// Lifts every request that suppressed one of `hashes`; returns their ids.
+    func allow(hashes: [Data]) async throws -> [String]
+    /// Clears the write-ahead log of deleted data; false if it could not yet.
+    func clearLog() async -> Bool
 }
 
 extension IngestionStore {

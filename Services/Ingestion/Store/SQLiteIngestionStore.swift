@@ -151,6 +151,22 @@ public final class SQLiteIngestionStore: IngestionStore {
                     """
             )
         }
+        migrator.registerMigration("v4: privacy suppressions") { db in
+            // The hashed identities of persons erased by privacy requests: their records are refused
+            // until the request is lifted. Batches count those refused apart from invalid ones.
+            try db.execute(
+                sql: """
+                    CREATE TABLE suppressions (
+                        hash BLOB NOT NULL,
+                        request TEXT NOT NULL,
+                        created_at INTEGER NOT NULL,
+                        PRIMARY KEY (hash, request)
+                    ) WITHOUT ROWID;
+                    CREATE INDEX suppressions_by_request ON suppressions (request);
+                    ALTER TABLE batches ADD COLUMN suppressed INTEGER NOT NULL DEFAULT 0;
+                    """
+            )
+        }
         return migrator
     }
 
@@ -295,13 +311,13 @@ public final class SQLiteIngestionStore: IngestionStore {
             try db.execute(
                 sql: """
                     UPDATE batches SET state = ?, records = ?, accepted = ?, duplicates = ?, rejected = ?, bytes = ?,
-                        failure = ?, finished_at = ?
+                        failure = ?, finished_at = ?, suppressed = ?
                     WHERE id = ?
                     """,
                 arguments: [
                     BatchStateName(outcome.state).rawValue,
                     Int64(counts.records), Int64(counts.accepted), Int64(counts.duplicates), Int64(counts.rejected),
-                    Int64(counts.bytes), outcome.failure, now, batchID,
+                    Int64(counts.bytes), outcome.failure, now, Int64(counts.suppressed), batchID,
                 ]
             )
             let insertError = try db.cachedStatement(
@@ -381,6 +397,7 @@ public final class SQLiteIngestionStore: IngestionStore {
         batch.counts.accepted = UInt64(row["accepted"] as Int64)
         batch.counts.duplicates = UInt64(row["duplicates"] as Int64)
         batch.counts.rejected = UInt64(row["rejected"] as Int64)
+        batch.counts.suppressed = UInt64(row["suppressed"] as Int64)
         batch.counts.bytes = UInt64(row["bytes"] as Int64)
         batch.failure = row["failure"]
         batch.errorThreshold = row["error_threshold"]
@@ -654,6 +671,83 @@ public final class SQLiteIngestionStore: IngestionStore {
             )
         }
     }
+
+    // MARK: - Privacy
+
+    public func suppressions() async throws -> [Data: String] {
+        try await writer.read { db in
+            var found: [Data: String] = [:]
+            for row in try Row.fetchAll(db, sql: "SELECT hash, request FROM suppressions") {
+                found[row[0]] = row[1]
+            }
+            return found
+        }
+    }
+
+    public func erase(
+        request: String,
+        hashes: [Data],
+        keys: [String],
+        refuses: @Sendable (Data) -> Bool
+    ) async throws -> (suppressed: Int, records: Int) {
+        try await writer.write { db in
+            var suppressed = 0
+            for hash in hashes {
+                try db.execute(
+                    sql: "INSERT INTO suppressions (hash, request, created_at) VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
+                    arguments: [hash, request, Self.now()]
+                )
+                suppressed += db.changesCount
+            }
+            var doomed: [Int64] = []
+            let byKey = try db.cachedStatement(sql: "SELECT seq FROM records WHERE key = ?")
+            for key in Set(keys) { doomed += try Int64.fetchAll(byKey, arguments: [key]) }
+            // Records not forwarded yet (pending in the outbox or in a batch still being received) may
+            // name the person without being among the keys profile knows: they are looked at one by one.
+            let pendingFrom = try Int64.fetchOne(
+                db,
+                sql: """
+                    SELECT min(seq) FROM (
+                        SELECT min(next_seq) AS seq FROM outbox
+                        UNION ALL SELECT min(c.first_seq) FROM batch_chunks c
+                            JOIN batches b ON b.id = c.batch_id WHERE b.state = 'receiving')
+                    """
+            )
+            if let pendingFrom {
+                for row in try Row.fetchAll(
+                    db,
+                    sql: "SELECT seq, payload FROM records WHERE seq >= ?",
+                    arguments: [pendingFrom]
+                ) where refuses(row[1]) {
+                    doomed.append(row[0])
+                }
+            }
+            var records = 0
+            for seq in Set(doomed) {
+                try db.execute(sql: "DELETE FROM records WHERE seq = ?", arguments: [seq])
+                records += db.changesCount
+                try db.execute(sql: "DELETE FROM claims WHERE seq = ?", arguments: [seq])
+            }
+            return (suppressed, records)
+        }
+    }
+
+    public func allow(hashes: [Data]) async throws -> [String] {
+        try await writer.write { db in
+            var requests = Set<String>()
+            for hash in hashes {
+                requests.formUnion(
+                    try String.fetchAll(db, sql: "SELECT request FROM suppressions WHERE hash = ?", arguments: [hash])
+                )
+            }
+            for request in requests {
+                try db.execute(sql: "DELETE FROM suppressions WHERE request = ?", arguments: [request])
+            }
+            return requests.sorted()
+        }
+    }
+
+    public func clearLog() async -> Bool { ServiceDatabase.clearLog(writer) }
 
     // MARK: - Helpers
 

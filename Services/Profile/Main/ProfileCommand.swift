@@ -43,8 +43,14 @@ struct ProfileCommand: AsyncParsableCommand {
     @Option(help: "The directory of the service's database (default: $CDP_DATA_DIR/profile or ./data/profile).")
     var dataDir: String?
 
-    @Option(help: "The identity service, HOST:PORT, for DeletePerson (default: $CDP_IDENTITY_ADDR).")
+    @Option(help: "The identity service, HOST:PORT, for privacy requests (default: $CDP_IDENTITY_ADDR).")
     var identity: String?
+
+    @Option(help: "The ingestion service, HOST:PORT, for privacy requests (default: $CDP_INGESTION_ADDR).")
+    var ingestion: String?
+
+    @Option(help: "The destination service, HOST:PORT, for privacy requests (default: $CDP_DESTINATION_ADDR).")
+    var destination: String?
 
     @Option(help: "The segmentation service to send changed views to, HOST:PORT (default: $CDP_SEGMENTATION_ADDR).")
     var segmentation: String?
@@ -93,6 +99,8 @@ struct ProfileCommand: AsyncParsableCommand {
         for (flag, value) in [
             ("--identity", identity ?? ServiceMain.variable("CDP_IDENTITY_ADDR")),
             ("--segmentation", segmentation ?? ServiceMain.variable("CDP_SEGMENTATION_ADDR")),
+            ("--ingestion", ingestion ?? ServiceMain.variable("CDP_INGESTION_ADDR")),
+            ("--destination", destination ?? ServiceMain.variable("CDP_DESTINATION_ADDR")),
         ] {
             if let value, HostPort(value) == nil {
                 throw ValidationError("\(flag) must be HOST:PORT, e.g. 127.0.0.1:7401 (got \"\(value)\").")
@@ -143,25 +151,30 @@ struct ProfileCommand: AsyncParsableCommand {
         if let token { metadata.add("authorization", "Bearer \(token)") }
 
         var transports: [HTTP2ClientTransport] = []
-        var removeIdentity: ProfileService.RemoveIdentity?
-        if let address = (identity ?? ServiceMain.variable("CDP_IDENTITY_ADDR")).flatMap(HostPort.init) {
+        /// A client of a peer service named by a flag or its variable, if given.
+        func client(_ flag: String?, _ variable: String) -> RPCClient? {
+            guard let address = (flag ?? ServiceMain.variable(variable)).flatMap(HostPort.init) else { return nil }
             let transport = HTTP2ClientTransport(configuration: .init(host: address.host, port: address.port))
             transports.append(transport)
-            let client = Cdp_Identity_V1_Identity.Client(RPCClient(transport: transport, defaultMetadata: metadata))
-            removeIdentity = { identity in
-                var request = Cdp_Identity_V1_RemoveIdentityRequest()
-                request.entityType = .person
-                request.identity = identity
-                _ = try await client.removeIdentity(request, options: CallOptions(timeout: .seconds(30)))
-            }
-        } else {
-            logger.notice("no identity service configured (--identity): DeletePerson is refused")
+            return RPCClient(transport: transport, defaultMetadata: metadata)
+        }
+        let identityClient = client(identity, "CDP_IDENTITY_ADDR")
+        let segmentationClient = client(segmentation, "CDP_SEGMENTATION_ADDR")
+        let peers = PrivacyCoordinator.Peers(
+            ingestion: client(ingestion, "CDP_INGESTION_ADDR").map(Cdp_Privacy_V1_Erasure.Client.init),
+            identity: identityClient.map(Cdp_Identity_V1_Identity.Client.init),
+            identityErasure: identityClient.map(Cdp_Privacy_V1_Erasure.Client.init),
+            segmentation: segmentationClient.map(Cdp_Privacy_V1_Erasure.Client.init),
+            destination: client(destination, "CDP_DESTINATION_ADDR").map(Cdp_Privacy_V1_Erasure.Client.init)
+        )
+        if !peers.missing.isEmpty {
+            logger.notice(
+                "privacy requests are refused: profile needs the addresses of every service",
+                metadata: ["missing": "\(peers.missing.joined(separator: ", "))"]
+            )
         }
         var relay: OutboxRelay<ViewChunk>?
-        if let address = (segmentation ?? ServiceMain.variable("CDP_SEGMENTATION_ADDR")).flatMap(HostPort.init) {
-            let transport = HTTP2ClientTransport(configuration: .init(host: address.host, port: address.port))
-            transports.append(transport)
-            let client = RPCClient(transport: transport, defaultMetadata: metadata)
+        if let client = segmentationClient {
             relay = OutboxRelay(
                 name: "profile→segmentation",
                 configuration: .init(chunkSize: forwardBatchSize),
@@ -174,10 +187,11 @@ struct ProfileCommand: AsyncParsableCommand {
             logger.notice("no segmentation service configured (--segmentation): changed views wait in the outbox")
         }
 
+        let privacy = PrivacyCoordinator(engine: engine, peers: peers, logger: logger) { [relay] in relay?.wake() }
         let service = ProfileService(
             engine: engine,
             logger: logger,
-            removeIdentity: removeIdentity,
+            privacy: privacy,
             changed: { [relay] in relay?.wake() },
             forwardingError: { [relay] in relay?.status.lastError }
         )
@@ -198,6 +212,7 @@ struct ProfileCommand: AsyncParsableCommand {
 
         var services: [any Service] = [server]
         if let relay { services.append(relay) }
+        services.append(privacy)
         try await ServiceMain.run(services, logger: logger)
         for transport in transports { await transport.close() }
         try await engineThreads.shutdownGracefully()

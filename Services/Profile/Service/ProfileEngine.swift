@@ -86,6 +86,14 @@ public actor ProfileEngine {
     /// Deletes what `personData` listed.
     public func delete(_ data: PersonData) throws -> (fragments: Int, events: Int) { try store.delete(data) }
 
+    // MARK: - Privacy requests
+
+    /// The store, for the privacy coordinator's bookkeeping (small writes on the engine's thread).
+    func privacy<Result: Sendable>(_ body: (any ProfileStore) throws -> Result) throws -> Result { try body(store) }
+
+    /// Clears the write-ahead log of deleted data; false if it could not yet.
+    public func clearLog() -> Bool { store.clearLog() }
+
     // MARK: - Outbox to segmentation
 
     /// The next changed views, taken on the engine's thread and built on the reader's, from a snapshot

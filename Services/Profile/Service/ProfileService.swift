@@ -8,32 +8,28 @@ import SwiftProtobuf
 
 /// `cdp.profile.v1.Profile`: identity's stream in, unified person and account views out.
 public final class ProfileService: Cdp_Profile_V1_Profile.ServiceProtocol {
-    /// Asks identity to remove an identity from the person graph (a privacy request).
-    public typealias RemoveIdentity = @Sendable (Cdp_Identity_V1_IdentityValue) async throws -> Void
-
     private let engine: ProfileEngine
     private let logger: Logger
-    private let removeIdentity: RemoveIdentity?
+    private let privacy: PrivacyCoordinator
     private let changed: @Sendable () -> Void
     private let forwardingError: @Sendable () -> String?
 
     /// Creates the service.
     ///
     /// - Parameters:
-    ///   - removeIdentity: How `DeletePerson` tells identity; nil when no identity service is configured
-    ///     (then `DeletePerson` is refused).
+    ///   - privacy: Drives privacy requests (`DeletePerson`) through the services.
     ///   - changed: Called after views changed (wakes the outbox relay).
     ///   - forwardingError: The relay's last error, for `GetOutboxStatus`.
     public init(
         engine: ProfileEngine,
         logger: Logger,
-        removeIdentity: RemoveIdentity?,
+        privacy: PrivacyCoordinator,
         changed: @escaping @Sendable () -> Void = {},
         forwardingError: @escaping @Sendable () -> String? = { nil }
     ) {
         self.engine = engine
         self.logger = logger
-        self.removeIdentity = removeIdentity
+        self.privacy = privacy
         self.changed = changed
         self.forwardingError = forwardingError
     }
@@ -153,36 +149,36 @@ public final class ProfileService: Cdp_Profile_V1_Profile.ServiceProtocol {
         request: Cdp_Profile_V1_GetEntityRequest,
         context: ServerContext
     ) async throws -> Cdp_Profile_V1_DeletePersonResponse {
-        guard let removeIdentity else {
-            throw RPCError(
-                code: .failedPrecondition,
-                message: "profile has no identity service configured (--identity): a privacy delete must reach it too"
-            )
+        let cluster: UInt64?
+        do {
+            cluster = try await self.cluster(of: .person, request.identity)
+        } catch let error as RPCError where error.code == .notFound {
+            // Erased before? The request that did it answers (DeletePerson is idempotent).
+            cluster = nil
         }
-        let cluster = try await cluster(of: .person, request.identity)
-        // The person's data is listed before identity is told: removing the identities splits the
-        // person's cluster, and identity's stream may move some fragments elsewhere before the deletion
-        // below; they are deleted by key wherever they went.
-        let data = try await engine.personData(cluster: cluster)
-        let identities = data.identities
-        // Identity first: if profile's own deletion then fails, the retry finds the data and finishes.
-        for identity in identities {
-            do {
-                try await removeIdentity(identity)
-            } catch {
-                throw RPCError(
-                    code: .unavailable,
-                    message: "identity did not remove \(identity.namespace) (\(error)); nothing was deleted here, retry"
-                )
-            }
-        }
-        let deleted = try await engine.delete(data)
-        changed()
-        logger.notice("person deleted", metadata: ["cluster": "\(cluster)", "fragments": "\(deleted.fragments)"])
+        let outcome = try await privacy.delete(cluster: cluster, asked: request.identity)
         var response = Cdp_Profile_V1_DeletePersonResponse()
-        response.fragmentsDeleted = UInt32(deleted.fragments)
-        response.eventsDeleted = UInt32(deleted.events)
-        response.identities = identities
+        response.fragmentsDeleted = UInt32(outcome.fragments)
+        response.eventsDeleted = UInt32(outcome.events)
+        response.identities = outcome.identities
+        response.request = outcome.request
+        response.alreadyErased = outcome.alreadyErased
+        return response
+    }
+
+    public func getPrivacyRequest(
+        request: Cdp_Privacy_V1_GetPrivacyRequestRequest,
+        context: ServerContext
+    ) async throws -> Cdp_Privacy_V1_PrivacyRequest {
+        try await privacy.request(request.id)
+    }
+
+    public func listPrivacyRequests(
+        request: Cdp_Privacy_V1_ListPrivacyRequestsRequest,
+        context: ServerContext
+    ) async throws -> Cdp_Privacy_V1_ListPrivacyRequestsResponse {
+        var response = Cdp_Privacy_V1_ListPrivacyRequestsResponse()
+        response.requests = try await privacy.requests()
         return response
     }
 

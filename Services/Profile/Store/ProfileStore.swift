@@ -48,6 +48,33 @@ public protocol ProfileStore: Sendable {
     func markSent(_ views: [ChangedView]) throws
     /// How much is pending.
     func outboxStatus() throws -> (pending: UInt64, oldestPending: Date?, sent: UInt64)
+
+    /// Starts a privacy request (`pr-1`, `pr-2`, …) for the person whose identities hash to `hashes`,
+    /// with the work it still needs in clear.
+    func newPrivacyRequest(hashes: [Data], work: Data, at now: Date) throws -> StoredPrivacyRequest
+    /// Saves a request's progress (and drops its work once it is nil).
+    func savePrivacyRequest(_ stored: StoredPrivacyRequest) throws
+    /// Every privacy request, newest first.
+    func privacyRequests() throws -> [StoredPrivacyRequest]
+    /// A privacy request by id.
+    func privacyRequest(id: String) throws -> StoredPrivacyRequest?
+    /// The newest privacy request of a person one of whose identities hashes to `hash`.
+    func privacyRequest(hash: Data) throws -> StoredPrivacyRequest?
+    /// Clears the write-ahead log of deleted data; false if it could not yet.
+    func clearLog() -> Bool
+}
+
+/// A privacy request as stored: its progress, and while it runs the work it needs in clear.
+public struct StoredPrivacyRequest: Sendable {
+    public var request: Cdp_Privacy_V1_PrivacyRequest
+    /// Encoded by the coordinator; nil once the request is done.
+    public var work: Data?
+
+    /// Creates a stored request.
+    public init(request: Cdp_Privacy_V1_PrivacyRequest, work: Data?) {
+        self.request = request
+        self.work = work
+    }
 }
 
 /// A person's data, as listed for a privacy delete.

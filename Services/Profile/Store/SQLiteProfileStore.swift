@@ -139,7 +139,111 @@ public final class SQLiteProfileStore: ProfileStore {
                     """
             )
         }
+        migrator.registerMigration("v2: privacy requests") { db in
+            // A privacy request's progress; `work` holds what it still needs in clear (the identities to
+            // remove, the record keys, the clusters) and is dropped when the request is done. The person is
+            // found again by the hashes of their identities (a second delete answers the first request).
+            try db.execute(
+                sql: """
+                    CREATE TABLE privacy_requests (
+                        number INTEGER PRIMARY KEY,
+                        request BLOB NOT NULL,
+                        work BLOB
+                    );
+                    CREATE TABLE privacy_hashes (
+                        hash BLOB NOT NULL,
+                        number INTEGER NOT NULL,
+                        PRIMARY KEY (hash, number)
+                    ) WITHOUT ROWID;
+                    """
+            )
+        }
         return migrator
+    }
+
+    // MARK: - Privacy requests
+
+    public func newPrivacyRequest(hashes: [Data], work: Data, at now: Date) throws -> StoredPrivacyRequest {
+        try writer.write { db in
+            let number = (try Int64.fetchOne(db, sql: "SELECT max(number) FROM privacy_requests") ?? 0) + 1
+            var request = Cdp_Privacy_V1_PrivacyRequest()
+            request.id = "pr-\(number)"
+            request.state = .erasing
+            request.createdAt = Google_Protobuf_Timestamp(date: now)
+            request.identities = UInt32(hashes.count)
+            try db.execute(
+                sql: "INSERT INTO privacy_requests (number, request, work) VALUES (?, ?, ?)",
+                arguments: [number, try request.serializedBytes() as Data, work]
+            )
+            for hash in Set(hashes) {
+                try db.execute(
+                    sql: "INSERT OR IGNORE INTO privacy_hashes (hash, number) VALUES (?, ?)",
+                    arguments: [hash, number]
+                )
+            }
+            return StoredPrivacyRequest(request: request, work: work)
+        }
+    }
+
+    public func savePrivacyRequest(_ stored: StoredPrivacyRequest) throws {
+        try writer.write { db in
+            try db.execute(
+                sql: "UPDATE privacy_requests SET request = ?, work = ? WHERE number = ?",
+                arguments: [
+                    try stored.request.serializedBytes() as Data, stored.work, Self.requestNumber(stored.request.id),
+                ]
+            )
+        }
+    }
+
+    public func privacyRequests() throws -> [StoredPrivacyRequest] {
+        try writer.read { db in
+            try Row.fetchAll(db, sql: "SELECT request, work FROM privacy_requests ORDER BY number DESC").map {
+                StoredPrivacyRequest(
+                    request: try Cdp_Privacy_V1_PrivacyRequest(serializedBytes: $0[0] as Data),
+                    work: $0[1]
+                )
+            }
+        }
+    }
+
+    public func privacyRequest(id: String) throws -> StoredPrivacyRequest? {
+        try writer.read { db in
+            try Row.fetchOne(
+                db,
+                sql: "SELECT request, work FROM privacy_requests WHERE number = ?",
+                arguments: [Self.requestNumber(id)]
+            ).map {
+                StoredPrivacyRequest(
+                    request: try Cdp_Privacy_V1_PrivacyRequest(serializedBytes: $0[0] as Data),
+                    work: $0[1]
+                )
+            }
+        }
+    }
+
+    public func privacyRequest(hash: Data) throws -> StoredPrivacyRequest? {
+        try writer.read { db in
+            try Row.fetchOne(
+                db,
+                sql: """
+                    SELECT r.request, r.work FROM privacy_hashes h JOIN privacy_requests r ON r.number = h.number
+                    WHERE h.hash = ? ORDER BY r.number DESC LIMIT 1
+                    """,
+                arguments: [hash]
+            ).map {
+                StoredPrivacyRequest(
+                    request: try Cdp_Privacy_V1_PrivacyRequest(serializedBytes: $0[0] as Data),
+                    work: $0[1]
+                )
+            }
+        }
+    }
+
+    public func clearLog() -> Bool { ServiceDatabase.clearLog(writer) }
+
+    private static func requestNumber(_ id: String) -> Int64 {
+        id.hasPrefix("pr-") ? Int64(id.dropFirst(3)) ?? 0 : 0
     }
 
     // MARK: - Applying identity's updates

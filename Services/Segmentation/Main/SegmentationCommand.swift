@@ -165,6 +165,7 @@ struct SegmentationCommand: AsyncParsableCommand {
             changed: changed
         )
         let rechecks = RecheckScheduler(engine: engine, logger: logger, changed: changed)
+        let erasure = SegmentationErasure(engine: engine, logger: logger, changed: changed)
         let service = SegmentationService(
             engine: engine,
             source: source,
@@ -182,7 +183,7 @@ struct SegmentationCommand: AsyncParsableCommand {
                 authorizationTokens: token.map { Set([$0]) } ?? [],
                 runsHandlersOnEventLoop: false
             ),
-            services: [service, health, ReflectionService(services: [service, health])],
+            services: [service, erasure, health, ReflectionService(services: [service, erasure, health])],
             logger: logger
         )
         let boundPort = try await ServiceMain.start(server, host: host, port: port)

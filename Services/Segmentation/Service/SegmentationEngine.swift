@@ -30,6 +30,8 @@ public actor SegmentationEngine {
     private var segments: [String: Loaded] = [:]
     private var streamingPlans: [Audience: Plan] = [:]
     private let frame = Frame()
+    /// Person clusters erased by privacy requests: views of them are dropped.
+    private var forgotten: Set<UInt64>
 
     /// The dedicated event loop the actor runs on.
     public nonisolated var unownedExecutor: UnownedSerialExecutor { executor.asUnownedSerialExecutor() }
@@ -45,6 +47,7 @@ public actor SegmentationEngine {
         self.executor = loop.executor
         self.store = store
         self.now = now
+        self.forgotten = try store.forgotten()
         let records = try store.segments()
         let audiences = Dictionary(uniqueKeysWithValues: records.map { ($0.id, Self.audience($0.entityType)) })
         for record in records {
@@ -289,6 +292,11 @@ public actor SegmentationEngine {
                         + "stores"
                 )
             }
+            // An erased person's view that was on its way: dropped (counted as stale).
+            if entityType == .person, forgotten.contains(cluster) {
+                stale += 1
+                continue
+            }
             let name = "\(entityType.rawValue)/\(cluster)"
             let held = try latest[name] ?? store.viewVersion(entityType, cluster)
             if let held, held >= change.version {
@@ -403,6 +411,7 @@ public actor SegmentationEngine {
                 segments
             )
         }
+        let views = views.filter { $0.entityType != .person || !forgotten.contains($0.cluster) }
         let evaluations = try views.map { view in
             frame.load(view, asOf: asOf.timeIntervalSince1970)
             let (results, validUntil) = try evaluate(plans[view.audience]!, entityType: view.entityType)
@@ -461,6 +470,19 @@ public actor SegmentationEngine {
         frame.memberships = try store.realizedSegments(view.entityType, view.cluster)
         return loaded.compiled.explain(in: frame)
     }
+
+    // MARK: - Privacy
+
+    /// Erases persons (a privacy request): see ``SQLiteSegmentationStore/erase(clusters:at:)``. From
+    /// now on their views are dropped.
+    public func erase(clusters: [UInt64]) throws -> (exited: Int, records: Int, redacted: Int) {
+        let erased = try store.erase(clusters: clusters, at: now())
+        forgotten.formUnion(clusters)
+        return erased
+    }
+
+    /// Clears the write-ahead log of deleted data; false if it could not yet.
+    public func clearLog() -> Bool { store.clearLog() }
 
     // MARK: - Members, jobs, outbox
 

@@ -86,6 +86,19 @@ public final class SQLiteSegmentationStore: Sendable {
                     """
             )
         }
+        migrator.registerMigration("v2: entities erased by privacy requests") { db in
+            // Clusters a privacy request erased: their ids are never given to anyone else (identity
+            // numbers clusters by identities it never reuses), so a view of one arriving late is dropped.
+            try db.execute(
+                sql: """
+                    CREATE TABLE forgotten (
+                        entity INTEGER NOT NULL,
+                        cluster INTEGER NOT NULL,
+                        PRIMARY KEY (entity, cluster)
+                    ) WITHOUT ROWID;
+                    """
+            )
+        }
         return migrator
     }
 
@@ -461,6 +474,93 @@ public final class SQLiteSegmentationStore: Sendable {
             }
         }
     }
+
+    // MARK: - Privacy
+
+    /// The clusters privacy requests erased.
+    public func forgotten() throws -> Set<UInt64> {
+        try writer.read { db in
+            Set(
+                try Int64.fetchAll(
+                    db,
+                    sql: "SELECT cluster FROM forgotten WHERE entity = ?",
+                    arguments: [Cdp_Model_V1_EntityType.person.rawValue]
+                ).map { UInt64($0) }
+            )
+        }
+    }
+
+    /// Erases persons (a privacy request): each realized membership exits (an exit change naming only
+    /// the cluster: destinations remove members by the identity they sent), changes not yet sent keep
+    /// the cluster and lose the record, and the entity's record, memberships and re-check are deleted.
+    /// The clusters are remembered as forgotten. One transaction.
+    public func erase(clusters: [UInt64], at now: Date) throws -> (exited: Int, records: Int, redacted: Int) {
+        try writer.write { db in
+            let person = Cdp_Model_V1_EntityType.person.rawValue
+            let wanted = Set(clusters)
+            var redacted = 0
+            // Changes not yet sent: the record goes, the change stays (the exit must still reach
+            // destination, and sequences are never rewritten in order).
+            for row in try Row.fetchAll(db, sql: "SELECT sequence, change FROM outbox") {
+                var change = try Cdp_Destination_V1_MembershipChange(serializedBytes: row[1] as Data)
+                guard change.entityType == .person, wanted.contains(change.clusterID),
+                    change.record != Self.redacted(change.clusterID)
+                else { continue }
+                change.record = Self.redacted(change.clusterID)
+                try db.execute(
+                    sql: "UPDATE outbox SET change = ? WHERE sequence = ?",
+                    arguments: [try change.serializedBytes() as Data, row[0] as Int64]
+                )
+                redacted += 1
+            }
+            var exited = 0
+            var records = 0
+            for cluster in wanted {
+                let id = Int64(clamping: cluster)
+                for row in try Row.fetchAll(
+                    db,
+                    sql: "SELECT segment, version FROM memberships WHERE entity = ? AND cluster = ? AND realized = 1",
+                    arguments: [person, id]
+                ) {
+                    try Self.enqueue(
+                        Self.change(
+                            row[0],
+                            .person,
+                            cluster,
+                            realized: false,
+                            version: row[1] as Int64 + 1,
+                            Self.redacted(cluster)
+                        ),
+                        at: now,
+                        db
+                    )
+                    exited += 1
+                }
+                try db.execute(
+                    sql: "DELETE FROM memberships WHERE entity = ? AND cluster = ?",
+                    arguments: [person, id]
+                )
+                try db.execute(sql: "DELETE FROM entities WHERE entity = ? AND cluster = ?", arguments: [person, id])
+                records += db.changesCount
+                try db.execute(sql: "DELETE FROM rechecks WHERE entity = ? AND cluster = ?", arguments: [person, id])
+                try db.execute(
+                    sql: "INSERT OR IGNORE INTO forgotten (entity, cluster) VALUES (?, ?)",
+                    arguments: [person, id]
+                )
+            }
+            return (exited, records, redacted)
+        }
+    }
+
+    /// A record that names only its cluster.
+    static func redacted(_ cluster: UInt64) -> Cdp_Profile_V1_UnifiedRecord {
+        var record = Cdp_Profile_V1_UnifiedRecord()
+        record.clusterID = cluster
+        return record
+    }
+
+    /// Clears the write-ahead log of deleted data; false if it could not yet.
+    public func clearLog() -> Bool { ServiceDatabase.clearLog(writer) }
 
     // MARK: - Re-checks
 

@@ -340,6 +340,10 @@ public nonisolated struct Cdp_Identity_V1_RemoveIdentityResponse: Sendable {
   /// The cluster changes the removal caused (also sent to profile).
   public var changes: [Cdp_Identity_V1_ClusterChange] = []
 
+  /// The sequence of the last update the removal sent to profile (0 if it sent none): profile has
+  /// applied the removal once its applied sequence reached it.
+  public var updateSequence: UInt64 = 0
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -1074,7 +1078,7 @@ nonisolated extension Cdp_Identity_V1_RemoveIdentityRequest: SwiftProtobuf.Messa
 
 nonisolated extension Cdp_Identity_V1_RemoveIdentityResponse: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".RemoveIdentityResponse"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}removed\0\u{1}changes\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}removed\0\u{1}changes\0\u{3}update_sequence\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -1084,6 +1088,7 @@ nonisolated extension Cdp_Identity_V1_RemoveIdentityResponse: SwiftProtobuf.Mess
       switch fieldNumber {
       case 1: try { try decoder.decodeSingularBoolField(value: &self.removed) }()
       case 2: try { try decoder.decodeRepeatedMessageField(value: &self.changes) }()
+      case 3: try { try decoder.decodeSingularUInt64Field(value: &self.updateSequence) }()
       default: break
       }
     }
@@ -1096,12 +1101,16 @@ nonisolated extension Cdp_Identity_V1_RemoveIdentityResponse: SwiftProtobuf.Mess
     if !self.changes.isEmpty {
       try visitor.visitRepeatedMessageField(value: self.changes, fieldNumber: 2)
     }
+    if self.updateSequence != 0 {
+      try visitor.visitSingularUInt64Field(value: self.updateSequence, fieldNumber: 3)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
   public static func ==(lhs: Cdp_Identity_V1_RemoveIdentityResponse, rhs: Cdp_Identity_V1_RemoveIdentityResponse) -> Bool {
     if lhs.removed != rhs.removed {return false}
     if lhs.changes != rhs.changes {return false}
+    if lhs.updateSequence != rhs.updateSequence {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

@@ -377,6 +377,10 @@ public nonisolated struct Cdp_Ingestion_V1_BatchCounts: Sendable {
   /// Bytes received.
   public var bytes: UInt64 = 0
 
+  /// Records of persons erased by a privacy request, refused (see errors; not counted against the
+  /// error threshold).
+  public var suppressed: UInt64 = 0
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -521,8 +525,11 @@ public nonisolated struct Cdp_Ingestion_V1_StreamRecordsResponse: Sendable {
   /// Records equal to the current version of their key (see BatchCounts.duplicates).
   public var duplicates: UInt32 = 0
 
-  /// Rejected records, by record_number within the request.
+  /// Rejected and suppressed records, by record_number within the request.
   public var errors: [Cdp_Ingestion_V1_RecordError] = []
+
+  /// Records of persons erased by a privacy request, refused (each also in errors).
+  public var suppressed: UInt32 = 0
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
@@ -612,6 +619,32 @@ public nonisolated struct Cdp_Ingestion_V1_OutboxStatus: Sendable {
   public init() {}
 
   fileprivate var _oldestPending: SwiftProtobuf.Google_Protobuf_Timestamp? = nil
+}
+
+public nonisolated struct Cdp_Ingestion_V1_AllowIdentitiesRequest: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  /// Identities of erased persons, e.g. email p3@townsend.com.
+  public var identities: [Cdp_Identity_V1_IdentityValue] = []
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+public nonisolated struct Cdp_Ingestion_V1_AllowIdentitiesResponse: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  /// The privacy requests lifted (none when no request suppressed these identities).
+  public var requestIds: [String] = []
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
 }
 
 // MARK: - Code below here is support for the SwiftProtobuf runtime.
@@ -973,7 +1006,7 @@ nonisolated extension Cdp_Ingestion_V1_RecordError: SwiftProtobuf.Message, Swift
 
 nonisolated extension Cdp_Ingestion_V1_BatchCounts: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".BatchCounts"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}records\0\u{1}accepted\0\u{1}duplicates\0\u{1}rejected\0\u{1}bytes\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}records\0\u{1}accepted\0\u{1}duplicates\0\u{1}rejected\0\u{1}bytes\0\u{1}suppressed\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -986,6 +1019,7 @@ nonisolated extension Cdp_Ingestion_V1_BatchCounts: SwiftProtobuf.Message, Swift
       case 3: try { try decoder.decodeSingularUInt64Field(value: &self.duplicates) }()
       case 4: try { try decoder.decodeSingularUInt64Field(value: &self.rejected) }()
       case 5: try { try decoder.decodeSingularUInt64Field(value: &self.bytes) }()
+      case 6: try { try decoder.decodeSingularUInt64Field(value: &self.suppressed) }()
       default: break
       }
     }
@@ -1007,6 +1041,9 @@ nonisolated extension Cdp_Ingestion_V1_BatchCounts: SwiftProtobuf.Message, Swift
     if self.bytes != 0 {
       try visitor.visitSingularUInt64Field(value: self.bytes, fieldNumber: 5)
     }
+    if self.suppressed != 0 {
+      try visitor.visitSingularUInt64Field(value: self.suppressed, fieldNumber: 6)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -1016,6 +1053,7 @@ nonisolated extension Cdp_Ingestion_V1_BatchCounts: SwiftProtobuf.Message, Swift
     if lhs.duplicates != rhs.duplicates {return false}
     if lhs.rejected != rhs.rejected {return false}
     if lhs.bytes != rhs.bytes {return false}
+    if lhs.suppressed != rhs.suppressed {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -1223,7 +1261,7 @@ nonisolated extension Cdp_Ingestion_V1_StreamRecordsRequest: SwiftProtobuf.Messa
 
 nonisolated extension Cdp_Ingestion_V1_StreamRecordsResponse: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".StreamRecordsResponse"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}request_number\0\u{1}accepted\0\u{1}duplicates\0\u{1}errors\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}request_number\0\u{1}accepted\0\u{1}duplicates\0\u{1}errors\0\u{1}suppressed\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -1235,6 +1273,7 @@ nonisolated extension Cdp_Ingestion_V1_StreamRecordsResponse: SwiftProtobuf.Mess
       case 2: try { try decoder.decodeSingularUInt32Field(value: &self.accepted) }()
       case 3: try { try decoder.decodeSingularUInt32Field(value: &self.duplicates) }()
       case 4: try { try decoder.decodeRepeatedMessageField(value: &self.errors) }()
+      case 5: try { try decoder.decodeSingularUInt32Field(value: &self.suppressed) }()
       default: break
       }
     }
@@ -1253,6 +1292,9 @@ nonisolated extension Cdp_Ingestion_V1_StreamRecordsResponse: SwiftProtobuf.Mess
     if !self.errors.isEmpty {
       try visitor.visitRepeatedMessageField(value: self.errors, fieldNumber: 4)
     }
+    if self.suppressed != 0 {
+      try visitor.visitSingularUInt32Field(value: self.suppressed, fieldNumber: 5)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -1261,6 +1303,7 @@ nonisolated extension Cdp_Ingestion_V1_StreamRecordsResponse: SwiftProtobuf.Mess
     if lhs.accepted != rhs.accepted {return false}
     if lhs.duplicates != rhs.duplicates {return false}
     if lhs.errors != rhs.errors {return false}
+    if lhs.suppressed != rhs.suppressed {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -1429,6 +1472,66 @@ nonisolated extension Cdp_Ingestion_V1_OutboxStatus: SwiftProtobuf.Message, Swif
     if lhs._oldestPending != rhs._oldestPending {return false}
     if lhs.forwardedRecords != rhs.forwardedRecords {return false}
     if lhs.lastError != rhs.lastError {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Cdp_Ingestion_V1_AllowIdentitiesRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".AllowIdentitiesRequest"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}identities\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeRepeatedMessageField(value: &self.identities) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.identities.isEmpty {
+      try visitor.visitRepeatedMessageField(value: self.identities, fieldNumber: 1)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Cdp_Ingestion_V1_AllowIdentitiesRequest, rhs: Cdp_Ingestion_V1_AllowIdentitiesRequest) -> Bool {
+    if lhs.identities != rhs.identities {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Cdp_Ingestion_V1_AllowIdentitiesResponse: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".AllowIdentitiesResponse"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}request_ids\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeRepeatedStringField(value: &self.requestIds) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.requestIds.isEmpty {
+      try visitor.visitRepeatedStringField(value: self.requestIds, fieldNumber: 1)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Cdp_Ingestion_V1_AllowIdentitiesResponse, rhs: Cdp_Ingestion_V1_AllowIdentitiesResponse) -> Bool {
+    if lhs.requestIds != rhs.requestIds {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

@@ -413,9 +413,24 @@ public nonisolated struct Cdp_Profile_V1_DeletePersonResponse: Sendable {
   /// The identities identity was asked to remove.
   public var identities: [Cdp_Identity_V1_IdentityValue] = []
 
+  /// The request, with each service's part.
+  public var request: Cdp_Privacy_V1_PrivacyRequest {
+    get {_request ?? Cdp_Privacy_V1_PrivacyRequest()}
+    set {_request = newValue}
+  }
+  /// Returns true if `request` has been explicitly set.
+  public var hasRequest: Bool {self._request != nil}
+  /// Clears the value of `request`. Subsequent reads from it will return its default value.
+  public mutating func clearRequest() {self._request = nil}
+
+  /// True when the person had been erased before (by `request`): nothing more was deleted.
+  public var alreadyErased: Bool = false
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
+
+  fileprivate var _request: Cdp_Privacy_V1_PrivacyRequest? = nil
 }
 
 public nonisolated struct Cdp_Profile_V1_GetOutboxStatusRequest: Sendable {
@@ -1189,7 +1204,7 @@ nonisolated extension Cdp_Profile_V1_GetEventsResponse: SwiftProtobuf.Message, S
 
 nonisolated extension Cdp_Profile_V1_DeletePersonResponse: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".DeletePersonResponse"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}fragments_deleted\0\u{3}events_deleted\0\u{1}identities\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}fragments_deleted\0\u{3}events_deleted\0\u{1}identities\0\u{1}request\0\u{3}already_erased\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -1200,12 +1215,18 @@ nonisolated extension Cdp_Profile_V1_DeletePersonResponse: SwiftProtobuf.Message
       case 1: try { try decoder.decodeSingularUInt32Field(value: &self.fragmentsDeleted) }()
       case 2: try { try decoder.decodeSingularUInt32Field(value: &self.eventsDeleted) }()
       case 3: try { try decoder.decodeRepeatedMessageField(value: &self.identities) }()
+      case 4: try { try decoder.decodeSingularMessageField(value: &self._request) }()
+      case 5: try { try decoder.decodeSingularBoolField(value: &self.alreadyErased) }()
       default: break
       }
     }
   }
 
   public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    // The use of inline closures is to circumvent an issue where the compiler
+    // allocates stack space for every if/case branch local when no optimizations
+    // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
+    // https://github.com/apple/swift-protobuf/issues/1182
     if self.fragmentsDeleted != 0 {
       try visitor.visitSingularUInt32Field(value: self.fragmentsDeleted, fieldNumber: 1)
     }
@@ -1215,6 +1236,12 @@ nonisolated extension Cdp_Profile_V1_DeletePersonResponse: SwiftProtobuf.Message
     if !self.identities.isEmpty {
       try visitor.visitRepeatedMessageField(value: self.identities, fieldNumber: 3)
     }
+    try { if let v = self._request {
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 4)
+    } }()
+    if self.alreadyErased != false {
+      try visitor.visitSingularBoolField(value: self.alreadyErased, fieldNumber: 5)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -1222,6 +1249,8 @@ nonisolated extension Cdp_Profile_V1_DeletePersonResponse: SwiftProtobuf.Message
     if lhs.fragmentsDeleted != rhs.fragmentsDeleted {return false}
     if lhs.eventsDeleted != rhs.eventsDeleted {return false}
     if lhs.identities != rhs.identities {return false}
+    if lhs._request != rhs._request {return false}
+    if lhs.alreadyErased != rhs.alreadyErased {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
