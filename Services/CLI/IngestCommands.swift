@@ -230,6 +230,7 @@ struct IngestCommand: AsyncParsableCommand {
         Output.line("batch \(batch.batchID) \(batch.fileName) (\(source), \(batch.entity)): \(batch.state)\(replayed)")
         Output.line(
             "  \(c.records) records: \(c.accepted) accepted, \(c.duplicates) duplicates, \(c.rejected) rejected"
+                + (c.suppressed > 0 ? ", \(c.suppressed) refused (persons erased by privacy requests)" : "")
         )
         if !batch.failure.isEmpty { Output.line("  failure: \(batch.failure)") }
         if batch.replayed {
@@ -245,8 +246,8 @@ struct IngestCommand: AsyncParsableCommand {
             let field = error.field.isEmpty ? "" : ", field \(error.field)"
             Output.line("  line \(error.line)\(field): \(error.reason)")
         }
-        if c.rejected > UInt64(batch.errors.count) {
-            Output.line("  (\(c.rejected - UInt64(batch.errors.count)) more record errors not listed)")
+        if c.rejected + c.suppressed > UInt64(batch.errors.count) {
+            Output.line("  (\(c.rejected + c.suppressed - UInt64(batch.errors.count)) more record errors not listed)")
         }
         if waited, batch.state == .completed { Output.line("  reached segmentation (through identity and profile)") }
     }

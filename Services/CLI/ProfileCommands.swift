@@ -101,42 +101,192 @@ struct AccountCommand: AsyncParsableCommand {
     }
 }
 
-/// `cdp privacy delete`: a person's right to erasure.
+/// `cdp privacy delete|status|allow`: a person's right to erasure.
 struct PrivacyCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "privacy",
-        abstract: "Privacy requests.",
-        subcommands: [Delete.self]
+        abstract: "Privacy requests: erase a person everywhere, follow a request, let a person's records in again.",
+        subcommands: [Delete.self, Status.self, Allow.self]
     )
 
     struct Delete: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
-            abstract: "Delete a person: their fragments and events in profile, their identities in identity.",
+            abstract: "Erase a person from every service, and refuse their records from then on.",
             discussion: """
-                Profile removes the person's fragments and events and asks identity to drop the identities; \
-                segmentation then sees the person leave every segment, and destinations receive the removals. \
-                --json prints the DeletePersonResponse.
+                Starts a privacy request (pr-N) that profile drives through the services: ingestion keeps                 the person's identities as hashes and refuses their records from now on (until `cdp privacy                 allow`) and deletes their raw records; identity drops their identities; profile deletes                 their fragments and events; segmentation lets them exit every segment and forgets them;                 destinations remove them wherever they were delivered. Once the destinations removed them,                 each service clears the log of the deleted data, and the request is done. Running it again                 for an erased person answers the request that erased them. With --wait, returns when the                 request is done. --json prints the DeletePersonResponse.
                 """
         )
 
         @Option(help: "An identity of the person, NAMESPACE:VALUE, e.g. email:p2@townsend.com.")
         var identity: String
 
+        @Flag(help: "Wait until the request is done (the destinations removed the person, the logs are cleared).")
+        var wait = false
+
         @OptionGroup var client: ClientOptions
 
         func run() async throws {
             let request = try Cdp_Profile_V1_GetEntityRequest.with { $0.identity = try Arguments.identity(identity) }
-            let response = try await client.withClients { clients in
+            let (response, final) = try await client.withClients { clients in
+                let response = try await clients.calling(.profile) {
+                    try await clients.profile.deletePerson(request, options: client.longCallOptions)
+                }
+                guard wait else { return (response, response.request) }
+                return (response, try await PrivacyCommand.follow(response.request.id, clients, client))
+            }
+            if client.json {
+                var shown = response
+                shown.request = final
+                return try Output.json(shown)
+            }
+            if response.alreadyErased {
+                Output.note("\(identity) was erased by \(final.id) (nothing more to delete)")
+            } else {
+                Output.note(
+                    "erased \(response.fragmentsDeleted) fragments and \(response.eventsDeleted) events in profile; "
+                        + "\(response.identities.count) identities removed"
+                )
+            }
+            PrivacyCommand.print(final)
+            if final.state != .done && !wait {
+                Output.note("`cdp privacy status \(final.id)` follows it, or give --wait")
+            }
+        }
+    }
+
+    struct Status: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Show a privacy request's progress per service (all requests without an id).",
+            discussion: "--json: the PrivacyRequest, or {\"requests\":[PrivacyRequest…]} (cdp.privacy.v1)."
+        )
+
+        @Argument(help: "The request's id, pr-N.")
+        var id: String?
+
+        @Flag(help: "Wait until the request is done.")
+        var wait = false
+
+        @OptionGroup var client: ClientOptions
+
+        func validate() throws {
+            if wait && id == nil { throw ValidationError("--wait needs a request id") }
+        }
+
+        func run() async throws {
+            if let id {
+                let request = try await client.withClients { clients in
+                    if wait { return try await PrivacyCommand.follow(id, clients, client) }
+                    return try await clients.calling(.profile) {
+                        try await clients.profile.getPrivacyRequest(.with { $0.id = id }, options: client.callOptions)
+                    }
+                }
+                if client.json { return try Output.json(request) }
+                PrivacyCommand.print(request)
+                return
+            }
+            let requests = try await client.withClients { clients in
                 try await clients.calling(.profile) {
-                    try await clients.profile.deletePerson(request, options: client.callOptions)
+                    try await clients.profile.listPrivacyRequests(.init(), options: client.callOptions).requests
+                }
+            }
+            if client.json { return try Output.json("requests", requests) }
+            Output.table(
+                ["request", "state", "created", "finished", "identities", "last error"],
+                requests.map {
+                    [
+                        $0.id, PrivacyCommand.state($0.state), TimeArgument.format($0.createdAt.date),
+                        $0.hasFinishedAt ? TimeArgument.format($0.finishedAt.date) : "-", "\($0.identities)",
+                        $0.lastError.isEmpty ? "-" : $0.lastError,
+                    ]
+                }
+            )
+        }
+    }
+
+    struct Allow: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Let the records of an erased person in again (lifts the request that erased them).",
+            discussion: """
+                Ingestion refuses the records of persons erased by `cdp privacy delete`. This lifts every \
+                request that erased a person with this identity (all of that person's identities are \
+                allowed again). Nothing erased comes back: the person's next records start afresh.
+                """
+        )
+
+        @Option(help: "An identity of the erased person, NAMESPACE:VALUE, e.g. email:p2@townsend.com.")
+        var identity: String
+
+        @OptionGroup var client: ClientOptions
+
+        func run() async throws {
+            let value = try Arguments.identity(identity)
+            let response = try await client.withClients { clients in
+                try await clients.calling(.ingestion) {
+                    try await clients.ingestion.allowIdentities(
+                        .with { $0.identities = [value] },
+                        options: client.callOptions
+                    )
                 }
             }
             if client.json { return try Output.json(response) }
+            guard !response.requestIds.isEmpty else {
+                throw CLIError("no privacy request suppressed \(identity): its records are not refused")
+            }
             Output.line(
-                "deleted \(response.fragmentsDeleted) fragments and \(response.eventsDeleted) events; identities removed: "
-                    + response.identities.map { "\($0.namespace):\($0.value)" }.joined(separator: ", ")
+                "lifted \(response.requestIds.joined(separator: ", ")): records of \(identity) are accepted again"
             )
         }
+    }
+
+    /// Follows a request until it is done, showing its state on a terminal.
+    static func follow(
+        _ id: String,
+        _ clients: ServiceClients,
+        _ client: ClientOptions
+    ) async throws -> Cdp_Privacy_V1_PrivacyRequest {
+        var shown = ""
+        while true {
+            let request = try await clients.calling(.profile) {
+                try await clients.profile.getPrivacyRequest(.with { $0.id = id }, options: client.callOptions)
+            }
+            if request.state == .done {
+                if !shown.isEmpty { Output.write("\n", to: STDERR_FILENO) }
+                return request
+            }
+            let line = "\(id): \(state(request.state))" + (request.lastError.isEmpty ? "" : " (\(request.lastError))")
+            if line != shown, !client.json, Output.stderrIsTerminal {
+                Output.write("\r\u{1B}[K" + line, to: STDERR_FILENO)
+                shown = line
+            }
+            try await Task.sleep(for: .milliseconds(250))
+        }
+    }
+
+    static func state(_ state: Cdp_Privacy_V1_PrivacyRequest.State) -> String {
+        switch state {
+        case .erasing: "erasing"
+        case .settling: "settling (waiting for destinations)"
+        case .done: "done"
+        default: "\(state)"
+        }
+    }
+
+    /// A request and each service's part.
+    static func print(_ request: Cdp_Privacy_V1_PrivacyRequest) {
+        Output.line(
+            "\(request.id): \(state(request.state))"
+                + (request.hasFinishedAt ? " at \(TimeArgument.format(request.finishedAt.date))" : "")
+        )
+        for service in request.services {
+            let removed = service.removed.sorted { $0.key < $1.key }.filter { $0.value > 0 }
+                .map { "\($0.value) \($0.key)" }
+            var parts = [service.done ? "done" : "under way"]
+            if !removed.isEmpty { parts.append(removed.joined(separator: ", ")) }
+            if service.pending > 0 { parts.append("\(service.pending) pending") }
+            if !service.note.isEmpty { parts.append(service.note) }
+            Output.line("  \(service.service): " + parts.joined(separator: "; "))
+        }
+        if !request.lastError.isEmpty { Output.line("  waiting: \(request.lastError)") }
     }
 }
 

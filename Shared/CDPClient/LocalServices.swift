@@ -58,7 +58,9 @@ public final class LocalServices: Sendable {
                 switch service {
                 case .ingestion: [("--identity", .identity)]
                 case .identity: [("--profile", .profile)]
-                case .profile: [("--identity", .identity), ("--segmentation", .segmentation)]
+                // Ingestion too: profile drives privacy requests, which start there.
+                case .profile:
+                    [("--identity", .identity), ("--segmentation", .segmentation), ("--ingestion", .ingestion)]
                 case .segmentation: [("--profile", .profile), ("--destination", .destination)]
                 case .destination: []
                 }

@@ -37,12 +37,14 @@ from pipeline_support import (  # noqa: E402,F401  (re-exported for the tests)
 
 # The services read these in place of flags; every address and directory here is the test's own choice
 # (and a stray CDP_IDENTITY_ADDR would give the unhappy-path profile an identity service).
-for _var in ("CDP_DATA_DIR", "CDP_IDENTITY_ADDR", "CDP_PROFILE_ADDR", "CDP_SEGMENTATION_ADDR", "CDP_TOKEN"):
+for _var in ("CDP_DATA_DIR", "CDP_IDENTITY_ADDR", "CDP_INGESTION_ADDR", "CDP_PROFILE_ADDR", "CDP_SEGMENTATION_ADDR",
+             "CDP_TOKEN"):
     os.environ.pop(_var, None)
 
 profile_pb2 = importlib.import_module("cdp.profile.v1.profile_pb2")
 profile_pb2_grpc = importlib.import_module("cdp.profile.v1.profile_pb2_grpc")
 segmentation_pb2 = importlib.import_module("cdp.segmentation.v1.segmentation_pb2")
+privacy_pb2 = importlib.import_module("cdp.privacy.v1.privacy_pb2")
 
 EVENT_COLUMNS = ["eventId", "personId", "email", "ecid", "eventType", "timestamp", "url", "name"]
 
@@ -94,6 +96,18 @@ def change_key(change) -> tuple[str, int]:
     return "none", 0
 
 
+def erasure_handler(calls: list):
+    """`cdp.privacy.v1.Erasure/Erase` for a fake: records each request and answers nothing pending."""
+    def erase(request, context):
+        calls.append(request)
+        return privacy_pb2.EraseReport()
+    return grpc.method_handlers_generic_handler("cdp.privacy.v1.Erasure", {
+        "Erase": grpc.unary_unary_rpc_method_handler(
+            erase, request_deserializer=privacy_pb2.EraseRequest.FromString,
+            response_serializer=privacy_pb2.EraseReport.SerializeToString),
+    })
+
+
 class FakeSegmentation:
     """`cdp.segmentation.v1.Segmentation/AcceptViews` on 127.0.0.1:<ephemeral>.
 
@@ -133,7 +147,8 @@ class FakeSegmentation:
                 request_deserializer=segmentation_pb2.AcceptViewsRequest.FromString,
                 response_serializer=segmentation_pb2.AcceptViewsResponse.SerializeToString),
         })
-        self.server.add_generic_rpc_handlers((handler,))
+        self.erasures: list = []
+        self.server.add_generic_rpc_handlers((handler, erasure_handler(self.erasures)))
         self.port = self.server.add_insecure_port("127.0.0.1:0")
         self.address = f"127.0.0.1:{self.port}"
 
@@ -258,17 +273,20 @@ def expect_error(fn, code, what: str) -> str:
 class Pipeline:
     """cdp-ingestion -> cdp-identity -> cdp-profile -> fake segmentation, each process on its own data
     directory under tmp_path. Identity and profile need each other's address (identity forwards to
-    profile, profile's DeletePerson calls identity), so identity's port is picked up front; profile's
-    port is kept after its first start, so that restarts come back where identity sends."""
+    profile, profile's DeletePerson calls identity and ingestion), so identity's and ingestion's ports are
+    picked up front; profile's port is kept after its first start, so that restarts come back where identity
+    sends."""
 
     def __init__(self, tmp_path: Path, fake: FakeSegmentation | None, ingestion_args=(), identity_args=(),
                  profile_args=()):
         self.fake = fake
         self.identity_port = free_port()
+        self.ingestion_port = free_port()
         self.profile_port = 0
         seg = ["--segmentation", fake.address] if fake is not None else []
         self.profile = Service("profile", PROFILE_BIN, "CDP_PROFILE_BIN", tmp_path / "profile-data", tmp_path,
-                               [*seg, "--identity", f"127.0.0.1:{self.identity_port}", *profile_args])
+                               [*seg, "--identity", f"127.0.0.1:{self.identity_port}",
+                                "--ingestion", f"127.0.0.1:{self.ingestion_port}", *profile_args])
         self.identity = Service("identity", IDENTITY_BIN, "CDP_IDENTITY_BIN", tmp_path / "identity-data",
                                 tmp_path, list(identity_args))
         self.ingestion = Service("ingestion", INGESTION_BIN, "CDP_INGESTION_BIN", tmp_path / "ingestion-data",
@@ -285,7 +303,7 @@ class Pipeline:
         self.identity.args = ["--profile", self.profile.address, *self.identity.args]
         self.identity.start(self.identity_port)
         self.ingestion.args = ["--identity", self.identity.address, *self.ingestion.args]
-        self.ingestion.start(0)
+        self.ingestion.start(self.ingestion_port)
         return self
 
     def restart_profile(self) -> None:

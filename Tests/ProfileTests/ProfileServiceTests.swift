@@ -211,8 +211,7 @@ func withProfileHarness(identityAvailable: Bool = true, _ body: (ProfileHarness)
             ingestion: Cdp_Privacy_V1_Erasure.Client(peers),
             identity: identityAvailable ? Cdp_Identity_V1_Identity.Client(peers) : nil,
             identityErasure: identityAvailable ? Cdp_Privacy_V1_Erasure.Client(peers) : nil,
-            segmentation: Cdp_Privacy_V1_Erasure.Client(peers),
-            destination: Cdp_Privacy_V1_Erasure.Client(peers)
+            segmentation: Cdp_Privacy_V1_Erasure.Client(peers)
         ),
         logger: logger,
         pollInterval: .milliseconds(50)

@@ -35,6 +35,7 @@ import grpc
 REPO_ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO_ROOT / "Tests" / "Profile"))
 from profile_support import (  # noqa: E402,F401  (re-exported for the tests)
+    erasure_handler,
     ACCOUNT_COLUMNS, BINARIES, CHANNEL_OPTIONS, E, EVENT_COLUMNS, MDM_COLUMNS, OPPORTUNITY_COLUMNS,
     PERSON_COLUMNS, Pipeline, Service, channel, csv_text, diagnostics, entity_request, expect_error, free_port,
     ident, ingest, ingestion_pb2, model_pb2, profile_pb2, profile_pb2_grpc, rfc3339, segmentation_pb2,
@@ -140,7 +141,8 @@ class FakeDestination:
                 request_deserializer=destination_pb2.AcceptMembershipChangesRequest.FromString,
                 response_serializer=destination_pb2.AcceptMembershipChangesResponse.SerializeToString),
         })
-        self.server.add_generic_rpc_handlers((handler,))
+        self.erasures: list = []
+        self.server.add_generic_rpc_handlers((handler, erasure_handler(self.erasures)))
         self.port = self.server.add_insecure_port("127.0.0.1:0")
         self.address = f"127.0.0.1:{self.port}"
 

@@ -622,33 +622,30 @@ public final class SQLiteDestinationStore: Sendable {
                     arguments: [person, id]
                 )
                 let redacted = try Self.redacted(cluster).serializedBytes() as Data
-                for row in try Row.fetchAll(
-                    db,
-                    sql: "SELECT segment, version FROM members WHERE entity = ? AND cluster = ?",
-                    arguments: [person, id]
-                ) {
-                    let segment: String = row[0]
-                    let version = row[1] as Int64 + 1
-                    try db.execute(
-                        sql: """
-                            UPDATE members SET realized = 0, version = ?, record = ?
-                            WHERE segment = ? AND entity = ? AND cluster = ?
-                            """,
-                        arguments: [version, redacted, segment, person, id]
-                    )
-                    records += 1
-                    try db.execute(
-                        sql: """
-                            INSERT INTO queue (activation, segment, entity, cluster, realized, version, since)
-                            SELECT a.id, a.segment, ?, ?, 0, ?, ? FROM activations a
-                            WHERE a.segment = ? AND a.active = 1
-                            ON CONFLICT (activation, entity, cluster) DO UPDATE
-                                SET realized = 0, version = max(queue.version, excluded.version)
-                            """,
-                        arguments: [person, id, version, now.timeIntervalSince1970, segment]
-                    )
-                    removals += db.changesCount
-                }
+                // Each segment's member leaves and keeps only the cluster (once: a repeated call finds it so).
+                try db.execute(
+                    sql: """
+                        UPDATE members SET realized = 0, version = version + 1, record = ?
+                        WHERE entity = ? AND cluster = ? AND (realized = 1 OR record != ?)
+                        """,
+                    arguments: [redacted, person, id, redacted]
+                )
+                records += db.changesCount
+                // Every active activation that has the person at its destination removes it (unless a
+                // removal is queued already).
+                try db.execute(
+                    sql: """
+                        INSERT INTO queue (activation, segment, entity, cluster, realized, version, since)
+                        SELECT d.activation, a.segment, d.entity, d.cluster, 0, m.version, ?
+                        FROM delivered d JOIN activations a ON a.id = d.activation
+                        JOIN members m ON m.segment = a.segment AND m.entity = d.entity AND m.cluster = d.cluster
+                        WHERE d.entity = ? AND d.cluster = ? AND d.realized = 1 AND a.active = 1
+                        ON CONFLICT (activation, entity, cluster) DO UPDATE
+                            SET realized = 0, version = max(queue.version, excluded.version)
+                        """,
+                    arguments: [now.timeIntervalSince1970, person, id]
+                )
+                removals += db.changesCount
                 // Deactivated activations send nothing more: what they delivered is forgotten now.
                 try db.execute(
                     sql: """

@@ -49,9 +49,6 @@ struct ProfileCommand: AsyncParsableCommand {
     @Option(help: "The ingestion service, HOST:PORT, for privacy requests (default: $CDP_INGESTION_ADDR).")
     var ingestion: String?
 
-    @Option(help: "The destination service, HOST:PORT, for privacy requests (default: $CDP_DESTINATION_ADDR).")
-    var destination: String?
-
     @Option(help: "The segmentation service to send changed views to, HOST:PORT (default: $CDP_SEGMENTATION_ADDR).")
     var segmentation: String?
 
@@ -100,7 +97,6 @@ struct ProfileCommand: AsyncParsableCommand {
             ("--identity", identity ?? ServiceMain.variable("CDP_IDENTITY_ADDR")),
             ("--segmentation", segmentation ?? ServiceMain.variable("CDP_SEGMENTATION_ADDR")),
             ("--ingestion", ingestion ?? ServiceMain.variable("CDP_INGESTION_ADDR")),
-            ("--destination", destination ?? ServiceMain.variable("CDP_DESTINATION_ADDR")),
         ] {
             if let value, HostPort(value) == nil {
                 throw ValidationError("\(flag) must be HOST:PORT, e.g. 127.0.0.1:7401 (got \"\(value)\").")
@@ -164,12 +160,11 @@ struct ProfileCommand: AsyncParsableCommand {
             ingestion: client(ingestion, "CDP_INGESTION_ADDR").map(Cdp_Privacy_V1_Erasure.Client.init),
             identity: identityClient.map(Cdp_Identity_V1_Identity.Client.init),
             identityErasure: identityClient.map(Cdp_Privacy_V1_Erasure.Client.init),
-            segmentation: segmentationClient.map(Cdp_Privacy_V1_Erasure.Client.init),
-            destination: client(destination, "CDP_DESTINATION_ADDR").map(Cdp_Privacy_V1_Erasure.Client.init)
+            segmentation: segmentationClient.map(Cdp_Privacy_V1_Erasure.Client.init)
         )
         if !peers.missing.isEmpty {
             logger.notice(
-                "privacy requests are refused: profile needs the addresses of every service",
+                "privacy requests are refused: profile needs the addresses of ingestion and identity",
                 metadata: ["missing": "\(peers.missing.joined(separator: ", "))"]
             )
         }

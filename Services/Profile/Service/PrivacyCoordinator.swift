@@ -18,8 +18,8 @@ import Synchronization
 ///    has applied those updates, so that no update still on its way brings a fragment back;
 /// 3. profile deletes the person's fragments and events, including any that arrived meanwhile;
 ///    identity forgets the versions and conflicts of the person's records;
-/// 4. segmentation lets the person exit every segment and deletes its record and memberships;
-///    destination queues the person's removal wherever it was delivered;
+/// 4. segmentation lets the person exit every segment and deletes its record and memberships, and
+///    passes the call on to destination, which queues the person's removal wherever it was delivered;
 /// 5. once every destination removed the person (`settling`), each service clears the log of deleted
 ///    data (SQLite's write-ahead log), and the request forgets the identities and keys it held.
 ///
@@ -32,30 +32,27 @@ public final class PrivacyCoordinator: Service, Sendable {
         public var ingestion: Cdp_Privacy_V1_Erasure.Client?
         public var identity: Cdp_Identity_V1_Identity.Client?
         public var identityErasure: Cdp_Privacy_V1_Erasure.Client?
+        /// Where profile sends views; segmentation passes erasures on to destination. Nil when profile
+        /// sends views nowhere (then nothing of the person went further).
         public var segmentation: Cdp_Privacy_V1_Erasure.Client?
-        public var destination: Cdp_Privacy_V1_Erasure.Client?
 
-        /// Peers; a nil one makes privacy requests refused (they must reach every service).
+        /// Peers; without ingestion or identity privacy requests are refused (they hold the person's
+        /// records and identities).
         public init(
             ingestion: Cdp_Privacy_V1_Erasure.Client?,
             identity: Cdp_Identity_V1_Identity.Client?,
             identityErasure: Cdp_Privacy_V1_Erasure.Client?,
-            segmentation: Cdp_Privacy_V1_Erasure.Client?,
-            destination: Cdp_Privacy_V1_Erasure.Client?
+            segmentation: Cdp_Privacy_V1_Erasure.Client?
         ) {
             self.ingestion = ingestion
             self.identity = identity
             self.identityErasure = identityErasure
             self.segmentation = segmentation
-            self.destination = destination
         }
 
-        /// The flags of the services profile does not know.
+        /// The flags of the services profile must know and does not.
         public var missing: [String] {
-            [
-                ingestion == nil ? "--ingestion" : nil, identity == nil ? "--identity" : nil,
-                segmentation == nil ? "--segmentation" : nil, destination == nil ? "--destination" : nil,
-            ].compactMap { $0 }
+            [ingestion == nil ? "--ingestion" : nil, identity == nil ? "--identity" : nil].compactMap { $0 }
         }
     }
 
@@ -135,7 +132,7 @@ public final class PrivacyCoordinator: Service, Sendable {
             throw RPCError(
                 code: .failedPrecondition,
                 message: "a privacy delete must reach every service, and profile was started without "
-                    + missing.joined(separator: ", ") + " (cdp up passes them)"
+                    + missing.joined(separator: " and ") + " (cdp up passes them)"
             )
         }
         return try await lock.withLock {
@@ -317,11 +314,38 @@ public final class PrivacyCoordinator: Service, Sendable {
         report = try await erase(on: "identity", peers.identityErasure, id, work)
         report.removed["identities"] = UInt64(work.identities.count)
         record(&stored, "identity", report, done: true)
-        // 4. Segmentation, then destination.
-        record(&stored, "segmentation", try await erase(on: "segmentation", peers.segmentation, id, work), done: true)
-        report = try await erase(on: "destination", peers.destination, id, work)
-        record(&stored, "destination", report, done: report.pending == 0)
+        // 4. Segmentation, which passes it on to destination.
+        try await eraseDownstream(&stored, work)
         stored.request.state = .settling
+    }
+
+    /// Segmentation's and destination's parts (recorded as done when profile sends views nowhere);
+    /// returns how many removals from destinations are still under way.
+    @discardableResult
+    private func eraseDownstream(
+        _ stored: inout StoredPrivacyRequest,
+        _ work: Work,
+        final: Bool = false
+    ) async throws
+        -> UInt64
+    {
+        guard peers.segmentation != nil else {
+            for name in ["segmentation", "destination"] {
+                record(&stored, name, .with { $0.note = "profile sends views nowhere (no --segmentation)" }, done: true)
+            }
+            return 0
+        }
+        let report = try await erase(on: "segmentation", peers.segmentation, stored.request.id, work, final: final)
+        var own = report
+        own.downstream = [:]
+        if let destination = report.downstream["destination"] {
+            own.pending -= min(own.pending, destination.pending)
+            record(&stored, "destination", destination, done: destination.pending == 0)
+        } else {
+            record(&stored, "destination", .with { $0.note = "segmentation sends to no destination" }, done: true)
+        }
+        record(&stored, "segmentation", own, done: own.pending == 0)
+        return report.pending
     }
 
     private func settle(_ stored: inout StoredPrivacyRequest) async throws {
@@ -331,21 +355,17 @@ public final class PrivacyCoordinator: Service, Sendable {
         }
         let work = try JSONDecoder().decode(Work.self, from: data)
         let id = stored.request.id
-        let destination = try await erase(on: "destination", peers.destination, id, work)
-        record(&stored, "destination", destination, done: destination.pending == 0)
-        guard destination.pending == 0 else { return }
+        guard try await eraseDownstream(&stored, work) == 0 else { return }
         // 5. The last pass: every service clears its log of the deleted data.
         var cleared = true
-        for (name, peer) in [
-            ("ingestion", peers.ingestion), ("identity", peers.identityErasure), ("segmentation", peers.segmentation),
-            ("destination", peers.destination),
-        ] {
+        for (name, peer) in [("ingestion", peers.ingestion), ("identity", peers.identityErasure)] {
             let report = try await erase(on: name, peer, id, work, final: true)
             if report.pending > 0 {
                 cleared = false
                 note(&stored, name, report.note)
             }
         }
+        if try await eraseDownstream(&stored, work, final: true) > 0 { cleared = false }
         // Profile drops the work (the identities and keys in clear) before clearing its own log.
         let finished = stored
         stored.work = nil

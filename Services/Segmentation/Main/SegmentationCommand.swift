@@ -134,10 +134,12 @@ struct SegmentationCommand: AsyncParsableCommand {
             source = NoViewSource()
         }
         var relay: OutboxRelay<ChangeChunk>?
+        var destinationErasure: Cdp_Privacy_V1_Erasure.Client?
         if let address = (destination ?? ServiceMain.variable("CDP_DESTINATION_ADDR")).flatMap(HostPort.init) {
             let transport = HTTP2ClientTransport(configuration: .init(host: address.host, port: address.port))
             transports.append(transport)
             let client = RPCClient(transport: transport, defaultMetadata: metadata)
+            destinationErasure = Cdp_Privacy_V1_Erasure.Client(client)
             relay = OutboxRelay(
                 name: "segmentation→destination",
                 configuration: .init(chunkSize: forwardBatchSize),
@@ -165,7 +167,12 @@ struct SegmentationCommand: AsyncParsableCommand {
             changed: changed
         )
         let rechecks = RecheckScheduler(engine: engine, logger: logger, changed: changed)
-        let erasure = SegmentationErasure(engine: engine, logger: logger, changed: changed)
+        let erasure = SegmentationErasure(
+            engine: engine,
+            destination: destinationErasure,
+            logger: logger,
+            changed: changed
+        )
         let service = SegmentationService(
             engine: engine,
             source: source,

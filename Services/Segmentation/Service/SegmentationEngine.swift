@@ -475,11 +475,14 @@ public actor SegmentationEngine {
 
     /// Erases persons (a privacy request): see ``SQLiteSegmentationStore/erase(clusters:at:)``. From
     /// now on their views are dropped.
-    public func erase(clusters: [UInt64]) throws -> (exited: Int, records: Int, redacted: Int) {
+    public func erase(clusters: [UInt64]) throws -> (exited: Int, records: Int) {
         let erased = try store.erase(clusters: clusters, at: now())
         forgotten.formUnion(clusters)
         return erased
     }
+
+    /// How many changes made before `clusters` were erased, with their records, wait in the outbox.
+    public func unsentChanges(of clusters: [UInt64]) throws -> Int { try store.unsentChanges(of: clusters) }
 
     /// Clears the write-ahead log of deleted data; false if it could not yet.
     public func clearLog() -> Bool { store.clearLog() }

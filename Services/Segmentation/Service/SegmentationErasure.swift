@@ -3,16 +3,26 @@ import Logging
 import RPCCore
 
 /// `cdp.privacy.v1.Erasure` on segmentation: the person's memberships exit (the exits name only the
-/// cluster), changes waiting for destination lose the person's record, and the person's record,
-/// memberships and re-check are deleted; views of the person still on their way are dropped.
+/// cluster), and the person's record, memberships and re-check are deleted; views of the person still
+/// on their way are dropped. Then the call goes on to destination (which removes the person wherever
+/// it was delivered), whose report is part of the answer. Changes made before, still waiting to be
+/// sent, count as pending: the last pass clears the log only once they left.
 public final class SegmentationErasure: Cdp_Privacy_V1_Erasure.ServiceProtocol {
     private let engine: SegmentationEngine
+    private let destination: Cdp_Privacy_V1_Erasure.Client?
     private let logger: Logger
     private let changed: @Sendable () -> Void
 
-    /// Creates the service; `changed` wakes the relay to destination.
-    public init(engine: SegmentationEngine, logger: Logger, changed: @escaping @Sendable () -> Void) {
+    /// Creates the service; `destination` is where membership changes go (nil: none configured, so
+    /// nothing was sent), `changed` wakes the relay to it.
+    public init(
+        engine: SegmentationEngine,
+        destination: Cdp_Privacy_V1_Erasure.Client?,
+        logger: Logger,
+        changed: @escaping @Sendable () -> Void
+    ) {
         self.engine = engine
+        self.destination = destination
         self.logger = logger
         self.changed = changed
     }
@@ -28,14 +38,29 @@ public final class SegmentationErasure: Cdp_Privacy_V1_Erasure.ServiceProtocol {
             throw RPCError(code: .invalidArgument, message: "a person cluster is above 2^63 - 1")
         }
         let erased = try await engine.erase(clusters: request.personClusters)
-        if erased.exited + erased.redacted > 0 { changed() }
+        if erased.exited > 0 { changed() }
         var report = Cdp_Privacy_V1_EraseReport()
         report.removed["memberships exited"] = UInt64(erased.exited)
         report.removed["person records"] = UInt64(erased.records)
-        report.removed["changes redacted"] = UInt64(erased.redacted)
-        if request.final, !(await engine.clearLog()) {
+        let unsent = try await engine.unsentChanges(of: request.personClusters)
+        if unsent > 0 {
+            report.pending = UInt64(unsent)
+            report.note = "\(unsent) changes made before the erasure wait to be sent to destination"
+        } else if request.final, !(await engine.clearLog()) {
             report.pending = 1
             report.note = "the write-ahead log is in use; it is cleared on the next call"
+        }
+        if let destination {
+            do {
+                let downstream = try await destination.erase(request, options: CallOptions(timeout: .seconds(30)))
+                report.downstream["destination"] = downstream
+                report.pending += downstream.pending
+            } catch {
+                throw RPCError(
+                    code: .unavailable,
+                    message: "segmentation erased its part; destination did not answer (\(error)); call again"
+                )
+            }
         }
         logger.notice(
             "privacy request erased",

@@ -491,28 +491,14 @@ public final class SQLiteSegmentationStore: Sendable {
     }
 
     /// Erases persons (a privacy request): each realized membership exits (an exit change naming only
-    /// the cluster: destinations remove members by the identity they sent), changes not yet sent keep
-    /// the cluster and lose the record, and the entity's record, memberships and re-check are deleted.
-    /// The clusters are remembered as forgotten. One transaction.
-    public func erase(clusters: [UInt64], at now: Date) throws -> (exited: Int, records: Int, redacted: Int) {
+    /// the cluster: destinations remove members by the identity they sent), and the entity's record,
+    /// memberships and re-check are deleted. The clusters are remembered as forgotten. One
+    /// transaction. Changes already in the outbox keep their record (a change is re-sent exactly as
+    /// first sent); they leave once destination took them (``unsentChanges(of:)`` counts them).
+    public func erase(clusters: [UInt64], at now: Date) throws -> (exited: Int, records: Int) {
         try writer.write { db in
             let person = Cdp_Model_V1_EntityType.person.rawValue
             let wanted = Set(clusters)
-            var redacted = 0
-            // Changes not yet sent: the record goes, the change stays (the exit must still reach
-            // destination, and sequences are never rewritten in order).
-            for row in try Row.fetchAll(db, sql: "SELECT sequence, change FROM outbox") {
-                var change = try Cdp_Destination_V1_MembershipChange(serializedBytes: row[1] as Data)
-                guard change.entityType == .person, wanted.contains(change.clusterID),
-                    change.record != Self.redacted(change.clusterID)
-                else { continue }
-                change.record = Self.redacted(change.clusterID)
-                try db.execute(
-                    sql: "UPDATE outbox SET change = ? WHERE sequence = ?",
-                    arguments: [try change.serializedBytes() as Data, row[0] as Int64]
-                )
-                redacted += 1
-            }
             var exited = 0
             var records = 0
             for cluster in wanted {
@@ -548,7 +534,24 @@ public final class SQLiteSegmentationStore: Sendable {
                     arguments: [person, id]
                 )
             }
-            return (exited, records, redacted)
+            return (exited, records)
+        }
+    }
+
+    /// How many changes about `clusters` with a record (made before they were erased) wait in the outbox.
+    public func unsentChanges(of clusters: [UInt64]) throws -> Int {
+        try writer.read { db in
+            let wanted = Set(clusters)
+            var count = 0
+            for data in try Data.fetchAll(db, sql: "SELECT change FROM outbox") {
+                let change = try Cdp_Destination_V1_MembershipChange(serializedBytes: data)
+                if change.entityType == .person, wanted.contains(change.clusterID),
+                    change.record != Self.redacted(change.clusterID)
+                {
+                    count += 1
+                }
+            }
+            return count
         }
     }
 

@@ -10,9 +10,9 @@
 
 /// Privacy requests (a person's right to erasure) across the five services. Profile coordinates a
 /// request: it finds the person's data, asks identity to drop the person's identities, deletes its own
-/// fragments and events, and calls `Erasure.Erase` on ingestion, segmentation and destination (and on
-/// identity for the last pass). Each service's Erase is idempotent, so a request interrupted anywhere
-/// is driven again until it is done.
+/// fragments and events, and calls `Erasure.Erase` on ingestion, identity and segmentation;
+/// segmentation passes the call on to destination, the service it sends to. Each service's Erase is
+/// idempotent, so a request interrupted anywhere is driven again until it is done.
 
 #if canImport(FoundationEssentials)
 import FoundationEssentials
@@ -75,6 +75,10 @@ public nonisolated struct Cdp_Privacy_V1_EraseReport: Sendable {
 
   /// What the service says about it, e.g. why the log could not be cleared yet.
   public var note: String = String()
+
+  /// The reports of the services this one passed the call on to, by name (segmentation: `destination`);
+  /// `pending` above includes theirs.
+  public var downstream: Dictionary<String,Cdp_Privacy_V1_EraseReport> = [:]
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
@@ -289,7 +293,7 @@ nonisolated extension Cdp_Privacy_V1_EraseRequest: SwiftProtobuf.Message, SwiftP
 
 nonisolated extension Cdp_Privacy_V1_EraseReport: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".EraseReport"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}removed\0\u{1}pending\0\u{1}note\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}removed\0\u{1}pending\0\u{1}note\0\u{1}downstream\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -300,6 +304,7 @@ nonisolated extension Cdp_Privacy_V1_EraseReport: SwiftProtobuf.Message, SwiftPr
       case 1: try { try decoder.decodeMapField(fieldType: SwiftProtobuf._ProtobufMap<SwiftProtobuf.ProtobufString,SwiftProtobuf.ProtobufUInt64>.self, value: &self.removed) }()
       case 2: try { try decoder.decodeSingularUInt64Field(value: &self.pending) }()
       case 3: try { try decoder.decodeSingularStringField(value: &self.note) }()
+      case 4: try { try decoder.decodeMapField(fieldType: SwiftProtobuf._ProtobufMessageMap<SwiftProtobuf.ProtobufString,Cdp_Privacy_V1_EraseReport>.self, value: &self.downstream) }()
       default: break
       }
     }
@@ -315,6 +320,9 @@ nonisolated extension Cdp_Privacy_V1_EraseReport: SwiftProtobuf.Message, SwiftPr
     if !self.note.isEmpty {
       try visitor.visitSingularStringField(value: self.note, fieldNumber: 3)
     }
+    if !self.downstream.isEmpty {
+      try visitor.visitMapField(fieldType: SwiftProtobuf._ProtobufMessageMap<SwiftProtobuf.ProtobufString,Cdp_Privacy_V1_EraseReport>.self, value: self.downstream, fieldNumber: 4)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -322,6 +330,7 @@ nonisolated extension Cdp_Privacy_V1_EraseReport: SwiftProtobuf.Message, SwiftPr
     if lhs.removed != rhs.removed {return false}
     if lhs.pending != rhs.pending {return false}
     if lhs.note != rhs.note {return false}
+    if lhs.downstream != rhs.downstream {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
