@@ -246,17 +246,12 @@ public final class PrivacyCoordinator: Service, Sendable {
         let id = stored.request.id
         let hashes = work.identities.map { ErasureHash.of(Identity($0[0], $0[1])) }
         // 1. Ingestion first: nothing new of the person gets in while the rest is deleted.
-        var report = try await call("ingestion", peers.ingestion) { client in
-            try await client.erase(
-                .with {
-                    $0.requestID = id
-                    $0.identityHashes = hashes
-                    $0.recordKeys = work.keys
-                },
-                options: callOptions
-            )
-        }
-        record(&stored, "ingestion", report, done: true)
+        record(
+            &stored,
+            "ingestion",
+            try await erase(on: "ingestion", peers.ingestion, id, work, hashes: hashes),
+            done: true
+        )
         // 2. Identity: each identity goes; the clusters it split off belong to the request too.
         var lastUpdate: UInt64 = 0
         for pair in work.identities {
@@ -300,18 +295,13 @@ public final class PrivacyCoordinator: Service, Sendable {
         record(&stored, "profile", profile, done: true)
         stored.work = try JSONEncoder().encode(work)
         // Ingestion again, with the keys found late; identity forgets the records' versions.
-        report = try await call("ingestion", peers.ingestion) { client in
-            try await client.erase(
-                .with {
-                    $0.requestID = id
-                    $0.identityHashes = hashes
-                    $0.recordKeys = work.keys
-                },
-                options: callOptions
-            )
-        }
-        record(&stored, "ingestion", report, done: true)
-        report = try await erase(on: "identity", peers.identityErasure, id, work)
+        record(
+            &stored,
+            "ingestion",
+            try await erase(on: "ingestion", peers.ingestion, id, work, hashes: hashes),
+            done: true
+        )
+        var report = try await erase(on: "identity", peers.identityErasure, id, work)
         report.removed["identities"] = UInt64(work.identities.count)
         record(&stored, "identity", report, done: true)
         // 4. Segmentation, which passes it on to destination.
@@ -384,17 +374,20 @@ public final class PrivacyCoordinator: Service, Sendable {
         logger.notice("privacy request done", metadata: ["request": "\(id)"])
     }
 
+    /// One service's `Erase` for the request (the hashes go to ingestion only).
     private func erase(
         on name: String,
         _ peer: Cdp_Privacy_V1_Erasure.Client?,
         _ id: String,
         _ work: Work,
+        hashes: [Data] = [],
         final: Bool = false
     ) async throws -> Cdp_Privacy_V1_EraseReport {
         try await call(name, peer) { client in
             try await client.erase(
                 .with {
                     $0.requestID = id
+                    $0.identityHashes = hashes
                     $0.recordKeys = work.keys
                     $0.personClusters = work.clusters
                     $0.final = final

@@ -197,40 +197,29 @@ public final class SQLiteProfileStore: ProfileStore {
     }
 
     public func privacyRequests() throws -> [StoredPrivacyRequest] {
-        try writer.read { db in
-            try Row.fetchAll(db, sql: "SELECT request, work FROM privacy_requests ORDER BY number DESC").map {
-                StoredPrivacyRequest(
-                    request: try Cdp_Privacy_V1_PrivacyRequest(serializedBytes: $0[0] as Data),
-                    work: $0[1]
-                )
-            }
-        }
+        try privacyRequests(where: "", [])
     }
 
     public func privacyRequest(id: String) throws -> StoredPrivacyRequest? {
-        try writer.read { db in
-            try Row.fetchOne(
-                db,
-                sql: "SELECT request, work FROM privacy_requests WHERE number = ?",
-                arguments: [Self.requestNumber(id)]
-            ).map {
-                StoredPrivacyRequest(
-                    request: try Cdp_Privacy_V1_PrivacyRequest(serializedBytes: $0[0] as Data),
-                    work: $0[1]
-                )
-            }
-        }
+        try privacyRequests(where: "WHERE number = ?", [Self.requestNumber(id)]).first
     }
 
     public func privacyRequest(hash: Data) throws -> StoredPrivacyRequest? {
+        try privacyRequests(where: "WHERE number IN (SELECT number FROM privacy_hashes WHERE hash = ?)", [hash]).first
+    }
+
+    /// Requests, newest first.
+    private func privacyRequests(
+        where filter: String,
+        _ arguments: StatementArguments
+    ) throws
+        -> [StoredPrivacyRequest]
+    {
         try writer.read { db in
-            try Row.fetchOne(
+            try Row.fetchAll(
                 db,
-                sql: """
-                    SELECT r.request, r.work FROM privacy_hashes h JOIN privacy_requests r ON r.number = h.number
-                    WHERE h.hash = ? ORDER BY r.number DESC LIMIT 1
-                    """,
-                arguments: [hash]
+                sql: "SELECT request, work FROM privacy_requests \(filter) ORDER BY number DESC",
+                arguments: arguments
             ).map {
                 StoredPrivacyRequest(
                     request: try Cdp_Privacy_V1_PrivacyRequest(serializedBytes: $0[0] as Data),
