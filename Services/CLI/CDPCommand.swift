@@ -25,7 +25,8 @@ struct CDPCommand: AsyncParsableCommand {
             SourceCommand.self, IngestCommand.self,
             ProfileCommand.self, AccountCommand.self,
             SegmentCommand.self,
-            DestinationCommand.self, ActivateCommand.self, DeliveriesCommand.self,
+            DestinationCommand.self, ActivateCommand.self, ActivationsCommand.self, DeactivateCommand.self,
+            DeliveriesCommand.self,
             PrivacyCommand.self,
         ]
     )

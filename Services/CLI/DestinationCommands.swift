@@ -2,6 +2,7 @@ import ArgumentParser
 import CDPClient
 import CDPProto
 import Foundation
+import RPCCore
 
 /// `cdp destination create|list`.
 struct DestinationCommand: AsyncParsableCommand {
@@ -109,8 +110,11 @@ struct ActivateCommand: AsyncParsableCommand {
             The current members are sent first (a backfill), then every entry and exit as segmentation reports \
             it. --identity chooses what identifies a person at the destination (default: the destination's own: \
             email for Marketo and files, hashed-email for LinkedIn). --attribute NAME=FIELD adds a field of the \
-            unified person (firstName, lastName, jobTitle, country, score, …) under NAME, e.g. \
-            --attribute title=jobTitle.
+            unified person (email, firstName, lastName, jobTitle, country, crmId, score) or account (name, \
+            domain, website, industry, country), or a custom attribute as attributes.NAME, under NAME, e.g. \
+            --attribute title=jobTitle; another field is refused, naming the valid ones. When a member's \
+            identity changes it is removed under the old one and added under the new; when a mapped field \
+            changes the member is updated.
             """
     )
 
@@ -157,6 +161,88 @@ struct ActivateCommand: AsyncParsableCommand {
     }
 }
 
+/// `cdp deactivate ACTIVATION`.
+struct DeactivateCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "deactivate",
+        abstract: "Stop sending a segment to a destination; what was delivered stays there.",
+        discussion: "--json prints the Activation (cdp.destination.v1)."
+    )
+
+    @Argument(help: "The activation's id (cdp activations lists them).")
+    var activation: String
+
+    @OptionGroup var client: ClientOptions
+
+    func run() async throws {
+        let stopped = try await client.withClients { clients in
+            try await clients.calling(.destination) {
+                try await clients.destination.deactivate(
+                    .with { $0.activationID = activation },
+                    options: client.callOptions
+                )
+            }
+        }
+        if client.json { return try Output.json(stopped) }
+        Output.line("deactivated \(stopped.id) (segment \(stopped.segmentID) to \(stopped.destinationID))")
+    }
+}
+
+/// `cdp activations`.
+struct ActivationsCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "activations",
+        abstract: "List the activations: which segment goes to which destination, with what.",
+        discussion: "--json: {\"activations\":[Activation…]} (cdp.destination.v1)."
+    )
+
+    @Option(help: "Only this segment's.")
+    var segment: String?
+
+    @Option(help: "Only this destination's.")
+    var destination: String?
+
+    @OptionGroup var client: ClientOptions
+
+    func run() async throws {
+        let activations = try await client.withClients { clients in
+            try await clients.activations(segment: segment, destination: destination, options: client.callOptions)
+        }
+        if client.json { return try Output.json("activations", activations) }
+        Output.table(
+            ["id", "segment", "destination", "state", "identity", "attributes"],
+            activations.map { a in
+                [
+                    a.id, a.segmentID, a.destinationID, a.active ? "active" : "deactivated",
+                    a.identity == .unspecified
+                        ? "default"
+                        : "\(a.identity)".replacingOccurrences(of: "IDENTITY_MAPPING_", with: "").lowercased(),
+                    a.attributes.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: " "),
+                ]
+            }
+        )
+    }
+}
+
+extension ServiceClients {
+    /// Activations, optionally of one segment or destination.
+    func activations(
+        segment: String? = nil,
+        destination: String? = nil,
+        options: CallOptions
+    ) async throws -> [Cdp_Destination_V1_Activation] {
+        try await calling(.destination) {
+            try await self.destination.listActivations(
+                .with {
+                    $0.segmentID = segment ?? ""
+                    $0.destinationID = destination ?? ""
+                },
+                options: options
+            ).activations
+        }
+    }
+}
+
 /// `cdp deliveries DEST`.
 struct DeliveriesCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
@@ -176,7 +262,10 @@ struct DeliveriesCommand: AsyncParsableCommand {
 
     func run() async throws {
         guard limit > 0 else { throw CLIError("--limit must be positive (got \(limit))") }
-        let deliveries = try await client.withClients { clients in
+        let (deliveries, backlog) = try await client.withClients { clients in
+            let backlog = try await clients.calling(.destination) {
+                try await clients.destination.listDestinations(.init(), options: client.callOptions).destinations
+            }.first { $0.id == destination }
             var deliveries: [Cdp_Destination_V1_Delivery] = []
             var token = ""
             repeat {
@@ -193,9 +282,20 @@ struct DeliveriesCommand: AsyncParsableCommand {
                 deliveries += page.deliveries
                 token = page.nextPageToken
             } while !token.isEmpty && deliveries.count < limit
-            return Array(deliveries.prefix(limit))
+            return (Array(deliveries.prefix(limit)), backlog)
         }
         if client.json { return try Output.json("deliveries", deliveries) }
+        if let info = backlog {
+            // What has not been delivered yet, and why, even before the first delivery.
+            let oldest =
+                info.hasOldestPending ? ", the oldest since \(TimeArgument.format(info.oldestPending.date))" : ""
+            Output.note("\(info.id): \(info.pending) members pending\(oldest)")
+            if !info.lastError.isEmpty { Output.note("\(info.id): last error: \(info.lastError)") }
+        }
+        if deliveries.isEmpty {
+            Output.note("no delivery yet")
+            return
+        }
         Output.table(
             ["delivery", "activation", "finished", "added", "removed", "updated", "suppressed", "failed", "retries"],
             deliveries.map {

@@ -196,17 +196,45 @@ struct SegmentCommand: AsyncParsableCommand {
 
     struct Delete: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
-            abstract: "Delete a segment; its members exit. Refused while another segment names it."
+            abstract: "Delete a segment; its members exit. Refused while another segment names it.",
+            discussion: """
+                Every member exits, so the destinations the segment is activated to remove them all: unless \
+                --force is given, a segment with an active activation is not deleted (deactivate it first, \
+                and what was delivered stays at the destination).
+                """
         )
 
         @Argument(help: "The segment's id.")
         var id: String
 
+        @Flag(help: "Delete it even if it is activated (its members are removed from those destinations).")
+        var force = false
+
         @OptionGroup var client: ClientOptions
 
         func run() async throws {
             let response = try await client.withClients { clients in
-                try await clients.calling(.segmentation) {
+                if !force {
+                    let active: [Cdp_Destination_V1_Activation]
+                    do {
+                        active = try await clients.activations(segment: id, options: client.callOptions).filter(
+                            \.active
+                        )
+                    } catch let error as ServiceCallError {
+                        throw CLIError(
+                            "cannot tell whether \(id) is activated (destination: \(error.reason)); give --force to "
+                                + "delete it anyway"
+                        )
+                    }
+                    if !active.isEmpty {
+                        let names = active.map { "\($0.destinationID) (\($0.id))" }.joined(separator: ", ")
+                        throw CLIError(
+                            "\(id) is activated to \(names): deleting it removes its members from there; "
+                                + "`cdp deactivate \(active[0].id)` first to keep them, or give --force"
+                        )
+                    }
+                }
+                return try await clients.calling(.segmentation) {
                     try await clients.segmentation.deleteSegment(.with { $0.id = id }, options: client.callOptions)
                 }
             }

@@ -12,9 +12,12 @@ struct StatusCommand: AsyncParsableCommand {
             For each service: whether it answers its health check, then what waits in its outbox: ingestion's \
             records for identity, identity's updates for profile, profile's views for segmentation, \
             segmentation's membership changes for destination, destination's members for its destinations; \
-            the age of the oldest, and the last forwarding error. Exit status 1 if a service is unreachable or \
-            not serving. --json: {"services":[{"name","address","healthy","pending","oldestPendingSeconds",\
-            "lastError","error"}]}.
+            the age of the oldest, and the last forwarding error. A service that answers but refuses the \
+            token is UNAUTHENTICATED (give --token or $CDP_TOKEN), not DOWN. Then every destination with a \
+            backlog or an error, and the batches being received. Exit status 1 if a service is unreachable, \
+            refuses the token or is not serving. --json: {"services":[{"name","address","state","healthy",\
+            "pending","oldestPendingSeconds","lastError","error"}],"destinations":[{"id","name","pending",\
+            "lastError"}],"receivingBatches":[{"id","fileName","source","entity","createdAt"}]}.
             """
     )
 
@@ -23,6 +26,8 @@ struct StatusCommand: AsyncParsableCommand {
     struct ServiceStatus: Encodable {
         var name: String
         var address: String
+        /// `serving`, `DOWN` (not reachable), `UNAUTHENTICATED` (refuses the token), `NOT_SERVING`.
+        var state: String
         var healthy: Bool
         var pending: UInt64?
         var unit: String
@@ -31,13 +36,35 @@ struct StatusCommand: AsyncParsableCommand {
         var error: String?
     }
 
+    struct DestinationStatus: Encodable {
+        var id: String
+        var name: String
+        var pending: UInt64
+        var lastError: String
+    }
+
+    struct BatchStatus: Encodable {
+        var id: String
+        var fileName: String
+        var source: String
+        var entity: String
+        var createdAt: Date
+    }
+
+    struct Document: Encodable {
+        var services: [ServiceStatus]
+        var destinations: [DestinationStatus]
+        var receivingBatches: [BatchStatus]
+    }
+
     func run() async throws {
-        let statuses = try await client.withClients { clients in
+        let document = try await client.withClients { clients in
             var statuses: [ServiceStatus] = []
             for service in ServiceName.allCases {
                 var status = ServiceStatus(
                     name: service.rawValue,
                     address: "\(clients.endpoints[service].address)",
+                    state: "DOWN",
                     healthy: false,
                     unit: Backlog.unit(of: service),
                     lastError: ""
@@ -47,34 +74,80 @@ struct StatusCommand: AsyncParsableCommand {
                         try await clients.health(service).check(.init(), options: client.callOptions)
                     }
                     status.healthy = health.status == .serving
+                    status.state = status.healthy ? "serving" : "NOT_SERVING"
                     if !status.healthy { status.error = "health check answered \(health.status)" }
                     let backlog = try await clients.backlog(service, options: client.callOptions)
                     status.pending = backlog.pending
                     status.oldestPendingSeconds = backlog.oldestPending.map { max(0, Date().timeIntervalSince($0)) }
                     status.lastError = backlog.lastError
+                } catch let error as ServiceCallError where error.code == .unauthenticated {
+                    status.healthy = false
+                    status.state = "UNAUTHENTICATED"
+                    status.error =
+                        "\(service) (\(status.address)) is running but refuses "
+                        + ((client.token ?? ProcessInfo.processInfo.environment["CDP_TOKEN"] ?? "").isEmpty
+                            ? "calls without a token" : "the token given")
+                        + ": give its token with --token or CDP_TOKEN"
                 } catch {
                     status.healthy = false
                     status.error = "\(error)"
                 }
                 statuses.append(status)
             }
-            return statuses
+            // Every destination that waits or fails, and the uploads under way (best effort: a service
+            // that is down is reported above).
+            let destinations =
+                (try? await clients.calling(.destination) {
+                    try await clients.destination.listDestinations(.init(), options: client.callOptions).destinations
+                }) ?? []
+            let batches =
+                (try? await clients.calling(.ingestion) {
+                    try await clients.ingestion.listBatches(.with { $0.pageSize = 200 }, options: client.callOptions)
+                        .batches
+                }) ?? []
+            return Document(
+                services: statuses,
+                destinations: destinations.filter { $0.pending > 0 || !$0.lastError.isEmpty }.map {
+                    DestinationStatus(id: $0.id, name: $0.name, pending: $0.pending, lastError: $0.lastError)
+                },
+                receivingBatches: batches.filter { $0.state == .receiving }.map {
+                    BatchStatus(
+                        id: $0.batchID,
+                        fileName: $0.fileName,
+                        source: "\($0.source.type):\($0.source.instance)",
+                        entity: $0.entity,
+                        createdAt: $0.createdAt.date
+                    )
+                }
+            )
         }
+        let statuses = document.services
         if client.json {
-            struct Document: Encodable { var services: [ServiceStatus] }
-            try Output.json(Document(services: statuses))
+            try Output.json(document)
         } else {
             Output.table(
                 ["service", "address", "health", "backlog", "oldest", "last error"],
                 statuses.map { status in
                     [
-                        status.name, status.address, status.healthy ? "serving" : "DOWN",
+                        status.name, status.address, status.state,
                         status.pending.map { "\($0) \(status.unit)" } ?? "-",
                         status.oldestPendingSeconds.map(Format.age) ?? "-",
                         status.lastError.isEmpty ? "-" : status.lastError,
                     ]
                 }
             )
+            for destination in document.destinations {
+                Output.line(
+                    "destination \(destination.id) (\(destination.name)): \(destination.pending) members pending"
+                        + (destination.lastError.isEmpty ? "" : "; last error: \(destination.lastError)")
+                )
+            }
+            for batch in document.receivingBatches {
+                Output.line(
+                    "batch \(batch.id) \(batch.fileName) (\(batch.source), \(batch.entity)): being received since "
+                        + TimeArgument.format(batch.createdAt)
+                )
+            }
             for status in statuses { if let error = status.error { Output.error(error) } }
         }
         if statuses.contains(where: { !$0.healthy }) { throw ExitCode.failure }

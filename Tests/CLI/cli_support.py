@@ -37,6 +37,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 BODEA = REPO_ROOT / "Examples" / "bodea"
 BIN_DIR = Path(os.environ.get("CDP_BIN_DIR") or REPO_ROOT / ".build" / "debug").resolve()
 CDP = BIN_DIR / "cdp"
+DESTINATION_BIN = BIN_DIR / "cdp-destination"
 SERVICES = ("ingestion", "identity", "profile", "segmentation", "destination")
 
 # The story's "now" and the Bodea segment (Examples/bodea/README.md, DESIGN.md §5).

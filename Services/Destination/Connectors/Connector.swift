@@ -232,8 +232,24 @@ public enum MemberMapping {
         return attributes
     }
 
-    /// The value of a profile field of the record, by its PQL name (`firstName`, `jobTitle`, a custom
-    /// attribute's name).
+    /// The profile fields an attribute mapping may name, per entity type.
+    public static let personFields = ["email", "firstName", "lastName", "jobTitle", "country", "crmId", "score"]
+    public static let accountFields = ["name", "domain", "website", "industry", "country"]
+
+    /// Why `field` cannot be mapped, if it cannot: it must be a person or account field, or a custom
+    /// attribute as `attributes.NAME`.
+    public static func problem(withField field: String) -> String? {
+        if field.hasPrefix("attributes.") {
+            return field.count > "attributes.".count ? nil : "attributes. needs a custom attribute's name"
+        }
+        if personFields.contains(field) || accountFields.contains(field) { return nil }
+        let guess = Suggestion.closest(to: field, among: personFields + accountFields).map { "did you mean \($0)? " }
+        return "\(field) is not a profile field; \(guess ?? "")person fields: \(personFields.joined(separator: ", ")); "
+            + "account fields: \(accountFields.joined(separator: ", ")); a custom attribute: attributes.NAME"
+    }
+
+    /// The value of a profile field of the record, by its PQL name (`firstName`, `jobTitle`), or of a
+    /// custom attribute (`attributes.NAME`; a bare name, as activations made before named them, too).
     public static func value(_ field: String, of record: Cdp_Profile_V1_UnifiedRecord) -> String? {
         let person = record.record.person
         let account = record.record.account
@@ -252,12 +268,44 @@ public enum MemberMapping {
         case (.account?, "country"): return account.hasCountry ? account.country : nil
         default: break
         }
-        switch record.record.customAttributes[field]?.kind {
+        let custom = field.hasPrefix("attributes.") ? String(field.dropFirst("attributes.".count)) : field
+        switch record.record.customAttributes[custom]?.kind {
         case .stringValue(let text)?: return text
         case .numberValue(let number)?: return String(number)
         case .boolValue(let flag)?: return String(flag)
         case .jsonValue(let json)?: return json
         case nil: return nil
         }
+    }
+}
+
+/// The nearest of a few names to a typo, for "did you mean" hints.
+public enum Suggestion {
+    /// The candidate within two edits of `word` (case ignored), the nearest first; nil if none is.
+    public static func closest(to word: String, among candidates: [String]) -> String? {
+        let scored = candidates.map { ($0, distance(Array(word.lowercased()), Array($0.lowercased()))) }
+        guard let best = scored.min(by: { $0.1 < $1.1 }), best.1 <= 2 else { return nil }
+        return best.0
+    }
+
+    /// Levenshtein distance, with a transposition counted as one edit.
+    static func distance(_ a: [Character], _ b: [Character]) -> Int {
+        guard !a.isEmpty else { return b.count }
+        guard !b.isEmpty else { return a.count }
+        var previous2 = [Int](repeating: 0, count: b.count + 1)
+        var previous = Array(0...b.count)
+        for i in 1...a.count {
+            var current = [i] + [Int](repeating: 0, count: b.count)
+            for j in 1...b.count {
+                let cost = a[i - 1] == b[j - 1] ? 0 : 1
+                current[j] = min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + cost)
+                if i > 1, j > 1, a[i - 1] == b[j - 2], a[i - 2] == b[j - 1] {
+                    current[j] = min(current[j], previous2[j - 2] + 1)
+                }
+            }
+            previous2 = previous
+            previous = current
+        }
+        return previous[b.count]
     }
 }

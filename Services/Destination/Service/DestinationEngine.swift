@@ -59,6 +59,7 @@ public actor DestinationEngine {
             )
         }
         do {
+            try Connectors.checkNew(type: type, settings: settings)
             _ = try Connectors.make(type: type, settings: settings, transport: transport)
         } catch {
             throw RPCError(code: .invalidArgument, message: "\(Self.typeName(type)) destination: \(error)")
@@ -88,6 +89,14 @@ public actor DestinationEngine {
         attributes: [String: String]
     ) throws -> (ActivationRecord, backfill: Int) {
         guard !segment.isEmpty else { throw RPCError(code: .invalidArgument, message: "segment_id is empty") }
+        for (field, source) in attributes.sorted(by: { $0.key < $1.key }) {
+            guard !field.isEmpty else {
+                throw RPCError(code: .invalidArgument, message: "an attribute mapping has no destination field")
+            }
+            if let problem = MemberMapping.problem(withField: source) {
+                throw RPCError(code: .invalidArgument, message: "attribute \(field): \(problem)")
+            }
+        }
         guard let record = try store.destinations().first(where: { $0.id == destination }) else {
             throw RPCError(code: .notFound, message: "no destination has the id \(destination)")
         }
@@ -230,6 +239,42 @@ public actor DestinationEngine {
 
 /// The connector of each destination type.
 public enum Connectors {
+    /// The settings each type reads, credentials included.
+    public static let knownSettings: [Cdp_Destination_V1_DestinationType: [String]] = [
+        .marketo: [
+            "endpoint", "identity", "client_id", "client_secret", "list_id", "calls_per_20s", "concurrency",
+            "timeout_seconds",
+        ],
+        .linkedin: [
+            "endpoint", "ad_account", "access_token", "version", "source_platform", "segment_name", "segment_id",
+            "batch_size", "segment_ready_seconds", "calls_per_minute", "timeout_seconds",
+        ],
+        .webhook: ["url", "secret", "batch_size", "calls_per_minute", "timeout_seconds", "include_opted_out"],
+        .file: ["directory", "format", "mode"],
+    ]
+
+    /// What a new destination's settings must be beyond what its connector reads: no setting the type
+    /// does not know (a typo would otherwise be ignored), and a file export's directory absolute (a
+    /// relative one would be resolved against the service's working directory, not the caller's).
+    public static func checkNew(
+        type: Cdp_Destination_V1_DestinationType,
+        settings: [String: String]
+    ) throws(ConnectorSettingsError) {
+        let known = knownSettings[type] ?? []
+        for key in settings.keys.sorted() where !known.contains(key) {
+            let guess = Suggestion.closest(to: key, among: known).map { "did you mean \($0)? " } ?? ""
+            throw ConnectorSettingsError(
+                "unknown setting \(key); \(guess)the settings are \(known.joined(separator: ", "))"
+            )
+        }
+        if type == .file, let directory = settings["directory"], !directory.isEmpty, !directory.hasPrefix("/") {
+            throw ConnectorSettingsError(
+                "directory must be an absolute path (the service writes the files, from its own working "
+                    + "directory), not \(directory)"
+            )
+        }
+    }
+
     /// A connector for a destination's type and settings (credentials included).
     public static func make(
         type: Cdp_Destination_V1_DestinationType,

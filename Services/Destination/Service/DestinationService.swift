@@ -106,6 +106,18 @@ public final class DestinationService: Cdp_Destination_V1_Destination.ServicePro
         Self.message(try await engine.deactivate(request.activationID))
     }
 
+    public func listActivations(
+        request: Cdp_Destination_V1_ListActivationsRequest,
+        context: ServerContext
+    ) async throws -> Cdp_Destination_V1_ListActivationsResponse {
+        var response = Cdp_Destination_V1_ListActivationsResponse()
+        response.activations = try await engine.activations().filter {
+            (request.segmentID.isEmpty || $0.segmentID == request.segmentID)
+                && (request.destinationID.isEmpty || $0.destinationID == request.destinationID)
+        }.map(Self.message)
+        return response
+    }
+
     static func message(_ activation: ActivationRecord) -> Cdp_Destination_V1_Activation {
         var message = Cdp_Destination_V1_Activation()
         message.id = activation.id
