@@ -387,6 +387,8 @@ let package = Package(
             name: "CDPClient",
             dependencies: [
                 "CDPProto", "RPCCore", "RPCHTTP2", "RPCServices", "ServiceSupport",
+                .product(name: "CompressNIO", package: "compress-nio"),
+                .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "SwiftProtobuf", package: "swift-protobuf"),
             ],
             path: "Shared/CDPClient"

@@ -22,8 +22,8 @@ struct CDPCommand: AsyncParsableCommand {
         version: PlatformVersion.current,
         subcommands: [
             UpCommand.self, StatusCommand.self, HealthCommand.self, DemoCommand.self,
-            SourceCommand.self, IngestCommand.self,
-            ProfileCommand.self, AccountCommand.self,
+            SourceCommand.self, IngestCommand.self, BatchCommand.self,
+            IdentityCommand.self, ProfileCommand.self, AccountCommand.self,
             SegmentCommand.self,
             DestinationCommand.self, ActivateCommand.self, ActivationsCommand.self, DeactivateCommand.self,
             DeliveriesCommand.self,
@@ -38,7 +38,15 @@ struct CDPCommand: AsyncParsableCommand {
         do {
             command = try parseAsRoot()
         } catch {
-            exit(withError: error)
+            // --help and --version end here too, as ArgumentParser prints them.
+            if Self.exitCode(for: error) == .success || error is CleanExit { exit(withError: error) }
+            // Usage errors in the same form as the others, with the usage after them.
+            let usage = Self.fullMessage(for: error).components(separatedBy: "\n").drop { !$0.hasPrefix("Usage:") }
+            fail(
+                Self.message(for: error),
+                status: Self.exitCode(for: error).rawValue,
+                hint: usage.joined(separator: "\n")
+            )
         }
         do {
             if var asyncCommand = command as? any AsyncParsableCommand {
@@ -51,9 +59,36 @@ struct CDPCommand: AsyncParsableCommand {
             Self.exit(withError: exit)
         } catch {
             if Self.exitCode(for: error) == .success || error is CleanExit { Self.exit(withError: error) }
-            Output.error("\(error)")
-            Foundation.exit(1)
+            fail("\(error)", status: 1, service: error as? ServiceCallError)
         }
+    }
+
+    /// Ends the command with an error: `cdp: error: …` on stderr, and with --json also
+    /// `{"error":{"message","service","code","exitStatus"}}` on stdout, so that a script reading the JSON
+    /// sees the failure too.
+    static func fail(_ message: String, status: Int32, service: ServiceCallError? = nil, hint: String = "") -> Never {
+        if CommandLine.arguments.dropFirst().contains("--json"), !Output.printedJSON.load(ordering: .relaxed) {
+            struct Failure: Encodable {
+                var message: String
+                var service: String?
+                var code: String?
+                var exitStatus: Int32
+            }
+            struct Document: Encodable { var error: Failure }
+            try? Output.json(
+                Document(
+                    error: Failure(
+                        message: message,
+                        service: service?.service.rawValue,
+                        code: service.map { "\($0.code)" },
+                        exitStatus: status
+                    )
+                )
+            )
+        }
+        Output.error(message)
+        if !hint.isEmpty { Output.note(hint) }
+        Foundation.exit(status)
     }
 }
 

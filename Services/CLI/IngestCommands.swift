@@ -92,12 +92,15 @@ struct IngestCommand: AsyncParsableCommand {
             have gone through identity and profile and the resulting views have reached segmentation, so that \
             a following `cdp profile get` or `cdp segment evaluate` sees them.
 
-            Formats: canonical (the platform's own CSV, or NDJSON for files ending .ndjson or .jsonl), \
-            salesforce (Bulk API CSV exports), marketo (bulk extract CSV), mdm (a crosswalk CSV).
+            Formats: canonical (the platform's own CSV, or NDJSON for files ending .ndjson or .jsonl, or, from \
+            standard input, whose first character is {), salesforce (Bulk API CSV exports), marketo (bulk \
+            extract CSV), mdm (a crosswalk CSV). A gzip-compressed file (.gz, or any file starting with gzip's \
+            bytes) is decompressed as it is sent. `cdp ingest - …` reads standard input (kept in a temporary \
+            file until the batch is stored, so that a retry after a lost answer is recognized).
             """
     )
 
-    @Argument(help: "The file to upload.")
+    @Argument(help: "The file to upload (gzip-compressed or not); - reads standard input.")
     var file: String
 
     @Option(
@@ -133,17 +136,27 @@ struct IngestCommand: AsyncParsableCommand {
 
     func run() async throws {
         let source = try Arguments.source(source)
-        let wireFormat = try Self.wireFormat(format, file: file)
         if let errorThreshold, !(0...1).contains(errorThreshold) {
             throw CLIError("--error-threshold must be between 0 and 1 (got \(errorThreshold))")
         }
-        let url = URL(fileURLWithPath: file)
+        // Standard input is kept in a temporary file: its hash is the default key, and it is sent from there.
+        let spooled = file == "-" ? try Self.spoolStandardInput() : nil
+        defer { if let spooled { try? FileManager.default.removeItem(at: spooled) } }
+        let url = spooled ?? URL(fileURLWithPath: file)
         guard FileManager.default.isReadableFile(atPath: url.path) else {
             throw CLIError(
                 "cannot read \(file): "
                     + (FileManager.default.fileExists(atPath: url.path) ? "permission denied" : "no such file")
             )
         }
+        let gzipped = ServiceClients.isGzip(path: url.path)
+        // The name the batch is known by, without .gz: it also tells a canonical CSV from NDJSON.
+        var name = spooled == nil ? url.lastPathComponent : "stdin"
+        if gzipped, name.lowercased().hasSuffix(".gz") { name.removeLast(3) }
+        let wireFormat = try Self.wireFormat(
+            format,
+            file: spooled == nil || gzipped ? name : (Self.startsWithBrace(url) ? "stdin.ndjson" : "stdin.csv")
+        )
         let size = (try? FileManager.default.attributesOfItem(atPath: url.path)[.size] as? Int64) ?? 0
         let idempotencyKey =
             try key
@@ -159,11 +172,16 @@ struct IngestCommand: AsyncParsableCommand {
             $0.format = wireFormat
             $0.idempotencyKey = idempotencyKey
             if let errorThreshold { $0.errorThreshold = errorThreshold }
-            $0.fileName = url.lastPathComponent
+            $0.fileName = name
         }
-        let progress = ProgressBar(label: url.lastPathComponent, total: size, enabled: size > 4 * 1024 * 1024)
+        let progress = ProgressBar(label: name, total: size, enabled: size > 4 * 1024 * 1024)
         let batch = try await client.withClients { clients in
-            let batch = try await clients.uploadBatch(path: url.path, header: header, progress: progress.update)
+            let batch = try await clients.uploadBatch(
+                path: url.path,
+                header: header,
+                gzipped: gzipped,
+                progress: progress.update
+            )
             progress.finish()
             if wait, batch.state == .completed {
                 try await clients.waitUntilDelivered(
@@ -183,6 +201,36 @@ struct IngestCommand: AsyncParsableCommand {
                 "the batch \(batch.batchID) \(batch.state): \(batch.failure.isEmpty ? "see above" : batch.failure)"
             )
         }
+    }
+
+    /// Copies standard input to a temporary file (refused when standard input is a terminal).
+    static func spoolStandardInput() throws -> URL {
+        guard isatty(STDIN_FILENO) == 0 else {
+            throw CLIError(
+                "`cdp ingest -` reads standard input; pipe a file into it, e.g. `gunzip -c x.csv.gz | cdp ingest - …`"
+            )
+        }
+        let url = FileManager.default.temporaryDirectory.appendingPathComponent("cdp-ingest-\(UUID().uuidString)")
+        guard FileManager.default.createFile(atPath: url.path, contents: nil),
+            let output = FileHandle(forWritingAtPath: url.path)
+        else { throw CLIError("cannot write a temporary file in \(FileManager.default.temporaryDirectory.path)") }
+        defer { try? output.close() }
+        let input = FileHandle.standardInput
+        do {
+            while let chunk = try input.read(upToCount: 1 << 20), !chunk.isEmpty { try output.write(contentsOf: chunk) }
+        } catch {
+            try? FileManager.default.removeItem(at: url)
+            throw CLIError("cannot read standard input: \(error)")
+        }
+        return url
+    }
+
+    /// Whether a file's first non-blank character is `{` (NDJSON rather than CSV).
+    static func startsWithBrace(_ url: URL) -> Bool {
+        guard let handle = FileHandle(forReadingAtPath: url.path) else { return false }
+        defer { try? handle.close() }
+        let head = (try? handle.read(upToCount: 4096)) ?? Data()
+        return head.first { ![0x20, 0x09, 0x0A, 0x0D, 0xEF, 0xBB, 0xBF].contains($0) } == UInt8(ascii: "{")
     }
 
     /// The key of an upload when --key is not given: everything that decides the batch's outcome (the
@@ -250,5 +298,89 @@ struct IngestCommand: AsyncParsableCommand {
             Output.line("  (\(c.rejected + c.suppressed - UInt64(batch.errors.count)) more record errors not listed)")
         }
         if waited, batch.state == .completed { Output.line("  reached segmentation (through identity and profile)") }
+    }
+}
+
+/// `cdp batch list|get`.
+struct BatchCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "batch",
+        abstract: "List uploaded batches, or show one with its record errors.",
+        subcommands: [List.self, Get.self]
+    )
+
+    struct List: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "List the batches, newest first (those being received too).",
+            discussion: "--json: {\"batches\":[Batch…]} (cdp.ingestion.v1), without their record errors."
+        )
+
+        @Option(help: "At most this many.")
+        var limit: Int = 50
+
+        @OptionGroup var client: ClientOptions
+
+        func run() async throws {
+            guard limit > 0 else { throw CLIError("--limit must be positive (got \(limit))") }
+            let batches = try await client.withClients { clients in
+                var batches: [Cdp_Ingestion_V1_Batch] = []
+                var token = ""
+                repeat {
+                    let page = try await clients.calling(.ingestion) {
+                        try await clients.ingestion.listBatches(
+                            .with {
+                                $0.pageSize = UInt32(min(limit - batches.count, 1000))
+                                $0.pageToken = token
+                            },
+                            options: client.callOptions
+                        )
+                    }
+                    batches += page.batches
+                    token = page.nextPageToken
+                } while !token.isEmpty && batches.count < limit
+                return Array(batches.prefix(limit))
+            }
+            if client.json { return try Output.json("batches", batches) }
+            Output.table(
+                [
+                    "batch", "file", "source", "entity", "state", "records", "accepted", "rejected", "refused",
+                    "created",
+                ],
+                batches.map { b in
+                    let c = b.counts
+                    return [
+                        b.batchID, b.fileName, "\(b.source.type):\(b.source.instance)", b.entity,
+                        "\(b.state)".replacingOccurrences(of: "BATCH_STATE_", with: "").lowercased(), "\(c.records)",
+                        "\(c.accepted)", "\(c.rejected)", "\(c.suppressed)", TimeArgument.format(b.createdAt.date),
+                    ]
+                }
+            )
+        }
+    }
+
+    struct Get: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Show a batch: its counts and its record errors (line, field, reason).",
+            discussion: "--json prints the Batch (cdp.ingestion.v1). Exit status 1 if the batch failed."
+        )
+
+        @Argument(help: "The batch's id (b-…).")
+        var id: String
+
+        @OptionGroup var client: ClientOptions
+
+        func run() async throws {
+            let batch = try await client.withClients { clients in
+                try await clients.calling(.ingestion) {
+                    try await clients.ingestion.getBatch(.with { $0.batchID = id }, options: client.callOptions)
+                }
+            }
+            if client.json {
+                try Output.json(batch)
+            } else {
+                IngestCommand.printSummary(batch, waited: false, explicitKey: true)
+            }
+            if batch.state == .failed || batch.state == .interrupted { throw ExitCode.failure }
+        }
     }
 }

@@ -1,5 +1,6 @@
 import Foundation
 import SwiftProtobuf
+import Synchronization
 
 #if canImport(Glibc)
 import Glibc
@@ -46,12 +47,17 @@ enum Output {
     /// A message as protobuf JSON (lowerCamelCase field names, enums by name) on one line of stdout.
     static func json(_ message: some SwiftProtobuf.Message) throws {
         line(try message.jsonString())
+        printedJSON.store(true, ordering: .relaxed)
     }
+
+    /// Whether the command printed its JSON document (a failure after it adds none: one document per run).
+    static let printedJSON = Atomic<Bool>(false)
 
     /// A list of messages as one JSON object `{"<key>": [...]}` on one line of stdout.
     static func json(_ key: String, _ messages: [some SwiftProtobuf.Message]) throws {
         let items = try messages.map { try $0.jsonString() }
         line("{\"\(key)\":[" + items.joined(separator: ",") + "]}")
+        printedJSON.store(true, ordering: .relaxed)
     }
 
     /// A value as compact JSON (sorted keys, times as RFC 3339) on one line of stdout.
@@ -60,6 +66,7 @@ enum Output {
         encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
         encoder.dateEncodingStrategy = .iso8601
         line(String(decoding: try encoder.encode(value), as: UTF8.self))
+        printedJSON.store(true, ordering: .relaxed)
     }
 
     /// `cdp: error: <message>` on stderr.

@@ -309,3 +309,58 @@ enum Describe {
         return "\(o.name), \(Format.number(o.amount)), \(state)"
     }
 }
+
+/// `cdp identity get`.
+struct IdentityCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "identity",
+        abstract: "Look at identity's graph: which identities and records make up a person's or an account's cluster.",
+        subcommands: [Get.self]
+    )
+
+    struct Get: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Show the cluster an identity is in: its identities and the records that link it.",
+            discussion: "--json prints the Cluster (cdp.identity.v1)."
+        )
+
+        @Option(help: "An identity, NAMESPACE:VALUE, e.g. email:p2@townsend.com or sourceKey:102@mkto-1.Marketo.")
+        var identity: String
+
+        @Option(help: "person or account.")
+        var entity: String = "person"
+
+        @OptionGroup var client: ClientOptions
+
+        func run() async throws {
+            let value = try Arguments.identity(identity)
+            let entityType = try SegmentCommand.entityType(entity)
+            let cluster = try await client.withClients { clients in
+                try await clients.calling(.identity) {
+                    try await clients.identity.getCluster(
+                        .with {
+                            $0.entityType = entityType
+                            $0.identity = value
+                        },
+                        options: client.callOptions
+                    )
+                }
+            }
+            if client.json { return try Output.json(cluster) }
+            Output.line(
+                "\(entity) cluster \(cluster.id): \(cluster.identities.count) identities, \(cluster.links.count) records"
+            )
+            for identity in cluster.identities { Output.line("  \(identity.namespace):\(identity.value)") }
+            Output.table(
+                ["record", "source", "batch", "ingested", "links"],
+                cluster.links.map { link in
+                    [
+                        link.recordKey, "\(link.source.type):\(link.source.instance)", link.batchID,
+                        link.hasIngestedAt ? TimeArgument.format(link.ingestedAt.date) : "-",
+                        link.identities.map { "\($0.namespace):\($0.value)" }.joined(separator: " "),
+                    ]
+                }
+            )
+        }
+    }
+}

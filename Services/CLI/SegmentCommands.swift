@@ -16,7 +16,8 @@ struct SegmentCommand: AsyncParsableCommand {
             dialect: Services/Segmentation/README.md.
             """,
         subcommands: [
-            Create.self, List.self, Get.self, Delete.self, Estimate.self, Evaluate.self, Job.self, Members.self,
+            Create.self, Update.self, List.self, Get.self, Delete.self, Estimate.self, Evaluate.self, Job.self,
+            Members.self,
             Explain.self,
         ]
     )
@@ -43,8 +44,7 @@ struct SegmentCommand: AsyncParsableCommand {
         @Option(help: "A name for people.")
         var name: String
 
-        @Option(help: "The PQL definition.")
-        var pql: String
+        @OptionGroup var definition: DefinitionOptions
 
         @Option(help: "person or account.")
         var entity: String = "person"
@@ -59,48 +59,103 @@ struct SegmentCommand: AsyncParsableCommand {
 
         func run() async throws {
             let entityType = try SegmentCommand.entityType(entity)
-            let evaluationMode: Cdp_Segmentation_V1_EvaluationMode
-            switch mode.lowercased() {
-            case "streaming": evaluationMode = .streaming
-            case "batch": evaluationMode = .batch
-            default: throw CLIError("--mode must be streaming or batch (got \"\(mode)\")")
-            }
-            let request = Cdp_Segmentation_V1_CreateSegmentRequest.with {
+            let request = try Cdp_Segmentation_V1_CreateSegmentRequest.with {
                 $0.name = name
-                $0.pql = pql
+                $0.pql = try definition.text()!
                 $0.entityType = entityType
-                $0.mode = evaluationMode
+                $0.mode = try SegmentCommand.mode(mode)
             }
-            let (segment, job) = try await client.withClients { clients in
-                let segment = try await clients.calling(.segmentation) {
-                    try await clients.segmentation.createSegment(request, options: client.callOptions)
-                }
-                guard wait, !segment.evaluationJobID.isEmpty else {
-                    return (segment, Cdp_Segmentation_V1_EvaluationJob?.none)
-                }
-                let job = try await SegmentCommand.follow(
-                    segment.evaluationJobID,
-                    clients: clients,
-                    options: client.callOptions,
-                    quiet: client.json
+            try await SegmentCommand.save(client: client, wait: wait) { clients in
+                try await clients.segmentation.createSegment(request, options: client.callOptions)
+            }
+        }
+    }
+
+    struct Update: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Change a segment's name, definition or mode.",
+            discussion: """
+                A new definition is checked as at creation (refused with its line and column). A new definition \
+                or mode is evaluated over the existing profiles at once by a batch job, as at creation; members \
+                that no longer match exit (destinations remove them).
+                """
+        )
+
+        @Argument(help: "The segment's id.")
+        var id: String
+
+        @Option(help: "A new name.")
+        var name: String?
+
+        @OptionGroup var definition: DefinitionOptions
+
+        @Option(help: "streaming or batch.")
+        var mode: String?
+
+        @Flag(help: "Return once the evaluation over the existing profiles has ended.")
+        var wait = false
+
+        @OptionGroup var client: ClientOptions
+
+        func run() async throws {
+            let pql = try definition.text(required: false)
+            guard name != nil || pql != nil || mode != nil else {
+                throw CLIError("nothing to change: give --name, --pql, --pql-file or --mode")
+            }
+            let request = try Cdp_Segmentation_V1_UpdateSegmentRequest.with {
+                $0.id = id
+                if let name { $0.name = name }
+                if let pql { $0.pql = pql }
+                if let mode { $0.mode = try SegmentCommand.mode(mode) }
+            }
+            try await SegmentCommand.save(client: client, wait: wait) { clients in
+                try await clients.segmentation.updateSegment(request, options: client.callOptions)
+            }
+        }
+    }
+
+    /// Saves a segment (`call`), follows its evaluation job with `wait`, and prints it: the id on stdout,
+    /// the job on stderr. Exit status 1 if the job failed.
+    static func save(
+        client: ClientOptions,
+        wait: Bool,
+        _ call: @escaping @Sendable (ServiceClients) async throws -> Cdp_Segmentation_V1_Segment
+    ) async throws {
+        let (segment, job) = try await client.withClients { clients in
+            let segment = try await clients.calling(.segmentation) { try await call(clients) }
+            guard wait, !segment.evaluationJobID.isEmpty else {
+                return (segment, Cdp_Segmentation_V1_EvaluationJob?.none)
+            }
+            let job = try await SegmentCommand.follow(
+                segment.evaluationJobID,
+                clients: clients,
+                options: client.callOptions,
+                quiet: client.json
+            )
+            return (segment, job)
+        }
+        if client.json {
+            try Output.json(segment)
+        } else {
+            Output.line(segment.id)
+            if let job {
+                // stdout stays the id alone (`seg=$(cdp segment create … --wait)`); the job's end is a note.
+                SegmentCommand.printJob(job, to: Output.note)
+            } else if !segment.evaluationJobID.isEmpty {
+                Output.note(
+                    "\(segment.id): evaluating over the existing profiles in job \(segment.evaluationJobID) "
+                        + "(`cdp segment job \(segment.evaluationJobID) --wait` follows it)"
                 )
-                return (segment, job)
             }
-            if client.json {
-                try Output.json(segment)
-            } else {
-                Output.line(segment.id)
-                if let job {
-                    // stdout stays the id alone (`seg=$(cdp segment create … --wait)`); the job's end is a note.
-                    SegmentCommand.printJob(job, to: Output.note)
-                } else if !segment.evaluationJobID.isEmpty {
-                    Output.note(
-                        "\(segment.id): evaluating over the existing profiles in job \(segment.evaluationJobID) "
-                            + "(`cdp segment job \(segment.evaluationJobID) --wait` follows it)"
-                    )
-                }
-            }
-            if let job, job.state != .succeeded { throw ExitCode.failure }
+        }
+        if let job, job.state != .succeeded { throw ExitCode.failure }
+    }
+
+    static func mode(_ text: String) throws -> Cdp_Segmentation_V1_EvaluationMode {
+        switch text.lowercased() {
+        case "streaming": return .streaming
+        case "batch": return .batch
+        default: throw CLIError("--mode must be streaming or batch (got \"\(text)\")")
         }
     }
 
@@ -251,8 +306,7 @@ struct SegmentCommand: AsyncParsableCommand {
                 """
         )
 
-        @Option(help: "The PQL definition.")
-        var pql: String
+        @OptionGroup var definition: DefinitionOptions
 
         @Option(help: "person or account.")
         var entity: String = "person"
@@ -264,7 +318,7 @@ struct SegmentCommand: AsyncParsableCommand {
 
         func run() async throws {
             let request = try Cdp_Segmentation_V1_EstimateRequest.with {
-                $0.pql = pql
+                $0.pql = try definition.text()!
                 $0.entityType = try SegmentCommand.entityType(entity)
                 if let asOf { $0.asOf = try Arguments.time(asOf).timestamp }
             }
@@ -500,6 +554,44 @@ struct SegmentCommand: AsyncParsableCommand {
                 let value = entity.value.isEmpty ? "" : " → \(entity.value)"
                 say("\(indent)      \(entity.kind) \(entity.key): \(entity.label)\(value)")
             }
+        }
+    }
+}
+
+/// A PQL definition given inline or in a file.
+struct DefinitionOptions: ParsableArguments {
+    @Option(help: "The PQL definition.")
+    var pql: String?
+
+    @Option(help: "A file holding the PQL definition (- reads standard input); line and column of errors refer to it.")
+    var pqlFile: String?
+
+    /// The definition; nil when neither is given and it is not `required`.
+    func text(required: Bool = true) throws -> String? {
+        switch (pql, pqlFile) {
+        case (_?, _?): throw CLIError("give --pql or --pql-file, not both")
+        case (let text?, nil): return text
+        case (nil, let path?):
+            let data: Data?
+            if path == "-" {
+                data = try? FileHandle.standardInput.readToEnd()
+            } else {
+                data = FileManager.default.contents(atPath: path)
+            }
+            guard let data, let text = String(data: data, encoding: .utf8) else {
+                throw CLIError(
+                    "cannot read \(path)"
+                        + (FileManager.default.fileExists(atPath: path) || path == "-"
+                            ? " as UTF-8 text" : ": no such file")
+                )
+            }
+            guard !text.trimmingCharacters(in: .whitespacesAndNewlines).isEmpty else {
+                throw CLIError("\(path) holds no definition")
+            }
+            return text
+        case (nil, nil):
+            if required { throw CLIError("give the definition with --pql or --pql-file") }
+            return nil
         }
     }
 }
