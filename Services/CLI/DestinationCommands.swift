@@ -21,7 +21,7 @@ struct DestinationCommand: AsyncParsableCommand {
               file:     directory [format=csv|jsonl, mode=incremental|full]
             Credentials (client_secret, access_token, secret) are stored apart and never shown again.
             """,
-        subcommands: [Create.self, List.self]
+        subcommands: [Create.self, List.self, Update.self, Delete.self]
     )
 
     struct Create: AsyncParsableCommand {
@@ -58,6 +58,73 @@ struct DestinationCommand: AsyncParsableCommand {
                 }
             }
             if client.json { try Output.json(info) } else { Output.line(info.id) }
+        }
+    }
+
+    struct Update: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Change a destination's name or settings; deliveries use them from the next one on.",
+            discussion: """
+                Settings are checked as at creation. A delivery being retried (say against a wrong URL) is \
+                made again with the new settings. --json prints the DestinationInfo.
+                """
+        )
+
+        @Argument(help: "The destination's id.")
+        var id: String
+
+        @Option(help: "A new name.")
+        var name: String?
+
+        @Option(name: .customLong("set"), help: "A setting to set, KEY=VALUE; repeat for each.")
+        var settings: [String] = []
+
+        @Option(help: "A setting to remove (back to its default); repeat for each.")
+        var unset: [String] = []
+
+        @OptionGroup var client: ClientOptions
+
+        func run() async throws {
+            guard name != nil || !settings.isEmpty || !unset.isEmpty else {
+                throw CLIError("nothing to change: give --name, --set or --unset")
+            }
+            let request = try Cdp_Destination_V1_UpdateDestinationRequest.with {
+                $0.id = id
+                if let name { $0.name = name }
+                $0.settings = try Arguments.pairs(settings, option: "--set", example: "url=https://hooks.example/cdp")
+                $0.unset = unset
+            }
+            let info = try await client.withClients { clients in
+                try await clients.calling(.destination) {
+                    try await clients.destination.updateDestination(request, options: client.callOptions)
+                }
+            }
+            if client.json { try Output.json(info) } else { Output.line("updated \(info.id)") }
+        }
+    }
+
+    struct Delete: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Delete a destination (refused while it has an active activation).",
+            discussion: "What it delivered stays at the destination."
+        )
+
+        @Argument(help: "The destination's id.")
+        var id: String
+
+        @OptionGroup var client: ClientOptions
+
+        func run() async throws {
+            _ = try await client.withClients { clients in
+                try await clients.calling(.destination) {
+                    try await clients.destination.deleteDestination(.with { $0.id = id }, options: client.callOptions)
+                }
+            }
+            if client.json {
+                try Output.json(Cdp_Destination_V1_DeleteDestinationResponse())
+            } else {
+                Output.line("deleted \(id)")
+            }
         }
     }
 
@@ -130,6 +197,12 @@ struct ActivateCommand: AsyncParsableCommand {
     @Option(name: .customLong("attribute"), help: "A field to send, NAME=FIELD; repeat for each.")
     var attributes: [String] = []
 
+    @Flag(help: "Return once the current members were delivered (the backfill), or the destination failed.")
+    var wait = false
+
+    @Option(help: "Seconds --wait may take.")
+    var waitTimeout: Double = 600
+
     @OptionGroup var client: ClientOptions
 
     func run() async throws {
@@ -153,11 +226,45 @@ struct ActivateCommand: AsyncParsableCommand {
             _ = try await clients.calling(.segmentation) {
                 try await clients.segmentation.getSegment(.with { $0.id = segment }, options: client.callOptions)
             }
-            return try await clients.calling(.destination) {
+            let activation = try await clients.calling(.destination) {
                 try await clients.destination.activate(request, options: client.callOptions)
             }
+            if wait { try await Self.waitForBackfill(activation, clients, client, timeout: waitTimeout) }
+            return activation
         }
         if client.json { try Output.json(activation) } else { Output.line(activation.id) }
+    }
+
+    /// Follows the destination's backlog until it is empty; fails with the destination's last error if
+    /// none was delivered for a while, or at the timeout.
+    static func waitForBackfill(
+        _ activation: Cdp_Destination_V1_Activation,
+        _ clients: ServiceClients,
+        _ client: ClientOptions,
+        timeout: Double
+    ) async throws {
+        let start = Date()
+        defer { Output.endProgress() }
+        while true {
+            let info = try await clients.calling(.destination) {
+                try await clients.destination.listDestinations(.init(), options: client.callOptions).destinations
+            }.first { $0.id == activation.destinationID }
+            guard let info else { throw CLIError("destination \(activation.destinationID) is gone") }
+            if info.pending == 0 { return }
+            let waited = Date().timeIntervalSince(start)
+            Output.progress(
+                "\(activation.id): \(info.pending) members to deliver to \(info.id)"
+                    + (info.lastError.isEmpty ? "" : " (last error: \(info.lastError))")
+            )
+            if waited > timeout {
+                throw CLIError(
+                    "\(info.pending) members still to deliver to \(info.id) after \(Int(timeout)) s"
+                        + (info.lastError.isEmpty ? "" : "; last error: \(info.lastError)")
+                        + " (the activation stays; `cdp deliveries \(info.id)` follows it)"
+                )
+            }
+            try await Task.sleep(for: .milliseconds(250))
+        }
     }
 }
 

@@ -187,7 +187,10 @@ struct IngestCommand: AsyncParsableCommand {
                 try await clients.waitUntilDelivered(
                     timeout: .milliseconds(Int64(waitTimeout * 1000)),
                     options: client.callOptions
-                )
+                ) { stage, handedOn, target in
+                    Output.progress("waiting for \(stage) to hand on its backlog: \(handedOn) of \(target)")
+                }
+                Output.endProgress()
             }
             return batch
         }

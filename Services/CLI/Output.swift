@@ -102,6 +102,21 @@ enum Output {
     /// Whether stderr is a terminal (progress bars redraw only there).
     static let stderrIsTerminal = isatty(STDERR_FILENO) == 1
 
+    /// A progress line on stderr, replacing the previous one, when stderr is a terminal.
+    static func progress(_ text: String) {
+        guard stderrIsTerminal else { return }
+        write("\r\u{1B}[K" + text, to: STDERR_FILENO)
+        showingProgress.store(true, ordering: .relaxed)
+    }
+
+    /// Ends a progress line (the next output starts on a line of its own).
+    static func endProgress() {
+        guard showingProgress.exchange(false, ordering: .relaxed) else { return }
+        write("\r\u{1B}[K", to: STDERR_FILENO)
+    }
+
+    private static let showingProgress = Atomic<Bool>(false)
+
     /// Columns padded to the widest cell of each, two spaces apart.
     static func table(_ header: [String], _ rows: [[String]]) {
         let all = [header] + rows

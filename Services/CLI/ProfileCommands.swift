@@ -244,20 +244,15 @@ struct PrivacyCommand: AsyncParsableCommand {
         _ clients: ServiceClients,
         _ client: ClientOptions
     ) async throws -> Cdp_Privacy_V1_PrivacyRequest {
-        var shown = ""
+        defer { Output.endProgress() }
         while true {
             let request = try await clients.calling(.profile) {
                 try await clients.profile.getPrivacyRequest(.with { $0.id = id }, options: client.callOptions)
             }
-            if request.state == .done {
-                if !shown.isEmpty { Output.write("\n", to: STDERR_FILENO) }
-                return request
-            }
-            let line = "\(id): \(state(request.state))" + (request.lastError.isEmpty ? "" : " (\(request.lastError))")
-            if line != shown, !client.json, Output.stderrIsTerminal {
-                Output.write("\r\u{1B}[K" + line, to: STDERR_FILENO)
-                shown = line
-            }
+            if request.state == .done { return request }
+            Output.progress(
+                "\(id): \(state(request.state))" + (request.lastError.isEmpty ? "" : " (\(request.lastError))")
+            )
             try await Task.sleep(for: .milliseconds(250))
         }
     }

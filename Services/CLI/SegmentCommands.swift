@@ -425,7 +425,8 @@ struct SegmentCommand: AsyncParsableCommand {
             abstract: "List a segment's members.",
             discussion: """
                 --json: an array of {"id" (the person's or account's cluster id), "entity", "emails", "name", \
-                "status" (realized or exited), "since" (RFC 3339), "version"}.
+                "status" (realized or exited), "since" (RFC 3339), "version"}; ids and versions are strings, as \
+                in every JSON document of cdp (the services' 64-bit numbers).
                 """
         )
 
@@ -438,13 +439,13 @@ struct SegmentCommand: AsyncParsableCommand {
         @OptionGroup var client: ClientOptions
 
         struct Member: Encodable {
-            var id: UInt64
+            var id: String
             var entity: String
             var emails: [String]
             var name: String
             var status: String
             var since: String
-            var version: UInt64
+            var version: String
         }
 
         func run() async throws {
@@ -479,13 +480,13 @@ struct SegmentCommand: AsyncParsableCommand {
                 let record = member.record.record
                 let isAccount = member.entityType == .account
                 return Member(
-                    id: member.clusterID,
+                    id: String(member.clusterID),
                     entity: isAccount ? "account" : "person",
                     emails: Self.emails(of: member),
                     name: isAccount ? record.account.name : Describe.person(record),
                     status: member.status == .exited ? "exited" : "realized",
                     since: TimeArgument.format(member.since.date),
-                    version: member.version
+                    version: String(member.version)
                 )
             }
             if client.json { return try Output.json(rows) }

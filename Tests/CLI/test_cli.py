@@ -84,7 +84,8 @@ def test_bodea_flow(stack):
     members = cdp_json(["segment", "members", seg, "--status", "realized"], base)
     assert isinstance(members, list) and len(members) == 1, members
     assert members[0].get("emails") == [P2] and members[0].get("status") == "realized", members
-    assert isinstance(members[0].get("id"), int) and members[0].get("since"), members
+    # Ids are strings, as in the services' JSON (64-bit numbers).
+    assert isinstance(members[0].get("id"), str) and members[0]["id"].isdigit() and members[0].get("since"), members
 
     explained = cdp_json(["segment", "explain", seg, "--identity", f"email:{P2}", "--as-of", "2026-05-01"], base)
     assert explained.get("matched") is True, explained

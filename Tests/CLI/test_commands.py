@@ -1,6 +1,6 @@
 """Commands users expect (issue 18, the CLI list), through the `cdp` CLI against the real binaries: `cdp ingest -`
-(standard input) and gzip files, `cdp batch list|get`, `cdp segment update` with `--pql-file`, `cdp identity get`,
-errors as JSON with `--json`, and usage errors in the `cdp: error:` form.
+(standard input) and gzip files, `cdp batch list|get`, `cdp segment update` with `--pql-file`, `cdp activate
+--wait`, `cdp identity get`, errors as JSON with `--json`, and usage errors in the `cdp: error:` form.
 """
 
 from __future__ import annotations
@@ -74,6 +74,14 @@ def test_segment_update_from_a_file_and_identity_get(stack, tmp_path):
     assert cdp_json(["segment", "get", segment], base)["name"] == "ctos"
     args = ["segment", "update", segment]
     assert_cli_error(args, run_cdp(args, base), "nothing to change")
+
+    # activate --wait returns once the backfill is delivered: the export is there at once.
+    exports = tmp_path / "exports"
+    destination = cdp_ok(["destination", "create", "--type", "file", "--name", "ctos", "--set",
+                          f"directory={exports}"], base).stdout.strip()
+    res = run_cdp(["activate", segment, "--destination", destination, "--wait"], base)
+    assert res.returncode == 0, describe(["activate", "--wait"], res)
+    assert [p.read_text() for p in exports.iterdir()] == ["op,identity\nadd,uri@update.example\n"], list(exports.iterdir())
 
     # The cluster behind a person: its identities and the record that links them.
     res = run_cdp(["identity", "get", "--identity", "email:URI@update.example"], base)

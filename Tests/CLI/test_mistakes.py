@@ -7,8 +7,10 @@ against the real binaries.
 * An unreachable webhook: `cdp deliveries` shows the pending members and the last error before any
   delivery, and `cdp status` lists the destination with its error.
 * A service that answers but refuses the token shows as UNAUTHENTICATED, not DOWN.
+* `cdp destination update` fixes the webhook's URL: the delivery being retried is made again with it.
 * `cdp segment delete` of an activated segment is refused (its members would be removed from the
-  destination) unless `--force`; `cdp deactivate` stops the activation and `cdp activations` lists them.
+  destination) unless `--force`; `cdp deactivate` stops the activation and `cdp activations` lists them;
+  `cdp destination delete` is refused while the destination has an active activation.
 """
 
 from __future__ import annotations
@@ -16,7 +18,13 @@ from __future__ import annotations
 import socket
 import time
 
+import sys
+from pathlib import Path
+
 from cli_support import (DESTINATION_BIN, assert_cli_error, cdp_json, cdp_ok, describe, id_of, run_cdp)
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "Tests" / "Destination"))
+from fakes import FakeWebhook  # noqa: E402
 
 
 def test_typos_in_settings_and_mappings_are_refused(stack, tmp_path):
@@ -77,6 +85,26 @@ def test_an_unreachable_webhook_is_visible_before_any_delivery(stack, tmp_path):
     assert f"destination {hook} (nobody home): 2 members pending; last error:" in status.stdout, (
         describe(["status"], status))
 
+    # The right URL: the delivery being retried goes there, once.
+    receiver = FakeWebhook("whsec_c2VjcmV0").start()
+    try:
+        args = ["destination", "update", hook, "--set", f"url={receiver.url}{receiver.path}", "--set",
+                "timeout_seconds=5"]
+        res = run_cdp(args, base)
+        assert res.returncode == 0 and f"updated {hook}" in res.stdout, describe(args, res)
+        deadline = time.monotonic() + 60
+        while receiver.members(activation) != {"una@hook.example", "vic@hook.example"}:
+            assert time.monotonic() < deadline, (
+                f"the webhook holds {receiver.members(activation)} 60 s after the fix\n{stack.logs()}")
+            time.sleep(0.2)
+        assert not receiver.violations and not receiver.duplicate_adds, (receiver.violations, receiver.duplicate_adds)
+    finally:
+        receiver.stop()
+    args = ["destination", "update", hook, "--set", "url=ftp://nowhere"]
+    assert_cli_error(args, run_cdp(args, base), "url must be an http or https URL")
+    args = ["destination", "delete", hook]
+    assert_cli_error(args, run_cdp(args, base), "active activations", activation)
+
     # Deleting the activated segment is refused; after deactivating it, it is not.
     args = ["segment", "delete", segment]
     assert_cli_error(args, run_cdp(args, base), f"{segment} is activated to {hook} ({activation})",
@@ -87,6 +115,9 @@ def test_an_unreachable_webhook_is_visible_before_any_delivery(stack, tmp_path):
     assert "deactivated" in listed.stdout, describe(["activations"], listed)
     res = run_cdp(args, base)
     assert res.returncode == 0 and f"deleted {segment}" in res.stdout, describe(args, res)
+    res = run_cdp(["destination", "delete", hook], base)
+    assert res.returncode == 0 and f"deleted {hook}" in res.stdout, describe(["destination", "delete"], res)
+    assert hook not in run_cdp(["destination", "list"], base).stdout
 
 
 def test_a_service_refusing_the_token_is_unauthenticated_not_down(stack, tmp_path):

@@ -28,6 +28,9 @@ public final class DeliveryWorkers: Service, Sendable {
     /// Destinations with a worker; a worker that stops (say its connector cannot be built) leaves, and
     /// the next look at the destinations starts it again.
     private let running = Mutex<Set<String>>([])
+    /// Bumped when a destination's settings change or it is deleted: its worker stops at its next
+    /// turn, and the next look at the destinations starts it again with the new settings.
+    private let generations = Mutex<[String: Int]>([:])
     private let connector: @Sendable (DestinationRecord) throws -> any Connector
 
     /// Creates the workers.
@@ -51,6 +54,13 @@ public final class DeliveryWorkers: Service, Sendable {
     public func wake() {
         wakeSignal.signal()
         for signal in destinationSignals.withLock({ Array($0.values) }) { signal.signal() }
+    }
+
+    /// Makes a destination's worker start again (new settings) or stop (deleted).
+    public func restart(_ destination: String) {
+        generations.withLock { $0[destination, default: 0] += 1 }
+        errors.withLock { $0[destination] = nil }
+        wake()
     }
 
     /// A destination's last delivery error, cleared by the next success.
@@ -96,7 +106,8 @@ public final class DeliveryWorkers: Service, Sendable {
         }
         let signal = WakeSignal()
         destinationSignals.withLock { $0[destination.id] = signal }
-        while !Task.isCancelled {
+        let generation = generations.withLock { $0[destination.id, default: 0] }
+        while !Task.isCancelled, generations.withLock({ $0[destination.id, default: 0] }) == generation {
             do {
                 let plan: DeliveryPlan
                 if let saved = try await engine.plannedDelivery(destination: destination.id) {
@@ -125,7 +136,7 @@ public final class DeliveryWorkers: Service, Sendable {
                         )
                     }
                 }
-                guard let report = await deliver(plan, destination, connector) else { return }
+                guard let report = await deliver(plan, destination, connector, generation: generation) else { return }
                 try await engine.complete(activation: plan.activation, destination: destination.id, report)
             } catch {
                 errors.withLock { $0[destination.id] = "\(error)" }
@@ -225,11 +236,14 @@ public final class DeliveryWorkers: Service, Sendable {
         return plan
     }
 
-    /// Delivers a plan until it succeeds or fails for good; nil if cancelled meanwhile.
+    /// Delivers a plan until it succeeds or fails for good; nil if cancelled meanwhile, or if the
+    /// destination's settings changed (the plan stays saved: the worker started again delivers it with
+    /// the new settings).
     func deliver(
         _ plan: DeliveryPlan,
         _ destination: DestinationRecord,
-        _ connector: any Connector
+        _ connector: any Connector,
+        generation: Int? = nil
     ) async -> DeliveryReport? {
         var report = DeliveryReport(taken: plan.taken, startedAt: plan.startedAt, finishedAt: plan.startedAt)
         report.suppressed = plan.suppressed
@@ -239,6 +253,7 @@ public final class DeliveryWorkers: Service, Sendable {
             var delay = Duration.zero
             while true {
                 if Task.isCancelled { return nil }
+                if let generation, generations.withLock({ $0[destination.id, default: 0] }) != generation { return nil }
                 // Read each attempt: a deactivated activation's delivery is abandoned (nothing more is
                 // sent for it), even one under way or repeated after a crash.
                 let activation: ActivationRecord

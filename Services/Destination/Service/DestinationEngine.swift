@@ -73,6 +73,54 @@ public actor DestinationEngine {
         )
     }
 
+    /// Changes a destination's name and settings (`set` merged in, `unset` removed), checked as at
+    /// creation.
+    public func updateDestination(
+        id: String,
+        name: String?,
+        set: [String: String],
+        unset: [String]
+    ) throws -> DestinationRecord {
+        guard var record = try store.destinations().first(where: { $0.id == id }) else {
+            throw RPCError(code: .notFound, message: "no destination has the id \(id)")
+        }
+        if let name {
+            guard !name.isEmpty else {
+                throw RPCError(code: .invalidArgument, message: "a destination's name cannot be empty")
+            }
+            record.name = name
+        }
+        var settings = record.settings.merging(record.credentials) { setting, _ in setting }
+        for key in unset { settings[key] = nil }
+        settings.merge(set) { _, new in new }
+        let keys = Self.credentialKeys[record.type] ?? []
+        do {
+            try Connectors.checkNew(type: record.type, settings: settings)
+            _ = try Connectors.make(type: record.type, settings: settings, transport: transport)
+        } catch {
+            throw RPCError(code: .invalidArgument, message: "\(Self.typeName(record.type)) destination: \(error)")
+        }
+        record.settings = settings.filter { !keys.contains($0.key) }
+        record.credentials = settings.filter { keys.contains($0.key) }
+        try store.updateDestination(record)
+        return record
+    }
+
+    /// Deletes a destination; refused while one of its activations is active.
+    public func deleteDestination(_ id: String) throws {
+        guard try store.destinations().contains(where: { $0.id == id }) else {
+            throw RPCError(code: .notFound, message: "no destination has the id \(id)")
+        }
+        let active = try store.activations().filter { $0.destinationID == id && $0.active }.map(\.id)
+        guard active.isEmpty else {
+            throw RPCError(
+                code: .failedPrecondition,
+                message: "\(id) has active activations (\(active.joined(separator: ", "))): deactivate them first"
+            )
+        }
+        try store.deleteDestination(id)
+    }
+
     /// Every destination.
     public func destinations() throws -> [DestinationRecord] { try store.destinations() }
 

@@ -54,6 +54,32 @@ public final class DestinationService: Cdp_Destination_V1_Destination.ServicePro
         return try await info(record)
     }
 
+    public func updateDestination(
+        request: Cdp_Destination_V1_UpdateDestinationRequest,
+        context: ServerContext
+    ) async throws -> Cdp_Destination_V1_DestinationInfo {
+        let record = try await engine.updateDestination(
+            id: request.id,
+            name: request.hasName ? request.name : nil,
+            set: request.settings,
+            unset: request.unset
+        )
+        logger.info("destination updated", metadata: ["destination": "\(record.id)"])
+        // Its worker starts again with the new settings.
+        workers.restart(record.id)
+        return try await info(record)
+    }
+
+    public func deleteDestination(
+        request: Cdp_Destination_V1_DeleteDestinationRequest,
+        context: ServerContext
+    ) async throws -> Cdp_Destination_V1_DeleteDestinationResponse {
+        try await engine.deleteDestination(request.id)
+        logger.info("destination deleted", metadata: ["destination": "\(request.id)"])
+        workers.restart(request.id)
+        return .init()
+    }
+
     public func listDestinations(
         request: Cdp_Destination_V1_ListDestinationsRequest,
         context: ServerContext

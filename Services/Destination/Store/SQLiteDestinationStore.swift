@@ -198,6 +198,37 @@ public final class SQLiteDestinationStore: Sendable {
         }
     }
 
+    /// Replaces a destination's name, settings and credentials.
+    public func updateDestination(_ record: DestinationRecord) throws {
+        try writer.write { db in
+            try db.execute(
+                sql: "UPDATE destinations SET name = ?, settings = ?, credentials = ? WHERE id = ?",
+                arguments: [record.name, try Self.json(record.settings), try Self.json(record.credentials), record.id]
+            )
+        }
+    }
+
+    /// Deletes a destination, its activations (none active: the caller checks) and everything kept for
+    /// them. One transaction.
+    public func deleteDestination(_ id: String) throws {
+        try writer.write { db in
+            let activations = try String.fetchAll(
+                db,
+                sql: "SELECT id FROM activations WHERE destination = ?",
+                arguments: [id]
+            )
+            for activation in activations {
+                for table in ["queue", "delivered", "connector_state"] {
+                    try db.execute(sql: "DELETE FROM \(table) WHERE activation = ?", arguments: [activation])
+                }
+            }
+            try db.execute(sql: "DELETE FROM activations WHERE destination = ?", arguments: [id])
+            try db.execute(sql: "DELETE FROM planned WHERE destination = ?", arguments: [id])
+            try db.execute(sql: "DELETE FROM runs WHERE destination = ?", arguments: [id])
+            try db.execute(sql: "DELETE FROM destinations WHERE id = ?", arguments: [id])
+        }
+    }
+
     /// Every destination, oldest first.
     public func destinations() throws -> [DestinationRecord] {
         try writer.read { db in
