@@ -105,3 +105,13 @@ def test_errors_with_json_and_usage_errors(stack):
     res = run_cdp(args, base)
     assert res.returncode == 64 and res.stderr.startswith("cdp: error:"), describe(args, res)
     assert "Usage: cdp ingest" in res.stderr, describe(args, res)
+
+
+def test_estimate_honours_timeout(stack):
+    """Item 9: `estimate` has no deadline by default (it reads every profile), and `--timeout` bounds it."""
+    base = stack.port_base
+    pql = 'person.email.endsWith("@nowhere.example")'
+    res = run_cdp(["segment", "estimate", "--pql", pql], base)
+    assert res.returncode == 0, describe(["segment", "estimate"], res)
+    args = ["segment", "estimate", "--pql", pql, "--timeout", "0.001"]
+    assert_cli_error(args, run_cdp(args, base), "segmentation", any_of=("did not answer in time", "Deadline exceeded"))
