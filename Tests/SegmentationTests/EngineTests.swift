@@ -177,6 +177,63 @@ struct EngineTests {
         #expect(exit.map(\.realized) == [false] && exit.map(\.version) == [4])
     }
 
+    @Test func aJobsOlderScanYieldsToStreamingViewsTakenWhileItRuns() async throws {
+        let harness = try SegmentationHarness(start: Story.visit)
+        let segment = try await harness.engine.createSegment(
+            name: "example.com",
+            pql: "person.email.endsWith(\"@example.com\")",
+            entityType: .person,
+            mode: .streaming
+        )
+        func view(_ cluster: UInt64, _ email: String) -> Cdp_Profile_V1_PersonView {
+            var view = Cdp_Profile_V1_PersonView()
+            view.person = Views.unified(cluster, key: "\(cluster)@crm.Salesforce") { record in
+                record.person.personID = "\(cluster)"
+                record.person.email = email
+            }
+            return view
+        }
+        // The creation job starts; then streaming views realize two persons: one the scan reads as it
+        // was before (no email of example.com yet), one the scan never sees (it came after).
+        let started = harness.clock.now
+        harness.clock.set(started.addingTimeInterval(1))
+        var changes: [Cdp_Segmentation_V1_ViewChange] = []
+        for (version, (cluster, email)) in [(7, "ann@example.com"), (8, "bea@example.com")].enumerated() {
+            var change = Cdp_Segmentation_V1_ViewChange()
+            change.version = UInt64(version + 1)
+            change.person = view(UInt64(cluster), email)
+            changes.append(change)
+        }
+        #expect(try await harness.engine.acceptViews(changes).transitions.realized == 2)
+        let stale = try await harness.engine.evaluateBatch(
+            [.person(view(7, "ann@old.example"))],
+            segments: [segment.id],
+            asOf: started,
+            started: started
+        )
+        #expect(stale == Transitions())
+        let unseen = try await harness.engine.exitUnseen(
+            segments: [segment.id],
+            seen: [7],
+            partition: 0,
+            partitions: 1,
+            started: started
+        )
+        #expect(unseen == Transitions())
+        #expect(try await harness.members(segment.id) == ["ann@example.com", "bea@example.com"])
+
+        // A later job (started after those views) decides again from its own scan.
+        let later = harness.clock.now.addingTimeInterval(1)
+        harness.clock.set(later)
+        let fresh = try await harness.engine.evaluateBatch(
+            [.person(view(7, "ann@old.example"))],
+            segments: [segment.id],
+            asOf: later,
+            started: later
+        )
+        #expect(fresh.exited == 1)
+    }
+
     @Test func inSegmentFollowsDependenciesAndRejectsCycles() async throws {
         let harness = try SegmentationHarness(start: Story.visit.addingTimeInterval(3600))
         // Created in an order where the dependent segment has the lower id.

@@ -58,6 +58,8 @@ public final class EvaluationJobs: Service, Sendable {
         let progress = Mutex(job)
         let seen = Mutex(Set<UInt64>())
         let asOf = job.asOf.date
+        // Streaming views taken from now on are newer than what the scan may read.
+        let started = job.hasStartedAt ? job.startedAt.date : Date()
         do {
             for entityType in [Cdp_Model_V1_EntityType.person, .account] {
                 let ids = try await engine.batchSegments(job.segmentIds, of: entityType)
@@ -65,7 +67,12 @@ public final class EvaluationJobs: Service, Sendable {
                 seen.withLock { $0.removeAll() }
                 try await source.scan(entityType, partition: partition, partitions: partitions, asOf: asOf) {
                     views in
-                    let transitions = try await self.engine.evaluateBatch(views, segments: ids, asOf: asOf)
+                    let transitions = try await self.engine.evaluateBatch(
+                        views,
+                        segments: ids,
+                        asOf: asOf,
+                        started: started
+                    )
                     seen.withLock { seen in for view in views { seen.insert(view.cluster) } }
                     let snapshot = progress.withLock { job in
                         job.evaluated += UInt64(views.count)
@@ -80,7 +87,8 @@ public final class EvaluationJobs: Service, Sendable {
                     segments: ids,
                     seen: seen.withLock { $0 },
                     partition: partition,
-                    partitions: partitions
+                    partitions: partitions,
+                    started: started
                 )
                 progress.withLock { $0.exited += UInt64(exits.exited) }
                 if exits.exited > 0 { changed() }

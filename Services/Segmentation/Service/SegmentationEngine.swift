@@ -403,7 +403,15 @@ public actor SegmentationEngine {
     }
 
     /// Evaluates a chunk of a batch job's views against `ids` as of `asOf` and commits the results.
-    public func evaluateBatch(_ views: [EntityView], segments ids: [String], asOf: Date) throws -> Transitions {
+    /// For an entity whose streaming view was taken since `started` (the job's start), the results for
+    /// streaming segments yield to that view's: the scan may have read an older one.
+    public func evaluateBatch(
+        _ views: [EntityView],
+        segments ids: [String],
+        asOf: Date,
+        started: Date = .distantFuture
+    ) throws -> Transitions {
+        let streaming = Set(ids.filter { segments[$0]?.record.isStreaming ?? false })
         var plans: [Audience: Plan] = [:]
         for kind in Audience.allCases {
             plans[kind] = Self.plan(
@@ -421,7 +429,7 @@ public actor SegmentationEngine {
                 validUntil.map {
                     .scheduleUnlessEarlier(due: Date(timeIntervalSince1970: $0), view: { try Self.bytes(of: view) })
                 } ?? .keep
-            return EntityEvaluation(
+            var evaluation = EntityEvaluation(
                 entityType: view.entityType,
                 cluster: view.cluster,
                 version: nil,
@@ -429,22 +437,31 @@ public actor SegmentationEngine {
                 results: results,
                 recheck: recheck
             )
+            if !streaming.isEmpty { evaluation.yieldsToStreaming = (started, streaming) }
+            return evaluation
         }
         return try store.commit(evaluations, at: now())
     }
 
     /// After a batch job: entities of the partition realized in `ids` that the scan did not see
-    /// (profile no longer has them) exit.
+    /// (profile no longer has them) exit; not those whose streaming view was taken since the job
+    /// `started` (they may have come after the scan passed their place; profile's stream tells their
+    /// removals).
     public func exitUnseen(
         segments ids: [String],
         seen: Set<UInt64>,
         partition: Int,
-        partitions: Int
+        partitions: Int,
+        started: Date = .distantFuture
     ) throws
         -> Transitions
     {
-        let missing = try store.realizedClusters(in: ids, partition: partition, partitions: partitions)
-            .filter { !seen.contains($0.cluster) }
+        let missing = try store.realizedClusters(
+            in: ids,
+            partition: partition,
+            partitions: partitions,
+            streamedBefore: started
+        ).filter { !seen.contains($0.cluster) }
         let evaluations = missing.map { entity in
             EntityEvaluation(
                 entityType: entity.entityType,

@@ -99,6 +99,11 @@ public final class SQLiteSegmentationStore: Sendable {
                     """
             )
         }
+        migrator.registerMigration("v3: when an entity's streaming view was taken") { db in
+            // A batch job's scan may read a view older than a streaming view taken while the job runs;
+            // the job's results for streaming segments then yield to the streaming ones.
+            try db.execute(sql: "ALTER TABLE entities ADD COLUMN streamed REAL NOT NULL DEFAULT 0")
+        }
         return migrator
     }
 
@@ -290,10 +295,19 @@ public final class SQLiteSegmentationStore: Sendable {
         let entity = evaluation.entityType.rawValue
         let cluster = Int64(evaluation.cluster)
         let held = try Row.fetchOne(
-            try db.cachedStatement(sql: "SELECT version, record FROM entities WHERE entity = ? AND cluster = ?"),
+            try db.cachedStatement(
+                sql: "SELECT version, record, streamed FROM entities WHERE entity = ? AND cluster = ?"
+            ),
             arguments: [entity, cluster]
-        ).map { (version: $0[0] as Int64, record: $0[1] as Data) }
+        ).map { (version: $0[0] as Int64, record: $0[1] as Data, streamed: $0[2] as Double) }
         var record = evaluation.record
+        var evaluationResults = evaluation.results
+        if let yielding = evaluation.yieldsToStreaming, let held, held.streamed >= yielding.since.timeIntervalSince1970
+        {
+            evaluationResults = evaluationResults.filter { !yielding.segments.contains($0.key) }
+        }
+        // When this entity's streaming view is taken (batch runs and re-checks leave it).
+        let streamed = evaluation.version == nil ? 0 : now.timeIntervalSince1970
         // A batch job's or a re-check's view (no version) is read from profile while streaming views
         // keep arriving: once a streaming view was taken, its record is the newest, so the scanned one
         // neither replaces it nor counts as a change.
@@ -311,19 +325,20 @@ public final class SQLiteSegmentationStore: Sendable {
             // The version moves only with streaming views; batch runs and re-checks keep it.
             try db.cachedStatement(
                 sql: """
-                    INSERT INTO entities (entity, cluster, version, record) VALUES (?, ?, ?, ?)
+                    INSERT INTO entities (entity, cluster, version, record, streamed) VALUES (?, ?, ?, ?, ?)
                     ON CONFLICT (entity, cluster) DO UPDATE SET record = excluded.record,
-                        version = max(version, excluded.version)
+                        version = max(version, excluded.version), streamed = max(streamed, excluded.streamed)
                     """
-            ).execute(arguments: [entity, cluster, Int64(evaluation.version ?? 0), recordBytes])
+            ).execute(arguments: [entity, cluster, Int64(evaluation.version ?? 0), recordBytes, streamed])
         } else if let version = evaluation.version {
             // A removal: keep the record last seen, remember the version (an empty record if none was seen).
             try db.cachedStatement(
                 sql: """
-                    INSERT INTO entities (entity, cluster, version, record) VALUES (?, ?, ?, x'')
-                    ON CONFLICT (entity, cluster) DO UPDATE SET version = max(version, excluded.version)
+                    INSERT INTO entities (entity, cluster, version, record, streamed) VALUES (?, ?, ?, x'', ?)
+                    ON CONFLICT (entity, cluster) DO UPDATE SET version = max(version, excluded.version),
+                        streamed = max(streamed, excluded.streamed)
                     """
-            ).execute(arguments: [entity, cluster, Int64(version)])
+            ).execute(arguments: [entity, cluster, Int64(version), streamed])
         }
         var stored: [String: (realized: Bool, version: Int64)] = [:]
         for row in try Row.fetchAll(
@@ -337,7 +352,7 @@ public final class SQLiteSegmentationStore: Sendable {
         // A removed entity exits everything it is realized in.
         let results =
             record == nil
-            ? stored.filter { $0.value.realized }.mapValues { _ in false } : evaluation.results
+            ? stored.filter { $0.value.realized }.mapValues { _ in false } : evaluationResults
         // A member that stays realized while what destinations are told about it changed (an email, a
         // name, consent, a custom attribute; not merge bookkeeping such as keys and source times) is
         // announced again with its new record: destinations update or re-key it.
@@ -419,12 +434,14 @@ public final class SQLiteSegmentationStore: Sendable {
         }
     }
 
-    /// Entities realized in `segments` whose cluster falls in the partition and is not in `seen`:
-    /// after a batch run, those profile no longer has.
+    /// Entities realized in `segments` whose cluster falls in the partition: after a batch run, those
+    /// the scan did not see are those profile no longer has. Entities whose streaming view was taken
+    /// at or after `streamedBefore` are left out: the scan may have passed them before they existed.
     public func realizedClusters(
         in segments: [String],
         partition: Int,
-        partitions: Int
+        partitions: Int,
+        streamedBefore: Date = .distantFuture
     ) throws -> [(entityType: Cdp_Model_V1_EntityType, cluster: UInt64)] {
         try writer.read { db in
             var found: [(Cdp_Model_V1_EntityType, UInt64)] = []
@@ -432,10 +449,16 @@ public final class SQLiteSegmentationStore: Sendable {
                 for row in try Row.fetchAll(
                     db,
                     sql: """
-                        SELECT DISTINCT entity, cluster FROM memberships
-                        WHERE segment = ? AND realized = 1 AND cluster % ? = ?
+                        SELECT DISTINCT m.entity, m.cluster FROM memberships m
+                        LEFT JOIN entities e ON e.entity = m.entity AND e.cluster = m.cluster
+                        WHERE m.segment = ? AND m.realized = 1 AND m.cluster % ? = ?
+                            AND coalesce(e.streamed, 0) < ?
                         """,
-                    arguments: [segment, partitions, partition]
+                    arguments: [
+                        segment, partitions, partition,
+                        streamedBefore == .distantFuture
+                            ? Double.greatestFiniteMagnitude : streamedBefore.timeIntervalSince1970,
+                    ]
                 ) {
                     found.append((Cdp_Model_V1_EntityType(rawValue: row[0]) ?? .person, UInt64(row[1] as Int64)))
                 }
