@@ -302,7 +302,7 @@ public final class SQLiteSegmentationStore: Sendable {
         ).map { (version: $0[0] as Int64, record: $0[1] as Data, streamed: $0[2] as Double) }
         var record = evaluation.record
         var evaluationResults = evaluation.results
-        if let yielding = evaluation.yieldsToStreaming, let held, held.streamed >= yielding.since.timeIntervalSince1970
+        if let yielding = evaluation.yieldsToStreaming, let held, held.streamed > yielding.since.timeIntervalSince1970
         {
             evaluationResults = evaluationResults.filter { !yielding.segments.contains($0.key) }
         }
@@ -436,7 +436,7 @@ public final class SQLiteSegmentationStore: Sendable {
 
     /// Entities realized in `segments` whose cluster falls in the partition: after a batch run, those
     /// the scan did not see are those profile no longer has. Entities whose streaming view was taken
-    /// at or after `streamedBefore` are left out: the scan may have passed them before they existed.
+    /// after `streamedBefore` are left out: the scan may have passed them before they existed.
     public func realizedClusters(
         in segments: [String],
         partition: Int,
@@ -452,7 +452,7 @@ public final class SQLiteSegmentationStore: Sendable {
                         SELECT DISTINCT m.entity, m.cluster FROM memberships m
                         LEFT JOIN entities e ON e.entity = m.entity AND e.cluster = m.cluster
                         WHERE m.segment = ? AND m.realized = 1 AND m.cluster % ? = ?
-                            AND coalesce(e.streamed, 0) < ?
+                            AND coalesce(e.streamed, 0) <= ?
                         """,
                     arguments: [
                         segment, partitions, partition,

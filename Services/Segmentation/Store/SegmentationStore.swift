@@ -74,7 +74,7 @@ public struct EntityEvaluation: Sendable {
     public var results: [String: Bool]
     public var recheck: Recheck
     /// For a batch job's evaluation: its results for `segments` (streaming ones) are dropped when a
-    /// streaming view of the entity was taken at or after `since` (the job's start). The job's view
+    /// streaming view of the entity was taken after `since` (the job's start). The job's view
     /// may be older than that view, which already evaluated those segments.
     public var yieldsToStreaming: (since: Date, segments: Set<String>)? = nil
 
