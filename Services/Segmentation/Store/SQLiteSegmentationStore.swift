@@ -302,8 +302,7 @@ public final class SQLiteSegmentationStore: Sendable {
         ).map { (version: $0[0] as Int64, record: $0[1] as Data, streamed: $0[2] as Double) }
         var record = evaluation.record
         var evaluationResults = evaluation.results
-        if let yielding = evaluation.yieldsToStreaming, let held, held.streamed > yielding.since.timeIntervalSince1970
-        {
+        if let yielding = evaluation.yieldsToStreaming, let held, held.streamed > yielding.since.timeIntervalSince1970 {
             evaluationResults = evaluationResults.filter { !yielding.segments.contains($0.key) }
         }
         // When this entity's streaming view is taken (batch runs and re-checks leave it).
