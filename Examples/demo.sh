@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The main job: builds the release `cdp` client and the five services (cdp-ingestion, cdp-identity,
 # cdp-profile, cdp-segmentation, cdp-destination; static Swift standard library, as the container image
-# uses them), then runs `cdp demo`: the Bodea story of DESIGN.md §1 on the files of Examples/bodea/ on a
+# uses them), then runs `cdp demo`: the Bodea story of ARCHITECTURE.md §1 on the files of Examples/bodea/ on a
 # fresh data directory — the five services started as processes, two Marketo instances and an MDM
 # crosswalk ingested, identities resolved and profiles unified, the Bodea segment evaluated as of the
 # story's "now" (2026-05-01), the audience (exactly p2@townsend.com) explained and activated to a

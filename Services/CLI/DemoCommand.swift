@@ -4,7 +4,7 @@ import CDPProto
 import Foundation
 import RPCCore
 
-/// `cdp demo`: the story of DESIGN.md §1, end to end, on the example files of `Examples/bodea/`.
+/// `cdp demo`: the story of ARCHITECTURE.md §1, end to end, on the example files of `Examples/bodea/`.
 struct DemoCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "demo",
@@ -14,7 +14,7 @@ struct DemoCommand: AsyncParsableCommand {
             --port-base is given), registers the sources and ingests the files listed in \
             Examples/bodea/ingest.tsv (Marketo 1 and Marketo 2 leads, companies, opportunities and \
             activities, the MDM crosswalk), waiting until they have gone through identity and profile; shows \
-            the Townsend account unified across both Marketo instances; creates the Bodea segment (DESIGN.md \
+            the Townsend account unified across both Marketo instances; creates the Bodea segment (ARCHITECTURE.md \
             §5) as a batch segment and evaluates it as of the story's "now", 2026-05-01 (the page visit is \
             "last month"); prints the audience and why each member qualifies; activates it to a Marketo static \
             list's import file and a LinkedIn Matched Audience's upload file (file exports under --out) and \
@@ -54,7 +54,7 @@ struct DemoCommand: AsyncParsableCommand {
 
     @OptionGroup var client: ClientOptions
 
-    /// The story's segment (DESIGN.md §5).
+    /// The story's segment (ARCHITECTURE.md §5).
     static let pql = """
         (sum O.amount over O from person.accounts.opportunities where (O.isClosed = true and O.isWon = true)) > 1000000
         and exists E from xEvent where (E.eventType = "web.webpagedetails.pageViews"
@@ -313,7 +313,7 @@ struct Story {
                 + "; \(silos.joined(separator: ", ")): only the unified account passes $1M"
         )
 
-        say("\n== The segment (batch, person), DESIGN.md §5")
+        say("\n== The segment (batch, person), ARCHITECTURE.md §5")
         let segment = try await clients.calling(.segmentation) {
             try await clients.segmentation.createSegment(
                 .with {

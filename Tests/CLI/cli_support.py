@@ -40,7 +40,7 @@ CDP = BIN_DIR / "cdp"
 DESTINATION_BIN = BIN_DIR / "cdp-destination"
 SERVICES = ("ingestion", "identity", "profile", "segmentation", "destination")
 
-# The story's "now" and the Bodea segment (Examples/bodea/README.md, DESIGN.md §5).
+# The story's "now" and the Bodea segment (Examples/bodea/README.md, ARCHITECTURE.md §5).
 AS_OF = "2026-05-01T00:00:00Z"
 BODEA_PQL = """\
 (sum O.amount over O from person.accounts.opportunities where (O.isClosed = true and O.isWon = true)) > 1000000

@@ -3,7 +3,7 @@ real binaries (cdp-segmentation real, destination a grpcio fake).
 
 Tests (about 25 s in all with the debug builds on 2 cores; 8 s of it waiting for a time window to pass):
 
-* test_running_example_streaming: the Bodea segment of DESIGN.md §5 (closed-won opportunities of the
+* test_running_example_streaming: the Bodea segment of ARCHITECTURE.md §5 (closed-won opportunities of the
   person's accounts summing to more than $1,000,000, and a view of the new product page within a month),
   the same with a $2,000,000 threshold, and an account segment (won amount over $1,000,000) created on
   cdp-segmentation BEFORE the running example is ingested (p1 and p2 in Marketo 1 with account A1, p2 and

@@ -7,7 +7,7 @@ import SegmentationLanguage
 import TestSupport
 import Testing
 
-/// The Bodea segment of DESIGN.md §5 on views that identity and profile built from the running example.
+/// The Bodea segment of ARCHITECTURE.md §5 on views that identity and profile built from the running example.
 @Suite("The running example's segment")
 struct RunningExampleTests {
     static let visit = Date(timeIntervalSince1970: 1_793_000_000)

@@ -6,7 +6,7 @@ import Synchronization
 /// Ingestion's sequence numbers for the records tests make: increasing, in the order they are made.
 private let lastSequence = Atomic<UInt64>(0)
 
-/// The Bodea records of DESIGN.md §1 as ingestion would forward them.
+/// The Bodea records of ARCHITECTURE.md §1 as ingestion would forward them.
 public enum Bodea {
     public static func source(_ instance: String, _ type: String = "Marketo") -> Cdp_Model_V1_Source {
         var source = Cdp_Model_V1_Source()

@@ -52,7 +52,7 @@ public enum EntityGraph: String, CaseIterable, Sendable {
     }
 }
 
-/// The identity namespaces (DESIGN.md §4).
+/// The identity namespaces (ARCHITECTURE.md §4).
 public enum Namespace {
     /// A record's source key, `{id}@{instance}.{type}`: its primary identity.
     public static let sourceKey = "sourceKey"

@@ -1,7 +1,7 @@
 import CDPProto
 import SwiftProtobuf
 
-/// The canonical entities of the data model (DESIGN.md §4), by the names users write in files and
+/// The canonical entities of the data model (ARCHITECTURE.md §4), by the names users write in files and
 /// requests.
 public enum CanonicalEntity: String, CaseIterable, Sendable {
     case person

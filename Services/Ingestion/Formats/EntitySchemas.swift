@@ -1,7 +1,7 @@
 import CDPProto
 import SwiftProtobuf
 
-// The canonical fields of every entity (DESIGN.md §4). These names are the header of canonical CSV
+// The canonical fields of every entity (ARCHITECTURE.md §4). These names are the header of canonical CSV
 // files and the properties of canonical NDJSON lines; native formats map their columns onto them.
 
 extension EntitySchema where Entity == Cdp_Model_V1_Person {

@@ -1,4 +1,4 @@
-/// Parses a segment definition in the PQL dialect of DESIGN.md §5 into an ``Expression``.
+/// Parses a segment definition in the PQL dialect of ARCHITECTURE.md §5 into an ``Expression``.
 ///
 /// Precedence, loosest first: `or`, `and`, `not`, then a comparison, `in [...]` or `occurs …` on a
 /// value. Values are literals, parenthesized expressions, `exists`/`forall … from … where …`,

@@ -10,7 +10,7 @@
 
 /// The destination service: destinations (Marketo static lists, LinkedIn Matched Audiences, webhooks,
 /// file exports), activations of segments to them, and the delivery of membership changes with
-/// per-destination queues, rate limits and retries (DESIGN.md §2).
+/// per-destination queues, rate limits and retries (ARCHITECTURE.md §2).
 
 import SwiftProtobuf
 

@@ -34,7 +34,7 @@ public nonisolated enum Cdp_Ingestion_V1_Format: SwiftProtobuf.Enum, Swift.CaseI
   public typealias RawValue = Int
   case unspecified // = 0
 
-  /// CSV with a header row of DESIGN.md field names (personId, email, ...); other columns become
+  /// CSV with a header row of ARCHITECTURE.md field names (personId, email, ...); other columns become
   /// custom attributes. The entity is a canonical name: person, account, opportunity, ...
   case canonicalCsv // = 1
 

@@ -8,7 +8,7 @@
 // For information on using the generated types, please see the documentation:
 //   https://github.com/apple/swift-protobuf/
 
-/// The B2B data model shared by every service (DESIGN.md §4), after Adobe XDM's B2B classes.
+/// The B2B data model shared by every service (ARCHITECTURE.md §4), after Adobe XDM's B2B classes.
 ///
 /// Every record names its source (a type such as Marketo, Salesforce, MDM or Web, plus an instance
 /// id) and carries a source key `{id}@{instance}.{type}`, e.g. `102@mkto-1.Marketo`: the record's

@@ -8,7 +8,7 @@
 // For information on using the generated types, please see the documentation:
 //   https://github.com/apple/swift-protobuf/
 
-/// The segmentation service: segment definitions in the PQL dialect (DESIGN.md §5), streaming and batch
+/// The segmentation service: segment definitions in the PQL dialect (ARCHITECTURE.md §5), streaming and batch
 /// evaluation over profile's views, memberships, estimates and explanations.
 
 import SwiftProtobuf
