@@ -7,10 +7,12 @@ import GRDBSQLite
 /// GRDB's `StatementArguments` box every value, which costs a few µs per statement (measured in the
 /// ingestion store); these statements bind directly. Values are copied by SQLite when bound
 /// (`SQLITE_TRANSIENT`), so Swift buffers need not outlive a call. Use it inside a GRDB write or read
-/// block and finalize it before the block ends.
-public struct RawStatement {
+/// block and finalize it before the block ends; one that is not finalized (a later statement's
+/// prepare threw, say) is finalized when it is released, so it never leaks.
+public final class RawStatement {
     private let connection: OpaquePointer
     private let handle: OpaquePointer
+    private var finalized = false
     /// SQLite's "copy the value now" destructor sentinel.
     private static let transient = unsafeBitCast(-1, to: sqlite3_destructor_type.self)
 
@@ -84,8 +86,14 @@ public struct RawStatement {
     /// The rowid of the last row inserted on the connection.
     public var lastInsertedRowID: Int64 { sqlite3_last_insert_rowid(connection) }
 
-    /// Releases the statement.
-    public func finalize() { sqlite3_finalize(handle) }
+    /// Releases the statement (once; later calls do nothing).
+    public func finalize() {
+        guard !finalized else { return }
+        finalized = true
+        sqlite3_finalize(handle)
+    }
+
+    deinit { finalize() }
 
     private func check(_ code: Int32, _ operation: String) throws {
         guard code == SQLITE_OK else { throw Self.error(connection, code, operation) }
