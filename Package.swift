@@ -275,7 +275,16 @@ let package = Package(
             // The frame is confined to one thread and no access overlaps another.
             swiftSettings: [.unsafeFlags(["-enforce-exclusivity=unchecked"])]
         ),
-        // Segments, view versions, memberships, time re-checks, jobs and the outbox to destination.
+        // The state segments are evaluated on, in memory, kept up to date by profile's changes; it
+        // builds person and account views as profile does and says what each change touches.
+        .target(
+            name: "SegmentationState",
+            dependencies: [
+                "CDPProto", "SegmentationEvaluation", .product(name: "SwiftProtobuf", package: "swift-protobuf"),
+            ],
+            path: "Services/Segmentation/State"
+        ),
+        // Segments, saved state, memberships, time re-checks, jobs and the outbox to destination.
         .target(
             name: "SegmentationStore",
             dependencies: [
@@ -284,11 +293,13 @@ let package = Package(
             ],
             path: "Services/Segmentation/Store"
         ),
-        // The engine actor, the RPC service, batch jobs, time re-checks and profile as a view source.
+        // The engine actor, the RPC service, batch jobs, time re-checks and profile as a view source (for
+        // Explain).
         .target(
             name: "SegmentationService",
             dependencies: [
-                "CDPProto", "RPCCore", "SegmentationLanguage", "SegmentationEvaluation", "SegmentationStore",
+                "CDPProto", "RPCCore", "SegmentationLanguage", "SegmentationEvaluation", "SegmentationState",
+                "SegmentationStore",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
@@ -314,7 +325,7 @@ let package = Package(
             dependencies: [
                 "BenchmarkSupport",
                 "CDPProto", "SegmentationEvaluation", "SegmentationLanguage", "SegmentationService",
-                "SegmentationStore",
+                "SegmentationState", "SegmentationStore",
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "SwiftProtobuf", package: "swift-protobuf"),
             ],
@@ -512,7 +523,8 @@ let package = Package(
             name: "SegmentationTests",
             dependencies: [
                 "TestSupport", "PipelineSupport", "CDPProto", "ProfileStore", "SegmentationLanguage",
-                "SegmentationEvaluation", "SegmentationStore", "SegmentationService", "ProfileService", "RPCCore",
+                "SegmentationEvaluation", "SegmentationState", "SegmentationStore", "SegmentationService",
+                "ProfileService", "RPCCore",
                 "RPCHTTP2", "ServiceSupport",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOPosix", package: "swift-nio"),

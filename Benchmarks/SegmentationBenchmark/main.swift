@@ -8,10 +8,13 @@
 // 1. Core evaluation: `views` generated person views (default 1,000,000; accounts, opportunities,
 //    roles, campaigns, lists, events over a year) evaluated against 20 segments of varied shapes, on one
 //    thread and on every core. Generation is not timed.
-// 2. Batch through the engine: 100,000 of the views, twice, through `SegmentationEngine.evaluateBatch` (the
-//    batch job's path: evaluation plus the SQLite commit of memberships and transitions).
-// 3. Streaming: 20,000 views through `SegmentationEngine.acceptViews`, one view per call as profile's
-//    relay can send them, with the 20 segments streaming; latency per call, p50 and p99.
+// 2. Loading and batch through the engine: 100,000 of the views as state changes (unified records,
+//    links, events) through `SegmentationEngine.acceptStateChanges` in calls of about 500 changes (each
+//    touched person evaluated against the 20 streaming segments, state and memberships committed to
+//    SQLite); then a batch job's path over that state, twice: `SegmentationEngine.evaluateBatch` in
+//    chunks of 500 (views built from the state, evaluation, the SQLite commit of memberships).
+// 3. Streaming: 20,000 new events of loaded persons through `acceptStateChanges`, one event per call as
+//    profile's relay can send them, with the 20 segments streaming; latency per call, p50 and p99.
 import BenchmarkSupport
 import CDPProto
 import Foundation
@@ -19,6 +22,7 @@ import NIOPosix
 import SegmentationEvaluation
 import SegmentationLanguage
 import SegmentationService
+import SegmentationState
 import SegmentationStore
 import SwiftProtobuf
 
@@ -289,42 +293,87 @@ for (index, pql) in definitions.enumerated() {
     )
 }
 
-// 2. Batch through the engine: a first run (every membership is new) and a second (nothing changes).
-for run in ["first run", "second run"] {
-    let total = min(viewCount, 100_000)
+// 2. Loading the state, then batch over it: a first run (every membership is new) and a second
+// (nothing changes).
+let loaded = min(viewCount, 100_000)
+var version: UInt64 = 0
+do {
     var elapsed = Duration.zero
-    var realized = 0
-    for start in stride(from: 0, to: total, by: 500) {
-        let views = (start..<min(total, start + 500)).map { EntityView.person(generator.view($0)) }
-        let asOf = now
-        elapsed += try await clock.measure {
-            realized += try await engine.evaluateBatch(views, segments: ids, asOf: asOf).realized
+    var changeCount = 0
+    var pending: [Cdp_Profile_V1_StateChange] = []
+    for index in 0..<loaded {
+        pending += EntityState.changes(building: generator.view(index), version: &version)
+        if pending.count >= 500 || index == loaded - 1 {
+            let chunk = pending
+            changeCount += chunk.count
+            elapsed += try await clock.measure { _ = try await engine.acceptStateChanges(chunk) }
+            pending.removeAll(keepingCapacity: true)
         }
     }
     print(
-        "engine batch, \(run) (evaluation + SQLite commit, chunks of 500): "
-            + String(format: "%.0f views/s", Double(total) / Benchmark.seconds(elapsed))
-            + " (\(total) views, \(realized) memberships realized)"
+        "engine load (state changes applied, touched persons evaluated, SQLite commit): "
+            + String(
+                format: "%.0f changes/s, %.0f persons/s",
+                Double(changeCount) / Benchmark.seconds(elapsed),
+                Double(loaded) / Benchmark.seconds(elapsed)
+            )
+            + " (\(changeCount) changes, \(loaded) persons)"
+    )
+}
+for run in ["first run", "second run"] {
+    var elapsed = Duration.zero
+    var realized = 0
+    var evaluated = 0
+    var after: UInt64 = 0
+    while true {
+        let asOf = now
+        let from = after
+        var chunk: (clusters: [UInt64], transitions: Transitions) = ([], Transitions())
+        elapsed += try await clock.measure {
+            chunk = try await engine.evaluateBatch(
+                .person,
+                segments: ids,
+                asOf: asOf,
+                partition: 0,
+                partitions: 1,
+                after: from,
+                limit: 500
+            )
+        }
+        guard let last = chunk.clusters.last else { break }
+        after = last
+        evaluated += chunk.clusters.count
+        realized += chunk.transitions.realized
+    }
+    print(
+        "engine batch, \(run) (views from the state, evaluation + SQLite commit, chunks of 500): "
+            + String(format: "%.0f views/s", Double(evaluated) / Benchmark.seconds(elapsed))
+            + " (\(evaluated) views, \(realized) memberships realized)"
     )
 }
 
-// 3. Streaming: one view per AcceptViews call, new entities (offset past the batch's).
+// 3. Streaming: one new event per AcceptStateChanges call, for loaded persons.
 do {
-    let total = min(viewCount, 20_000)
+    let total = min(loaded, 20_000)
     var latencies: [Double] = []
     latencies.reserveCapacity(total)
     for index in 0..<total {
-        var change = Cdp_Segmentation_V1_ViewChange()
-        change.version = UInt64(index + 1)
-        change.person = generator.view(viewCount - 1 - index)
+        var change = Cdp_Profile_V1_StateChange()
+        version += 1
+        change.version = version
+        change.event.key = "E-stream-\(index)"
+        change.event.personClusterID = generator.view(index).person.clusterID
+        change.event.event.eventType = "web.webpagedetails.pageViews"
+        change.event.event.url = ViewGenerator.urls[index % ViewGenerator.urls.count]
+        change.event.event.timestamp = Google_Protobuf_Timestamp(date: Date(timeIntervalSince1970: ViewGenerator.asOf - 60))
         let single = [change]
-        let elapsed = try await clock.measure { _ = try await engine.acceptViews(single) }
+        let elapsed = try await clock.measure { _ = try await engine.acceptStateChanges(single) }
         latencies.append(Benchmark.seconds(elapsed) * 1000)
     }
     latencies.sort()
     print(
         String(
-            format: "streaming, 1 view per call, %d segments: p50 %.3f ms, p99 %.3f ms, max %.3f ms (%d views)",
+            format: "streaming, 1 event per call, %d segments: p50 %.3f ms, p99 %.3f ms, max %.3f ms (%d events)",
             ids.count,
             Benchmark.percentile(latencies, 0.5),
             Benchmark.percentile(latencies, 0.99),

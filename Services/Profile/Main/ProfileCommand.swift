@@ -22,9 +22,9 @@ struct ProfileCommand: AsyncParsableCommand {
         discussion: """
             Serves cdp.profile.v1.Profile (plus grpc.health.v1.Health and server reflection) over h2c. \
             Identity's ordered stream (annotated records, merges, splits) is applied to DATA_DIR/profile.sqlite \
-            (SQLite, WAL) before it is acknowledged; the persons and accounts whose views changed are sent to \
-            the segmentation service from a durable outbox that coalesces bursts, retried until segmentation \
-            acknowledges. Without --segmentation the changes wait until a later run names one. DeletePerson \
+            (SQLite, WAL) before it is acknowledged; what it changes in the state segmentation evaluates (unified \
+            records, links between entities, events) is sent to the segmentation service from a durable outbox \
+            that coalesces bursts, retried until segmentation acknowledges. Without --segmentation the changes wait until a later run names one. DeletePerson \
             needs --identity, which it asks to remove the person's identities.
 
             Prints 'listening on HOST:PORT' on stdout once bound. SIGINT or SIGTERM start a graceful \
@@ -49,7 +49,7 @@ struct ProfileCommand: AsyncParsableCommand {
     @Option(help: "The ingestion service, HOST:PORT, for privacy requests (default: $CDP_INGESTION_ADDR).")
     var ingestion: String?
 
-    @Option(help: "The segmentation service to send changed views to, HOST:PORT (default: $CDP_SEGMENTATION_ADDR).")
+    @Option(help: "The segmentation service to send state changes to, HOST:PORT (default: $CDP_SEGMENTATION_ADDR).")
     var segmentation: String?
 
     @Option(help: "Views per call to segmentation.")
@@ -65,7 +65,7 @@ struct ProfileCommand: AsyncParsableCommand {
     )
     var mergePolicies: [String] = []
 
-    @Option(help: "How many days of events a person view holds.")
+    @Option(help: "How many days of events a person view holds (GetPerson, ScanPersonViews).")
     var eventRetentionDays: Int = 400
 
     @Option(
@@ -168,18 +168,18 @@ struct ProfileCommand: AsyncParsableCommand {
                 metadata: ["missing": "\(peers.missing.joined(separator: ", "))"]
             )
         }
-        var relay: OutboxRelay<ViewChunk>?
+        var relay: OutboxRelay<StateChunk>?
         if let client = segmentationClient {
             relay = OutboxRelay(
                 name: "profile→segmentation",
                 configuration: .init(chunkSize: forwardBatchSize),
                 logger: logger,
-                fetch: { limit in try await engine.nextViewChunk(limit: limit) },
+                fetch: { limit in try await engine.nextStateChunk(limit: limit) },
                 deliver: { chunk in try await SegmentationForwarding.deliver(chunk, via: client) },
                 acknowledge: { chunk in try await engine.acknowledge(chunk) }
             )
         } else {
-            logger.notice("no segmentation service configured (--segmentation): changed views wait in the outbox")
+            logger.notice("no segmentation service configured (--segmentation): state changes wait in the outbox")
         }
 
         let privacy = PrivacyCoordinator(engine: engine, peers: peers, logger: logger) { [relay] in relay?.wake() }

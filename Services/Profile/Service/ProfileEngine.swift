@@ -96,32 +96,20 @@ public actor ProfileEngine {
 
     // MARK: - Outbox to segmentation
 
-    /// The next changed views, taken on the engine's thread and built on the reader's, from a snapshot
-    /// at least as new as the changes (a person or account with nothing left is sent as removed). A view
-    /// changed again meanwhile stays pending (``ProfileStore/markSent(_:)`` compares generations).
-    public nonisolated func nextViewChunk(limit: Int, asOf: Date = Date()) async throws -> ViewChunk? {
-        let changed = try await takeChangedViews(limit: limit)
-        guard !changed.isEmpty else { return nil }
-        let built = try await views(of: changed.map { ViewKey(entity: $0.entity, cluster: $0.cluster) }, asOf: asOf)
-        let changes = zip(changed, built).map { view, built in
-            var change = Cdp_Segmentation_V1_ViewChange()
-            change.version = view.version
-            switch built {
-            case .person(let person)?: change.person = person
-            case .account(let account)?: change.account = account
-            case nil:
-                change.removed.entityType = view.entity
-                change.removed.clusterID = view.cluster
-            }
-            return change
-        }
-        return ViewChunk(views: changed, changes: changes)
+    /// The next changed state items, taken on the engine's thread and read on the reader's, from a
+    /// snapshot at least as new as the changes. An item changed again meanwhile stays pending
+    /// (``ProfileStore/markSent(_:)`` compares generations).
+    public nonisolated func nextStateChunk(limit: Int) async throws -> StateChunk? {
+        let items = try await takePendingItems(limit: limit)
+        guard !items.isEmpty else { return nil }
+        let changes = try await reader.run { try $0.stateChanges(of: items) }
+        return StateChunk(items: items, changes: changes)
     }
 
-    private func takeChangedViews(limit: Int) throws -> [ChangedView] { try store.nextChangedViews(limit: limit) }
+    private func takePendingItems(limit: Int) throws -> [PendingItem] { try store.nextPendingItems(limit: limit) }
 
     /// Marks a delivered chunk sent.
-    public func acknowledge(_ chunk: ViewChunk) throws { try store.markSent(chunk.views) }
+    public func acknowledge(_ chunk: StateChunk) throws { try store.markSent(chunk.items) }
 
     /// How much is pending.
     public func outboxStatus() throws -> (pending: UInt64, oldestPending: Date?, sent: UInt64) {
@@ -129,12 +117,12 @@ public actor ProfileEngine {
     }
 }
 
-/// Changed views built for one delivery to segmentation.
-public struct ViewChunk: Sendable {
+/// Changed state items read for one delivery to segmentation.
+public struct StateChunk: Sendable {
     /// What was taken from the store.
-    public var views: [ChangedView]
-    /// The views, as sent.
-    public var changes: [Cdp_Segmentation_V1_ViewChange]
+    public var items: [PendingItem]
+    /// The changes, as sent.
+    public var changes: [Cdp_Profile_V1_StateChange]
 }
 
 /// The reads of profile's store on a thread of their own (see ``ProfileEngine``).

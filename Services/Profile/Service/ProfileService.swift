@@ -188,8 +188,8 @@ public final class ProfileService: Cdp_Profile_V1_Profile.ServiceProtocol {
     ) async throws -> Cdp_Profile_V1_OutboxStatus {
         let status = try await engine.outboxStatus()
         var response = Cdp_Profile_V1_OutboxStatus()
-        response.pendingViews = status.pending
-        response.sentViews = status.sent
+        response.pendingChanges = status.pending
+        response.sentChanges = status.sent
         if let oldest = status.oldestPending { response.oldestPending = Google_Protobuf_Timestamp(date: oldest) }
         response.lastError = forwardingError() ?? ""
         response.appliedIdentitySequence = try await engine.appliedSequence()
@@ -224,15 +224,15 @@ public final class ProfileService: Cdp_Profile_V1_Profile.ServiceProtocol {
     }
 }
 
-/// Sending changed views to segmentation: what the outbox relay calls.
+/// Sending state changes to segmentation: what the outbox relay calls.
 public enum SegmentationForwarding {
     /// Sends one chunk; returns once segmentation acknowledged it.
-    public static func deliver(_ chunk: ViewChunk, via client: RPCClient, timeout: Duration = .seconds(30)) async throws
+    public static func deliver(_ chunk: StateChunk, via client: RPCClient, timeout: Duration = .seconds(30)) async throws
     {
-        var request = Cdp_Segmentation_V1_AcceptViewsRequest()
+        var request = Cdp_Segmentation_V1_AcceptStateChangesRequest()
         request.sender = "profile"
         request.changes = chunk.changes
-        _ = try await Cdp_Segmentation_V1_Segmentation.Client(client).acceptViews(
+        _ = try await Cdp_Segmentation_V1_Segmentation.Client(client).acceptStateChanges(
             request,
             options: CallOptions(timeout: timeout)
         )

@@ -3,14 +3,15 @@ import Foundation
 
 /// Profile's storage: fragments (every source record, by entity type and key, with its cluster),
 /// the references between them, events by person, the identities each fragment names (for lookups),
-/// and the set of persons and accounts whose views changed and wait to be sent to segmentation.
+/// and the items of segmentation's state (unified records, links, events) that changed and wait to be
+/// sent.
 ///
 /// The service talks to storage only through this protocol. Every method is one transaction.
 public protocol ProfileStore: Sendable {
     /// The sequence number of the last identity update applied (0 before the first).
     func appliedSequence() throws -> UInt64
     /// Applies identity's updates in order, skipping any whose sequence was applied before, and marks
-    /// the persons and accounts whose views they change.
+    /// the state items they change.
     func apply(_ updates: [Cdp_Profile_V1_IdentityUpdate]) throws -> (applied: Int, duplicates: Int)
 
     /// The cluster of the entity of type `entity` that `identity` names, if a fragment names it.
@@ -38,14 +39,16 @@ public protocol ProfileStore: Sendable {
     /// it, its events, and the identities its fragments name (to remove from identity).
     func personData(cluster: UInt64) throws -> PersonData
     /// Deletes what `personData` listed, wherever it is now (identity's splits, caused by removing the
-    /// person's identities, may have moved some of it to other clusters meanwhile); marks the views
-    /// that change. Returns the fragments and events deleted.
+    /// person's identities, may have moved some of it to other clusters meanwhile); marks the state
+    /// items that change. Returns the fragments and events deleted.
     func delete(_ data: PersonData) throws -> (fragments: Int, events: Int)
 
-    /// Views waiting to be sent, oldest change first: each with a fresh version.
-    func nextChangedViews(limit: Int) throws -> [ChangedView]
-    /// Marks sent views done, unless they changed again since they were taken.
-    func markSent(_ views: [ChangedView]) throws
+    /// State items waiting to be sent, oldest change first: each with a fresh version.
+    func nextPendingItems(limit: Int) throws -> [PendingItem]
+    /// The changes that send `items` as they are now, from one snapshot, in the same order.
+    func stateChanges(of items: [PendingItem]) throws -> [Cdp_Profile_V1_StateChange]
+    /// Marks sent items done, unless they changed again since they were taken.
+    func markSent(_ items: [PendingItem]) throws
     /// How much is pending.
     func outboxStatus() throws -> (pending: UInt64, oldestPending: Date?, sent: UInt64)
 
@@ -124,21 +127,42 @@ public enum ProfileView: Sendable {
     case account(Cdp_Profile_V1_AccountView)
 }
 
-/// A person or account whose view changed.
-public struct ChangedView: Sendable, Hashable {
-    /// `.person` or `.account`.
+/// An item of segmentation's state whose value changed and waits to be sent.
+public struct PendingItem: Sendable, Hashable {
+    /// What kind of item.
+    public enum Kind: Int64, Sendable {
+        /// A clustered entity's unified record, by `entity` and `cluster`.
+        case entity = 1
+        /// The link a fragment makes, by `entity` and `key`.
+        case link = 2
+        /// An event, by `key`.
+        case event = 3
+    }
+
+    public var kind: Kind
     public var entity: Cdp_Model_V1_EntityType
-    /// Its cluster.
+    /// The cluster of an entity item; 0 otherwise.
     public var cluster: UInt64
+    /// The fragment key of a link, the event key of an event; empty otherwise.
+    public var key: String
     /// Its change counter when taken: if it changed again meanwhile, it stays pending.
     public var generation: Int64
-    /// The version its view is sent with (increasing across all sends).
+    /// The version its change is sent with (increasing across all sends).
     public var version: UInt64
 
-    /// Creates a changed view.
-    public init(entity: Cdp_Model_V1_EntityType, cluster: UInt64, generation: Int64, version: UInt64) {
+    /// Creates an item.
+    public init(
+        kind: Kind,
+        entity: Cdp_Model_V1_EntityType,
+        cluster: UInt64,
+        key: String,
+        generation: Int64,
+        version: UInt64
+    ) {
+        self.kind = kind
         self.entity = entity
         self.cluster = cluster
+        self.key = key
         self.generation = generation
         self.version = version
     }

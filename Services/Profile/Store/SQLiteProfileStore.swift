@@ -158,6 +158,36 @@ public final class SQLiteProfileStore: ProfileStore {
                     """
             )
         }
+        migrator.registerMigration("v3: state changes instead of views") { db in
+            // Segmentation keeps the state it evaluates (unified records, links, events) from profile's
+            // changes: what changed waits here, keyed by item, until sent (kind 1: a clustered entity's
+            // unified record by entity and cluster, 2: the link a fragment makes, by entity and key, 3: an
+            // event by key). A database from before starts by sending everything once.
+            try db.execute(
+                sql: """
+                    CREATE TABLE pending (
+                        kind INTEGER NOT NULL,
+                        entity INTEGER NOT NULL,
+                        cluster INTEGER NOT NULL,
+                        key TEXT NOT NULL,
+                        generation INTEGER NOT NULL,
+                        since INTEGER NOT NULL,
+                        PRIMARY KEY (kind, entity, cluster, key)
+                    ) WITHOUT ROWID;
+                    CREATE INDEX pending_by_age ON pending (since);
+                    INSERT OR IGNORE INTO pending (kind, entity, cluster, key, generation, since)
+                        SELECT DISTINCT 1, entity, cluster, '', 1, 0 FROM fragments
+                        WHERE entity IN (1, 2, 3, 6, 8) AND cluster != 0;
+                    INSERT OR IGNORE INTO pending (kind, entity, cluster, key, generation, since)
+                        SELECT 2, entity, 0, key, 1, 0 FROM fragments WHERE entity IN (1, 3, 4, 5, 7, 9);
+                    INSERT OR IGNORE INTO pending (kind, entity, cluster, key, generation, since)
+                        SELECT 3, 0, 0, key, 1, 0 FROM events;
+                    DROP TABLE changed;
+                    INSERT OR REPLACE INTO counters (name, value)
+                        SELECT 'sent_changes', value FROM counters WHERE name = 'sent_views';
+                    """
+            )
+        }
         return migrator
     }
 
@@ -248,7 +278,7 @@ public final class SQLiteProfileStore: ProfileStore {
             var last = UInt64(try Self.counter("applied_identity_sequence", db))
             var applied = 0
             var duplicates = 0
-            let changes = ChangeMarker(db: db, now: Self.milliseconds(now()))
+            let changes = StateMarker(db: db, now: Self.milliseconds(now()))
             for update in updates {
                 guard update.sequence > last else {
                     duplicates += 1
@@ -275,7 +305,7 @@ public final class SQLiteProfileStore: ProfileStore {
         }
     }
 
-    private func apply(_ annotated: Cdp_Profile_V1_AnnotatedRecord, changes: ChangeMarker, db: Database) throws {
+    private func apply(_ annotated: Cdp_Profile_V1_AnnotatedRecord, changes: StateMarker, db: Database) throws {
         let record = annotated.stored.record
         guard let entity = entityType(of: record), entity != .identityLink else { return }
         if entity == .event {
@@ -283,8 +313,8 @@ public final class SQLiteProfileStore: ProfileStore {
             return
         }
         let key = record.key
-        // What the fragment affected before, and what it affects now.
-        try markDependents(of: entity, key: key, changes: changes, db: db)
+        // What the fragment contributed to before (its cluster may change), and what it does now.
+        try markFragment(entity, key: key, changes: changes, db: db)
         let cluster = clusteredEntityTypes.contains(entity) ? annotated.clusterID : 0
         let lastUpdated: Int64? = record.hasLastUpdated ? Self.milliseconds(record.lastUpdated.date) : nil
         try db.cachedStatement(
@@ -331,17 +361,12 @@ public final class SQLiteProfileStore: ProfileStore {
                 }
             }
         }
-        try markDependents(of: entity, key: key, changes: changes, db: db)
+        try markFragment(entity, key: key, changes: changes, db: db)
     }
 
-    private func applyEvent(_ annotated: Cdp_Profile_V1_AnnotatedRecord, changes: ChangeMarker, db: Database) throws {
+    private func applyEvent(_ annotated: Cdp_Profile_V1_AnnotatedRecord, changes: StateMarker, db: Database) throws {
         let record = annotated.stored.record
-        if let old = try Int64.fetchOne(
-            try db.cachedStatement(sql: "SELECT person_cluster FROM events WHERE key = ?"),
-            arguments: [record.key]
-        ) {
-            try changes.mark(.person, UInt64(old))
-        }
+        try changes.event(record.key)
         try db.cachedStatement(sql: "DELETE FROM events WHERE key = ?").execute(arguments: [record.key])
         guard !record.isDeleted,
             let person = annotated.references.first(where: { $0.role == Role.person && $0.clusterID != 0 })
@@ -356,15 +381,14 @@ public final class SQLiteProfileStore: ProfileStore {
             Self.milliseconds(record.event.timestamp.date), try record.serializedBytes() as Data,
         ]
         )
-        try changes.mark(.person, person.clusterID)
     }
 
-    private func apply(_ change: Cdp_Identity_V1_ClusterChange, changes: ChangeMarker, db: Database) throws {
+    private func apply(_ change: Cdp_Identity_V1_ClusterChange, changes: StateMarker, db: Database) throws {
         let entity = change.entityType
         switch change.kind {
         case .merged:
             guard let into = change.into.first else { return }
-            for from in change.from { try markDependents(ofCluster: from, entity: entity, changes: changes, db: db) }
+            for from in change.from { try markCluster(from, entity: entity, changes: changes, db: db) }
             for from in change.from {
                 try db.cachedStatement(
                     sql:
@@ -382,10 +406,10 @@ public final class SQLiteProfileStore: ProfileStore {
                     )
                 }
             }
-            try markDependents(ofCluster: into, entity: entity, changes: changes, db: db)
+            try changes.entity(entity, into)
         case .split:
             guard let from = change.from.first else { return }
-            try markDependents(ofCluster: from, entity: entity, changes: changes, db: db)
+            try markCluster(from, entity: entity, changes: changes, db: db)
             for part in change.parts {
                 for key in part.recordKeys {
                     try db.cachedStatement(
@@ -414,89 +438,71 @@ public final class SQLiteProfileStore: ProfileStore {
                     }
                 }
             }
-            for part in change.parts {
-                try markDependents(ofCluster: part.clusterID, entity: entity, changes: changes, db: db)
-            }
+            for part in change.parts { try changes.entity(entity, part.clusterID) }
         default:
             break
         }
     }
 
-    // MARK: - Who depends on what
+    // MARK: - What changes the state
 
-    /// Marks the views a fragment contributes to, as the tables say now.
-    private func markDependents(
-        of entity: Cdp_Model_V1_EntityType,
+    /// Marks what a fragment contributes to segmentation's state, as the tables say now: its cluster's
+    /// unified record and the link it makes.
+    private func markFragment(
+        _ entity: Cdp_Model_V1_EntityType,
         key: String,
-        changes: ChangeMarker,
+        changes: StateMarker,
         db: Database
     ) throws {
-        let row = try Row.fetchOne(
-            try db.cachedStatement(sql: "SELECT cluster, is_deleted FROM fragments WHERE entity = ? AND key = ?"),
-            arguments: [entity.rawValue, key]
-        )
-        guard let row, !(row[1] as Bool) else { return }
-        let cluster = UInt64(row[0] as Int64)
-        var references: [String: UInt64] = [:]
-        for reference in try Row.fetchAll(
-            try db.cachedStatement(sql: "SELECT role, ref_cluster FROM refs WHERE entity = ? AND key = ?"),
-            arguments: [entity.rawValue, key]
-        ) {
-            references[reference[0]] = UInt64(reference[1] as Int64)
+        if clusteredEntityTypes.contains(entity),
+            let cluster = try Int64.fetchOne(
+                try db.cachedStatement(sql: "SELECT cluster FROM fragments WHERE entity = ? AND key = ?"),
+                arguments: [entity.rawValue, key]
+            )
+        {
+            try changes.entity(entity, UInt64(cluster))
         }
-        switch entity {
-        case .person:
-            try changes.mark(.person, cluster)
-            if let account = references[Role.account] { try changes.mark(.account, account) }
-        case .account, .opportunity, .campaign, .marketingList:
-            try markDependents(ofCluster: cluster, entity: entity, changes: changes, db: db)
-        case .accountPersonRelation:
-            if let person = references[Role.person] { try changes.mark(.person, person) }
-            if let account = references[Role.account] { try changes.mark(.account, account) }
-        case .opportunityPersonRelation:
-            if let person = references[Role.person] { try changes.mark(.person, person) }
-            if let opportunity = references[Role.opportunity] {
-                for account in try accounts(ofOpportunity: opportunity, db) { try changes.mark(.account, account) }
-            }
-        case .campaignMember, .marketingListMember:
-            if let person = references[Role.person] { try changes.mark(.person, person) }
-        default:
-            break
-        }
+        if StateMarker.linkTypes.contains(entity) { try changes.link(entity, key) }
     }
 
-    /// Marks the views that depend on a whole cluster.
-    private func markDependents(
-        ofCluster cluster: UInt64,
+    /// Marks everything that names a cluster, before it merges or splits: its unified record, the
+    /// links its fragments make and those of the fragments that name it, and a person's events.
+    private func markCluster(
+        _ cluster: UInt64,
         entity: Cdp_Model_V1_EntityType,
-        changes: ChangeMarker,
+        changes: StateMarker,
         db: Database
     ) throws {
-        switch entity {
-        case .person:
-            try changes.mark(.person, cluster)
-            for account in try accounts(ofPerson: cluster, db) { try changes.mark(.account, account) }
-        case .account:
-            try changes.mark(.account, cluster)
-            for person in try persons(ofAccount: cluster, db) { try changes.mark(.person, person) }
-        case .opportunity:
-            for account in try accounts(ofOpportunity: cluster, db) {
-                try changes.mark(.account, account)
-                for person in try persons(ofAccount: account, db) { try changes.mark(.person, person) }
+        try changes.entity(entity, cluster)
+        if StateMarker.linkTypes.contains(entity) {
+            for key in try String.fetchAll(
+                try db.cachedStatement(
+                    sql: "SELECT key FROM fragments INDEXED BY fragments_by_cluster WHERE entity = ? AND cluster = ?"
+                ),
+                arguments: [entity.rawValue, Int64(cluster)]
+            ) {
+                try changes.link(entity, key)
             }
-            for person in try referrers(of: cluster, entity: .opportunity, via: .opportunityPersonRelation, db) {
-                try changes.mark(.person, person)
+        }
+        for row in try Row.fetchAll(
+            try db.cachedStatement(
+                sql: "SELECT entity, key FROM refs INDEXED BY refs_by_target WHERE ref_entity = ? AND ref_cluster = ?"
+            ),
+            arguments: [entity.rawValue, Int64(cluster)]
+        ) {
+            if let referrer = Cdp_Model_V1_EntityType(rawValue: Int(row[0] as Int64)),
+                StateMarker.linkTypes.contains(referrer)
+            {
+                try changes.link(referrer, row[1])
             }
-        case .campaign:
-            for person in try referrers(of: cluster, entity: .campaign, via: .campaignMember, db) {
-                try changes.mark(.person, person)
+        }
+        if entity == .person {
+            for key in try String.fetchAll(
+                try db.cachedStatement(sql: "SELECT key FROM events WHERE person_cluster = ?"),
+                arguments: [Int64(cluster)]
+            ) {
+                try changes.event(key)
             }
-        case .marketingList:
-            for person in try referrers(of: cluster, entity: .marketingList, via: .marketingListMember, db) {
-                try changes.mark(.person, person)
-            }
-        default:
-            break
         }
     }
 
@@ -587,24 +593,6 @@ public final class SQLiteProfileStore: ProfileStore {
                 WHERE r.ref_entity = 2 AND r.ref_cluster = ?1 AND r.role = 'account' AND r.entity = 3
             """,
             [Int64(cluster)]
-        )
-    }
-
-    /// The persons that relations or memberships of type `via` link to the cluster.
-    private func referrers(
-        of cluster: UInt64,
-        entity: Cdp_Model_V1_EntityType,
-        via relation: Cdp_Model_V1_EntityType,
-        _ db: Database
-    ) throws -> [UInt64] {
-        try UInt64s(
-            db,
-            """
-            SELECT DISTINCT p.ref_cluster FROM refs t INDEXED BY refs_by_target
-                CROSS JOIN refs p ON p.entity = t.entity AND p.key = t.key AND p.role = 'person'
-                WHERE t.ref_entity = ?1 AND t.ref_cluster = ?2 AND t.entity = ?3 AND t.role != 'person'
-            """,
-            [entity.rawValue, Int64(cluster), relation.rawValue]
         )
     }
 
@@ -914,21 +902,12 @@ public final class SQLiteProfileStore: ProfileStore {
     public func delete(_ data: PersonData) throws -> (fragments: Int, events: Int) {
         defer { shared.invalidate() }
         return try writer.write { db in
-            let changes = ChangeMarker(db: db, now: Self.milliseconds(now()))
+            let changes = StateMarker(db: db, now: Self.milliseconds(now()))
             var fragments = 0
             for fragment in data.fragments {
                 guard let entity = Cdp_Model_V1_EntityType(rawValue: Int(fragment.entity)) else { continue }
                 // Whatever cluster the fragment is in now (identity's splits may have moved it meanwhile).
-                if entity == .person,
-                    let cluster = try Int64.fetchOne(
-                        try db.cachedStatement(sql: "SELECT cluster FROM fragments WHERE entity = 1 AND key = ?"),
-                        arguments: [fragment.key]
-                    )
-                {
-                    try markDependents(ofCluster: UInt64(cluster), entity: .person, changes: changes, db: db)
-                } else {
-                    try markDependents(of: entity, key: fragment.key, changes: changes, db: db)
-                }
+                try markFragment(entity, key: fragment.key, changes: changes, db: db)
                 for table in ["fragments", "refs", "names"] {
                     try db.cachedStatement(sql: "DELETE FROM \(table) WHERE entity = ? AND key = ?").execute(
                         arguments: [fragment.entity, fragment.key]
@@ -938,12 +917,7 @@ public final class SQLiteProfileStore: ProfileStore {
             }
             var events = 0
             for key in data.events {
-                if let cluster = try Int64.fetchOne(
-                    try db.cachedStatement(sql: "SELECT person_cluster FROM events WHERE key = ?"),
-                    arguments: [key]
-                ) {
-                    try changes.mark(.person, UInt64(cluster))
-                }
+                try changes.event(key)
                 try db.cachedStatement(sql: "DELETE FROM events WHERE key = ?").execute(arguments: [key])
                 events += db.changesCount
             }
@@ -951,49 +925,145 @@ public final class SQLiteProfileStore: ProfileStore {
         }
     }
 
-    // MARK: - Changed views
+    // MARK: - State changes
 
-    public func nextChangedViews(limit: Int) throws -> [ChangedView] {
+    public func nextPendingItems(limit: Int) throws -> [PendingItem] {
         try writer.write { db in
             let rows = try Row.fetchAll(
                 try db.cachedStatement(
-                    sql: "SELECT entity, cluster, generation FROM changed ORDER BY since, entity, cluster LIMIT ?"
+                    sql: """
+                        SELECT kind, entity, cluster, key, generation FROM pending INDEXED BY pending_by_age
+                        ORDER BY since LIMIT ?
+                        """
                 ),
                 arguments: [limit]
             )
             guard !rows.isEmpty else { return [] }
-            let first = try Self.counter("view_version", db) + 1
-            try Self.setCounter("view_version", first + Int64(rows.count) - 1, db)
+            let first = try Self.counter("change_version", db) + 1
+            try Self.setCounter("change_version", first + Int64(rows.count) - 1, db)
             return rows.enumerated().map { index, row in
-                ChangedView(
-                    entity: Cdp_Model_V1_EntityType(rawValue: Int(row[0] as Int64)) ?? .unspecified,
-                    cluster: UInt64(row[1] as Int64),
-                    generation: row[2],
+                PendingItem(
+                    kind: PendingItem.Kind(rawValue: row[0]) ?? .entity,
+                    entity: Cdp_Model_V1_EntityType(rawValue: Int(row[1] as Int64)) ?? .unspecified,
+                    cluster: UInt64(row[2] as Int64),
+                    key: row[3],
+                    generation: row[4],
                     version: UInt64(first) + UInt64(index)
                 )
             }
         }
     }
 
-    public func markSent(_ views: [ChangedView]) throws {
+    public func stateChanges(of items: [PendingItem]) throws -> [Cdp_Profile_V1_StateChange] {
+        let memo = ViewMemo(shared: shared)
+        return try writer.read { db in
+            try items.map { item in
+                var change = Cdp_Profile_V1_StateChange()
+                change.version = item.version
+                switch item.kind {
+                case .entity:
+                    var entity = Cdp_Profile_V1_EntityState()
+                    entity.entityType = item.entity
+                    entity.clusterID = item.cluster
+                    if let unified = try unified(item.entity, item.cluster, db, memo) { entity.unified = unified }
+                    change.entity = entity
+                case .link: change.link = try linkState(item.entity, key: item.key, db)
+                case .event: change.event = try eventState(key: item.key, db)
+                }
+                return change
+            }
+        }
+    }
+
+    /// The link a fragment makes now: present if the fragment is live and both its ends resolved.
+    private func linkState(_ entity: Cdp_Model_V1_EntityType, key: String, _ db: Database) throws
+        -> Cdp_Profile_V1_LinkState
+    {
+        var link = Cdp_Profile_V1_LinkState()
+        link.entityType = entity
+        link.key = key
+        guard
+            let fragment = try Row.fetchOne(
+                try db.cachedStatement(
+                    sql: "SELECT cluster, record FROM fragments WHERE entity = ? AND key = ? AND is_deleted = 0"
+                ),
+                arguments: [entity.rawValue, key]
+            )
+        else { return link }
+        var references: [String: UInt64] = [:]
+        for reference in try Row.fetchAll(
+            try db.cachedStatement(sql: "SELECT role, ref_cluster FROM refs WHERE entity = ? AND key = ?"),
+            arguments: [entity.rawValue, key]
+        ) {
+            references[reference[0]] = UInt64(reference[1] as Int64)
+        }
+        let (fromRole, toRole): (String?, String) =
+            switch entity {
+            case .person, .opportunity: (nil, Role.account)
+            case .accountPersonRelation: (Role.person, Role.account)
+            case .opportunityPersonRelation: (Role.person, Role.opportunity)
+            case .campaignMember: (Role.person, Role.campaign)
+            default: (Role.person, Role.list)
+            }
+        // A person's or opportunity's own record links from its cluster.
+        let from = fromRole.map { references[$0] ?? 0 } ?? UInt64(fragment[0] as Int64)
+        let to = references[toRole] ?? 0
+        guard from != 0, to != 0 else { return link }
+        link.present = true
+        link.fromClusterID = from
+        link.toClusterID = to
+        if entity == .opportunityPersonRelation || entity == .campaignMember {
+            let record = try Cdp_Model_V1_Record(serializedBytes: fragment[1] as Data)
+            if entity == .opportunityPersonRelation {
+                let relation = record.opportunityPersonRelation
+                if relation.hasRole { link.role = relation.role }
+                if relation.hasIsPrimary { link.isPrimary = relation.isPrimary }
+            } else {
+                let member = record.campaignMember
+                if member.hasStatus { link.status = member.status }
+                if member.hasHasResponded_p { link.hasResponded_p = member.hasResponded_p }
+            }
+        }
+        return link
+    }
+
+    /// An event and its person now (person 0 if it is gone).
+    private func eventState(key: String, _ db: Database) throws -> Cdp_Profile_V1_EventState {
+        var event = Cdp_Profile_V1_EventState()
+        event.key = key
+        if let row = try Row.fetchOne(
+            try db.cachedStatement(sql: "SELECT person_cluster, record FROM events WHERE key = ?"),
+            arguments: [key]
+        ) {
+            event.personClusterID = UInt64(row[0] as Int64)
+            event.event = try Cdp_Model_V1_Record(serializedBytes: row[1] as Data).event
+        }
+        return event
+    }
+
+    public func markSent(_ items: [PendingItem]) throws {
         try writer.write { db in
             var sent = 0
-            for view in views {
+            for item in items {
                 try db.cachedStatement(
-                    sql: "DELETE FROM changed WHERE entity = ? AND cluster = ? AND generation = ?"
-                ).execute(arguments: [view.entity.rawValue, Int64(view.cluster), view.generation]
-                )
+                    sql: """
+                        DELETE FROM pending
+                        WHERE kind = ? AND entity = ? AND cluster = ? AND key = ? AND generation = ?
+                        """
+                ).execute(arguments: [
+                    item.kind.rawValue, item.entity.rawValue, Int64(item.cluster), item.key, item.generation,
+                ])
                 sent += db.changesCount
             }
-            try Self.setCounter("sent_views", try Self.counter("sent_views", db) + Int64(sent), db)
+            try Self.setCounter("sent_changes", try Self.counter("sent_changes", db) + Int64(sent), db)
         }
     }
 
     public func outboxStatus() throws -> (pending: UInt64, oldestPending: Date?, sent: UInt64) {
         try writer.read { db in
-            let pending = try Int64.fetchOne(try db.cachedStatement(sql: "SELECT count(*) FROM changed")) ?? 0
-            let oldest = try Int64.fetchOne(try db.cachedStatement(sql: "SELECT min(since) FROM changed"))
-            return (UInt64(pending), oldest.map(Self.date), UInt64(try Self.counter("sent_views", db)))
+            let pending = try Int64.fetchOne(try db.cachedStatement(sql: "SELECT count(*) FROM pending")) ?? 0
+            let oldest = try Int64.fetchOne(try db.cachedStatement(sql: "SELECT min(since) FROM pending"))
+            return (UInt64(pending), oldest.map(Self.date), UInt64(try Self.counter("sent_changes", db)))
         }
     }
 
@@ -1106,19 +1176,37 @@ final class SharedViewCache: Sendable {
     }
 }
 
-/// Marks persons and accounts whose views changed, within one write transaction.
-struct ChangeMarker {
+/// Marks the items of segmentation's state that changed, within one write transaction.
+struct StateMarker {
     let db: Database
     let now: Int64
 
-    func mark(_ entity: Cdp_Model_V1_EntityType, _ cluster: UInt64) throws {
-        guard cluster != 0, entity == .person || entity == .account else { return }
+    /// The fragment types that make links.
+    static let linkTypes: Set<Cdp_Model_V1_EntityType> = [
+        .person, .opportunity, .accountPersonRelation, .opportunityPersonRelation, .campaignMember,
+        .marketingListMember,
+    ]
+
+    /// A clustered entity's unified record.
+    func entity(_ entity: Cdp_Model_V1_EntityType, _ cluster: UInt64) throws {
+        guard cluster != 0 else { return }
+        try mark(.entity, entity, cluster, "")
+    }
+
+    /// The link a fragment makes.
+    func link(_ entity: Cdp_Model_V1_EntityType, _ key: String) throws { try mark(.link, entity, 0, key) }
+
+    /// An event.
+    func event(_ key: String) throws { try mark(.event, .unspecified, 0, key) }
+
+    private func mark(_ kind: PendingItem.Kind, _ entity: Cdp_Model_V1_EntityType, _ cluster: UInt64, _ key: String)
+        throws
+    {
         try db.cachedStatement(
             sql: """
-                INSERT INTO changed (entity, cluster, generation, since) VALUES (?, ?, 1, ?)
-                ON CONFLICT (entity, cluster) DO UPDATE SET generation = generation + 1
+                INSERT INTO pending (kind, entity, cluster, key, generation, since) VALUES (?, ?, ?, ?, 1, ?)
+                ON CONFLICT (kind, entity, cluster, key) DO UPDATE SET generation = generation + 1
                 """
-        ).execute(arguments: [entity.rawValue, Int64(cluster), now]
-        )
+        ).execute(arguments: [kind.rawValue, entity.rawValue, Int64(cluster), key, now])
     }
 }

@@ -19,11 +19,14 @@ struct SegmentationCommand: AsyncParsableCommand {
         abstract: "Runs the segmentation service: PQL segments, streaming and batch evaluation, memberships.",
         discussion: """
             Serves cdp.segmentation.v1.Segmentation (plus grpc.health.v1.Health and server reflection) over h2c. \
-            Views profile sends (AcceptViews) are evaluated at once against every streaming segment; membership \
-            changes (realized, exited) are committed to DATA_DIR/segmentation.sqlite (SQLite, WAL) and sent to \
-            the destination service from a durable outbox, retried until it acknowledges; without --destination \
-            they wait until a later run names one. Memberships that depend on time (event windows) are \
-            re-checked when they can expire. Evaluate, Estimate and Explain read views from --profile.
+            Keeps the state segments are evaluated on (unified records, links, events) in memory, up to date \
+            with the changes profile sends (AcceptStateChanges) and saved in DATA_DIR/segmentation.sqlite \
+            (SQLite, WAL), so a restart resumes where it stopped. The persons and accounts a change touches are \
+            evaluated at once against every streaming segment; membership changes (realized, exited, updated) \
+            are committed with the state and sent to the destination service from a durable outbox, retried \
+            until it acknowledges; without --destination they wait until a later run names one. Memberships \
+            that depend on time (event windows) are re-checked when they can expire. Evaluate and Estimate read \
+            the state; Explain finds the entity an identity names through --profile.
 
             With several replicas, give each --partition I --partitions N: batch jobs and estimates then cover \
             the person and account clusters whose id modulo N is I. Each replica has its own data directory, \
@@ -47,7 +50,7 @@ struct SegmentationCommand: AsyncParsableCommand {
     )
     var dataDir: String?
 
-    @Option(help: "The profile service, HOST:PORT, for Evaluate, Estimate and Explain (default: $CDP_PROFILE_ADDR).")
+    @Option(help: "The profile service, HOST:PORT, for Explain (default: $CDP_PROFILE_ADDR).")
     var profile: String?
 
     @Option(help: "The destination service to send membership changes to, HOST:PORT (default: $CDP_DESTINATION_ADDR).")
@@ -61,6 +64,9 @@ struct SegmentationCommand: AsyncParsableCommand {
 
     @Option(help: "Membership changes per call to destination.")
     var forwardBatchSize: Int = 500
+
+    @Option(help: "How many days of events before the evaluation time segments see (as profile's views).")
+    var eventRetentionDays: Int = 400
 
     @Option(
         name: .customLong("auth-token"),
@@ -84,7 +90,9 @@ struct SegmentationCommand: AsyncParsableCommand {
                 "--partition ($CDP_PARTITION) must be between 0 and --partitions ($CDP_PARTITIONS) - 1 (partitions count from 0)."
             )
         }
-        guard forwardBatchSize > 0 else { throw ValidationError("--forward-batch-size must be positive.") }
+        guard forwardBatchSize > 0, eventRetentionDays > 0 else {
+            throw ValidationError("--forward-batch-size and --event-retention-days must be positive.")
+        }
         guard Logger.Level(rawValue: logLevel) != nil else {
             throw ValidationError(
                 "--log-level (or $CDP_LOG_LEVEL) must be one of trace, debug, info, notice, warning, error, critical."
@@ -114,10 +122,16 @@ struct SegmentationCommand: AsyncParsableCommand {
         let engineThread = MultiThreadedEventLoopGroup(numberOfThreads: 1)
         let engine: SegmentationEngine
         do {
-            engine = try SegmentationEngine(store: store, loop: engineThread.next())
+            engine = try SegmentationEngine(
+                store: store,
+                loop: engineThread.next(),
+                state: .init(eventRetention: .seconds(eventRetentionDays * 86_400))
+            )
         } catch {
-            throw StartupError("cannot load the segments of \(directory): \(error)")
+            throw StartupError("cannot load the segments and state of \(directory): \(error)")
         }
+        let held = await engine.stateCounts()
+        logger.info("state loaded", metadata: ["persons": "\(held.persons)", "accounts": "\(held.accounts)"])
         // An empty token (a variable set to nothing, as compose files pass it) means no authentication.
         let token = (authToken ?? ServiceMain.variable("CDP_TOKEN")).flatMap { $0.isEmpty ? nil : $0 }
         var metadata = Metadata()
@@ -130,7 +144,7 @@ struct SegmentationCommand: AsyncParsableCommand {
             transports.append(transport)
             source = ProfileViewSource(client: RPCClient(transport: transport, defaultMetadata: metadata))
         } else {
-            logger.notice("no profile service configured (--profile): Evaluate, Estimate and Explain are refused")
+            logger.notice("no profile service configured (--profile): Explain is refused")
             source = NoViewSource()
         }
         var relay: OutboxRelay<ChangeChunk>?
@@ -160,7 +174,6 @@ struct SegmentationCommand: AsyncParsableCommand {
         let changed: @Sendable () -> Void = { [relay] in relay?.wake() }
         let jobs = EvaluationJobs(
             engine: engine,
-            source: source,
             partition: partition,
             partitions: partitions,
             logger: logger,

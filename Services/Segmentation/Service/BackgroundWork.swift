@@ -6,15 +6,14 @@ import SegmentationEvaluation
 import SegmentationStore
 import ServiceLifecycle
 import SwiftProtobuf
-import Synchronization
 
-/// Runs batch evaluation jobs one after another: each scans this replica's partition of profile's
-/// views, evaluates them in chunks, commits memberships and transitions per chunk, saves its progress,
-/// and at the end lets the entities profile no longer has exit.
+/// Runs batch evaluation jobs one after another: each evaluates this replica's partition of the
+/// state's persons and accounts in chunks, commits memberships and transitions per chunk, saves its
+/// progress, and at the end lets the entities the state no longer has exit.
 public final class EvaluationJobs: Service, Sendable {
     private let engine: SegmentationEngine
-    private let source: any ViewSource
     private let partition: Int
+    private let chunkSize: Int
     private let partitions: Int
     private let logger: Logger
     private let changed: @Sendable () -> Void
@@ -24,15 +23,15 @@ public final class EvaluationJobs: Service, Sendable {
     /// Creates the runner for one partition (`partition` of `partitions`, counting from 0).
     public init(
         engine: SegmentationEngine,
-        source: any ViewSource,
         partition: Int = 0,
         partitions: Int = 1,
+        chunkSize: Int = 500,
         logger: Logger,
         changed: @escaping @Sendable () -> Void = {}
     ) {
         self.engine = engine
-        self.source = source
         self.partition = partition
+        self.chunkSize = chunkSize
         self.partitions = partitions
         self.logger = logger
         self.changed = changed
@@ -55,45 +54,44 @@ public final class EvaluationJobs: Service, Sendable {
 
     /// Runs one job to its end, recording success or failure in the job.
     public func execute(_ job: Cdp_Segmentation_V1_EvaluationJob) async {
-        let progress = Mutex(job)
-        let seen = Mutex(Set<UInt64>())
+        var progress = job
         let asOf = job.asOf.date
-        // Streaming views taken from now on are newer than what the scan may read.
-        let started = job.hasStartedAt ? job.startedAt.date : Date()
         do {
             for entityType in [Cdp_Model_V1_EntityType.person, .account] {
                 let ids = try await engine.batchSegments(job.segmentIds, of: entityType)
                 guard !ids.isEmpty else { continue }
-                seen.withLock { $0.removeAll() }
-                try await source.scan(entityType, partition: partition, partitions: partitions, asOf: asOf) {
-                    views in
-                    let transitions = try await self.engine.evaluateBatch(
-                        views,
+                var seen = Set<UInt64>()
+                var after: UInt64 = 0
+                // In chunks, each its own transaction, so that streaming changes are taken between them.
+                while true {
+                    let (clusters, transitions) = try await engine.evaluateBatch(
+                        entityType,
                         segments: ids,
                         asOf: asOf,
-                        started: started
+                        partition: partition,
+                        partitions: partitions,
+                        after: after,
+                        limit: chunkSize
                     )
-                    seen.withLock { seen in for view in views { seen.insert(view.cluster) } }
-                    let snapshot = progress.withLock { job in
-                        job.evaluated += UInt64(views.count)
-                        job.realized += UInt64(transitions.realized)
-                        job.exited += UInt64(transitions.exited)
-                        return job
-                    }
-                    try await self.engine.save(snapshot)
-                    if transitions.announced { self.changed() }
+                    guard let last = clusters.last else { break }
+                    after = last
+                    seen.formUnion(clusters)
+                    progress.evaluated += UInt64(clusters.count)
+                    progress.realized += UInt64(transitions.realized)
+                    progress.exited += UInt64(transitions.exited)
+                    try await engine.save(progress)
+                    if transitions.announced { changed() }
                 }
                 let exits = try await engine.exitUnseen(
                     segments: ids,
-                    seen: seen.withLock { $0 },
+                    seen: seen,
                     partition: partition,
-                    partitions: partitions,
-                    started: started
+                    partitions: partitions
                 )
-                progress.withLock { $0.exited += UInt64(exits.exited) }
+                progress.exited += UInt64(exits.exited)
                 if exits.exited > 0 { changed() }
             }
-            var finished = progress.withLock { $0 }
+            var finished = progress
             finished.state = .succeeded
             finished.finishedAt = Google_Protobuf_Timestamp(date: await engine.currentTime())
             try await engine.save(finished)
@@ -105,7 +103,7 @@ public final class EvaluationJobs: Service, Sendable {
                 ]
             )
         } catch {
-            var failed = progress.withLock { $0 }
+            var failed = progress
             failed.state = .failed
             failed.error = "\(error)"
             failed.finishedAt = Google_Protobuf_Timestamp(date: await engine.currentTime())
@@ -119,7 +117,7 @@ public final class EvaluationJobs: Service, Sendable {
     }
 }
 
-/// Re-evaluates stored views when their time-dependent memberships can expire or begin (an event
+/// Re-evaluates entities when their time-dependent memberships can expire or begin (an event
 /// leaving its window), so an audience shrinks on time rather than at the next batch run.
 public final class RecheckScheduler: Service, Sendable {
     private let engine: SegmentationEngine

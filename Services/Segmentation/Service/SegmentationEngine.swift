@@ -4,12 +4,14 @@ import NIOCore
 import RPCCore
 import SegmentationEvaluation
 import SegmentationLanguage
+import SegmentationState
 import SegmentationStore
 import SwiftProtobuf
 
 /// Segmentation's state and evaluation on a thread of its own (every store call blocks): the compiled
-/// segments, the evaluation of incoming views against every streaming segment, time re-checks, batch
-/// chunks, and the bookkeeping of definitions.
+/// segments, the entity state profile's changes keep up to date (in memory, saved with every commit),
+/// the evaluation of the persons and accounts each change touches against every streaming segment,
+/// time re-checks, batch jobs and estimates over the state, and the bookkeeping of definitions.
 public actor SegmentationEngine {
     /// A saved segment and its compiled definition.
     struct Loaded {
@@ -30,7 +32,10 @@ public actor SegmentationEngine {
     private var segments: [String: Loaded] = [:]
     private var streamingPlans: [Audience: Plan] = [:]
     private let frame = Frame()
-    /// Person clusters erased by privacy requests: views of them are dropped.
+    /// What segments are evaluated on.
+    private var state: EntityState
+    private let stateConfiguration: EntityState.Configuration
+    /// Person clusters erased by privacy requests: changes about them are dropped.
     private var forgotten: Set<UInt64>
 
     /// The dedicated event loop the actor runs on.
@@ -40,6 +45,7 @@ public actor SegmentationEngine {
     public init(
         store: SQLiteSegmentationStore,
         loop: any EventLoop,
+        state configuration: EntityState.Configuration = .init(),
         now: @escaping @Sendable () -> Date = Date.init
     )
         throws
@@ -47,6 +53,8 @@ public actor SegmentationEngine {
         self.executor = loop.executor
         self.store = store
         self.now = now
+        self.stateConfiguration = configuration
+        self.state = try Self.loadState(store, configuration)
         self.forgotten = try store.forgotten()
         let records = try store.segments()
         let audiences = Dictionary(uniqueKeysWithValues: records.map { ($0.id, Self.audience($0.entityType)) })
@@ -252,84 +260,107 @@ public actor SegmentationEngine {
         return (results, validUntil)
     }
 
-    /// Takes changed views from profile: each newer than the one held is evaluated against every
-    /// streaming segment of its audience; memberships, transitions and re-checks commit together.
-    public func acceptViews(
-        _ changes: [Cdp_Segmentation_V1_ViewChange]
-    ) throws -> (
-        accepted: Int, stale: Int, transitions: Transitions
-    ) {
-        let time = now()
-        var evaluations: [EntityEvaluation] = []
-        var latest: [String: UInt64] = [:]
-        var stale = 0
+    /// The state as saved: every item as last applied.
+    private static func loadState(
+        _ store: SQLiteSegmentationStore,
+        _ configuration: EntityState.Configuration
+    ) throws -> EntityState {
+        let state = EntityState(configuration: configuration)
+        try state.load(try store.stateChanges())
+        return state
+    }
+
+    /// How many persons and accounts the state holds.
+    public func stateCounts() -> (persons: Int, accounts: Int) {
+        (state.count(of: .person), state.count(of: .account))
+    }
+
+    /// Takes changes to the state from profile: each newer than the item held is applied; then every
+    /// person and account the applied changes touch is evaluated against the streaming segments of its
+    /// audience, and the changes, memberships, transitions and re-checks commit together. A change
+    /// about an erased person is dropped (counted as stale).
+    public func acceptStateChanges(
+        _ changes: [Cdp_Profile_V1_StateChange]
+    ) throws -> (accepted: Int, stale: Int, evaluated: Int, transitions: Transitions) {
         for change in changes {
-            let entityType: Cdp_Model_V1_EntityType
-            let cluster: UInt64
-            var view: EntityView?
-            switch change.view {
-            case .person(let person)?:
-                (entityType, cluster, view) = (.person, person.person.clusterID, .person(person))
-            case .account(let account)?:
-                (entityType, cluster, view) = (.account, account.account.clusterID, .account(account))
-            case .removed(let removed)?:
-                guard removed.entityType == .person || removed.entityType == .account else {
-                    throw RPCError(
-                        code: .invalidArgument,
-                        message: "a removed entity is a PERSON or an ACCOUNT, not \(removed.entityType)"
-                    )
-                }
-                (entityType, cluster) = (removed.entityType, removed.clusterID)
-            case nil:
-                throw RPCError(code: .invalidArgument, message: "a view change carries no view")
+            do {
+                try EntityState.check(change)
+            } catch {
+                throw RPCError(code: .invalidArgument, message: "\(error)")
             }
-            // The store keeps ids and versions as SQLite integers (signed 64-bit).
-            guard cluster <= UInt64(Int64.max), change.version <= UInt64(Int64.max) else {
-                throw RPCError(
-                    code: .invalidArgument,
-                    message:
-                        "cluster_id \(cluster) or version \(change.version) is above 2^63 - 1, the largest this service "
-                        + "stores"
-                )
-            }
-            // An erased person's view that was on its way: dropped (counted as stale).
-            if entityType == .person, forgotten.contains(cluster) {
-                stale += 1
-                continue
-            }
-            let name = "\(entityType.rawValue)/\(cluster)"
-            let held = try latest[name] ?? store.viewVersion(entityType, cluster)
-            if let held, held >= change.version {
-                stale += 1
-                continue
-            }
-            latest[name] = change.version
-            guard let view else {
-                evaluations.append(
-                    EntityEvaluation(
-                        entityType: entityType,
-                        cluster: cluster,
-                        version: change.version,
-                        record: nil,
-                        results: [:],
-                        recheck: .clear
-                    )
-                )
-                continue
-            }
-            evaluations.append(try evaluateStreaming(view, version: change.version, at: time))
         }
-        let transitions = try store.commit(evaluations, at: time)
-        return (changes.count - stale, stale, transitions)
+        let time = now()
+        var touched: Set<EntityState.EntityKey> = []
+        var applied: [Cdp_Profile_V1_StateChange] = []
+        var stale = 0
+        do {
+            for change in changes {
+                if isAboutForgotten(change) {
+                    stale += 1
+                    continue
+                }
+                switch try state.apply(change, touched: &touched) {
+                case .applied: applied.append(change)
+                case .stale: stale += 1
+                }
+            }
+            let version = changes.map(\.version).max()
+            let evaluations = try touched.sorted(by: Self.order).compactMap { key in
+                try evaluateStreaming(key, version: version, at: time)
+            }
+            let transitions = try store.commit(evaluations, state: applied, at: time)
+            return (applied.count, stale, evaluations.count, transitions)
+        } catch {
+            // The state in memory may be ahead of the store: start again from what was committed.
+            state = try Self.loadState(store, stateConfiguration)
+            throw error
+        }
+    }
+
+    private static func order(_ left: EntityState.EntityKey, _ right: EntityState.EntityKey) -> Bool {
+        left.entity.rawValue != right.entity.rawValue
+            ? left.entity.rawValue < right.entity.rawValue : left.cluster < right.cluster
+    }
+
+    /// Whether a change gives data of a person a privacy request erased.
+    private func isAboutForgotten(_ change: Cdp_Profile_V1_StateChange) -> Bool {
+        guard !forgotten.isEmpty else { return false }
+        switch change.item {
+        case .entity(let entity)?: return entity.entityType == .person && forgotten.contains(entity.clusterID)
+        case .link(let link)?:
+            return link.entityType != .opportunity && link.present && forgotten.contains(link.fromClusterID)
+        case .event(let event)?: return forgotten.contains(event.personClusterID)
+        case nil: return false
+        }
+    }
+
+    /// Evaluates a touched person or account against the streaming segments as of `time`; an entity
+    /// without a record exits everything. Nil for what is not a root or was erased.
+    private func evaluateStreaming(
+        _ key: EntityState.EntityKey,
+        version: UInt64?,
+        at time: Date
+    ) throws -> EntityEvaluation? {
+        guard key.entity == .person || key.entity == .account, key.cluster != 0 else { return nil }
+        if key.entity == .person, forgotten.contains(key.cluster) { return nil }
+        guard let view = state.view(key, asOf: time) else {
+            return EntityEvaluation(
+                entityType: key.entity,
+                cluster: key.cluster,
+                version: nil,
+                record: nil,
+                results: [:],
+                recheck: .clear
+            )
+        }
+        return try evaluateStreaming(view, version: version, at: time)
     }
 
     private func evaluateStreaming(_ view: EntityView, version: UInt64?, at time: Date) throws -> EntityEvaluation {
         frame.load(view, asOf: time.timeIntervalSince1970)
         let plan = streamingPlans[view.audience] ?? Plan(segments: [], external: [])
         let (results, validUntil) = try evaluate(plan, entityType: view.entityType)
-        let recheck: Recheck =
-            try validUntil.map { .schedule(due: Date(timeIntervalSince1970: $0), view: try Self.bytes(of: view)) }
-            ?? .clear
+        let recheck: Recheck = validUntil.map { .schedule(due: Date(timeIntervalSince1970: $0)) } ?? .clear
         return EntityEvaluation(
             entityType: view.entityType,
             cluster: view.cluster,
@@ -340,26 +371,24 @@ public actor SegmentationEngine {
         )
     }
 
-    private static func bytes(of view: EntityView) throws -> Data {
-        switch view {
-        case .person(let person): try person.serializedBytes()
-        case .account(let account): try account.serializedBytes()
-        }
-    }
-
-    /// Re-evaluates the stored views whose memberships can have changed with time by now. Returns how
-    /// many views were re-checked.
+    /// Re-evaluates the entities whose memberships can have changed with time by now, from the state.
+    /// Returns how many were re-checked.
     public func runDueRechecks(limit: Int = 1000) throws -> (checked: Int, transitions: Transitions) {
         let time = now()
         let due = try store.dueRechecks(at: time, limit: limit)
         guard !due.isEmpty else { return (0, Transitions()) }
-        let evaluations = try due.map { recheck in
-            let view: EntityView =
-                recheck.entityType == .account
-                ? .account(try Cdp_Profile_V1_AccountView(serializedBytes: recheck.view))
-                : .person(try Cdp_Profile_V1_PersonView(serializedBytes: recheck.view))
-            return try evaluateStreaming(view, version: nil, at: time)
+        var evaluations: [EntityEvaluation] = []
+        var absent: [DueRecheck] = []
+        for recheck in due {
+            let key = EntityState.EntityKey(recheck.entityType, recheck.cluster)
+            // An entity the state does not hold leaves by its removal, not by a re-check.
+            guard let view = state.view(key, asOf: time) else {
+                absent.append(recheck)
+                continue
+            }
+            evaluations.append(try evaluateStreaming(view, version: nil, at: time))
         }
+        if !absent.isEmpty { try store.clearRechecks(absent) }
         return (due.count, try store.commit(evaluations, at: time))
     }
 
@@ -402,16 +431,34 @@ public actor SegmentationEngine {
         return ids.filter { segments[$0]?.record.entityType == entityType }
     }
 
-    /// Evaluates a chunk of a batch job's views against `ids` as of `asOf` and commits the results.
-    /// For an entity whose streaming view was taken since `started` (the job's start), the results for
-    /// streaming segments yield to that view's: the scan may have read an older one.
+    /// Evaluates the next chunk of a batch job: at most `limit` entities of `entityType` in the
+    /// partition with clusters above `after`, from the state as of `asOf`, against `ids`; commits the
+    /// results. Returns the clusters evaluated (empty at the end) and the transitions.
     public func evaluateBatch(
-        _ views: [EntityView],
+        _ entityType: Cdp_Model_V1_EntityType,
         segments ids: [String],
         asOf: Date,
-        started: Date = .distantFuture
-    ) throws -> Transitions {
-        let streaming = Set(ids.filter { segments[$0]?.record.isStreaming ?? false })
+        partition: Int,
+        partitions: Int,
+        after: UInt64,
+        limit: Int
+    ) throws -> (clusters: [UInt64], transitions: Transitions) {
+        let clusters = state.clusters(
+            of: entityType,
+            partition: partition,
+            partitions: partitions,
+            after: after,
+            limit: limit
+        )
+        let views = clusters.compactMap { cluster -> EntityView? in
+            if entityType == .person, forgotten.contains(cluster) { return nil }
+            return state.view(EntityState.EntityKey(entityType, cluster), asOf: asOf)
+        }
+        return (clusters, try evaluateBatch(views, segments: ids, asOf: asOf))
+    }
+
+    /// Evaluates views against `ids` as of `asOf` and commits the results.
+    func evaluateBatch(_ views: [EntityView], segments ids: [String], asOf: Date) throws -> Transitions {
         var plans: [Audience: Plan] = [:]
         for kind in Audience.allCases {
             plans[kind] = Self.plan(
@@ -419,17 +466,13 @@ public actor SegmentationEngine {
                 segments
             )
         }
-        let views = views.filter { $0.entityType != .person || !forgotten.contains($0.cluster) }
         let evaluations = try views.map { view in
             frame.load(view, asOf: asOf.timeIntervalSince1970)
             let (results, validUntil) = try evaluate(plans[view.audience]!, entityType: view.entityType)
             // A streaming segment's time-dependent membership is re-checked like one from a streaming
-            // view (jobs evaluate streaming segments only as of now).
-            let recheck: Recheck =
-                validUntil.map {
-                    .scheduleUnlessEarlier(due: Date(timeIntervalSince1970: $0), view: { try Self.bytes(of: view) })
-                } ?? .keep
-            var evaluation = EntityEvaluation(
+            // change (jobs evaluate streaming segments only as of now).
+            let recheck: Recheck = validUntil.map { .scheduleUnlessEarlier(due: Date(timeIntervalSince1970: $0)) } ?? .keep
+            return EntityEvaluation(
                 entityType: view.entityType,
                 cluster: view.cluster,
                 version: nil,
@@ -437,31 +480,54 @@ public actor SegmentationEngine {
                 results: results,
                 recheck: recheck
             )
-            if !streaming.isEmpty { evaluation.yieldsToStreaming = (started, streaming) }
-            return evaluation
         }
         return try store.commit(evaluations, at: now())
     }
 
-    /// After a batch job: entities of the partition realized in `ids` that the scan did not see
-    /// (profile no longer has them) exit; not those whose streaming view was taken since the job
-    /// `started` (they may have come after the scan passed their place; profile's stream tells their
-    /// removals).
+    /// Counts the entities of the next chunk (as ``evaluateBatch(_:segments:asOf:partition:partitions:after:limit:)``
+    /// takes them) that satisfy `segment` as of `asOf`, without committing anything.
+    public func estimate(
+        _ segment: CompiledSegment,
+        entityType: Cdp_Model_V1_EntityType,
+        asOf: Date,
+        partition: Int,
+        partitions: Int,
+        after: UInt64,
+        limit: Int
+    ) throws -> (clusters: [UInt64], matched: Int, evaluated: Int) {
+        let clusters = state.clusters(
+            of: entityType,
+            partition: partition,
+            partitions: partitions,
+            after: after,
+            limit: limit
+        )
+        let needsMemberships = !segment.definition.segmentReferences.isEmpty
+        var matched = 0
+        var evaluated = 0
+        for cluster in clusters {
+            if entityType == .person, forgotten.contains(cluster) { continue }
+            guard let view = state.view(EntityState.EntityKey(entityType, cluster), asOf: asOf) else { continue }
+            frame.load(view, asOf: asOf.timeIntervalSince1970)
+            if needsMemberships { frame.memberships = try store.realizedSegments(entityType, cluster) }
+            if segment.evaluate(in: frame).matched { matched += 1 }
+            evaluated += 1
+        }
+        return (clusters, matched, evaluated)
+    }
+
+    /// After a batch job: entities of the partition realized in `ids` that the job did not see (the
+    /// state no longer has them) exit.
     public func exitUnseen(
         segments ids: [String],
         seen: Set<UInt64>,
         partition: Int,
-        partitions: Int,
-        started: Date = .distantFuture
+        partitions: Int
     ) throws
         -> Transitions
     {
-        let missing = try store.realizedClusters(
-            in: ids,
-            partition: partition,
-            partitions: partitions,
-            streamedBefore: started
-        ).filter { !seen.contains($0.cluster) }
+        let missing = try store.realizedClusters(in: ids, partition: partition, partitions: partitions)
+            .filter { !seen.contains($0.cluster) && state.record($0.entityType, $0.cluster) == nil }
         let evaluations = missing.map { entity in
             EntityEvaluation(
                 entityType: entity.entityType,
@@ -480,9 +546,11 @@ public actor SegmentationEngine {
         try store.realizedSegments(entityType, cluster)
     }
 
-    /// Explains a segment's result on a view.
+    /// Explains a segment's result on an entity: on the view the state builds, the one its memberships
+    /// were decided on (on `view`, profile's, if the state does not hold the entity).
     public func explain(_ id: String, _ view: EntityView, asOf: Date) throws -> (Outcome, [ExplanationStep]) {
         let loaded = try loaded(id)
+        let view = state.view(EntityState.EntityKey(view.entityType, view.cluster), asOf: asOf) ?? view
         frame.load(view, asOf: asOf.timeIntervalSince1970)
         frame.memberships = try store.realizedSegments(view.entityType, view.cluster)
         return loaded.compiled.explain(in: frame)
@@ -490,11 +558,30 @@ public actor SegmentationEngine {
 
     // MARK: - Privacy
 
-    /// Erases persons (a privacy request): see ``SQLiteSegmentationStore/erase(clusters:at:)``. From
-    /// now on their views are dropped.
+    /// Erases persons (a privacy request): see ``SQLiteSegmentationStore/erase(clusters:at:)``; their
+    /// state (record, links, events) goes too, and the accounts that showed them are evaluated again.
+    /// From now on changes about them are dropped.
     public func erase(clusters: [UInt64]) throws -> (exited: Int, records: Int) {
-        let erased = try store.erase(clusters: clusters, at: now())
+        let time = now()
+        let erased = try store.erase(clusters: clusters, at: time)
         forgotten.formUnion(clusters)
+        var touched: Set<EntityState.EntityKey> = []
+        var items = StateItems()
+        for cluster in clusters {
+            let dropped = state.forget(person: cluster, touched: &touched)
+            items.persons.append(cluster)
+            items.links += dropped.links.map { ($0.entity, $0.key) }
+            items.events += dropped.events
+        }
+        do {
+            let evaluations = try touched.sorted(by: Self.order).compactMap { key in
+                try evaluateStreaming(key, version: nil, at: time)
+            }
+            _ = try store.commit(evaluations, forgetting: items, at: time)
+        } catch {
+            state = try Self.loadState(store, stateConfiguration)
+            throw error
+        }
         return erased
     }
 

@@ -6,7 +6,6 @@ import SegmentationEvaluation
 import SegmentationLanguage
 import SegmentationStore
 import SwiftProtobuf
-import Synchronization
 
 /// `cdp.segmentation.v1.Segmentation`: segment definitions, streaming evaluation of profile's views,
 /// batch jobs, members, estimates and explanations.
@@ -41,13 +40,13 @@ public final class SegmentationService: Cdp_Segmentation_V1_Segmentation.Service
         self.forwardingError = forwardingError
     }
 
-    public func acceptViews(
-        request: Cdp_Segmentation_V1_AcceptViewsRequest,
+    public func acceptStateChanges(
+        request: Cdp_Segmentation_V1_AcceptStateChangesRequest,
         context: ServerContext
-    ) async throws -> Cdp_Segmentation_V1_AcceptViewsResponse {
-        let result: (accepted: Int, stale: Int, transitions: Transitions)
+    ) async throws -> Cdp_Segmentation_V1_AcceptStateChangesResponse {
+        let result: (accepted: Int, stale: Int, evaluated: Int, transitions: Transitions)
         do {
-            result = try await engine.acceptViews(request.changes)
+            result = try await engine.acceptStateChanges(request.changes)
         } catch let error as RPCError {
             throw error
         } catch {
@@ -55,9 +54,10 @@ public final class SegmentationService: Cdp_Segmentation_V1_Segmentation.Service
             throw RPCError(code: .unavailable, message: "segmentation could not store the results (\(error)); retry")
         }
         if result.transitions.announced { changed() }
-        var response = Cdp_Segmentation_V1_AcceptViewsResponse()
+        var response = Cdp_Segmentation_V1_AcceptStateChangesResponse()
         response.accepted = UInt32(result.accepted)
         response.stale = UInt32(result.stale)
+        response.evaluated = UInt32(result.evaluated)
         return response
     }
 
@@ -86,7 +86,6 @@ public final class SegmentationService: Cdp_Segmentation_V1_Segmentation.Service
     /// so that a new or redefined segment has its members without a manual Evaluate; returns the job's
     /// id, or "" when there is no profile service to read views from.
     private func evaluateExistingViews(of record: SegmentRecord) async throws -> String {
-        guard source.isAvailable else { return "" }
         let (partition, partitions) = jobs.assignment
         let job = try await engine.newJob(
             segments: [record.id],
@@ -174,26 +173,26 @@ public final class SegmentationService: Cdp_Segmentation_V1_Segmentation.Service
         let entityType: Cdp_Model_V1_EntityType = request.entityType == .account ? .account : .person
         let segment = try await engine.compile(request.pql, entityType)
         let asOf = request.hasAsOf ? request.asOf.date : await engine.currentTime()
-        let tally = Mutex((matched: UInt64(0), evaluated: UInt64(0)))
-        let needsMemberships = !segment.definition.segmentReferences.isEmpty
         let (partition, partitions) = jobs.assignment
-        try await source.scan(entityType, partition: partition, partitions: partitions, asOf: asOf) { views in
-            let frame = Frame()
-            var matched: UInt64 = 0
-            for view in views {
-                frame.load(view, asOf: asOf.timeIntervalSince1970)
-                if needsMemberships {
-                    frame.memberships = try await self.engine.realizedSegments(view.entityType, view.cluster)
-                }
-                if segment.evaluate(in: frame).matched { matched += 1 }
-            }
-            tally.withLock {
-                $0.matched += matched
-                $0.evaluated += UInt64(views.count)
-            }
+        var (matched, evaluated, after) = (UInt64(0), UInt64(0), UInt64(0))
+        // In chunks, so that streaming changes are taken between them.
+        while true {
+            let chunk = try await engine.estimate(
+                segment,
+                entityType: entityType,
+                asOf: asOf,
+                partition: partition,
+                partitions: partitions,
+                after: after,
+                limit: 2000
+            )
+            guard let last = chunk.clusters.last else { break }
+            matched += UInt64(chunk.matched)
+            evaluated += UInt64(chunk.evaluated)
+            after = last
         }
         var response = Cdp_Segmentation_V1_EstimateResponse()
-        (response.matched, response.evaluated) = tally.withLock { ($0.matched, $0.evaluated) }
+        (response.matched, response.evaluated) = (matched, evaluated)
         response.asOf = Google_Protobuf_Timestamp(date: asOf)
         return response
     }
@@ -204,7 +203,6 @@ public final class SegmentationService: Cdp_Segmentation_V1_Segmentation.Service
     ) async throws -> Cdp_Segmentation_V1_EvaluationJob {
         let asOf = request.hasAsOf ? request.asOf.date : await engine.currentTime()
         let ids = try await engine.jobSegments(request.segmentIds, asOf: asOf)
-        guard source.isAvailable else { throw NoViewSource.refusal }
         let (partition, partitions) = jobs.assignment
         let job = try await engine.newJob(segments: ids, asOf: asOf, partition: partition, partitions: partitions)
         jobs.submit(job)

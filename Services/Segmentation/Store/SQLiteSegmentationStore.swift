@@ -104,6 +104,26 @@ public final class SQLiteSegmentationStore: Sendable {
             // the job's results for streaming segments then yield to the streaming ones.
             try db.execute(sql: "ALTER TABLE entities ADD COLUMN streamed REAL NOT NULL DEFAULT 0")
         }
+        migrator.registerMigration("v4: the state segments are evaluated on") { db in
+            // Every item of profile's change stream as last applied (kind 1: a unified record by entity
+            // and cluster, 2: a link by fragment type and key, 3: an event by key), absent items too:
+            // the version of each is what makes a re-sent or older change stale. Loaded into memory at
+            // start. Re-checks no longer keep a view: the state builds it when due.
+            try db.execute(
+                sql: """
+                    CREATE TABLE state (
+                        kind INTEGER NOT NULL,
+                        entity INTEGER NOT NULL,
+                        cluster INTEGER NOT NULL,
+                        key TEXT NOT NULL,
+                        version INTEGER NOT NULL,
+                        change BLOB NOT NULL,
+                        PRIMARY KEY (kind, entity, cluster, key)
+                    ) WITHOUT ROWID;
+                    UPDATE rechecks SET view = x'';
+                    """
+            )
+        }
         return migrator
     }
 
@@ -275,9 +295,17 @@ public final class SQLiteSegmentationStore: Sendable {
     }
 
     /// Commits evaluations: memberships whose status changed get a new version and an outbox row;
-    /// view versions and re-checks are updated. One transaction.
-    public func commit(_ evaluations: [EntityEvaluation], at now: Date) throws -> Transitions {
+    /// view versions and re-checks are updated. The state changes the evaluations were made on are
+    /// saved with them, and the state items of `forgetting` deleted. One transaction.
+    public func commit(
+        _ evaluations: [EntityEvaluation],
+        state changes: [Cdp_Profile_V1_StateChange] = [],
+        forgetting: StateItems = StateItems(),
+        at now: Date
+    ) throws -> Transitions {
         try writer.write { db in
+            for change in changes { try Self.save(change, db) }
+            try Self.delete(forgetting, db)
             var transitions = Transitions()
             for evaluation in evaluations {
                 try commit(evaluation, at: now, &transitions, db)
@@ -301,10 +329,7 @@ public final class SQLiteSegmentationStore: Sendable {
             arguments: [entity, cluster]
         ).map { (version: $0[0] as Int64, record: $0[1] as Data, streamed: $0[2] as Double) }
         var record = evaluation.record
-        var evaluationResults = evaluation.results
-        if let yielding = evaluation.yieldsToStreaming, let held, held.streamed > yielding.since.timeIntervalSince1970 {
-            evaluationResults = evaluationResults.filter { !yielding.segments.contains($0.key) }
-        }
+        let evaluationResults = evaluation.results
         // When this entity's streaming view is taken (batch runs and re-checks leave it).
         let streamed = evaluation.version == nil ? 0 : now.timeIntervalSince1970
         // A batch job's or a re-check's view (no version) is read from profile while streaming views
@@ -414,11 +439,11 @@ public final class SQLiteSegmentationStore: Sendable {
         case .clear:
             try db.cachedStatement(sql: "DELETE FROM rechecks WHERE entity = ? AND cluster = ?")
                 .execute(arguments: [entity, cluster])
-        case .schedule(let due, let view):
+        case .schedule(let due):
             try db.cachedStatement(
-                sql: "INSERT OR REPLACE INTO rechecks (entity, cluster, due, view) VALUES (?, ?, ?, ?)"
-            ).execute(arguments: [entity, cluster, due.timeIntervalSince1970, view])
-        case .scheduleUnlessEarlier(let due, let view):
+                sql: "INSERT OR REPLACE INTO rechecks (entity, cluster, due, view) VALUES (?, ?, ?, x'')"
+            ).execute(arguments: [entity, cluster, due.timeIntervalSince1970])
+        case .scheduleUnlessEarlier(let due):
             let scheduled = try Double.fetchOne(
                 try db.cachedStatement(sql: "SELECT due FROM rechecks WHERE entity = ? AND cluster = ?"),
                 arguments: [entity, cluster]
@@ -426,21 +451,19 @@ public final class SQLiteSegmentationStore: Sendable {
             if let scheduled, scheduled <= due.timeIntervalSince1970 { break }
             try db.cachedStatement(
                 sql: """
-                    INSERT INTO rechecks (entity, cluster, due, view) VALUES (?, ?, ?, ?)
-                    ON CONFLICT (entity, cluster) DO UPDATE SET due = min(due, excluded.due), view = excluded.view
+                    INSERT INTO rechecks (entity, cluster, due, view) VALUES (?, ?, ?, x'')
+                    ON CONFLICT (entity, cluster) DO UPDATE SET due = min(due, excluded.due)
                     """
-            ).execute(arguments: [entity, cluster, due.timeIntervalSince1970, try view()])
+            ).execute(arguments: [entity, cluster, due.timeIntervalSince1970])
         }
     }
 
-    /// Entities realized in `segments` whose cluster falls in the partition: after a batch run, those
-    /// the scan did not see are those profile no longer has. Entities whose streaming view was taken
-    /// after `streamedBefore` are left out: the scan may have passed them before they existed.
+    /// Entities realized in `segments` whose cluster falls in the partition: after a batch job, those
+    /// it did not see are those the state no longer has.
     public func realizedClusters(
         in segments: [String],
         partition: Int,
-        partitions: Int,
-        streamedBefore: Date = .distantFuture
+        partitions: Int
     ) throws -> [(entityType: Cdp_Model_V1_EntityType, cluster: UInt64)] {
         try writer.read { db in
             var found: [(Cdp_Model_V1_EntityType, UInt64)] = []
@@ -448,16 +471,10 @@ public final class SQLiteSegmentationStore: Sendable {
                 for row in try Row.fetchAll(
                     db,
                     sql: """
-                        SELECT DISTINCT m.entity, m.cluster FROM memberships m
-                        LEFT JOIN entities e ON e.entity = m.entity AND e.cluster = m.cluster
-                        WHERE m.segment = ? AND m.realized = 1 AND m.cluster % ? = ?
-                            AND coalesce(e.streamed, 0) <= ?
+                        SELECT DISTINCT entity, cluster FROM memberships
+                        WHERE segment = ? AND realized = 1 AND cluster % ? = ?
                         """,
-                    arguments: [
-                        segment, partitions, partition,
-                        streamedBefore == .distantFuture
-                            ? Double.greatestFiniteMagnitude : streamedBefore.timeIntervalSince1970,
-                    ]
+                    arguments: [segment, max(partitions, 1), partitions > 1 ? partition : 0]
                 ) {
                     found.append((Cdp_Model_V1_EntityType(rawValue: row[0]) ?? .person, UInt64(row[1] as Int64)))
                 }
@@ -587,22 +604,82 @@ public final class SQLiteSegmentationStore: Sendable {
     /// Clears the write-ahead log of deleted data; false if it could not yet.
     public func clearLog() -> Bool { ServiceDatabase.clearLog(writer) }
 
+    // MARK: - State
+
+    /// Every state change saved, in no particular order (each is the latest of its item).
+    public func stateChanges() throws -> [Cdp_Profile_V1_StateChange] {
+        try writer.read { db in
+            let cursor = try Data.fetchCursor(db, sql: "SELECT change FROM state")
+            var changes: [Cdp_Profile_V1_StateChange] = []
+            while let data = try cursor.next() { changes.append(try Cdp_Profile_V1_StateChange(serializedBytes: data)) }
+            return changes
+        }
+    }
+
+    /// The row key of a state item.
+    private static func item(_ change: Cdp_Profile_V1_StateChange) -> (kind: Int, entity: Int, cluster: Int64, key: String)? {
+        switch change.item {
+        case .entity(let entity)?: (1, entity.entityType.rawValue, Int64(clamping: entity.clusterID), "")
+        case .link(let link)?: (2, link.entityType.rawValue, 0, link.key)
+        case .event(let event)?: (3, 0, 0, event.key)
+        case nil: nil
+        }
+    }
+
+    private static func save(_ change: Cdp_Profile_V1_StateChange, _ db: Database) throws {
+        guard let item = item(change) else { return }
+        try db.cachedStatement(
+            sql: """
+                INSERT INTO state (kind, entity, cluster, key, version, change) VALUES (?, ?, ?, ?, ?, ?)
+                ON CONFLICT (kind, entity, cluster, key) DO UPDATE SET version = excluded.version,
+                    change = excluded.change
+                """
+        ).execute(arguments: [
+            item.kind, item.entity, item.cluster, item.key, Int64(clamping: change.version),
+            try change.serializedBytes() as Data,
+        ])
+    }
+
+    private static func delete(_ items: StateItems, _ db: Database) throws {
+        for cluster in items.persons {
+            try db.cachedStatement(sql: "DELETE FROM state WHERE kind = 1 AND entity = ? AND cluster = ? AND key = ''")
+                .execute(arguments: [Cdp_Model_V1_EntityType.person.rawValue, Int64(clamping: cluster)])
+        }
+        for (entity, key) in items.links {
+            try db.cachedStatement(sql: "DELETE FROM state WHERE kind = 2 AND entity = ? AND cluster = 0 AND key = ?")
+                .execute(arguments: [entity.rawValue, key])
+        }
+        for key in items.events {
+            try db.cachedStatement(sql: "DELETE FROM state WHERE kind = 3 AND entity = 0 AND cluster = 0 AND key = ?")
+                .execute(arguments: [key])
+        }
+    }
+
     // MARK: - Re-checks
 
-    /// Views whose re-check is due at `now`, earliest first.
+    /// Entities whose re-check is due at `now`, earliest first.
     public func dueRechecks(at now: Date, limit: Int) throws -> [DueRecheck] {
         try writer.read { db in
             try Row.fetchAll(
                 try db.cachedStatement(
-                    sql: "SELECT entity, cluster, view FROM rechecks WHERE due <= ? ORDER BY due LIMIT ?"
+                    sql: "SELECT entity, cluster FROM rechecks WHERE due <= ? ORDER BY due LIMIT ?"
                 ),
                 arguments: [now.timeIntervalSince1970, limit]
             ).map { row in
                 DueRecheck(
                     entityType: Cdp_Model_V1_EntityType(rawValue: row[0]) ?? .person,
-                    cluster: UInt64(row[1] as Int64),
-                    view: row[2]
+                    cluster: UInt64(row[1] as Int64)
                 )
+            }
+        }
+    }
+
+    /// Drops re-checks without evaluating (of entities the state no longer holds).
+    public func clearRechecks(_ rechecks: [DueRecheck]) throws {
+        try writer.write { db in
+            for recheck in rechecks {
+                try db.cachedStatement(sql: "DELETE FROM rechecks WHERE entity = ? AND cluster = ?")
+                    .execute(arguments: [recheck.entityType.rawValue, Int64(clamping: recheck.cluster)])
             }
         }
     }

@@ -52,11 +52,11 @@ public struct SegmentRecord: Sendable, Equatable {
 public enum Recheck: Sendable {
     /// Leave it as it is.
     case keep
-    /// Re-evaluate the stored view at `due` (a membership can expire or begin then).
-    case schedule(due: Date, view: Data)
+    /// Re-evaluate the entity at `due` (a membership can expire or begin then).
+    case schedule(due: Date)
     /// As `schedule`, unless a re-check is already due no later (a batch job evaluated only some of the
-    /// streaming segments, or the same view again); the view is serialized only when written.
-    case scheduleUnlessEarlier(due: Date, view: @Sendable () throws -> Data)
+    /// streaming segments, or the same view again).
+    case scheduleUnlessEarlier(due: Date)
     /// Nothing to re-check.
     case clear
 }
@@ -73,10 +73,6 @@ public struct EntityEvaluation: Sendable {
     /// Segment id → whether the entity satisfies it now.
     public var results: [String: Bool]
     public var recheck: Recheck
-    /// For a batch job's evaluation: its results for `segments` (streaming ones) are dropped when a
-    /// streaming view of the entity was taken after `since` (the job's start). The job's view
-    /// may be older than that view, which already evaluated those segments.
-    public var yieldsToStreaming: (since: Date, segments: Set<String>)? = nil
 
     /// Creates an evaluation.
     public init(
@@ -130,9 +126,21 @@ public struct ChangeChunk: Sendable {
     public var last: Int64
 }
 
-/// A view waiting for its time re-check.
+/// An entity waiting for its time re-check.
 public struct DueRecheck: Sendable {
     public var entityType: Cdp_Model_V1_EntityType
     public var cluster: UInt64
-    public var view: Data
+}
+
+/// State items to delete (an erased person's).
+public struct StateItems: Sendable {
+    /// Person clusters whose unified record goes.
+    public var persons: [UInt64] = []
+    /// Links by fragment type and key.
+    public var links: [(entity: Cdp_Model_V1_EntityType, key: String)] = []
+    /// Events by key.
+    public var events: [String] = []
+
+    /// Nothing.
+    public init() {}
 }

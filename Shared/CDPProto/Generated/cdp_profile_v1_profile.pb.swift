@@ -8,8 +8,9 @@
 // For information on using the generated types, please see the documentation:
 //   https://github.com/apple/swift-protobuf/
 
-/// The profile service: keeps every source record as a fragment of its unified entity, builds the
-/// unified person and account views under merge policies, and sends changed views to segmentation.
+/// The profile service: keeps every source record as a fragment of its unified entity, unifies them
+/// under merge policies, builds person and account views on request, and sends segmentation the
+/// changes to the state it evaluates segments on (unified records, links, events).
 
 #if canImport(FoundationEssentials)
 import FoundationEssentials
@@ -448,8 +449,8 @@ public nonisolated struct Cdp_Profile_V1_OutboxStatus: Sendable {
   // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
   // methods supported on all messages.
 
-  /// Persons and accounts whose views changed and are not yet sent.
-  public var pendingViews: UInt64 = 0
+  /// Items (unified records, links, events) whose state changed and is not yet sent to segmentation.
+  public var pendingChanges: UInt64 = 0
 
   public var oldestPending: SwiftProtobuf.Google_Protobuf_Timestamp {
     get {_oldestPending ?? SwiftProtobuf.Google_Protobuf_Timestamp()}
@@ -460,7 +461,7 @@ public nonisolated struct Cdp_Profile_V1_OutboxStatus: Sendable {
   /// Clears the value of `oldestPending`. Subsequent reads from it will return its default value.
   public mutating func clearOldestPending() {self._oldestPending = nil}
 
-  public var sentViews: UInt64 = 0
+  public var sentChanges: UInt64 = 0
 
   public var lastError: String = String()
 
@@ -472,6 +473,186 @@ public nonisolated struct Cdp_Profile_V1_OutboxStatus: Sendable {
   public init() {}
 
   fileprivate var _oldestPending: SwiftProtobuf.Google_Protobuf_Timestamp? = nil
+}
+
+/// One change to the state segmentation evaluates segments on: the current value of one item (a
+/// clustered entity's unified record, a link one fragment makes between two clusters, an event) or its
+/// absence. Profile sends each item as it is when the change is taken, so a change supersedes every
+/// older change of the same item; applying one twice, or an older one after a newer one, changes
+/// nothing. From these items segmentation rebuilds exactly the person and account views profile would
+/// build (the same accounts through the same three paths, the same opportunities, roles, memberships
+/// and events).
+public nonisolated struct Cdp_Profile_V1_StateChange: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  /// Increasing across all of profile's sends (a change re-sent after a failure takes a new one).
+  public var version: UInt64 = 0
+
+  public var item: Cdp_Profile_V1_StateChange.OneOf_Item? = nil
+
+  public var entity: Cdp_Profile_V1_EntityState {
+    get {
+      if case .entity(let v)? = item {return v}
+      return Cdp_Profile_V1_EntityState()
+    }
+    set {item = .entity(newValue)}
+  }
+
+  public var link: Cdp_Profile_V1_LinkState {
+    get {
+      if case .link(let v)? = item {return v}
+      return Cdp_Profile_V1_LinkState()
+    }
+    set {item = .link(newValue)}
+  }
+
+  public var event: Cdp_Profile_V1_EventState {
+    get {
+      if case .event(let v)? = item {return v}
+      return Cdp_Profile_V1_EventState()
+    }
+    set {item = .event(newValue)}
+  }
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public nonisolated enum OneOf_Item: Equatable, Sendable {
+    case entity(Cdp_Profile_V1_EntityState)
+    case link(Cdp_Profile_V1_LinkState)
+    case event(Cdp_Profile_V1_EventState)
+
+  }
+
+  public init() {}
+}
+
+/// A person's, account's, opportunity's, campaign's or marketing list's unified record.
+public nonisolated struct Cdp_Profile_V1_EntityState: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var entityType: Cdp_Model_V1_EntityType = .unspecified
+
+  public var clusterID: UInt64 = 0
+
+  /// Unset: the cluster has no live fragment any more (merged into another, split, deleted).
+  public var unified: Cdp_Profile_V1_UnifiedRecord {
+    get {_unified ?? Cdp_Profile_V1_UnifiedRecord()}
+    set {_unified = newValue}
+  }
+  /// Returns true if `unified` has been explicitly set.
+  public var hasUnified: Bool {self._unified != nil}
+  /// Clears the value of `unified`. Subsequent reads from it will return its default value.
+  public mutating func clearUnified() {self._unified = nil}
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+
+  fileprivate var _unified: Cdp_Profile_V1_UnifiedRecord? = nil
+}
+
+/// The link one fragment makes between two clusters, keyed by the fragment: a person record's account
+/// (PERSON), an opportunity record's account (OPPORTUNITY), an account-person relation, an
+/// opportunity-person relation (with the role), a campaign member (with its status) or a marketing-list
+/// member.
+public nonisolated struct Cdp_Profile_V1_LinkState: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  /// The fragment's entity type: PERSON, OPPORTUNITY, ACCOUNT_PERSON_RELATION,
+  /// OPPORTUNITY_PERSON_RELATION, CAMPAIGN_MEMBER or MARKETING_LIST_MEMBER.
+  public var entityType: Cdp_Model_V1_EntityType = .unspecified
+
+  /// The fragment's key.
+  public var key: String = String()
+
+  /// False: the fragment links nothing now (deleted, or one of its ends is not resolved).
+  public var present: Bool = false
+
+  /// The person's cluster (the opportunity's for an OPPORTUNITY link).
+  public var fromClusterID: UInt64 = 0
+
+  /// The account's, opportunity's, campaign's or list's cluster.
+  public var toClusterID: UInt64 = 0
+
+  /// OPPORTUNITY_PERSON_RELATION: the person's role on the opportunity.
+  public var role: String {
+    get {_role ?? String()}
+    set {_role = newValue}
+  }
+  /// Returns true if `role` has been explicitly set.
+  public var hasRole: Bool {self._role != nil}
+  /// Clears the value of `role`. Subsequent reads from it will return its default value.
+  public mutating func clearRole() {self._role = nil}
+
+  public var isPrimary: Bool {
+    get {_isPrimary ?? false}
+    set {_isPrimary = newValue}
+  }
+  /// Returns true if `isPrimary` has been explicitly set.
+  public var hasIsPrimary: Bool {self._isPrimary != nil}
+  /// Clears the value of `isPrimary`. Subsequent reads from it will return its default value.
+  public mutating func clearIsPrimary() {self._isPrimary = nil}
+
+  /// CAMPAIGN_MEMBER: the member's status and whether they responded.
+  public var status: String {
+    get {_status ?? String()}
+    set {_status = newValue}
+  }
+  /// Returns true if `status` has been explicitly set.
+  public var hasStatus: Bool {self._status != nil}
+  /// Clears the value of `status`. Subsequent reads from it will return its default value.
+  public mutating func clearStatus() {self._status = nil}
+
+  public var hasResponded_p: Bool {
+    get {_hasResponded_p ?? false}
+    set {_hasResponded_p = newValue}
+  }
+  /// Returns true if `hasResponded_p` has been explicitly set.
+  public var hasHasResponded_p: Bool {self._hasResponded_p != nil}
+  /// Clears the value of `hasResponded_p`. Subsequent reads from it will return its default value.
+  public mutating func clearHasResponded_p() {self._hasResponded_p = nil}
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+
+  fileprivate var _role: String? = nil
+  fileprivate var _isPrimary: Bool? = nil
+  fileprivate var _status: String? = nil
+  fileprivate var _hasResponded_p: Bool? = nil
+}
+
+/// An event and the person it belongs to.
+public nonisolated struct Cdp_Profile_V1_EventState: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var key: String = String()
+
+  /// 0: the event is gone (deleted, or its person is not resolved).
+  public var personClusterID: UInt64 = 0
+
+  public var event: Cdp_Model_V1_ExperienceEvent {
+    get {_event ?? Cdp_Model_V1_ExperienceEvent()}
+    set {_event = newValue}
+  }
+  /// Returns true if `event` has been explicitly set.
+  public var hasEvent: Bool {self._event != nil}
+  /// Clears the value of `event`. Subsequent reads from it will return its default value.
+  public mutating func clearEvent() {self._event = nil}
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+
+  fileprivate var _event: Cdp_Model_V1_ExperienceEvent? = nil
 }
 
 /// A record with the clusters identity resolved for it and for the entities it names.
@@ -1277,7 +1458,7 @@ nonisolated extension Cdp_Profile_V1_GetOutboxStatusRequest: SwiftProtobuf.Messa
 
 nonisolated extension Cdp_Profile_V1_OutboxStatus: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".OutboxStatus"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}pending_views\0\u{3}oldest_pending\0\u{3}sent_views\0\u{3}last_error\0\u{3}applied_identity_sequence\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}pending_changes\0\u{3}oldest_pending\0\u{3}sent_changes\0\u{3}last_error\0\u{3}applied_identity_sequence\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -1285,9 +1466,9 @@ nonisolated extension Cdp_Profile_V1_OutboxStatus: SwiftProtobuf.Message, SwiftP
       // allocates stack space for every case branch when no optimizations are
       // enabled. https://github.com/apple/swift-protobuf/issues/1034
       switch fieldNumber {
-      case 1: try { try decoder.decodeSingularUInt64Field(value: &self.pendingViews) }()
+      case 1: try { try decoder.decodeSingularUInt64Field(value: &self.pendingChanges) }()
       case 2: try { try decoder.decodeSingularMessageField(value: &self._oldestPending) }()
-      case 3: try { try decoder.decodeSingularUInt64Field(value: &self.sentViews) }()
+      case 3: try { try decoder.decodeSingularUInt64Field(value: &self.sentChanges) }()
       case 4: try { try decoder.decodeSingularStringField(value: &self.lastError) }()
       case 5: try { try decoder.decodeSingularUInt64Field(value: &self.appliedIdentitySequence) }()
       default: break
@@ -1300,14 +1481,14 @@ nonisolated extension Cdp_Profile_V1_OutboxStatus: SwiftProtobuf.Message, SwiftP
     // allocates stack space for every if/case branch local when no optimizations
     // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
     // https://github.com/apple/swift-protobuf/issues/1182
-    if self.pendingViews != 0 {
-      try visitor.visitSingularUInt64Field(value: self.pendingViews, fieldNumber: 1)
+    if self.pendingChanges != 0 {
+      try visitor.visitSingularUInt64Field(value: self.pendingChanges, fieldNumber: 1)
     }
     try { if let v = self._oldestPending {
       try visitor.visitSingularMessageField(value: v, fieldNumber: 2)
     } }()
-    if self.sentViews != 0 {
-      try visitor.visitSingularUInt64Field(value: self.sentViews, fieldNumber: 3)
+    if self.sentChanges != 0 {
+      try visitor.visitSingularUInt64Field(value: self.sentChanges, fieldNumber: 3)
     }
     if !self.lastError.isEmpty {
       try visitor.visitSingularStringField(value: self.lastError, fieldNumber: 4)
@@ -1319,11 +1500,262 @@ nonisolated extension Cdp_Profile_V1_OutboxStatus: SwiftProtobuf.Message, SwiftP
   }
 
   public static func ==(lhs: Cdp_Profile_V1_OutboxStatus, rhs: Cdp_Profile_V1_OutboxStatus) -> Bool {
-    if lhs.pendingViews != rhs.pendingViews {return false}
+    if lhs.pendingChanges != rhs.pendingChanges {return false}
     if lhs._oldestPending != rhs._oldestPending {return false}
-    if lhs.sentViews != rhs.sentViews {return false}
+    if lhs.sentChanges != rhs.sentChanges {return false}
     if lhs.lastError != rhs.lastError {return false}
     if lhs.appliedIdentitySequence != rhs.appliedIdentitySequence {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Cdp_Profile_V1_StateChange: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".StateChange"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}version\0\u{1}entity\0\u{1}link\0\u{1}event\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularUInt64Field(value: &self.version) }()
+      case 2: try {
+        var v: Cdp_Profile_V1_EntityState?
+        var hadOneofValue = false
+        if let current = self.item {
+          hadOneofValue = true
+          if case .entity(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.item = .entity(v)
+        }
+      }()
+      case 3: try {
+        var v: Cdp_Profile_V1_LinkState?
+        var hadOneofValue = false
+        if let current = self.item {
+          hadOneofValue = true
+          if case .link(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.item = .link(v)
+        }
+      }()
+      case 4: try {
+        var v: Cdp_Profile_V1_EventState?
+        var hadOneofValue = false
+        if let current = self.item {
+          hadOneofValue = true
+          if case .event(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.item = .event(v)
+        }
+      }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    // The use of inline closures is to circumvent an issue where the compiler
+    // allocates stack space for every if/case branch local when no optimizations
+    // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
+    // https://github.com/apple/swift-protobuf/issues/1182
+    if self.version != 0 {
+      try visitor.visitSingularUInt64Field(value: self.version, fieldNumber: 1)
+    }
+    switch self.item {
+    case .entity?: try {
+      guard case .entity(let v)? = self.item else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 2)
+    }()
+    case .link?: try {
+      guard case .link(let v)? = self.item else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 3)
+    }()
+    case .event?: try {
+      guard case .event(let v)? = self.item else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 4)
+    }()
+    case nil: break
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Cdp_Profile_V1_StateChange, rhs: Cdp_Profile_V1_StateChange) -> Bool {
+    if lhs.version != rhs.version {return false}
+    if lhs.item != rhs.item {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Cdp_Profile_V1_EntityState: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".EntityState"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}entity_type\0\u{3}cluster_id\0\u{1}unified\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularEnumField(value: &self.entityType) }()
+      case 2: try { try decoder.decodeSingularUInt64Field(value: &self.clusterID) }()
+      case 3: try { try decoder.decodeSingularMessageField(value: &self._unified) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    // The use of inline closures is to circumvent an issue where the compiler
+    // allocates stack space for every if/case branch local when no optimizations
+    // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
+    // https://github.com/apple/swift-protobuf/issues/1182
+    if self.entityType != .unspecified {
+      try visitor.visitSingularEnumField(value: self.entityType, fieldNumber: 1)
+    }
+    if self.clusterID != 0 {
+      try visitor.visitSingularUInt64Field(value: self.clusterID, fieldNumber: 2)
+    }
+    try { if let v = self._unified {
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 3)
+    } }()
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Cdp_Profile_V1_EntityState, rhs: Cdp_Profile_V1_EntityState) -> Bool {
+    if lhs.entityType != rhs.entityType {return false}
+    if lhs.clusterID != rhs.clusterID {return false}
+    if lhs._unified != rhs._unified {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Cdp_Profile_V1_LinkState: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".LinkState"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}entity_type\0\u{1}key\0\u{1}present\0\u{3}from_cluster_id\0\u{3}to_cluster_id\0\u{1}role\0\u{3}is_primary\0\u{1}status\0\u{3}has_responded\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularEnumField(value: &self.entityType) }()
+      case 2: try { try decoder.decodeSingularStringField(value: &self.key) }()
+      case 3: try { try decoder.decodeSingularBoolField(value: &self.present) }()
+      case 4: try { try decoder.decodeSingularUInt64Field(value: &self.fromClusterID) }()
+      case 5: try { try decoder.decodeSingularUInt64Field(value: &self.toClusterID) }()
+      case 6: try { try decoder.decodeSingularStringField(value: &self._role) }()
+      case 7: try { try decoder.decodeSingularBoolField(value: &self._isPrimary) }()
+      case 8: try { try decoder.decodeSingularStringField(value: &self._status) }()
+      case 9: try { try decoder.decodeSingularBoolField(value: &self._hasResponded_p) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    // The use of inline closures is to circumvent an issue where the compiler
+    // allocates stack space for every if/case branch local when no optimizations
+    // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
+    // https://github.com/apple/swift-protobuf/issues/1182
+    if self.entityType != .unspecified {
+      try visitor.visitSingularEnumField(value: self.entityType, fieldNumber: 1)
+    }
+    if !self.key.isEmpty {
+      try visitor.visitSingularStringField(value: self.key, fieldNumber: 2)
+    }
+    if self.present != false {
+      try visitor.visitSingularBoolField(value: self.present, fieldNumber: 3)
+    }
+    if self.fromClusterID != 0 {
+      try visitor.visitSingularUInt64Field(value: self.fromClusterID, fieldNumber: 4)
+    }
+    if self.toClusterID != 0 {
+      try visitor.visitSingularUInt64Field(value: self.toClusterID, fieldNumber: 5)
+    }
+    try { if let v = self._role {
+      try visitor.visitSingularStringField(value: v, fieldNumber: 6)
+    } }()
+    try { if let v = self._isPrimary {
+      try visitor.visitSingularBoolField(value: v, fieldNumber: 7)
+    } }()
+    try { if let v = self._status {
+      try visitor.visitSingularStringField(value: v, fieldNumber: 8)
+    } }()
+    try { if let v = self._hasResponded_p {
+      try visitor.visitSingularBoolField(value: v, fieldNumber: 9)
+    } }()
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Cdp_Profile_V1_LinkState, rhs: Cdp_Profile_V1_LinkState) -> Bool {
+    if lhs.entityType != rhs.entityType {return false}
+    if lhs.key != rhs.key {return false}
+    if lhs.present != rhs.present {return false}
+    if lhs.fromClusterID != rhs.fromClusterID {return false}
+    if lhs.toClusterID != rhs.toClusterID {return false}
+    if lhs._role != rhs._role {return false}
+    if lhs._isPrimary != rhs._isPrimary {return false}
+    if lhs._status != rhs._status {return false}
+    if lhs._hasResponded_p != rhs._hasResponded_p {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Cdp_Profile_V1_EventState: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".EventState"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}key\0\u{3}person_cluster_id\0\u{1}event\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.key) }()
+      case 2: try { try decoder.decodeSingularUInt64Field(value: &self.personClusterID) }()
+      case 3: try { try decoder.decodeSingularMessageField(value: &self._event) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    // The use of inline closures is to circumvent an issue where the compiler
+    // allocates stack space for every if/case branch local when no optimizations
+    // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
+    // https://github.com/apple/swift-protobuf/issues/1182
+    if !self.key.isEmpty {
+      try visitor.visitSingularStringField(value: self.key, fieldNumber: 1)
+    }
+    if self.personClusterID != 0 {
+      try visitor.visitSingularUInt64Field(value: self.personClusterID, fieldNumber: 2)
+    }
+    try { if let v = self._event {
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 3)
+    } }()
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Cdp_Profile_V1_EventState, rhs: Cdp_Profile_V1_EventState) -> Bool {
+    if lhs.key != rhs.key {return false}
+    if lhs.personClusterID != rhs.personClusterID {return false}
+    if lhs._event != rhs._event {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

@@ -722,90 +722,34 @@ public nonisolated struct Cdp_Segmentation_V1_OutboxStatus: Sendable {
   fileprivate var _nextRecheck: SwiftProtobuf.Google_Protobuf_Timestamp? = nil
 }
 
-public nonisolated struct Cdp_Segmentation_V1_ViewChange: Sendable {
+public nonisolated struct Cdp_Segmentation_V1_AcceptStateChangesRequest: Sendable {
   // SwiftProtobuf.Message conformance is added in an extension below. See the
   // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
   // methods supported on all messages.
 
-  /// Increasing across all of profile's sends: the later view of an entity wins.
-  public var version: UInt64 = 0
-
-  public var view: Cdp_Segmentation_V1_ViewChange.OneOf_View? = nil
-
-  public var person: Cdp_Profile_V1_PersonView {
-    get {
-      if case .person(let v)? = view {return v}
-      return Cdp_Profile_V1_PersonView()
-    }
-    set {view = .person(newValue)}
-  }
-
-  public var account: Cdp_Profile_V1_AccountView {
-    get {
-      if case .account(let v)? = view {return v}
-      return Cdp_Profile_V1_AccountView()
-    }
-    set {view = .account(newValue)}
-  }
-
-  /// The entity has no fragment left (deleted, or merged into another cluster).
-  public var removed: Cdp_Segmentation_V1_RemovedEntity {
-    get {
-      if case .removed(let v)? = view {return v}
-      return Cdp_Segmentation_V1_RemovedEntity()
-    }
-    set {view = .removed(newValue)}
-  }
-
-  public var unknownFields = SwiftProtobuf.UnknownStorage()
-
-  public nonisolated enum OneOf_View: Equatable, Sendable {
-    case person(Cdp_Profile_V1_PersonView)
-    case account(Cdp_Profile_V1_AccountView)
-    /// The entity has no fragment left (deleted, or merged into another cluster).
-    case removed(Cdp_Segmentation_V1_RemovedEntity)
-
-  }
-
-  public init() {}
-}
-
-public nonisolated struct Cdp_Segmentation_V1_RemovedEntity: Sendable {
-  // SwiftProtobuf.Message conformance is added in an extension below. See the
-  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
-  // methods supported on all messages.
-
-  public var entityType: Cdp_Model_V1_EntityType = .unspecified
-
-  public var clusterID: UInt64 = 0
-
-  public var unknownFields = SwiftProtobuf.UnknownStorage()
-
-  public init() {}
-}
-
-public nonisolated struct Cdp_Segmentation_V1_AcceptViewsRequest: Sendable {
-  // SwiftProtobuf.Message conformance is added in an extension below. See the
-  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
-  // methods supported on all messages.
-
+  /// Who sends, e.g. `profile`.
   public var sender: String = String()
 
-  public var changes: [Cdp_Segmentation_V1_ViewChange] = []
+  public var changes: [Cdp_Profile_V1_StateChange] = []
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
 }
 
-public nonisolated struct Cdp_Segmentation_V1_AcceptViewsResponse: Sendable {
+public nonisolated struct Cdp_Segmentation_V1_AcceptStateChangesResponse: Sendable {
   // SwiftProtobuf.Message conformance is added in an extension below. See the
   // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
   // methods supported on all messages.
 
+  /// Changes applied.
   public var accepted: UInt32 = 0
 
+  /// Changes older than what segmentation holds (a re-send), or about an erased person.
   public var stale: UInt32 = 0
+
+  /// Persons and accounts evaluated.
+  public var evaluated: UInt32 = 0
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
@@ -1806,132 +1750,8 @@ nonisolated extension Cdp_Segmentation_V1_OutboxStatus: SwiftProtobuf.Message, S
   }
 }
 
-nonisolated extension Cdp_Segmentation_V1_ViewChange: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
-  public static let protoMessageName: String = _protobuf_package + ".ViewChange"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}version\0\u{1}person\0\u{1}account\0\u{1}removed\0")
-
-  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
-    while let fieldNumber = try decoder.nextFieldNumber() {
-      // The use of inline closures is to circumvent an issue where the compiler
-      // allocates stack space for every case branch when no optimizations are
-      // enabled. https://github.com/apple/swift-protobuf/issues/1034
-      switch fieldNumber {
-      case 1: try { try decoder.decodeSingularUInt64Field(value: &self.version) }()
-      case 2: try {
-        var v: Cdp_Profile_V1_PersonView?
-        var hadOneofValue = false
-        if let current = self.view {
-          hadOneofValue = true
-          if case .person(let m) = current {v = m}
-        }
-        try decoder.decodeSingularMessageField(value: &v)
-        if let v = v {
-          if hadOneofValue {try decoder.handleConflictingOneOf()}
-          self.view = .person(v)
-        }
-      }()
-      case 3: try {
-        var v: Cdp_Profile_V1_AccountView?
-        var hadOneofValue = false
-        if let current = self.view {
-          hadOneofValue = true
-          if case .account(let m) = current {v = m}
-        }
-        try decoder.decodeSingularMessageField(value: &v)
-        if let v = v {
-          if hadOneofValue {try decoder.handleConflictingOneOf()}
-          self.view = .account(v)
-        }
-      }()
-      case 4: try {
-        var v: Cdp_Segmentation_V1_RemovedEntity?
-        var hadOneofValue = false
-        if let current = self.view {
-          hadOneofValue = true
-          if case .removed(let m) = current {v = m}
-        }
-        try decoder.decodeSingularMessageField(value: &v)
-        if let v = v {
-          if hadOneofValue {try decoder.handleConflictingOneOf()}
-          self.view = .removed(v)
-        }
-      }()
-      default: break
-      }
-    }
-  }
-
-  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
-    // The use of inline closures is to circumvent an issue where the compiler
-    // allocates stack space for every if/case branch local when no optimizations
-    // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
-    // https://github.com/apple/swift-protobuf/issues/1182
-    if self.version != 0 {
-      try visitor.visitSingularUInt64Field(value: self.version, fieldNumber: 1)
-    }
-    switch self.view {
-    case .person?: try {
-      guard case .person(let v)? = self.view else { preconditionFailure() }
-      try visitor.visitSingularMessageField(value: v, fieldNumber: 2)
-    }()
-    case .account?: try {
-      guard case .account(let v)? = self.view else { preconditionFailure() }
-      try visitor.visitSingularMessageField(value: v, fieldNumber: 3)
-    }()
-    case .removed?: try {
-      guard case .removed(let v)? = self.view else { preconditionFailure() }
-      try visitor.visitSingularMessageField(value: v, fieldNumber: 4)
-    }()
-    case nil: break
-    }
-    try unknownFields.traverse(visitor: &visitor)
-  }
-
-  public static func ==(lhs: Cdp_Segmentation_V1_ViewChange, rhs: Cdp_Segmentation_V1_ViewChange) -> Bool {
-    if lhs.version != rhs.version {return false}
-    if lhs.view != rhs.view {return false}
-    if lhs.unknownFields != rhs.unknownFields {return false}
-    return true
-  }
-}
-
-nonisolated extension Cdp_Segmentation_V1_RemovedEntity: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
-  public static let protoMessageName: String = _protobuf_package + ".RemovedEntity"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}entity_type\0\u{3}cluster_id\0")
-
-  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
-    while let fieldNumber = try decoder.nextFieldNumber() {
-      // The use of inline closures is to circumvent an issue where the compiler
-      // allocates stack space for every case branch when no optimizations are
-      // enabled. https://github.com/apple/swift-protobuf/issues/1034
-      switch fieldNumber {
-      case 1: try { try decoder.decodeSingularEnumField(value: &self.entityType) }()
-      case 2: try { try decoder.decodeSingularUInt64Field(value: &self.clusterID) }()
-      default: break
-      }
-    }
-  }
-
-  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
-    if self.entityType != .unspecified {
-      try visitor.visitSingularEnumField(value: self.entityType, fieldNumber: 1)
-    }
-    if self.clusterID != 0 {
-      try visitor.visitSingularUInt64Field(value: self.clusterID, fieldNumber: 2)
-    }
-    try unknownFields.traverse(visitor: &visitor)
-  }
-
-  public static func ==(lhs: Cdp_Segmentation_V1_RemovedEntity, rhs: Cdp_Segmentation_V1_RemovedEntity) -> Bool {
-    if lhs.entityType != rhs.entityType {return false}
-    if lhs.clusterID != rhs.clusterID {return false}
-    if lhs.unknownFields != rhs.unknownFields {return false}
-    return true
-  }
-}
-
-nonisolated extension Cdp_Segmentation_V1_AcceptViewsRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
-  public static let protoMessageName: String = _protobuf_package + ".AcceptViewsRequest"
+nonisolated extension Cdp_Segmentation_V1_AcceptStateChangesRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".AcceptStateChangesRequest"
   public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}sender\0\u{1}changes\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
@@ -1957,7 +1777,7 @@ nonisolated extension Cdp_Segmentation_V1_AcceptViewsRequest: SwiftProtobuf.Mess
     try unknownFields.traverse(visitor: &visitor)
   }
 
-  public static func ==(lhs: Cdp_Segmentation_V1_AcceptViewsRequest, rhs: Cdp_Segmentation_V1_AcceptViewsRequest) -> Bool {
+  public static func ==(lhs: Cdp_Segmentation_V1_AcceptStateChangesRequest, rhs: Cdp_Segmentation_V1_AcceptStateChangesRequest) -> Bool {
     if lhs.sender != rhs.sender {return false}
     if lhs.changes != rhs.changes {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
@@ -1965,9 +1785,9 @@ nonisolated extension Cdp_Segmentation_V1_AcceptViewsRequest: SwiftProtobuf.Mess
   }
 }
 
-nonisolated extension Cdp_Segmentation_V1_AcceptViewsResponse: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
-  public static let protoMessageName: String = _protobuf_package + ".AcceptViewsResponse"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}accepted\0\u{1}stale\0")
+nonisolated extension Cdp_Segmentation_V1_AcceptStateChangesResponse: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".AcceptStateChangesResponse"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}accepted\0\u{1}stale\0\u{1}evaluated\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -1977,6 +1797,7 @@ nonisolated extension Cdp_Segmentation_V1_AcceptViewsResponse: SwiftProtobuf.Mes
       switch fieldNumber {
       case 1: try { try decoder.decodeSingularUInt32Field(value: &self.accepted) }()
       case 2: try { try decoder.decodeSingularUInt32Field(value: &self.stale) }()
+      case 3: try { try decoder.decodeSingularUInt32Field(value: &self.evaluated) }()
       default: break
       }
     }
@@ -1989,12 +1810,16 @@ nonisolated extension Cdp_Segmentation_V1_AcceptViewsResponse: SwiftProtobuf.Mes
     if self.stale != 0 {
       try visitor.visitSingularUInt32Field(value: self.stale, fieldNumber: 2)
     }
+    if self.evaluated != 0 {
+      try visitor.visitSingularUInt32Field(value: self.evaluated, fieldNumber: 3)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
-  public static func ==(lhs: Cdp_Segmentation_V1_AcceptViewsResponse, rhs: Cdp_Segmentation_V1_AcceptViewsResponse) -> Bool {
+  public static func ==(lhs: Cdp_Segmentation_V1_AcceptStateChangesResponse, rhs: Cdp_Segmentation_V1_AcceptStateChangesResponse) -> Bool {
     if lhs.accepted != rhs.accepted {return false}
     if lhs.stale != rhs.stale {return false}
+    if lhs.evaluated != rhs.evaluated {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

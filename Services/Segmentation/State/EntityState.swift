@@ -1,0 +1,551 @@
+import CDPProto
+import Foundation
+import SegmentationEvaluation
+import SwiftProtobuf
+
+/// The state segments are evaluated on, held in memory and kept up to date by profile's changes:
+/// every clustered entity's unified record, the links fragments make between clusters, and every
+/// person's events. From it the person and account views are rebuilt exactly as profile builds them
+/// (the same accounts through the same three paths, the same opportunities, roles, memberships and
+/// events), without asking profile.
+///
+/// Applying a change answers which persons and accounts it touches: the roots whose views it can
+/// change, found from the links before and after it, so that only those are evaluated again.
+///
+/// Not thread-safe: one owner (the segmentation engine's actor) applies changes and builds views.
+public final class EntityState {
+    /// How views are built from the state.
+    public struct Configuration: Sendable {
+        /// How far back a person view's events reach.
+        public var eventRetention: Duration
+        /// The most events in a person view.
+        public var maxEventsPerView: Int
+
+        /// Profile's defaults: 400 days, 5,000 events.
+        public init(eventRetention: Duration = .seconds(400 * 86_400), maxEventsPerView: Int = 5000) {
+            self.eventRetention = eventRetention
+            self.maxEventsPerView = maxEventsPerView
+        }
+    }
+
+    /// A clustered entity.
+    public struct EntityKey: Hashable, Sendable {
+        public var entity: Cdp_Model_V1_EntityType
+        public var cluster: UInt64
+
+        /// Creates a key.
+        public init(_ entity: Cdp_Model_V1_EntityType, _ cluster: UInt64) {
+            self.entity = entity
+            self.cluster = cluster
+        }
+    }
+
+    /// A fragment that makes a link.
+    public struct LinkKey: Hashable, Sendable {
+        public var entity: Cdp_Model_V1_EntityType
+        public var key: String
+
+        /// Creates a key.
+        public init(_ entity: Cdp_Model_V1_EntityType, _ key: String) {
+            self.entity = entity
+            self.key = key
+        }
+    }
+
+    /// One end of the links of one fragment type.
+    private struct LinkEnd: Hashable {
+        var entity: Cdp_Model_V1_EntityType
+        var cluster: UInt64
+    }
+
+    /// An event as held: its person, its time in milliseconds (as profile compares it), the event.
+    private struct HeldEvent {
+        var person: UInt64
+        var milliseconds: Int64
+        var event: Cdp_Profile_V1_Event
+    }
+
+    private let configuration: Configuration
+    private var records: [EntityKey: Cdp_Profile_V1_UnifiedRecord] = [:]
+    private var recordVersions: [EntityKey: UInt64] = [:]
+    private var links: [LinkKey: Cdp_Profile_V1_LinkState] = [:]
+    private var linkVersions: [LinkKey: UInt64] = [:]
+    /// Present links by their from end (the person, or the opportunity of an OPPORTUNITY link).
+    private var linksFrom: [LinkEnd: Set<String>] = [:]
+    /// Present links by their to end.
+    private var linksTo: [LinkEnd: Set<String>] = [:]
+    private var events: [String: HeldEvent] = [:]
+    private var eventVersions: [String: UInt64] = [:]
+    /// Each person's events, newest first (time descending, then key ascending, as profile orders them).
+    private var personEvents: [UInt64: [HeldEvent]] = [:]
+    /// The persons' and accounts' clusters in order, rebuilt when asked for after a change.
+    private var sortedRoots: [Cdp_Model_V1_EntityType: [UInt64]] = [:]
+
+    /// An empty state.
+    public init(configuration: Configuration = Configuration()) {
+        self.configuration = configuration
+    }
+
+    /// The entity types profile sends unified records of.
+    public static let entityTypes: Set<Cdp_Model_V1_EntityType> = [
+        .person, .account, .opportunity, .campaign, .marketingList,
+    ]
+
+    /// The fragment types that make links.
+    public static let linkTypes: Set<Cdp_Model_V1_EntityType> = [
+        .person, .opportunity, .accountPersonRelation, .opportunityPersonRelation, .campaignMember,
+        .marketingListMember,
+    ]
+
+    // MARK: - Applying changes
+
+    /// What applying a change did.
+    public enum Applied: Equatable, Sendable {
+        /// The change was newer than what was held and replaced it.
+        case applied
+        /// The state held a newer (or the same) version of the item: nothing changed.
+        case stale
+    }
+
+    /// Applies one change, adding the persons and accounts whose views it can change to `touched`.
+    ///
+    /// - Throws: ``StateChangeError`` for a change that names no item or an entity type that has none.
+    @discardableResult
+    public func apply(_ change: Cdp_Profile_V1_StateChange, touched: inout Set<EntityKey>) throws -> Applied {
+        try Self.check(change)
+        switch change.item {
+        case .entity(let entity)?:
+            let key = EntityKey(entity.entityType, entity.clusterID)
+            guard isNewer(change.version, than: recordVersions[key]) else { return .stale }
+            recordVersions[key] = change.version
+            dependents(of: key, into: &touched)
+            if entity.hasUnified {
+                var unified = entity.unified
+                unified.clusterID = entity.clusterID
+                if records.updateValue(unified, forKey: key) == nil { rootsChanged(key.entity) }
+            } else if records.removeValue(forKey: key) != nil {
+                rootsChanged(key.entity)
+            }
+            dependents(of: key, into: &touched)
+        case .link(let link)?:
+            let key = LinkKey(link.entityType, link.key)
+            guard isNewer(change.version, than: linkVersions[key]) else { return .stale }
+            linkVersions[key] = change.version
+            if let old = links.removeValue(forKey: key) {
+                dependents(of: old, into: &touched)
+                linksFrom[LinkEnd(entity: key.entity, cluster: old.fromClusterID)]?.remove(key.key)
+                linksTo[LinkEnd(entity: key.entity, cluster: old.toClusterID)]?.remove(key.key)
+            }
+            if link.present && link.fromClusterID != 0 && link.toClusterID != 0 {
+                links[key] = link
+                linksFrom[LinkEnd(entity: key.entity, cluster: link.fromClusterID), default: []].insert(key.key)
+                linksTo[LinkEnd(entity: key.entity, cluster: link.toClusterID), default: []].insert(key.key)
+                dependents(of: link, into: &touched)
+            }
+        case .event(let event)?:
+            guard isNewer(change.version, than: eventVersions[event.key]) else { return .stale }
+            eventVersions[event.key] = change.version
+            if let old = events.removeValue(forKey: event.key) {
+                removeEvent(old)
+                touched.insert(EntityKey(.person, old.person))
+            }
+            if event.personClusterID != 0 {
+                var held = Cdp_Profile_V1_Event()
+                held.key = event.key
+                held.event = event.event
+                let added = HeldEvent(
+                    person: event.personClusterID,
+                    milliseconds: Self.milliseconds(event.event.timestamp),
+                    event: held
+                )
+                events[event.key] = added
+                insertEvent(added)
+                touched.insert(EntityKey(.person, event.personClusterID))
+            }
+        case nil:
+            break
+        }
+        return .applied
+    }
+
+    /// Loads saved changes (each the latest of its item, in any order) into an empty state, without
+    /// working out what they touch.
+    public func load(_ changes: [Cdp_Profile_V1_StateChange]) throws {
+        collecting = false
+        defer { collecting = true }
+        var ignored: Set<EntityKey> = []
+        for change in changes { try apply(change, touched: &ignored) }
+    }
+
+    /// Whether `apply` works out what changes touch (not while loading).
+    private var collecting = true
+
+    /// Checks that a change names an item of a type that has one, with ids the store can keep.
+    ///
+    /// - Throws: ``StateChangeError`` saying what is wrong.
+    public static func check(_ change: Cdp_Profile_V1_StateChange) throws {
+        // The store keeps ids and versions as SQLite integers (signed 64-bit).
+        let limit = UInt64(Int64.max)
+        guard change.version <= limit else {
+            throw StateChangeError("version \(change.version) is above 2^63 - 1, the largest this service stores")
+        }
+        switch change.item {
+        case .entity(let entity)?:
+            guard entityTypes.contains(entity.entityType) else {
+                throw StateChangeError(
+                    "an entity change is for a PERSON, ACCOUNT, OPPORTUNITY, CAMPAIGN or MARKETING_LIST, not "
+                        + "\(entity.entityType)"
+                )
+            }
+            guard entity.clusterID != 0, entity.clusterID <= limit else {
+                throw StateChangeError("an entity change has cluster_id \(entity.clusterID): it must be 1 to 2^63 - 1")
+            }
+        case .link(let link)?:
+            guard linkTypes.contains(link.entityType) else {
+                throw StateChangeError(
+                    "a link change is for a PERSON, OPPORTUNITY, ACCOUNT_PERSON_RELATION, "
+                        + "OPPORTUNITY_PERSON_RELATION, CAMPAIGN_MEMBER or MARKETING_LIST_MEMBER fragment, not "
+                        + "\(link.entityType)"
+                )
+            }
+            guard !link.key.isEmpty else { throw StateChangeError("a link change has no fragment key") }
+            guard link.fromClusterID <= limit, link.toClusterID <= limit else {
+                throw StateChangeError(
+                    "a link change has a cluster id above 2^63 - 1 (\(link.fromClusterID), \(link.toClusterID))"
+                )
+            }
+        case .event(let event)?:
+            guard !event.key.isEmpty else { throw StateChangeError("an event change has no event key") }
+            guard event.personClusterID <= limit else {
+                throw StateChangeError("an event change has person_cluster_id \(event.personClusterID) above 2^63 - 1")
+            }
+        case nil:
+            throw StateChangeError("a state change carries no entity, link or event")
+        }
+    }
+
+    private func isNewer(_ version: UInt64, than held: UInt64?) -> Bool { held.map { version > $0 } ?? true }
+
+    private func rootsChanged(_ entity: Cdp_Model_V1_EntityType) {
+        if entity == .person || entity == .account { sortedRoots[entity] = nil }
+    }
+
+    private func insertEvent(_ event: HeldEvent) {
+        var list = personEvents[event.person] ?? []
+        let index = insertionIndex(of: event, in: list)
+        list.insert(event, at: index)
+        personEvents[event.person] = list
+    }
+
+    private func removeEvent(_ event: HeldEvent) {
+        guard var list = personEvents[event.person] else { return }
+        var index = insertionIndex(of: event, in: list)
+        // The event itself sorts at the insertion index (same time, same key).
+        if index < list.count, list[index].event.key != event.event.key {
+            index = list.firstIndex { $0.event.key == event.event.key } ?? list.count
+        }
+        guard index < list.count else { return }
+        list.remove(at: index)
+        personEvents[event.person] = list.isEmpty ? nil : list
+    }
+
+    /// The first index whose event sorts at or after `event` (newest first, then by key).
+    private func insertionIndex(of event: HeldEvent, in list: [HeldEvent]) -> Int {
+        var low = 0
+        var high = list.count
+        while low < high {
+            let middle = (low + high) / 2
+            let other = list[middle]
+            let before =
+                other.milliseconds > event.milliseconds
+                || (other.milliseconds == event.milliseconds && other.event.key < event.event.key)
+            if before { low = middle + 1 } else { high = middle }
+        }
+        return low
+    }
+
+    // MARK: - Who depends on what
+
+    /// The roots whose views show the entity.
+    private func dependents(of key: EntityKey, into touched: inout Set<EntityKey>) {
+        guard collecting else { return }
+        switch key.entity {
+        case .person:
+            touched.insert(key)
+            for account in accounts(ofPerson: key.cluster) { touched.insert(EntityKey(.account, account)) }
+        case .account:
+            touched.insert(key)
+            for person in persons(ofAccount: key.cluster) { touched.insert(EntityKey(.person, person)) }
+        case .opportunity:
+            dependents(ofOpportunity: key.cluster, into: &touched)
+        case .campaign:
+            for person in from(.campaignMember, to: key.cluster) { touched.insert(EntityKey(.person, person)) }
+        case .marketingList:
+            for person in from(.marketingListMember, to: key.cluster) { touched.insert(EntityKey(.person, person)) }
+        default:
+            break
+        }
+    }
+
+    /// The roots whose views show an opportunity: its accounts, their persons, the persons with a role.
+    private func dependents(ofOpportunity cluster: UInt64, into touched: inout Set<EntityKey>) {
+        for account in to(.opportunity, from: cluster) {
+            touched.insert(EntityKey(.account, account))
+            for person in persons(ofAccount: account) { touched.insert(EntityKey(.person, person)) }
+        }
+        for person in from(.opportunityPersonRelation, to: cluster) { touched.insert(EntityKey(.person, person)) }
+    }
+
+    /// The roots whose views a link contributes to.
+    private func dependents(of link: Cdp_Profile_V1_LinkState, into touched: inout Set<EntityKey>) {
+        guard collecting else { return }
+        switch link.entityType {
+        case .person, .accountPersonRelation:
+            touched.insert(EntityKey(.person, link.fromClusterID))
+            touched.insert(EntityKey(.account, link.toClusterID))
+        case .opportunity:
+            // The opportunity's accounts are part of its record in every view that shows it.
+            dependents(ofOpportunity: link.fromClusterID, into: &touched)
+            touched.insert(EntityKey(.account, link.toClusterID))
+            for person in persons(ofAccount: link.toClusterID) { touched.insert(EntityKey(.person, person)) }
+        case .opportunityPersonRelation:
+            touched.insert(EntityKey(.person, link.fromClusterID))
+            for account in to(.opportunity, from: link.toClusterID) { touched.insert(EntityKey(.account, account)) }
+        case .campaignMember, .marketingListMember:
+            touched.insert(EntityKey(.person, link.fromClusterID))
+        default:
+            break
+        }
+    }
+
+    // MARK: - Relations
+
+    /// The to ends of the present links of `entity` fragments from `cluster`.
+    private func to(_ entity: Cdp_Model_V1_EntityType, from cluster: UInt64) -> Set<UInt64> {
+        guard let keys = linksFrom[LinkEnd(entity: entity, cluster: cluster)] else { return [] }
+        return Set(keys.compactMap { links[LinkKey(entity, $0)]?.toClusterID })
+    }
+
+    /// The from ends of the present links of `entity` fragments to `cluster`.
+    private func from(_ entity: Cdp_Model_V1_EntityType, to cluster: UInt64) -> Set<UInt64> {
+        guard let keys = linksTo[LinkEnd(entity: entity, cluster: cluster)] else { return [] }
+        return Set(keys.compactMap { links[LinkKey(entity, $0)]?.fromClusterID })
+    }
+
+    /// The person's links of `entity` fragments, in key order.
+    private func links(
+        _ entity: Cdp_Model_V1_EntityType,
+        ofPerson cluster: UInt64
+    ) -> [Cdp_Profile_V1_LinkState] {
+        guard let keys = linksFrom[LinkEnd(entity: entity, cluster: cluster)] else { return [] }
+        return keys.sorted().compactMap { links[LinkKey(entity, $0)] }
+    }
+
+    /// The person's accounts: through person records, account-person relations and opportunity-person
+    /// relations (the opportunity's accounts). Ascending.
+    public func accounts(ofPerson cluster: UInt64) -> [UInt64] {
+        var accounts = to(.person, from: cluster).union(to(.accountPersonRelation, from: cluster))
+        for opportunity in to(.opportunityPersonRelation, from: cluster) {
+            accounts.formUnion(to(.opportunity, from: opportunity))
+        }
+        return accounts.sorted()
+    }
+
+    /// The account's persons, through the same three paths. Ascending.
+    public func persons(ofAccount cluster: UInt64) -> [UInt64] {
+        var persons = from(.person, to: cluster).union(from(.accountPersonRelation, to: cluster))
+        for opportunity in from(.opportunity, to: cluster) {
+            persons.formUnion(from(.opportunityPersonRelation, to: opportunity))
+        }
+        return persons.sorted()
+    }
+
+    // MARK: - Views
+
+    /// The unified record of an entity, if it has one.
+    public func record(_ entity: Cdp_Model_V1_EntityType, _ cluster: UInt64) -> Cdp_Profile_V1_UnifiedRecord? {
+        records[EntityKey(entity, cluster)]
+    }
+
+    /// The view of a person or an account as of `asOf`; nil if it has no unified record.
+    public func view(_ key: EntityKey, asOf: Date) -> EntityView? {
+        switch key.entity {
+        case .person: personView(key.cluster, asOf: asOf).map(EntityView.person)
+        case .account: accountView(key.cluster).map(EntityView.account)
+        default: nil
+        }
+    }
+
+    /// An opportunity with the accounts it belongs to.
+    private func opportunity(_ cluster: UInt64) -> Cdp_Profile_V1_UnifiedRecord? {
+        guard var opportunity = records[EntityKey(.opportunity, cluster)] else { return nil }
+        opportunity.accountClusterIds = to(.opportunity, from: cluster).sorted()
+        return opportunity
+    }
+
+    /// The person's view as profile builds it.
+    public func personView(_ cluster: UInt64, asOf: Date) -> Cdp_Profile_V1_PersonView? {
+        guard let person = records[EntityKey(.person, cluster)] else { return nil }
+        var view = Cdp_Profile_V1_PersonView()
+        view.person = person
+        view.asOf = Google_Protobuf_Timestamp(date: asOf)
+        let accountClusters = accounts(ofPerson: cluster)
+        view.accounts = accountClusters.compactMap { records[EntityKey(.account, $0)] }
+        let roles = links(.opportunityPersonRelation, ofPerson: cluster)
+        var opportunityClusters = Set(roles.map(\.toClusterID))
+        for account in accountClusters { opportunityClusters.formUnion(from(.opportunity, to: account)) }
+        view.opportunities = opportunityClusters.sorted().compactMap(opportunity)
+        view.opportunityRoles = roles.map { link in
+            var role = Cdp_Profile_V1_OpportunityRole()
+            role.opportunityClusterID = link.toClusterID
+            if link.hasRole { role.role = link.role }
+            if link.hasIsPrimary { role.isPrimary = link.isPrimary }
+            return role
+        }
+        view.campaigns = links(.campaignMember, ofPerson: cluster).compactMap { link in
+            guard let campaign = records[EntityKey(.campaign, link.toClusterID)] else { return nil }
+            var membership = Cdp_Profile_V1_CampaignMembership()
+            membership.campaign = campaign
+            if link.hasStatus { membership.status = link.status }
+            if link.hasHasResponded_p { membership.hasResponded_p = link.hasResponded_p }
+            return membership
+        }
+        view.lists = links(.marketingListMember, ofPerson: cluster).compactMap { link in
+            guard let list = records[EntityKey(.marketingList, link.toClusterID)] else { return nil }
+            var membership = Cdp_Profile_V1_ListMembership()
+            membership.list = list
+            return membership
+        }
+        view.events = events(ofPerson: cluster, asOf: asOf)
+        return view
+    }
+
+    /// The person's events in the retention window before `asOf`, newest first, at most the most a
+    /// view holds.
+    private func events(ofPerson cluster: UInt64, asOf: Date) -> [Cdp_Profile_V1_Event] {
+        guard let list = personEvents[cluster] else { return [] }
+        let to = Self.milliseconds(asOf)
+        let from = Self.milliseconds(
+            asOf.addingTimeInterval(-Double(configuration.eventRetention.components.seconds))
+        )
+        // Skip the events after `asOf` (newest first), then take while within the window.
+        var index = 0
+        while index < list.count && list[index].milliseconds > to { index += 1 }
+        var taken: [Cdp_Profile_V1_Event] = []
+        while index < list.count && list[index].milliseconds >= from && taken.count < configuration.maxEventsPerView {
+            taken.append(list[index].event)
+            index += 1
+        }
+        return taken
+    }
+
+    /// The account's view as profile builds it.
+    public func accountView(_ cluster: UInt64) -> Cdp_Profile_V1_AccountView? {
+        guard let account = records[EntityKey(.account, cluster)] else { return nil }
+        var view = Cdp_Profile_V1_AccountView()
+        view.account = account
+        view.opportunities = from(.opportunity, to: cluster).sorted().compactMap(opportunity)
+        view.persons = persons(ofAccount: cluster).compactMap { records[EntityKey(.person, $0)] }
+        var totals = Cdp_Profile_V1_AccountTotals()
+        totals.opportunities = UInt32(view.opportunities.count)
+        for opportunity in view.opportunities.map(\.record.opportunity) {
+            if opportunity.isClosed && opportunity.isWon {
+                totals.wonOpportunities += 1
+                totals.wonAmount += opportunity.amount
+            } else if !opportunity.isClosed {
+                totals.openAmount += opportunity.amount
+            }
+        }
+        totals.persons = UInt32(view.persons.count)
+        view.totals = totals
+        return view
+    }
+
+    // MARK: - Listing
+
+    /// How many persons or accounts have a unified record.
+    public func count(of entity: Cdp_Model_V1_EntityType) -> Int { roots(entity).count }
+
+    /// The clusters of persons or accounts (`entity`) with a unified record in one partition (cluster
+    /// modulo `partitions`), above `after`, ascending, at most `limit`.
+    public func clusters(
+        of entity: Cdp_Model_V1_EntityType,
+        partition: Int,
+        partitions: Int,
+        after: UInt64,
+        limit: Int
+    ) -> [UInt64] {
+        let all = roots(entity)
+        var low = 0
+        var high = all.count
+        while low < high {
+            let middle = (low + high) / 2
+            if all[middle] <= after { low = middle + 1 } else { high = middle }
+        }
+        var found: [UInt64] = []
+        let partitions = UInt64(max(partitions, 1))
+        while low < all.count && found.count < limit {
+            if all[low] % partitions == UInt64(partitions > 1 ? partition : 0) { found.append(all[low]) }
+            low += 1
+        }
+        return found
+    }
+
+    private func roots(_ entity: Cdp_Model_V1_EntityType) -> [UInt64] {
+        if let known = sortedRoots[entity] { return known }
+        let found = records.keys.filter { $0.entity == entity }.map(\.cluster).sorted()
+        sortedRoots[entity] = found
+        return found
+    }
+
+    // MARK: - Erasure
+
+    /// What of an erased person the state holds: its record, the links from it, its events.
+    public struct PersonItems: Sendable, Equatable {
+        public var links: [LinkKey] = []
+        public var events: [String] = []
+    }
+
+    /// Forgets a person: its record, the links from it and its events (without versions: nothing of
+    /// the person is taken again). Returns what was dropped, for the store to delete.
+    public func forget(person cluster: UInt64, touched: inout Set<EntityKey>) -> PersonItems {
+        var dropped = PersonItems()
+        dependents(of: EntityKey(.person, cluster), into: &touched)
+        if records.removeValue(forKey: EntityKey(.person, cluster)) != nil { rootsChanged(.person) }
+        recordVersions[EntityKey(.person, cluster)] = nil
+        for entity in [Cdp_Model_V1_EntityType.person, .accountPersonRelation, .opportunityPersonRelation,
+            .campaignMember, .marketingListMember]
+        {
+            for key in linksFrom[LinkEnd(entity: entity, cluster: cluster)] ?? [] {
+                let linkKey = LinkKey(entity, key)
+                if let link = links.removeValue(forKey: linkKey) {
+                    dependents(of: link, into: &touched)
+                    linksTo[LinkEnd(entity: entity, cluster: link.toClusterID)]?.remove(key)
+                }
+                linkVersions[linkKey] = nil
+                dropped.links.append(linkKey)
+            }
+            linksFrom[LinkEnd(entity: entity, cluster: cluster)] = nil
+        }
+        for event in personEvents.removeValue(forKey: cluster) ?? [] {
+            events[event.event.key] = nil
+            eventVersions[event.event.key] = nil
+            dropped.events.append(event.event.key)
+        }
+        touched.remove(EntityKey(.person, cluster))
+        return dropped
+    }
+
+    // MARK: - Helpers
+
+    static func milliseconds(_ date: Date) -> Int64 { Int64((date.timeIntervalSince1970 * 1000).rounded()) }
+
+    static func milliseconds(_ timestamp: Google_Protobuf_Timestamp) -> Int64 { milliseconds(timestamp.date) }
+}
+
+/// A state change that cannot be applied (it names nothing, or an item of the wrong type).
+public struct StateChangeError: Error, CustomStringConvertible, Sendable {
+    public var description: String
+
+    init(_ description: String) { self.description = description }
+}
