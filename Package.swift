@@ -504,7 +504,7 @@ let package = Package(
             dependencies: [
                 "TestSupport", "PipelineSupport", "CDPProto", "IdentityGraph", "IdentityRules", "IdentityService",
                 "IdentityStore", "ProfileModel",
-                "ProfileService", "ProfileStore", "RPCCore", "RPCHTTP2", "ServiceSupport",
+                "ProfileService", "ProfileStore", "RPCCore", "RPCHTTP2", "SegmentationState", "ServiceSupport",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOPosix", package: "swift-nio"),
             ],

@@ -89,7 +89,7 @@ struct IngestCommand: AsyncParsableCommand {
             --error-threshold, so a retry after a lost answer is safe and a corrected retry is a new batch). To \
             send the same content again as a new batch, give a new --key. Exit status 1 if the batch failed (e.g. more \
             rejected records than --error-threshold allows). With --wait, returns only once the batch's records \
-            have gone through identity and profile and the resulting views have reached segmentation, so that \
+            have gone through identity and profile and what they changed has reached segmentation, so that \
             a following `cdp profile get` or `cdp segment evaluate` sees them.
 
             Formats: canonical (the platform's own CSV, or NDJSON for files ending .ndjson or .jsonl, or, from \

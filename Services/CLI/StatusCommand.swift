@@ -10,7 +10,7 @@ struct StatusCommand: AsyncParsableCommand {
         abstract: "Show each service's health and backlog (what it holds that the next one has not taken yet).",
         discussion: """
             For each service: whether it answers its health check, then what waits in its outbox: ingestion's \
-            records for identity, identity's updates for profile, profile's views for segmentation, \
+            records for identity, identity's updates for profile, profile's state changes for segmentation, \
             segmentation's membership changes for destination, destination's members for its destinations; \
             the age of the oldest, and the last forwarding error. A service that answers but refuses the \
             token is UNAUTHENTICATED (give --token or $CDP_TOKEN), not DOWN. Then every destination with a \

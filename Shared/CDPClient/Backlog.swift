@@ -4,8 +4,8 @@ import RPCCore
 import SwiftProtobuf
 
 /// How much work a service holds that its downstream service has not yet acknowledged: ingestion's
-/// records not yet taken by identity, identity's updates not yet applied by profile, profile's changed
-/// views not yet taken by segmentation, segmentation's membership changes not yet taken by
+/// records not yet taken by identity, identity's updates not yet applied by profile, profile's state
+/// changes not yet taken by segmentation, segmentation's membership changes not yet taken by
 /// destination, and destination's members not yet delivered (over all its destinations).
 public struct Backlog: Sendable, Equatable {
     /// Items waiting.
@@ -17,12 +17,12 @@ public struct Backlog: Sendable, Equatable {
     /// The last error while handing on, if the last attempt failed.
     public var lastError: String
 
-    /// What the items are, for messages: "records", "updates", "views", "changes", "members".
+    /// What the items are, for messages: "records", "updates", "state changes", "changes", "members".
     public static func unit(of service: ServiceName) -> String {
         switch service {
         case .ingestion: "records"
         case .identity: "updates"
-        case .profile: "views"
+        case .profile: "state changes"
         case .segmentation: "changes"
         case .destination: "members"
         }
@@ -54,9 +54,9 @@ extension ServiceClients {
             case .profile:
                 let s = try await profile.getOutboxStatus(.init(), options: options)
                 return Backlog(
-                    pending: s.pendingViews,
+                    pending: s.pendingChanges,
                     oldestPending: date(s.hasOldestPending, s.oldestPending),
-                    handedOn: s.sentViews,
+                    handedOn: s.sentChanges,
                     lastError: s.lastError
                 )
             case .segmentation:

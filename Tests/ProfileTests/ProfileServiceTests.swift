@@ -11,60 +11,60 @@ import RPCCore
 import RPCHTTP2
 import ServiceSupport
 import SwiftProtobuf
+import SegmentationState
 import Synchronization
 import TestSupport
 import Testing
 
-/// A stand-in for the segmentation service: keeps the latest view of each entity, and can be made to
-/// fail.
+/// A stand-in for the segmentation service: keeps the state profile's changes describe (segmentation's
+/// own ``EntityState``), and can be made to fail.
 final class RecordingSegmentation: Cdp_Segmentation_V1_Segmentation.ServiceProtocol {
     private struct State {
-        var latest: [String: Cdp_Segmentation_V1_ViewChange] = [:]
+        var state = EntityState()
         var received = 0
         var failing = false
     }
 
     private let state = Mutex(State())
 
-    var latest: [String: Cdp_Segmentation_V1_ViewChange] { state.withLock { $0.latest } }
     var received: Int { state.withLock { $0.received } }
     var failing: Bool {
         get { state.withLock { $0.failing } }
         set { state.withLock { $0.failing = newValue } }
     }
 
-    static func name(_ change: Cdp_Segmentation_V1_ViewChange) -> String {
-        switch change.view {
-        case .person(let view)?: "person/\(view.person.clusterID)"
-        case .account(let view)?: "account/\(view.account.clusterID)"
-        case .removed(let removed)?: "\(removed.entityType == .person ? "person" : "account")/\(removed.clusterID)"
-        case nil: "?"
-        }
+    /// The person view the state builds.
+    func person(_ cluster: UInt64, asOf: Date) -> Cdp_Profile_V1_PersonView? {
+        state.withLock { $0.state.personView(cluster, asOf: asOf) }
     }
 
-    func acceptViews(
-        request: Cdp_Segmentation_V1_AcceptViewsRequest,
+    /// The account view the state builds.
+    func account(_ cluster: UInt64) -> Cdp_Profile_V1_AccountView? {
+        state.withLock { $0.state.accountView(cluster) }
+    }
+
+    func acceptStateChanges(
+        request: Cdp_Segmentation_V1_AcceptStateChangesRequest,
         context: ServerContext
-    ) async throws -> Cdp_Segmentation_V1_AcceptViewsResponse {
-        try state.withLock { state in
-            if state.failing { throw RPCError(code: .unavailable, message: "segmentation is down") }
-            var response = Cdp_Segmentation_V1_AcceptViewsResponse()
+    ) async throws -> Cdp_Segmentation_V1_AcceptStateChangesResponse {
+        try state.withLock { held in
+            if held.failing { throw RPCError(code: .unavailable, message: "segmentation is down") }
+            var response = Cdp_Segmentation_V1_AcceptStateChangesResponse()
+            var touched: Set<EntityState.EntityKey> = []
             for change in request.changes {
-                state.received += 1
-                let name = Self.name(change)
-                if let held = state.latest[name], held.version >= change.version {
-                    response.stale += 1
-                } else {
-                    state.latest[name] = change
-                    response.accepted += 1
+                held.received += 1
+                switch try held.state.apply(change, touched: &touched) {
+                case .applied: response.accepted += 1
+                case .stale: response.stale += 1
                 }
             }
+            response.evaluated = UInt32(touched.count)
             return response
         }
     }
 }
 
-/// Profile only calls AcceptViews; the rest of the API is not the stand-in's business.
+/// Profile only calls AcceptStateChanges; the rest of the API is not the stand-in's business.
 extension RecordingSegmentation {
     static var unimplemented: RPCError { RPCError(code: .unimplemented, message: "not part of the stand-in") }
 
@@ -186,11 +186,11 @@ func withProfileHarness(identityAvailable: Bool = true, _ body: (ProfileHarness)
 
     let store = try SQLiteProfileStore()
     let engine = ProfileEngine(store: store, loop: MultiThreadedEventLoopGroup.singleton.next())
-    let relay = OutboxRelay<ViewChunk>(
+    let relay = OutboxRelay<StateChunk>(
         name: "test",
         configuration: .init(chunkSize: 4, backoff: Backoff(initial: .milliseconds(20), maximum: .milliseconds(100))),
         logger: logger,
-        fetch: { try await engine.nextViewChunk(limit: $0, asOf: ProfileStoreTests.asOf) },
+        fetch: { try await engine.nextStateChunk(limit: $0) },
         deliver: { try await SegmentationForwarding.deliver($0, via: segmentationClient) },
         acknowledge: { try await engine.acknowledge($0) }
     )
@@ -278,14 +278,10 @@ struct ProfileServiceTests {
 
             try await eventually { try await !harness.client.getOutboxStatus(.init()).lastError.isEmpty }
             harness.segmentation.failing = false
-            try await eventually { try await harness.client.getOutboxStatus(.init()).pendingViews == 0 }
-            let sent = try #require(harness.segmentation.latest["person/\(p2.person.clusterID)"]?.person)
-            #expect(sent.person.fragmentKeys == p2.person.fragmentKeys)
-            #expect(sent.accounts.map(\.clusterID) == p2.accounts.map(\.clusterID))
-            #expect(
-                harness.segmentation.latest["account/\(account.account.clusterID)"]?.account.totals.wonAmount
-                    == 1_100_000
-            )
+            try await eventually { try await harness.client.getOutboxStatus(.init()).pendingChanges == 0 }
+            // What segmentation holds builds the very views profile serves.
+            #expect(harness.segmentation.person(p2.person.clusterID, asOf: ProfileStoreTests.asOf) == p2)
+            #expect(harness.segmentation.account(account.account.clusterID) == account)
         }
     }
 
@@ -331,8 +327,9 @@ struct ProfileServiceTests {
                 _ = try await harness.client.getPerson(harness.request("email", "p3@townsend.com"))
             }
             #expect(gone?.code == .notFound)
+            // Segmentation is told the person is gone (its state no longer holds them).
             try await eventually {
-                harness.segmentation.latest["person/\(p3.person.clusterID)"]?.removed.clusterID == p3.person.clusterID
+                harness.segmentation.person(p3.person.clusterID, asOf: ProfileStoreTests.asOf) == nil
             }
             // Ingestion got the hashes (never the identities) and the keys; segmentation and destination
             // the cluster; then the request settles and every service clears its log.

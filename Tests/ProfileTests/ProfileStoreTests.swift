@@ -3,6 +3,7 @@ import Foundation
 import PipelineSupport
 import ProfileModel
 import ProfileStore
+import SegmentationState
 import SwiftProtobuf
 import TestSupport
 import Testing
@@ -62,22 +63,30 @@ struct ProfileStoreTests {
         #expect(p1.events.isEmpty && p1.accounts.map(\.clusterID) == [townsend.account.clusterID])
     }
 
-    /// Changing Opportunity 2's amount changes the views of p1, p2 and p3 (through the merged account).
-    @Test func anOpportunityChangeFansOutToEveryPersonOfTheMergedAccount() async throws {
+    /// Changing Opportunity 2's amount changes its unified record (and re-sends the link it makes); segmentation's
+    /// state shows it in the views of p1, p2 and p3 (through the merged account) and of the account.
+    @Test func anOpportunityChangeIsTheOpportunitysAloneAndReachesEveryPersonOfTheMergedAccount() async throws {
         let store = try SQLiteProfileStore()
         let pipeline = try ProfilePipeline(profile: store)
         for group in Self.story { try await pipeline.ingest(group) }
-        // Start from a clean slate: everything pending so far counts as sent.
-        try store.markSent(try store.nextChangedViews(limit: 1_000_000))
+        let state = EntityState()
+        var touched: Set<EntityState.EntityKey> = []
+        let all = try store.nextPendingItems(limit: 1_000_000)
+        for change in try store.stateChanges(of: all) { try state.apply(change, touched: &touched) }
+        try store.markSent(all)
         try await pipeline.ingest([Bodea.wonOpportunity("O2", "mkto-2", account: "A2", amount: 950_000)])
-        let changed = try store.nextChangedViews(limit: 100)
+        let changed = try store.nextPendingItems(limit: 100)
+        #expect(changed.map(\.kind) == [.entity, .link] && changed.allSatisfy { $0.entity == .opportunity })
+        touched = []
+        for change in try store.stateChanges(of: changed) { try state.apply(change, touched: &touched) }
         var persons: [String] = []
-        for view in changed where view.entity == .person {
-            let person = try #require(try store.personView(cluster: view.cluster, asOf: Self.asOf))
+        for key in touched where key.entity == .person {
+            let person = try #require(state.personView(key.cluster, asOf: Self.asOf))
+            #expect(person == (try store.personView(cluster: key.cluster, asOf: Self.asOf)))
             persons.append(person.person.record.person.email)
         }
         #expect(persons.sorted() == ["p1@townsend.com", "p2@townsend.com", "p3@townsend.com"])
-        #expect(changed.filter { $0.entity == .account }.count == 1)
+        #expect(touched.filter { $0.entity == .account }.count == 1)
         #expect(try Self.townsend(store)?.totals.wonAmount == 1_150_000)
     }
 
@@ -176,8 +185,11 @@ struct ProfileStoreTests {
         }
         #expect(try store.events(person: cluster, from: .distantPast, to: .distantFuture, limit: 10).isEmpty)
         #expect(Self.emails(try #require(try Self.townsend(store)).persons) == ["p1@townsend.com", "p3@townsend.com"])
-        let removed = try store.nextChangedViews(limit: 100).contains { $0.entity == .person && $0.cluster == cluster }
-        #expect(removed, "the deleted person's view is sent, as removed")
+        let pending = try store.nextPendingItems(limit: 100)
+        let removed = try store.stateChanges(of: pending).contains {
+            $0.entity.entityType == .person && $0.entity.clusterID == cluster && !$0.entity.hasUnified
+        }
+        #expect(removed, "the deleted person is sent as gone")
     }
 
     /// Re-delivered updates change nothing; a store reopened after a restart gives the same views.

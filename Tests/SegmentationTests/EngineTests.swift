@@ -11,7 +11,7 @@ import TestSupport
 import Testing
 
 /// The segmentation engine fed by identity and profile in process: streaming transitions, time
-/// re-checks, staleness, removals, batch jobs, inSegment, restarts.
+/// re-checks, staleness, removals, batch jobs over the state, inSegment, restarts.
 @Suite("Segmentation engine")
 struct EngineTests {
     static let logger = Logger(label: "test", factory: { _ in SwiftLogNoOpLogHandler() })
@@ -60,23 +60,62 @@ struct EngineTests {
         #expect(try await harness.engine.status().rechecks == 0)
     }
 
-    @Test func staleAndRepeatedViewsChangeNothing() async throws {
+    @Test func staleAndRepeatedChangesChangeNothing() async throws {
         let harness = try SegmentationHarness(start: Story.visit.addingTimeInterval(3600))
         _ = try await harness.engine.createSegment(name: "all", pql: Story.bodea, entityType: .person, mode: .streaming)
         try await harness.pipeline.ingest(Story.withoutVisit + [Bodea.pageVisit(at: Story.visit)])
-        let chunk = try #require(try await harness.profile.nextViewChunk(limit: 100, asOf: harness.clock.now))
-        let first = try await harness.engine.acceptViews(chunk.changes)
+        let chunk = try #require(try await harness.profile.nextStateChunk(limit: 1000))
+        let first = try await harness.engine.acceptStateChanges(chunk.changes)
         #expect(first.stale == 0 && first.transitions.realized == 1)
-        // Re-delivery of the same chunk (the relay retried): every view is stale, no new transition.
-        let again = try await harness.engine.acceptViews(chunk.changes)
-        #expect(again.stale == chunk.changes.count && again.accepted == 0)
+        // Re-delivery of the same chunk (the relay retried): every change is stale, no new transition.
+        let again = try await harness.engine.acceptStateChanges(chunk.changes)
+        #expect(again.stale == chunk.changes.count && again.accepted == 0 && again.evaluated == 0)
         #expect(again.transitions == Transitions())
-        // An older version of p2's view after a newer one: stale.
-        let p2 = try #require(chunk.changes.first { $0.person.person.record.person.email == "p2@townsend.com" })
+        // An older version of p2's record after a newer one: stale.
+        let p2 = try #require(chunk.changes.first { $0.entity.unified.record.person.email == "p2@townsend.com" })
         var older = p2
         older.version -= 1
-        #expect(try await harness.engine.acceptViews([older]).stale == 1)
+        older.entity.unified.record.person.email = "someone@else.org"
+        #expect(try await harness.engine.acceptStateChanges([older]).stale == 1)
         #expect(try await harness.drainOutbox().count == 1)
+        #expect(try await harness.members("s1") == ["p2@townsend.com"])
+    }
+
+    @Test func changesThatNameNothingOrTheWrongTypeAreRefusedWhole() async throws {
+        let harness = try SegmentationHarness(start: Story.visit)
+        _ = try await harness.engine.createSegment(
+            name: "all",
+            pql: "person.email.endsWith(\"@example.com\")",
+            entityType: .person,
+            mode: .streaming
+        )
+        var good = Cdp_Profile_V1_StateChange()
+        good.version = 1
+        good.entity.entityType = .person
+        good.entity.clusterID = 7
+        good.entity.unified = Views.unified(7, key: "7@crm.Salesforce") { $0.person.email = "ann@example.com" }
+        var empty = Cdp_Profile_V1_StateChange()
+        empty.version = 2
+        var event = Cdp_Profile_V1_StateChange()
+        event.version = 3
+        event.link.entityType = .event
+        event.link.key = "E1"
+        for (bad, message) in [
+            (empty, "a state change carries no entity, link or event"),
+            (event, "a link change is for a PERSON, OPPORTUNITY"),
+        ] {
+            do {
+                _ = try await harness.engine.acceptStateChanges([good, bad])
+                Issue.record("\(bad) was accepted")
+            } catch let error as RPCError {
+                #expect(error.code == .invalidArgument)
+                #expect(error.message.hasPrefix(message))
+            }
+        }
+        // Nothing of the refused calls was taken.
+        #expect(try await harness.members("s1") == [])
+        #expect(try await harness.engine.stateCounts().persons == 0)
+        #expect(try await harness.engine.acceptStateChanges([good]).transitions.realized == 1)
     }
 
     @Test func aRemovedPersonExitsEverySegment() async throws {
@@ -89,16 +128,16 @@ struct EngineTests {
         )
         try await harness.ingest(Story.withoutVisit)
         #expect(try await harness.members(segment.id).count == 3)
-        var removal = Cdp_Segmentation_V1_ViewChange()
+        var removal = Cdp_Profile_V1_StateChange()
         removal.version = 1_000_000
-        removal.removed.entityType = .person
+        removal.entity.entityType = .person
         let p3 = try #require(
             try await harness.engine.members(of: segment.id, realized: true, after: 0, limit: 10).first {
                 $0.record.record.person.email == "p3@townsend.com"
             }
         )
-        removal.removed.clusterID = p3.cluster
-        let result = try await harness.engine.acceptViews([removal])
+        removal.entity.clusterID = p3.cluster
+        let result = try await harness.engine.acceptStateChanges([removal])
         #expect(result.transitions.exited == 1)
         #expect(try await harness.members(segment.id) == ["p1@townsend.com", "p2@townsend.com"])
         let changes = try await harness.drainOutbox()
@@ -118,15 +157,17 @@ struct EngineTests {
         var version: UInt64 = 0
         func accept(_ fill: (inout Cdp_Model_V1_Record) -> Void) async throws -> Transitions {
             version += 1
-            var change = Cdp_Segmentation_V1_ViewChange()
+            var change = Cdp_Profile_V1_StateChange()
             change.version = version
-            change.person.person = Views.unified(7, key: "7@crm.Salesforce") { record in
+            change.entity.entityType = .person
+            change.entity.clusterID = 7
+            change.entity.unified = Views.unified(7, key: "7@crm.Salesforce") { record in
                 record.person.personID = "7"
                 record.person.email = "ann@example.com"
                 record.person.jobTitle = "CFO"
                 fill(&record)
             }
-            return try await harness.engine.acceptViews([change]).transitions
+            return try await harness.engine.acceptStateChanges([change]).transitions
         }
         #expect(try await accept { _ in }.realized == 1)
         #expect(try await harness.drainOutbox().map(\.version) == [1])
@@ -154,19 +195,17 @@ struct EngineTests {
         #expect(promoted.updated == 1)
         #expect(try await harness.drainOutbox().map(\.record.record.person.jobTitle) == ["CEO"])
 
-        // A batch job's scan read before the last streaming views neither reverts the record nor
-        // announces anything.
-        var old = Cdp_Profile_V1_PersonView()
-        old.person = Views.unified(7, key: "7@crm.Salesforce") { record in
-            record.person.personID = "7"
-            record.person.email = "ann@example.com"
-        }
-        let scanned = try await harness.engine.evaluateBatch(
-            [.person(old)],
+        // A batch job over the state announces nothing new.
+        let batch = try await harness.engine.evaluateBatch(
+            .person,
             segments: [segment.id],
-            asOf: harness.clock.now
+            asOf: harness.clock.now,
+            partition: 0,
+            partitions: 1,
+            after: 0,
+            limit: 10
         )
-        #expect(scanned == Transitions())
+        #expect(batch.clusters == [7] && batch.transitions == Transitions())
         #expect(try await harness.members(segment.id) == ["ann.lee@example.com"])
         #expect(try await harness.drainOutbox().isEmpty)
 
@@ -175,63 +214,6 @@ struct EngineTests {
         #expect(left.exited == 1 && left.updated == 0)
         let exit = try await harness.drainOutbox()
         #expect(exit.map(\.realized) == [false] && exit.map(\.version) == [4])
-    }
-
-    @Test func aJobsOlderScanYieldsToStreamingViewsTakenWhileItRuns() async throws {
-        let harness = try SegmentationHarness(start: Story.visit)
-        let segment = try await harness.engine.createSegment(
-            name: "example.com",
-            pql: "person.email.endsWith(\"@example.com\")",
-            entityType: .person,
-            mode: .streaming
-        )
-        func view(_ cluster: UInt64, _ email: String) -> Cdp_Profile_V1_PersonView {
-            var view = Cdp_Profile_V1_PersonView()
-            view.person = Views.unified(cluster, key: "\(cluster)@crm.Salesforce") { record in
-                record.person.personID = "\(cluster)"
-                record.person.email = email
-            }
-            return view
-        }
-        // The creation job starts; then streaming views realize two persons: one the scan reads as it
-        // was before (no email of example.com yet), one the scan never sees (it came after).
-        let started = harness.clock.now
-        harness.clock.set(started.addingTimeInterval(1))
-        var changes: [Cdp_Segmentation_V1_ViewChange] = []
-        for (version, (cluster, email)) in [(7, "ann@example.com"), (8, "bea@example.com")].enumerated() {
-            var change = Cdp_Segmentation_V1_ViewChange()
-            change.version = UInt64(version + 1)
-            change.person = view(UInt64(cluster), email)
-            changes.append(change)
-        }
-        #expect(try await harness.engine.acceptViews(changes).transitions.realized == 2)
-        let stale = try await harness.engine.evaluateBatch(
-            [.person(view(7, "ann@old.example"))],
-            segments: [segment.id],
-            asOf: started,
-            started: started
-        )
-        #expect(stale == Transitions())
-        let unseen = try await harness.engine.exitUnseen(
-            segments: [segment.id],
-            seen: [7],
-            partition: 0,
-            partitions: 1,
-            started: started
-        )
-        #expect(unseen == Transitions())
-        #expect(try await harness.members(segment.id) == ["ann@example.com", "bea@example.com"])
-
-        // A later job (started after those views) decides again from its own scan.
-        let later = harness.clock.now.addingTimeInterval(1)
-        harness.clock.set(later)
-        let fresh = try await harness.engine.evaluateBatch(
-            [.person(view(7, "ann@old.example"))],
-            segments: [segment.id],
-            asOf: later,
-            started: later
-        )
-        #expect(fresh.exited == 1)
     }
 
     @Test func inSegmentFollowsDependenciesAndRejectsCycles() async throws {
@@ -298,13 +280,12 @@ struct EngineTests {
             entityType: .person,
             mode: .batch
         )
-        // Batch segments ignore streaming views.
+        // Batch segments ignore streaming changes.
         try await harness.ingest(Story.withoutVisit + [Bodea.pageVisit(at: Story.visit)])
         #expect(try await harness.members(segment.id) == [])
 
         let jobs = EvaluationJobs(
             engine: harness.engine,
-            source: StoreViewSource(store: harness.profileStore),
             logger: Self.logger
         )
         let job = try await harness.engine.newJob(
@@ -363,7 +344,6 @@ struct EngineTests {
 
         let jobs = EvaluationJobs(
             engine: harness.engine,
-            source: StoreViewSource(store: harness.profileStore),
             logger: Self.logger
         )
         let job = try await harness.engine.newJob(segments: [batch.id], asOf: past, partition: 0, partitions: 1)
@@ -388,7 +368,6 @@ struct EngineTests {
         #expect(try await harness.members(streaming.id) == [])
         let jobs = EvaluationJobs(
             engine: harness.engine,
-            source: StoreViewSource(store: harness.profileStore),
             logger: Self.logger
         )
         let job = try await harness.engine.newJob(
@@ -418,8 +397,8 @@ struct EngineTests {
             mode: .streaming
         )
         try await harness.pipeline.ingest(Story.withoutVisit + [Bodea.pageVisit(at: Story.visit)])
-        let chunk = try #require(try await harness.profile.nextViewChunk(limit: 100, asOf: harness.clock.now))
-        #expect(try await harness.engine.acceptViews(chunk.changes).transitions.realized == 1)
+        let chunk = try #require(try await harness.profile.nextStateChunk(limit: 1000))
+        #expect(try await harness.engine.acceptStateChanges(chunk.changes).transitions.realized == 1)
 
         // A new process over the same file.
         let clock = harness.clock
@@ -429,8 +408,10 @@ struct EngineTests {
         ) { clock.now }
         #expect(try await restarted.segment(segment.id).pql == Story.bodea)
         #expect(try await restarted.members(of: segment.id, realized: true, after: 0, limit: 10).count == 1)
+        // The state came back from the store: the same views, without profile.
+        #expect(try await restarted.stateCounts() == harness.engine.stateCounts())
         // The relay re-delivers the chunk it could not mark sent: nothing changes twice.
-        let again = try await restarted.acceptViews(chunk.changes)
+        let again = try await restarted.acceptStateChanges(chunk.changes)
         #expect(again.stale == chunk.changes.count)
         #expect(again.transitions == Transitions())
         // The re-check scheduled before the restart is still there.

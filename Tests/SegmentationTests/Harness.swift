@@ -21,37 +21,11 @@ final class TestClock: Sendable {
     func set(_ date: Date) { time.withLock { $0 = date } }
 }
 
-/// Views read straight from a profile store, for batch jobs, estimates and explanations in process.
+/// Views read straight from a profile store, for explanations in process.
 struct StoreViewSource: ViewSource {
     let store: SQLiteProfileStore
 
     var isAvailable: Bool { true }
-
-    func scan(
-        _ entityType: Cdp_Model_V1_EntityType,
-        partition: Int,
-        partitions: Int,
-        asOf: Date,
-        chunk: @Sendable ([EntityView]) async throws -> Void
-    ) async throws {
-        var after: UInt64 = 0
-        while true {
-            let clusters = try store.clusters(
-                of: entityType,
-                partition: partition,
-                partitions: partitions,
-                after: after,
-                limit: 2
-            )
-            guard let last = clusters.last else { return }
-            let views: [EntityView] = try clusters.compactMap { cluster in
-                if entityType == .account { return try store.accountView(cluster: cluster).map(EntityView.account) }
-                return try store.personView(cluster: cluster, asOf: asOf).map(EntityView.person)
-            }
-            try await chunk(views)
-            after = last
-        }
-    }
 
     func view(
         _ entityType: Cdp_Model_V1_EntityType,
@@ -65,7 +39,7 @@ struct StoreViewSource: ViewSource {
 }
 
 /// Identity, profile and segmentation in process: records go through identity into the profile store,
-/// profile's changed views (as its relay builds them) into the segmentation engine.
+/// profile's state changes (as its relay takes them) into the segmentation engine.
 struct SegmentationHarness {
     let pipeline: ProfilePipeline
     let profileStore: SQLiteProfileStore
@@ -84,20 +58,20 @@ struct SegmentationHarness {
         engine = try SegmentationEngine(store: store, loop: MultiThreadedEventLoopGroup.singleton.next()) { clock.now }
     }
 
-    /// Sends records through identity and profile, then profile's changed views to segmentation, as
+    /// Sends records through identity and profile, then profile's state changes to segmentation, as
     /// the relays would. Returns segmentation's transitions.
     @discardableResult
     func ingest(_ records: [Cdp_Identity_V1_StoredRecord]) async throws -> Transitions {
         try await pipeline.ingest(records)
-        return try await forwardViews()
+        return try await forwardChanges()
     }
 
-    /// Sends profile's pending views to segmentation.
+    /// Sends profile's pending state changes to segmentation.
     @discardableResult
-    func forwardViews() async throws -> Transitions {
+    func forwardChanges() async throws -> Transitions {
         var total = Transitions()
-        while let chunk = try await profile.nextViewChunk(limit: 100, asOf: clock.now) {
-            let result = try await engine.acceptViews(chunk.changes)
+        while let chunk = try await profile.nextStateChunk(limit: 100) {
+            let result = try await engine.acceptStateChanges(chunk.changes)
             total.realized += result.transitions.realized
             total.exited += result.transitions.exited
             total.updated += result.transitions.updated

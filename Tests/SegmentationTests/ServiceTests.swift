@@ -19,7 +19,7 @@ struct ServiceTests {
     ) async throws {
         let logger = Logger(label: "test", factory: { _ in SwiftLogNoOpLogHandler() })
         let source = StoreViewSource(store: harness.profileStore)
-        let jobs = EvaluationJobs(engine: harness.engine, source: source, logger: logger)
+        let jobs = EvaluationJobs(engine: harness.engine, logger: logger)
         let service = SegmentationService(engine: harness.engine, source: source, jobs: jobs, logger: logger)
         let server = RPCServer(
             configuration: .init(runsHandlersOnEventLoop: false),
