@@ -7,9 +7,9 @@ stream of events at fixed rates.
    the twenty segments of Benchmarks/b2b_segments.py (batch mode: they are evaluated once, at the end).
 3. Ingests every file of the manifest, in its order, with ``cdp ingest --json`` (each acknowledged when
    ingestion committed it), while a sampler reads every stage's counters twice a second:
-   ingestion's forwarded records, identity's forwarded updates, profile's applied updates and the views
-   segmentation took, each service's CPU time and RSS.
-4. Waits until every outbox is empty: every view built and taken by segmentation. Then evaluates the
+   ingestion's forwarded records, identity's forwarded updates, profile's applied updates and the state
+   changes segmentation took, each service's CPU time and RSS.
+4. Waits until every outbox is empty: every state change taken by segmentation. Then evaluates the
    twenty segments in one job as of the dataset's end and counts their members.
 5. Streaming: a streaming segment (a visit to a probe page within a day) activated to a webhook (a local
    receiver). One event for each of many distinct persons, at each ``--rates`` step for
@@ -139,8 +139,8 @@ class Platform:
         return {
             "ingestion_forwarded": ing.forwarded_records, "ingestion_pending": ing.pending_records,
             "identity_forwarded": ide.forwarded_updates, "identity_pending": ide.pending_updates,
-            "profile_applied": pro.applied_identity_sequence, "profile_sent_views": pro.sent_views,
-            "profile_pending": pro.pending_views,
+            "profile_applied": pro.applied_identity_sequence, "profile_sent_changes": pro.sent_changes,
+            "profile_pending": pro.pending_changes,
             "segmentation_sent": seg.sent_changes, "segmentation_pending": seg.pending_changes,
         }
 
@@ -204,7 +204,7 @@ def wait_drained(platform_: Platform, accepted: int, timeout: float) -> dict:
         if (last["ingestion_forwarded"] >= accepted and last["ingestion_pending"] == 0
                 and last["identity_pending"] == 0 and last["profile_applied"] >= last["identity_forwarded"]
                 and last["profile_pending"] == 0 and last["segmentation_pending"] == 0):
-            # profile's pending count is read after its last apply: one more look catches views marked since.
+            # profile's pending count is read after its last apply: one more look catches changes marked since.
             time.sleep(0.3)
             again = platform_.counters()
             if again["profile_pending"] == 0 and again["identity_pending"] == 0:
@@ -418,7 +418,7 @@ def main() -> int:
         for stage, key in (("ingestion → identity", "ingestion_forwarded"),
                            ("identity → profile", "identity_forwarded"),
                            ("profile applies", "profile_applied"),
-                           ("profile → segmentation (views)", "profile_sent_views")):
+                           ("profile → segmentation (state changes)", "profile_sent_changes")):
             count, seconds, per = sampler.rate(key, t0)
             say(f"| {stage} | {key} | {count:,.0f} | {seconds:.1f} | {per:,.0f} |")
         say()

@@ -4,7 +4,8 @@ Builds on Tests/Profile/profile_support.py and through it Tests/Identity/pipelin
 not copied: ``Pipeline``, ``Service``, CSV builders, ``ingest``, ``channel``, ``free_port``,
 ``expect_error``, the generated proto modules) and adds:
 
-* the generated modules of ``cdp.segmentation.v1`` (with its stub) and ``cdp.destination.v1``;
+* the generated modules of ``cdp.segmentation.v1`` (with its stub), ``cdp.destination.v1`` and
+  ``cdp.privacy.v1``;
 * ``FakeDestination``: a grpcio server for ``/cdp.destination.v1.Destination/AcceptMembershipChanges``
   (a generic handler that parses ``AcceptMembershipChangesRequest``) which records every
   MembershipChange delivered, applies each sequence once (a re-sent sequence is a duplicate and must
@@ -15,6 +16,12 @@ not copied: ``Pipeline``, ``Service``, CSV builders, ``ingest``, ``channel``, ``
 * ``SegmentationPipeline``: cdp-ingestion -> cdp-identity -> cdp-profile -> cdp-segmentation -> fake
   destination as real processes (``Pipeline`` of profile_support with a real segmentation in place of
   the fake one), ``drain`` over all four outboxes, stubs, and SIGKILL/restart of segmentation on its port;
+* state changes to feed segmentation directly in place of profile (``AcceptStateChanges``):
+  ``person_change`` (a test person's unified record; it stands for a person view with nothing but the
+  person), ``removed_change`` (an entity without its unified record: gone), ``entity_change``,
+  ``view_changes`` (a whole PersonView as entity, link and event changes, as
+  ``EntityState.changes(building:version:)`` builds them) and ``accept_state``; ``state_loaded``: the
+  persons and accounts a segmentation process logged as loaded from its own store at start;
 * ``members``: every page of GetMembers; ``wait_job``: polls GetEvaluation until the job ends
   (``call_with_retry`` of pipeline_support for calls that may meet a restarting segmentation).
 """
@@ -24,6 +31,7 @@ from __future__ import annotations
 import importlib
 import os
 import random
+import re
 import sys
 import threading
 import time
@@ -49,6 +57,7 @@ os.environ.pop("CDP_DESTINATION_ADDR", None)
 
 segmentation_pb2_grpc = importlib.import_module("cdp.segmentation.v1.segmentation_pb2_grpc")
 destination_pb2 = importlib.import_module("cdp.destination.v1.destination_pb2")
+privacy_pb2 = importlib.import_module("cdp.privacy.v1.privacy_pb2")
 
 SEGMENTATION_BIN = service_binary("cdp-segmentation", "CDP_SEGMENTATION_BIN")
 ALL_BINARIES = (*BINARIES, (SEGMENTATION_BIN, "CDP_SEGMENTATION_BIN"))
@@ -322,10 +331,11 @@ class SegmentationPipeline(Pipeline):
                 ing, idn, prof = self.statuses()
                 seg = self.segmentation_status()
                 last = (f"ingestion pending {ing.pending_records}; identity pending {idn.pending_updates} "
-                        f"(error {idn.last_error!r}); profile pending views {prof.pending_views} (sent "
-                        f"{prof.sent_views}, error {prof.last_error!r}); segmentation pending changes "
+                        f"(error {idn.last_error!r}); profile pending state changes {prof.pending_changes} (sent "
+                        f"{prof.sent_changes}, error {prof.last_error!r}); segmentation pending changes "
                         f"{seg.pending_changes} (sent {seg.sent_changes}, error {seg.last_error!r})")
-                if (ing.pending_records, idn.pending_updates, prof.pending_views, seg.pending_changes) == (0, 0, 0, 0):
+                if (ing.pending_records, idn.pending_updates, prof.pending_changes, seg.pending_changes) == \
+                        (0, 0, 0, 0):
                     return ing, idn, prof, seg
             except grpc.RpcError as e:
                 last = f"{e.code().name} {e.details()}"
@@ -345,6 +355,117 @@ class SegmentationPipeline(Pipeline):
         super().close()
         if self.destination is not None:
             self.destination.stop()
+
+
+# ---------------------------------------------------------------------------------------------------
+# State changes: what tests feed segmentation directly (AcceptStateChanges) in place of profile
+# ---------------------------------------------------------------------------------------------------
+
+def person_record(cluster: int, email: str, last_name: str | None = None) -> object:
+    """The unified record of a test person: one fragment ``P<cluster>@t-1.Test`` with that email (and last
+    name, if given)."""
+    key = f"P{cluster}@t-1.Test"
+    person = model_pb2.Person(person_id=f"P{cluster}", email=email)
+    if last_name is not None:
+        person.last_name = last_name
+    return profile_pb2.UnifiedRecord(cluster_id=cluster, fragment_keys=[key], record=model_pb2.Record(
+        key=key, person=person))
+
+
+def entity_change(entity_type, cluster: int, version: int, unified=None) -> object:
+    """A StateChange of one entity's unified record; without `unified`: the entity is gone."""
+    entity = profile_pb2.EntityState(entity_type=entity_type, cluster_id=cluster)
+    if unified is not None:
+        entity.unified.CopyFrom(unified)
+    return profile_pb2.StateChange(version=version, entity=entity)
+
+
+def person_change(cluster: int, email: str, version: int, last_name: str | None = None) -> object:
+    """A person's unified record (what a person view with nothing but the person stood for)."""
+    return entity_change(E.ENTITY_TYPE_PERSON, cluster, version, person_record(cluster, email, last_name))
+
+
+def removed_change(cluster: int, version: int, entity_type=E.ENTITY_TYPE_PERSON) -> object:
+    """The entity has no unified record any more (merged away, deleted)."""
+    return entity_change(entity_type, cluster, version)
+
+
+def view_changes(view, version: int) -> tuple[list, int]:
+    """The state changes that make segmentation hold what a PersonView shows, as
+    ``EntityState.changes(building:version:)`` (Services/Segmentation/State/ViewChanges.swift) builds them:
+    the unified records of the person, its accounts, opportunities, campaigns and lists, a link per relation
+    (keyed ``view:<from>:<to>``) and the events, with versions version + 1, version + 2, ... Returns the changes
+    and the last version used."""
+    changes = []
+
+    def nxt() -> int:
+        nonlocal version
+        version += 1
+        return version
+
+    def entity(entity_type, unified) -> None:
+        record = profile_pb2.UnifiedRecord()
+        record.CopyFrom(unified)
+        del record.account_cluster_ids[:]
+        changes.append(entity_change(entity_type, unified.cluster_id, nxt(), record))
+
+    def link(entity_type, frm: int, to: int, **details) -> None:
+        changes.append(profile_pb2.StateChange(version=nxt(), link=profile_pb2.LinkState(
+            entity_type=entity_type, key=f"view:{frm}:{to}", present=True, from_cluster_id=frm, to_cluster_id=to,
+            **details)))
+
+    person = view.person.cluster_id
+    entity(E.ENTITY_TYPE_PERSON, view.person)
+    for account in view.accounts:
+        entity(E.ENTITY_TYPE_ACCOUNT, account)
+        link(E.ENTITY_TYPE_ACCOUNT_PERSON_RELATION, person, account.cluster_id)
+    for opportunity in view.opportunities:
+        entity(E.ENTITY_TYPE_OPPORTUNITY, opportunity)
+        for account in opportunity.account_cluster_ids:
+            link(E.ENTITY_TYPE_OPPORTUNITY, opportunity.cluster_id, account)
+    for role in view.opportunity_roles:
+        details = {f: getattr(role, f) for f in ("role", "is_primary") if role.HasField(f)}
+        link(E.ENTITY_TYPE_OPPORTUNITY_PERSON_RELATION, person, role.opportunity_cluster_id, **details)
+    for membership in view.campaigns:
+        entity(E.ENTITY_TYPE_CAMPAIGN, membership.campaign)
+        details = {f: getattr(membership, f) for f in ("status", "has_responded") if membership.HasField(f)}
+        link(E.ENTITY_TYPE_CAMPAIGN_MEMBER, person, membership.campaign.cluster_id, **details)
+    for membership in view.lists:
+        entity(E.ENTITY_TYPE_MARKETING_LIST, membership.list)
+        link(E.ENTITY_TYPE_MARKETING_LIST_MEMBER, person, membership.list.cluster_id)
+    for event in view.events:
+        changes.append(profile_pb2.StateChange(version=nxt(), event=profile_pb2.EventState(
+            key=event.key, person_cluster_id=person, event=event.event)))
+    return changes, version
+
+
+_STATE_LOADED = re.compile(r"accounts=(\d+) persons=(\d+) .*state loaded")
+
+
+def state_loaded(svc: Service, generation: int | None = None, timeout: float = 5.0) -> tuple[int, int]:
+    """(persons, accounts) that a generation of cdp-segmentation logged as loaded from its own store at start
+    (``state loaded``, before it listens); fails if the line is missing."""
+    gen = generation or svc.generation
+    path = svc.log_dir / f"{svc.name}-{gen}.err"
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            text = path.read_text("utf-8", "replace")
+        except OSError:
+            text = ""
+        found = _STATE_LOADED.search(text)
+        if found:
+            return int(found.group(2)), int(found.group(1))
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{svc.name} generation {gen} logged no 'state loaded' line with persons and "
+                                 f"accounts:\n{svc.stderr_tail(10, generation=gen)}")
+        time.sleep(0.05)
+
+
+def accept_state(stub, changes, metadata=(), sender: str = "test"):
+    """AcceptStateChanges of `changes` (a list of StateChange)."""
+    return stub.AcceptStateChanges(segmentation_pb2.AcceptStateChangesRequest(sender=sender, changes=changes),
+                                   timeout=10, metadata=metadata)
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -1,7 +1,7 @@
 """Ingestion -> identity -> profile -> segmentation -> (fake) destination, end to end over gRPC, against the
 real binaries (cdp-segmentation real, destination a grpcio fake).
 
-Tests (about 25 s in all with the debug builds on 2 cores; 8 s of it waiting for a time window to pass):
+Tests (about 30 s in all with the debug builds on 2 cores; 8 s of it waiting for a time window to pass):
 
 * test_running_example_streaming: the Bodea segment of ARCHITECTURE.md §5 (closed-won opportunities of the
   person's accounts summing to more than $1,000,000, and a view of the new product page within a month),
@@ -21,48 +21,67 @@ Tests (about 25 s in all with the debug builds on 2 cores; 8 s of it waiting for
     and Explain(p2) of the $2M segment not matched; Explain as of 40 days later not matched; Explain of an
     unknown email NOT_FOUND;
   - Estimate matches 1 of 3 ($1M, $1,099,999) and 0 of 3 ($2M, $1,100,000, and $1M as of 40 days later);
-  - Evaluate of the $1M segment: a job, SUCCEEDED over 3 views with no transitions (nothing sent); a
-    batch-mode segment has no members until its own Evaluate (although a new view of p1 streamed in),
-    then p1, p2, p3 (the destination gets p1's latest record); Evaluate of every segment: 4 views, nothing
-    changes;
+  - Evaluate of the $1M segment: a job over segmentation's own state, SUCCEEDED over 3 persons with no
+    transitions (nothing sent); a batch-mode segment created after a new record of p1 streamed in: the job
+    its creation starts enters p1, p2, p3 (the destination gets p1's latest record), its own Evaluate
+    changes nothing; Evaluate of every segment: 3 persons and 1 account, nothing changes;
   - DeleteSegment of the $1M segment: 1 exited, p2's exit (version 2) reaches the destination;
   - a time re-check: a segment of the pricing page within 2 days, and p1's page view of it 2 days minus
     8 seconds ago: p1 enters at once (the next re-check is due when the view leaves the window); then
     cdp-segmentation is SIGKILLed and restarted, and p1 still exits (version 2) within seconds of the view
     leaving the window, with no new view;
   - every process stops on SIGTERM with status 0.
-* test_unhappy_paths: against a cdp-segmentation without --profile or --destination, fed views directly:
-  Evaluate with no segments (FAILED_PRECONDITION); CreateSegment with bad PQL (INVALID_ARGUMENT with
-  'line 1, column N' and what was expected), with the unknown field person.revenue (INVALID_ARGUMENT
-  naming it), of entity type EVENT, rooted at account in a person audience, naming an unknown segment;
-  GetSegment / UpdateSegment / DeleteSegment / GetMembers / GetEvaluation / Evaluate / Explain of unknown
-  ids (NOT_FOUND); UpdateSegment making an inSegment cycle, of three segments or of one (INVALID_ARGUMENT
-  showing the cycle, nothing changed); DeleteSegment of a segment another names (FAILED_PRECONDITION
-  naming it, nothing deleted); AcceptViews (re-sent: all stale), members paged by 2, inSegment members,
-  the changes waiting in the outbox; GetMembers with garbage page tokens (INVALID_ARGUMENT); AcceptViews
-  with a change without a view (INVALID_ARGUMENT, nothing taken); Estimate and Explain
-  (FAILED_PRECONDITION: no profile service); a bad definition in Estimate (INVALID_ARGUMENT first).
-* test_evaluate_without_profile_is_refused: Evaluate on a segmentation without --profile is refused with
-  FAILED_PRECONDITION, like Estimate and Explain.
+* test_unhappy_paths: against a cdp-segmentation without --profile or --destination, fed state changes
+  directly (AcceptStateChanges): Evaluate with no segments (FAILED_PRECONDITION); CreateSegment with bad PQL
+  (INVALID_ARGUMENT with 'line 1, column N' and what was expected), with the unknown field person.revenue
+  (INVALID_ARGUMENT naming it), of entity type EVENT, rooted at account in a person audience, naming an
+  unknown segment; GetSegment / UpdateSegment / DeleteSegment / GetMembers / GetEvaluation / Evaluate /
+  Explain of unknown ids (NOT_FOUND); UpdateSegment making an inSegment cycle, of three segments or of one
+  (INVALID_ARGUMENT showing the cycle, nothing changed); DeleteSegment of a segment another names
+  (FAILED_PRECONDITION naming it, nothing deleted); AcceptStateChanges of 12 persons' unified records (12
+  accepted and evaluated; re-sent, and with older versions and other emails: all 12 stale, nothing
+  evaluated, nothing changed), members paged by 2, inSegment members, the changes waiting in the outbox;
+  a removal (an entity without its unified record): the person exits every segment (version 2), the
+  removal re-sent and the record at the removal's version are stale; GetMembers with garbage page tokens
+  (INVALID_ARGUMENT); AcceptStateChanges with an invalid change (no item, an entity of type EVENT or
+  ACCOUNT_PERSON_RELATION, an entity with cluster_id 0, a link of type ACCOUNT or without a key, an event
+  without a key) before or after a valid one: INVALID_ARGUMENT, and the valid change is not taken (sent
+  alone afterwards it is accepted, not stale); Estimate over segmentation's own state (6 of 12, no profile
+  needed) and of a bad definition (INVALID_ARGUMENT); Explain FAILED_PRECONDITION naming --profile and
+  CDP_PROFILE_ADDR.
+* test_batch_jobs_and_estimates_without_profile_read_own_state: on a segmentation without --profile, batch
+  segments (an email domain, won opportunities of the person's accounts over $1M, an account audience)
+  whose creation jobs find an empty state; the person views of 6 persons (two accounts with a $1.2M and a
+  $500k won opportunity) fed as state changes (built like EntityState.changes(building:)): batch segments
+  have no members until Evaluate, whose jobs SUCCEED over the persons (and accounts) of the state with the
+  right members; Estimate of persons and accounts agrees; then the opportunity grows to $1.5M, a person is
+  removed (it exits at once, batch segments too) and one arrives, and Evaluate of every segment follows
+  (6 + 2 evaluated, 4 realized); Explain is FAILED_PRECONDITION naming --profile and CDP_PROFILE_ADDR.
 * test_get_members_page_token_above_int64: GetMembers with page_token 2^64 - 1 or 2^63 answers
   INVALID_ARGUMENT (and the process lives on).
-* test_accept_views_ids_above_int64: AcceptViews with a cluster id or version >= 2^63 is refused
-  (INVALID_ARGUMENT).
+* test_accept_state_changes_ids_above_int64: AcceptStateChanges with a cluster id (entity, removal, link
+  end, event person) or a version >= 2^63, beside a valid change, is refused (INVALID_ARGUMENT, the process
+  lives on) and takes nothing (the valid change sent alone afterwards is accepted).
 * test_huge_numbers_in_definitions_do_not_crash: CreateSegment of a definition with a number beyond Int in
   an error position, or 'occurs <= 99999999999999999999 days', answers INVALID_ARGUMENT.
 * test_estimate_of_an_entity_type_without_segments_is_refused: Estimate with entity_type EVENT or
   OPPORTUNITY is refused like CreateSegment refuses it.
-* test_membership_changes_carry_when_they_were_decided: MembershipChange.at is the time segmentation
-  decided the change.
+* test_membership_changes_carry_when_they_were_decided: MembershipChange.at, and the member's `since` in
+  GetMembers, are the time AcceptStateChanges decided the change.
 * test_auth_token: a cdp-segmentation with --auth-token refuses calls without it or with another token
-  (UNAUTHENTICATED), and sends it (as a bearer token) with the membership changes to destination.
+  (UNAUTHENTICATED; AcceptStateChanges takes nothing then), and sends it (as a bearer token) with the
+  membership changes to destination.
 * test_segmentation_sigkill: a generated dataset (default 400 persons in Marketo, a fifth also in
   Salesforce by email; three segments: an email domain, a last name, and inSegment of both) in two
   rounds: round 1 ingests the persons, round 2 deletes a ninth of them through profile's DeletePerson and
   changes the last name of a quarter (persons leave and enter the last-name segment). cdp-segmentation is
-  SIGKILLed once per round (at fractions of the views profile sent in the round; seeded) and restarted on
-  the same data directory and port; profile's relay retries meanwhile, and the fake destination fails 10%
-  of calls. At the end: each segment's GetMembers(REALIZED) is exactly the ground truth (the cluster
+  SIGKILLed once per round (at fractions of the state changes profile sent in the round, by its
+  sent_changes; seeded) and restarted on the same data directory and port; profile's relay retries
+  meanwhile (a DeletePerson the kill interrupts answers UNAVAILABLE and profile finishes its privacy
+  request: awaited), and the fake destination fails 10% of calls. After each round an estimate over
+  segmentation's state evaluates exactly profile's persons. Each restarted process logged 'state loaded'
+  from its own store before it listened (round 1: some persons; round 2: at least every person of round 1
+  not deleted). At the end: each segment's GetMembers(REALIZED) is exactly the ground truth (the cluster
   profile answers for each matching person's email, with that email in the member record); GetMembers
   (EXITED) agrees; the destination's latest change per (segment, cluster) is realized exactly for those
   members, with the member's version; the destination saw every membership's versions as 1, 2, 3, ... in
@@ -73,7 +92,16 @@ Tests (about 25 s in all with the debug builds on 2 cores; 8 s of it waiting for
   equals the changes applied; every change names its person's email, but the exits of persons erased by
   DeletePerson, which name only the cluster (GetMembers no longer lists them). Then
   a batch job killed right after it started is FAILED (or SUCCEEDED), never left RUNNING, after the
-  restart; and a batch job of every segment changes nothing.
+  restart, which loaded every person from segmentation's store; a batch job of every segment changes
+  nothing; the memberships are still the ground truth; and profile sent nothing after that restart (it had
+  nothing unacknowledged).
+* test_segmentation_restart_takes_only_what_was_not_acknowledged: 30 persons, the three segments of the
+  crash test; cdp-segmentation is SIGKILLed, and while it is down 5 persons change last name and 4 arrive;
+  after the restart it has loaded the 30 persons from its store, profile's sent_changes grows by exactly
+  what was pending at the restart (not everything again), memberships and the destination match the
+  ground truth, destination hears only of the persons that changed, Estimate and a batch job evaluate all
+  34 persons with no transitions; a second SIGKILL with nothing pending: 34 persons loaded, profile sends
+  nothing, nothing reaches destination.
 
 Run (Tests/python-env.sh first; the debug binaries must exist):
     .venv/bin/python -m pytest Tests/Segmentation -q -p no:cacheprovider
@@ -93,6 +121,7 @@ from __future__ import annotations
 import os
 import queue
 import random
+import re
 import sys
 import threading
 import time
@@ -104,10 +133,11 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from segmentation_support import (  # noqa: E402
     ACCOUNT_COLUMNS, ALL_BINARIES, E, EVENT_COLUMNS, EXITED, JOB_STATE, MDM_COLUMNS, OPPORTUNITY_COLUMNS,
-    PERSON_COLUMNS, REALIZED, SEGMENTATION_BIN, FakeDestination, SegmentationPipeline, Service, call_with_retry,
-    channel, csv_text, describe, diagnostics, entity_request, expect_error, ident, ingest, ingestion_pb2, log,
-    member_emails, members, model_pb2, profile_pb2, profile_pb2_grpc, rfc3339, segmentation_pb2,
-    segmentation_pb2_grpc, source, source_key, wait_job,
+    PERSON_COLUMNS, REALIZED, SEGMENTATION_BIN, FakeDestination, SegmentationPipeline, Service, accept_state,
+    call_with_retry, channel, csv_text, describe, diagnostics, entity_change, entity_request, expect_error, ident,
+    ingest, ingestion_pb2, log, member_emails, members, model_pb2, person_change, person_record, privacy_pb2,
+    profile_pb2, profile_pb2_grpc, removed_change, rfc3339, segmentation_pb2, segmentation_pb2_grpc, source, source_key,
+    state_loaded, view_changes, wait_job,
 )
 
 INVALID, NOT_FOUND = grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND
@@ -146,9 +176,14 @@ EMAIL = {"p1": "p1@townsend.com", "p2": "p2@townsend.com", "p3": "p3@townsend.co
 NEW_PRODUCT = "https://bodea.example/new-product"
 
 
-def bodea(threshold: int = 1_000_000) -> str:
+def bodea_won(threshold: int = 1_000_000) -> str:
+    """The first half of the Bodea definition: closed-won opportunities of the person's accounts."""
     return (f"(sum O.amount over O from person.accounts.opportunities where (O.isClosed = true and O.isWon = true)) "
-            f"> {threshold}\n"
+            f"> {threshold}")
+
+
+def bodea(threshold: int = 1_000_000) -> str:
+    return (f"{bodea_won(threshold)}\n"
             f"and exists E from xEvent where (E.eventType = \"web.webpagedetails.pageViews\" and E.url = "
             f"\"{NEW_PRODUCT}\" and E.timestamp occurs <= 1 months before now)")
 
@@ -373,7 +408,7 @@ def test_running_example_streaming(tmp_path):
                     (done.realized, done.exited) != (realized, 0) or not done.HasField("finished_at"):
                 problems.append(f"evaluation {job.id} of {want_ids} ended {JOB_STATE.get(done.state)} "
                                 f"({done.error!r}): evaluated {done.evaluated}, realized {done.realized}, exited "
-                                f"{done.exited}; expected SUCCEEDED over {evaluated} views, {realized} realized "
+                                f"{done.exited}; expected SUCCEEDED over {evaluated} entities, {realized} realized "
                                 f"and none exited ({what})")
             pipe.drain(timeout=30)
 
@@ -400,7 +435,7 @@ def test_running_example_streaming(tmp_path):
             first = wait_job(seg, townsend.evaluation_job_id)
             if first.state != segmentation_pb2.JOB_STATE_SUCCEEDED or list(first.segment_ids) != [townsend.id] or \
                     (first.evaluated, first.realized, first.exited) != (3, 3, 0):
-                problems.append(f"the creation job of {townsend.id}: {first}; expected SUCCEEDED over 3 views, "
+                problems.append(f"the creation job of {townsend.id}: {first}; expected SUCCEEDED over 3 persons, "
                                 f"3 realized (p1, p2 and p3)")
         pipe.drain(timeout=30)
         run_job([townsend.id], 3, 0, "the creation job already entered p1, p2 and p3")
@@ -497,13 +532,6 @@ def test_running_example_streaming(tmp_path):
 # 2. Unhappy paths against a cdp-segmentation without --profile or --destination, fed directly
 # ---------------------------------------------------------------------------------------------------
 
-def _view_change(cluster: int, email: str, version: int):
-    key = f"P{cluster}@t-1.Test"
-    return segmentation_pb2.ViewChange(version=version, person=profile_pb2.PersonView(
-        person=profile_pb2.UnifiedRecord(cluster_id=cluster, fragment_keys=[key], record=model_pb2.Record(
-            key=key, person=model_pb2.Person(person_id=f"P{cluster}", email=email)))))
-
-
 def _standalone_segmentation(tmp_path: Path) -> Service:
     return Service("segmentation", SEGMENTATION_BIN, "CDP_SEGMENTATION_BIN", tmp_path / "segmentation-data",
                    tmp_path, [])
@@ -584,15 +612,19 @@ def test_unhappy_paths(tmp_path):
         assert [s.id for s in seg.ListSegments(Req.ListSegmentsRequest(), timeout=10).segments] == \
             [a.id, b.id, c.id], "a refused DeleteSegment deleted something"
 
-        # --- views fed directly (no profile): memberships wait in the outbox (no destination) ---
-        changes = [_view_change(n, f"u{n}@{'a' if n % 2 else 'b'}.example", 10) for n in range(3, 15)]
-        first = seg.AcceptViews(Req.AcceptViewsRequest(sender="test", changes=changes), timeout=10)
-        again = seg.AcceptViews(Req.AcceptViewsRequest(sender="test", changes=changes), timeout=10)
-        assert (first.accepted, first.stale) == (12, 0) and (again.accepted, again.stale) == (0, 12), (
-            f"AcceptViews answered {first} and, re-sent, {again}: expected 12 accepted, then 12 stale")
+        # --- state fed directly (no profile): memberships wait in the outbox (no destination) ---
+        changes = [person_change(n, f"u{n}@{'a' if n % 2 else 'b'}.example", 10) for n in range(3, 15)]
+        first = accept_state(seg, changes)
+        again = accept_state(seg, changes)
+        older = accept_state(seg, [person_change(n, f"u{n}@a.example", 9) for n in range(3, 15)])
+        assert (first.accepted, first.stale, first.evaluated) == (12, 0, 12) and \
+            (again.accepted, again.stale, again.evaluated) == (0, 12, 0) and \
+            (older.accepted, older.stale, older.evaluated) == (0, 12, 0), (
+                f"AcceptStateChanges answered {first} and, re-sent, {again}, and with older versions (other emails) "
+                f"{older}: expected 12 accepted and evaluated, then 12 stale twice with nothing evaluated")
         want_a = {n: f"u{n}@a.example" for n in range(3, 15, 2)}
         got = member_emails(members(seg, a.id, REALIZED, page_size=2))
-        assert got == want_a, f"GetMembers({a.id}) in pages of 2: {got}, expected {want_a}"
+        assert got == want_a, f"GetMembers({a.id}) in pages of 2: {got}, expected {want_a} (stale changes taken?)"
         got = member_emails(members(seg, b.id, REALIZED))
         assert got == {11: "u11@a.example", 13: "u13@a.example"}, f"GetMembers({b.id}) (inSegment): {got}"
         assert member_emails(members(seg, c.id)) == got, f"GetMembers({c.id}) differs from {b.id}'s"
@@ -600,28 +632,66 @@ def test_unhappy_paths(tmp_path):
         assert status.pending_changes == 6 + 2 + 2 and status.sent_changes == 0, (
             f"outbox status {status}: expected 10 realized changes waiting (no --destination)")
 
+        # --- a removal (an entity without its unified record): the person exits; re-sent or older: stale ---
+        gone = accept_state(seg, [removed_change(13, 11)])
+        assert (gone.accepted, gone.stale) == (1, 0), f"AcceptStateChanges of the removal of 13 answered {gone}"
+        again = accept_state(seg, [removed_change(13, 11), person_change(13, "u13@a.example", 11)])
+        assert (again.accepted, again.stale) == (0, 2), (
+            f"the removal of 13 re-sent, and 13's record at the removal's version, answered {again}: expected 2 stale")
+        for seg_id in (a.id, b.id, c.id):
+            status_of = {m.cluster_id: (m.status, m.version) for m in members(seg, seg_id)}
+            assert status_of.get(13) == (EXITED, 2), (
+                f"GetMembers({seg_id}) after 13's removal: 13 is {status_of.get(13)}, expected exited at version 2")
+        assert 13 not in member_emails(members(seg, a.id, REALIZED)), f"13 still realized in {a.id}"
+
         # --- bad page tokens ---
         for token in ("garbage", "-1", "1.5", "s1"):
             msg = expect_error(lambda: seg.GetMembers(Req.GetMembersRequest(segment_id=a.id, page_token=token),
                                                       timeout=10), INVALID, f"GetMembers with page_token {token!r}")
             assert "page_token" in msg, f"GetMembers with page_token {token!r}: {msg!r}"
 
-        # --- AcceptViews with a change that carries no view: nothing taken ---
-        msg = expect_error(lambda: seg.AcceptViews(Req.AcceptViewsRequest(sender="test", changes=[
-            _view_change(21, "u21@a.example", 30), Req.ViewChange(version=31)]), timeout=10), INVALID,
-            "AcceptViews with a change without a view")
-        assert 21 not in member_emails(members(seg, a.id)), "a refused AcceptViews call realized a member"
+        # --- AcceptStateChanges with an invalid change beside a valid one: refused, nothing taken ---
+        valid = person_change(21, "u21@a.example", 30)
+        link = profile_pb2.LinkState
+        for what, bad in (
+                ("a change without an item", profile_pb2.StateChange(version=31)),
+                ("an entity of type EVENT", entity_change(E.ENTITY_TYPE_EVENT, 22, 31,
+                                                          person_record(22, "u22@a.example"))),
+                ("an entity of type ACCOUNT_PERSON_RELATION",
+                 entity_change(E.ENTITY_TYPE_ACCOUNT_PERSON_RELATION, 22, 31)),
+                ("an entity with cluster_id 0", entity_change(E.ENTITY_TYPE_PERSON, 0, 31,
+                                                              person_record(0, "u0@a.example"))),
+                ("a link of type ACCOUNT", profile_pb2.StateChange(version=31, link=link(
+                    entity_type=E.ENTITY_TYPE_ACCOUNT, key="L1@t-1.Test", present=True, from_cluster_id=21,
+                    to_cluster_id=100))),
+                ("a link without a key", profile_pb2.StateChange(version=31, link=link(
+                    entity_type=E.ENTITY_TYPE_ACCOUNT_PERSON_RELATION, present=True, from_cluster_id=21,
+                    to_cluster_id=100))),
+                ("an event without a key", profile_pb2.StateChange(version=31, event=profile_pb2.EventState(
+                    person_cluster_id=21)))):
+            for order in ((valid, bad), (bad, valid)):
+                msg = expect_error(lambda: accept_state(seg, list(order)), INVALID,
+                                   f"AcceptStateChanges with {what} (and a valid change)")
+                assert msg, f"AcceptStateChanges with {what}: INVALID_ARGUMENT without a message"
+        assert 21 not in member_emails(members(seg, a.id)), "a refused AcceptStateChanges call realized a member"
+        taken = accept_state(seg, [valid])
+        assert (taken.accepted, taken.stale) == (1, 0), (
+            f"the valid change of the refused calls, sent alone, answered {taken}: expected accepted (a refused call "
+            f"must take nothing, not even its valid changes)")
+        assert member_emails(members(seg, a.id, REALIZED)).get(21) == "u21@a.example", (
+            f"GetMembers({a.id}) after 21's record: {member_emails(members(seg, a.id, REALIZED))}")
 
-        # --- everything that reads profile ---
-        msg = expect_error(lambda: seg.Estimate(Req.EstimateRequest(pql="person.score > 1"), timeout=10),
-                           FAILED_PRECONDITION, "Estimate without --profile")
-        assert "profile" in msg, f"Estimate without --profile: {msg!r}"
+        # --- estimates read segmentation's own state (no profile needed); Explain needs profile ---
+        est = seg.Estimate(Req.EstimateRequest(pql='person.email.endsWith("@a.example")'), timeout=10)
+        assert (est.matched, est.evaluated) == (6, 12), (
+            f"Estimate over the state (persons 3..14 and 21, 13 removed): matched {est.matched} of {est.evaluated}, "
+            f"expected 6 of 12")
         msg = expect_error(lambda: seg.Estimate(Req.EstimateRequest(pql="person.score >"), timeout=10), INVALID,
-                           "Estimate of a bad definition (checked before profile is needed)")
+                           "Estimate of a bad definition")
         assert "line 1, column 15" in msg, f"Estimate of a bad definition: {msg!r}"
         msg = expect_error(lambda: seg.Explain(Req.ExplainRequest(segment_id=a.id, identity=ident(
             "email", "u3@a.example")), timeout=10), FAILED_PRECONDITION, "Explain without --profile")
-        assert "profile" in msg, f"Explain without --profile: {msg!r}"
+        assert "--profile" in msg and "CDP_PROFILE_ADDR" in msg, f"Explain without --profile: {msg!r}"
         assert svc.alive(), f"segmentation died during the unhappy paths: {svc.exit_description()}"
         assert svc.stop(), f"segmentation did not exit with status 0 on SIGTERM ({svc.exit_description()})"
     except BaseException:
@@ -634,28 +704,121 @@ def test_unhappy_paths(tmp_path):
             svc.kill()
 
 
-def test_evaluate_without_profile_is_refused(tmp_path):
+def _opportunity(cluster: int, amount: int, won: bool, account: int):
+    key = f"O{cluster}@t-1.Test"
+    return profile_pb2.UnifiedRecord(cluster_id=cluster, fragment_keys=[key], account_cluster_ids=[account],
+                                     record=model_pb2.Record(key=key, opportunity=model_pb2.Opportunity(
+                                         opportunity_id=f"O{cluster}", amount=amount, is_closed=True, is_won=won)))
+
+
+def _account(cluster: int, name: str):
+    key = f"A{cluster}@t-1.Test"
+    return profile_pb2.UnifiedRecord(cluster_id=cluster, fragment_keys=[key], record=model_pb2.Record(
+        key=key, account=model_pb2.Account(account_id=f"A{cluster}", name=name)))
+
+
+def test_batch_jobs_and_estimates_without_profile_read_own_state(tmp_path):
+    """Evaluate (and CreateSegment's job) and Estimate work on a segmentation without --profile: they evaluate
+    the state AcceptStateChanges fed; Explain, which needs profile to find an identity's cluster, is refused."""
     _require_binaries()
     svc = _standalone_segmentation(tmp_path)
     ch = None
+    Req = segmentation_pb2
+    BATCH = Req.EVALUATION_MODE_BATCH
     try:
         svc.start(0)
         ch = channel(svc.address)
         seg = segmentation_pb2_grpc.SegmentationStub(ch)
-        s1 = _create(seg, "a", 'person.email.endsWith("@a.example")')
-        try:
-            msg = expect_error(lambda: seg.Evaluate(segmentation_pb2.EvaluateRequest(segment_ids=[s1.id]),
-                                                    timeout=10), FAILED_PRECONDITION, "Evaluate without --profile")
-        except AssertionError as e:
-            jobs = []
-            for n in range(1, 4):
-                try:
-                    job = wait_job(seg, f"job-{n}", timeout=10)
-                    jobs.append(f"job-{n} {JOB_STATE.get(job.state)} error {job.error!r}")
-                except grpc.RpcError:
-                    break
-            raise AssertionError(f"{e}; jobs: {jobs}") from None
-        assert "profile" in msg, f"Evaluate without --profile: {msg!r}"
+        # Batch segments, created before any state: their creation jobs find nobody.
+        s1 = _create(seg, "a", 'person.email.endsWith("@a.example")', mode=BATCH)
+        s2 = _create(seg, "won over $1M", bodea_won(), mode=BATCH)
+        s3 = seg.CreateSegment(Req.CreateSegmentRequest(name="accounts won over $1M", pql=ACCOUNT_PQL,
+                                                        entity_type=E.ENTITY_TYPE_ACCOUNT, mode=BATCH), timeout=10)
+        for s in (s1, s2, s3):
+            assert s.evaluation_job_id, f"CreateSegment({s.id}) without --profile answered no evaluation job: {s}"
+            job = wait_job(seg, s.evaluation_job_id)
+            assert job.state == Req.JOB_STATE_SUCCEEDED and (job.evaluated, job.realized) == (0, 0), (
+                f"the creation job of {s.id} over an empty state: {job}")
+
+        # Persons 3..8 (odd: @a.example); 3 and 4 on account 100 with opportunity 200 ($1.2M won), 5 on
+        # account 101 with opportunity 201 ($500k won), 6 on account 101 too; 7 and 8 alone.
+        views = []
+        for n in range(3, 9):
+            view = profile_pb2.PersonView(person=person_record(n, f"u{n}@{'a' if n % 2 else 'b'}.example"))
+            if n in (3, 4):
+                view.accounts.append(_account(100, "Hundred"))
+                view.opportunities.append(_opportunity(200, 1_200_000, True, 100))
+            elif n in (5, 6):
+                view.accounts.append(_account(101, "Hundred One"))
+                view.opportunities.append(_opportunity(201, 500_000, True, 101))
+            views.append(view)
+        version = 0
+        changes = []
+        for view in views:
+            more, version = view_changes(view, version)
+            changes.extend(more)
+        fed = accept_state(seg, changes)
+        assert (fed.accepted, fed.stale) == (len(changes), 0), (
+            f"AcceptStateChanges of {len(changes)} changes (the views of persons 3..8) answered {fed}")
+        for s in (s1, s2, s3):
+            assert not members(seg, s.id), f"batch segment {s.id} has members before any Evaluate"
+
+        def evaluate(ids, evaluated, realized, exited, what):
+            job = seg.Evaluate(Req.EvaluateRequest(segment_ids=ids), timeout=10)
+            assert job.id and sorted(job.segment_ids) == sorted(ids or [s1.id, s2.id, s3.id]), (
+                f"Evaluate({ids}) answered {job}")
+            done = wait_job(seg, job.id)
+            assert done.state == Req.JOB_STATE_SUCCEEDED and \
+                (done.evaluated, done.realized, done.exited) == (evaluated, realized, exited), (
+                    f"Evaluate({ids}) without profile ({what}) ended {JOB_STATE.get(done.state)} ({done.error!r}): "
+                    f"evaluated {done.evaluated}, realized {done.realized}, exited {done.exited}; expected "
+                    f"SUCCEEDED over {evaluated}, {realized} realized, {exited} exited")
+
+        evaluate([s1.id, s2.id], 6, 3 + 2, 0, "6 persons; 3, 5, 7 in a, 3 and 4 over $1M")
+        assert member_emails(members(seg, s1.id, REALIZED)) == {3: "u3@a.example", 5: "u5@a.example",
+                                                                7: "u7@a.example"}, (
+            f"GetMembers({s1.id}) after Evaluate: {member_emails(members(seg, s1.id, REALIZED))}")
+        assert sorted(member_emails(members(seg, s2.id, REALIZED))) == [3, 4], (
+            f"GetMembers({s2.id}) after Evaluate: {member_emails(members(seg, s2.id, REALIZED))}, expected 3 and 4")
+        assert not members(seg, s3.id), f"{s3.id} has members although no job evaluated it"
+        evaluate([s3.id], 2, 1, 0, "accounts 100 and 101; 100 over $1M")
+        got = [(m.cluster_id, m.status, m.record.record.account.name) for m in members(seg, s3.id)]
+        assert got == [(100, REALIZED, "Hundred")], f"GetMembers({s3.id}) after Evaluate: {got}"
+        est = seg.Estimate(Req.EstimateRequest(pql=bodea_won()), timeout=10)
+        assert (est.matched, est.evaluated) == (2, 6), f"Estimate without profile: {est}, expected 2 of 6"
+        est = seg.Estimate(Req.EstimateRequest(pql=ACCOUNT_PQL, entity_type=E.ENTITY_TYPE_ACCOUNT), timeout=10)
+        assert (est.matched, est.evaluated) == (1, 2), f"Estimate of accounts without profile: {est}, expected 1 of 2"
+
+        # The state changes: opportunity 201 grows to $1.5M (5 and 6 and account 101 enter), person 4 is removed
+        # (it exits), person 9 arrives; the next job follows.
+        more = [entity_change(E.ENTITY_TYPE_OPPORTUNITY, 201, version + 1, _opportunity(201, 1_500_000, True, 101)),
+                removed_change(4, version + 2), person_change(9, "u9@a.example", version + 3)]
+        fed = accept_state(seg, more)
+        assert (fed.accepted, fed.stale) == (3, 0), f"AcceptStateChanges of the second changes answered {fed}"
+        # A removal exits every segment at once, batch ones too; the rest waits for the job.
+        status_of = {m.cluster_id: m.status for m in members(seg, s2.id)}
+        assert status_of == {3: REALIZED, 4: EXITED}, (
+            f"GetMembers({s2.id}) after the changes, before a job: {status_of}; expected 3 realized and 4 exited "
+            f"(removed)")
+        evaluate([], 6 + 2, 1 + 2 + 1, 0, "persons 3, 5..9 and two accounts: 9 enters a, 5 and 6 enter the $1M "
+                 "segment, account 101 enters")
+        assert sorted(member_emails(members(seg, s1.id, REALIZED))) == [3, 5, 7, 9], (
+            f"GetMembers({s1.id}): {member_emails(members(seg, s1.id, REALIZED))}")
+        realized = sorted(member_emails(members(seg, s2.id, REALIZED)))
+        exited = sorted(member_emails(members(seg, s2.id, EXITED)))
+        assert (realized, exited) == ([3, 5, 6], [4]), (
+            f"GetMembers({s2.id}): realized {realized}, exited {exited}; expected 3, 5, 6 realized and 4 exited")
+        assert sorted(m.cluster_id for m in members(seg, s3.id, REALIZED)) == [100, 101], (
+            f"GetMembers({s3.id}): {[m.cluster_id for m in members(seg, s3.id)]}")
+
+        msg = expect_error(lambda: seg.Explain(Req.ExplainRequest(segment_id=s1.id, identity=ident(
+            "email", "u3@a.example")), timeout=10), FAILED_PRECONDITION, "Explain without --profile")
+        assert "--profile" in msg and "CDP_PROFILE_ADDR" in msg, (
+            f"Explain without --profile: the refusal does not name --profile and CDP_PROFILE_ADDR: {msg!r}")
+        assert svc.alive(), f"segmentation died: {svc.exit_description()}"
+    except BaseException:
+        log(diagnostics([svc]))
+        raise
     finally:
         if ch is not None:
             ch.close()
@@ -698,27 +861,50 @@ def test_get_members_page_token_above_int64(tmp_path):
             svc.kill()
 
 
-def test_accept_views_ids_above_int64(tmp_path):
+def test_accept_state_changes_ids_above_int64(tmp_path):
+    """Ids and versions segmentation cannot store (above 2^63 - 1) are refused with INVALID_ARGUMENT, the
+    whole call with them, and the process lives on."""
     _require_binaries()
     svc = _standalone_segmentation(tmp_path)
     ch = None
     try:
-        big = 1 << 63
-        for n, (what, change) in enumerate((
-                ("a view of cluster 2^63", _view_change(big, "x@a.example", 1)),
-                ("a view of version 2^63", _view_change(5, "x@a.example", big)),
-                ("a removal of cluster 2^64 - 1", segmentation_pb2.ViewChange(version=2, removed=(
-                    segmentation_pb2.RemovedEntity(entity_type=E.ENTITY_TYPE_PERSON, cluster_id=(1 << 64) - 1)))))):
-            if not svc.alive():
-                if ch is not None:
-                    ch.close()
-                svc.start(0)
-                ch = channel(svc.address)
-            seg = segmentation_pb2_grpc.SegmentationStub(ch)
-            if n == 0:
-                _create(seg, "a", 'person.email.endsWith("@a.example")')
-            _survives(svc, f"AcceptViews with {what}", lambda: seg.AcceptViews(
-                segmentation_pb2.AcceptViewsRequest(sender="test", changes=[change]), timeout=10))
+        big, top = 1 << 63, (1 << 64) - 1
+        svc.start(0)
+        ch = channel(svc.address)
+        seg = segmentation_pb2_grpc.SegmentationStub(ch)
+        _create(seg, "a", 'person.email.endsWith("@a.example")')
+        valid = person_change(5, "u5@a.example", 1)
+
+        def link(frm: int, to: int):
+            return profile_pb2.StateChange(version=2, link=profile_pb2.LinkState(
+                entity_type=E.ENTITY_TYPE_ACCOUNT_PERSON_RELATION, key="R1@t-1.Test", present=True,
+                from_cluster_id=frm, to_cluster_id=to))
+
+        for what, change in (
+                ("a person of cluster 2^63", person_change(big, "x@a.example", 2)),
+                ("a person of version 2^63", person_change(6, "x@a.example", big)),
+                ("a person of version 2^64 - 1", person_change(6, "x@a.example", top)),
+                ("a removal of cluster 2^64 - 1", removed_change(top, 2)),
+                ("a removal of an account of cluster 2^63", removed_change(big, 2, E.ENTITY_TYPE_ACCOUNT)),
+                ("a link from cluster 2^63", link(big, 100)),
+                ("a link to cluster 2^64 - 1", link(5, top)),
+                ("an event of person 2^63", profile_pb2.StateChange(version=2, event=profile_pb2.EventState(
+                    key="w-1@web-1.Web", person_cluster_id=big))),
+                ("an event of version 2^63", profile_pb2.StateChange(version=big, event=profile_pb2.EventState(
+                    key="w-1@web-1.Web", person_cluster_id=5)))):
+            answer = _survives(svc, f"AcceptStateChanges with {what}", lambda: accept_state(seg, [valid, change]))
+            assert answer is None, f"AcceptStateChanges with {what} was not refused: {answer}"
+        assert not members(seg, "s1"), f"refused calls realized members: {member_emails(members(seg, 's1'))}"
+        taken = accept_state(seg, [valid])
+        assert (taken.accepted, taken.stale) == (1, 0), (
+            f"the valid change of the refused calls, sent alone, answered {taken}: expected it accepted (nothing of "
+            f"a refused call is taken)")
+        assert member_emails(members(seg, "s1", REALIZED)) == {5: "u5@a.example"}, (
+            f"GetMembers(s1): {member_emails(members(seg, 's1'))}")
+        assert svc.alive(), f"segmentation died: {svc.exit_description()}"
+    except BaseException:
+        log(diagnostics([svc]))
+        raise
     finally:
         if ch is not None:
             ch.close()
@@ -778,9 +964,9 @@ def test_membership_changes_carry_when_they_were_decided(tmp_path):
         ch = channel(svc.address)
         seg = segmentation_pb2_grpc.SegmentationStub(ch)
         s1 = _create(seg, "a", 'person.email.endsWith("@a.example")')
+        time.sleep(1.2)  # the decision comes visibly later than the segment's creation
         before = time.time()
-        seg.AcceptViews(segmentation_pb2.AcceptViewsRequest(sender="test", changes=[
-            _view_change(3, "u3@a.example", 1)]), timeout=10)
+        accept_state(seg, [person_change(3, "u3@a.example", 1)])
         after = time.time()
         deadline = time.monotonic() + 15
         while not dest.snapshot() and time.monotonic() < deadline:
@@ -791,7 +977,13 @@ def test_membership_changes_carry_when_they_were_decided(tmp_path):
         at = changes[0].at.seconds + changes[0].at.nanos / 1e9
         assert changes[0].HasField("at") and before - 1 <= at <= after + 1, (
             f"the change's `at` is {changes[0].at if changes[0].HasField('at') else 'unset'}, expected the time "
-            f"AcceptViews decided it, between {before:.0f} and {after:.0f}")
+            f"AcceptStateChanges decided it, between {before:.0f} and {after:.0f}")
+        listed = members(seg, s1.id)
+        since = listed[0].since.seconds + listed[0].since.nanos / 1e9 if listed else None
+        assert [(m.cluster_id, m.status) for m in listed] == [(3, REALIZED)] and \
+            before - 1 <= since <= after + 1 and abs(since - at) < 0.01, (
+                f"GetMembers({s1.id}): {listed}; expected 3 realized since the time AcceptStateChanges decided it "
+                f"({before:.3f}..{after:.3f}, the change's `at` {at:.3f})")
     finally:
         if ch is not None:
             ch.close()
@@ -801,7 +993,7 @@ def test_membership_changes_carry_when_they_were_decided(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------------
-# 3. SIGKILL of cdp-segmentation while views flow
+# 3. SIGKILL of cdp-segmentation while state changes flow
 # ---------------------------------------------------------------------------------------------------
 
 CRASH_MKTO, CRASH_SF = source("Marketo:mkto-1"), source("Salesforce:sf-1")
@@ -820,9 +1012,9 @@ class CrashDataset:
     (else ``@other.example``), last name "Vip" when i % 4 == 0. Persons with i % 5 == 0 are also record
     s-{i} in Salesforce with the same email and name (identity merges the two; they are never changed
     again). Round 2: persons with i % 9 == 0 (and i % 5 != 0) are deleted through profile's DeletePerson
-    (segmentation gets `removed`: they exit everything); of the others, the Marketo record of those with
-    i % 8 == 0 gets the last name "Former" (leaving `vip`) and of those with i % 4 == 2 "Vip" (entering
-    it), with a later lastUpdated."""
+    (segmentation is asked to erase them, and gets their unified records gone: they exit everything); of
+    the others, the Marketo record of those with i % 8 == 0 gets the last name "Former" (leaving `vip`) and
+    of those with i % 4 == 2 "Vip" (entering it), with a later lastUpdated."""
 
     def __init__(self, persons: int, seed: int):
         rng = random.Random(seed)
@@ -871,8 +1063,9 @@ def test_segmentation_sigkill(tmp_path):
     fail_rate = _env("SEGMENTATION_CRASH_FAIL_RATE", 0.1, float)
     rng = random.Random(seed)
     data = CrashDataset(persons, seed)
-    # Views each round makes profile send at least: one per person; one per deleted or updated person.
-    round_views = [persons, len(data.deleted) + data.updates]
+    # State changes each round makes profile send at least: a person's unified record per person; the record
+    # (gone, or with the new last name) of each deleted or updated person.
+    round_changes = [persons, len(data.deleted) + data.updates]
     kills_in = [len(range(r, kills, 2)) for r in (0, 1)]  # kill 1 in round 1, kill 2 in round 2, ...
     log(f"seed {seed}: {persons} persons, {len(data.deleted)} deleted and {data.updates} updated in round 2; "
         f"{kills_in} SIGKILLs of cdp-segmentation per round; fake destination fails {fail_rate:.0%} of calls")
@@ -888,16 +1081,22 @@ def test_segmentation_sigkill(tmp_path):
     stop = threading.Event()
     t_start = time.monotonic()
 
-    def sent_views() -> int | None:
+    restarts: list[tuple[int, int, int]] = []  # (round, kill, generation started after the kill)
+    current_round = [0]
+
+    def profile_status():
+        with grpc.insecure_channel(f"127.0.0.1:{pipe.profile_port}") as ch:
+            return profile_pb2_grpc.ProfileStub(ch).GetOutboxStatus(profile_pb2.GetOutboxStatusRequest(), timeout=2)
+
+    def sent_changes() -> int | None:
         try:
-            with grpc.insecure_channel(f"127.0.0.1:{pipe.profile_port}") as ch:
-                return profile_pb2_grpc.ProfileStub(ch).GetOutboxStatus(
-                    profile_pb2.GetOutboxStatusRequest(), timeout=2).sent_views
+            return profile_status().sent_changes
         except grpc.RpcError:
             return None
 
     def killer():
-        """Kills segmentation when profile has sent each target's number of views (segmentation took them)."""
+        """Kills segmentation when profile has sent each target's number of state changes (segmentation took
+        them)."""
         krng = random.Random(seed + 1)
         n = 0
         try:
@@ -908,7 +1107,7 @@ def test_segmentation_sigkill(tmp_path):
                     continue
                 n += 1
                 while True:
-                    sent = sent_views()
+                    sent = sent_changes()
                     if sent is not None and sent >= target:
                         break
                     if stop.wait(0.02):
@@ -916,7 +1115,7 @@ def test_segmentation_sigkill(tmp_path):
                 time.sleep(krng.uniform(0, 0.05))
                 was_alive = pipe.segmentation.alive()
                 pipe.segmentation.kill()
-                kill_log.append(f"kill {n} at {time.monotonic() - t_start:.1f}s: profile had sent >= {sent} views "
+                kill_log.append(f"kill {n} at {time.monotonic() - t_start:.1f}s: profile had sent >= {sent} changes "
                                 f"(target {target}), generation {pipe.segmentation.generation} "
                                 f"{'running' if was_alive else 'ALREADY DEAD'}; destination had applied "
                                 f"{len(dest.snapshot())} changes")
@@ -925,16 +1124,18 @@ def test_segmentation_sigkill(tmp_path):
                                          f"{pipe.segmentation.exit_description()}")
                 time.sleep(krng.uniform(0.05, 0.4))  # profile's calls fail meanwhile
                 pipe.restart_segmentation()
+                restarts.append((current_round[0], n, pipe.segmentation.generation))
                 done_kills.release()
         except Exception as e:  # noqa: BLE001 - reported by the main thread
             killer_errors.append(f"killer: {e!r}")
             done_kills.release()
 
     def run_round(r: int, before_batches=None) -> None:
-        base = sent_views() or 0
+        current_round[0] = r
+        base = sent_changes() or 0
         m = kills_in[r]
         for j in range(m):
-            targets.put(base + int(round_views[r] * rng.uniform(0.1 + 0.75 * j / m, 0.1 + 0.75 * (j + 1) / m)))
+            targets.put(base + int(round_changes[r] * rng.uniform(0.1 + 0.75 * j / m, 0.1 + 0.75 * (j + 1) / m)))
         if before_batches is not None:
             before_batches()
         for src, rows, key in data.rounds[r]:
@@ -945,17 +1146,56 @@ def test_segmentation_sigkill(tmp_path):
                 raise AssertionError(f"round {r + 1}: the kill points were not all reached within 60 s: {kill_log}")
         if killer_errors:
             raise AssertionError("; ".join(killer_errors))
+        wait_interrupted()
         *_, prof_status, _ = pipe.drain(timeout=60)
         log(f"round {r + 1} drained {time.monotonic() - t_start:.1f}s after the start; profile sent "
-            f"{prof_status.sent_views} views; {dest.summary()}")
+            f"{prof_status.sent_changes} state changes; {dest.summary()}")
+        # Segmentation's state holds exactly profile's persons: an estimate evaluates each once.
+        held = persons if r == 0 else persons - len(data.deleted)
+        matched = sum(1 for i in range(persons) if i % 3 == 0 and (r == 0 or i not in data.deleted))
+        est = seg.Estimate(segmentation_pb2.EstimateRequest(pql=CRASH_SEGMENTS[0][1]), timeout=30)
+        if (est.matched, est.evaluated) != (matched, held):
+            problems.append(f"after round {r + 1}: Estimate of {CRASH_SEGMENTS[0][1]!r} over segmentation's state "
+                            f"matched {est.matched} of {est.evaluated} persons, expected {matched} of {held}")
+
+    interrupted: list[str] = []  # privacy requests a kill of segmentation interrupted (profile drives them on)
 
     def delete_persons() -> None:
         prof = pipe.profile_stub()
         for i in sorted(data.deleted):
-            resp = prof.DeletePerson(entity_request("email", data.email[i]), timeout=30)
+            try:
+                resp = prof.DeletePerson(entity_request("email", data.email[i]), timeout=30)
+            except grpc.RpcError as e:
+                # Segmentation was killed while profile erased the person: the request is kept and driven on.
+                found = re.search(r"privacy request (pr-\d+) started", e.details() or "")
+                if e.code() != grpc.StatusCode.UNAVAILABLE or not found or "segmentation" not in e.details():
+                    raise
+                interrupted.append(found.group(1))
+                continue
             if resp.fragments_deleted != 1:
                 problems.append(f"DeletePerson({data.email[i]}) deleted {resp.fragments_deleted} fragments, "
                                 f"expected 1")
+
+    def wait_interrupted(timeout: float = 30) -> None:
+        """Waits until every interrupted privacy request erased everywhere (SETTLING or DONE)."""
+        prof = pipe.profile_stub()
+        deadline = time.monotonic() + timeout
+        for rid in interrupted:
+            while True:
+                req = prof.GetPrivacyRequest(privacy_pb2.GetPrivacyRequestRequest(id=rid), timeout=10)
+                if req.state != privacy_pb2.PrivacyRequest.STATE_ERASING:
+                    break
+                if time.monotonic() > deadline:
+                    problems.append(f"privacy request {rid}, interrupted by a kill of segmentation, is still erasing "
+                                    f"after {timeout:.0f}s: {req.last_error!r}")
+                    return
+                time.sleep(0.2)
+            parts = {p.service: p.done for p in req.services}
+            if not (parts.get("segmentation") and parts.get("profile")):
+                problems.append(f"privacy request {rid} (interrupted) left erasing with its parts {parts}")
+        if interrupted:
+            log(f"{len(interrupted)} DeletePerson calls were interrupted by a kill; profile finished "
+                f"{', '.join(interrupted)}")
 
     thread = threading.Thread(target=killer, name="killer", daemon=True)
     try:
@@ -972,6 +1212,19 @@ def test_segmentation_sigkill(tmp_path):
         for k in kill_log:
             log(k)
         seg_status = pipe.segmentation_status()
+
+        # --- each restart took segmentation's state from its own store: it logs what it loaded before it
+        #     listens, so before profile could send it anything (a new process that held nothing would log 0) ---
+        if len(restarts) != kills:
+            problems.append(f"{len(restarts)} restarts after SIGKILLs, expected {kills}")
+        for r, n, gen in restarts:
+            loaded, accounts = state_loaded(pipe.segmentation, gen)
+            low, high = (1, persons) if r == 0 else (persons - len(data.deleted), persons)
+            log(f"kill {n} (round {r + 1}): generation {gen} loaded {loaded} persons and {accounts} accounts")
+            if not low <= loaded <= high or accounts:
+                problems.append(f"after kill {n} (round {r + 1}) segmentation generation {gen} loaded {loaded} persons "
+                                f"and {accounts} accounts from its store; expected {low} to {high} persons (round 2: "
+                                f"every person of round 1 but those deleted since) and no accounts")
 
         # --- the ground truth: profile's person clusters ---
         prof = pipe.profile_stub()
@@ -994,8 +1247,10 @@ def test_segmentation_sigkill(tmp_path):
         # does not list them) and their exits name only the cluster.
         deleted_emails = {data.email[i] for i in data.deleted}
         deleted_clusters = {c.cluster_id for c in dest.snapshot() if c.record.record.person.email in deleted_emails}
+        wants: dict[str, dict[int, str]] = {}
         for sid, indexes in data.expected().items():
             want = {cluster_of[data.email[i]]: data.email[i] for i in indexes}
+            wants[sid] = want
             everyone = members(seg, sid, page_size=50)
             got = {m.cluster_id: m.record.record.person.email for m in everyone if m.status == REALIZED}
             if got != want:
@@ -1057,11 +1312,20 @@ def test_segmentation_sigkill(tmp_path):
             problems.append(f"the destination saw {len(dest.problems)} broken promises: {dest.problems[:8]}")
         _fail(problems, pipe, tmp_path, "kills: " + "; ".join(kill_log))
 
-        # --- a batch job killed while it runs: it fails (not left running) once segmentation is back ---
+        # --- a batch job killed while it runs: it fails (not left running) once segmentation is back; and
+        #     segmentation comes back with its whole state from its own store, so profile, which had
+        #     nothing unacknowledged, sends nothing again ---
+        before_kill = profile_status()
+        if before_kill.pending_changes:
+            problems.append(f"profile has {before_kill.pending_changes} state changes pending after the drain")
         started = seg.Evaluate(segmentation_pb2.EvaluateRequest(), timeout=10)
         time.sleep(rng.uniform(0, 0.2))
         pipe.segmentation.kill()
         pipe.restart_segmentation()
+        loaded = state_loaded(pipe.segmentation)
+        if loaded != (len(alive), 0):
+            problems.append(f"after the SIGKILL of a drained segmentation, the new process loaded {loaded[0]} persons "
+                            f"and {loaded[1]} accounts from its store, expected {len(alive)} persons and no accounts")
         killed = call_with_retry(lambda: seg.GetEvaluation(segmentation_pb2.GetEvaluationRequest(id=started.id),
                                                            timeout=10), 20, f"GetEvaluation({started.id})")
         if killed.state == segmentation_pb2.JOB_STATE_RUNNING:
@@ -1081,9 +1345,21 @@ def test_segmentation_sigkill(tmp_path):
         if job.state != segmentation_pb2.JOB_STATE_SUCCEEDED or job.evaluated != len(alive) or \
                 (job.realized, job.exited) != (0, 0):
             problems.append(f"the batch job after the run ended {JOB_STATE.get(job.state)} ({job.error!r}): evaluated "
-                            f"{job.evaluated} views of {len(alive)} persons, realized {job.realized}, exited "
+                            f"{job.evaluated} persons of {len(alive)}, realized {job.realized}, exited "
                             f"{job.exited}; "
                             f"expected no transitions (streaming holds the truth)")
+        for sid, want in wants.items():
+            got = member_emails(members(seg, sid, REALIZED, page_size=500))
+            if got != want:
+                problems.append(f"after the last restart GetMembers({sid}, REALIZED) holds {len(got)} members, "
+                                f"expected {len(want)}: missing {sorted(set(want) - set(got))[:5]}, not expected "
+                                f"{sorted(set(got) - set(want))[:5]}")
+        after_restart = profile_status()
+        if (after_restart.sent_changes, after_restart.pending_changes) != (before_kill.sent_changes, 0):
+            problems.append(f"profile sent {after_restart.sent_changes - before_kill.sent_changes} state changes after "
+                            f"the last restart of segmentation (sent {before_kill.sent_changes} before the kill, "
+                            f"{after_restart.sent_changes} after; {after_restart.pending_changes} pending), expected "
+                            f"none: nothing was unacknowledged, and segmentation keeps its own state")
         if not pipe.segmentation.stop():
             problems.append(f"segmentation did not exit with status 0 on SIGTERM "
                             f"({pipe.segmentation.exit_description()})")
@@ -1098,6 +1374,143 @@ def test_segmentation_sigkill(tmp_path):
         raise
     finally:
         stop.set()
+        pipe.close()
+
+
+def test_segmentation_restart_takes_only_what_was_not_acknowledged(tmp_path):
+    """Segmentation keeps its state in its own store: after a SIGKILL it loads it at start, and profile sends
+    it only the state changes it had not acknowledged (those made while it was down), never everything again;
+    memberships stay right, and destination hears only of the persons that changed."""
+    _require_binaries()
+    dest = FakeDestination().start()
+    pipe = SegmentationPipeline(tmp_path, dest)
+    problems: list[str] = []
+    n = 30
+    email = [f"r{i}@{'match' if i % 3 == 0 else 'other'}.example" for i in range(n + 4)]
+    name = ["Vip" if i % 4 == 0 else f"Last{i}" for i in range(n + 4)]
+
+    def truth(count: int) -> dict[str, set[int]]:
+        match = {i for i in range(count) if i % 3 == 0}
+        vip = {i for i in range(count) if name[i] == "Vip"}
+        return {"s1": match, "s2": vip, "s3": match & vip}
+
+    def profile_status():
+        return pipe.statuses()[2]
+
+    def check(count: int, what: str) -> None:
+        prof = pipe.profile_stub()
+        cluster = {i: prof.GetPerson(entity_request("email", email[i]), timeout=10).person.cluster_id
+                   for i in range(count)}
+        for sid, indexes in truth(count).items():
+            want = {cluster[i]: email[i] for i in indexes}
+            got = member_emails(members(seg, sid, REALIZED))
+            if got != want:
+                problems.append(f"{what}: GetMembers({sid}, REALIZED) is {sorted(got.values())}, expected "
+                                f"{sorted(want.values())}")
+            held = {c: ch.record.record.person.email for c, ch in dest.latest_of(sid).items() if ch.realized}
+            if held != want:
+                problems.append(f"{what}: destination holds {sorted(held.values())} realized in {sid}, expected "
+                                f"{sorted(want.values())}")
+        est = seg.Estimate(segmentation_pb2.EstimateRequest(pql=CRASH_SEGMENTS[0][1]), timeout=10)
+        if (est.matched, est.evaluated) != (len(truth(count)["s1"]), count):
+            problems.append(f"{what}: Estimate over segmentation's state matched {est.matched} of {est.evaluated}, "
+                            f"expected {len(truth(count)['s1'])} of {count} persons")
+
+    try:
+        pipe.start()
+        seg = pipe.segmentation_stub()
+        for seg_name, pql in CRASH_SEGMENTS:
+            _create(seg, seg_name, pql)
+        ing = pipe.ingestion_stub()
+        ing.CreateSource(ingestion_pb2.CreateSourceRequest(source=CRASH_MKTO), timeout=10)
+        ingest(ing, CRASH_MKTO, "person", csv_text(PERSON_COLUMNS, [
+            (f"m-{i}", email[i], "First", name[i], "Contact", None, None, OLD) for i in range(n)]),
+            key="persons", expect_records=n)
+        pipe.drain(timeout=60)
+        check(n, "after the first persons")
+        _fail(problems, pipe, tmp_path)
+        before = profile_status()
+        applied_before = len(dest.snapshot())
+
+        # --- segmentation is down while persons change and new ones arrive: profile keeps those changes ---
+        pipe.segmentation.kill()
+        changed = [1, 2, 5, 0, 4]  # 1, 2, 5 become Vip; 0 and 4 stop being Vip
+        for i in changed:
+            name[i] = "Vip" if name[i] != "Vip" else "Former"
+        rows = [(f"m-{i}", email[i], "First", name[i], "Contact", None, None, NEW) for i in changed]
+        rows += [(f"m-{i}", email[i], "First", name[i], "Contact", None, None, NEW) for i in range(n, n + 4)]
+        ingest(ing, CRASH_MKTO, "person", csv_text(PERSON_COLUMNS, rows), key="changes", expect_records=len(rows))
+        deadline = time.monotonic() + 30
+        while True:
+            ing_status, idn_status, prof_status = pipe.statuses()
+            if (ing_status.pending_records, idn_status.pending_updates) == (0, 0):
+                break  # identity's updates were all acknowledged: profile committed them and their changes
+            if time.monotonic() > deadline:
+                raise AssertionError(f"ingestion and identity did not drain while segmentation was down: "
+                                     f"{ing_status}, {idn_status}")
+            time.sleep(0.1)
+        pending = prof_status.pending_changes
+        if prof_status.sent_changes != before.sent_changes or not pending:
+            problems.append(f"while segmentation was down profile counts {prof_status.sent_changes} changes sent "
+                            f"({before.sent_changes} before the kill) and {pending} pending; expected the same "
+                            f"sent count and some pending")
+        pipe.restart_segmentation()
+        loaded = state_loaded(pipe.segmentation)
+        if loaded != (n, 0):
+            problems.append(f"segmentation loaded {loaded[0]} persons and {loaded[1]} accounts from its store at the "
+                            f"restart, expected {n} persons and no accounts")
+        pipe.drain(timeout=60)
+        after = profile_status()
+        log(f"profile sent {before.sent_changes} state changes before the kill, {pending} were pending at the "
+            f"restart, {after.sent_changes} sent in all after it; segmentation loaded {loaded}")
+        if after.sent_changes != before.sent_changes + pending:
+            problems.append(f"profile sent {after.sent_changes - before.sent_changes} state changes after the restart, "
+                            f"expected exactly the {pending} not yet acknowledged (segmentation keeps the rest)")
+        check(n + 4, "after the restart")
+        prof = pipe.profile_stub()
+        touched = {prof.GetPerson(entity_request("email", email[i]), timeout=10).person.cluster_id
+                   for i in (*changed, *range(n, n + 4))}
+        told = [describe(c) for c in dest.snapshot()[applied_before:] if c.cluster_id not in touched]
+        if told:
+            problems.append(f"after the restart destination heard of persons that did not change: {told[:5]}")
+        job = wait_job(seg, seg.Evaluate(segmentation_pb2.EvaluateRequest(), timeout=10).id)
+        if job.state != segmentation_pb2.JOB_STATE_SUCCEEDED or (job.evaluated, job.realized, job.exited) != \
+                (n + 4, 0, 0):
+            problems.append(f"a batch job of every segment after the restart: {JOB_STATE.get(job.state)} "
+                            f"({job.error!r}), evaluated {job.evaluated}, realized {job.realized}, exited "
+                            f"{job.exited}; expected {n + 4} persons and no transitions")
+        _fail(problems, pipe, tmp_path)
+
+        # --- a SIGKILL with nothing unacknowledged: nothing is sent again, nothing changes ---
+        pipe.drain(timeout=30)
+        before = profile_status()
+        applied_before = len(dest.snapshot())
+        pipe.segmentation.kill()
+        pipe.restart_segmentation()
+        loaded = state_loaded(pipe.segmentation)
+        if loaded != (n + 4, 0):
+            problems.append(f"the second restart loaded {loaded[0]} persons and {loaded[1]} accounts, expected "
+                            f"{n + 4} persons")
+        time.sleep(2)  # profile's relay would have sent by now
+        pipe.drain(timeout=30)
+        after = profile_status()
+        if (after.sent_changes, after.pending_changes) != (before.sent_changes, 0):
+            problems.append(f"after a SIGKILL with nothing pending profile sent "
+                            f"{after.sent_changes - before.sent_changes} state changes ({after.pending_changes} "
+                            f"pending), expected none")
+        check(n + 4, "after the second restart")
+        if len(dest.snapshot()) != applied_before:
+            problems.append(f"after the second restart destination got "
+                            f"{[describe(c) for c in dest.snapshot()[applied_before:]]}, expected nothing")
+        if dest.problems:
+            problems.append(f"destination saw {dest.problems[:5]}")
+        _fail(problems, pipe, tmp_path)
+    except pytest.fail.Exception:
+        raise
+    except BaseException:
+        log(pipe.diagnostics())
+        raise
+    finally:
         pipe.close()
 
 
@@ -1125,9 +1538,17 @@ def test_auth_token(tmp_path):
         md = (("authorization", f"Bearer {token}"),)
         s1 = seg.CreateSegment(segmentation_pb2.CreateSegmentRequest(
             name="a", pql='person.email.endsWith("@a.example")'), timeout=10, metadata=md)
-        resp = seg.AcceptViews(segmentation_pb2.AcceptViewsRequest(
-            sender="test", changes=[_view_change(3, "u3@a.example", 1)]), timeout=10, metadata=md)
-        assert resp.accepted == 1, f"AcceptViews with the token answered {resp}"
+        for what, bad_md in (("no authorization", ()), ("a wrong token", (("authorization", "Bearer nope"),))):
+            expect_error(lambda: accept_state(seg, [person_change(4, "u4@a.example", 1)], metadata=bad_md),
+                         grpc.StatusCode.UNAUTHENTICATED, f"AcceptStateChanges with {what}")
+        resp = accept_state(seg, [person_change(3, "u3@a.example", 1)], metadata=md)
+        assert (resp.accepted, resp.stale, resp.evaluated) == (1, 0, 1), (
+            f"AcceptStateChanges with the token answered {resp}")
+        # Person 4 was refused: its change is new to the state.
+        resp = accept_state(seg, [removed_change(4, 1)], metadata=md)
+        assert (resp.accepted, resp.stale) == (1, 0), (
+            f"AcceptStateChanges of person 4's removal (after the refused calls about 4) answered {resp}: expected it "
+            f"accepted (the refused calls took nothing)")
         deadline = time.monotonic() + 15
         while not dest.snapshot() and time.monotonic() < deadline:
             time.sleep(0.05)

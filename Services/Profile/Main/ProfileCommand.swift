@@ -52,8 +52,8 @@ struct ProfileCommand: AsyncParsableCommand {
     @Option(help: "The segmentation service to send state changes to, HOST:PORT (default: $CDP_SEGMENTATION_ADDR).")
     var segmentation: String?
 
-    @Option(help: "Views per call to segmentation.")
-    var forwardBatchSize: Int = 100
+    @Option(help: "State changes per call to segmentation.")
+    var forwardBatchSize: Int = 500
 
     @Option(
         name: .customLong("merge-policy"),

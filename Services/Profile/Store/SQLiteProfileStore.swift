@@ -176,12 +176,13 @@ public final class SQLiteProfileStore: ProfileStore {
                     ) WITHOUT ROWID;
                     CREATE INDEX pending_by_age ON pending (since);
                     INSERT OR IGNORE INTO pending (kind, entity, cluster, key, generation, since)
-                        SELECT DISTINCT 1, entity, cluster, '', 1, 0 FROM fragments
+                        SELECT DISTINCT 1, entity, cluster, '', 1, unixepoch() * 1000 FROM fragments
                         WHERE entity IN (1, 2, 3, 6, 8) AND cluster != 0;
                     INSERT OR IGNORE INTO pending (kind, entity, cluster, key, generation, since)
-                        SELECT 2, entity, 0, key, 1, 0 FROM fragments WHERE entity IN (1, 3, 4, 5, 7, 9);
+                        SELECT 2, entity, 0, key, 1, unixepoch() * 1000 FROM fragments
+                        WHERE entity IN (1, 3, 4, 5, 7, 9);
                     INSERT OR IGNORE INTO pending (kind, entity, cluster, key, generation, since)
-                        SELECT 3, 0, 0, key, 1, 0 FROM events;
+                        SELECT 3, 0, 0, key, 1, unixepoch() * 1000 FROM events;
                     DROP TABLE changed;
                     INSERT OR REPLACE INTO counters (name, value)
                         SELECT 'sent_changes', value FROM counters WHERE name = 'sent_views';

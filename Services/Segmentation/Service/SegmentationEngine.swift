@@ -343,7 +343,7 @@ public actor SegmentationEngine {
     ) throws -> EntityEvaluation? {
         guard key.entity == .person || key.entity == .account, key.cluster != 0 else { return nil }
         if key.entity == .person, forgotten.contains(key.cluster) { return nil }
-        guard let view = state.view(key, asOf: time) else {
+        guard state.record(key.entity, key.cluster) != nil else {
             return EntityEvaluation(
                 entityType: key.entity,
                 cluster: key.cluster,
@@ -353,6 +353,11 @@ public actor SegmentationEngine {
                 recheck: .clear
             )
         }
+        // Without streaming segments of its audience there is nothing to decide (batch segments change
+        // only when evaluated; a removal above still exits them).
+        guard streamingPlans[Self.audience(key.entity)]?.segments.isEmpty == false,
+            let view = state.view(key, asOf: time)
+        else { return nil }
         return try evaluateStreaming(view, version: version, at: time)
     }
 
@@ -360,7 +365,9 @@ public actor SegmentationEngine {
         frame.load(view, asOf: time.timeIntervalSince1970)
         let plan = streamingPlans[view.audience] ?? Plan(segments: [], external: [])
         let (results, validUntil) = try evaluate(plan, entityType: view.entityType)
-        let recheck: Recheck = validUntil.map { .schedule(due: Date(timeIntervalSince1970: $0)) } ?? .clear
+        let recheck: Recheck =
+            recheckTime(view, validUntil, after: time, streaming: !plan.segments.isEmpty).map { .schedule(due: $0) }
+            ?? .clear
         return EntityEvaluation(
             entityType: view.entityType,
             cluster: view.cluster,
@@ -369,6 +376,19 @@ public actor SegmentationEngine {
             results: results,
             recheck: recheck
         )
+    }
+
+    /// When an entity's memberships in streaming segments (`streaming`: some were evaluated) can next
+    /// change with time alone: when a condition's value changes (`validUntil`), or when a person's event
+    /// dated after `time` comes into the view.
+    private func recheckTime(_ view: EntityView, _ validUntil: Double?, after time: Date, streaming: Bool) -> Date? {
+        var due = validUntil.map { Date(timeIntervalSince1970: $0) }
+        if streaming, view.entityType == .person,
+            let next = state.nextEventTime(ofPerson: view.cluster, after: time)
+        {
+            due = min(due ?? next, next)
+        }
+        return due
     }
 
     /// Re-evaluates the entities whose memberships can have changed with time by now, from the state.
@@ -471,7 +491,10 @@ public actor SegmentationEngine {
             let (results, validUntil) = try evaluate(plans[view.audience]!, entityType: view.entityType)
             // A streaming segment's time-dependent membership is re-checked like one from a streaming
             // change (jobs evaluate streaming segments only as of now).
-            let recheck: Recheck = validUntil.map { .scheduleUnlessEarlier(due: Date(timeIntervalSince1970: $0)) } ?? .keep
+            let streaming = plans[view.audience]!.segments.contains { $0.record.isStreaming }
+            let recheck: Recheck =
+                recheckTime(view, validUntil, after: asOf, streaming: streaming).map { .scheduleUnlessEarlier(due: $0) }
+                ?? .keep
             return EntityEvaluation(
                 entityType: view.entityType,
                 cluster: view.cluster,

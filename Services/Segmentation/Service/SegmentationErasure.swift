@@ -3,8 +3,8 @@ import Logging
 import RPCCore
 
 /// `cdp.privacy.v1.Erasure` on segmentation: the person's memberships exit (the exits name only the
-/// cluster), and the person's record, memberships and re-check are deleted; views of the person still
-/// on their way are dropped. Then the call goes on to destination (which removes the person wherever
+/// cluster), and the person's record, memberships, re-check and state (record, links, events) are
+/// deleted; changes about the person still on their way are dropped. Then the call goes on to destination (which removes the person wherever
 /// it was delivered), whose report is part of the answer. Changes made before, still waiting to be
 /// sent, count as pending: the last pass clears the log only once they left.
 public final class SegmentationErasure: Cdp_Privacy_V1_Erasure.ServiceProtocol {

@@ -439,6 +439,18 @@ public final class EntityState {
         return taken
     }
 
+    /// When the first of the person's events dated after `asOf` comes within a view's reach (views
+    /// hold no events after their time), if the person has one.
+    public func nextEventTime(ofPerson cluster: UInt64, after asOf: Date) -> Date? {
+        guard let list = personEvents[cluster] else { return nil }
+        let to = Self.milliseconds(asOf)
+        // Newest first: the events after `asOf` come first, the earliest of them last.
+        var index = 0
+        while index < list.count && list[index].milliseconds > to { index += 1 }
+        guard index > 0 else { return nil }
+        return Date(timeIntervalSince1970: Double(list[index - 1].milliseconds) / 1000)
+    }
+
     /// The account's view as profile builds it.
     public func accountView(_ cluster: UInt64) -> Cdp_Profile_V1_AccountView? {
         guard let account = records[EntityKey(.account, cluster)] else { return nil }

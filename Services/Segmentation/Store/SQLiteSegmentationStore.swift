@@ -4,11 +4,13 @@ import GRDB
 import SQLiteSupport
 import SwiftProtobuf
 
-/// Segmentation's state in SQLite: segment definitions, the latest view version of each entity,
-/// memberships, scheduled time re-checks, batch jobs, and the outbox of membership changes.
+/// Segmentation's store in SQLite: segment definitions, the state segments are evaluated on (each
+/// item's latest change from profile), the record last evaluated of each entity, memberships,
+/// scheduled time re-checks, batch jobs, and the outbox of membership changes.
 ///
-/// Every call is one transaction: the memberships an AcceptViews call changes, the outbox rows that
-/// announce the changes and the view versions that make re-delivery harmless commit together.
+/// Every call is one transaction: the state changes an AcceptStateChanges call applies (whose
+/// versions make re-delivery harmless), the memberships they change and the outbox rows that
+/// announce them commit together.
 public final class SQLiteSegmentationStore: Sendable {
     private let writer: any DatabaseWriter
 
@@ -39,7 +41,7 @@ public final class SQLiteSegmentationStore: Sendable {
                         depends_on TEXT NOT NULL,
                         depends_on_time INTEGER NOT NULL
                     );
-                    -- Per entity evaluated: the latest view version taken (an older one is stale; 0 before
+                    -- Per entity evaluated: the version it was last evaluated at (historic: 0 before
                     -- the first streaming view) and its unified record as last seen (kept after a removal,
                     -- so an exit can still say whom it is about).
                     CREATE TABLE entities (
@@ -266,19 +268,7 @@ public final class SQLiteSegmentationStore: Sendable {
         }
     }
 
-    // MARK: - Views and memberships
-
-    /// The latest view version taken for an entity.
-    public func viewVersion(_ entityType: Cdp_Model_V1_EntityType, _ cluster: UInt64) throws -> UInt64? {
-        try writer.read { db in
-            try Int64.fetchOne(
-                try db.cachedStatement(
-                    sql: "SELECT version FROM entities WHERE entity = ? AND cluster = ? AND version > 0"
-                ),
-                arguments: [entityType.rawValue, Int64(cluster)]
-            ).map { UInt64($0) }
-        }
-    }
+    // MARK: - Memberships
 
     /// The segments an entity is realized in.
     public func realizedSegments(_ entityType: Cdp_Model_V1_EntityType, _ cluster: UInt64) throws -> Set<String> {
@@ -330,18 +320,13 @@ public final class SQLiteSegmentationStore: Sendable {
         ).map { (version: $0[0] as Int64, record: $0[1] as Data, streamed: $0[2] as Double) }
         var record = evaluation.record
         let evaluationResults = evaluation.results
-        // When this entity's streaming view is taken (batch runs and re-checks leave it).
+        // When this entity was last evaluated on a streaming change (batch runs and re-checks leave it).
         let streamed = evaluation.version == nil ? 0 : now.timeIntervalSince1970
-        // A batch job's or a re-check's view (no version) is read from profile while streaming views
-        // keep arriving: once a streaming view was taken, its record is the newest, so the scanned one
-        // neither replaces it nor counts as a change.
-        if evaluation.version == nil, let held, held.version > 0, !held.record.isEmpty, record != nil {
-            record = try Cdp_Profile_V1_UnifiedRecord(serializedBytes: held.record)
-        }
         let recordBytes: Data? = try record.map { try $0.serializedBytes() }
         var previousRecord: Cdp_Profile_V1_UnifiedRecord?
-        if let recordBytes, let held, held.record == recordBytes, Int64(evaluation.version ?? 0) <= held.version {
-            // Unchanged (a batch run over a quiet entity): no write.
+        if let recordBytes, let held, held.record == recordBytes {
+            // Unchanged (another part of the entity's view changed, or a batch run over a quiet entity):
+            // no write.
         } else if let recordBytes {
             if let held, held.record != recordBytes, !held.record.isEmpty {
                 previousRecord = try Cdp_Profile_V1_UnifiedRecord(serializedBytes: held.record)

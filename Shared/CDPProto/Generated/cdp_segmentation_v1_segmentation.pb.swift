@@ -9,7 +9,8 @@
 //   https://github.com/apple/swift-protobuf/
 
 /// The segmentation service: segment definitions in the PQL dialect (ARCHITECTURE.md §5), streaming and batch
-/// evaluation over profile's views, memberships, estimates and explanations.
+/// evaluation over the state profile's changes keep up to date (unified records, links, events),
+/// memberships, estimates and explanations.
 
 import SwiftProtobuf
 
@@ -29,11 +30,12 @@ public nonisolated enum Cdp_Segmentation_V1_EvaluationMode: SwiftProtobuf.Enum, 
   /// Streaming.
   case unspecified // = 0
 
-  /// Every incoming view is evaluated at once; memberships that depend on time are re-checked when
-  /// they can expire. The default.
+  /// Every person or account a change touches is evaluated at once; memberships that depend on time
+  /// are re-checked when they can expire. The default.
   case streaming // = 1
 
-  /// Only Evaluate changes memberships.
+  /// Only Evaluate changes memberships, but for an entity that is gone (merged away, deleted, erased):
+  /// its members exit at once.
   case batch // = 2
   case UNRECOGNIZED(Int)
 
@@ -193,9 +195,9 @@ public nonisolated struct Cdp_Segmentation_V1_Segment: Sendable {
   /// Whether membership can change with the passing of time alone (event windows).
   public var dependsOnTime: Bool = false
 
-  /// The batch job that evaluates the segment over the existing views, in the answers of CreateSegment
-  /// and of an UpdateSegment that changed the definition or mode; empty elsewhere, and when this
-  /// replica has no profile service to read views from.
+  /// The batch job that evaluates the segment over the persons or accounts segmentation holds, in the
+  /// answers of CreateSegment and of an UpdateSegment that changed the definition or mode; empty
+  /// elsewhere.
   public var evaluationJobID: String = String()
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
@@ -425,12 +427,12 @@ public nonisolated struct Cdp_Segmentation_V1_EvaluationJob: Sendable {
   /// Clears the value of `asOf`. Subsequent reads from it will return its default value.
   public mutating func clearAsOf() {self._asOf = nil}
 
-  /// This replica's partition of profile's views.
+  /// This replica's partition of the state's clusters.
   public var partition: UInt32 = 0
 
   public var partitions: UInt32 = 0
 
-  /// Views evaluated so far.
+  /// Persons and accounts evaluated so far.
   public var evaluated: UInt64 = 0
 
   /// Memberships that became realized, and that exited.

@@ -144,9 +144,10 @@ public enum Cdp_Segmentation_V1_Segmentation {
         ) async throws -> Cdp_Segmentation_V1_AcceptStateChangesResponse
 
         /// Checks and saves a segment. INVALID_ARGUMENT with the line, column and problem for a bad
-        /// definition. The segment is then evaluated over every existing view by a batch job started at
-        /// once (`evaluation_job_id` in the answer; follow it with GetEvaluation), so its members are right
-        /// without a manual Evaluate; a streaming segment also evaluates every view that arrives.
+        /// definition. The segment is then evaluated over every person or account segmentation holds by a
+        /// batch job started at once (`evaluation_job_id` in the answer; follow it with GetEvaluation), so its
+        /// members are right without a manual Evaluate; a streaming segment is also evaluated on every
+        /// person or account a change touches.
         ///
         /// Serves `/cdp.segmentation.v1.Segmentation/CreateSegment` (unary).
         func createSegment(
@@ -167,7 +168,7 @@ public enum Cdp_Segmentation_V1_Segmentation {
         ) async throws -> Cdp_Segmentation_V1_ListSegmentsResponse
 
         /// Changes the name, definition or mode. A changed definition is checked as at creation, and a
-        /// changed definition or mode starts a batch job over every existing view as CreateSegment does
+        /// changed definition or mode starts a batch job over every person or account as CreateSegment does
         /// (`evaluation_job_id`).
         ///
         /// Serves `/cdp.segmentation.v1.Segmentation/UpdateSegment` (unary).
@@ -185,8 +186,8 @@ public enum Cdp_Segmentation_V1_Segmentation {
             context: ServerContext
         ) async throws -> Cdp_Segmentation_V1_DeleteSegmentResponse
 
-        /// The size of the audience a definition describes, without saving anything: every view of profile
-        /// (one partition with several replicas) evaluated as of `as_of`.
+        /// The size of the audience a definition describes, without saving anything: every person or account
+        /// segmentation holds (this replica's partition with several replicas) evaluated as of `as_of`.
         ///
         /// Serves `/cdp.segmentation.v1.Segmentation/Estimate` (unary).
         func estimate(
@@ -194,9 +195,9 @@ public enum Cdp_Segmentation_V1_Segmentation {
             context: ServerContext
         ) async throws -> Cdp_Segmentation_V1_EstimateResponse
 
-        /// Starts a batch evaluation of some or all segments over every view of this replica's partition;
-        /// returns the job at once. Memberships and transitions are written as views are evaluated; entities
-        /// no longer in profile exit at the end.
+        /// Starts a batch evaluation of some or all segments over every person and account of this replica's
+        /// partition of segmentation's state; returns the job at once. Memberships and transitions are
+        /// written as entities are evaluated; members the state no longer holds exit at the end.
         ///
         /// Serves `/cdp.segmentation.v1.Segmentation/Evaluate` (unary).
         func evaluate(
@@ -220,7 +221,8 @@ public enum Cdp_Segmentation_V1_Segmentation {
             context: ServerContext
         ) async throws -> Cdp_Segmentation_V1_GetMembersResponse
 
-        /// Why an entity is or is not in a segment: the values that decided the result.
+        /// Why an entity is or is not in a segment: the values that decided the result. Needs the profile
+        /// service (to find the entity an identity names); FAILED_PRECONDITION without it.
         ///
         /// Serves `/cdp.segmentation.v1.Segmentation/Explain` (unary).
         func explain(
@@ -270,9 +272,10 @@ public enum Cdp_Segmentation_V1_Segmentation {
         }
 
         /// Checks and saves a segment. INVALID_ARGUMENT with the line, column and problem for a bad
-        /// definition. The segment is then evaluated over every existing view by a batch job started at
-        /// once (`evaluation_job_id` in the answer; follow it with GetEvaluation), so its members are right
-        /// without a manual Evaluate; a streaming segment also evaluates every view that arrives.
+        /// definition. The segment is then evaluated over every person or account segmentation holds by a
+        /// batch job started at once (`evaluation_job_id` in the answer; follow it with GetEvaluation), so its
+        /// members are right without a manual Evaluate; a streaming segment is also evaluated on every
+        /// person or account a change touches.
         ///
         /// Calls `/cdp.segmentation.v1.Segmentation/CreateSegment` (unary) and returns the response message. For its
         /// metadata, use `rpc.unary(Cdp_Segmentation_V1_Segmentation.Method.createSegment, request)`.
@@ -320,7 +323,7 @@ public enum Cdp_Segmentation_V1_Segmentation {
         }
 
         /// Changes the name, definition or mode. A changed definition is checked as at creation, and a
-        /// changed definition or mode starts a batch job over every existing view as CreateSegment does
+        /// changed definition or mode starts a batch job over every person or account as CreateSegment does
         /// (`evaluation_job_id`).
         ///
         /// Calls `/cdp.segmentation.v1.Segmentation/UpdateSegment` (unary) and returns the response message. For its
@@ -356,8 +359,8 @@ public enum Cdp_Segmentation_V1_Segmentation {
             ).message
         }
 
-        /// The size of the audience a definition describes, without saving anything: every view of profile
-        /// (one partition with several replicas) evaluated as of `as_of`.
+        /// The size of the audience a definition describes, without saving anything: every person or account
+        /// segmentation holds (this replica's partition with several replicas) evaluated as of `as_of`.
         ///
         /// Calls `/cdp.segmentation.v1.Segmentation/Estimate` (unary) and returns the response message. For its
         /// metadata, use `rpc.unary(Cdp_Segmentation_V1_Segmentation.Method.estimate, request)`.
@@ -374,9 +377,9 @@ public enum Cdp_Segmentation_V1_Segmentation {
             ).message
         }
 
-        /// Starts a batch evaluation of some or all segments over every view of this replica's partition;
-        /// returns the job at once. Memberships and transitions are written as views are evaluated; entities
-        /// no longer in profile exit at the end.
+        /// Starts a batch evaluation of some or all segments over every person and account of this replica's
+        /// partition of segmentation's state; returns the job at once. Memberships and transitions are
+        /// written as entities are evaluated; members the state no longer holds exit at the end.
         ///
         /// Calls `/cdp.segmentation.v1.Segmentation/Evaluate` (unary) and returns the response message. For its
         /// metadata, use `rpc.unary(Cdp_Segmentation_V1_Segmentation.Method.evaluate, request)`.
@@ -427,7 +430,8 @@ public enum Cdp_Segmentation_V1_Segmentation {
             ).message
         }
 
-        /// Why an entity is or is not in a segment: the values that decided the result.
+        /// Why an entity is or is not in a segment: the values that decided the result. Needs the profile
+        /// service (to find the entity an identity names); FAILED_PRECONDITION without it.
         ///
         /// Calls `/cdp.segmentation.v1.Segmentation/Explain` (unary) and returns the response message. For its
         /// metadata, use `rpc.unary(Cdp_Segmentation_V1_Segmentation.Method.explain, request)`.
