@@ -11,7 +11,8 @@ stream of events at fixed rates.
    changes segmentation took, each service's CPU time and RSS.
 4. Waits until every outbox is empty: every state change taken by segmentation. Then evaluates the
    twenty segments in one job as of the dataset's end and counts their members.
-5. Streaming: a streaming segment (a visit to a probe page within a day) activated to a webhook (a local
+5. Streaming: a streaming segment of the Bodea shape (the won amount across the person's accounts, which
+   every person satisfies, and a visit to a probe page within a day) activated to a webhook (a local
    receiver). One event for each of many distinct persons, at each ``--rates`` step for
    ``--stream-seconds``: a ``StreamRecords`` request every ``--stream-tick-ms`` with the events due; per event, the latency from its acknowledgement to the membership
    transition (the member's ``since`` in segmentation) and to the webhook's receipt of the add
@@ -433,7 +434,12 @@ def main() -> int:
 
         # Streaming.
         receiver = WebhookReceiver()
+        # Multi-entity, the Bodea shape: the won amount across all the person's accounts (every person
+        # qualifies on it: the sum is never negative, but it is computed on every evaluation) and a visit
+        # of the probe page within a day.
         probe = platform_.cli("segment", "create", "--name", "stream-probe", "--pql",
+                              "(sum O.amount over O from person.accounts.opportunities where (O.isClosed = true "
+                              "and O.isWon = true)) >= 0 and "
                               f'exists E from xEvent where (E.url = "{PROBE_URL}" and E.timestamp occurs <= 1 days '
                               "before now)")
         hook = platform_.cli("destination", "create", "--type", "webhook", "--name", "probe-hook",

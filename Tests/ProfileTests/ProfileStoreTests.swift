@@ -71,14 +71,16 @@ struct ProfileStoreTests {
         for group in Self.story { try await pipeline.ingest(group) }
         let state = EntityState()
         var touched: Set<EntityState.EntityKey> = []
-        let all = try store.nextPendingItems(limit: 1_000_000)
-        for change in try store.stateChanges(of: all) { try state.apply(change, touched: &touched) }
-        try store.markSent(all)
+        let all = try store.takeStateChanges(limit: 1_000_000)
+        for change in all.changes { try state.apply(change, touched: &touched) }
+        try store.markSent(all.items)
         try await pipeline.ingest([Bodea.wonOpportunity("O2", "mkto-2", account: "A2", amount: 950_000)])
-        let changed = try store.nextPendingItems(limit: 100)
-        #expect(changed.map(\.kind) == [.entity, .link] && changed.allSatisfy { $0.entity == .opportunity })
+        let changed = try store.takeStateChanges(limit: 100)
+        #expect(
+            changed.items.map(\.kind) == [.entity, .link] && changed.items.allSatisfy { $0.entity == .opportunity }
+        )
         touched = []
-        for change in try store.stateChanges(of: changed) { try state.apply(change, touched: &touched) }
+        for change in changed.changes { try state.apply(change, touched: &touched) }
         var persons: [String] = []
         for key in touched where key.entity == .person {
             let person = try #require(state.personView(key.cluster, asOf: Self.asOf))
@@ -185,8 +187,7 @@ struct ProfileStoreTests {
         }
         #expect(try store.events(person: cluster, from: .distantPast, to: .distantFuture, limit: 10).isEmpty)
         #expect(Self.emails(try #require(try Self.townsend(store)).persons) == ["p1@townsend.com", "p3@townsend.com"])
-        let pending = try store.nextPendingItems(limit: 100)
-        let removed = try store.stateChanges(of: pending).contains {
+        let removed = try store.takeStateChanges(limit: 100).changes.contains {
             $0.entity.entityType == .person && $0.entity.clusterID == cluster && !$0.entity.hasUnified
         }
         #expect(removed, "the deleted person is sent as gone")

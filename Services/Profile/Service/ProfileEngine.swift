@@ -96,17 +96,13 @@ public actor ProfileEngine {
 
     // MARK: - Outbox to segmentation
 
-    /// The next changed state items, taken on the engine's thread and read on the reader's, from a
-    /// snapshot at least as new as the changes. An item changed again meanwhile stays pending
+    /// The next changed state items with their values, taken on the engine's thread in one transaction
+    /// (see ``ProfileStore/takeStateChanges(limit:)``). An item changed again meanwhile stays pending
     /// (``ProfileStore/markSent(_:)`` compares generations).
-    public nonisolated func nextStateChunk(limit: Int) async throws -> StateChunk? {
-        let items = try await takePendingItems(limit: limit)
-        guard !items.isEmpty else { return nil }
-        let changes = try await reader.run { try $0.stateChanges(of: items) }
-        return StateChunk(items: items, changes: changes)
+    public func nextStateChunk(limit: Int) throws -> StateChunk? {
+        let chunk = try store.takeStateChanges(limit: limit)
+        return chunk.items.isEmpty ? nil : chunk
     }
-
-    private func takePendingItems(limit: Int) throws -> [PendingItem] { try store.nextPendingItems(limit: limit) }
 
     /// Marks a delivered chunk sent.
     public func acknowledge(_ chunk: StateChunk) throws { try store.markSent(chunk.items) }
@@ -115,14 +111,6 @@ public actor ProfileEngine {
     public func outboxStatus() throws -> (pending: UInt64, oldestPending: Date?, sent: UInt64) {
         try store.outboxStatus()
     }
-}
-
-/// Changed state items read for one delivery to segmentation.
-public struct StateChunk: Sendable {
-    /// What was taken from the store.
-    public var items: [PendingItem]
-    /// The changes, as sent.
-    public var changes: [Cdp_Profile_V1_StateChange]
 }
 
 /// The reads of profile's store on a thread of their own (see ``ProfileEngine``).

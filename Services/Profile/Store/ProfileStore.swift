@@ -43,10 +43,10 @@ public protocol ProfileStore: Sendable {
     /// items that change. Returns the fragments and events deleted.
     func delete(_ data: PersonData) throws -> (fragments: Int, events: Int)
 
-    /// State items waiting to be sent, oldest change first: each with a fresh version.
-    func nextPendingItems(limit: Int) throws -> [PendingItem]
-    /// The changes that send `items` as they are now, from one snapshot, in the same order.
-    func stateChanges(of items: [PendingItem]) throws -> [Cdp_Profile_V1_StateChange]
+    /// Takes state items waiting to be sent, oldest change first, each with a fresh version, and reads
+    /// their values, in one transaction: the `limit` oldest, and with them every other item marked by
+    /// the same apply as the last of those (a chunk holds whole transactions).
+    func takeStateChanges(limit: Int) throws -> StateChunk
     /// Marks sent items done, unless they changed again since they were taken.
     func markSent(_ items: [PendingItem]) throws
     /// How much is pending.
@@ -125,6 +125,20 @@ public struct ViewKey: Sendable, Hashable {
 public enum ProfileView: Sendable {
     case person(Cdp_Profile_V1_PersonView)
     case account(Cdp_Profile_V1_AccountView)
+}
+
+/// Changed state items taken for one delivery to segmentation.
+public struct StateChunk: Sendable {
+    /// What was taken from the store.
+    public var items: [PendingItem]
+    /// The changes, as sent: each item's value when it was taken, in the same order.
+    public var changes: [Cdp_Profile_V1_StateChange]
+
+    /// Creates a chunk.
+    public init(items: [PendingItem], changes: [Cdp_Profile_V1_StateChange]) {
+        self.items = items
+        self.changes = changes
+    }
 }
 
 /// An item of segmentation's state whose value changed and waits to be sent.

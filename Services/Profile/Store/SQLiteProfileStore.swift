@@ -928,56 +928,85 @@ public final class SQLiteProfileStore: ProfileStore {
 
     // MARK: - State changes
 
-    public func nextPendingItems(limit: Int) throws -> [PendingItem] {
-        try writer.write { db in
-            let rows = try Row.fetchAll(
-                try db.cachedStatement(
-                    sql: """
-                        SELECT kind, entity, cluster, key, generation FROM pending INDEXED BY pending_by_age
-                        ORDER BY since LIMIT ?
-                        """
-                ),
-                arguments: [limit]
-            )
-            guard !rows.isEmpty else { return [] }
-            let first = try Self.counter("change_version", db) + 1
-            try Self.setCounter("change_version", first + Int64(rows.count) - 1, db)
-            return rows.enumerated().map { index, row in
-                PendingItem(
-                    kind: PendingItem.Kind(rawValue: row[0]) ?? .entity,
-                    entity: Cdp_Model_V1_EntityType(rawValue: Int(row[1] as Int64)) ?? .unspecified,
-                    cluster: UInt64(row[2] as Int64),
-                    key: row[3],
-                    generation: row[4],
-                    version: UInt64(first) + UInt64(index)
-                )
-            }
+    public func takeStateChanges(limit: Int) throws -> StateChunk {
+        // One transaction: the values read are those of the moment the items are taken, so a chunk never
+        // mixes an item as a later apply left it with the rest of that apply left for the next chunk.
+        let memo = ViewMemo(shared: shared)
+        return try writer.write { db in
+            let items = try nextPendingItems(limit: limit, db)
+            return StateChunk(items: items, changes: try stateChanges(of: items, db, memo))
         }
     }
 
-    public func stateChanges(of items: [PendingItem]) throws -> [Cdp_Profile_V1_StateChange] {
-        let memo = ViewMemo(shared: shared)
-        return try writer.read { db in
-            try items.map { item in
-                var change = Cdp_Profile_V1_StateChange()
-                change.version = item.version
-                switch item.kind {
-                case .entity:
-                    var entity = Cdp_Profile_V1_EntityState()
-                    entity.entityType = item.entity
-                    entity.clusterID = item.cluster
-                    if let unified = try unified(item.entity, item.cluster, db, memo) { entity.unified = unified }
-                    change.entity = entity
-                case .link: change.link = try linkState(item.entity, key: item.key, db)
-                case .event: change.event = try eventState(key: item.key, db)
-                }
-                return change
+    private func nextPendingItems(limit: Int, _ db: Database) throws -> [PendingItem] {
+        var rows = try Row.fetchAll(
+            try db.cachedStatement(
+                sql: """
+                    SELECT kind, entity, cluster, key, generation, since FROM pending INDEXED BY pending_by_age
+                    ORDER BY since LIMIT ?
+                    """
+            ),
+            arguments: [limit]
+        )
+        guard let last = rows.last else { return [] }
+        // Whole transactions: the items one apply marked (one `since`) go in one chunk, so segmentation
+        // applies them together and never evaluates half of a merge.
+        if rows.count == limit {
+            let since: Int64 = last[5]
+            let taken = Set(rows.filter { ($0[5] as Int64) == since }.map { Self.pendingKey($0) })
+            rows += try Row.fetchAll(
+                try db.cachedStatement(
+                    sql: "SELECT kind, entity, cluster, key, generation, since FROM pending WHERE since = ?"
+                ),
+                arguments: [since]
+            ).filter { !taken.contains(Self.pendingKey($0)) }
+        }
+        let first = try Self.counter("change_version", db) + 1
+        try Self.setCounter("change_version", first + Int64(rows.count) - 1, db)
+        return rows.enumerated().map { index, row in
+            PendingItem(
+                kind: PendingItem.Kind(rawValue: row[0]) ?? .entity,
+                entity: Cdp_Model_V1_EntityType(rawValue: Int(row[1] as Int64)) ?? .unspecified,
+                cluster: UInt64(row[2] as Int64),
+                key: row[3],
+                generation: row[4],
+                version: UInt64(first) + UInt64(index)
+            )
+        }
+    }
+
+    private static func pendingKey(_ row: Row) -> String {
+        "\(row[0] as Int64)/\(row[1] as Int64)/\(row[2] as Int64)/\(row[3] as String)"
+    }
+
+    private func stateChanges(
+        of items: [PendingItem],
+        _ db: Database,
+        _ memo: ViewMemo
+    ) throws -> [Cdp_Profile_V1_StateChange] {
+        try items.map { item in
+            var change = Cdp_Profile_V1_StateChange()
+            change.version = item.version
+            switch item.kind {
+            case .entity:
+                var entity = Cdp_Profile_V1_EntityState()
+                entity.entityType = item.entity
+                entity.clusterID = item.cluster
+                if let unified = try unified(item.entity, item.cluster, db, memo) { entity.unified = unified }
+                change.entity = entity
+            case .link: change.link = try linkState(item.entity, key: item.key, db)
+            case .event: change.event = try eventState(key: item.key, db)
             }
+            return change
         }
     }
 
     /// The link a fragment makes now: present if the fragment is live and both its ends resolved.
-    private func linkState(_ entity: Cdp_Model_V1_EntityType, key: String, _ db: Database) throws
+    private func linkState(
+        _ entity: Cdp_Model_V1_EntityType,
+        key: String,
+        _ db: Database
+    ) throws
         -> Cdp_Profile_V1_LinkState
     {
         var link = Cdp_Profile_V1_LinkState()
@@ -1177,7 +1206,10 @@ final class SharedViewCache: Sendable {
     }
 }
 
-/// Marks the items of segmentation's state that changed, within one write transaction.
+/// Marks the items of segmentation's state that changed, within one write transaction. Every item an
+/// apply marks takes the apply's time as `since`, also one already waiting (it moves to the back): the
+/// items of one apply stay one group, which the relay sends in one chunk, so segmentation never holds an
+/// item as an apply left it without the rest of what that apply changed.
 struct StateMarker {
     let db: Database
     let now: Int64
@@ -1200,13 +1232,19 @@ struct StateMarker {
     /// An event.
     func event(_ key: String) throws { try mark(.event, .unspecified, 0, key) }
 
-    private func mark(_ kind: PendingItem.Kind, _ entity: Cdp_Model_V1_EntityType, _ cluster: UInt64, _ key: String)
+    private func mark(
+        _ kind: PendingItem.Kind,
+        _ entity: Cdp_Model_V1_EntityType,
+        _ cluster: UInt64,
+        _ key: String
+    )
         throws
     {
         try db.cachedStatement(
             sql: """
                 INSERT INTO pending (kind, entity, cluster, key, generation, since) VALUES (?, ?, ?, ?, 1, ?)
-                ON CONFLICT (kind, entity, cluster, key) DO UPDATE SET generation = generation + 1
+                ON CONFLICT (kind, entity, cluster, key) DO UPDATE SET generation = generation + 1,
+                    since = excluded.since
                 """
         ).execute(arguments: [kind.rawValue, entity.rawValue, Int64(cluster), key, now])
     }
