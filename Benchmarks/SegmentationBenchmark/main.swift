@@ -366,7 +366,9 @@ do {
         change.event.personClusterID = generator.view(index).person.clusterID
         change.event.event.eventType = "web.webpagedetails.pageViews"
         change.event.event.url = ViewGenerator.urls[index % ViewGenerator.urls.count]
-        change.event.event.timestamp = Google_Protobuf_Timestamp(date: Date(timeIntervalSince1970: ViewGenerator.asOf - 60))
+        change.event.event.timestamp = Google_Protobuf_Timestamp(
+            date: Date(timeIntervalSince1970: ViewGenerator.asOf - 60)
+        )
         let single = [change]
         let elapsed = try await clock.measure { _ = try await engine.acceptStateChanges(single) }
         latencies.append(Benchmark.seconds(elapsed) * 1000)

@@ -9,9 +9,9 @@ import ProfileService
 import ProfileStore
 import RPCCore
 import RPCHTTP2
+import SegmentationState
 import ServiceSupport
 import SwiftProtobuf
-import SegmentationState
 import Synchronization
 import TestSupport
 import Testing

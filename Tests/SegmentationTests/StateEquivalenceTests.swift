@@ -116,7 +116,10 @@ struct RandomWorld {
                 let list = "L\(pick(3))"
                 record =
                     chance(30)
-                    ? Bodea.relation(list, instance) { $0.marketingList.listID = list; $0.marketingList.name = list }
+                    ? Bodea.relation(list, instance) {
+                        $0.marketingList.listID = list
+                        $0.marketingList.name = list
+                    }
                     : Bodea.relation("LM\(pick(20))", instance) { member in
                         member.marketingListMember.listKey = "\(list)@\(instance).Marketo"
                         member.marketingListMember.personKey = "\(person)@\(instance).Marketo"
@@ -278,7 +281,9 @@ struct StateEquivalenceTests {
                 mode: .streaming
             )
             #expect(created.id == "s\(index + 1)")
-            compiled.append((created.id, try CompiledSegment(segment.pql, audience: segment.audience) { audiences[$0] }))
+            compiled.append(
+                (created.id, try CompiledSegment(segment.pql, audience: segment.audience) { audiences[$0] })
+            )
         }
         var realizedSomewhere = Set<String>()
         for round in 1...6 {
@@ -294,7 +299,9 @@ struct StateEquivalenceTests {
                     let expected = try Self.fromScratch(compiled, audience, entity, harness)
                     for (id, _) in compiled where audiences[id] == audience {
                         let held = Set(
-                            try await harness.engine.members(of: id, realized: true, after: 0, limit: 100_000).map(\.cluster)
+                            try await harness.engine.members(of: id, realized: true, after: 0, limit: 100_000).map(
+                                \.cluster
+                            )
                         )
                         #expect(held == expected[id, default: []], "\(context): \(id)")
                         if !held.isEmpty { realizedSomewhere.insert(id) }

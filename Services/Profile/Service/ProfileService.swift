@@ -227,8 +227,11 @@ public final class ProfileService: Cdp_Profile_V1_Profile.ServiceProtocol {
 /// Sending state changes to segmentation: what the outbox relay calls.
 public enum SegmentationForwarding {
     /// Sends one chunk; returns once segmentation acknowledged it.
-    public static func deliver(_ chunk: StateChunk, via client: RPCClient, timeout: Duration = .seconds(30)) async throws
-    {
+    public static func deliver(
+        _ chunk: StateChunk,
+        via client: RPCClient,
+        timeout: Duration = .seconds(30)
+    ) async throws {
         var request = Cdp_Segmentation_V1_AcceptStateChangesRequest()
         request.sender = "profile"
         request.changes = chunk.changes

@@ -790,18 +790,7 @@ public final class SQLiteProfileStore: ProfileStore {
             try opportunity($0, db, memo)
         }
         view.persons = try persons(ofAccount: cluster, db).compactMap { try unified(.person, $0, db, memo) }
-        var totals = Cdp_Profile_V1_AccountTotals()
-        totals.opportunities = UInt32(view.opportunities.count)
-        for opportunity in view.opportunities.map(\.record.opportunity) {
-            if opportunity.isClosed && opportunity.isWon {
-                totals.wonOpportunities += 1
-                totals.wonAmount += opportunity.amount
-            } else if !opportunity.isClosed {
-                totals.openAmount += opportunity.amount
-            }
-        }
-        totals.persons = UInt32(view.persons.count)
-        view.totals = totals
+        view.totals = Cdp_Profile_V1_AccountTotals(opportunities: view.opportunities, persons: view.persons.count)
         return view
     }
 

@@ -463,6 +463,27 @@ public actor SegmentationEngine {
         after: UInt64,
         limit: Int
     ) throws -> (clusters: [UInt64], transitions: Transitions) {
+        let chunk = views(
+            entityType,
+            asOf: asOf,
+            partition: partition,
+            partitions: partitions,
+            after: after,
+            limit: limit
+        )
+        return (chunk.clusters, try evaluateBatch(chunk.views, segments: ids, asOf: asOf))
+    }
+
+    /// The views of at most `limit` entities of `entityType` in the partition with clusters above
+    /// `after`, as of `asOf` (erased persons left out), and the clusters they were taken from.
+    private func views(
+        _ entityType: Cdp_Model_V1_EntityType,
+        asOf: Date,
+        partition: Int,
+        partitions: Int,
+        after: UInt64,
+        limit: Int
+    ) -> (clusters: [UInt64], views: [EntityView]) {
         let clusters = state.clusters(
             of: entityType,
             partition: partition,
@@ -474,7 +495,7 @@ public actor SegmentationEngine {
             if entityType == .person, forgotten.contains(cluster) { return nil }
             return state.view(EntityState.EntityKey(entityType, cluster), asOf: asOf)
         }
-        return (clusters, try evaluateBatch(views, segments: ids, asOf: asOf))
+        return (clusters, views)
     }
 
     /// Evaluates views against `ids` as of `asOf` and commits the results.
@@ -518,8 +539,9 @@ public actor SegmentationEngine {
         after: UInt64,
         limit: Int
     ) throws -> (clusters: [UInt64], matched: Int, evaluated: Int) {
-        let clusters = state.clusters(
-            of: entityType,
+        let chunk = views(
+            entityType,
+            asOf: asOf,
             partition: partition,
             partitions: partitions,
             after: after,
@@ -527,16 +549,12 @@ public actor SegmentationEngine {
         )
         let needsMemberships = !segment.definition.segmentReferences.isEmpty
         var matched = 0
-        var evaluated = 0
-        for cluster in clusters {
-            if entityType == .person, forgotten.contains(cluster) { continue }
-            guard let view = state.view(EntityState.EntityKey(entityType, cluster), asOf: asOf) else { continue }
+        for view in chunk.views {
             frame.load(view, asOf: asOf.timeIntervalSince1970)
-            if needsMemberships { frame.memberships = try store.realizedSegments(entityType, cluster) }
+            if needsMemberships { frame.memberships = try store.realizedSegments(entityType, view.cluster) }
             if segment.evaluate(in: frame).matched { matched += 1 }
-            evaluated += 1
         }
-        return (clusters, matched, evaluated)
+        return (chunk.clusters, matched, chunk.views.count)
     }
 
     /// After a batch job: entities of the partition realized in `ids` that the job did not see (the

@@ -56,7 +56,8 @@ public struct NoViewSource: ViewSource {
     /// Why every read is refused.
     public static let refusal = RPCError(
         code: .failedPrecondition,
-        message: "segmentation has no profile service configured (--profile or CDP_PROFILE_ADDR) to find entities by identity"
+        message:
+            "segmentation has no profile service configured (--profile or CDP_PROFILE_ADDR) to find entities by identity"
     )
 
     public func view(

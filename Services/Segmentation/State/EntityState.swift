@@ -458,18 +458,7 @@ public final class EntityState {
         view.account = account
         view.opportunities = from(.opportunity, to: cluster).sorted().compactMap(opportunity)
         view.persons = persons(ofAccount: cluster).compactMap { records[EntityKey(.person, $0)] }
-        var totals = Cdp_Profile_V1_AccountTotals()
-        totals.opportunities = UInt32(view.opportunities.count)
-        for opportunity in view.opportunities.map(\.record.opportunity) {
-            if opportunity.isClosed && opportunity.isWon {
-                totals.wonOpportunities += 1
-                totals.wonAmount += opportunity.amount
-            } else if !opportunity.isClosed {
-                totals.openAmount += opportunity.amount
-            }
-        }
-        totals.persons = UInt32(view.persons.count)
-        view.totals = totals
+        view.totals = Cdp_Profile_V1_AccountTotals(opportunities: view.opportunities, persons: view.persons.count)
         return view
     }
 
@@ -525,9 +514,10 @@ public final class EntityState {
         dependents(of: EntityKey(.person, cluster), into: &touched)
         if records.removeValue(forKey: EntityKey(.person, cluster)) != nil { rootsChanged(.person) }
         recordVersions[EntityKey(.person, cluster)] = nil
-        for entity in [Cdp_Model_V1_EntityType.person, .accountPersonRelation, .opportunityPersonRelation,
-            .campaignMember, .marketingListMember]
-        {
+        for entity in [
+            Cdp_Model_V1_EntityType.person, .accountPersonRelation, .opportunityPersonRelation,
+            .campaignMember, .marketingListMember,
+        ] {
             for key in linksFrom[LinkEnd(entity: entity, cluster: cluster)] ?? [] {
                 let linkKey = LinkKey(entity, key)
                 if let link = links.removeValue(forKey: linkKey) {

@@ -48,7 +48,9 @@ extension EntityState {
         }
         for opportunity in view.opportunities {
             entity(.opportunity, opportunity)
-            for account in opportunity.accountClusterIds { link(.opportunity, from: opportunity.clusterID, to: account) }
+            for account in opportunity.accountClusterIds {
+                link(.opportunity, from: opportunity.clusterID, to: account)
+            }
         }
         for role in view.opportunityRoles {
             link(.opportunityPersonRelation, from: person, to: role.opportunityClusterID) { link in

@@ -602,7 +602,9 @@ public final class SQLiteSegmentationStore: Sendable {
     }
 
     /// The row key of a state item.
-    private static func item(_ change: Cdp_Profile_V1_StateChange) -> (kind: Int, entity: Int, cluster: Int64, key: String)? {
+    private static func item(
+        _ change: Cdp_Profile_V1_StateChange
+    ) -> (kind: Int, entity: Int, cluster: Int64, key: String)? {
         switch change.item {
         case .entity(let entity)?: (1, entity.entityType.rawValue, Int64(clamping: entity.clusterID), "")
         case .link(let link)?: (2, link.entityType.rawValue, 0, link.key)
