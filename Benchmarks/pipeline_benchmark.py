@@ -380,10 +380,10 @@ def main() -> int:
             files.append((entry["path"], entry["records"], seconds))
             log(f"ingested {entry['path']}: {accepted:,} records in {seconds:.1f}s")
         t_acked = time.monotonic() - t0
-        log("all batches acknowledged; waiting for the views")
+        log("all batches acknowledged; waiting for every state change to reach segmentation")
         final = wait_drained(platform_, accepted_total, args.drain_timeout)
-        t_views = time.monotonic() - t0
-        log("every view built and taken by segmentation; evaluating the twenty segments")
+        t_drained = time.monotonic() - t0
+        log("every state change taken by segmentation; evaluating the twenty segments")
         started = time.monotonic()
         job = platform_.cli("segment", "evaluate", *ids.values(), "--as-of", manifest["end"], timeout=7200)
         evaluation_seconds = time.monotonic() - started
@@ -409,8 +409,8 @@ def main() -> int:
             say(f"| {path} | {n:,} | {seconds:.1f} | {n / seconds:,.0f} |")
         say()
         say(f"all batches acknowledged after {t_acked:.1f}s ({accepted_total / t_acked:,.0f} records/s)")
-        say(f"every view built and taken by segmentation after {t_views:.1f}s "
-            f"({accepted_total / t_views:,.0f} records/s end to end)")
+        say(f"every state change taken by segmentation after {t_drained:.1f}s "
+            f"({accepted_total / t_drained:,.0f} records/s end to end)")
         say(f"twenty segments evaluated ({job.get('state', '?')}) in {evaluation_seconds:.1f}s; "
             f"all done after {t_segments:.1f}s")
         say()

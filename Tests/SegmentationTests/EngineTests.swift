@@ -313,6 +313,33 @@ struct EngineTests {
         #expect(try await harness.members(segment.id) == [])
     }
 
+    /// A job as of now that runs after a streaming change realized a member judges as of when it runs:
+    /// the event that came after the job started counts, and the member does not exit.
+    @Test func aJobAsOfNowDoesNotUndoWhatTheStreamDecidedSinceItStarted() async throws {
+        let harness = try SegmentationHarness(start: Story.visit.addingTimeInterval(-60))
+        try await harness.ingest(Story.withoutVisit)
+        let segment = try await harness.engine.createSegment(
+            name: "buyers",
+            pql: Story.bodea,
+            entityType: .person,
+            mode: .streaming
+        )
+        let job = try await harness.engine.newJob(
+            segments: [segment.id],
+            asOf: harness.clock.now,
+            partition: 0,
+            partitions: 1
+        )
+        // The visit happens after the job started, and the stream realizes p2 before the job runs.
+        harness.clock.set(Story.visit.addingTimeInterval(1))
+        #expect(try await harness.ingest([Bodea.pageVisit(at: Story.visit)]).realized == 1)
+        await EvaluationJobs(engine: harness.engine, logger: Self.logger).execute(job)
+        let done = try await harness.engine.job(job.id)
+        #expect(done.state == .succeeded && done.exited == 0)
+        #expect(try await harness.members(segment.id) == ["p2@townsend.com"])
+        #expect(try await harness.drainOutbox().map(\.realized) == [true])
+    }
+
     @Test func aJobAsOfThePastEvaluatesBatchSegmentsOnly() async throws {
         let harness = try SegmentationHarness(start: Story.visit.addingTimeInterval(90 * 86_400))
         let streaming = try await harness.engine.createSegment(

@@ -28,9 +28,10 @@ struct SegmentationCommand: AsyncParsableCommand {
             that depend on time (event windows) are re-checked when they can expire. Evaluate and Estimate read \
             the state; Explain finds the entity an identity names through --profile.
 
-            With several replicas, give each --partition I --partitions N: batch jobs and estimates then cover \
-            the person and account clusters whose id modulo N is I. Each replica has its own data directory, \
-            so segments must be created on each.
+            Replicas: profile sends the whole state to the one segmentation it names, so a replica answers for \
+            the state it holds: its batch jobs and estimates cover all of it. --partition I --partitions N only \
+            name the replica to destination (sender segmentation-I-of-N); spreading the state over replicas is \
+            not built yet. Each replica has its own data directory, so segments must be created on each.
 
             Prints 'listening on HOST:PORT' on stdout once bound. SIGINT or SIGTERM start a graceful shutdown. \
             Environment: CDP_HOST, CDP_PORT, CDP_LOG_LEVEL, CDP_DATA_DIR, CDP_PROFILE_ADDR, CDP_DESTINATION_ADDR, CDP_PARTITION, CDP_PARTITIONS and CDP_TOKEN stand in for \
@@ -56,10 +57,12 @@ struct SegmentationCommand: AsyncParsableCommand {
     @Option(help: "The destination service to send membership changes to, HOST:PORT (default: $CDP_DESTINATION_ADDR).")
     var destination: String?
 
-    @Option(help: "This replica's partition of the clusters, from 0 ($CDP_PARTITION stands in for it).")
+    @Option(
+        help: "This replica's number, from 0, in the name it sends to destination ($CDP_PARTITION stands in for it)."
+    )
     var partition: Int = ServiceMain.environment("CDP_PARTITION", default: 0)
 
-    @Option(help: "How many replicas share the clusters ($CDP_PARTITIONS stands in for it).")
+    @Option(help: "How many replicas there are, for that name ($CDP_PARTITIONS stands in for it).")
     var partitions: Int = ServiceMain.environment("CDP_PARTITIONS", default: 1)
 
     @Option(help: "Membership changes per call to destination.")
@@ -172,13 +175,8 @@ struct SegmentationCommand: AsyncParsableCommand {
             logger.notice("no destination service configured (--destination): membership changes wait in the outbox")
         }
         let changed: @Sendable () -> Void = { [relay] in relay?.wake() }
-        let jobs = EvaluationJobs(
-            engine: engine,
-            partition: partition,
-            partitions: partitions,
-            logger: logger,
-            changed: changed
-        )
+        // Jobs and estimates cover all the state this replica holds (profile sends it all of it).
+        let jobs = EvaluationJobs(engine: engine, logger: logger, changed: changed)
         let rechecks = RecheckScheduler(engine: engine, logger: logger, changed: changed)
         let erasure = SegmentationErasure(
             engine: engine,

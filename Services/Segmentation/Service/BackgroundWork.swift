@@ -55,7 +55,10 @@ public final class EvaluationJobs: Service, Sendable {
     /// Runs one job to its end, recording success or failure in the job.
     public func execute(_ job: Cdp_Segmentation_V1_EvaluationJob) async {
         var progress = job
-        let asOf = job.asOf.date
+        // A job as of now (its time within a minute of its start, as jobSegments allows streaming
+        // segments) evaluates each chunk as of the moment it runs; a job as of the past, as of that time.
+        let started = job.hasStartedAt ? job.startedAt.date : job.asOf.date
+        let asOf: Date? = abs(job.asOf.date.timeIntervalSince(started)) < 60 ? nil : job.asOf.date
         do {
             for entityType in [Cdp_Model_V1_EntityType.person, .account] {
                 let ids = try await engine.batchSegments(job.segmentIds, of: entityType)

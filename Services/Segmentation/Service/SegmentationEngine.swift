@@ -454,15 +454,20 @@ public actor SegmentationEngine {
     /// Evaluates the next chunk of a batch job: at most `limit` entities of `entityType` in the
     /// partition with clusters above `after`, from the state as of `asOf`, against `ids`; commits the
     /// results. Returns the clusters evaluated (empty at the end) and the transitions.
+    ///
+    /// `asOf` nil means now, at each chunk: a job as of now evaluates streaming segments, whose members
+    /// are always as of now, and changes that arrive while it runs must not be judged as of the job's
+    /// start (an event after it would not count, and the member the stream just realized would exit).
     public func evaluateBatch(
         _ entityType: Cdp_Model_V1_EntityType,
         segments ids: [String],
-        asOf: Date,
+        asOf: Date?,
         partition: Int,
         partitions: Int,
         after: UInt64,
         limit: Int
     ) throws -> (clusters: [UInt64], transitions: Transitions) {
+        let asOf = asOf ?? now()
         let chunk = views(
             entityType,
             asOf: asOf,
