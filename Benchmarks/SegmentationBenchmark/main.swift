@@ -47,7 +47,7 @@ struct ViewGenerator {
     func account(_ id: Int) -> Cdp_Profile_V1_UnifiedRecord {
         var random = SplitMix64(state: seed &+ UInt64(id) &* 7919)
         var unified = Cdp_Profile_V1_UnifiedRecord()
-        unified.clusterID = UInt64(id)
+        unified.clusterID = UInt64(id) + 1
         unified.record.key = "A\(id)@crm.Salesforce"
         unified.record.account.accountID = "A\(id)"
         unified.record.account.name = "Company \(id)"
@@ -65,7 +65,7 @@ struct ViewGenerator {
         return (0..<(1 + random.below(4))).map { index in
             let id = account * 8 + index
             var unified = Cdp_Profile_V1_UnifiedRecord()
-            unified.clusterID = UInt64(id)
+            unified.clusterID = UInt64(id) + 1
             unified.record.key = "O\(id)@crm.Salesforce"
             unified.record.opportunity.opportunityID = "O\(id)"
             unified.record.opportunity.amount = Double(5 + random.below(400)) * 1000
@@ -77,7 +77,7 @@ struct ViewGenerator {
                 seconds: Int64(Self.asOf) - Int64(random.below(365 * 86_400)),
                 nanos: 0
             )
-            unified.accountClusterIds = [UInt64(account)]
+            unified.accountClusterIds = [UInt64(account) + 1]
             return unified
         }
     }
@@ -85,7 +85,7 @@ struct ViewGenerator {
     func view(_ id: Int) -> Cdp_Profile_V1_PersonView {
         var random = SplitMix64(state: seed &+ UInt64(id) &* 1_000_003)
         var view = Cdp_Profile_V1_PersonView()
-        view.person.clusterID = UInt64(id)
+        view.person.clusterID = UInt64(id) + 1
         view.person.record.key = "P\(id)@mkto-1.Marketo"
         view.person.record.person.personID = "P\(id)"
         view.person.record.person.email = "person\(id)@company\(id % accountCount).example"

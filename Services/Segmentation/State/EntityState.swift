@@ -76,7 +76,7 @@ public final class EntityState {
     private var linksTo: [LinkEnd: Set<String>] = [:]
     private var events: [String: HeldEvent] = [:]
     private var eventVersions: [String: UInt64] = [:]
-    /// Each person's events, newest first (time descending, then key ascending, as profile orders them).
+    /// Each person's events, oldest first (see ``insertionIndex(of:in:)``).
     private var personEvents: [UInt64: [HeldEvent]] = [:]
     /// The persons' and accounts' clusters in order, rebuilt when asked for after a change.
     private var sortedRoots: [Cdp_Model_V1_EntityType: [UInt64]] = [:]
@@ -231,25 +231,29 @@ public final class EntityState {
     }
 
     private func insertEvent(_ event: HeldEvent) {
-        var list = personEvents[event.person] ?? []
-        let index = insertionIndex(of: event, in: list)
-        list.insert(event, at: index)
-        personEvents[event.person] = list
+        // In place (no copy of the list), and at the end when events come in time order.
+        let index = personEvents[event.person].map { insertionIndex(of: event, in: $0) } ?? 0
+        personEvents[event.person, default: []].insert(event, at: index)
     }
 
     private func removeEvent(_ event: HeldEvent) {
-        guard var list = personEvents[event.person] else { return }
+        guard let list = personEvents[event.person] else { return }
         var index = insertionIndex(of: event, in: list)
         // The event itself sorts at the insertion index (same time, same key).
         if index < list.count, list[index].event.key != event.event.key {
             index = list.firstIndex { $0.event.key == event.event.key } ?? list.count
         }
         guard index < list.count else { return }
-        list.remove(at: index)
-        personEvents[event.person] = list.isEmpty ? nil : list
+        if list.count == 1 {
+            personEvents[event.person] = nil
+        } else {
+            personEvents[event.person]?.remove(at: index)
+        }
     }
 
-    /// The first index whose event sorts at or after `event` (newest first, then by key).
+    /// The first index whose event sorts at or after `event`. A person's events are kept oldest first
+    /// (time ascending, then key descending), so that views, newest first (time descending, then key
+    /// ascending, as profile orders them), read them from the end.
     private func insertionIndex(of event: HeldEvent, in list: [HeldEvent]) -> Int {
         var low = 0
         var high = list.count
@@ -257,9 +261,20 @@ public final class EntityState {
             let middle = (low + high) / 2
             let other = list[middle]
             let before =
-                other.milliseconds > event.milliseconds
-                || (other.milliseconds == event.milliseconds && other.event.key < event.event.key)
+                other.milliseconds < event.milliseconds
+                || (other.milliseconds == event.milliseconds && other.event.key > event.event.key)
             if before { low = middle + 1 } else { high = middle }
+        }
+        return low
+    }
+
+    /// The index of the first event dated after `milliseconds` (the count if none is).
+    private static func firstIndex(after milliseconds: Int64, in list: [HeldEvent]) -> Int {
+        var low = 0
+        var high = list.count
+        while low < high {
+            let middle = (low + high) / 2
+            if list[middle].milliseconds <= milliseconds { low = middle + 1 } else { high = middle }
         }
         return low
     }
@@ -428,13 +443,12 @@ public final class EntityState {
         let from = Self.milliseconds(
             asOf.addingTimeInterval(-Double(configuration.eventRetention.components.seconds))
         )
-        // Skip the events after `asOf` (newest first), then take while within the window.
-        var index = 0
-        while index < list.count && list[index].milliseconds > to { index += 1 }
+        // From the newest at or before `asOf` back, while within the window.
+        var index = Self.firstIndex(after: to, in: list) - 1
         var taken: [Cdp_Profile_V1_Event] = []
-        while index < list.count && list[index].milliseconds >= from && taken.count < configuration.maxEventsPerView {
+        while index >= 0 && list[index].milliseconds >= from && taken.count < configuration.maxEventsPerView {
             taken.append(list[index].event)
-            index += 1
+            index -= 1
         }
         return taken
     }
@@ -443,12 +457,9 @@ public final class EntityState {
     /// hold no events after their time), if the person has one.
     public func nextEventTime(ofPerson cluster: UInt64, after asOf: Date) -> Date? {
         guard let list = personEvents[cluster] else { return nil }
-        let to = Self.milliseconds(asOf)
-        // Newest first: the events after `asOf` come first, the earliest of them last.
-        var index = 0
-        while index < list.count && list[index].milliseconds > to { index += 1 }
-        guard index > 0 else { return nil }
-        return Date(timeIntervalSince1970: Double(list[index - 1].milliseconds) / 1000)
+        let index = Self.firstIndex(after: Self.milliseconds(asOf), in: list)
+        guard index < list.count else { return nil }
+        return Date(timeIntervalSince1970: Double(list[index].milliseconds) / 1000)
     }
 
     /// The account's view as profile builds it.
