@@ -302,8 +302,20 @@ do {
     var elapsed = Duration.zero
     var changeCount = 0
     var pending: [Cdp_Profile_V1_StateChange] = []
+    // What persons share (accounts, their opportunities, campaigns, lists) is sent once, as profile
+    // sends an item once per change, not once per person that shows it.
+    var shared: Set<String> = []
     for index in 0..<loaded {
-        pending += EntityState.changes(building: generator.view(index), version: &version)
+        pending += EntityState.changes(building: generator.view(index), version: &version).filter { change in
+            switch change.item {
+            case .entity(let entity) where entity.entityType != .person:
+                return shared.insert("e\(entity.entityType.rawValue)/\(entity.clusterID)").inserted
+            case .link(let link) where link.entityType == .opportunity:
+                return shared.insert("l\(link.key)").inserted
+            default:
+                return true
+            }
+        }
         if pending.count >= 500 || index == loaded - 1 {
             let chunk = pending
             changeCount += chunk.count
