@@ -52,7 +52,7 @@ stage "identity: the Bodea pipeline through a flaky profile, SIGKILL during forw
 Tests/python-env.sh
 .venv/bin/python -m pytest Tests/Identity -q -p no:cacheprovider
 
-stage "profile: the Bodea pipeline to a flaky segmentation (views, fan-out, DeletePerson), SIGKILL of profile during forwarding, bad requests (Python, against cdp-ingestion + cdp-identity + cdp-profile)"
+stage "profile: the Bodea pipeline to a flaky segmentation (state changes rebuilt into views, DeletePerson), SIGKILL of profile during forwarding, bad requests (Python, against cdp-ingestion + cdp-identity + cdp-profile)"
 Tests/python-env.sh
 .venv/bin/python -m pytest Tests/Profile -q -p no:cacheprovider
 
