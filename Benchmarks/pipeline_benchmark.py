@@ -201,7 +201,14 @@ def wait_drained(platform_: Platform, accepted: int, timeout: float) -> dict:
     deadline = time.monotonic() + timeout
     last = {}
     while time.monotonic() < deadline:
-        last = platform_.counters()
+        try:
+            last = platform_.counters()
+        except grpc.RpcError as error:
+            # A service busy with a large backlog may answer a status call late: look again.
+            if error.code() != grpc.StatusCode.DEADLINE_EXCEEDED:
+                raise
+            log(f"a status call took more than 10 s ({error.details()}); asking again")
+            continue
         if (last["ingestion_forwarded"] >= accepted and last["ingestion_pending"] == 0
                 and last["identity_pending"] == 0 and last["profile_applied"] >= last["identity_forwarded"]
                 and last["profile_pending"] == 0 and last["segmentation_pending"] == 0):
