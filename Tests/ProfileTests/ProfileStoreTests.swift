@@ -92,6 +92,34 @@ struct ProfileStoreTests {
         #expect(try Self.townsend(store)?.totals.wonAmount == 1_150_000)
     }
 
+    /// The outbox's pending count is a running count: it follows items marked, marked again while they
+    /// wait, taken and sent, and an item changed again after it was taken stays counted.
+    @Test func thePendingCountFollowsMarksAndSends() async throws {
+        let store = try SQLiteProfileStore()
+        let pipeline = try ProfilePipeline(profile: store)
+        for group in Self.story { try await pipeline.ingest(group) }
+        let all = try store.takeStateChanges(limit: 1_000_000)
+        #expect(!all.items.isEmpty)
+        #expect(try store.outboxStatus().pending == UInt64(all.items.count))
+        try store.markSent(Array(all.items.prefix(3)))
+        #expect(try store.outboxStatus().pending == UInt64(all.items.count - 3))
+        try store.markSent(all.items)
+        let sent = try store.outboxStatus()
+        #expect(sent.pending == 0 && sent.sent == UInt64(all.items.count))
+        // Marked, then marked again while waiting: one item each.
+        try await pipeline.ingest([Bodea.wonOpportunity("O2", "mkto-2", account: "A2", amount: 950_000)])
+        try await pipeline.ingest([Bodea.wonOpportunity("O2", "mkto-2", account: "A2", amount: 960_000)])
+        let taken = try store.takeStateChanges(limit: 100)
+        #expect(taken.items.count == 2)
+        #expect(try store.outboxStatus().pending == 2)
+        // Changed again after it was taken: sending what was taken leaves the item pending.
+        try await pipeline.ingest([Bodea.wonOpportunity("O2", "mkto-2", account: "A2", amount: 970_000)])
+        try store.markSent(taken.items)
+        #expect(try store.outboxStatus().pending == 2)
+        try store.markSent(try store.takeStateChanges(limit: 100).items)
+        #expect(try store.outboxStatus().pending == 0)
+    }
+
     /// Views built together from one snapshot (sharing the account and its opportunities) are the views
     /// built one by one, in the order asked, with nil for a cluster that holds nothing.
     @Test func viewsBuiltTogetherEqualViewsBuiltAlone() async throws {

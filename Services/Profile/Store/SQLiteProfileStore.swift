@@ -189,6 +189,15 @@ public final class SQLiteProfileStore: ProfileStore {
                     """
             )
         }
+        migrator.registerMigration("v4: a running count of pending changes") { db in
+            // Counted once here, then kept by the marker and by markSent.
+            try db.execute(
+                sql: """
+                    INSERT OR REPLACE INTO counters (name, value)
+                        SELECT 'pending_changes', count(*) FROM pending;
+                    """
+            )
+        }
         return migrator
     }
 
@@ -302,6 +311,7 @@ public final class SQLiteProfileStore: ProfileStore {
                 applied += 1
             }
             try Self.setCounter("applied_identity_sequence", Int64(last), db)
+            try changes.commit()
             return (applied, duplicates)
         }
     }
@@ -911,6 +921,7 @@ public final class SQLiteProfileStore: ProfileStore {
                 try db.cachedStatement(sql: "DELETE FROM events WHERE key = ?").execute(arguments: [key])
                 events += db.changesCount
             }
+            try changes.commit()
             return (fragments, events)
         }
     }
@@ -1074,13 +1085,14 @@ public final class SQLiteProfileStore: ProfileStore {
                 ])
                 sent += db.changesCount
             }
-            try Self.setCounter("sent_changes", try Self.counter("sent_changes", db) + Int64(sent), db)
+            try Self.addToCounter("sent_changes", Int64(sent), db)
+            try Self.addToCounter("pending_changes", -Int64(sent), db)
         }
     }
 
     public func outboxStatus() throws -> (pending: UInt64, oldestPending: Date?, sent: UInt64) {
         try writer.read { db in
-            let pending = try Int64.fetchOne(try db.cachedStatement(sql: "SELECT count(*) FROM pending")) ?? 0
+            let pending = max(try Self.counter("pending_changes", db), 0)
             let oldest = try Int64.fetchOne(try db.cachedStatement(sql: "SELECT min(since) FROM pending"))
             return (UInt64(pending), oldest.map(Self.date), UInt64(try Self.counter("sent_changes", db)))
         }
@@ -1091,6 +1103,15 @@ public final class SQLiteProfileStore: ProfileStore {
     static func counter(_ name: String, _ db: Database) throws -> Int64 {
         try Int64.fetchOne(try db.cachedStatement(sql: "SELECT value FROM counters WHERE name = ?"), arguments: [name])
             ?? 0
+    }
+
+    static func addToCounter(_ name: String, _ amount: Int64, _ db: Database) throws {
+        try db.cachedStatement(
+            sql: """
+                INSERT INTO counters (name, value) VALUES (?, ?)
+                ON CONFLICT (name) DO UPDATE SET value = value + excluded.value
+                """
+        ).execute(arguments: [name, amount])
     }
 
     static func setCounter(_ name: String, _ value: Int64, _ db: Database) throws {
@@ -1199,9 +1220,26 @@ final class SharedViewCache: Sendable {
 /// apply marks takes the apply's time as `since`, also one already waiting (it moves to the back): the
 /// items of one apply stay one group, which the relay sends in one chunk, so segmentation never holds an
 /// item as an apply left it without the rest of what that apply changed.
-struct StateMarker {
+///
+/// It counts the items it adds, and ``commit()`` adds them to the running count of pending items, so
+/// that the outbox's status does not count a table of millions of rows.
+final class StateMarker {
     let db: Database
     let now: Int64
+    private var added: Int64 = 0
+
+    init(db: Database, now: Int64) {
+        self.db = db
+        self.now = now
+    }
+
+    /// Adds the items marked for the first time to the running count; called once, before the
+    /// transaction commits.
+    func commit() throws {
+        guard added != 0 else { return }
+        try SQLiteProfileStore.addToCounter("pending_changes", added, db)
+        added = 0
+    }
 
     /// The fragment types that make links.
     static let linkTypes: Set<Cdp_Model_V1_EntityType> = [
@@ -1229,12 +1267,18 @@ struct StateMarker {
     )
         throws
     {
-        try db.cachedStatement(
-            sql: """
-                INSERT INTO pending (kind, entity, cluster, key, generation, since) VALUES (?, ?, ?, ?, 1, ?)
-                ON CONFLICT (kind, entity, cluster, key) DO UPDATE SET generation = generation + 1,
-                    since = excluded.since
-                """
-        ).execute(arguments: [kind.rawValue, entity.rawValue, Int64(cluster), key, now])
+        // Generation 1 is a new row; a waiting item's generation goes up.
+        let generation = try Int64.fetchOne(
+            try db.cachedStatement(
+                sql: """
+                    INSERT INTO pending (kind, entity, cluster, key, generation, since) VALUES (?, ?, ?, ?, 1, ?)
+                    ON CONFLICT (kind, entity, cluster, key) DO UPDATE SET generation = generation + 1,
+                        since = excluded.since
+                    RETURNING generation
+                    """
+            ),
+            arguments: [kind.rawValue, entity.rawValue, Int64(cluster), key, now]
+        )
+        if generation == 1 { added += 1 }
     }
 }
