@@ -1,9 +1,10 @@
 // segmentation-benchmark: evaluation throughput and streaming latency of the segmentation service's
 // engine over synthetic person views.
 //
-//   swift run -c release segmentation-benchmark [views] [seed] [core]
+//   swift run -c release segmentation-benchmark [views] [seed] [core|state]
 //
-// With `core`, only the first measure runs (for profilers).
+// With `core`, only the first measure runs (for profilers). With `state`, only the memory the state
+// takes: every view's changes applied to an `EntityState`, resident memory before and after.
 //
 // 1. Core evaluation: `views` generated person views (default 1,000,000; accounts, opportunities,
 //    roles, campaigns, lists, events over a year) evaluated against 20 segments of varied shapes, on one
@@ -175,6 +176,28 @@ enum Benchmark {
     static func percentile(_ sorted: [Double], _ p: Double) -> Double {
         sorted[min(sorted.count - 1, Int(Double(sorted.count) * p))]
     }
+
+    /// Whether a change of a view is the first to carry its item: what several persons share (an
+    /// account, its opportunities and their account links, a campaign, a list) is sent once, as
+    /// profile sends an item once per change, not once per person that shows it.
+    static func firstShowing(_ change: Cdp_Profile_V1_StateChange, shared: inout Set<UInt64>) -> Bool {
+        switch change.item {
+        case .entity(let entity) where entity.entityType != .person:
+            return shared.insert(UInt64(entity.entityType.rawValue) << 56 | entity.clusterID).inserted
+        case .link(let link) where link.entityType == .opportunity:
+            // One account link per opportunity.
+            return shared.insert(UInt64(0xFF) << 56 | link.fromClusterID).inserted
+        default:
+            return true
+        }
+    }
+
+    /// The process's resident memory in bytes, from /proc.
+    static func residentBytes() -> Int {
+        guard let statm = try? String(contentsOfFile: "/proc/self/statm", encoding: .utf8) else { return 0 }
+        let fields = statm.split(separator: " ")
+        return fields.count > 1 ? (Int(fields[1]) ?? 0) * Int(sysconf(Int32(_SC_PAGESIZE))) : 0
+    }
 }
 
 let arguments = CommandLine.arguments
@@ -192,6 +215,41 @@ for (index, pql) in definitions.enumerated() {
 }
 let segmentIDs = compiled.indices.map { "s\($0 + 1)" }
 print("segmentation-benchmark: \(viewCount) person views, \(compiled.count) segments, seed \(seed)")
+
+if arguments.count > 3 && arguments[3] == "state" {
+    // The memory the state takes: each view's changes generated and applied, then dropped.
+    let state = EntityState()
+    var version: UInt64 = 0
+    var shared: Set<UInt64> = []
+    var counts = (changes: 0, events: 0, records: 0, links: 0)
+    let before = Benchmark.residentBytes()
+    var touched: Set<EntityState.EntityKey> = []
+    for index in 0..<viewCount {
+        for change in EntityState.changes(building: generator.view(index), version: &version)
+        where Benchmark.firstShowing(change, shared: &shared) {
+            try state.apply(change, touched: &touched)
+            touched.removeAll(keepingCapacity: true)
+            counts.changes += 1
+            switch change.item {
+            case .event: counts.events += 1
+            case .entity: counts.records += 1
+            case .link: counts.links += 1
+            case nil: break
+            }
+        }
+    }
+    let grown = Double(Benchmark.residentBytes() - before)
+    print(
+        "state: \(counts.changes) changes (\(counts.records) unified records, \(counts.links) links, "
+            + "\(counts.events) events) "
+            + String(
+                format: "took %.0f MB of resident memory, %.0f bytes per change",
+                grown / 1e6,
+                grown / Double(counts.changes)
+            )
+    )
+    exit(0)
+}
 
 // 1. Core evaluation, one thread: generate a chunk (untimed), evaluate it (timed).
 do {
@@ -302,19 +360,10 @@ do {
     var elapsed = Duration.zero
     var changeCount = 0
     var pending: [Cdp_Profile_V1_StateChange] = []
-    // What persons share (accounts, their opportunities, campaigns, lists) is sent once, as profile
-    // sends an item once per change, not once per person that shows it.
-    var shared: Set<String> = []
+    var shared: Set<UInt64> = []
     for index in 0..<loaded {
-        pending += EntityState.changes(building: generator.view(index), version: &version).filter { change in
-            switch change.item {
-            case .entity(let entity) where entity.entityType != .person:
-                return shared.insert("e\(entity.entityType.rawValue)/\(entity.clusterID)").inserted
-            case .link(let link) where link.entityType == .opportunity:
-                return shared.insert("l\(link.key)").inserted
-            default:
-                return true
-            }
+        pending += EntityState.changes(building: generator.view(index), version: &version).filter {
+            Benchmark.firstShowing($0, shared: &shared)
         }
         if pending.count >= 500 || index == loaded - 1 {
             let chunk = pending

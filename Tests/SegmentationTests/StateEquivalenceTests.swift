@@ -126,16 +126,24 @@ struct RandomWorld {
                     }
             default:
                 // Events: a few keys re-sent (late corrections), times around the base, some beyond
-                // the 400-day window and some in the future.
+                // the 400-day window and some in the future; some at the same instant as others (the
+                // key orders them), some with nanoseconds, an id that is not the key's, no url, an
+                // empty name, an email or an ecid.
                 let key = chance(15) ? "E\(pick(30))" : "E\(round)-\(pick(1_000_000))"
                 record = Bodea.relation(key, instance) { event in
-                    event.event.eventID = key
+                    event.event.eventID = chance(10) ? "id-\(key)" : key
                     event.event.personKey = "\(person)@\(instance).Marketo"
                     event.event.eventType = ["web.webpagedetails.pageViews", "form.filled"][pick(2)]
-                    event.event.url = Self.urls[pick(Self.urls.count)]
-                    let days = Double(pick(600)) - 500 + (chance(20) ? 520 : 0)
+                    if !chance(10) { event.event.url = Self.urls[pick(Self.urls.count)] }
+                    if chance(10) { event.event.name = "" }
+                    if chance(5) { event.event.email = "\(person)@example.com" }
+                    if chance(5) { event.event.ecid = "ecid-\(person)" }
+                    let tied = chance(10)
+                    let days = tied ? Double(pick(3)) - 5 : Double(pick(600)) - 500 + (chance(20) ? 520 : 0)
+                    let seconds = days * 86_400 + (tied ? 0 : Double(pick(86_400)))
                     event.event.timestamp = Google_Protobuf_Timestamp(
-                        date: base.addingTimeInterval(days * 86_400 + Double(pick(86_400)))
+                        seconds: Int64(base.addingTimeInterval(seconds).timeIntervalSince1970),
+                        nanos: chance(4) ? Int32(pick(1_000_000_000)) : 0
                     )
                 }
             }

@@ -266,7 +266,7 @@ public actor SegmentationEngine {
         _ configuration: EntityState.Configuration
     ) throws -> EntityState {
         let state = EntityState(configuration: configuration)
-        try state.load(try store.stateChanges())
+        try state.load { apply in try store.forEachStateChange(apply) }
         return state
     }
 

@@ -58,13 +58,6 @@ public final class EntityState {
         var cluster: UInt64
     }
 
-    /// An event as held: its person, its time in milliseconds (as profile compares it), the event.
-    private struct HeldEvent {
-        var person: UInt64
-        var milliseconds: Int64
-        var event: Cdp_Profile_V1_Event
-    }
-
     private let configuration: Configuration
     private var records: [EntityKey: Cdp_Profile_V1_UnifiedRecord] = [:]
     private var recordVersions: [EntityKey: UInt64] = [:]
@@ -74,10 +67,12 @@ public final class EntityState {
     private var linksFrom: [LinkEnd: Set<String>] = [:]
     /// Present links by their to end.
     private var linksTo: [LinkEnd: Set<String>] = [:]
-    private var events: [String: HeldEvent] = [:]
-    private var eventVersions: [String: UInt64] = [:]
+    /// Every event taken, by name: its person (0 once gone) and version.
+    private var eventSlots: [EventName: EventSlot] = [:]
     /// Each person's events, oldest first (see ``insertionIndex(of:in:)``).
     private var personEvents: [UInt64: [HeldEvent]] = [:]
+    /// The strings the held events repeat.
+    private var strings = InternedStrings()
     /// The persons' and accounts' clusters in order, rebuilt when asked for after a change.
     private var sortedRoots: [Cdp_Model_V1_EntityType: [UInt64]] = [:]
 
@@ -143,23 +138,16 @@ public final class EntityState {
                 dependents(of: link, into: &touched)
             }
         case .event(let event)?:
-            guard isNewer(change.version, than: eventVersions[event.key]) else { return .stale }
-            eventVersions[event.key] = change.version
-            if let old = events.removeValue(forKey: event.key) {
-                removeEvent(old)
+            let name = EventName(event.key, strings: &strings)
+            let old = eventSlots[name]
+            guard isNewer(change.version, than: old?.version) else { return .stale }
+            eventSlots[name] = EventSlot(person: event.personClusterID, version: change.version)
+            if let old, old.person != 0 {
+                removeEvent(name, of: old.person)
                 touched.insert(EntityKey(.person, old.person))
             }
             if event.personClusterID != 0 {
-                var held = Cdp_Profile_V1_Event()
-                held.key = event.key
-                held.event = event.event
-                let added = HeldEvent(
-                    person: event.personClusterID,
-                    milliseconds: Self.milliseconds(event.event.timestamp),
-                    event: held
-                )
-                events[event.key] = added
-                insertEvent(added)
+                insertEvent(HeldEvent(name, event.event, strings: &strings), of: event.personClusterID)
                 touched.insert(EntityKey(.person, event.personClusterID))
             }
         case nil:
@@ -171,10 +159,18 @@ public final class EntityState {
     /// Loads saved changes (each the latest of its item, in any order) into an empty state, without
     /// working out what they touch.
     public func load(_ changes: [Cdp_Profile_V1_StateChange]) throws {
+        try load { apply in for change in changes { try apply(change) } }
+    }
+
+    /// Loads saved changes that `read` hands to the function it is given one by one (from a cursor,
+    /// so that they are never all decoded at once), without working out what they touch.
+    public func load(
+        _ read: ((Cdp_Profile_V1_StateChange) throws -> Void) throws -> Void
+    ) throws {
         collecting = false
         defer { collecting = true }
         var ignored: Set<EntityKey> = []
-        for change in changes { try apply(change, touched: &ignored) }
+        try read { change in try apply(change, touched: &ignored) }
     }
 
     /// Whether `apply` works out what changes touch (not while loading).
@@ -230,24 +226,19 @@ public final class EntityState {
         if entity == .person || entity == .account { sortedRoots[entity] = nil }
     }
 
-    private func insertEvent(_ event: HeldEvent) {
+    private func insertEvent(_ event: HeldEvent, of person: UInt64) {
         // In place (no copy of the list), and at the end when events come in time order.
-        let index = personEvents[event.person].map { insertionIndex(of: event, in: $0) } ?? 0
-        personEvents[event.person, default: []].insert(event, at: index)
+        let index = personEvents[person].map { insertionIndex(of: event, in: $0) } ?? 0
+        personEvents[person, default: []].insert(event, at: index)
     }
 
-    private func removeEvent(_ event: HeldEvent) {
-        guard let list = personEvents[event.person] else { return }
-        var index = insertionIndex(of: event, in: list)
-        // The event itself sorts at the insertion index (same time, same key).
-        if index < list.count, list[index].event.key != event.event.key {
-            index = list.firstIndex { $0.event.key == event.event.key } ?? list.count
-        }
-        guard index < list.count else { return }
-        if list.count == 1 {
-            personEvents[event.person] = nil
+    private func removeEvent(_ name: EventName, of person: UInt64) {
+        // Rare (a merge, split or deletion moves it): found by name.
+        guard let index = personEvents[person]?.firstIndex(where: { $0.name == name }) else { return }
+        if personEvents[person]?.count == 1 {
+            personEvents[person] = nil
         } else {
-            personEvents[event.person]?.remove(at: index)
+            personEvents[person]?.remove(at: index)
         }
     }
 
@@ -262,7 +253,7 @@ public final class EntityState {
             let other = list[middle]
             let before =
                 other.milliseconds < event.milliseconds
-                || (other.milliseconds == event.milliseconds && other.event.key > event.event.key)
+                || (other.milliseconds == event.milliseconds && other.name.key(strings) > event.name.key(strings))
             if before { low = middle + 1 } else { high = middle }
         }
         return low
@@ -447,7 +438,7 @@ public final class EntityState {
         var index = Self.firstIndex(after: to, in: list) - 1
         var taken: [Cdp_Profile_V1_Event] = []
         while index >= 0 && list[index].milliseconds >= from && taken.count < configuration.maxEventsPerView {
-            taken.append(list[index].event)
+            taken.append(list[index].message(strings))
             index -= 1
         }
         return taken
@@ -541,9 +532,8 @@ public final class EntityState {
             linksFrom[LinkEnd(entity: entity, cluster: cluster)] = nil
         }
         for event in personEvents.removeValue(forKey: cluster) ?? [] {
-            events[event.event.key] = nil
-            eventVersions[event.event.key] = nil
-            dropped.events.append(event.event.key)
+            eventSlots[event.name] = nil
+            dropped.events.append(event.name.key(strings))
         }
         touched.remove(EntityKey(.person, cluster))
         return dropped

@@ -591,13 +591,12 @@ public final class SQLiteSegmentationStore: Sendable {
 
     // MARK: - State
 
-    /// Every state change saved, in no particular order (each is the latest of its item).
-    public func stateChanges() throws -> [Cdp_Profile_V1_StateChange] {
+    /// Hands every state change saved to `body`, in no particular order (each is the latest of its
+    /// item), decoding one at a time.
+    public func forEachStateChange(_ body: (Cdp_Profile_V1_StateChange) throws -> Void) throws {
         try writer.read { db in
             let cursor = try Data.fetchCursor(db, sql: "SELECT change FROM state")
-            var changes: [Cdp_Profile_V1_StateChange] = []
-            while let data = try cursor.next() { changes.append(try Cdp_Profile_V1_StateChange(serializedBytes: data)) }
-            return changes
+            while let data = try cursor.next() { try body(try Cdp_Profile_V1_StateChange(serializedBytes: data)) }
         }
     }
 

@@ -1,0 +1,111 @@
+import CDPProto
+import Foundation
+import SwiftProtobuf
+
+/// Strings that repeat across the held events (types, pages, names, the source part of keys, a
+/// person's email and ecid), each held once and named by a number. Number 0 names no string (a field
+/// the event does not have).
+struct InternedStrings {
+    private var numbers: [String: UInt32] = [:]
+    private var strings: [String] = []
+
+    /// The number of `string`, given one if it has none yet.
+    mutating func number(_ string: String) -> UInt32 {
+        if let known = numbers[string] { return known }
+        strings.append(string)
+        let number = UInt32(strings.count)
+        numbers[string] = number
+        return number
+    }
+
+    /// The number of `string` if it is present, else 0.
+    mutating func number(_ present: Bool, _ string: @autoclosure () -> String) -> UInt32 {
+        present ? number(string()) : 0
+    }
+
+    /// The string a number names; "" for 0.
+    func string(_ number: UInt32) -> String { number == 0 ? "" : strings[Int(number) - 1] }
+}
+
+/// An event's key, split where a source key puts its source (`{id}@{instance}.{type}`: the id, and
+/// the interned rest from the last `@`), so that the part every event repeats is held once. A key
+/// without `@` is all head (with the empty rest). The split depends on the key alone, so one key has
+/// one name.
+struct EventName: Hashable {
+    var head: String
+    var tail: UInt32
+
+    init(_ key: String, strings: inout InternedStrings) {
+        let utf8 = key.utf8
+        if let at = utf8.lastIndex(of: UInt8(ascii: "@")) {
+            head = String(key[..<at])
+            tail = strings.number(String(key[at...]))
+        } else {
+            head = key
+            tail = strings.number("")
+        }
+    }
+
+    /// The whole key.
+    func key(_ strings: InternedStrings) -> String { head + strings.string(tail) }
+}
+
+/// An event as segmentation holds it: its time and its fields, with every string that repeats across
+/// events interned (about 72 bytes, against well over a kilobyte as a decoded protobuf message). Views
+/// get the event back as profile sends it.
+struct HeldEvent {
+    /// The time in milliseconds, as profile compares events.
+    var milliseconds: Int64
+    var seconds: Int64
+    var name: EventName
+    var nanos: Int32
+    /// The event id when it is not the key's head (interned), else 0.
+    var otherEventID: UInt32
+    var eventType: UInt32
+    var url: UInt32
+    var title: UInt32
+    var email: UInt32
+    var ecid: UInt32
+    var personKey: UInt32
+    var hasTimestamp: Bool
+
+    init(_ name: EventName, _ event: Cdp_Model_V1_ExperienceEvent, strings: inout InternedStrings) {
+        self.name = name
+        hasTimestamp = event.hasTimestamp
+        seconds = event.timestamp.seconds
+        nanos = event.timestamp.nanos
+        milliseconds = EntityState.milliseconds(event.timestamp)
+        otherEventID = event.eventID == name.head ? 0 : strings.number(event.eventID)
+        eventType = strings.number(event.eventType)
+        url = strings.number(event.hasURL, event.url)
+        title = strings.number(event.hasName, event.name)
+        email = strings.number(event.hasEmail, event.email)
+        ecid = strings.number(event.hasEcid, event.ecid)
+        personKey = strings.number(event.hasPersonKey, event.personKey)
+    }
+
+    /// The event as profile sends it in views.
+    func message(_ strings: InternedStrings) -> Cdp_Profile_V1_Event {
+        var message = Cdp_Profile_V1_Event()
+        message.key = name.key(strings)
+        var event = Cdp_Model_V1_ExperienceEvent()
+        event.eventID = otherEventID == 0 ? name.head : strings.string(otherEventID)
+        event.eventType = strings.string(eventType)
+        if hasTimestamp {
+            event.timestamp = Google_Protobuf_Timestamp(seconds: seconds, nanos: nanos)
+        }
+        if url != 0 { event.url = strings.string(url) }
+        if title != 0 { event.name = strings.string(title) }
+        if email != 0 { event.email = strings.string(email) }
+        if ecid != 0 { event.ecid = strings.string(ecid) }
+        if personKey != 0 { event.personKey = strings.string(personKey) }
+        message.event = event
+        return message
+    }
+}
+
+/// Where the state has an event (person 0 once it is gone) and the version it was last changed at.
+struct EventSlot {
+    var person: UInt64
+    var version: UInt64
+}
