@@ -114,7 +114,7 @@ struct EngineTests {
         }
         // Nothing of the refused calls was taken.
         #expect(try await harness.members("s1") == [])
-        #expect(try await harness.engine.stateCounts().persons == 0)
+        #expect(await harness.engine.stateCounts().persons == 0)
         #expect(try await harness.engine.acceptStateChanges([good]).transitions.realized == 1)
     }
 
@@ -436,7 +436,8 @@ struct EngineTests {
         #expect(try await restarted.segment(segment.id).pql == Story.bodea)
         #expect(try await restarted.members(of: segment.id, realized: true, after: 0, limit: 10).count == 1)
         // The state came back from the store: the same views, without profile.
-        #expect(try await restarted.stateCounts() == harness.engine.stateCounts())
+        let restartedCounts = await restarted.stateCounts()
+        #expect(await restartedCounts == harness.engine.stateCounts())
         // The relay re-delivers the chunk it could not mark sent: nothing changes twice.
         let again = try await restarted.acceptStateChanges(chunk.changes)
         #expect(again.stale == chunk.changes.count)

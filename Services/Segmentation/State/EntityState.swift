@@ -54,24 +54,35 @@ public final class EntityState {
 
     /// One end of the links of one fragment type.
     private struct LinkEnd: Hashable {
-        var entity: Cdp_Model_V1_EntityType
+        var entity: UInt8
         var cluster: UInt64
+
+        init(_ entity: Cdp_Model_V1_EntityType, _ cluster: UInt64) {
+            self.entity = UInt8(truncatingIfNeeded: entity.rawValue)
+            self.cluster = cluster
+        }
+    }
+
+    /// A present link seen from one end: the fragment's key and the cluster at the other end.
+    private struct EndEntry {
+        var name: ItemName
+        var other: UInt64
     }
 
     private let configuration: Configuration
     private var records: [EntityKey: Cdp_Profile_V1_UnifiedRecord] = [:]
     private var recordVersions: [EntityKey: UInt64] = [:]
-    private var links: [LinkKey: Cdp_Profile_V1_LinkState] = [:]
-    private var linkVersions: [LinkKey: UInt64] = [:]
+    /// Every link taken, present or not, by fragment.
+    private var links: [LinkName: HeldLink] = [:]
     /// Present links by their from end (the person, or the opportunity of an OPPORTUNITY link).
-    private var linksFrom: [LinkEnd: Set<String>] = [:]
+    private var linksFrom: [LinkEnd: [EndEntry]] = [:]
     /// Present links by their to end.
-    private var linksTo: [LinkEnd: Set<String>] = [:]
+    private var linksTo: [LinkEnd: [EndEntry]] = [:]
     /// Every event taken, by name: its person (0 once gone) and version.
-    private var eventSlots: [EventName: EventSlot] = [:]
+    private var eventSlots: [ItemName: EventSlot] = [:]
     /// Each person's events, oldest first (see ``insertionIndex(of:in:)``).
     private var personEvents: [UInt64: [HeldEvent]] = [:]
-    /// The strings the held events repeat.
+    /// The strings the held events and links repeat.
     private var strings = InternedStrings()
     /// The persons' and accounts' clusters in order, rebuilt when asked for after a change.
     private var sortedRoots: [Cdp_Model_V1_EntityType: [UInt64]] = [:]
@@ -123,22 +134,26 @@ public final class EntityState {
             }
             dependents(of: key, into: &touched)
         case .link(let link)?:
-            let key = LinkKey(link.entityType, link.key)
-            guard isNewer(change.version, than: linkVersions[key]) else { return .stale }
-            linkVersions[key] = change.version
-            if let old = links.removeValue(forKey: key) {
-                dependents(of: old, into: &touched)
-                linksFrom[LinkEnd(entity: key.entity, cluster: old.fromClusterID)]?.remove(key.key)
-                linksTo[LinkEnd(entity: key.entity, cluster: old.toClusterID)]?.remove(key.key)
-            }
-            if link.present && link.fromClusterID != 0 && link.toClusterID != 0 {
-                links[key] = link
-                linksFrom[LinkEnd(entity: key.entity, cluster: link.fromClusterID), default: []].insert(key.key)
-                linksTo[LinkEnd(entity: key.entity, cluster: link.toClusterID), default: []].insert(key.key)
-                dependents(of: link, into: &touched)
+            let name = LinkName(
+                entity: UInt8(truncatingIfNeeded: link.entityType.rawValue),
+                name: ItemName(link.key, strings: &strings)
+            )
+            let old = links[name]
+            guard isNewer(change.version, than: old?.version) else { return .stale }
+            if let old, old.isPresent { unlink(name, old, link.entityType, touched: &touched) }
+            let held = HeldLink(link, version: change.version, strings: &strings)
+            links[name] = held
+            if held.isPresent {
+                linksFrom[LinkEnd(link.entityType, held.from), default: []].append(
+                    EndEntry(name: name.name, other: held.to)
+                )
+                linksTo[LinkEnd(link.entityType, held.to), default: []].append(
+                    EndEntry(name: name.name, other: held.from)
+                )
+                dependents(ofLink: link.entityType, from: held.from, to: held.to, into: &touched)
             }
         case .event(let event)?:
-            let name = EventName(event.key, strings: &strings)
+            let name = ItemName(event.key, strings: &strings)
             let old = eventSlots[name]
             guard isNewer(change.version, than: old?.version) else { return .stale }
             eventSlots[name] = EventSlot(person: event.personClusterID, version: change.version)
@@ -222,6 +237,27 @@ public final class EntityState {
 
     private func isNewer(_ version: UInt64, than held: UInt64?) -> Bool { held.map { version > $0 } ?? true }
 
+    /// Takes a present link out of the indexes of its two ends, noting whose views it was in.
+    private func unlink(
+        _ name: LinkName,
+        _ link: HeldLink,
+        _ entity: Cdp_Model_V1_EntityType,
+        touched: inout Set<EntityKey>
+    ) {
+        dependents(ofLink: entity, from: link.from, to: link.to, into: &touched)
+        Self.remove(name.name, at: LinkEnd(entity, link.from), from: &linksFrom)
+        Self.remove(name.name, at: LinkEnd(entity, link.to), from: &linksTo)
+    }
+
+    private static func remove(_ name: ItemName, at end: LinkEnd, from index: inout [LinkEnd: [EndEntry]]) {
+        guard let position = index[end]?.firstIndex(where: { $0.name == name }) else { return }
+        if index[end]?.count == 1 {
+            index[end] = nil
+        } else {
+            index[end]?.remove(at: position)
+        }
+    }
+
     private func rootsChanged(_ entity: Cdp_Model_V1_EntityType) {
         if entity == .person || entity == .account { sortedRoots[entity] = nil }
     }
@@ -232,7 +268,7 @@ public final class EntityState {
         personEvents[person, default: []].insert(event, at: index)
     }
 
-    private func removeEvent(_ name: EventName, of person: UInt64) {
+    private func removeEvent(_ name: ItemName, of person: UInt64) {
         // Rare (a merge, split or deletion moves it): found by name.
         guard let index = personEvents[person]?.firstIndex(where: { $0.name == name }) else { return }
         if personEvents[person]?.count == 1 {
@@ -302,23 +338,28 @@ public final class EntityState {
         for person in from(.opportunityPersonRelation, to: cluster) { touched.insert(EntityKey(.person, person)) }
     }
 
-    /// The roots whose views a link contributes to.
-    private func dependents(of link: Cdp_Profile_V1_LinkState, into touched: inout Set<EntityKey>) {
+    /// The roots whose views a link of `entity` fragments from `from` to `to` contributes to.
+    private func dependents(
+        ofLink entity: Cdp_Model_V1_EntityType,
+        from: UInt64,
+        to: UInt64,
+        into touched: inout Set<EntityKey>
+    ) {
         guard collecting else { return }
-        switch link.entityType {
+        switch entity {
         case .person, .accountPersonRelation:
-            touched.insert(EntityKey(.person, link.fromClusterID))
-            touched.insert(EntityKey(.account, link.toClusterID))
+            touched.insert(EntityKey(.person, from))
+            touched.insert(EntityKey(.account, to))
         case .opportunity:
             // The opportunity's accounts are part of its record in every view that shows it.
-            dependents(ofOpportunity: link.fromClusterID, into: &touched)
-            touched.insert(EntityKey(.account, link.toClusterID))
-            for person in persons(ofAccount: link.toClusterID) { touched.insert(EntityKey(.person, person)) }
+            dependents(ofOpportunity: from, into: &touched)
+            touched.insert(EntityKey(.account, to))
+            for person in persons(ofAccount: to) { touched.insert(EntityKey(.person, person)) }
         case .opportunityPersonRelation:
-            touched.insert(EntityKey(.person, link.fromClusterID))
-            for account in to(.opportunity, from: link.toClusterID) { touched.insert(EntityKey(.account, account)) }
+            touched.insert(EntityKey(.person, from))
+            for account in self.to(.opportunity, from: to) { touched.insert(EntityKey(.account, account)) }
         case .campaignMember, .marketingListMember:
-            touched.insert(EntityKey(.person, link.fromClusterID))
+            touched.insert(EntityKey(.person, from))
         default:
             break
         }
@@ -328,23 +369,27 @@ public final class EntityState {
 
     /// The to ends of the present links of `entity` fragments from `cluster`.
     private func to(_ entity: Cdp_Model_V1_EntityType, from cluster: UInt64) -> Set<UInt64> {
-        guard let keys = linksFrom[LinkEnd(entity: entity, cluster: cluster)] else { return [] }
-        return Set(keys.compactMap { links[LinkKey(entity, $0)]?.toClusterID })
+        guard let entries = linksFrom[LinkEnd(entity, cluster)] else { return [] }
+        return Set(entries.map(\.other))
     }
 
     /// The from ends of the present links of `entity` fragments to `cluster`.
     private func from(_ entity: Cdp_Model_V1_EntityType, to cluster: UInt64) -> Set<UInt64> {
-        guard let keys = linksTo[LinkEnd(entity: entity, cluster: cluster)] else { return [] }
-        return Set(keys.compactMap { links[LinkKey(entity, $0)]?.fromClusterID })
+        guard let entries = linksTo[LinkEnd(entity, cluster)] else { return [] }
+        return Set(entries.map(\.other))
     }
 
     /// The person's links of `entity` fragments, in key order.
     private func links(
         _ entity: Cdp_Model_V1_EntityType,
         ofPerson cluster: UInt64
-    ) -> [Cdp_Profile_V1_LinkState] {
-        guard let keys = linksFrom[LinkEnd(entity: entity, cluster: cluster)] else { return [] }
-        return keys.sorted().compactMap { links[LinkKey(entity, $0)] }
+    ) -> [HeldLink] {
+        guard let entries = linksFrom[LinkEnd(entity, cluster)] else { return [] }
+        let code = UInt8(truncatingIfNeeded: entity.rawValue)
+        let named = entries.compactMap { entry in
+            links[LinkName(entity: code, name: entry.name)].map { (key: entry.name.key(strings), link: $0) }
+        }
+        return named.count < 2 ? named.map(\.link) : named.sorted { $0.key < $1.key }.map(\.link)
     }
 
     /// The person's accounts: through person records, account-person relations and opportunity-person
@@ -398,26 +443,28 @@ public final class EntityState {
         let accountClusters = accounts(ofPerson: cluster)
         view.accounts = accountClusters.compactMap { records[EntityKey(.account, $0)] }
         let roles = links(.opportunityPersonRelation, ofPerson: cluster)
-        var opportunityClusters = Set(roles.map(\.toClusterID))
+        var opportunityClusters = Set(roles.map(\.to))
         for account in accountClusters { opportunityClusters.formUnion(from(.opportunity, to: account)) }
         view.opportunities = opportunityClusters.sorted().compactMap(opportunity)
         view.opportunityRoles = roles.map { link in
             var role = Cdp_Profile_V1_OpportunityRole()
-            role.opportunityClusterID = link.toClusterID
-            if link.hasRole { role.role = link.role }
-            if link.hasIsPrimary { role.isPrimary = link.isPrimary }
+            role.opportunityClusterID = link.to
+            if link.role != 0 { role.role = strings.string(link.role) }
+            if link.flags.contains(.hasIsPrimary) { role.isPrimary = link.flags.contains(.isPrimary) }
             return role
         }
         view.campaigns = links(.campaignMember, ofPerson: cluster).compactMap { link in
-            guard let campaign = records[EntityKey(.campaign, link.toClusterID)] else { return nil }
+            guard let campaign = records[EntityKey(.campaign, link.to)] else { return nil }
             var membership = Cdp_Profile_V1_CampaignMembership()
             membership.campaign = campaign
-            if link.hasStatus { membership.status = link.status }
-            if link.hasHasResponded_p { membership.hasResponded_p = link.hasResponded_p }
+            if link.status != 0 { membership.status = strings.string(link.status) }
+            if link.flags.contains(.hasHasResponded) {
+                membership.hasResponded_p = link.flags.contains(.hasResponded)
+            }
             return membership
         }
         view.lists = links(.marketingListMember, ofPerson: cluster).compactMap { link in
-            guard let list = records[EntityKey(.marketingList, link.toClusterID)] else { return nil }
+            guard let list = records[EntityKey(.marketingList, link.to)] else { return nil }
             var membership = Cdp_Profile_V1_ListMembership()
             membership.list = list
             return membership
@@ -520,16 +567,15 @@ public final class EntityState {
             Cdp_Model_V1_EntityType.person, .accountPersonRelation, .opportunityPersonRelation,
             .campaignMember, .marketingListMember,
         ] {
-            for key in linksFrom[LinkEnd(entity: entity, cluster: cluster)] ?? [] {
-                let linkKey = LinkKey(entity, key)
-                if let link = links.removeValue(forKey: linkKey) {
-                    dependents(of: link, into: &touched)
-                    linksTo[LinkEnd(entity: entity, cluster: link.toClusterID)]?.remove(key)
+            for entry in linksFrom[LinkEnd(entity, cluster)] ?? [] {
+                let name = LinkName(entity: UInt8(truncatingIfNeeded: entity.rawValue), name: entry.name)
+                if let link = links.removeValue(forKey: name) {
+                    dependents(ofLink: entity, from: link.from, to: link.to, into: &touched)
+                    Self.remove(entry.name, at: LinkEnd(entity, link.to), from: &linksTo)
                 }
-                linkVersions[linkKey] = nil
-                dropped.links.append(linkKey)
+                dropped.links.append(LinkKey(entity, entry.name.key(strings)))
             }
-            linksFrom[LinkEnd(entity: entity, cluster: cluster)] = nil
+            linksFrom[LinkEnd(entity, cluster)] = nil
         }
         for event in personEvents.removeValue(forKey: cluster) ?? [] {
             eventSlots[event.name] = nil

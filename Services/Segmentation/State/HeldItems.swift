@@ -27,11 +27,12 @@ struct InternedStrings {
     func string(_ number: UInt32) -> String { number == 0 ? "" : strings[Int(number) - 1] }
 }
 
-/// An event's key, split where a source key puts its source (`{id}@{instance}.{type}`: the id, and
-/// the interned rest from the last `@`), so that the part every event repeats is held once. A key
-/// without `@` is all head (with the empty rest). The split depends on the key alone, so one key has
-/// one name.
-struct EventName: Hashable {
+/// The key of an event or of a fragment that makes a link, split where a source key puts its source
+/// (`{id}@{instance}.{type}`: the id, and the interned rest from the last `@`), so that the part every
+/// key of a source repeats is held once (and an id of up to 15 bytes needs no memory of its own). A
+/// key without `@` is all head (with the empty rest). The split depends on the key alone, so one key
+/// has one name.
+struct ItemName: Hashable {
     var head: String
     var tail: UInt32
 
@@ -57,7 +58,7 @@ struct HeldEvent {
     /// The time in milliseconds, as profile compares events.
     var milliseconds: Int64
     var seconds: Int64
-    var name: EventName
+    var name: ItemName
     var nanos: Int32
     /// The event id when it is not the key's head (interned), else 0.
     var otherEventID: UInt32
@@ -69,7 +70,7 @@ struct HeldEvent {
     var personKey: UInt32
     var hasTimestamp: Bool
 
-    init(_ name: EventName, _ event: Cdp_Model_V1_ExperienceEvent, strings: inout InternedStrings) {
+    init(_ name: ItemName, _ event: Cdp_Model_V1_ExperienceEvent, strings: inout InternedStrings) {
         self.name = name
         hasTimestamp = event.hasTimestamp
         seconds = event.timestamp.seconds
@@ -108,4 +109,54 @@ struct HeldEvent {
 struct EventSlot {
     var person: UInt64
     var version: UInt64
+}
+
+/// The link a fragment makes, as held: its ends, the version it was last changed at, and the details
+/// of a role or a campaign membership (strings interned). A link that is not present keeps its version
+/// (so that an older change of it is known to be stale) and links nothing.
+struct HeldLink {
+    var from: UInt64
+    var to: UInt64
+    var version: UInt64
+    var role: UInt32
+    var status: UInt32
+    var flags: Flags
+
+    struct Flags: OptionSet {
+        let rawValue: UInt8
+        static let present = Flags(rawValue: 1)
+        static let hasIsPrimary = Flags(rawValue: 2)
+        static let isPrimary = Flags(rawValue: 4)
+        static let hasHasResponded = Flags(rawValue: 8)
+        static let hasResponded = Flags(rawValue: 16)
+    }
+
+    /// Whether it links two clusters.
+    var isPresent: Bool { flags.contains(.present) }
+
+    init(_ link: Cdp_Profile_V1_LinkState, version: UInt64, strings: inout InternedStrings) {
+        self.version = version
+        var flags: Flags = []
+        if link.present && link.fromClusterID != 0 && link.toClusterID != 0 {
+            flags.insert(.present)
+            from = link.fromClusterID
+            to = link.toClusterID
+        } else {
+            from = 0
+            to = 0
+        }
+        role = strings.number(link.hasRole, link.role)
+        status = strings.number(link.hasStatus, link.status)
+        if link.hasIsPrimary { flags.insert(.hasIsPrimary) }
+        if link.hasIsPrimary && link.isPrimary { flags.insert(.isPrimary) }
+        if link.hasHasResponded_p { flags.insert(.hasHasResponded) }
+        if link.hasHasResponded_p && link.hasResponded_p { flags.insert(.hasResponded) }
+        self.flags = flags
+    }
+}
+
+/// A link fragment's entity type and the name of its key.
+struct LinkName: Hashable {
+    var entity: UInt8
+    var name: ItemName
 }
