@@ -343,7 +343,7 @@ public actor SegmentationEngine {
     ) throws -> EntityEvaluation? {
         guard key.entity == .person || key.entity == .account, key.cluster != 0 else { return nil }
         if key.entity == .person, forgotten.contains(key.cluster) { return nil }
-        guard state.record(key.entity, key.cluster) != nil else {
+        guard state.hasRecord(key.entity, key.cluster) else {
             return EntityEvaluation(
                 entityType: key.entity,
                 cluster: key.cluster,
@@ -573,7 +573,7 @@ public actor SegmentationEngine {
         -> Transitions
     {
         let missing = try store.realizedClusters(in: ids, partition: partition, partitions: partitions)
-            .filter { !seen.contains($0.cluster) && state.record($0.entityType, $0.cluster) == nil }
+            .filter { !seen.contains($0.cluster) && !state.hasRecord($0.entityType, $0.cluster) }
         let evaluations = missing.map { entity in
             EntityEvaluation(
                 entityType: entity.entityType,

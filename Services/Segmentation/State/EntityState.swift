@@ -70,8 +70,8 @@ public final class EntityState {
     }
 
     private let configuration: Configuration
-    private var records: [EntityKey: Cdp_Profile_V1_UnifiedRecord] = [:]
-    private var recordVersions: [EntityKey: UInt64] = [:]
+    /// Every clustered entity's unified record taken, present or gone.
+    private var records: [EntityKey: HeldRecord] = [:]
     /// Every link taken, present or not, by fragment.
     private var links: [LinkName: HeldLink] = [:]
     /// Present links by their from end (the person, or the opportunity of an OPPORTUNITY link).
@@ -122,16 +122,16 @@ public final class EntityState {
         switch change.item {
         case .entity(let entity)?:
             let key = EntityKey(entity.entityType, entity.clusterID)
-            guard isNewer(change.version, than: recordVersions[key]) else { return .stale }
-            recordVersions[key] = change.version
+            let old = records[key]
+            guard isNewer(change.version, than: old?.version) else { return .stale }
             dependents(of: key, into: &touched)
+            var unified: Cdp_Profile_V1_UnifiedRecord? = nil
             if entity.hasUnified {
-                var unified = entity.unified
-                unified.clusterID = entity.clusterID
-                if records.updateValue(unified, forKey: key) == nil { rootsChanged(key.entity) }
-            } else if records.removeValue(forKey: key) != nil {
-                rootsChanged(key.entity)
+                unified = entity.unified
+                unified?.clusterID = entity.clusterID
             }
+            records[key] = HeldRecord(version: change.version, unified: unified)
+            if (old?.unified == nil) != (unified == nil) { rootsChanged(key.entity) }
             dependents(of: key, into: &touched)
         case .link(let link)?:
             let name = LinkName(
@@ -415,8 +415,15 @@ public final class EntityState {
 
     /// The unified record of an entity, if it has one.
     public func record(_ entity: Cdp_Model_V1_EntityType, _ cluster: UInt64) -> Cdp_Profile_V1_UnifiedRecord? {
-        records[EntityKey(entity, cluster)]
+        unified(EntityKey(entity, cluster))
     }
+
+    /// Whether an entity has a unified record.
+    public func hasRecord(_ entity: Cdp_Model_V1_EntityType, _ cluster: UInt64) -> Bool {
+        records[EntityKey(entity, cluster)]?.unified != nil
+    }
+
+    private func unified(_ key: EntityKey) -> Cdp_Profile_V1_UnifiedRecord? { records[key]?.unified }
 
     /// The view of a person or an account as of `asOf`; nil if it has no unified record.
     public func view(_ key: EntityKey, asOf: Date) -> EntityView? {
@@ -429,19 +436,19 @@ public final class EntityState {
 
     /// An opportunity with the accounts it belongs to.
     private func opportunity(_ cluster: UInt64) -> Cdp_Profile_V1_UnifiedRecord? {
-        guard var opportunity = records[EntityKey(.opportunity, cluster)] else { return nil }
+        guard var opportunity = unified(EntityKey(.opportunity, cluster)) else { return nil }
         opportunity.accountClusterIds = to(.opportunity, from: cluster).sorted()
         return opportunity
     }
 
     /// The person's view as profile builds it.
     public func personView(_ cluster: UInt64, asOf: Date) -> Cdp_Profile_V1_PersonView? {
-        guard let person = records[EntityKey(.person, cluster)] else { return nil }
+        guard let person = unified(EntityKey(.person, cluster)) else { return nil }
         var view = Cdp_Profile_V1_PersonView()
         view.person = person
         view.asOf = Google_Protobuf_Timestamp(date: asOf)
         let accountClusters = accounts(ofPerson: cluster)
-        view.accounts = accountClusters.compactMap { records[EntityKey(.account, $0)] }
+        view.accounts = accountClusters.compactMap { unified(EntityKey(.account, $0)) }
         let roles = links(.opportunityPersonRelation, ofPerson: cluster)
         var opportunityClusters = Set(roles.map(\.to))
         for account in accountClusters { opportunityClusters.formUnion(from(.opportunity, to: account)) }
@@ -454,7 +461,7 @@ public final class EntityState {
             return role
         }
         view.campaigns = links(.campaignMember, ofPerson: cluster).compactMap { link in
-            guard let campaign = records[EntityKey(.campaign, link.to)] else { return nil }
+            guard let campaign = unified(EntityKey(.campaign, link.to)) else { return nil }
             var membership = Cdp_Profile_V1_CampaignMembership()
             membership.campaign = campaign
             if link.status != 0 { membership.status = strings.string(link.status) }
@@ -464,7 +471,7 @@ public final class EntityState {
             return membership
         }
         view.lists = links(.marketingListMember, ofPerson: cluster).compactMap { link in
-            guard let list = records[EntityKey(.marketingList, link.to)] else { return nil }
+            guard let list = unified(EntityKey(.marketingList, link.to)) else { return nil }
             var membership = Cdp_Profile_V1_ListMembership()
             membership.list = list
             return membership
@@ -502,11 +509,11 @@ public final class EntityState {
 
     /// The account's view as profile builds it.
     public func accountView(_ cluster: UInt64) -> Cdp_Profile_V1_AccountView? {
-        guard let account = records[EntityKey(.account, cluster)] else { return nil }
+        guard let account = unified(EntityKey(.account, cluster)) else { return nil }
         var view = Cdp_Profile_V1_AccountView()
         view.account = account
         view.opportunities = from(.opportunity, to: cluster).sorted().compactMap(opportunity)
-        view.persons = persons(ofAccount: cluster).compactMap { records[EntityKey(.person, $0)] }
+        view.persons = persons(ofAccount: cluster).compactMap { unified(EntityKey(.person, $0)) }
         view.totals = Cdp_Profile_V1_AccountTotals(opportunities: view.opportunities, persons: view.persons.count)
         return view
     }
@@ -543,7 +550,7 @@ public final class EntityState {
 
     private func roots(_ entity: Cdp_Model_V1_EntityType) -> [UInt64] {
         if let known = sortedRoots[entity] { return known }
-        let found = records.keys.filter { $0.entity == entity }.map(\.cluster).sorted()
+        let found = records.filter { $0.key.entity == entity && $0.value.unified != nil }.map(\.key.cluster).sorted()
         sortedRoots[entity] = found
         return found
     }
@@ -561,8 +568,7 @@ public final class EntityState {
     public func forget(person cluster: UInt64, touched: inout Set<EntityKey>) -> PersonItems {
         var dropped = PersonItems()
         dependents(of: EntityKey(.person, cluster), into: &touched)
-        if records.removeValue(forKey: EntityKey(.person, cluster)) != nil { rootsChanged(.person) }
-        recordVersions[EntityKey(.person, cluster)] = nil
+        if records.removeValue(forKey: EntityKey(.person, cluster))?.unified != nil { rootsChanged(.person) }
         for entity in [
             Cdp_Model_V1_EntityType.person, .accountPersonRelation, .opportunityPersonRelation,
             .campaignMember, .marketingListMember,
