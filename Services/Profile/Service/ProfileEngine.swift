@@ -101,11 +101,11 @@ public actor ProfileEngine {
     /// (``ProfileStore/markSent(_:)`` compares generations).
     public func nextStateChunk(limit: Int) throws -> StateChunk? {
         let chunk = try store.takeStateChanges(limit: limit)
-        return chunk.items.isEmpty ? nil : chunk
+        return chunk.isEmpty ? nil : chunk
     }
 
     /// Marks a delivered chunk sent.
-    public func acknowledge(_ chunk: StateChunk) throws { try store.markSent(chunk.items) }
+    public func acknowledge(_ chunk: StateChunk) throws { try store.markSent(chunk) }
 
     /// How much is pending.
     public func outboxStatus() throws -> (pending: UInt64, oldestPending: Date?, sent: UInt64) {

@@ -45,10 +45,12 @@ public protocol ProfileStore: Sendable {
 
     /// Takes state items waiting to be sent, oldest change first, each with a fresh version, and reads
     /// their values, in one transaction: the `limit` oldest, and with them every other item marked by
-    /// the same apply as the last of those (a chunk holds whole transactions).
+    /// the same apply as the last of those (a chunk holds whole transactions); and up to `limit` of the
+    /// events added since the last chunk sent, in the order they were added (the event log).
     func takeStateChanges(limit: Int) throws -> StateChunk
-    /// Marks sent items done, unless they changed again since they were taken.
-    func markSent(_ items: [PendingItem]) throws
+    /// Marks a sent chunk done: its items, unless they changed again since they were taken, and the
+    /// event log up to its last event.
+    func markSent(_ chunk: StateChunk) throws
     /// How much is pending.
     func outboxStatus() throws -> (pending: UInt64, oldestPending: Date?, sent: UInt64)
 
@@ -129,16 +131,31 @@ public enum ProfileView: Sendable {
 
 /// Changed state items taken for one delivery to segmentation.
 public struct StateChunk: Sendable {
-    /// What was taken from the store.
+    /// The changed items taken from the store.
     public var items: [PendingItem]
-    /// The changes, as sent: each item's value when it was taken, in the same order.
+    /// The position in the event log of the last event taken (0 if none was).
+    public var eventsThrough: Int64
+    /// How many events of the log were taken.
+    public var eventCount: Int
+    /// The changes, as sent: each item's value when it was taken, in the same order, then the events
+    /// of the log.
     public var changes: [Cdp_Profile_V1_StateChange]
 
     /// Creates a chunk.
-    public init(items: [PendingItem], changes: [Cdp_Profile_V1_StateChange]) {
+    public init(
+        items: [PendingItem],
+        eventsThrough: Int64 = 0,
+        eventCount: Int = 0,
+        changes: [Cdp_Profile_V1_StateChange]
+    ) {
         self.items = items
+        self.eventsThrough = eventsThrough
+        self.eventCount = eventCount
         self.changes = changes
     }
+
+    /// Whether it holds nothing to send.
+    public var isEmpty: Bool { changes.isEmpty }
 }
 
 /// An item of segmentation's state whose value changed and waits to be sent.

@@ -198,6 +198,20 @@ public final class SQLiteProfileStore: ProfileStore {
                     """
             )
         }
+        migrator.registerMigration("v5: the event log") { db in
+            // New events reach segmentation in the order they were added, by their rowid (given from
+            // `event_log_end`, never reused), instead of through a pending row each; the relay's position
+            // is `event_log_sent`. The events already here were queued in `pending` by v3 or sent.
+            try db.execute(
+                sql: """
+                    ALTER TABLE events ADD COLUMN applied_at INTEGER NOT NULL DEFAULT 0;
+                    INSERT OR REPLACE INTO counters (name, value)
+                        SELECT 'event_log_end', coalesce(max(rowid), 0) FROM events;
+                    INSERT OR REPLACE INTO counters (name, value)
+                        SELECT 'event_log_sent', coalesce(max(rowid), 0) FROM events;
+                    """
+            )
+        }
         return migrator
     }
 
@@ -377,19 +391,27 @@ public final class SQLiteProfileStore: ProfileStore {
 
     private func applyEvent(_ annotated: Cdp_Profile_V1_AnnotatedRecord, changes: StateMarker, db: Database) throws {
         let record = annotated.stored.record
-        try changes.event(record.key)
-        try db.cachedStatement(sql: "DELETE FROM events WHERE key = ?").execute(arguments: [record.key])
+        let removed = try Int64.fetchOne(
+            try db.cachedStatement(sql: "DELETE FROM events WHERE key = ? RETURNING rowid"),
+            arguments: [record.key]
+        )
         guard !record.isDeleted,
             let person = annotated.references.first(where: { $0.role == Role.person && $0.clusterID != 0 })
-        else { return }
+        else {
+            // Segmentation may hold it: it learns that it is gone.
+            if removed != nil { try changes.event(record.key) }
+            return
+        }
+        // Appended to the event log (a new or changed event goes to its end): no pending row.
         try db.cachedStatement(
             sql: """
-                INSERT INTO events (key, person_cluster, ref_namespace, ref_value, timestamp, record)
-                VALUES (?, ?, ?, ?, ?, ?)
+                INSERT INTO events (rowid, key, person_cluster, ref_namespace, ref_value, timestamp, applied_at, record)
+                VALUES (?, ?, ?, ?, ?, ?, ?, ?)
                 """
         ).execute(arguments: [
-            record.key, Int64(person.clusterID), person.identity.namespace, person.identity.value,
-            Self.milliseconds(record.event.timestamp.date), try record.serializedBytes() as Data,
+            try changes.nextEventPosition(), record.key, Int64(person.clusterID), person.identity.namespace,
+            person.identity.value, Self.milliseconds(record.event.timestamp.date), changes.now,
+            try record.serializedBytes() as Data,
         ]
         )
     }
@@ -933,9 +955,58 @@ public final class SQLiteProfileStore: ProfileStore {
         // mixes an item as a later apply left it with the rest of that apply left for the next chunk.
         let memo = ViewMemo(shared: shared)
         return try writer.write { db in
-            let items = try nextPendingItems(limit: limit, db)
-            return StateChunk(items: items, changes: try stateChanges(of: items, db, memo))
+            var items = try nextPendingItems(limit: limit, db)
+            let logged = try nextLoggedEvents(limit: limit, db)
+            // Fresh versions, increasing across all sends.
+            var version = UInt64(try Self.counter("change_version", db))
+            for index in items.indices {
+                version += 1
+                items[index].version = version
+            }
+            var changes = try stateChanges(of: items, db, memo)
+            for event in logged.events {
+                version += 1
+                var change = Cdp_Profile_V1_StateChange()
+                change.version = version
+                change.event = event
+                changes.append(change)
+            }
+            try Self.setCounter("change_version", Int64(version), db)
+            return StateChunk(
+                items: items,
+                eventsThrough: logged.through,
+                eventCount: logged.events.count,
+                changes: changes
+            )
         }
+    }
+
+    /// Up to `limit` events of the log after the last chunk sent, and the position of the last.
+    private func nextLoggedEvents(
+        limit: Int,
+        _ db: Database
+    ) throws -> (events: [Cdp_Profile_V1_EventState], through: Int64) {
+        let sent = try Self.counter("event_log_sent", db)
+        let rows = try Row.fetchAll(
+            try db.cachedStatement(
+                sql: "SELECT rowid, key, person_cluster, record FROM events WHERE rowid > ? ORDER BY rowid LIMIT ?"
+            ),
+            arguments: [sent, limit]
+        )
+        guard let last = rows.last else {
+            // Events added and deleted again before they were sent: nothing of them is to send.
+            let end = try Self.counter("event_log_end", db)
+            if end > sent { try Self.setCounter("event_log_sent", end, db) }
+            return ([], 0)
+        }
+        let events = try rows.map { row in
+            var event = Cdp_Profile_V1_EventState()
+            event.key = row[1]
+            event.personClusterID = UInt64(row[2] as Int64)
+            event.event = try Cdp_Model_V1_Record(serializedBytes: row[3] as Data).event
+            return event
+        }
+        return (events, last[0])
     }
 
     private func nextPendingItems(limit: Int, _ db: Database) throws -> [PendingItem] {
@@ -961,16 +1032,14 @@ public final class SQLiteProfileStore: ProfileStore {
                 arguments: [since]
             ).filter { !taken.contains(Self.pendingKey($0)) }
         }
-        let first = try Self.counter("change_version", db) + 1
-        try Self.setCounter("change_version", first + Int64(rows.count) - 1, db)
-        return rows.enumerated().map { index, row in
+        return rows.map { row in
             PendingItem(
                 kind: PendingItem.Kind(rawValue: row[0]) ?? .entity,
                 entity: Cdp_Model_V1_EntityType(rawValue: Int(row[1] as Int64)) ?? .unspecified,
                 cluster: UInt64(row[2] as Int64),
                 key: row[3],
                 generation: row[4],
-                version: UInt64(first) + UInt64(index)
+                version: 0
             )
         }
     }
@@ -1071,10 +1140,10 @@ public final class SQLiteProfileStore: ProfileStore {
         return event
     }
 
-    public func markSent(_ items: [PendingItem]) throws {
+    public func markSent(_ chunk: StateChunk) throws {
         try writer.write { db in
             var sent = 0
-            for item in items {
+            for item in chunk.items {
                 try db.cachedStatement(
                     sql: """
                         DELETE FROM pending
@@ -1085,15 +1154,27 @@ public final class SQLiteProfileStore: ProfileStore {
                 ])
                 sent += db.changesCount
             }
-            try Self.addToCounter("sent_changes", Int64(sent), db)
             try Self.addToCounter("pending_changes", -Int64(sent), db)
+            if chunk.eventsThrough > (try Self.counter("event_log_sent", db)) {
+                try Self.setCounter("event_log_sent", chunk.eventsThrough, db)
+                sent += chunk.eventCount
+            }
+            try Self.addToCounter("sent_changes", Int64(sent), db)
         }
     }
 
     public func outboxStatus() throws -> (pending: UInt64, oldestPending: Date?, sent: UInt64) {
         try writer.read { db in
-            let pending = max(try Self.counter("pending_changes", db), 0)
-            let oldest = try Int64.fetchOne(try db.cachedStatement(sql: "SELECT min(since) FROM pending"))
+            let sentEvents = try Self.counter("event_log_sent", db)
+            // Events of the log deleted before they were sent count until the relay passes them.
+            let loggedEvents = max(try Self.counter("event_log_end", db) - sentEvents, 0)
+            let pending = max(try Self.counter("pending_changes", db), 0) + loggedEvents
+            let oldestItem = try Int64.fetchOne(try db.cachedStatement(sql: "SELECT min(since) FROM pending"))
+            let oldestEvent = try Int64.fetchOne(
+                try db.cachedStatement(sql: "SELECT applied_at FROM events WHERE rowid > ? ORDER BY rowid LIMIT 1"),
+                arguments: [sentEvents]
+            )
+            let oldest = [oldestItem, oldestEvent].compactMap { $0 }.min()
             return (UInt64(pending), oldest.map(Self.date), UInt64(try Self.counter("sent_changes", db)))
         }
     }
@@ -1227,18 +1308,28 @@ final class StateMarker {
     let db: Database
     let now: Int64
     private var added: Int64 = 0
+    /// The last position given in the event log, once one was asked for.
+    private var eventLogEnd: Int64?
 
     init(db: Database, now: Int64) {
         self.db = db
         self.now = now
     }
 
-    /// Adds the items marked for the first time to the running count; called once, before the
-    /// transaction commits.
+    /// The position in the event log of an event added now.
+    func nextEventPosition() throws -> Int64 {
+        let next = (try eventLogEnd ?? SQLiteProfileStore.counter("event_log_end", db)) + 1
+        eventLogEnd = next
+        return next
+    }
+
+    /// Adds the items marked for the first time to the running count and saves the end of the event
+    /// log; called once, before the transaction commits.
     func commit() throws {
-        guard added != 0 else { return }
-        try SQLiteProfileStore.addToCounter("pending_changes", added, db)
+        if added != 0 { try SQLiteProfileStore.addToCounter("pending_changes", added, db) }
+        if let eventLogEnd { try SQLiteProfileStore.setCounter("event_log_end", eventLogEnd, db) }
         added = 0
+        eventLogEnd = nil
     }
 
     /// The fragment types that make links.
