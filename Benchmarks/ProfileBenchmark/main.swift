@@ -7,8 +7,9 @@
 // from `persons` (default 100,000): persons appear in one or two sources (two fragments per person
 // cluster for half of them), one account per 5 persons (a fifth of the persons count, each account in
 // two sources), 2.5 opportunities per account... scaled as the issue's 1M / 200k / 500k / 5M: accounts
-// = persons / 5, opportunities = persons / 2, events = persons × 5. Prints fragments/s, events/s, view
-// builds/s, lookup p50/p99 (identity → person view), and peak RSS.
+// = persons / 5, opportunities = persons / 2, events = persons × 5. Prints fragments/s, events/s, the
+// state changes each phase leaves taken for segmentation as the relay takes them (chunks of 500,
+// encoded, marked sent), view builds/s, lookup p50/p99 (identity → person view), and peak RSS.
 import BenchmarkSupport
 import CDPProto
 import Foundation
@@ -166,10 +167,30 @@ func applyAll(_ updates: [Cdp_Profile_V1_IdentityUpdate]) throws -> Duration {
         }
     }
 }
+/// Takes every pending state change as the relay does (chunks of 500, encoded for the wire, marked
+/// sent), timed.
+func drainStateChanges(_ label: String) throws {
+    var count = 0
+    var bytes = 0
+    let elapsed = try clock.measure {
+        while true {
+            let chunk = try store.takeStateChanges(limit: 500)
+            if chunk.isEmpty { break }
+            for change in chunk.changes { bytes += (try change.serializedBytes() as [UInt8]).count }
+            count += chunk.changes.count
+            try store.markSent(chunk)
+        }
+    }
+    print(
+        "  \(label) \(count) taken, encoded and marked sent in \(String(format: "%.1f", seconds(elapsed))) s: "
+            + "\(Int(Double(count) / seconds(elapsed)))/s, \(bytes / max(count, 1)) bytes each"
+    )
+}
 let fragmentTime = try applyAll(fragmentUpdates)
 print(
     "  fragments             \(fragmentUpdates.count) in \(String(format: "%.1f", seconds(fragmentTime))) s: \(Int(Double(fragmentUpdates.count) / seconds(fragmentTime)))/s"
 )
+try drainStateChanges("state changes ")
 var eventTime = Duration.zero
 for start in stride(from: 0, to: events, by: 1000) {
     let chunk = eventUpdates(start..<min(start + 1000, events))
@@ -179,7 +200,8 @@ print(
     "  events                \(events) in \(String(format: "%.1f", seconds(eventTime))) s: \(Int(Double(events) / seconds(eventTime)))/s"
 )
 let pending = try store.outboxStatus().pending
-print("  changed views pending \(pending)")
+print("  changes pending       \(pending)")
+try drainStateChanges("state changes ")
 
 var latencies: [Duration] = []
 let samples = min(2000, persons)

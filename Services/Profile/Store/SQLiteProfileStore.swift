@@ -339,7 +339,7 @@ public final class SQLiteProfileStore: ProfileStore {
         }
         let key = record.key
         // What the fragment contributed to before (its cluster may change), and what it does now.
-        try markFragment(entity, key: key, changes: changes, db: db)
+        let existed = try markFragment(entity, key: key, changes: changes, db: db)
         let cluster = clusteredEntityTypes.contains(entity) ? annotated.clusterID : 0
         let lastUpdated: Int64? = record.hasLastUpdated ? Self.milliseconds(record.lastUpdated.date) : nil
         try db.cachedStatement(
@@ -358,12 +358,15 @@ public final class SQLiteProfileStore: ProfileStore {
             try record.serializedBytes() as Data,
         ]
         )
-        try db.cachedStatement(sql: "DELETE FROM refs WHERE entity = ? AND key = ?").execute(arguments: [
-            entity.rawValue, key,
-        ])
-        try db.cachedStatement(sql: "DELETE FROM names WHERE entity = ? AND key = ?").execute(arguments: [
-            entity.rawValue, key,
-        ])
+        if existed {
+            // A new fragment has no references or names yet (a privacy delete removes all three).
+            try db.cachedStatement(sql: "DELETE FROM refs WHERE entity = ? AND key = ?").execute(arguments: [
+                entity.rawValue, key,
+            ])
+            try db.cachedStatement(sql: "DELETE FROM names WHERE entity = ? AND key = ?").execute(arguments: [
+                entity.rawValue, key,
+            ])
+        }
         if !record.isDeleted {
             for reference in annotated.references where reference.clusterID != 0 {
                 try db.cachedStatement(
@@ -386,7 +389,9 @@ public final class SQLiteProfileStore: ProfileStore {
                 }
             }
         }
-        try markFragment(entity, key: key, changes: changes, db: db)
+        // What it contributes to now: the cluster just written (none for 0) and its link.
+        try changes.entity(entity, UInt64(cluster))
+        if StateMarker.linkTypes.contains(entity) { try changes.link(entity, key) }
     }
 
     private func applyEvent(_ annotated: Cdp_Profile_V1_AnnotatedRecord, changes: StateMarker, db: Database) throws {
@@ -481,21 +486,24 @@ public final class SQLiteProfileStore: ProfileStore {
 
     /// Marks what a fragment contributes to segmentation's state, as the tables say now: its cluster's
     /// unified record and the link it makes.
+    /// Marks what a stored fragment contributes to: its cluster's unified record and the link it
+    /// makes. Returns whether the fragment is stored.
+    @discardableResult
     private func markFragment(
         _ entity: Cdp_Model_V1_EntityType,
         key: String,
         changes: StateMarker,
         db: Database
-    ) throws {
-        if clusteredEntityTypes.contains(entity),
+    ) throws -> Bool {
+        guard
             let cluster = try Int64.fetchOne(
                 try db.cachedStatement(sql: "SELECT cluster FROM fragments WHERE entity = ? AND key = ?"),
                 arguments: [entity.rawValue, key]
             )
-        {
-            try changes.entity(entity, UInt64(cluster))
-        }
+        else { return false }
+        if clusteredEntityTypes.contains(entity) { try changes.entity(entity, UInt64(cluster)) }
         if StateMarker.linkTypes.contains(entity) { try changes.link(entity, key) }
+        return true
     }
 
     /// Marks everything that names a cluster, before it merges or splits: its unified record, the
@@ -1308,6 +1316,8 @@ final class StateMarker {
     let db: Database
     let now: Int64
     private var added: Int64 = 0
+    /// What this transaction marked.
+    private var marked: Set<Marked> = []
     /// The last position given in the event log, once one was asked for.
     private var eventLogEnd: Int64?
 
@@ -1330,6 +1340,14 @@ final class StateMarker {
         if let eventLogEnd { try SQLiteProfileStore.setCounter("event_log_end", eventLogEnd, db) }
         added = 0
         eventLogEnd = nil
+        marked = []
+    }
+
+    private struct Marked: Hashable {
+        var kind: PendingItem.Kind
+        var entity: Int
+        var cluster: UInt64
+        var key: String
     }
 
     /// The fragment types that make links.
@@ -1358,6 +1376,10 @@ final class StateMarker {
     )
         throws
     {
+        // Once per transaction is enough: a later mark in it would only raise the generation again
+        // (any raise keeps a taken item pending) and set the same `since`.
+        guard marked.insert(Marked(kind: kind, entity: entity.rawValue, cluster: cluster, key: key)).inserted
+        else { return }
         // Generation 1 is a new row; a waiting item's generation goes up.
         let generation = try Int64.fetchOne(
             try db.cachedStatement(
