@@ -65,9 +65,19 @@ def source_key(id_: str, src) -> str:
 
 
 def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A port free on 127.0.0.1 now, for a service started later on it: below Linux's ephemeral range
+    (32768-60999), so that no outgoing connection of the services (whose local ports come from that
+    range) takes it meanwhile, which made a start fail with "Address already in use"."""
+    rng = random.Random()
+    for _ in range(500):
+        port = rng.randrange(20000, 32000)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port found between 20000 and 32000")
 
 
 # ---------------------------------------------------------------------------------------------------
