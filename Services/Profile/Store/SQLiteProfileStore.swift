@@ -54,8 +54,8 @@ public final class SQLiteProfileStore: ProfileStore {
         // Views read many small rows at random: map the first 256 MiB of the file (no read call per
         // page) and keep more pages per connection than SQLite's 2 MiB default. Not the whole file: at a
         // quarter of the benchmark's size, mapping up to 4 GiB took the process to 1,069 MB resident
-        // and cost more CPU than it saved (the quarter-size run took 31 s longer, profile 31 CPU s more).
-        // The kernel's page cache still holds the rest.
+        // (384 MB with 256 MiB), and the run with the smaller map, measured together with another
+        // change, was faster, not slower (BENCHMARKS.md). The kernel's page cache still holds the rest.
         writer = try ServiceDatabase.open(
             path: path,
             migrator: Self.migrator,
