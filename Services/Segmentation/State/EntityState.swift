@@ -134,10 +134,7 @@ public final class EntityState {
             if (old?.unified == nil) != (unified == nil) { rootsChanged(key.entity) }
             dependents(of: key, into: &touched)
         case .link(let link)?:
-            let name = LinkName(
-                entity: UInt8(truncatingIfNeeded: link.entityType.rawValue),
-                name: ItemName(link.key, strings: &strings)
-            )
+            let name = LinkName(link.entityType, ItemName(link.key, strings: &strings))
             let old = links[name]
             guard isNewer(change.version, than: old?.version) else { return .stale }
             if let old, old.isPresent { unlink(name, old, link.entityType, touched: &touched) }
@@ -172,13 +169,8 @@ public final class EntityState {
     }
 
     /// Loads saved changes (each the latest of its item, in any order) into an empty state, without
-    /// working out what they touch.
-    public func load(_ changes: [Cdp_Profile_V1_StateChange]) throws {
-        try load { apply in for change in changes { try apply(change) } }
-    }
-
-    /// Loads saved changes that `read` hands to the function it is given one by one (from a cursor,
-    /// so that they are never all decoded at once), without working out what they touch.
+    /// working out what they touch: `read` hands them to the function it is given one by one (from a
+    /// cursor, so that they are never all decoded at once).
     public func load(
         _ read: ((Cdp_Profile_V1_StateChange) throws -> Void) throws -> Void
     ) throws {
@@ -245,16 +237,21 @@ public final class EntityState {
         touched: inout Set<EntityKey>
     ) {
         dependents(ofLink: entity, from: link.from, to: link.to, into: &touched)
-        Self.remove(name.name, at: LinkEnd(entity, link.from), from: &linksFrom)
-        Self.remove(name.name, at: LinkEnd(entity, link.to), from: &linksTo)
+        Self.remove(from: &linksFrom, at: LinkEnd(entity, link.from)) { $0.name == name.name }
+        Self.remove(from: &linksTo, at: LinkEnd(entity, link.to)) { $0.name == name.name }
     }
 
-    private static func remove(_ name: ItemName, at end: LinkEnd, from index: inout [LinkEnd: [EndEntry]]) {
-        guard let position = index[end]?.firstIndex(where: { $0.name == name }) else { return }
-        if index[end]?.count == 1 {
-            index[end] = nil
+    /// Removes the first element of the list at `key` that `matches`, and the list once it is empty.
+    private static func remove<Key: Hashable, Element>(
+        from lists: inout [Key: [Element]],
+        at key: Key,
+        where matches: (Element) -> Bool
+    ) {
+        guard let position = lists[key]?.firstIndex(where: matches) else { return }
+        if lists[key]?.count == 1 {
+            lists[key] = nil
         } else {
-            index[end]?.remove(at: position)
+            lists[key]?.remove(at: position)
         }
     }
 
@@ -270,12 +267,7 @@ public final class EntityState {
 
     private func removeEvent(_ name: ItemName, of person: UInt64) {
         // Rare (a merge, split or deletion moves it): found by name.
-        guard let index = personEvents[person]?.firstIndex(where: { $0.name == name }) else { return }
-        if personEvents[person]?.count == 1 {
-            personEvents[person] = nil
-        } else {
-            personEvents[person]?.remove(at: index)
-        }
+        Self.remove(from: &personEvents, at: person) { $0.name == name }
     }
 
     /// The first index whose event sorts at or after `event`. A person's events are kept oldest first
@@ -385,9 +377,8 @@ public final class EntityState {
         ofPerson cluster: UInt64
     ) -> [HeldLink] {
         guard let entries = linksFrom[LinkEnd(entity, cluster)] else { return [] }
-        let code = UInt8(truncatingIfNeeded: entity.rawValue)
         let named = entries.compactMap { entry in
-            links[LinkName(entity: code, name: entry.name)].map { (key: entry.name.key(strings), link: $0) }
+            links[LinkName(entity, entry.name)].map { (key: entry.name.key(strings), link: $0) }
         }
         return named.count < 2 ? named.map(\.link) : named.sorted { $0.key < $1.key }.map(\.link)
     }
@@ -574,10 +565,9 @@ public final class EntityState {
             .campaignMember, .marketingListMember,
         ] {
             for entry in linksFrom[LinkEnd(entity, cluster)] ?? [] {
-                let name = LinkName(entity: UInt8(truncatingIfNeeded: entity.rawValue), name: entry.name)
-                if let link = links.removeValue(forKey: name) {
+                if let link = links.removeValue(forKey: LinkName(entity, entry.name)) {
                     dependents(ofLink: entity, from: link.from, to: link.to, into: &touched)
-                    Self.remove(entry.name, at: LinkEnd(entity, link.to), from: &linksTo)
+                    Self.remove(from: &linksTo, at: LinkEnd(entity, link.to)) { $0.name == entry.name }
                 }
                 dropped.links.append(LinkKey(entity, entry.name.key(strings)))
             }

@@ -167,4 +167,10 @@ struct HeldLink {
 struct LinkName: Hashable {
     var entity: UInt8
     var name: ItemName
+
+    init(_ entity: Cdp_Model_V1_EntityType, _ name: ItemName) {
+        // Link types are checked: their raw values are small.
+        self.entity = UInt8(truncatingIfNeeded: entity.rawValue)
+        self.name = name
+    }
 }
