@@ -526,6 +526,7 @@ let package = Package(
                 "SegmentationEvaluation", "SegmentationState", "SegmentationStore", "SegmentationService",
                 "ProfileService", "RPCCore",
                 "RPCHTTP2", "ServiceSupport",
+                .product(name: "GRDB", package: "GRDB.swift"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOPosix", package: "swift-nio"),
             ],

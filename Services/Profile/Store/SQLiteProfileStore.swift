@@ -295,14 +295,14 @@ public final class SQLiteProfileStore: ProfileStore {
     // MARK: - Applying identity's updates
 
     public func appliedSequence() throws -> UInt64 {
-        try writer.read { db in UInt64(try Self.counter("applied_identity_sequence", db)) }
+        try writer.read { db in UInt64(try Counters.value("applied_identity_sequence", db)) }
     }
 
     public func apply(_ updates: [Cdp_Profile_V1_IdentityUpdate]) throws -> (applied: Int, duplicates: Int) {
         // After the commit, so that a view build that read the old rows cannot store them as current.
         defer { if updates.contains(where: SharedViewCache.invalidates) { shared.invalidate() } }
         return try writer.write { db in
-            var last = UInt64(try Self.counter("applied_identity_sequence", db))
+            var last = UInt64(try Counters.value("applied_identity_sequence", db))
             var applied = 0
             var duplicates = 0
             let changes = StateMarker(db: db, now: Self.milliseconds(now()))
@@ -327,7 +327,7 @@ public final class SQLiteProfileStore: ProfileStore {
                 last = update.sequence
                 applied += 1
             }
-            try Self.setCounter("applied_identity_sequence", Int64(last), db)
+            try Counters.set("applied_identity_sequence", Int64(last), db)
             try changes.commit()
             return (applied, duplicates)
         }
@@ -969,7 +969,7 @@ public final class SQLiteProfileStore: ProfileStore {
             var items = try nextPendingItems(limit: limit, db)
             let logged = try nextLoggedEvents(limit: limit, db)
             // Fresh versions, increasing across all sends.
-            var version = UInt64(try Self.counter("change_version", db))
+            var version = UInt64(try Counters.value("change_version", db))
             for index in items.indices {
                 version += 1
                 items[index].version = version
@@ -982,7 +982,7 @@ public final class SQLiteProfileStore: ProfileStore {
                 change.event = event
                 changes.append(change)
             }
-            try Self.setCounter("change_version", Int64(version), db)
+            try Counters.set("change_version", Int64(version), db)
             return StateChunk(
                 items: items,
                 eventsThrough: logged.through,
@@ -997,7 +997,7 @@ public final class SQLiteProfileStore: ProfileStore {
         limit: Int,
         _ db: Database
     ) throws -> (events: [Cdp_Profile_V1_EventState], through: Int64) {
-        let sent = try Self.counter("event_log_sent", db)
+        let sent = try Counters.value("event_log_sent", db)
         let rows = try Row.fetchAll(
             try db.cachedStatement(
                 sql: "SELECT rowid, key, person_cluster, record FROM events WHERE rowid > ? ORDER BY rowid LIMIT ?"
@@ -1006,8 +1006,8 @@ public final class SQLiteProfileStore: ProfileStore {
         )
         guard let last = rows.last else {
             // Events added and deleted again before they were sent: nothing of them is to send.
-            let end = try Self.counter("event_log_end", db)
-            if end > sent { try Self.setCounter("event_log_sent", end, db) }
+            let end = try Counters.value("event_log_end", db)
+            if end > sent { try Counters.set("event_log_sent", end, db) }
             return ([], 0)
         }
         let events = try rows.map { row in
@@ -1165,56 +1165,32 @@ public final class SQLiteProfileStore: ProfileStore {
                 ])
                 sent += db.changesCount
             }
-            try Self.addToCounter("pending_changes", -Int64(sent), db)
-            if chunk.eventsThrough > (try Self.counter("event_log_sent", db)) {
-                try Self.setCounter("event_log_sent", chunk.eventsThrough, db)
+            try Counters.add("pending_changes", -Int64(sent), db)
+            if chunk.eventsThrough > (try Counters.value("event_log_sent", db)) {
+                try Counters.set("event_log_sent", chunk.eventsThrough, db)
                 sent += chunk.eventCount
             }
-            try Self.addToCounter("sent_changes", Int64(sent), db)
+            try Counters.add("sent_changes", Int64(sent), db)
         }
     }
 
     public func outboxStatus() throws -> (pending: UInt64, oldestPending: Date?, sent: UInt64) {
         try writer.read { db in
-            let sentEvents = try Self.counter("event_log_sent", db)
+            let sentEvents = try Counters.value("event_log_sent", db)
             // Events of the log deleted before they were sent count until the relay passes them.
-            let loggedEvents = max(try Self.counter("event_log_end", db) - sentEvents, 0)
-            let pending = max(try Self.counter("pending_changes", db), 0) + loggedEvents
+            let loggedEvents = max(try Counters.value("event_log_end", db) - sentEvents, 0)
+            let pending = max(try Counters.value("pending_changes", db), 0) + loggedEvents
             let oldestItem = try Int64.fetchOne(try db.cachedStatement(sql: "SELECT min(since) FROM pending"))
             let oldestEvent = try Int64.fetchOne(
                 try db.cachedStatement(sql: "SELECT applied_at FROM events WHERE rowid > ? ORDER BY rowid LIMIT 1"),
                 arguments: [sentEvents]
             )
             let oldest = [oldestItem, oldestEvent].compactMap { $0 }.min()
-            return (UInt64(pending), oldest.map(Self.date), UInt64(try Self.counter("sent_changes", db)))
+            return (UInt64(pending), oldest.map(Self.date), UInt64(try Counters.value("sent_changes", db)))
         }
     }
 
     // MARK: - Helpers
-
-    static func counter(_ name: String, _ db: Database) throws -> Int64 {
-        try Int64.fetchOne(try db.cachedStatement(sql: "SELECT value FROM counters WHERE name = ?"), arguments: [name])
-            ?? 0
-    }
-
-    static func addToCounter(_ name: String, _ amount: Int64, _ db: Database) throws {
-        try db.cachedStatement(
-            sql: """
-                INSERT INTO counters (name, value) VALUES (?, ?)
-                ON CONFLICT (name) DO UPDATE SET value = value + excluded.value
-                """
-        ).execute(arguments: [name, amount])
-    }
-
-    static func setCounter(_ name: String, _ value: Int64, _ db: Database) throws {
-        try db.cachedStatement(
-            sql: """
-                INSERT INTO counters (name, value) VALUES (?, ?)
-                ON CONFLICT (name) DO UPDATE SET value = excluded.value
-                """
-        ).execute(arguments: [name, value]
-        )
-    }
 
     static func milliseconds(_ date: Date) -> Int64 { Int64((date.timeIntervalSince1970 * 1000).rounded()) }
 
@@ -1331,7 +1307,7 @@ final class StateMarker {
 
     /// The position in the event log of an event added now.
     func nextEventPosition() throws -> Int64 {
-        let next = (try eventLogEnd ?? SQLiteProfileStore.counter("event_log_end", db)) + 1
+        let next = (try eventLogEnd ?? Counters.value("event_log_end", db)) + 1
         eventLogEnd = next
         return next
     }
@@ -1339,8 +1315,8 @@ final class StateMarker {
     /// Adds the items marked for the first time to the running count and saves the end of the event
     /// log; called once, before the transaction commits.
     func commit() throws {
-        if added != 0 { try SQLiteProfileStore.addToCounter("pending_changes", added, db) }
-        if let eventLogEnd { try SQLiteProfileStore.setCounter("event_log_end", eventLogEnd, db) }
+        if added != 0 { try Counters.add("pending_changes", added, db) }
+        if let eventLogEnd { try Counters.set("event_log_end", eventLogEnd, db) }
         added = 0
         eventLogEnd = nil
         marked = []

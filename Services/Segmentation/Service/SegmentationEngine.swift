@@ -293,6 +293,7 @@ public actor SegmentationEngine {
         var touched: Set<EntityState.EntityKey> = []
         var applied: [Cdp_Profile_V1_StateChange] = []
         var stale = 0
+        let supersededBefore = state.supersededChanges
         do {
             for change in changes {
                 if isAboutForgotten(change) {
@@ -308,13 +309,46 @@ public actor SegmentationEngine {
             let evaluations = try touched.sorted(by: Self.order).compactMap { key in
                 try evaluateStreaming(key, version: version, at: time)
             }
-            let transitions = try store.commit(evaluations, state: applied, at: time)
+            let transitions = try commit(
+                evaluations,
+                state: applied,
+                superseding: state.supersededChanges - supersededBefore,
+                at: time
+            )
             return (applied.count, stale, evaluations.count, transitions)
         } catch {
             // The state in memory may be ahead of the store: start again from what was committed.
             state = try Self.loadState(store, stateConfiguration)
             throw error
         }
+    }
+
+    /// Commits evaluations (with the state changes they were made on) through the store, telling it
+    /// which records it already holds, then notes that it holds every record evaluated: the next
+    /// evaluation of an entity whose record no change replaced since neither reads nor compares it.
+    private func commit(
+        _ evaluations: [EntityEvaluation],
+        state changes: [Cdp_Profile_V1_StateChange] = [],
+        superseding superseded: Int = 0,
+        forgetting: StateItems = StateItems(),
+        at time: Date
+    ) throws -> Transitions {
+        var evaluations = evaluations
+        for index in evaluations.indices where evaluations[index].record != nil {
+            let key = EntityState.EntityKey(evaluations[index].entityType, evaluations[index].cluster)
+            evaluations[index].recordSaved = state.isRecordSaved(key)
+        }
+        let transitions = try store.commit(
+            evaluations,
+            state: changes,
+            superseding: superseded,
+            forgetting: forgetting,
+            at: time
+        )
+        for evaluation in evaluations where evaluation.record != nil {
+            state.markRecordSaved(EntityState.EntityKey(evaluation.entityType, evaluation.cluster))
+        }
+        return transitions
     }
 
     private static func order(_ left: EntityState.EntityKey, _ right: EntityState.EntityKey) -> Bool {
@@ -409,7 +443,7 @@ public actor SegmentationEngine {
             evaluations.append(try evaluateStreaming(view, version: nil, at: time))
         }
         if !absent.isEmpty { try store.clearRechecks(absent) }
-        return (due.count, try store.commit(evaluations, at: time))
+        return (due.count, try commit(evaluations, at: time))
     }
 
     /// The segments a batch job as of `asOf` evaluates: `requested` (all if empty), checked to exist.
@@ -530,7 +564,7 @@ public actor SegmentationEngine {
                 recheck: recheck
             )
         }
-        return try store.commit(evaluations, at: now())
+        return try commit(evaluations, at: now())
     }
 
     /// Counts the entities of the next chunk (as ``evaluateBatch(_:segments:asOf:partition:partitions:after:limit:)``
@@ -584,7 +618,7 @@ public actor SegmentationEngine {
                 recheck: .clear
             )
         }
-        return try store.commit(evaluations, at: now())
+        return try commit(evaluations, at: now())
     }
 
     /// The segments an entity is realized in (for inSegment in estimates and explanations).
@@ -623,7 +657,7 @@ public actor SegmentationEngine {
             let evaluations = try touched.sorted(by: Self.order).compactMap { key in
                 try evaluateStreaming(key, version: nil, at: time)
             }
-            _ = try store.commit(evaluations, forgetting: items, at: time)
+            _ = try commit(evaluations, forgetting: items, at: time)
         } catch {
             state = try Self.loadState(store, stateConfiguration)
             throw error

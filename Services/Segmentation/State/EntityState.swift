@@ -113,6 +113,10 @@ public final class EntityState {
         case stale
     }
 
+    /// How many applied changes replaced an item the state held before (present or removed): each
+    /// superseded the change that had put it there. The store compacts its log by this count.
+    public private(set) var supersededChanges = 0
+
     /// Applies one change, adding the persons and accounts whose views it can change to `touched`.
     ///
     /// - Throws: ``StateChangeError`` for a change that names no item or an entity type that has none.
@@ -124,6 +128,7 @@ public final class EntityState {
             let key = EntityKey(entity.entityType, entity.clusterID)
             let old = records[key]
             guard isNewer(change.version, than: old?.version) else { return .stale }
+            if old != nil { supersededChanges += 1 }
             dependents(of: key, into: &touched)
             var unified: Cdp_Profile_V1_UnifiedRecord? = nil
             if entity.hasUnified {
@@ -137,6 +142,7 @@ public final class EntityState {
             let name = LinkName(link.entityType, ItemName(link.key, strings: &strings))
             let old = links[name]
             guard isNewer(change.version, than: old?.version) else { return .stale }
+            if old != nil { supersededChanges += 1 }
             if let old, old.isPresent { unlink(name, old, link.entityType, touched: &touched) }
             let held = HeldLink(link, version: change.version, strings: &strings)
             links[name] = held
@@ -153,6 +159,7 @@ public final class EntityState {
             let name = ItemName(event.key, strings: &strings)
             let old = eventSlots[name]
             guard isNewer(change.version, than: old?.version) else { return .stale }
+            if old != nil { supersededChanges += 1 }
             eventSlots[name] = EventSlot(person: event.personClusterID, version: change.version)
             if let old, old.person != 0 {
                 removeEvent(name, of: old.person)
@@ -415,6 +422,13 @@ public final class EntityState {
     }
 
     private func unified(_ key: EntityKey) -> Cdp_Profile_V1_UnifiedRecord? { records[key]?.unified }
+
+    /// Whether the store holds the entity's unified record as its record last evaluated (see
+    /// ``markRecordSaved(_:)``); false once a change replaced it.
+    public func isRecordSaved(_ key: EntityKey) -> Bool { records[key]?.saved ?? false }
+
+    /// Notes that a commit saved the entity's unified record as its record last evaluated.
+    public func markRecordSaved(_ key: EntityKey) { records[key]?.saved = true }
 
     /// The view of a person or an account as of `asOf`; nil if it has no unified record.
     public func view(_ key: EntityKey, asOf: Date) -> EntityView? {

@@ -111,6 +111,9 @@ struct HeldEvent {
 struct HeldRecord {
     var version: UInt64
     var unified: Cdp_Profile_V1_UnifiedRecord?
+    /// Whether segmentation's store holds `unified` as the entity's record last evaluated (set after
+    /// a commit; a new record starts unsaved).
+    var saved = false
 }
 
 /// Where the state has an event (person 0 once it is gone) and the version it was last changed at.

@@ -4,8 +4,8 @@ import GRDB
 import SQLiteSupport
 import SwiftProtobuf
 
-/// Segmentation's store in SQLite: segment definitions, the state segments are evaluated on (each
-/// item's latest change from profile), the record last evaluated of each entity, memberships,
+/// Segmentation's store in SQLite: segment definitions, the state segments are evaluated on (the log
+/// of profile's changes as they were applied), the record last evaluated of each entity, memberships,
 /// scheduled time re-checks, batch jobs, and the outbox of membership changes.
 ///
 /// Every call is one transaction: the state changes an AcceptStateChanges call applies (whose
@@ -13,15 +13,20 @@ import SwiftProtobuf
 /// announce them commit together.
 public final class SQLiteSegmentationStore: Sendable {
     private let writer: any DatabaseWriter
+    /// How many superseded rows the state log gathers at least before it is compacted.
+    private let minimumCompaction: Int64
 
-    /// Opens (creating if needed) the database at `path` and migrates it.
-    public init(path: String) throws {
+    /// Opens (creating if needed) the database at `path` and migrates it. The state log is compacted
+    /// once its superseded rows outnumber the live ones and are at least `minimumCompaction`.
+    public init(path: String, minimumCompaction: Int64 = 100_000) throws {
         writer = try ServiceDatabase.open(path: path, migrator: Self.migrator, pragmas: ["cache_size = -65536"])
+        self.minimumCompaction = minimumCompaction
     }
 
     /// A store in memory, for tests and benchmarks: the same schema through the same migrator.
-    public init() throws {
+    public init(minimumCompaction: Int64 = 100_000) throws {
         writer = try ServiceDatabase.inMemory(migrator: Self.migrator)
+        self.minimumCompaction = minimumCompaction
     }
 
     static var migrator: DatabaseMigrator {
@@ -126,6 +131,31 @@ public final class SQLiteSegmentationStore: Sendable {
                     """
             )
         }
+        migrator.registerMigration("v5: the state as a log") { db in
+            // The state's changes are appended in the order they were applied (a change of an item held
+            // before supersedes the earlier row: the last row of an item is its state), instead of being
+            // upserted by item key: keys are random, and at a million persons the upserts wrote a page of
+            // a large B-tree per change. Superseded rows are dropped by compaction once they outnumber the
+            // live ones (`state_log_garbage` counts them).
+            try db.execute(
+                sql: """
+                    CREATE TABLE state_log (
+                        position INTEGER PRIMARY KEY,
+                        kind INTEGER NOT NULL,
+                        entity INTEGER NOT NULL,
+                        cluster INTEGER NOT NULL,
+                        key TEXT NOT NULL,
+                        change BLOB NOT NULL
+                    );
+                    INSERT INTO state_log (kind, entity, cluster, key, change)
+                        SELECT kind, entity, cluster, key, change FROM state ORDER BY version;
+                    DROP TABLE state;
+                    INSERT OR REPLACE INTO counters (name, value)
+                        SELECT 'state_log_rows', count(*) FROM state_log;
+                    INSERT OR REPLACE INTO counters (name, value) VALUES ('state_log_garbage', 0);
+                    """
+            )
+        }
         return migrator
     }
 
@@ -142,8 +172,8 @@ public final class SQLiteSegmentationStore: Sendable {
         at now: Date
     ) throws -> SegmentRecord {
         try writer.write { db in
-            let number = try Self.counter("segment_number", db) + 1
-            try Self.setCounter("segment_number", number, db)
+            let number = try Counters.value("segment_number", db) + 1
+            try Counters.set("segment_number", number, db)
             let segment = SegmentRecord(
                 id: "s\(number)",
                 name: name,
@@ -286,15 +316,17 @@ public final class SQLiteSegmentationStore: Sendable {
 
     /// Commits evaluations: memberships whose status changed get a new version and an outbox row;
     /// view versions and re-checks are updated. The state changes the evaluations were made on are
-    /// saved with them, and the state items of `forgetting` deleted. One transaction.
+    /// appended to the state log with them (`superseded` of them replaced an item the state held
+    /// before), and the state items of `forgetting` deleted. One transaction.
     public func commit(
         _ evaluations: [EntityEvaluation],
         state changes: [Cdp_Profile_V1_StateChange] = [],
+        superseding superseded: Int = 0,
         forgetting: StateItems = StateItems(),
         at now: Date
     ) throws -> Transitions {
         try writer.write { db in
-            for change in changes { try Self.save(change, db) }
+            try append(changes, superseded: superseded, db)
             try Self.delete(forgetting, db)
             var transitions = Transitions()
             for evaluation in evaluations {
@@ -312,24 +344,28 @@ public final class SQLiteSegmentationStore: Sendable {
     ) throws {
         let entity = evaluation.entityType.rawValue
         let cluster = Int64(evaluation.cluster)
-        let held = try Row.fetchOne(
-            try db.cachedStatement(
-                sql: "SELECT version, record, streamed FROM entities WHERE entity = ? AND cluster = ?"
-            ),
-            arguments: [entity, cluster]
-        ).map { (version: $0[0] as Int64, record: $0[1] as Data, streamed: $0[2] as Double) }
         var record = evaluation.record
+        let unchanged = evaluation.recordSaved && record != nil
+        let held: Data? =
+            unchanged
+            ? nil
+            : try Data.fetchOne(
+                try db.cachedStatement(sql: "SELECT record FROM entities WHERE entity = ? AND cluster = ?"),
+                arguments: [entity, cluster]
+            )
         let evaluationResults = evaluation.results
         // When this entity was last evaluated on a streaming change (batch runs and re-checks leave it).
         let streamed = evaluation.version == nil ? 0 : now.timeIntervalSince1970
-        let recordBytes: Data? = try record.map { try $0.serializedBytes() }
+        let recordBytes: Data? = unchanged ? nil : try record.map { try $0.serializedBytes() }
         var previousRecord: Cdp_Profile_V1_UnifiedRecord?
-        if let recordBytes, let held, held.record == recordBytes {
+        if unchanged {
+            // The record saved by an earlier commit, as the caller knows: no write.
+        } else if let recordBytes, let held, held == recordBytes {
             // Unchanged (another part of the entity's view changed, or a batch run over a quiet entity):
             // no write.
         } else if let recordBytes {
-            if let held, held.record != recordBytes, !held.record.isEmpty {
-                previousRecord = try Cdp_Profile_V1_UnifiedRecord(serializedBytes: held.record)
+            if let held, held != recordBytes, !held.isEmpty {
+                previousRecord = try Cdp_Profile_V1_UnifiedRecord(serializedBytes: held)
             }
             // The version moves only with streaming views; batch runs and re-checks keep it.
             try db.cachedStatement(
@@ -591,12 +627,20 @@ public final class SQLiteSegmentationStore: Sendable {
 
     // MARK: - State
 
-    /// Hands every state change saved to `body`, in no particular order (each is the latest of its
-    /// item), decoding one at a time.
+    /// Hands the saved state changes to `body` in the order they were applied, decoding one at a time:
+    /// applying them in this order, each over the ones before, gives the state as last committed (a
+    /// superseded change not yet compacted away is followed by the one that superseded it).
     public func forEachStateChange(_ body: (Cdp_Profile_V1_StateChange) throws -> Void) throws {
         try writer.read { db in
-            let cursor = try Data.fetchCursor(db, sql: "SELECT change FROM state")
+            let cursor = try Data.fetchCursor(db, sql: "SELECT change FROM state_log ORDER BY position")
             while let data = try cursor.next() { try body(try Cdp_Profile_V1_StateChange(serializedBytes: data)) }
+        }
+    }
+
+    /// How many rows the state log has, and how many of them a later row superseded.
+    public func stateLogCounts() throws -> (rows: Int64, superseded: Int64) {
+        try writer.read { db in
+            (try Counters.value("state_log_rows", db), try Counters.value("state_log_garbage", db))
         }
     }
 
@@ -612,33 +656,83 @@ public final class SQLiteSegmentationStore: Sendable {
         }
     }
 
-    private static func save(_ change: Cdp_Profile_V1_StateChange, _ db: Database) throws {
-        guard let item = item(change) else { return }
-        try db.cachedStatement(
-            sql: """
-                INSERT INTO state (kind, entity, cluster, key, version, change) VALUES (?, ?, ?, ?, ?, ?)
-                ON CONFLICT (kind, entity, cluster, key) DO UPDATE SET version = excluded.version,
-                    change = excluded.change
-                """
-        ).execute(arguments: [
-            item.kind, item.entity, item.cluster, item.key, Int64(clamping: change.version),
-            try change.serializedBytes() as Data,
-        ])
+    /// Appends applied changes to the state log; `superseded` of them replaced an item held before.
+    /// Compacts the log when its superseded rows outnumber the live ones (and there are enough of them
+    /// for the scan to be worth it), so that it stays within about twice the state's size.
+    private func append(
+        _ changes: [Cdp_Profile_V1_StateChange],
+        superseded: Int,
+        _ db: Database
+    ) throws {
+        var appended: Int64 = 0
+        for change in changes {
+            guard let item = Self.item(change) else { continue }
+            try db.cachedStatement(
+                sql: "INSERT INTO state_log (kind, entity, cluster, key, change) VALUES (?, ?, ?, ?, ?)"
+            ).execute(arguments: [
+                item.kind, item.entity, item.cluster, item.key, try change.serializedBytes() as Data,
+            ])
+            appended += 1
+        }
+        guard appended > 0 else { return }
+        let rows = try Counters.value("state_log_rows", db) + appended
+        let garbage = try Counters.value("state_log_garbage", db) + Int64(superseded)
+        try Counters.set("state_log_rows", rows, db)
+        try Counters.set("state_log_garbage", garbage, db)
+        if garbage >= minimumCompaction, garbage > rows - garbage { try Self.compactStateLog(db) }
     }
 
+    /// Drops every row of the state log but the last of each item.
+    static func compactStateLog(_ db: Database) throws {
+        try db.execute(
+            sql: """
+                DELETE FROM state_log WHERE position NOT IN (
+                    SELECT max(position) FROM state_log GROUP BY kind, entity, cluster, key
+                )
+                """
+        )
+        try Counters.set("state_log_rows", try Counters.value("state_log_rows", db) - Int64(db.changesCount), db)
+        try Counters.set("state_log_garbage", 0, db)
+    }
+
+    /// Deletes every row of the given items (an erased person's): one scan of the log.
     private static func delete(_ items: StateItems, _ db: Database) throws {
+        guard !items.persons.isEmpty || !items.links.isEmpty || !items.events.isEmpty else { return }
+        try db.execute(
+            sql: """
+                CREATE TEMP TABLE IF NOT EXISTS forgotten_items (
+                    kind INTEGER NOT NULL, entity INTEGER NOT NULL, cluster INTEGER NOT NULL, key TEXT NOT NULL
+                );
+                DELETE FROM forgotten_items;
+                """
+        )
+        let insert = try db.cachedStatement(
+            sql: "INSERT INTO forgotten_items (kind, entity, cluster, key) VALUES (?, ?, ?, ?)"
+        )
         for cluster in items.persons {
-            try db.cachedStatement(sql: "DELETE FROM state WHERE kind = 1 AND entity = ? AND cluster = ? AND key = ''")
-                .execute(arguments: [Cdp_Model_V1_EntityType.person.rawValue, Int64(clamping: cluster)])
+            try insert.execute(arguments: [1, Cdp_Model_V1_EntityType.person.rawValue, Int64(clamping: cluster), ""])
         }
-        for (entity, key) in items.links {
-            try db.cachedStatement(sql: "DELETE FROM state WHERE kind = 2 AND entity = ? AND cluster = 0 AND key = ?")
-                .execute(arguments: [entity.rawValue, key])
+        for (entity, key) in items.links { try insert.execute(arguments: [2, entity.rawValue, 0, key]) }
+        for key in items.events { try insert.execute(arguments: [3, 0, 0, key]) }
+        // One scan finds the rows; each is then deleted by position.
+        let rows = try Row.fetchAll(
+            db,
+            sql: """
+                SELECT position, kind, entity, cluster, key FROM state_log WHERE (kind, entity, cluster, key) IN (
+                    SELECT kind, entity, cluster, key FROM forgotten_items
+                )
+                """
+        )
+        var items: Set<String> = []
+        for row in rows {
+            try db.cachedStatement(sql: "DELETE FROM state_log WHERE position = ?").execute(arguments: [row[0]])
+            items.insert("\(row[1] as Int64)/\(row[2] as Int64)/\(row[3] as Int64)/\(row[4] as String)")
         }
-        for key in items.events {
-            try db.cachedStatement(sql: "DELETE FROM state WHERE kind = 3 AND entity = 0 AND cluster = 0 AND key = ?")
-                .execute(arguments: [key])
-        }
+        // Each item's last row was live; the others were superseded.
+        try Counters.set("state_log_rows", try Counters.value("state_log_rows", db) - Int64(rows.count), db)
+        let superseded = Int64(rows.count - items.count)
+        try Counters.set("state_log_garbage", max(0, try Counters.value("state_log_garbage", db) - superseded), db)
+        try db.execute(sql: "DELETE FROM forgotten_items")
     }
 
     // MARK: - Re-checks
@@ -703,8 +797,8 @@ public final class SQLiteSegmentationStore: Sendable {
     /// The next job number.
     public func nextJobNumber() throws -> Int64 {
         try writer.write { db in
-            let number = try Self.counter("job_number", db) + 1
-            try Self.setCounter("job_number", number, db)
+            let number = try Counters.value("job_number", db) + 1
+            try Counters.set("job_number", number, db)
             return number
         }
     }
@@ -781,9 +875,9 @@ public final class SQLiteSegmentationStore: Sendable {
     public func acknowledge(_ chunk: ChangeChunk) throws {
         try writer.write { db in
             try db.execute(sql: "DELETE FROM outbox WHERE sequence <= ?", arguments: [chunk.last])
-            try Self.setCounter(
+            try Counters.set(
                 "sent_changes",
-                try Self.counter("sent_changes", db) + Int64(chunk.changes.count),
+                try Counters.value("sent_changes", db) + Int64(chunk.changes.count),
                 db
             )
         }
@@ -794,20 +888,7 @@ public final class SQLiteSegmentationStore: Sendable {
         try writer.read { db in
             let pending = try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM outbox") ?? 0
             let oldest = try Double.fetchOne(db, sql: "SELECT MIN(created) FROM outbox")
-            return (pending, oldest.map { Date(timeIntervalSince1970: $0) }, try Self.counter("sent_changes", db))
+            return (pending, oldest.map { Date(timeIntervalSince1970: $0) }, try Counters.value("sent_changes", db))
         }
-    }
-
-    // MARK: - Counters
-
-    static func counter(_ name: String, _ db: Database) throws -> Int64 {
-        try Int64.fetchOne(db, sql: "SELECT value FROM counters WHERE name = ?", arguments: [name]) ?? 0
-    }
-
-    static func setCounter(_ name: String, _ value: Int64, _ db: Database) throws {
-        try db.execute(
-            sql: "INSERT OR REPLACE INTO counters (name, value) VALUES (?, ?)",
-            arguments: [name, value]
-        )
     }
 }

@@ -73,6 +73,9 @@ public struct EntityEvaluation: Sendable {
     /// Segment id → whether the entity satisfies it now.
     public var results: [String: Bool]
     public var recheck: Recheck
+    /// The store already holds `record` as the entity's record last evaluated (the caller knows it
+    /// did not change since the last commit): the commit neither reads nor compares it.
+    public var recordSaved = false
 
     /// Creates an evaluation.
     public init(

@@ -1,0 +1,104 @@
+import CDPProto
+import Foundation
+import GRDB
+import Testing
+
+@testable import SegmentationStore
+
+/// Segmentation's state log: appended changes replay to the last of each item, superseded rows are
+/// compacted away, an erasure deletes every row of its items, and a v4 store's `state` table becomes
+/// the log.
+@Suite("Segmentation state log")
+struct StateLogTests {
+    static let now = Date(timeIntervalSince1970: 1_780_000_000)
+
+    static func event(_ key: String, person: UInt64, version: UInt64) -> Cdp_Profile_V1_StateChange {
+        var event = Cdp_Profile_V1_EventState()
+        event.key = key
+        event.personClusterID = person
+        var change = Cdp_Profile_V1_StateChange()
+        change.version = version
+        change.event = event
+        return change
+    }
+
+    static func replayed(_ store: SQLiteSegmentationStore) throws -> [String: UInt64] {
+        var latest: [String: UInt64] = [:]
+        try store.forEachStateChange { change in
+            // In the order applied: a later row of an item is its newer state.
+            if let held = latest[change.event.key] { #expect(held < change.version) }
+            latest[change.event.key] = change.version
+        }
+        return latest
+    }
+
+    @Test func supersededRowsAreCompactedOnceTheyOutnumberTheLiveOnes() throws {
+        let store = try SQLiteSegmentationStore(minimumCompaction: 4)
+        let keys = ["e1", "e2", "e3", "e4", "e5"]
+        _ = try store.commit(
+            [],
+            state: keys.enumerated().map { Self.event($1, person: 7, version: UInt64($0 + 1)) },
+            at: Self.now
+        )
+        #expect(try store.stateLogCounts() == (5, 0))
+        // Each item again: 5 superseded of 10 rows, not more than the live ones: kept.
+        _ = try store.commit(
+            [],
+            state: keys.enumerated().map { Self.event($1, person: 7, version: UInt64($0 + 6)) },
+            superseding: 5,
+            at: Self.now
+        )
+        #expect(try store.stateLogCounts() == (10, 5))
+        #expect(try Self.replayed(store) == ["e1": 6, "e2": 7, "e3": 8, "e4": 9, "e5": 10])
+        // Three more: 8 superseded of 13, more than the 5 live ones: only the last row of each stays.
+        _ = try store.commit(
+            [],
+            state: ["e1", "e2", "e3"].enumerated().map { Self.event($1, person: 7, version: UInt64($0 + 11)) },
+            superseding: 3,
+            at: Self.now
+        )
+        #expect(try store.stateLogCounts() == (5, 0))
+        #expect(try Self.replayed(store) == ["e1": 11, "e2": 12, "e3": 13, "e4": 9, "e5": 10])
+    }
+
+    @Test func anErasureDeletesEveryRowOfItsItems() throws {
+        let store = try SQLiteSegmentationStore(minimumCompaction: 1_000)
+        _ = try store.commit([], state: [Self.event("e1", person: 7, version: 1)], at: Self.now)
+        _ = try store.commit([], state: [Self.event("e1", person: 7, version: 2)], superseding: 1, at: Self.now)
+        _ = try store.commit([], state: [Self.event("e2", person: 8, version: 3)], at: Self.now)
+        var items = StateItems()
+        items.events = ["e1"]
+        _ = try store.commit([], forgetting: items, at: Self.now)
+        #expect(try Self.replayed(store) == ["e2": 3])
+        // Both rows of e1 went: nothing superseded is left to count.
+        #expect(try store.stateLogCounts() == (1, 0))
+    }
+
+    @Test func aStoreOfTheStateTableBecomesTheLogInVersionOrder() throws {
+        let directory = FileManager.default.temporaryDirectory
+            .appendingPathComponent("state-log-\(UUID().uuidString)").path
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let path = directory + "/segmentation.sqlite"
+        // A store as version 4 left it: one row per item, in key order, not version order.
+        let queue = try DatabaseQueue(path: path)
+        try SQLiteSegmentationStore.migrator.migrate(queue, upTo: "v4: the state segments are evaluated on")
+        try queue.write { db in
+            for (key, version) in [("a", 9), ("b", 3), ("c", 5)] {
+                try db.execute(
+                    sql: "INSERT INTO state (kind, entity, cluster, key, version, change) VALUES (3, 0, 0, ?, ?, ?)",
+                    arguments: [
+                        key, version,
+                        try Self.event(key, person: 7, version: UInt64(version)).serializedBytes() as Data,
+                    ]
+                )
+            }
+        }
+        try queue.close()
+        let store = try SQLiteSegmentationStore(path: path)
+        var order: [UInt64] = []
+        try store.forEachStateChange { order.append($0.version) }
+        #expect(order == [3, 5, 9])
+        #expect(try store.stateLogCounts() == (3, 0))
+    }
+}
