@@ -505,6 +505,7 @@ let package = Package(
                 "TestSupport", "PipelineSupport", "CDPProto", "IdentityGraph", "IdentityRules", "IdentityService",
                 "IdentityStore", "ProfileModel",
                 "ProfileService", "ProfileStore", "RPCCore", "RPCHTTP2", "SegmentationState", "ServiceSupport",
+                .product(name: "GRDB", package: "GRDB.swift"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOPosix", package: "swift-nio"),
             ],

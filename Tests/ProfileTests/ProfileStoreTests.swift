@@ -1,12 +1,14 @@
 import CDPProto
 import Foundation
+import GRDB
 import PipelineSupport
 import ProfileModel
-import ProfileStore
 import SegmentationState
 import SwiftProtobuf
 import TestSupport
 import Testing
+
+@testable import ProfileStore
 
 /// The profile store fed by identity: the running example, arrival orders, fan-out, splits, privacy,
 /// restarts and re-delivery.
@@ -92,32 +94,77 @@ struct ProfileStoreTests {
         #expect(try Self.townsend(store)?.totals.wonAmount == 1_150_000)
     }
 
-    /// The outbox's pending count is a running count: it follows items marked, marked again while they
-    /// wait, taken and sent, and an item changed again after it was taken stays counted.
+    /// The outbox's pending count follows the mark log and the event log: a mark per item per apply
+    /// that changed it, taken from the head a whole apply at a time (one change per item), and an item
+    /// changed again after it was taken is sent again.
     @Test func thePendingCountFollowsMarksAndSends() async throws {
         let store = try SQLiteProfileStore()
         let pipeline = try ProfilePipeline(profile: store)
         for group in Self.story { try await pipeline.ingest(group) }
         let all = try store.takeStateChanges(limit: 1_000_000)
         #expect(!all.items.isEmpty && all.eventCount > 0)
-        #expect(try store.outboxStatus().pending == UInt64(all.changes.count))
-        try store.markSent(StateChunk(items: Array(all.items.prefix(3)), changes: []))
-        #expect(try store.outboxStatus().pending == UInt64(all.changes.count - 3))
+        #expect(try store.outboxStatus().pending == UInt64(all.markCount + all.eventCount))
+        // A chunk not yet sent stays pending; sending it twice counts it once.
+        try store.markSent(all)
         try store.markSent(all)
         let sent = try store.outboxStatus()
         #expect(sent.pending == 0 && sent.sent == UInt64(all.changes.count))
-        // Marked, then marked again while waiting: one item each.
+        #expect(try store.takeStateChanges(limit: 100).isEmpty)
+        // Marked by two applies: two marks, one change per item.
         try await pipeline.ingest([Bodea.wonOpportunity("O2", "mkto-2", account: "A2", amount: 950_000)])
         try await pipeline.ingest([Bodea.wonOpportunity("O2", "mkto-2", account: "A2", amount: 960_000)])
+        #expect(try store.outboxStatus().pending == 4)
         let taken = try store.takeStateChanges(limit: 100)
-        #expect(taken.items.count == 2)
-        #expect(try store.outboxStatus().pending == 2)
-        // Changed again after it was taken: sending what was taken leaves the item pending.
+        #expect(taken.items.count == 2 && taken.markCount == 4 && taken.changes.count == 2)
+        // Changed again after it was taken: sending what was taken leaves the new marks pending.
         try await pipeline.ingest([Bodea.wonOpportunity("O2", "mkto-2", account: "A2", amount: 970_000)])
         try store.markSent(taken)
         #expect(try store.outboxStatus().pending == 2)
-        try store.markSent(try store.takeStateChanges(limit: 100))
+        let again = try store.takeStateChanges(limit: 100)
+        #expect(again.items.map(\.kind) == taken.items.map(\.kind) && again.markCount == 2)
+        try store.markSent(again)
         #expect(try store.outboxStatus().pending == 0)
+    }
+
+    /// A store of version 5 keeps what waited in `pending`: it becomes the head of the mark log, oldest
+    /// first.
+    @Test func thePendingItemsOfAnOlderStoreBecomeTheMarkLog() throws {
+        let directory = FileManager.default.temporaryDirectory
+            .appendingPathComponent("mark-log-\(UUID().uuidString)").path
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let path = directory + "/profile.sqlite"
+        let queue = try DatabaseQueue(path: path)
+        try SQLiteProfileStore.migrator.migrate(queue, upTo: "v5: the event log")
+        try queue.write { db in
+            for (cluster, since) in [(5, 2_000), (3, 1_000)] {
+                try db.execute(
+                    sql:
+                        "INSERT INTO pending (kind, entity, cluster, key, generation, since) VALUES (1, ?, ?, '', 1, ?)",
+                    arguments: [Cdp_Model_V1_EntityType.account.rawValue, cluster, since]
+                )
+            }
+        }
+        try queue.close()
+        let store = try SQLiteProfileStore(path: path)
+        #expect(try store.outboxStatus().pending == 2)
+        let chunk = try store.takeStateChanges(limit: 10)
+        #expect(chunk.items.map(\.cluster) == [3, 5] && chunk.markCount == 2)
+        try store.markSent(chunk)
+        #expect(try store.outboxStatus().pending == 0)
+    }
+
+    /// A chunk holds whole applies: with a limit below one apply's marks, the chunk still takes all of
+    /// them.
+    @Test func aChunkTakesTheWholeApplyOfItsLastMark() async throws {
+        let store = try SQLiteProfileStore()
+        let pipeline = try ProfilePipeline(profile: store)
+        try await pipeline.ingest([Bodea.wonOpportunity("O2", "mkto-2", account: "A2", amount: 950_000)])
+        try await pipeline.ingest([Bodea.wonOpportunity("O3", "mkto-2", account: "A2", amount: 10)])
+        let first = try store.takeStateChanges(limit: 1)
+        #expect(first.markCount == 2 && first.items.allSatisfy { $0.entity == .opportunity })
+        try store.markSent(first)
+        #expect(try store.takeStateChanges(limit: 1).markCount == 2)
     }
 
     /// Views built together from one snapshot (sharing the account and its opportunities) are the views

@@ -97,8 +97,8 @@ public actor ProfileEngine {
     // MARK: - Outbox to segmentation
 
     /// The next changed state items with their values, taken on the engine's thread in one transaction
-    /// (see ``ProfileStore/takeStateChanges(limit:)``). An item changed again meanwhile stays pending
-    /// (``ProfileStore/markSent(_:)`` compares generations).
+    /// (see ``ProfileStore/takeStateChanges(limit:)``). An item changed again meanwhile has a later
+    /// mark, so it is sent again (``ProfileStore/markSent(_:)``).
     public func nextStateChunk(limit: Int) throws -> StateChunk? {
         let chunk = try store.takeStateChanges(limit: limit)
         return chunk.isEmpty ? nil : chunk

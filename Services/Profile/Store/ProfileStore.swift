@@ -43,13 +43,14 @@ public protocol ProfileStore: Sendable {
     /// items that change. Returns the fragments and events deleted.
     func delete(_ data: PersonData) throws -> (fragments: Int, events: Int)
 
-    /// Takes state items waiting to be sent, oldest change first, each with a fresh version, and reads
-    /// their values, in one transaction: the `limit` oldest, and with them every other item marked by
-    /// the same apply as the last of those (a chunk holds whole transactions); and up to `limit` of the
-    /// events added since the last chunk sent, in the order they were added (the event log).
+    /// Takes state items waiting to be sent, each with a fresh version, and reads their values, in one
+    /// transaction: the items of the `limit` oldest marks of the mark log (each item once), and of every
+    /// other mark of the apply that made the last of those (a chunk holds whole transactions); and up
+    /// to `limit` of the events added since the last chunk sent, in the order they were added (the
+    /// event log).
     func takeStateChanges(limit: Int) throws -> StateChunk
-    /// Marks a sent chunk done: its items, unless they changed again since they were taken, and the
-    /// event log up to its last event.
+    /// Marks a sent chunk done: the mark log up to its last mark (an item changed again since it was
+    /// taken has a later mark, and is sent again), and the event log up to its last event.
     func markSent(_ chunk: StateChunk) throws
     /// How much is pending.
     func outboxStatus() throws -> (pending: UInt64, oldestPending: Date?, sent: UInt64)
@@ -133,6 +134,10 @@ public enum ProfileView: Sendable {
 public struct StateChunk: Sendable {
     /// The changed items taken from the store.
     public var items: [PendingItem]
+    /// The position in the mark log of the last mark taken (0 if none was).
+    public var marksThrough: Int64
+    /// How many marks were taken (an item marked by several applies has a mark of each).
+    public var markCount: Int
     /// The position in the event log of the last event taken (0 if none was).
     public var eventsThrough: Int64
     /// How many events of the log were taken.
@@ -144,11 +149,15 @@ public struct StateChunk: Sendable {
     /// Creates a chunk.
     public init(
         items: [PendingItem],
+        marksThrough: Int64 = 0,
+        markCount: Int = 0,
         eventsThrough: Int64 = 0,
         eventCount: Int = 0,
         changes: [Cdp_Profile_V1_StateChange]
     ) {
         self.items = items
+        self.marksThrough = marksThrough
+        self.markCount = markCount
         self.eventsThrough = eventsThrough
         self.eventCount = eventCount
         self.changes = changes
@@ -176,8 +185,6 @@ public struct PendingItem: Sendable, Hashable {
     public var cluster: UInt64
     /// The fragment key of a link, the event key of an event; empty otherwise.
     public var key: String
-    /// Its change counter when taken: if it changed again meanwhile, it stays pending.
-    public var generation: Int64
     /// The version its change is sent with (increasing across all sends).
     public var version: UInt64
 
@@ -187,14 +194,12 @@ public struct PendingItem: Sendable, Hashable {
         entity: Cdp_Model_V1_EntityType,
         cluster: UInt64,
         key: String,
-        generation: Int64,
         version: UInt64
     ) {
         self.kind = kind
         self.entity = entity
         self.cluster = cluster
         self.key = key
-        self.generation = generation
         self.version = version
     }
 }

@@ -215,6 +215,32 @@ public final class SQLiteProfileStore: ProfileStore {
                     """
             )
         }
+        migrator.registerMigration("v6: the mark log") { db in
+            // What changed is appended to `marks` (one row per item per apply that changed it, at a
+            // position given from `mark_log_end`) instead of upserted into `pending` by item key: the keys
+            // are random, and each upsert and each delete after the send wrote a page of a large B-tree.
+            // The relay takes marks from the head, one change per item, and deletes them up to its
+            // position `mark_log_sent` once delivered.
+            try db.execute(
+                sql: """
+                    CREATE TABLE marks (
+                        position INTEGER PRIMARY KEY,
+                        kind INTEGER NOT NULL,
+                        entity INTEGER NOT NULL,
+                        cluster INTEGER NOT NULL,
+                        key TEXT NOT NULL,
+                        since INTEGER NOT NULL
+                    );
+                    INSERT INTO marks (kind, entity, cluster, key, since)
+                        SELECT kind, entity, cluster, key, since FROM pending ORDER BY since;
+                    DROP TABLE pending;
+                    INSERT OR REPLACE INTO counters (name, value)
+                        SELECT 'mark_log_end', coalesce(max(position), 0) FROM marks;
+                    INSERT OR REPLACE INTO counters (name, value) VALUES ('mark_log_sent', 0);
+                    DELETE FROM counters WHERE name = 'pending_changes';
+                    """
+            )
+        }
         return migrator
     }
 
@@ -966,7 +992,8 @@ public final class SQLiteProfileStore: ProfileStore {
         // mixes an item as a later apply left it with the rest of that apply left for the next chunk.
         let memo = ViewMemo(shared: shared)
         return try writer.write { db in
-            var items = try nextPendingItems(limit: limit, db)
+            let marked = try nextMarkedItems(limit: limit, db)
+            var items = marked.items
             let logged = try nextLoggedEvents(limit: limit, db)
             // Fresh versions, increasing across all sends.
             var version = UInt64(try Counters.value("change_version", db))
@@ -985,6 +1012,8 @@ public final class SQLiteProfileStore: ProfileStore {
             try Counters.set("change_version", Int64(version), db)
             return StateChunk(
                 items: items,
+                marksThrough: marked.through,
+                markCount: marked.count,
                 eventsThrough: logged.through,
                 eventCount: logged.events.count,
                 changes: changes
@@ -1020,43 +1049,42 @@ public final class SQLiteProfileStore: ProfileStore {
         return (events, last[0])
     }
 
-    private func nextPendingItems(limit: Int, _ db: Database) throws -> [PendingItem] {
-        var rows = try Row.fetchAll(
+    /// The items of the next `limit` marks of the mark log (each item once, in the order first
+    /// marked), extended to the end of the apply that made the last of them, with the position of the
+    /// last mark taken and how many were.
+    private func nextMarkedItems(
+        limit: Int,
+        _ db: Database
+    ) throws -> (items: [PendingItem], through: Int64, count: Int) {
+        var items: [PendingItem] = []
+        var seen: Set<PendingItem> = []
+        var through: Int64 = 0
+        var count = 0
+        var lastSince: Int64?
+        // Sent marks are deleted: the log starts at its first unsent mark.
+        let cursor = try Row.fetchCursor(
             try db.cachedStatement(
-                sql: """
-                    SELECT kind, entity, cluster, key, generation, since FROM pending INDEXED BY pending_by_age
-                    ORDER BY since LIMIT ?
-                    """
-            ),
-            arguments: [limit]
+                sql: "SELECT position, kind, entity, cluster, key, since FROM marks ORDER BY position"
+            )
         )
-        guard let last = rows.last else { return [] }
-        // Whole transactions: the items one apply marked (one `since`) go in one chunk, so segmentation
-        // applies them together and never evaluates half of a merge.
-        if rows.count == limit {
-            let since: Int64 = last[5]
-            let taken = Set(rows.filter { ($0[5] as Int64) == since }.map { Self.pendingKey($0) })
-            rows += try Row.fetchAll(
-                try db.cachedStatement(
-                    sql: "SELECT kind, entity, cluster, key, generation, since FROM pending WHERE since = ?"
-                ),
-                arguments: [since]
-            ).filter { !taken.contains(Self.pendingKey($0)) }
-        }
-        return rows.map { row in
-            PendingItem(
-                kind: PendingItem.Kind(rawValue: row[0]) ?? .entity,
-                entity: Cdp_Model_V1_EntityType(rawValue: Int(row[1] as Int64)) ?? .unspecified,
-                cluster: UInt64(row[2] as Int64),
-                key: row[3],
-                generation: row[4],
+        while let row = try cursor.next() {
+            let since: Int64 = row[5]
+            // Whole transactions: the marks of one apply (one `since`) go in one chunk, so segmentation
+            // applies them together and never evaluates half of a merge.
+            if count >= limit, since != lastSince { break }
+            lastSince = since
+            through = row[0]
+            count += 1
+            let item = PendingItem(
+                kind: PendingItem.Kind(rawValue: row[1]) ?? .entity,
+                entity: Cdp_Model_V1_EntityType(rawValue: Int(row[2] as Int64)) ?? .unspecified,
+                cluster: UInt64(row[3] as Int64),
+                key: row[4],
                 version: 0
             )
+            if seen.insert(item).inserted { items.append(item) }
         }
-    }
-
-    private static func pendingKey(_ row: Row) -> String {
-        "\(row[0] as Int64)/\(row[1] as Int64)/\(row[2] as Int64)/\(row[3] as String)"
+        return (items, through, count)
     }
 
     private func stateChanges(
@@ -1154,18 +1182,12 @@ public final class SQLiteProfileStore: ProfileStore {
     public func markSent(_ chunk: StateChunk) throws {
         try writer.write { db in
             var sent = 0
-            for item in chunk.items {
-                try db.cachedStatement(
-                    sql: """
-                        DELETE FROM pending
-                        WHERE kind = ? AND entity = ? AND cluster = ? AND key = ? AND generation = ?
-                        """
-                ).execute(arguments: [
-                    item.kind.rawValue, item.entity.rawValue, Int64(item.cluster), item.key, item.generation,
-                ])
-                sent += db.changesCount
+            if chunk.marksThrough > (try Counters.value("mark_log_sent", db)) {
+                try db.cachedStatement(sql: "DELETE FROM marks WHERE position <= ?")
+                    .execute(arguments: [chunk.marksThrough])
+                try Counters.set("mark_log_sent", chunk.marksThrough, db)
+                sent += chunk.items.count
             }
-            try Counters.add("pending_changes", -Int64(sent), db)
             if chunk.eventsThrough > (try Counters.value("event_log_sent", db)) {
                 try Counters.set("event_log_sent", chunk.eventsThrough, db)
                 sent += chunk.eventCount
@@ -1179,14 +1201,16 @@ public final class SQLiteProfileStore: ProfileStore {
             let sentEvents = try Counters.value("event_log_sent", db)
             // Events of the log deleted before they were sent count until the relay passes them.
             let loggedEvents = max(try Counters.value("event_log_end", db) - sentEvents, 0)
-            let pending = max(try Counters.value("pending_changes", db), 0) + loggedEvents
-            let oldestItem = try Int64.fetchOne(try db.cachedStatement(sql: "SELECT min(since) FROM pending"))
+            let marks = max(try Counters.value("mark_log_end", db) - (try Counters.value("mark_log_sent", db)), 0)
+            let oldestMark = try Int64.fetchOne(
+                try db.cachedStatement(sql: "SELECT since FROM marks ORDER BY position LIMIT 1")
+            )
             let oldestEvent = try Int64.fetchOne(
                 try db.cachedStatement(sql: "SELECT applied_at FROM events WHERE rowid > ? ORDER BY rowid LIMIT 1"),
                 arguments: [sentEvents]
             )
-            let oldest = [oldestItem, oldestEvent].compactMap { $0 }.min()
-            return (UInt64(pending), oldest.map(Self.date), UInt64(try Counters.value("sent_changes", db)))
+            let oldest = [oldestMark, oldestEvent].compactMap { $0 }.min()
+            return (UInt64(marks + loggedEvents), oldest.map(Self.date), UInt64(try Counters.value("sent_changes", db)))
         }
     }
 
@@ -1294,11 +1318,12 @@ final class SharedViewCache: Sendable {
 final class StateMarker {
     let db: Database
     let now: Int64
-    private var added: Int64 = 0
     /// What this transaction marked.
     private var marked: Set<Marked> = []
     /// The last position given in the event log, once one was asked for.
     private var eventLogEnd: Int64?
+    /// The last position given in the mark log, once one was asked for.
+    private var markLogEnd: Int64?
 
     init(db: Database, now: Int64) {
         self.db = db
@@ -1312,13 +1337,13 @@ final class StateMarker {
         return next
     }
 
-    /// Adds the items marked for the first time to the running count and saves the end of the event
-    /// log; called once, before the transaction commits.
+    /// Saves the ends of the event log and of the mark log; called once, before the transaction
+    /// commits.
     func commit() throws {
-        if added != 0 { try Counters.add("pending_changes", added, db) }
         if let eventLogEnd { try Counters.set("event_log_end", eventLogEnd, db) }
-        added = 0
+        if let markLogEnd { try Counters.set("mark_log_end", markLogEnd, db) }
         eventLogEnd = nil
+        markLogEnd = nil
         marked = []
     }
 
@@ -1355,22 +1380,13 @@ final class StateMarker {
     )
         throws
     {
-        // Once per transaction is enough: a later mark in it would only raise the generation again
-        // (any raise keeps a taken item pending) and set the same `since`.
+        // Once per transaction is enough: the relay takes a transaction's marks together.
         guard marked.insert(Marked(kind: kind, entity: entity.rawValue, cluster: cluster, key: key)).inserted
         else { return }
-        // Generation 1 is a new row; a waiting item's generation goes up.
-        let generation = try Int64.fetchOne(
-            try db.cachedStatement(
-                sql: """
-                    INSERT INTO pending (kind, entity, cluster, key, generation, since) VALUES (?, ?, ?, ?, 1, ?)
-                    ON CONFLICT (kind, entity, cluster, key) DO UPDATE SET generation = generation + 1,
-                        since = excluded.since
-                    RETURNING generation
-                    """
-            ),
-            arguments: [kind.rawValue, entity.rawValue, Int64(cluster), key, now]
-        )
-        if generation == 1 { added += 1 }
+        let position = (try markLogEnd ?? Counters.value("mark_log_end", db)) + 1
+        markLogEnd = position
+        try db.cachedStatement(
+            sql: "INSERT INTO marks (position, kind, entity, cluster, key, since) VALUES (?, ?, ?, ?, ?, ?)"
+        ).execute(arguments: [position, kind.rawValue, entity.rawValue, Int64(cluster), key, now])
     }
 }

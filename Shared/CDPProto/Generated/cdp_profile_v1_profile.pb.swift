@@ -449,7 +449,9 @@ public nonisolated struct Cdp_Profile_V1_OutboxStatus: Sendable {
   // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
   // methods supported on all messages.
 
-  /// Items (unified records, links, events) whose state changed and is not yet sent to segmentation.
+  /// Changes not yet acknowledged by segmentation: a mark per item (unified record, link, deleted
+  /// event) per apply that changed it, and each event added. An item two applies changed counts twice
+  /// until it is sent, once.
   public var pendingChanges: UInt64 = 0
 
   public var oldestPending: SwiftProtobuf.Google_Protobuf_Timestamp {
