@@ -7,7 +7,7 @@ import Testing
 
 /// Segmentation's state log: appended changes replay to the last of each item, superseded rows are
 /// compacted away, an erasure deletes every row of its items, and a v4 store's `state` table becomes
-/// the log.
+/// the log. And the outbox's status, read from its ends.
 @Suite("Segmentation state log")
 struct StateLogTests {
     static let now = Date(timeIntervalSince1970: 1_780_000_000)
@@ -72,6 +72,40 @@ struct StateLogTests {
         #expect(try Self.replayed(store) == ["e2": 3])
         // Both rows of e1 went: nothing superseded is left to count.
         #expect(try store.stateLogCounts() == (1, 0))
+    }
+
+    /// The outbox's pending count and oldest time come from its two ends; they follow realized
+    /// members and acknowledged chunks.
+    @Test func theOutboxStatusFollowsChangesAndAcknowledgements() throws {
+        let store = try SQLiteSegmentationStore()
+        #expect(try store.outboxStatus().pending == 0 && store.outboxStatus().oldest == nil)
+        let segment = try store.createSegment(
+            name: "all",
+            pql: "true",
+            entityType: .person,
+            mode: .batch,
+            dependsOn: [],
+            dependsOnTime: false,
+            at: Self.now
+        )
+        let evaluations = (1...5).map { cluster in
+            EntityEvaluation(
+                entityType: .person,
+                cluster: UInt64(cluster),
+                version: nil,
+                record: Cdp_Profile_V1_UnifiedRecord(),
+                results: [segment.id: true],
+                recheck: .keep
+            )
+        }
+        #expect(try store.commit(evaluations, at: Self.now).realized == 5)
+        #expect(try store.outboxStatus().pending == 5 && store.outboxStatus().oldest == Self.now)
+        let chunk = try #require(try store.nextChangeChunk(limit: 2))
+        try store.acknowledge(chunk)
+        let status = try store.outboxStatus()
+        #expect(status.pending == 3 && status.sent == 2)
+        try store.acknowledge(try #require(try store.nextChangeChunk(limit: 10)))
+        #expect(try store.outboxStatus().pending == 0 && store.outboxStatus().oldest == nil)
     }
 
     @Test func aStoreOfTheStateTableBecomesTheLogInVersionOrder() throws {

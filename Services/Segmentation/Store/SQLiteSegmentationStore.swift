@@ -886,9 +886,16 @@ public final class SQLiteSegmentationStore: Sendable {
     /// Pending changes, the oldest one's time, and how many were sent.
     public func outboxStatus() throws -> (pending: Int, oldest: Date?, sent: Int64) {
         try writer.read { db in
-            let pending = try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM outbox") ?? 0
-            let oldest = try Double.fetchOne(db, sql: "SELECT MIN(created) FROM outbox")
-            return (pending, oldest.map { Date(timeIntervalSince1970: $0) }, try Counters.value("sent_changes", db))
+            // From the two ends of the outbox, not by counting it: a job that realizes a million members
+            // leaves a million rows (each with its record) that count(*) would read page by page. The
+            // sequences are contiguous: rows are only added at the end and deleted from the head.
+            let head = try Row.fetchOne(
+                try db.cachedStatement(sql: "SELECT sequence, created FROM outbox ORDER BY sequence LIMIT 1")
+            )
+            let last = try Int64.fetchOne(try db.cachedStatement(sql: "SELECT max(sequence) FROM outbox"))
+            let pending = head.map { Int((last ?? 0) - ($0[0] as Int64) + 1) } ?? 0
+            let oldest = head.map { Date(timeIntervalSince1970: $0[1] as Double) }
+            return (pending, oldest, try Counters.value("sent_changes", db))
         }
     }
 }
