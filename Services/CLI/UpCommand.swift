@@ -14,7 +14,8 @@ struct UpCommand: AsyncParsableCommand {
             and the addresses of its peers (ingestion → identity → profile → segmentation → destination). \
             Their logs go to DATA_DIR/logs/<service>.log. Once every service answers its health check, prints \
             the endpoints (with --json one line: {"dataDir":…,"services":[{"name","address","pid"}…]}). \
-            Ctrl-C or SIGTERM stops them all (SIGTERM, upstream first). A service that stops on its own \
+            Ctrl-C or SIGTERM stops them all (SIGTERM, upstream first); if `cdp up` itself ends otherwise \
+            (SIGKILL), each service stops by itself within a second. A service that stops on its own \
             (a crash, SIGKILL) is started again after 1, 2, 4, … s (at most 30 s) while the others keep \
             working: what they could not hand on waits in their outboxes. After --max-restarts restarts of one \
             service within 10 minutes, `cdp up` stops everything and exits with status 1. One `cdp up` per \

@@ -226,9 +226,11 @@ public final class LocalServices: Sendable {
     }
 
     /// This process's environment less the variables the services read in place of the flags given
-    /// here (they would contradict them).
+    /// here (they would contradict them), with this process's id in `CDP_PARENT_PID`.
     private static var serviceEnvironment: [String: String] {
         var environment = ProcessInfo.processInfo.environment
+        // Each service stops by itself once this process is gone, however it ended.
+        environment[ServiceMain.parentVariable] = String(getpid())
         for variable in ["CDP_DATA_DIR", "CDP_HOST", "CDP_PORT", "CDP_LOG_LEVEL", "CDP_PARTITION", "CDP_PARTITIONS"]
             + ServiceName.allCases.map(\.addressVariable)
         {

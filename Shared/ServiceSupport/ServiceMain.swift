@@ -74,8 +74,26 @@ public enum ServiceMain {
         return bound
     }
 
-    /// Runs `services` until SIGTERM or SIGINT starts a graceful shutdown.
+    /// Runs `services` until SIGTERM or SIGINT starts a graceful shutdown. A service started by `cdp up`
+    /// or `cdp demo` (`CDP_PARENT_PID` names that process) also shuts down gracefully once its parent is
+    /// gone, however it ended (`cdp demo | head`, SIGKILL), instead of running on unattended.
     public static func run(_ services: [any Service], logger: Logger) async throws {
+        if let parent = variable(parentVariable).flatMap(pid_t.init) { stopWhenGone(parent: parent, logger: logger) }
         try await ServiceGroup(services: services, gracefulShutdownSignals: [.sigterm, .sigint], logger: logger).run()
+    }
+
+    /// The variable in which the process that starts the services passes its process id.
+    public static let parentVariable = "CDP_PARENT_PID"
+
+    /// Sends this process SIGTERM (the graceful shutdown) once its parent process is no longer
+    /// `parent`: the parent ended and the process was handed to another (checked twice a second).
+    private static func stopWhenGone(parent: pid_t, logger: Logger) {
+        Task.detached {
+            while getppid() == parent {
+                try? await Task.sleep(for: .milliseconds(500))
+            }
+            logger.notice("the process that started this service (pid \(parent)) is gone: stopping")
+            kill(getpid(), SIGTERM)
+        }
     }
 }

@@ -145,3 +145,21 @@ def test_one_cdp_up_per_data_directory_and_port(tmp_path):
     finally:
         first.terminate()
         first.kill()
+
+
+def test_services_stop_by_themselves_when_cdp_up_is_killed(tmp_path):
+    """A SIGKILL of `cdp up` alone (not its process group) cannot stop its services: each notices its parent
+    is gone and shuts down gracefully, saying why."""
+    require_cdp()
+    up = CdpUp(tmp_path / "data", free_port_base())
+    up.start()
+    try:
+        assert len(up.left_running(grace=0)) == len(SERVICES), (up.info, up.logs())
+        up.proc.send_signal(signal.SIGKILL)
+        up.proc.wait()
+        left = up.left_running(grace=15)
+        assert not left, f"still running 15 s after `cdp up` was killed: {left}\n{up.logs()}"
+        log = (tmp_path / "data" / "logs" / "profile.log").read_text()
+        assert "is gone: stopping" in log, log[-2000:]
+    finally:
+        up.kill()
