@@ -108,6 +108,47 @@ struct StateLogTests {
         #expect(try store.outboxStatus().pending == 0 && store.outboxStatus().oldest == nil)
     }
 
+    /// An entity in no segment has no record kept; the commit that realizes it keeps it, even when the
+    /// caller says the record is unchanged since its last commit (nothing was saved then).
+    @Test func recordsAreKeptForEntitiesWithMembershipsOnly() throws {
+        let store = try SQLiteSegmentationStore()
+        let segment = try store.createSegment(
+            name: "all",
+            pql: "true",
+            entityType: .person,
+            mode: .batch,
+            dependsOn: [],
+            dependsOnTime: false,
+            at: Self.now
+        )
+        var record = Cdp_Profile_V1_UnifiedRecord()
+        record.clusterID = 7
+        record.record.person.email = "p7@townsend.com"
+        func evaluation(_ cluster: UInt64, matched: Bool, saved: Bool) -> EntityEvaluation {
+            var evaluation = EntityEvaluation(
+                entityType: .person,
+                cluster: cluster,
+                version: nil,
+                record: record,
+                results: [segment.id: matched],
+                recheck: .keep
+            )
+            evaluation.recordSaved = saved
+            return evaluation
+        }
+        _ = try store.commit(
+            [evaluation(7, matched: false, saved: false), evaluation(8, matched: false, saved: false)],
+            at: Self.now
+        )
+        #expect(try store.members(of: segment.id, realized: nil, after: 0, limit: 10).isEmpty)
+        #expect(try store.commit([evaluation(7, matched: true, saved: true)], at: Self.now).realized == 1)
+        let members = try store.members(of: segment.id, realized: true, after: 0, limit: 10)
+        #expect(members.map(\.record) == [record])
+        // Erasing the person in no segment deletes no record: none was kept.
+        #expect(try store.erase(clusters: [8], at: Self.now).records == 0)
+        #expect(try store.erase(clusters: [7], at: Self.now) == (exited: 1, records: 1))
+    }
+
     @Test func aStoreOfTheStateTableBecomesTheLogInVersionOrder() throws {
         let directory = FileManager.default.temporaryDirectory
             .appendingPathComponent("state-log-\(UUID().uuidString)").path

@@ -324,8 +324,9 @@ public actor SegmentationEngine {
     }
 
     /// Commits evaluations (with the state changes they were made on) through the store, telling it
-    /// which records it already holds, then notes that it holds every record evaluated: the next
-    /// evaluation of an entity whose record no change replaced since neither reads nor compares it.
+    /// which records no change replaced since their last commit, then notes every record evaluated as
+    /// committed: the next evaluation of an entity whose record no change replaced since neither reads
+    /// nor compares it.
     private func commit(
         _ evaluations: [EntityEvaluation],
         state changes: [Cdp_Profile_V1_StateChange] = [],

@@ -423,11 +423,12 @@ public final class EntityState {
 
     private func unified(_ key: EntityKey) -> Cdp_Profile_V1_UnifiedRecord? { records[key]?.unified }
 
-    /// Whether the store holds the entity's unified record as its record last evaluated (see
-    /// ``markRecordSaved(_:)``); false once a change replaced it.
+    /// Whether a commit evaluated the entity's unified record as it is (see ``markRecordSaved(_:)``);
+    /// false once a change replaced it.
     public func isRecordSaved(_ key: EntityKey) -> Bool { records[key]?.saved ?? false }
 
-    /// Notes that a commit saved the entity's unified record as its record last evaluated.
+    /// Notes that a commit evaluated the entity's unified record as it is (and saved it where the
+    /// store keeps records).
     public func markRecordSaved(_ key: EntityKey) { records[key]?.saved = true }
 
     /// The view of a person or an account as of `asOf`; nil if it has no unified record.

@@ -111,8 +111,7 @@ struct HeldEvent {
 struct HeldRecord {
     var version: UInt64
     var unified: Cdp_Profile_V1_UnifiedRecord?
-    /// Whether segmentation's store holds `unified` as the entity's record last evaluated (set after
-    /// a commit; a new record starts unsaved).
+    /// Whether a commit evaluated `unified` (set after the commit; a new record starts unsaved).
     var saved = false
 }
 

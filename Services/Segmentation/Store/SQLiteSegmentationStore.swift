@@ -336,6 +336,52 @@ public final class SQLiteSegmentationStore: Sendable {
         }
     }
 
+    /// Saves the entity's record as last evaluated (or, for a removal, its version, keeping the record
+    /// last seen), unless it is `unchanged` (the caller knows it is the one saved) or the same bytes.
+    /// Returns the record it replaced when it changed.
+    private func keepRecord(
+        of evaluation: EntityEvaluation,
+        unchanged: Bool,
+        at now: Date,
+        _ db: Database
+    ) throws -> Cdp_Profile_V1_UnifiedRecord? {
+        let entity = evaluation.entityType.rawValue
+        let cluster = Int64(evaluation.cluster)
+        // When this entity was last evaluated on a streaming change (batch runs and re-checks leave it).
+        let streamed = evaluation.version == nil ? 0 : now.timeIntervalSince1970
+        guard let record = evaluation.record else {
+            guard let version = evaluation.version else { return nil }
+            // A removal: keep the record last seen, remember the version (an empty record if none was seen).
+            try db.cachedStatement(
+                sql: """
+                    INSERT INTO entities (entity, cluster, version, record, streamed) VALUES (?, ?, ?, x'', ?)
+                    ON CONFLICT (entity, cluster) DO UPDATE SET version = max(version, excluded.version),
+                        streamed = max(streamed, excluded.streamed)
+                    """
+            ).execute(arguments: [entity, cluster, Int64(version), streamed])
+            return nil
+        }
+        if unchanged { return nil }
+        let held = try Data.fetchOne(
+            try db.cachedStatement(sql: "SELECT record FROM entities WHERE entity = ? AND cluster = ?"),
+            arguments: [entity, cluster]
+        )
+        let recordBytes: Data = try record.serializedBytes()
+        // Unchanged (another part of the entity's view changed, or a batch run over a quiet entity): no
+        // write.
+        if held == recordBytes { return nil }
+        // The version moves only with streaming views; batch runs and re-checks keep it.
+        try db.cachedStatement(
+            sql: """
+                INSERT INTO entities (entity, cluster, version, record, streamed) VALUES (?, ?, ?, ?, ?)
+                ON CONFLICT (entity, cluster) DO UPDATE SET record = excluded.record,
+                    version = max(version, excluded.version), streamed = max(streamed, excluded.streamed)
+                """
+        ).execute(arguments: [entity, cluster, Int64(evaluation.version ?? 0), recordBytes, streamed])
+        guard let held, !held.isEmpty else { return nil }
+        return try Cdp_Profile_V1_UnifiedRecord(serializedBytes: held)
+    }
+
     private func commit(
         _ evaluation: EntityEvaluation,
         at now: Date,
@@ -345,46 +391,6 @@ public final class SQLiteSegmentationStore: Sendable {
         let entity = evaluation.entityType.rawValue
         let cluster = Int64(evaluation.cluster)
         var record = evaluation.record
-        let unchanged = evaluation.recordSaved && record != nil
-        let held: Data? =
-            unchanged
-            ? nil
-            : try Data.fetchOne(
-                try db.cachedStatement(sql: "SELECT record FROM entities WHERE entity = ? AND cluster = ?"),
-                arguments: [entity, cluster]
-            )
-        let evaluationResults = evaluation.results
-        // When this entity was last evaluated on a streaming change (batch runs and re-checks leave it).
-        let streamed = evaluation.version == nil ? 0 : now.timeIntervalSince1970
-        let recordBytes: Data? = unchanged ? nil : try record.map { try $0.serializedBytes() }
-        var previousRecord: Cdp_Profile_V1_UnifiedRecord?
-        if unchanged {
-            // The record saved by an earlier commit, as the caller knows: no write.
-        } else if let recordBytes, let held, held == recordBytes {
-            // Unchanged (another part of the entity's view changed, or a batch run over a quiet entity):
-            // no write.
-        } else if let recordBytes {
-            if let held, held != recordBytes, !held.isEmpty {
-                previousRecord = try Cdp_Profile_V1_UnifiedRecord(serializedBytes: held)
-            }
-            // The version moves only with streaming views; batch runs and re-checks keep it.
-            try db.cachedStatement(
-                sql: """
-                    INSERT INTO entities (entity, cluster, version, record, streamed) VALUES (?, ?, ?, ?, ?)
-                    ON CONFLICT (entity, cluster) DO UPDATE SET record = excluded.record,
-                        version = max(version, excluded.version), streamed = max(streamed, excluded.streamed)
-                    """
-            ).execute(arguments: [entity, cluster, Int64(evaluation.version ?? 0), recordBytes, streamed])
-        } else if let version = evaluation.version {
-            // A removal: keep the record last seen, remember the version (an empty record if none was seen).
-            try db.cachedStatement(
-                sql: """
-                    INSERT INTO entities (entity, cluster, version, record, streamed) VALUES (?, ?, ?, x'', ?)
-                    ON CONFLICT (entity, cluster) DO UPDATE SET version = max(version, excluded.version),
-                        streamed = max(streamed, excluded.streamed)
-                    """
-            ).execute(arguments: [entity, cluster, Int64(version), streamed])
-        }
         var stored: [String: (realized: Bool, version: Int64)] = [:]
         for row in try Row.fetchAll(
             try db.cachedStatement(
@@ -397,7 +403,16 @@ public final class SQLiteSegmentationStore: Sendable {
         // A removed entity exits everything it is realized in.
         let results =
             record == nil
-            ? stored.filter { $0.value.realized }.mapValues { _ in false } : evaluationResults
+            ? stored.filter { $0.value.realized }.mapValues { _ in false } : evaluation.results
+        // The record is kept for entities with memberships only: members are listed and announced with
+        // it, and exits carry the one last seen; an entity in no segment needs none (most of a first
+        // job's entities: writing theirs was a kilobyte each).
+        let previousRecord: Cdp_Profile_V1_UnifiedRecord? =
+            stored.isEmpty && !results.values.contains(true)
+            ? nil
+            // The caller's word that the record is the one saved holds only where one was saved: an entity
+            // with memberships had its record written by the commit that made the first of them.
+            : try keepRecord(of: evaluation, unchanged: evaluation.recordSaved && !stored.isEmpty, at: now, db)
         // A member that stays realized while what destinations are told about it changed (an email, a
         // name, consent, a custom attribute; not merge bookkeeping such as keys and source times) is
         // announced again with its new record: destinations update or re-key it.

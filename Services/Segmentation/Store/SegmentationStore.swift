@@ -73,8 +73,9 @@ public struct EntityEvaluation: Sendable {
     /// Segment id → whether the entity satisfies it now.
     public var results: [String: Bool]
     public var recheck: Recheck
-    /// The store already holds `record` as the entity's record last evaluated (the caller knows it
-    /// did not change since the last commit): the commit neither reads nor compares it.
+    /// No change replaced `record` since the last commit that evaluated the entity (the caller keeps
+    /// track): where the store keeps the entity's record (an entity with memberships), it is this one,
+    /// and the commit neither reads nor compares it.
     public var recordSaved = false
 
     /// Creates an evaluation.
