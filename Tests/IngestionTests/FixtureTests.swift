@@ -646,3 +646,36 @@ private enum Notation {
         }
     }
 }
+
+/// A record missing a required field names the fields it has that the entity does not (kept as custom
+/// attributes): usually the required one under another name.
+@Suite("Missing required fields")
+struct MissingFieldTests {
+    @Test func theErrorNamesTheFieldsTakenAsCustomAttributes() throws {
+        var source = Cdp_Model_V1_Source()
+        source.type = "Web"
+        source.instance = "web-1"
+        var parser = try BatchParser(format: .canonicalNdjson, entity: "event", source: source)
+        let text = """
+            {"key":"e1","email":"ann@acme.com","type":"web.webpagedetails.pageViews","timestamp":"2026-12-05T10:00:00Z"}
+            {"eventType":"web.webpagedetails.pageViews","email":"ann@acme.com","timestamp":"2026-12-05T10:00:00Z"}
+
+            """
+        var output: [ParsedRecord] = []
+        try Array(text.utf8).withUnsafeBytes { try parser.feed($0, into: &output) }
+        try parser.finish(into: &output)
+        let reasons = output.map { parsed -> [String] in
+            guard case .rejected(let errors) = parsed.result else { return [] }
+            return errors.map { "\($0.field): \($0.reason)" }
+        }
+        let kept = " (fields that are not event fields, kept as custom attributes: key, type)"
+        #expect(
+            reasons[0].sorted() == [
+                "eventId: eventId is required for event and is missing or empty" + kept,
+                "eventType: eventType is required for event and is missing or empty" + kept,
+            ]
+        )
+        // Without unknown fields, no hint.
+        #expect(reasons[1] == ["eventId: eventId is required for event and is missing or empty"])
+    }
+}

@@ -226,6 +226,7 @@ struct EntityMapper<Entity: Sendable>: RowMapper {
                 FieldError(
                     field: name,
                     reason: "\(name) is required for \(schema.entity.rawValue) and is missing or empty"
+                        + Self.unknownFieldsHint(draft.record.customAttributes.keys, entity: schema.entity.rawValue)
                 )
             )
         }
@@ -235,6 +236,14 @@ struct EntityMapper<Entity: Sendable>: RowMapper {
         }
         draft.record.entity = schema.wrap(draft.entity)
         return .record(draft.record)
+    }
+
+    /// For a missing required field: the record's fields this entity does not have, which were kept as
+    /// custom attributes (a misspelt field name, `key` for `eventId`, is the usual reason).
+    private static func unknownFieldsHint(_ names: some Collection<String>, entity: String) -> String {
+        guard !names.isEmpty else { return "" }
+        let listed = names.sorted().prefix(5).joined(separator: ", ") + (names.count > 5 ? ", …" : "")
+        return " (fields that are not \(entity) fields, kept as custom attributes: \(listed))"
     }
 
     private static func attribute(_ raw: RawValue) -> Cdp_Model_V1_AttributeValue {
