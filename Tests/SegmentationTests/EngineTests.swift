@@ -313,6 +313,33 @@ struct EngineTests {
         #expect(try await harness.members(segment.id) == [])
     }
 
+    /// A shutdown (the job's task cancelled) stops a job between two chunks, and the job says why.
+    @Test func aJobStopsWhenTheServiceShutsDown() async throws {
+        let harness = try SegmentationHarness(start: Story.visit.addingTimeInterval(3600))
+        let segment = try await harness.engine.createSegment(
+            name: "batch buyers",
+            pql: Story.bodea,
+            entityType: .person,
+            mode: .batch
+        )
+        try await harness.ingest(Story.withoutVisit + [Bodea.pageVisit(at: Story.visit)])
+        let job = try await harness.engine.newJob(
+            segments: [segment.id],
+            asOf: harness.clock.now,
+            partition: 0,
+            partitions: 1
+        )
+        let jobs = EvaluationJobs(engine: harness.engine, chunkSize: 1, logger: Self.logger)
+        let task = Task {
+            withUnsafeCurrentTask { $0?.cancel() }
+            await jobs.execute(job)
+        }
+        await task.value
+        let stopped = try await harness.engine.job(job.id)
+        #expect(stopped.state == .failed && stopped.evaluated < 3)
+        #expect(stopped.error.contains("the service stopped before the job finished"))
+    }
+
     /// A job as of now that runs after a streaming change realized a member judges as of when it runs:
     /// the event that came after the job started counts, and the member does not exit.
     @Test func aJobAsOfNowDoesNotUndoWhatTheStreamDecidedSinceItStarted() async throws {

@@ -52,7 +52,8 @@ public final class EvaluationJobs: Service, Sendable {
         }
     }
 
-    /// Runs one job to its end, recording success or failure in the job.
+    /// Runs one job to its end, recording success or failure in the job; a cancelled task (the service
+    /// shutting down) stops it between two chunks, as failed.
     public func execute(_ job: Cdp_Segmentation_V1_EvaluationJob) async {
         var progress = job
         // A job as of now (its time within a minute of its start, as jobSegments allows streaming
@@ -65,8 +66,11 @@ public final class EvaluationJobs: Service, Sendable {
                 guard !ids.isEmpty else { continue }
                 var seen = Set<UInt64>()
                 var after: UInt64 = 0
-                // In chunks, each its own transaction, so that streaming changes are taken between them.
+                // In chunks, each its own transaction, so that streaming changes are taken between them;
+                // a shutdown stops the job between two chunks (a full-size job takes minutes, and the
+                // service must stop within seconds).
                 while true {
+                    try Task.checkCancellation()
                     let (clusters, transitions) = try await engine.evaluateBatch(
                         entityType,
                         segments: ids,
@@ -108,7 +112,8 @@ public final class EvaluationJobs: Service, Sendable {
         } catch {
             var failed = progress
             failed.state = .failed
-            failed.error = "\(error)"
+            failed.error =
+                error is CancellationError ? SQLiteSegmentationStore.interruptedJobError : "\(error)"
             failed.finishedAt = Google_Protobuf_Timestamp(date: await engine.currentTime())
             do {
                 try await engine.save(failed)

@@ -818,6 +818,9 @@ public final class SQLiteSegmentationStore: Sendable {
         }
     }
 
+    /// The error of a job the service stopped before it finished.
+    public static let interruptedJobError = "the service stopped before the job finished; run Evaluate again"
+
     /// Jobs left running by a process that stopped: they failed.
     public func failInterruptedJobs(at now: Date) throws {
         try writer.write { db in
@@ -825,7 +828,7 @@ public final class SQLiteSegmentationStore: Sendable {
                 var job = try Cdp_Segmentation_V1_EvaluationJob(serializedBytes: data)
                 guard job.state == .running else { continue }
                 job.state = .failed
-                job.error = "the service stopped before the job finished; run Evaluate again"
+                job.error = Self.interruptedJobError
                 job.finishedAt = Google_Protobuf_Timestamp(date: now)
                 try db.execute(
                     sql: "UPDATE jobs SET job = ? WHERE id = ?",
