@@ -340,6 +340,49 @@ struct EngineTests {
         #expect(stopped.error.contains("the service stopped before the job finished"))
     }
 
+    /// A job's chunk is committed by its next chunk (on another core), or first by a streaming change
+    /// that comes in between: commits keep the order of the evaluations, so a person the stream
+    /// removed after the job evaluated them does not come back as a member.
+    @Test func aChunkWaitingToBeCommittedGoesBeforeTheStreamingChangesAfterIt() async throws {
+        let harness = try SegmentationHarness(start: Story.visit.addingTimeInterval(3600))
+        let segment = try await harness.engine.createSegment(
+            name: "townsend",
+            pql: "person.email.endsWith(\"@townsend.com\")",
+            entityType: .person,
+            mode: .batch
+        )
+        try await harness.ingest(Story.withoutVisit)
+        func chunk(after: UInt64) async throws -> (clusters: [UInt64], transitions: Transitions) {
+            try await harness.engine.evaluateBatch(
+                .person,
+                segments: [segment.id],
+                asOf: nil,
+                partition: 0,
+                partitions: 1,
+                after: after,
+                limit: 10
+            )
+        }
+        let first = try await chunk(after: 0)
+        #expect(first.clusters.count == 3 && first.transitions == Transitions())
+        // Evaluated, not yet committed.
+        #expect(try await harness.members(segment.id) == [])
+
+        var removal = Cdp_Profile_V1_StateChange()
+        removal.version = 1_000_000
+        removal.entity.entityType = .person
+        removal.entity.clusterID = first.clusters[2]
+        let removed = try await harness.engine.acceptStateChanges([removal])
+        #expect(removed.transitions.exited == 1)
+        #expect(try await harness.members(segment.id).count == 2)
+
+        // The job's next call reports what the streaming call committed for it.
+        let last = try await chunk(after: first.clusters[2])
+        #expect(last.clusters.isEmpty && last.transitions.realized == 3)
+        #expect(try await harness.members(segment.id).count == 2)
+        #expect(try await harness.drainOutbox().map(\.realized) == [true, true, true, false])
+    }
+
     /// A job as of now that runs after a streaming change realized a member judges as of when it runs:
     /// the event that came after the job started counts, and the member does not exit.
     @Test func aJobAsOfNowDoesNotUndoWhatTheStreamDecidedSinceItStarted() async throws {

@@ -80,14 +80,16 @@ public final class EvaluationJobs: Service, Sendable {
                         after: after,
                         limit: chunkSize
                     )
+                    // The transitions are those of the chunk before (see evaluateBatch): the last call,
+                    // which evaluates nothing, commits the last chunk.
+                    progress.realized += UInt64(transitions.realized)
+                    progress.exited += UInt64(transitions.exited)
+                    if transitions.announced { changed() }
                     guard let last = clusters.last else { break }
                     after = last
                     seen.formUnion(clusters)
                     progress.evaluated += UInt64(clusters.count)
-                    progress.realized += UInt64(transitions.realized)
-                    progress.exited += UInt64(transitions.exited)
                     try await engine.save(progress)
-                    if transitions.announced { changed() }
                 }
                 let exits = try await engine.exitUnseen(
                     segments: ids,
@@ -110,6 +112,12 @@ public final class EvaluationJobs: Service, Sendable {
                 ]
             )
         } catch {
+            // What the job evaluated before it stopped is committed.
+            if let transitions = try? await engine.endBatch() {
+                progress.realized += UInt64(transitions.realized)
+                progress.exited += UInt64(transitions.exited)
+                if transitions.announced { changed() }
+            }
             var failed = progress
             failed.state = .failed
             failed.error =

@@ -37,6 +37,14 @@ public actor SegmentationEngine {
     private let stateConfiguration: EntityState.Configuration
     /// Person clusters erased by privacy requests: changes about them are dropped.
     private var forgotten: Set<UInt64>
+    /// The last chunk a batch job evaluated, not yet committed: the job's next chunk commits it on
+    /// another core while it evaluates, and every other call that writes memberships or changes the
+    /// state commits it first, so that commits keep the order of the evaluations.
+    private var pendingBatch: [EntityEvaluation] = []
+    /// What committing pending chunks did in other calls, for the job's next chunk to report.
+    private var batchOutcome: Result<Transitions, any Error> = .success(Transitions())
+    /// Where a job's chunk is committed while the next one is evaluated.
+    private let batchCommits = DispatchQueue(label: "segmentation.batch-commits")
 
     /// The dedicated event loop the actor runs on.
     public nonisolated var unownedExecutor: UnownedSerialExecutor { executor.asUnownedSerialExecutor() }
@@ -138,6 +146,7 @@ public actor SegmentationEngine {
 
     /// Deletes a segment; its members exit. Refused while another segment names it.
     public func deleteSegment(id: String) throws -> Int {
+        commitPendingBatch()
         _ = try loaded(id)
         let dependents = segments.values.filter { $0.record.dependsOn.contains(id) }.map(\.record.id).sorted()
         guard dependents.isEmpty else {
@@ -282,6 +291,7 @@ public actor SegmentationEngine {
     public func acceptStateChanges(
         _ changes: [Cdp_Profile_V1_StateChange]
     ) throws -> (accepted: Int, stale: Int, evaluated: Int, transitions: Transitions) {
+        commitPendingBatch()
         for change in changes {
             do {
                 try EntityState.check(change)
@@ -334,11 +344,7 @@ public actor SegmentationEngine {
         forgetting: StateItems = StateItems(),
         at time: Date
     ) throws -> Transitions {
-        var evaluations = evaluations
-        for index in evaluations.indices where evaluations[index].record != nil {
-            let key = EntityState.EntityKey(evaluations[index].entityType, evaluations[index].cluster)
-            evaluations[index].recordSaved = state.isRecordSaved(key)
-        }
+        let evaluations = notingSavedRecords(evaluations)
         let transitions = try store.commit(
             evaluations,
             state: changes,
@@ -346,10 +352,53 @@ public actor SegmentationEngine {
             forgetting: forgetting,
             at: time
         )
+        markRecordsSaved(evaluations)
+        return transitions
+    }
+
+    /// `evaluations` with each one's record noted as saved where no change replaced it since the last
+    /// commit that evaluated it.
+    private func notingSavedRecords(_ evaluations: [EntityEvaluation]) -> [EntityEvaluation] {
+        var evaluations = evaluations
+        for index in evaluations.indices where evaluations[index].record != nil {
+            let key = EntityState.EntityKey(evaluations[index].entityType, evaluations[index].cluster)
+            evaluations[index].recordSaved = state.isRecordSaved(key)
+        }
+        return evaluations
+    }
+
+    /// Notes the records of committed evaluations as saved (no change replaced them since: changes are
+    /// applied only after what was evaluated before them is committed).
+    private func markRecordsSaved(_ evaluations: [EntityEvaluation]) {
         for evaluation in evaluations where evaluation.record != nil {
             state.markRecordSaved(EntityState.EntityKey(evaluation.entityType, evaluation.cluster))
         }
-        return transitions
+    }
+
+    /// Commits the chunk a batch job evaluated last, if it waits, before anything else writes
+    /// memberships or changes the state: commits keep the order of the evaluations. What it did (or
+    /// why it failed) goes to the job's next chunk.
+    private func commitPendingBatch() {
+        guard !pendingBatch.isEmpty else { return }
+        let evaluations = pendingBatch
+        pendingBatch = []
+        do {
+            let transitions = try commit(evaluations, at: now())
+            batchOutcome = batchOutcome.map { $0.adding(transitions) }
+        } catch {
+            batchOutcome = .failure(error)
+        }
+    }
+
+    /// Commits a batch job's last chunk if it waits (the job stopped early) and returns what was
+    /// committed for the job since its last chunk.
+    ///
+    /// - Throws: why a commit of its chunks failed.
+    public func endBatch() throws -> Transitions {
+        commitPendingBatch()
+        let outcome = batchOutcome
+        batchOutcome = .success(Transitions())
+        return try outcome.get()
     }
 
     private static func order(_ left: EntityState.EntityKey, _ right: EntityState.EntityKey) -> Bool {
@@ -429,6 +478,7 @@ public actor SegmentationEngine {
     /// Re-evaluates the entities whose memberships can have changed with time by now, from the state.
     /// Returns how many were re-checked.
     public func runDueRechecks(limit: Int = 1000) throws -> (checked: Int, transitions: Transitions) {
+        commitPendingBatch()
         let time = now()
         let due = try store.dueRechecks(at: time, limit: limit)
         guard !due.isEmpty else { return (0, Transitions()) }
@@ -487,12 +537,18 @@ public actor SegmentationEngine {
     }
 
     /// Evaluates the next chunk of a batch job: at most `limit` entities of `entityType` in the
-    /// partition with clusters above `after`, from the state as of `asOf`, against `ids`; commits the
-    /// results. Returns the clusters evaluated (empty at the end) and the transitions.
+    /// partition with clusters above `after`, from the state as of `asOf`, against `ids`. Returns the
+    /// clusters evaluated (empty at the end) and the transitions committed since the job's last chunk.
+    ///
+    /// A chunk's results are committed by the next call, on another core while it evaluates its own
+    /// chunk (so a job uses both cores), or by the first call that writes memberships or changes the
+    /// state in between, whichever comes first; the call that returns no clusters commits the last.
     ///
     /// `asOf` nil means now, at each chunk: a job as of now evaluates streaming segments, whose members
     /// are always as of now, and changes that arrive while it runs must not be judged as of the job's
     /// start (an event after it would not count, and the member the stream just realized would exit).
+    ///
+    /// - Throws: why committing an earlier chunk failed, or this chunk's error.
     public func evaluateBatch(
         _ entityType: Cdp_Model_V1_EntityType,
         segments ids: [String],
@@ -502,16 +558,34 @@ public actor SegmentationEngine {
         after: UInt64,
         limit: Int
     ) throws -> (clusters: [UInt64], transitions: Transitions) {
+        let previous = notingSavedRecords(pendingBatch)
+        pendingBatch = []
+        let outcome = batchOutcome
+        batchOutcome = .success(Transitions())
+        var transitions = try outcome.get()
         let asOf = asOf ?? now()
-        let chunk = views(
-            entityType,
-            asOf: asOf,
-            partition: partition,
-            partitions: partitions,
-            after: after,
-            limit: limit
-        )
-        return (chunk.clusters, try evaluateBatch(chunk.views, segments: ids, asOf: asOf))
+        let store = self.store
+        let time = now()
+        let commitPrevious: (@Sendable () throws -> Transitions)? =
+            previous.isEmpty ? nil : { @Sendable in try store.commit(previous, at: time) }
+        let (committed, chunk) = try overlapping(commitPrevious, on: batchCommits) {
+            () throws -> (clusters: [UInt64], evaluations: [EntityEvaluation]) in
+            let chunk = views(
+                entityType,
+                asOf: asOf,
+                partition: partition,
+                partitions: partitions,
+                after: after,
+                limit: limit
+            )
+            return (clusters: chunk.clusters, evaluations: try batchEvaluations(chunk.views, segments: ids, asOf: asOf))
+        }
+        if let committed {
+            markRecordsSaved(previous)
+            transitions = transitions.adding(committed)
+        }
+        pendingBatch = chunk.evaluations
+        return (chunk.clusters, transitions)
     }
 
     /// The views of at most `limit` entities of `entityType` in the partition with clusters above
@@ -538,8 +612,12 @@ public actor SegmentationEngine {
         return (clusters, views)
     }
 
-    /// Evaluates views against `ids` as of `asOf` and commits the results.
-    func evaluateBatch(_ views: [EntityView], segments ids: [String], asOf: Date) throws -> Transitions {
+    /// Evaluates views against `ids` as of `asOf` for a batch job.
+    private func batchEvaluations(
+        _ views: [EntityView],
+        segments ids: [String],
+        asOf: Date
+    ) throws -> [EntityEvaluation] {
         var plans: [Audience: Plan] = [:]
         for kind in Audience.allCases {
             plans[kind] = Self.plan(
@@ -547,7 +625,7 @@ public actor SegmentationEngine {
                 segments
             )
         }
-        let evaluations = try views.map { view in
+        return try views.map { view in
             frame.load(view, asOf: asOf.timeIntervalSince1970)
             let (results, validUntil) = try evaluate(plans[view.audience]!, entityType: view.entityType)
             // A streaming segment's time-dependent membership is re-checked like one from a streaming
@@ -565,7 +643,6 @@ public actor SegmentationEngine {
                 recheck: recheck
             )
         }
-        return try commit(evaluations, at: now())
     }
 
     /// Counts the entities of the next chunk (as ``evaluateBatch(_:segments:asOf:partition:partitions:after:limit:)``
@@ -607,6 +684,7 @@ public actor SegmentationEngine {
     ) throws
         -> Transitions
     {
+        commitPendingBatch()
         let missing = try store.realizedClusters(in: ids, partition: partition, partitions: partitions)
             .filter { !seen.contains($0.cluster) && !state.hasRecord($0.entityType, $0.cluster) }
         let evaluations = missing.map { entity in
@@ -643,6 +721,7 @@ public actor SegmentationEngine {
     /// state (record, links, events) goes too, and the accounts that showed them are evaluated again.
     /// From now on changes about them are dropped.
     public func erase(clusters: [UInt64]) throws -> (exited: Int, records: Int) {
+        commitPendingBatch()
         let time = now()
         let erased = try store.erase(clusters: clusters, at: time)
         forgotten.formUnion(clusters)

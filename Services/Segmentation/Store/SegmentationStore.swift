@@ -120,6 +120,15 @@ public struct Transitions: Sendable, Equatable {
 
     /// No changes.
     public init() {}
+
+    /// These and `other`'s counted together.
+    public func adding(_ other: Transitions) -> Transitions {
+        var sum = self
+        sum.realized += other.realized
+        sum.exited += other.exited
+        sum.updated += other.updated
+        return sum
+    }
 }
 
 /// Membership changes waiting to be sent to destination.
