@@ -126,6 +126,31 @@ struct ProfileStoreTests {
         #expect(try store.outboxStatus().pending == 0)
     }
 
+    /// An event sent again (changed) replaces its row and goes to the end of the event log: the view
+    /// holds it once, as it is now, and segmentation is sent it again; a deleted one is sent as gone.
+    @Test func anEventSentAgainReplacesItsRowAndIsSentAgain() async throws {
+        let store = try SQLiteProfileStore()
+        let pipeline = try ProfilePipeline(profile: store)
+        for group in Self.story { try await pipeline.ingest(group) }
+        try store.markSent(try store.takeStateChanges(limit: 1_000_000))
+
+        var moved = Bodea.pageVisit(at: Self.visit.addingTimeInterval(60))
+        moved.record.event.url = "https://bodea.example/pricing"
+        try await pipeline.ingest([moved])
+        let p2 = try #require(try Self.person("p2@townsend.com", store))
+        #expect(p2.events.map(\.event.url) == ["https://bodea.example/pricing"])
+        let again = try store.takeStateChanges(limit: 100)
+        #expect(again.eventCount == 1 && again.changes.map(\.event.event.url) == ["https://bodea.example/pricing"])
+        try store.markSent(again)
+
+        var deleted = Bodea.pageVisit(at: Self.visit)
+        deleted.record.isDeleted = true
+        try await pipeline.ingest([deleted])
+        #expect(try Self.person("p2@townsend.com", store)?.events.isEmpty == true)
+        let gone = try store.takeStateChanges(limit: 100)
+        #expect(gone.changes.count == 1 && gone.changes.first?.event.hasEvent == false)
+    }
+
     /// A store of version 5 keeps what waited in `pending`: it becomes the head of the mark log, oldest
     /// first.
     @Test func thePendingItemsOfAnOlderStoreBecomeTheMarkLog() throws {
