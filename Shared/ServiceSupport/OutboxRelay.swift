@@ -8,7 +8,9 @@ import Synchronization
 /// done; over and over, surviving restarts of either side because the outbox is durable.
 ///
 /// Delivery is at least once: a chunk delivered but not yet marked done when the process dies is
-/// delivered again, so receivers must be idempotent. Chunks go out one at a time, in outbox order.
+/// delivered again, so receivers must be idempotent. Chunks go out one at a time, in outbox order;
+/// the next chunk is read while one is delivered, so the receiver does not wait for the sender's
+/// read between two chunks (after a failed attempt, the relay reads again from the outbox's head).
 ///
 /// Runs as a ServiceLifecycle `Service`; a graceful shutdown stops it between attempts.
 public final class OutboxRelay<Chunk: Sendable>: Service, Sendable {
@@ -43,7 +45,7 @@ public final class OutboxRelay<Chunk: Sendable>: Service, Sendable {
 
     private let name: String
     private let configuration: Configuration
-    private let fetch: @Sendable (Int) async throws -> Chunk?
+    private let fetch: @Sendable (Int, Chunk?) async throws -> Chunk?
     private let deliver: @Sendable (Chunk) async throws -> Void
     private let acknowledge: @Sendable (Chunk) async throws -> Void
     private let wakeSignal = WakeSignal()
@@ -54,14 +56,16 @@ public final class OutboxRelay<Chunk: Sendable>: Service, Sendable {
     ///
     /// - Parameters:
     ///   - name: The relay's name in logs (`ingestion→identity`).
-    ///   - fetch: The next chunk of at most the given size, or nil when the outbox is empty.
+    ///   - fetch: The next chunk of at most the given size, or nil when there is none: from the
+    ///     outbox's head when the second argument is nil, else the chunk that follows that one (being
+    ///     delivered, not yet marked done). Reading must not change what a read from the head returns.
     ///   - deliver: Sends a chunk; returns once the receiver acknowledged it, throws otherwise.
     ///   - acknowledge: Marks a delivered chunk done in the outbox.
     public init(
         name: String,
         configuration: Configuration = Configuration(),
         logger: Logger,
-        fetch: @escaping @Sendable (Int) async throws -> Chunk?,
+        fetch: @escaping @Sendable (Int, Chunk?) async throws -> Chunk?,
         deliver: @escaping @Sendable (Chunk) async throws -> Void,
         acknowledge: @escaping @Sendable (Chunk) async throws -> Void
     ) {
@@ -90,14 +94,25 @@ public final class OutboxRelay<Chunk: Sendable>: Service, Sendable {
 
     private func forwardUntilCancelled() async {
         var delay = Duration.zero
+        // The chunk read while the last one was delivered.
+        var following: Chunk?
         while !Task.isCancelled {
             do {
-                guard let chunk = try await fetch(configuration.chunkSize) else {
+                let taken: Chunk?
+                if let following {
+                    taken = following
+                } else {
+                    taken = try await fetch(configuration.chunkSize, nil)
+                }
+                following = nil
+                guard let chunk = taken else {
                     await wakeSignal.wait(upTo: configuration.idlePoll)
                     continue
                 }
+                async let next = fetch(configuration.chunkSize, chunk)
                 try await deliver(chunk)
                 try await acknowledge(chunk)
+                following = try await next
                 delay = .zero
                 statusBox.withLock { $0 = Status(lastError: nil, consecutiveFailures: 0) }
             } catch {

@@ -39,8 +39,8 @@ final class FailingStore: IdentityStore, @unchecked Sendable {
         try inner.conflicts(in: graph, before: before, limit: limit)
     }
     func nextUpdateSequence() throws -> UInt64 { try inner.nextUpdateSequence() }
-    func nextOutboxChunk(limit: Int, maxBytes: Int) throws -> UpdateChunk? {
-        try inner.nextOutboxChunk(limit: limit, maxBytes: maxBytes)
+    func nextOutboxChunk(limit: Int, maxBytes: Int, after: UpdateChunk?) throws -> UpdateChunk? {
+        try inner.nextOutboxChunk(limit: limit, maxBytes: maxBytes, after: after)
     }
     func acknowledge(_ chunk: UpdateChunk) throws { try inner.acknowledge(chunk) }
     func outboxStatus() throws -> (pending: UInt64, oldestPending: Date?, forwarded: UInt64) {
@@ -147,6 +147,21 @@ struct IdentityEngineTests {
         #expect(profile.cluster(of: "102@mkto-1.Marketo") == p2.cluster.rawValue)
         #expect(profile.cluster(of: "2102@mkto-2.Marketo") == p2.cluster.rawValue)
         #expect(profile.cluster(of: "A2@mkto-2.Marketo") == townsend.cluster.rawValue)
+    }
+
+    /// The relay reads the next chunk while one is delivered: the chunk after one is the next a read
+    /// from the head gives once that one is acknowledged.
+    @Test func theChunkAfterOneBeingDeliveredIsTheNextFromTheHead() async throws {
+        let store = try SQLiteIdentityStore()
+        let engine = try IdentityEngine(store: store, loop: Self.loop)
+        _ = try await engine.accept(Bodea.persons)
+        let first = try #require(try store.nextOutboxChunk(limit: 2, maxBytes: .max))
+        let second = try #require(try store.nextOutboxChunk(limit: 2, maxBytes: .max, after: first))
+        #expect(second.firstSequence == first.lastSequence + 1)
+        #expect(try store.nextOutboxChunk(limit: 2, maxBytes: .max)?.firstSequence == first.firstSequence)
+        try store.acknowledge(first)
+        let head = try #require(try store.nextOutboxChunk(limit: 2, maxBytes: .max))
+        #expect(head.firstSequence == second.firstSequence && head.updates == second.updates)
     }
 
     @Test func reDeliveredRecordsChangeNothing() async throws {

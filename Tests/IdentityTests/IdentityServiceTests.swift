@@ -171,7 +171,7 @@ func withIdentityHarness(
         name: "test",
         configuration: .init(chunkSize: 3, backoff: Backoff(initial: .milliseconds(20), maximum: .milliseconds(100))),
         logger: logger,
-        fetch: { try await engine.nextOutboxChunk(limit: $0) },
+        fetch: { try await engine.nextOutboxChunk(limit: $0, after: $1) },
         deliver: { try await ProfileForwarding.deliver($0, via: profileClient) },
         acknowledge: { try await engine.acknowledge($0) }
     )

@@ -333,7 +333,7 @@ func withHarness(_ body: (Harness) async throws -> Void) async throws {
         name: "test",
         configuration: .init(chunkSize: 3, backoff: Backoff(initial: .milliseconds(20), maximum: .milliseconds(100))),
         logger: logger,
-        fetch: { try await store.nextOutboxChunk(limit: $0) },
+        fetch: { try await store.nextOutboxChunk(limit: $0, after: $1) },
         deliver: { try await IdentityForwarding.deliver($0, via: identityClient) },
         acknowledge: { try await store.acknowledge($0) }
     )

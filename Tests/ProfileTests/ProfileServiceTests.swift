@@ -190,7 +190,7 @@ func withProfileHarness(identityAvailable: Bool = true, _ body: (ProfileHarness)
         name: "test",
         configuration: .init(chunkSize: 4, backoff: Backoff(initial: .milliseconds(20), maximum: .milliseconds(100))),
         logger: logger,
-        fetch: { try await engine.nextStateChunk(limit: $0) },
+        fetch: { try await engine.nextStateChunk(limit: $0, after: $1) },
         deliver: { try await SegmentationForwarding.deliver($0, via: segmentationClient) },
         acknowledge: { try await engine.acknowledge($0) }
     )

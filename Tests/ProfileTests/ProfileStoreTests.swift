@@ -3,6 +3,7 @@ import Foundation
 import GRDB
 import PipelineSupport
 import ProfileModel
+import RPCCore
 import SegmentationState
 import SwiftProtobuf
 import TestSupport
@@ -149,6 +150,79 @@ struct ProfileStoreTests {
         #expect(try Self.person("p2@townsend.com", store)?.events.isEmpty == true)
         let gone = try store.takeStateChanges(limit: 100)
         #expect(gone.changes.count == 1 && gone.changes.first?.event.hasEvent == false)
+    }
+
+    /// The relay takes the next chunk while one is sent: the chunk after one holds the marks and events
+    /// that follow it, and taking it leaves the logs as they were until the first is marked sent.
+    @Test func theChunkAfterOneBeingSentFollowsIt() async throws {
+        let store = try SQLiteProfileStore()
+        let pipeline = try ProfilePipeline(profile: store)
+        for group in Self.story.dropLast() { try await pipeline.ingest(group) }
+        let first = try store.takeStateChanges(limit: 2)
+        try await pipeline.ingest([Bodea.pageVisit(at: Self.visit)])
+        let rest = try store.takeStateChanges(limit: 1_000_000, after: first)
+        #expect(first.markCount > 0 && rest.markCount > 0 && rest.eventCount == 1)
+        let pending = try store.outboxStatus().pending
+        #expect(pending == UInt64(first.markCount + rest.markCount + rest.eventCount))
+        // Nothing after the last: still nothing marked sent.
+        #expect(try store.takeStateChanges(limit: 10, after: rest).isEmpty)
+        #expect(try store.outboxStatus().pending == pending)
+        try store.markSent(first)
+        let head = try store.takeStateChanges(limit: 1_000_000)
+        #expect(head.items.map(\.key) == rest.items.map(\.key) && head.markCount == rest.markCount)
+        #expect(head.eventCount == 1)
+        try store.markSent(rest)
+        #expect(try store.outboxStatus().pending == 0)
+    }
+
+    /// An item marked by two applies is sent with the later one: its value is read when it is taken,
+    /// as the later apply left it, so it must travel with the rest of that apply. Here Opportunity 2
+    /// arrives on account A2, then the crosswalk merges A2 into A1: the chunk that says O2 belongs to
+    /// the merged account also holds the merged account's record (segmentation would otherwise see the
+    /// account with both opportunities and the record of A1 alone, and realize it with that record).
+    /// (`reopened`: the same after a restart between the applies and the taking.)
+    @Test(arguments: [false, true])
+    func anItemMarkedByTwoAppliesTravelsWithTheLater(reopened: Bool) async throws {
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("marks-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: directory) }
+        let path = directory.appendingPathComponent("profile.sqlite").path
+        let clock = LockedBox(Date(timeIntervalSince1970: 1_800_000_000))
+        // Every apply a millisecond of its own, so that each is a group of its own in the mark log.
+        let ticking: @Sendable () -> Date = {
+            clock.withLock { now in
+                now += 0.001
+                return now
+            }
+        }
+        var store = try SQLiteProfileStore(path: path, now: ticking)
+        let pipeline = try ProfilePipeline(profile: store)
+        try await pipeline.ingest(Bodea.persons)
+        try await pipeline.ingest(Array(Bodea.accounts.prefix(2)))
+        try store.markSent(try store.takeStateChanges(limit: 1_000_000))
+        try await pipeline.ingest(Bodea.wonOpportunities)
+        try await pipeline.ingest(Bodea.crosswalks)
+        if reopened { store = try SQLiteProfileStore(path: path, now: ticking) }
+        let townsend = try #require(try Self.townsend(store)).account.clusterID
+
+        var chunks: [StateChunk] = []
+        while true {
+            let chunk = try store.takeStateChanges(limit: 1, after: chunks.last)
+            if chunk.isEmpty { break }
+            chunks.append(chunk)
+        }
+        let withO2 = chunks.filter { chunk in
+            chunk.changes.contains { $0.link.key == "O2@mkto-2.Marketo" }
+        }
+        #expect(withO2.count == 1)
+        let merged = withO2.first?.changes.first {
+            $0.entity.entityType == .account && $0.entity.clusterID == townsend
+        }
+        #expect(merged?.entity.unified.fragmentKeys == ["A1@mkto-1.Marketo", "A2@mkto-2.Marketo"])
+        #expect(withO2.first?.changes.first { $0.link.key == "O2@mkto-2.Marketo" }?.link.toClusterID == townsend)
+        // Every mark is sent once: the superseded ones count as sent with their chunk.
+        for chunk in chunks { try store.markSent(chunk) }
+        #expect(try store.outboxStatus().pending == 0)
     }
 
     /// A store of version 5 keeps what waited in `pending`: it becomes the head of the mark log, oldest

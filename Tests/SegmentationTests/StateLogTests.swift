@@ -101,9 +101,14 @@ struct StateLogTests {
         #expect(try store.commit(evaluations, at: Self.now).realized == 5)
         #expect(try store.outboxStatus().pending == 5 && store.outboxStatus().oldest == Self.now)
         let chunk = try #require(try store.nextChangeChunk(limit: 2))
+        // Read ahead while the first is delivered: the rest, and the head is unchanged.
+        let following = try #require(try store.nextChangeChunk(limit: 10, after: chunk))
+        #expect(following.changes.map(\.sequence) == [3, 4, 5])
+        #expect(try store.nextChangeChunk(limit: 2)?.last == chunk.last)
         try store.acknowledge(chunk)
         let status = try store.outboxStatus()
         #expect(status.pending == 3 && status.sent == 2)
+        #expect(try store.nextChangeChunk(limit: 10)?.changes.map(\.sequence) == [3, 4, 5])
         try store.acknowledge(try #require(try store.nextChangeChunk(limit: 10)))
         #expect(try store.outboxStatus().pending == 0 && store.outboxStatus().oldest == nil)
     }

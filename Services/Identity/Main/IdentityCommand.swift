@@ -221,7 +221,7 @@ struct IdentityCommand: AsyncParsableCommand {
                 configuration: .init(chunkSize: forwardBatchSize),
                 logger: logger,
                 // Through the engine: its store calls block, and belong on its thread.
-                fetch: { limit in try await engine.nextOutboxChunk(limit: limit) },
+                fetch: { limit, after in try await engine.nextOutboxChunk(limit: limit, after: after) },
                 deliver: { chunk in try await ProfileForwarding.deliver(chunk, via: client) },
                 acknowledge: { chunk in try await engine.acknowledge(chunk) }
             )

@@ -328,8 +328,12 @@ public actor IdentityEngine {
     // MARK: - Outbox
 
     /// The next updates for profile (see ``IdentityStore/nextOutboxChunk(limit:maxBytes:)``).
-    public func nextOutboxChunk(limit: Int, maxBytes: Int = 3 << 20) throws -> UpdateChunk? {
-        try store.nextOutboxChunk(limit: limit, maxBytes: maxBytes)
+    public func nextOutboxChunk(
+        limit: Int,
+        maxBytes: Int = 3 << 20,
+        after: UpdateChunk? = nil
+    ) throws -> UpdateChunk? {
+        try store.nextOutboxChunk(limit: limit, maxBytes: maxBytes, after: after)
     }
 
     /// Marks a chunk profile acknowledged.

@@ -24,8 +24,9 @@ public protocol IdentityStore: Sendable {
     func nextUpdateSequence() throws -> UInt64
 
     /// The next updates to forward, oldest first: at most `limit` and, beyond the first, at most
-    /// `maxBytes`; nil when nothing is pending.
-    func nextOutboxChunk(limit: Int, maxBytes: Int) throws -> UpdateChunk?
+    /// `maxBytes`; nil when nothing is pending. From the outbox's head, or after `after` (a chunk
+    /// being delivered, not yet acknowledged).
+    func nextOutboxChunk(limit: Int, maxBytes: Int, after: UpdateChunk?) throws -> UpdateChunk?
     /// Records that the receiver acknowledged `chunk`.
     func acknowledge(_ chunk: UpdateChunk) throws
     /// How much is pending.
@@ -154,6 +155,14 @@ public struct IdentityCommit: Sendable {
 }
 
 /// Updates taken from the outbox for one forwarding attempt.
+extension IdentityStore {
+    /// The next updates to forward from the outbox's head (see
+    /// ``nextOutboxChunk(limit:maxBytes:after:)``).
+    public func nextOutboxChunk(limit: Int, maxBytes: Int) throws -> UpdateChunk? {
+        try nextOutboxChunk(limit: limit, maxBytes: maxBytes, after: nil)
+    }
+}
+
 public struct UpdateChunk: Sendable {
     /// The serialized `cdp.profile.v1.IdentityUpdate`s, in sequence order.
     public var updates: [Data]

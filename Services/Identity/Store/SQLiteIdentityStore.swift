@@ -436,12 +436,13 @@ public final class SQLiteIdentityStore: IdentityStore {
 
     // MARK: - Outbox
 
-    public func nextOutboxChunk(limit: Int, maxBytes: Int) throws -> UpdateChunk? {
+    public func nextOutboxChunk(limit: Int, maxBytes: Int, after: UpdateChunk?) throws -> UpdateChunk? {
         try writer.read { db in
             let rows = try Row.fetchCursor(
-                db,
-                sql: "SELECT sequence, payload FROM outbox ORDER BY sequence LIMIT ?",
-                arguments: [limit]
+                try db.cachedStatement(
+                    sql: "SELECT sequence, payload FROM outbox WHERE sequence > ? ORDER BY sequence LIMIT ?"
+                ),
+                arguments: [Int64(after?.lastSequence ?? 0), limit]
             )
             var updates: [Data] = []
             var bytes = 0

@@ -115,7 +115,7 @@ struct IngestionCommand: AsyncParsableCommand {
                 name: "ingestion→identity",
                 configuration: .init(chunkSize: forwardBatchSize),
                 logger: logger,
-                fetch: { limit in try await store.nextOutboxChunk(limit: limit) },
+                fetch: { limit, after in try await store.nextOutboxChunk(limit: limit, after: after) },
                 deliver: { chunk in try await IdentityForwarding.deliver(chunk, via: client) },
                 acknowledge: { chunk in try await store.acknowledge(chunk) }
             )

@@ -174,7 +174,7 @@ struct ProfileCommand: AsyncParsableCommand {
                 name: "profile→segmentation",
                 configuration: .init(chunkSize: forwardBatchSize),
                 logger: logger,
-                fetch: { limit in try await engine.nextStateChunk(limit: limit) },
+                fetch: { limit, after in try await engine.nextStateChunk(limit: limit, after: after) },
                 deliver: { chunk in try await SegmentationForwarding.deliver(chunk, via: client) },
                 acknowledge: { chunk in try await engine.acknowledge(chunk) }
             )

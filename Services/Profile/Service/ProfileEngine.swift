@@ -97,10 +97,11 @@ public actor ProfileEngine {
     // MARK: - Outbox to segmentation
 
     /// The next changed state items with their values, taken on the engine's thread in one transaction
-    /// (see ``ProfileStore/takeStateChanges(limit:)``). An item changed again meanwhile has a later
-    /// mark, so it is sent again (``ProfileStore/markSent(_:)``).
-    public func nextStateChunk(limit: Int) throws -> StateChunk? {
-        let chunk = try store.takeStateChanges(limit: limit)
+    /// (see ``ProfileStore/takeStateChanges(limit:after:)``), from the head of the logs or after
+    /// `after`. An item changed again meanwhile has a later mark, so it is sent again
+    /// (``ProfileStore/markSent(_:)``).
+    public func nextStateChunk(limit: Int, after: StateChunk? = nil) throws -> StateChunk? {
+        let chunk = try store.takeStateChanges(limit: limit, after: after)
         return chunk.isEmpty ? nil : chunk
     }
 

@@ -47,8 +47,9 @@ public protocol ProfileStore: Sendable {
     /// transaction: the items of the `limit` oldest marks of the mark log (each item once), and of every
     /// other mark of the apply that made the last of those (a chunk holds whole transactions); and up
     /// to `limit` of the events added since the last chunk sent, in the order they were added (the
-    /// event log).
-    func takeStateChanges(limit: Int) throws -> StateChunk
+    /// event log). With `after` (a chunk taken and being sent, not yet marked sent), from the marks
+    /// and events that follow its last.
+    func takeStateChanges(limit: Int, after: StateChunk?) throws -> StateChunk
     /// Marks a sent chunk done: the mark log up to its last mark (an item changed again since it was
     /// taken has a later mark, and is sent again), and the event log up to its last event.
     func markSent(_ chunk: StateChunk) throws
@@ -68,6 +69,11 @@ public protocol ProfileStore: Sendable {
     func privacyRequest(hash: Data) throws -> StoredPrivacyRequest?
     /// Clears the write-ahead log of deleted data; false if it could not yet.
     func clearLog() -> Bool
+}
+
+extension ProfileStore {
+    /// Takes state items from the head of the logs (see ``takeStateChanges(limit:after:)``).
+    public func takeStateChanges(limit: Int) throws -> StateChunk { try takeStateChanges(limit: limit, after: nil) }
 }
 
 /// A privacy request as stored: its progress, and while it runs the work it needs in clear.

@@ -41,6 +41,8 @@ public final class SQLiteProfileStore: ProfileStore {
     private let configuration: Configuration
     /// What persons' views share, kept from one view build to the next.
     private let shared = SharedViewCache()
+    /// Each waiting item's last mark in the mark log.
+    private let lastMarks = LastMarks()
     private let now: @Sendable () -> Date
 
     /// Opens (creating if needed) the database at `path` and migrates it.
@@ -63,6 +65,7 @@ public final class SQLiteProfileStore: ProfileStore {
         )
         self.configuration = configuration
         self.now = now
+        try lastMarks.load(writer)
     }
 
     /// A store in memory, for tests: the same schema through the same migrator.
@@ -71,6 +74,7 @@ public final class SQLiteProfileStore: ProfileStore {
         writer = try ServiceDatabase.inMemory(migrator: Self.migrator)
         self.configuration = configuration
         self.now = now
+        try lastMarks.load(writer)
     }
 
     static var migrator: DatabaseMigrator {
@@ -327,7 +331,7 @@ public final class SQLiteProfileStore: ProfileStore {
     public func apply(_ updates: [Cdp_Profile_V1_IdentityUpdate]) throws -> (applied: Int, duplicates: Int) {
         // After the commit, so that a view build that read the old rows cannot store them as current.
         defer { if updates.contains(where: SharedViewCache.invalidates) { shared.invalidate() } }
-        return try writer.write { db in
+        let (result, marked) = try writer.write { db in
             var last = UInt64(try Counters.value("applied_identity_sequence", db))
             var applied = 0
             var duplicates = 0
@@ -355,8 +359,10 @@ public final class SQLiteProfileStore: ProfileStore {
             }
             try Counters.set("applied_identity_sequence", Int64(last), db)
             try changes.commit()
-            return (applied, duplicates)
+            return ((applied, duplicates), changes.positions)
         }
+        lastMarks.note(marked)
+        return result
     }
 
     private func apply(_ annotated: Cdp_Profile_V1_AnnotatedRecord, changes: StateMarker, db: Database) throws {
@@ -963,7 +969,7 @@ public final class SQLiteProfileStore: ProfileStore {
 
     public func delete(_ data: PersonData) throws -> (fragments: Int, events: Int) {
         defer { shared.invalidate() }
-        return try writer.write { db in
+        let (result, marked) = try writer.write { db in
             let changes = StateMarker(db: db, now: Self.milliseconds(now()))
             var fragments = 0
             for fragment in data.fragments {
@@ -984,20 +990,22 @@ public final class SQLiteProfileStore: ProfileStore {
                 events += db.changesCount
             }
             try changes.commit()
-            return (fragments, events)
+            return ((fragments, events), changes.positions)
         }
+        lastMarks.note(marked)
+        return result
     }
 
     // MARK: - State changes
 
-    public func takeStateChanges(limit: Int) throws -> StateChunk {
+    public func takeStateChanges(limit: Int, after: StateChunk?) throws -> StateChunk {
         // One transaction: the values read are those of the moment the items are taken, so a chunk never
         // mixes an item as a later apply left it with the rest of that apply left for the next chunk.
         let memo = ViewMemo(shared: shared)
         return try writer.write { db in
-            let marked = try nextMarkedItems(limit: limit, db)
+            let marked = try nextMarkedItems(limit: limit, after: after?.marksThrough ?? 0, db)
             var items = marked.items
-            let logged = try nextLoggedEvents(limit: limit, db)
+            let logged = try nextLoggedEvents(limit: limit, after: after?.eventsThrough, db)
             // Fresh versions, increasing across all sends.
             var version = UInt64(try Counters.value("change_version", db))
             for index in items.indices {
@@ -1024,9 +1032,11 @@ public final class SQLiteProfileStore: ProfileStore {
         }
     }
 
-    /// Up to `limit` events of the log after the last chunk sent, and the position of the last.
+    /// Up to `limit` events of the log after the last chunk sent (and after position `after`, the
+    /// last event of a chunk being sent), and the position of the last.
     private func nextLoggedEvents(
         limit: Int,
+        after: Int64?,
         _ db: Database
     ) throws -> (events: [Cdp_Profile_V1_EventState], through: Int64) {
         let sent = try Counters.value("event_log_sent", db)
@@ -1034,12 +1044,13 @@ public final class SQLiteProfileStore: ProfileStore {
             try db.cachedStatement(
                 sql: "SELECT rowid, key, person_cluster, record FROM events WHERE rowid > ? ORDER BY rowid LIMIT ?"
             ),
-            arguments: [sent, limit]
+            arguments: [max(sent, after ?? 0), limit]
         )
         guard let last = rows.last else {
-            // Events added and deleted again before they were sent: nothing of them is to send.
+            // Events added and deleted again before they were sent: nothing of them is to send (but
+            // only from the head: the chunk being sent is not sent yet).
             let end = try Counters.value("event_log_end", db)
-            if end > sent { try Counters.set("event_log_sent", end, db) }
+            if after == nil, end > sent { try Counters.set("event_log_sent", end, db) }
             return ([], 0)
         }
         let events = try rows.map { row in
@@ -1052,11 +1063,13 @@ public final class SQLiteProfileStore: ProfileStore {
         return (events, last[0])
     }
 
-    /// The items of the next `limit` marks of the mark log (each item once, in the order first
-    /// marked), extended to the end of the apply that made the last of them, with the position of the
-    /// last mark taken and how many were.
+    /// The items of the next `limit` marks of the mark log after position `after` (each item at its
+    /// last mark: one marked again later is left for the chunk of that later apply), extended to the end
+    /// of the apply that made the last of them, with the position of the last mark taken and how many
+    /// were.
     private func nextMarkedItems(
         limit: Int,
+        after: Int64,
         _ db: Database
     ) throws -> (items: [PendingItem], through: Int64, count: Int) {
         var items: [PendingItem] = []
@@ -1067,8 +1080,10 @@ public final class SQLiteProfileStore: ProfileStore {
         // Sent marks are deleted: the log starts at its first unsent mark.
         let cursor = try Row.fetchCursor(
             try db.cachedStatement(
-                sql: "SELECT position, kind, entity, cluster, key, since FROM marks ORDER BY position"
-            )
+                sql:
+                    "SELECT position, kind, entity, cluster, key, since FROM marks WHERE position > ? ORDER BY position"
+            ),
+            arguments: [after]
         )
         while let row = try cursor.next() {
             let since: Int64 = row[5]
@@ -1076,7 +1091,8 @@ public final class SQLiteProfileStore: ProfileStore {
             // applies them together and never evaluates half of a merge.
             if count >= limit, since != lastSince { break }
             lastSince = since
-            through = row[0]
+            let position: Int64 = row[0]
+            through = position
             count += 1
             let item = PendingItem(
                 kind: PendingItem.Kind(rawValue: row[1]) ?? .entity,
@@ -1085,6 +1101,9 @@ public final class SQLiteProfileStore: ProfileStore {
                 key: row[4],
                 version: 0
             )
+            // An item marked again by a later apply goes with that apply: its value, read now, is what
+            // the later apply left, and must travel with the rest of what that apply changed.
+            if lastMarks.isSuperseded(item, at: position) { continue }
             if seen.insert(item).inserted { items.append(item) }
         }
         return (items, through, count)
@@ -1197,6 +1216,7 @@ public final class SQLiteProfileStore: ProfileStore {
             }
             try Counters.add("sent_changes", Int64(sent), db)
         }
+        lastMarks.forget(through: chunk.marksThrough)
     }
 
     public func outboxStatus() throws -> (pending: UInt64, oldestPending: Date?, sent: UInt64) {
@@ -1323,6 +1343,8 @@ final class StateMarker {
     let now: Int64
     /// What this transaction marked.
     private var marked: Set<Marked> = []
+    /// The position of each item this transaction marked.
+    private(set) var positions: [PendingItem: Int64] = [:]
     /// The last position given in the event log, once one was asked for.
     private var eventLogEnd: Int64?
     /// The last position given in the mark log, once one was asked for.
@@ -1391,5 +1413,65 @@ final class StateMarker {
         try db.cachedStatement(
             sql: "INSERT INTO marks (position, kind, entity, cluster, key, since) VALUES (?, ?, ?, ?, ?, ?)"
         ).execute(arguments: [position, kind.rawValue, entity.rawValue, Int64(cluster), key, now])
+        positions[PendingItem(kind: kind, entity: entity, cluster: cluster, key: key, version: 0)] = position
+    }
+}
+
+/// Where each waiting item was last marked in the mark log, so that the relay takes an item marked by
+/// several applies with the last of them (see ``isSuperseded(_:at:)``). Kept in memory, built from the
+/// log at open and noted after each committed apply: a table indexed by item would put a random-key
+/// write back on every mark.
+///
+/// Entries of marks already sent stay until the next pruning: they are at or below every waiting
+/// mark's position, so they supersede nothing.
+final class LastMarks: Sendable {
+    private struct State {
+        var positions: [PendingItem: Int64] = [:]
+        /// The count that triggers the next pruning.
+        var pruneAt = 100_000
+    }
+
+    private let state = Mutex(State())
+
+    /// Reads the waiting marks of the log.
+    func load(_ reader: any DatabaseReader) throws {
+        let positions = try reader.read { db in
+            var positions: [PendingItem: Int64] = [:]
+            let rows = try Row.fetchCursor(db, sql: "SELECT position, kind, entity, cluster, key FROM marks")
+            while let row = try rows.next() {
+                let item = PendingItem(
+                    kind: PendingItem.Kind(rawValue: row[1]) ?? .entity,
+                    entity: Cdp_Model_V1_EntityType(rawValue: Int(row[2] as Int64)) ?? .unspecified,
+                    cluster: UInt64(row[3] as Int64),
+                    key: row[4],
+                    version: 0
+                )
+                positions[item] = max(positions[item] ?? 0, row[0])
+            }
+            return positions
+        }
+        state.withLock { $0.positions = positions }
+    }
+
+    /// Notes the marks of a committed transaction.
+    func note(_ marked: [PendingItem: Int64]) {
+        guard !marked.isEmpty else { return }
+        state.withLock { state in
+            state.positions.merge(marked) { max($0, $1) }
+        }
+    }
+
+    /// Whether the mark of `item` at `position` has a later one.
+    func isSuperseded(_ item: PendingItem, at position: Int64) -> Bool {
+        state.withLock { ($0.positions[item] ?? 0) > position }
+    }
+
+    /// Drops the entries of marks sent (through `position`) once there are many.
+    func forget(through position: Int64) {
+        state.withLock { state in
+            guard state.positions.count >= state.pruneAt else { return }
+            state.positions = state.positions.filter { $0.value > position }
+            state.pruneAt = max(100_000, 2 * state.positions.count)
+        }
     }
 }

@@ -161,7 +161,7 @@ struct SegmentationCommand: AsyncParsableCommand {
                 name: "segmentation→destination",
                 configuration: .init(chunkSize: forwardBatchSize),
                 logger: logger,
-                fetch: { limit in try await engine.nextChangeChunk(limit: limit) },
+                fetch: { limit, after in try await engine.nextChangeChunk(limit: limit, after: after) },
                 deliver: { [partition, partitions] chunk in
                     try await DestinationForwarding.deliver(
                         chunk,

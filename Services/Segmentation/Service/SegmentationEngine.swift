@@ -793,7 +793,9 @@ public actor SegmentationEngine {
     public func currentTime() -> Date { now() }
 
     /// The next chunk of membership changes for destination.
-    public func nextChangeChunk(limit: Int) throws -> ChangeChunk? { try store.nextChangeChunk(limit: limit) }
+    public func nextChangeChunk(limit: Int, after: ChangeChunk? = nil) throws -> ChangeChunk? {
+        try store.nextChangeChunk(limit: limit, after: after)
+    }
 
     /// Marks a chunk delivered.
     public func acknowledge(_ chunk: ChangeChunk) throws { try store.acknowledge(chunk) }

@@ -873,11 +873,13 @@ public final class SQLiteSegmentationStore: Sendable {
     }
 
     /// The oldest changes not yet acknowledged, each with its sequence set.
-    public func nextChangeChunk(limit: Int) throws -> ChangeChunk? {
+    public func nextChangeChunk(limit: Int, after: ChangeChunk? = nil) throws -> ChangeChunk? {
         try writer.read { db in
             let rows = try Row.fetchAll(
-                try db.cachedStatement(sql: "SELECT sequence, change FROM outbox ORDER BY sequence LIMIT ?"),
-                arguments: [limit]
+                try db.cachedStatement(
+                    sql: "SELECT sequence, change FROM outbox WHERE sequence > ? ORDER BY sequence LIMIT ?"
+                ),
+                arguments: [after?.last ?? 0, limit]
             )
             guard let last = rows.last else { return nil }
             let changes = try rows.map { row in

@@ -1,0 +1,98 @@
+import Logging
+import RPCCore
+import ServiceSupport
+import Testing
+
+/// The relay every service forwards its outbox with (here, because this target already links
+/// ServiceSupport): over a fake outbox of numbered items.
+@Suite("Outbox relay")
+struct OutboxRelayTests {
+    /// A chunk of the fake outbox: items `first...last`.
+    struct Chunk: Sendable, Equatable {
+        var first: Int
+        var last: Int
+    }
+
+    /// An outbox of items 1...count, acknowledged from the head, that fails one delivery on request
+    /// and records what it was asked and sent.
+    final class FakeOutbox: Sendable {
+        struct State {
+            var acknowledged = 0
+            var delivered: [Chunk] = []
+            var readsAhead = 0
+            var failing: Int?
+        }
+        let count: Int
+        let state: LockedBox<State>
+
+        init(count: Int, failingFirstDeliveryOf item: Int?) {
+            self.count = count
+            state = LockedBox(State(failing: item))
+        }
+
+        func fetch(_ limit: Int, after: Chunk?) -> Chunk? {
+            let first = state.withLock { state in
+                if after != nil { state.readsAhead += 1 }
+                return (after?.last ?? state.acknowledged) + 1
+            }
+            return first > count ? nil : Chunk(first: first, last: min(first + limit - 1, count))
+        }
+
+        func deliver(_ chunk: Chunk) throws {
+            try state.withLock { state in
+                if let failing = state.failing, (chunk.first...chunk.last).contains(failing) {
+                    state.failing = nil
+                    throw RPCError(code: .unavailable, message: "the receiver is restarting")
+                }
+                state.delivered.append(chunk)
+            }
+        }
+
+        func acknowledge(_ chunk: Chunk) {
+            state.withLock { $0.acknowledged = max($0.acknowledged, chunk.last) }
+        }
+    }
+
+    /// Run until the outbox is acknowledged to its end.
+    static func forward(_ outbox: FakeOutbox) async throws {
+        let relay = OutboxRelay<Chunk>(
+            name: "test",
+            configuration: .init(
+                chunkSize: 3,
+                backoff: Backoff(initial: .milliseconds(1), maximum: .milliseconds(5)),
+                idlePoll: .milliseconds(5)
+            ),
+            logger: Logger(label: "test", factory: { _ in SwiftLogNoOpLogHandler() }),
+            fetch: { outbox.fetch($0, after: $1) },
+            deliver: { try outbox.deliver($0) },
+            acknowledge: { outbox.acknowledge($0) }
+        )
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            group.addTask { try await relay.run() }
+            while outbox.state.value.acknowledged < outbox.count { try await Task.sleep(for: .milliseconds(2)) }
+            group.cancelAll()
+        }
+    }
+
+    /// Chunks go out in order, each once, the next read while the one before is delivered.
+    @Test func chunksGoOutInOrderWhileTheNextIsReadAhead() async throws {
+        let outbox = FakeOutbox(count: 10, failingFirstDeliveryOf: nil)
+        try await Self.forward(outbox)
+        let state = outbox.state.value
+        #expect(
+            state.delivered == [
+                Chunk(first: 1, last: 3), .init(first: 4, last: 6), .init(first: 7, last: 9),
+                .init(first: 10, last: 10),
+            ]
+        )
+        #expect(state.readsAhead >= 4)
+    }
+
+    /// After a failed delivery the chunk read ahead is dropped: the relay reads again from the head and
+    /// delivers the failed chunk before anything after it.
+    @Test func aFailedDeliveryStartsAgainFromTheHead() async throws {
+        let outbox = FakeOutbox(count: 10, failingFirstDeliveryOf: 5)
+        try await Self.forward(outbox)
+        #expect(outbox.state.value.delivered.map(\.first) == [1, 4, 7, 10])
+    }
+}
