@@ -225,6 +225,27 @@ struct ProfileStoreTests {
         #expect(try store.outboxStatus().pending == 0)
     }
 
+    /// The last marks kept in memory: a later mark supersedes an earlier one of the same item; entries
+    /// of sent marks are dropped once there are many, and dropping them changes no answer for a mark
+    /// still waiting.
+    @Test func lastMarksSupersedeEarlierOnesAndForgetSentOnes() {
+        let marks = LastMarks()
+        func item(_ cluster: UInt64) -> PendingItem {
+            PendingItem(kind: .entity, entity: .account, cluster: cluster, key: "", version: 0)
+        }
+        marks.note([item(1): 5, item(2): 6])
+        marks.note([item(1): 9])
+        #expect(marks.isSuperseded(item(1), at: 5) && !marks.isSuperseded(item(1), at: 9))
+        #expect(!marks.isSuperseded(item(2), at: 6) && !marks.isSuperseded(item(3), at: 7))
+        // Many sent marks: forgotten, and the waiting ones keep their answers.
+        marks.note(Dictionary(uniqueKeysWithValues: (10..<20_010).map { (item(UInt64($0)), Int64($0)) }))
+        marks.note([item(20_000): 30_000])
+        marks.forget(through: 20_009)
+        #expect(marks.count == 1)
+        #expect(marks.isSuperseded(item(20_000), at: 20_000) && !marks.isSuperseded(item(20_000), at: 30_000))
+        #expect(!marks.isSuperseded(item(1), at: 9))
+    }
+
     /// A store of version 5 keeps what waited in `pending`: it becomes the head of the mark log, oldest
     /// first.
     @Test func thePendingItemsOfAnOlderStoreBecomeTheMarkLog() throws {

@@ -1094,13 +1094,7 @@ public final class SQLiteProfileStore: ProfileStore {
             let position: Int64 = row[0]
             through = position
             count += 1
-            let item = PendingItem(
-                kind: PendingItem.Kind(rawValue: row[1]) ?? .entity,
-                entity: Cdp_Model_V1_EntityType(rawValue: Int(row[2] as Int64)) ?? .unspecified,
-                cluster: UInt64(row[3] as Int64),
-                key: row[4],
-                version: 0
-            )
+            let item = LastMarks.item(row)
             // An item marked again by a later apply goes with that apply: its value, read now, is what
             // the later apply left, and must travel with the rest of what that apply changed.
             if lastMarks.isSuperseded(item, at: position) { continue }
@@ -1428,10 +1422,21 @@ final class LastMarks: Sendable {
     private struct State {
         var positions: [PendingItem: Int64] = [:]
         /// The count that triggers the next pruning.
-        var pruneAt = 100_000
+        var pruneAt = 10_000
     }
 
     private let state = Mutex(State())
+
+    /// The item of a row of `marks` read as `position, kind, entity, cluster, key, …`.
+    static func item(_ row: Row) -> PendingItem {
+        PendingItem(
+            kind: PendingItem.Kind(rawValue: row[1]) ?? .entity,
+            entity: Cdp_Model_V1_EntityType(rawValue: Int(row[2] as Int64)) ?? .unspecified,
+            cluster: UInt64(row[3] as Int64),
+            key: row[4],
+            version: 0
+        )
+    }
 
     /// Reads the waiting marks of the log.
     func load(_ reader: any DatabaseReader) throws {
@@ -1439,13 +1444,7 @@ final class LastMarks: Sendable {
             var positions: [PendingItem: Int64] = [:]
             let rows = try Row.fetchCursor(db, sql: "SELECT position, kind, entity, cluster, key FROM marks")
             while let row = try rows.next() {
-                let item = PendingItem(
-                    kind: PendingItem.Kind(rawValue: row[1]) ?? .entity,
-                    entity: Cdp_Model_V1_EntityType(rawValue: Int(row[2] as Int64)) ?? .unspecified,
-                    cluster: UInt64(row[3] as Int64),
-                    key: row[4],
-                    version: 0
-                )
+                let item = Self.item(row)
                 positions[item] = max(positions[item] ?? 0, row[0])
             }
             return positions
@@ -1461,6 +1460,9 @@ final class LastMarks: Sendable {
         }
     }
 
+    /// How many items it holds an entry for.
+    var count: Int { state.withLock { $0.positions.count } }
+
     /// Whether the mark of `item` at `position` has a later one.
     func isSuperseded(_ item: PendingItem, at position: Int64) -> Bool {
         state.withLock { ($0.positions[item] ?? 0) > position }
@@ -1471,7 +1473,7 @@ final class LastMarks: Sendable {
         state.withLock { state in
             guard state.positions.count >= state.pruneAt else { return }
             state.positions = state.positions.filter { $0.value > position }
-            state.pruneAt = max(100_000, 2 * state.positions.count)
+            state.pruneAt = max(10_000, 2 * state.positions.count)
         }
     }
 }
