@@ -48,8 +48,13 @@ struct ProfileCommand: AsyncParsableCommand {
             }
             if !view.campaigns.isEmpty { Output.line("  campaigns: \(view.campaigns.count)") }
             if !view.lists.isEmpty { Output.line("  marketing lists: \(view.lists.count)") }
-            Output.line("  events: \(view.events.count)")
-            for event in view.events.suffix(10) {
+            // Views hold events newest first: the latest ten are the first ten.
+            let shown = 10
+            Output.line(
+                "  events: \(view.events.count)"
+                    + (view.events.count > shown ? " (the latest \(shown) below; --json for all)" : "")
+            )
+            for event in view.events.prefix(shown) {
                 let e = event.event
                 Output.line("    \(TimeArgument.format(e.timestamp.date))  \(e.eventType)  \(e.url)")
             }

@@ -56,6 +56,27 @@ def test_a_value_changed_back_is_a_new_version(stack, tmp_path):
     assert num(again["counts"], "accepted") == 0 and num(again["counts"], "duplicates") == 2, again
 
 
+def test_profile_get_lists_the_latest_events(stack, tmp_path):
+    """`cdp profile get` shows a person's latest ten events, newest first, and says how many there are."""
+    base = stack.port_base
+    cdp_ok(["source", "create", "--type", "Test", "--instance", "events"], base)
+    cdp_ok(["source", "create", "--type", "Web", "--instance", "events-web"], base)
+    people = tmp_path / "people.csv"
+    people.write_text("personId,email\ne-1,eve@events.example\n")
+    ingest(base, people, "person", "Test:events")
+    lines = [f'{{"eventId": "ev-{day:02d}", "eventType": "web.webpagedetails.pageViews", '
+             f'"timestamp": "2026-11-{day:02d}T09:00:00Z", "email": "eve@events.example", '
+             f'"url": "https://events.example/day-{day:02d}"}}' for day in range(1, 16)]
+    events = tmp_path / "events.ndjson"
+    events.write_text("\n".join(lines) + "\n")
+    assert num(ingest(base, events, "event", "Web:events-web")["counts"], "accepted") == 15
+    shown = run_cdp(["profile", "get", "--identity", "email:eve@events.example"], base)
+    assert shown.returncode == 0, describe(["profile", "get"], shown)
+    assert "events: 15 (the latest 10 below; --json for all)" in shown.stdout, shown.stdout
+    days = [line.split("day-")[1] for line in shown.stdout.splitlines() if "events.example/day-" in line]
+    assert days == [f"{day:02d}" for day in range(15, 5, -1)], f"events listed: {days}\n{shown.stdout}"
+
+
 CONTACTS = """\
 Id,AccountId,Email,FirstName,LastName,Title,HasOptedOutOfEmail,LastModifiedDate
 0035g00000Ver01AAA,,cora@contacts.example,Cora,Vance,CFO,false,2026-11-02T10:00:00.000+0000
