@@ -9,8 +9,9 @@ import Synchronization
 ///
 /// Delivery is at least once: a chunk delivered but not yet marked done when the process dies is
 /// delivered again, so receivers must be idempotent. Chunks go out one at a time, in outbox order;
-/// the next chunk is read while one is delivered, so the receiver does not wait for the sender's
-/// read between two chunks (after a failed attempt, the relay reads again from the outbox's head).
+/// unless told otherwise (``Configuration/readsAhead``), the next chunk is read while one is delivered,
+/// so the receiver does not wait for the sender's read between two chunks (after a failed attempt, the
+/// relay reads again from the outbox's head).
 ///
 /// Runs as a ServiceLifecycle `Service`; a graceful shutdown stops it between attempts.
 public final class OutboxRelay<Chunk: Sendable>: Service, Sendable {
@@ -22,16 +23,22 @@ public final class OutboxRelay<Chunk: Sendable>: Service, Sendable {
         public var backoff: Backoff
         /// How long to sleep when the outbox is empty before looking again without being woken.
         public var idlePoll: Duration
+        /// Whether the next chunk is read while one is delivered. Off where items not delivered yet can
+        /// be withdrawn from the outbox (a chunk read before that would still go out).
+        public var readsAhead: Bool
 
-        /// Creates a configuration: chunks of 1,000, backoff from 100 ms to 10 s, a poll every second.
+        /// Creates a configuration: chunks of 1,000, backoff from 100 ms to 10 s, a poll every second,
+        /// reading ahead.
         public init(
             chunkSize: Int = 1000,
             backoff: Backoff = Backoff(initial: .milliseconds(100), maximum: .seconds(10)),
-            idlePoll: Duration = .seconds(1)
+            idlePoll: Duration = .seconds(1),
+            readsAhead: Bool = true
         ) {
             self.chunkSize = chunkSize
             self.backoff = backoff
             self.idlePoll = idlePoll
+            self.readsAhead = readsAhead
         }
     }
 
@@ -57,8 +64,9 @@ public final class OutboxRelay<Chunk: Sendable>: Service, Sendable {
     /// - Parameters:
     ///   - name: The relay's name in logs (`ingestion→identity`).
     ///   - fetch: The next chunk of at most the given size, or nil when there is none: from the
-    ///     outbox's head when the second argument is nil, else the chunk that follows that one (being
-    ///     delivered, not yet marked done). Reading must not change what a read from the head returns.
+    ///     outbox's head when the second argument is nil, else (when reading ahead) the chunk that
+    ///     follows that one (being delivered, not yet marked done). Reading must not change what a read
+    ///     from the head returns.
     ///   - deliver: Sends a chunk; returns once the receiver acknowledged it, throws otherwise.
     ///   - acknowledge: Marks a delivered chunk done in the outbox.
     public init(
@@ -109,7 +117,8 @@ public final class OutboxRelay<Chunk: Sendable>: Service, Sendable {
                     await wakeSignal.wait(upTo: configuration.idlePoll)
                     continue
                 }
-                async let next = fetch(configuration.chunkSize, chunk)
+                let readsAhead = configuration.readsAhead
+                async let next = readsAhead ? fetch(configuration.chunkSize, chunk) : nil
                 try await deliver(chunk)
                 try await acknowledge(chunk)
                 following = try await next

@@ -54,13 +54,14 @@ struct OutboxRelayTests {
     }
 
     /// Run until the outbox is acknowledged to its end.
-    static func forward(_ outbox: FakeOutbox) async throws {
+    static func forward(_ outbox: FakeOutbox, readsAhead: Bool = true) async throws {
         let relay = OutboxRelay<Chunk>(
             name: "test",
             configuration: .init(
                 chunkSize: 3,
                 backoff: Backoff(initial: .milliseconds(1), maximum: .milliseconds(5)),
-                idlePoll: .milliseconds(5)
+                idlePoll: .milliseconds(5),
+                readsAhead: readsAhead
             ),
             logger: Logger(label: "test", factory: { _ in SwiftLogNoOpLogHandler() }),
             fetch: { outbox.fetch($0, after: $1) },
@@ -94,5 +95,14 @@ struct OutboxRelayTests {
         let outbox = FakeOutbox(count: 10, failingFirstDeliveryOf: 5)
         try await Self.forward(outbox)
         #expect(outbox.state.value.delivered.map(\.first) == [1, 4, 7, 10])
+    }
+
+    /// Without reading ahead (ingestion's relay: an erasure withdraws records not forwarded yet), every
+    /// chunk is read from the head once the one before is acknowledged.
+    @Test func withoutReadingAheadEveryChunkIsReadFromTheHead() async throws {
+        let outbox = FakeOutbox(count: 10, failingFirstDeliveryOf: nil)
+        try await Self.forward(outbox, readsAhead: false)
+        let state = outbox.state.value
+        #expect(state.delivered.map(\.first) == [1, 4, 7, 10] && state.readsAhead == 0)
     }
 }

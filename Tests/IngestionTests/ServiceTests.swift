@@ -331,9 +331,13 @@ func withHarness(_ body: (Harness) async throws -> Void) async throws {
     let store = try SQLiteIngestionStore()
     let relay = OutboxRelay<OutboxChunk>(
         name: "test",
-        configuration: .init(chunkSize: 3, backoff: Backoff(initial: .milliseconds(20), maximum: .milliseconds(100))),
+        configuration: .init(
+            chunkSize: 3,
+            backoff: Backoff(initial: .milliseconds(20), maximum: .milliseconds(100)),
+            readsAhead: false
+        ),
         logger: logger,
-        fetch: { try await store.nextOutboxChunk(limit: $0, after: $1) },
+        fetch: { limit, _ in try await store.nextOutboxChunk(limit: limit) },
         deliver: { try await IdentityForwarding.deliver($0, via: identityClient) },
         acknowledge: { try await store.acknowledge($0) }
     )

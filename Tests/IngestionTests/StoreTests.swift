@@ -161,27 +161,6 @@ struct StoreTests {
         #expect(try await store.nextOutboxChunk(limit: 10, maxBytes: 1)?.records.count == 1)
     }
 
-    /// The relay reads the next chunk while one is delivered: the chunks after one (within an entry and
-    /// across entries) are those a read from the head gives once it is acknowledged, and reading ahead
-    /// changes nothing until then.
-    @Test func theChunkAfterOneBeingDeliveredIsTheNextFromTheHead() async throws {
-        let store = try SQLiteIngestionStore()
-        _ = try await store.appendStreamRecords(Self.records(1...3), streamID: "stream:s")
-        _ = try await store.appendStreamRecords(Self.records(4...5), streamID: "stream:s")
-        let first = try #require(try await store.nextOutboxChunk(limit: 2))
-        let second = try #require(try await store.nextOutboxChunk(limit: 2, after: first))
-        let third = try #require(try await store.nextOutboxChunk(limit: 2, after: second))
-        #expect([first, second, third].map { $0.records.map(\.sequence) } == [[1, 2], [3, 4], [5]])
-        #expect(try await store.nextOutboxChunk(limit: 2, after: third) == nil)
-        #expect(try await store.nextOutboxChunk(limit: 2)?.records.map(\.sequence) == [1, 2])
-        try await store.acknowledge(first)
-        #expect(try await store.nextOutboxChunk(limit: 2)?.records.map(\.sequence) == [3, 4])
-        try await store.acknowledge(second)
-        try await store.acknowledge(third)
-        #expect(try await store.nextOutboxChunk(limit: 2) == nil)
-        #expect(try await store.outboxStatus().forwarded == 5)
-    }
-
     /// A stream commits one outbox entry per request; a chunk takes several entries (oldest first, up to
     /// the limit), and its acknowledgement removes exactly what it took.
     @Test func oneChunkTakesTheRecordsOfManySmallCommits() async throws {

@@ -113,9 +113,11 @@ struct IngestionCommand: AsyncParsableCommand {
             let client = RPCClient(transport: transport, defaultMetadata: metadata)
             relay = OutboxRelay(
                 name: "ingestion→identity",
-                configuration: .init(chunkSize: forwardBatchSize),
+                // No reading ahead: a privacy erasure deletes the records of the erased person that are
+                // not forwarded yet, and a chunk read before it would still go out after it.
+                configuration: .init(chunkSize: forwardBatchSize, readsAhead: false),
                 logger: logger,
-                fetch: { limit, after in try await store.nextOutboxChunk(limit: limit, after: after) },
+                fetch: { limit, _ in try await store.nextOutboxChunk(limit: limit) },
                 deliver: { chunk in try await IdentityForwarding.deliver(chunk, via: client) },
                 acknowledge: { chunk in try await store.acknowledge(chunk) }
             )

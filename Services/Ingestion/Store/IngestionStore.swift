@@ -40,9 +40,8 @@ public protocol IngestionStore: Sendable {
 
     /// The next records to forward, oldest first: at most `limit` records and, beyond the first, at most
     /// `maxBytes` of serialized records (so a call stays under the receiver's message limit); nil when
-    /// nothing is pending. From the outbox's head, or after `after` (a chunk being delivered, not yet
-    /// acknowledged).
-    func nextOutboxChunk(limit: Int, maxBytes: Int, after: OutboxChunk?) async throws -> OutboxChunk?
+    /// nothing is pending.
+    func nextOutboxChunk(limit: Int, maxBytes: Int) async throws -> OutboxChunk?
     /// Records that the receiver acknowledged `chunk`.
     func acknowledge(_ chunk: OutboxChunk) async throws
     /// How much is pending.
@@ -68,14 +67,8 @@ public protocol IngestionStore: Sendable {
 extension IngestionStore {
     /// The next records to forward: at most `limit`, and at most 3 MiB of them beyond the first, which
     /// keeps a call under the default 4 MiB receive limit of our servers.
-    public func nextOutboxChunk(limit: Int, after: OutboxChunk? = nil) async throws -> OutboxChunk? {
-        try await nextOutboxChunk(limit: limit, maxBytes: 3 << 20, after: after)
-    }
-
-    /// The next records to forward from the outbox's head (see
-    /// ``nextOutboxChunk(limit:maxBytes:after:)``).
-    public func nextOutboxChunk(limit: Int, maxBytes: Int) async throws -> OutboxChunk? {
-        try await nextOutboxChunk(limit: limit, maxBytes: maxBytes, after: nil)
+    public func nextOutboxChunk(limit: Int) async throws -> OutboxChunk? {
+        try await nextOutboxChunk(limit: limit, maxBytes: 3 << 20)
     }
 }
 

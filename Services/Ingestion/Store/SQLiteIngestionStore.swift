@@ -581,29 +581,20 @@ public final class SQLiteIngestionStore: IngestionStore {
 
     // MARK: - Outbox
 
-    public func nextOutboxChunk(limit: Int, maxBytes: Int, after: OutboxChunk?) async throws -> OutboxChunk? {
-        // Where the chunk being delivered ends: the entry of its last part, up to that part's sequence.
-        let resume = after?.parts.last
-        return try await writer.read { db in
+    public func nextOutboxChunk(limit: Int, maxBytes: Int) async throws -> OutboxChunk? {
+        try await writer.read { db in
             // Invariant: records an outbox entry covers are never deleted (only receiving, failed and
             // interrupted batches lose records, and none of them has outbox entries).
             // Entries are taken oldest first until the chunk is full: a stream commits one entry per
             // request, and one record per round trip to identity would cap streaming at the round trip.
             let entries = try Row.fetchAll(
-                try db.cachedStatement(
-                    sql: "SELECT id, next_seq, last_seq FROM outbox WHERE id >= ? ORDER BY id LIMIT ?"
-                ),
-                arguments: [resume?.entryID ?? 0, limit]
+                try db.cachedStatement(sql: "SELECT id, next_seq, last_seq FROM outbox ORDER BY id LIMIT ?"),
+                arguments: [limit]
             )
             var parts: [OutboxChunk.Part] = []
             var records: [Cdp_Identity_V1_StoredRecordBytes] = []
             var bytes = 0
             entries: for entry in entries {
-                var from: Int64 = entry["next_seq"]
-                if let resume, entry["id"] == resume.entryID {
-                    from = max(from, resume.lastSequence + 1)
-                    if from > entry["last_seq"] { continue }
-                }
                 let rows = try Row.fetchAll(
                     try db.cachedStatement(
                         sql: """
@@ -611,7 +602,7 @@ public final class SQLiteIngestionStore: IngestionStore {
                             WHERE seq BETWEEN ? AND ? ORDER BY seq LIMIT ?
                             """
                     ),
-                    arguments: [from, entry["last_seq"] as Int64, limit - records.count]
+                    arguments: [entry["next_seq"] as Int64, entry["last_seq"] as Int64, limit - records.count]
                 )
                 var part = OutboxChunk.Part(entryID: entry["id"], lastSequence: entry["last_seq"], count: 0)
                 var full = records.count + rows.count >= limit
