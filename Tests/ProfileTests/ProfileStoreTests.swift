@@ -225,6 +225,26 @@ struct ProfileStoreTests {
         #expect(try store.outboxStatus().pending == 0)
     }
 
+    /// Marks superseded by later ones add no item to a chunk, and do not count toward its limit: a chunk
+    /// whose first marks are all superseded goes on to the apply that superseded them (with a limit of
+    /// marks it held nothing, looked like an empty outbox, and the relay stopped for good).
+    @Test func supersededMarksDoNotCountTowardTheLimit() async throws {
+        let clock = LockedBox(Date(timeIntervalSince1970: 1_800_000_000))
+        let store = try SQLiteProfileStore(now: {
+            clock.withLock { now in
+                now += 0.001
+                return now
+            }
+        })
+        let pipeline = try ProfilePipeline(profile: store)
+        try await pipeline.ingest([Bodea.wonOpportunity("O2", "mkto-2", account: "A2", amount: 950_000)])
+        try await pipeline.ingest([Bodea.wonOpportunity("O2", "mkto-2", account: "A2", amount: 960_000)])
+        let chunk = try store.takeStateChanges(limit: 1)
+        #expect(!chunk.isEmpty && chunk.markCount == 4 && chunk.items.count == 2)
+        try store.markSent(chunk)
+        #expect(try store.outboxStatus().pending == 0)
+    }
+
     /// The last marks kept in memory: a later mark supersedes an earlier one of the same item; entries
     /// of sent marks are dropped once there are many, and dropping them changes no answer for a mark
     /// still waiting.

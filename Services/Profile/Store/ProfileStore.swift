@@ -44,8 +44,9 @@ public protocol ProfileStore: Sendable {
     func delete(_ data: PersonData) throws -> (fragments: Int, events: Int)
 
     /// Takes state items waiting to be sent, each with a fresh version, and reads their values, in one
-    /// transaction: the items of the `limit` oldest marks of the mark log (each item once), and of every
-    /// other mark of the apply that made the last of those (a chunk holds whole transactions); and up
+    /// transaction: the `limit` oldest items of the mark log (each item at its last mark, so that it
+    /// travels with the last apply that changed it), and those of every other mark of the apply that
+    /// made the last of them (a chunk holds whole transactions); and up
     /// to `limit` of the events added since the last chunk sent, in the order they were added (the
     /// event log). With `after` (a chunk taken and being sent, not yet marked sent), from the marks
     /// and events that follow its last.

@@ -1063,10 +1063,9 @@ public final class SQLiteProfileStore: ProfileStore {
         return (events, last[0])
     }
 
-    /// The items of the next `limit` marks of the mark log after position `after` (each item at its
-    /// last mark: one marked again later is left for the chunk of that later apply), extended to the end
-    /// of the apply that made the last of them, with the position of the last mark taken and how many
-    /// were.
+    /// The next `limit` items of the mark log after position `after` (each item at its last mark: one
+    /// marked again later is left for the chunk of that later apply), extended to the end of the apply
+    /// that marked the last of them, with the position of the last mark taken and how many marks were.
     private func nextMarkedItems(
         limit: Int,
         after: Int64,
@@ -1088,8 +1087,10 @@ public final class SQLiteProfileStore: ProfileStore {
         while let row = try cursor.next() {
             let since: Int64 = row[5]
             // Whole transactions: the marks of one apply (one `since`) go in one chunk, so segmentation
-            // applies them together and never evaluates half of a merge.
-            if count >= limit, since != lastSince { break }
+            // applies them together and never evaluates half of a merge. The limit counts items, not
+            // marks: marks superseded by later ones add none, and a chunk of those alone would hold
+            // nothing to send and never move the log on.
+            if items.count >= limit, since != lastSince { break }
             lastSince = since
             let position: Int64 = row[0]
             through = position
