@@ -72,9 +72,7 @@ struct SegmentationHarness {
         var total = Transitions()
         while let chunk = try await profile.nextStateChunk(limit: 100) {
             let result = try await engine.acceptStateChanges(chunk.changes)
-            total.realized += result.transitions.realized
-            total.exited += result.transitions.exited
-            total.updated += result.transitions.updated
+            total = total.adding(result.transitions)
             try await profile.acknowledge(chunk)
         }
         return total

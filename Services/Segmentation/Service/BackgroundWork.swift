@@ -113,10 +113,16 @@ public final class EvaluationJobs: Service, Sendable {
             )
         } catch {
             // What the job evaluated before it stopped is committed.
-            if let transitions = try? await engine.endBatch() {
+            do {
+                let transitions = try await engine.endBatch()
                 progress.realized += UInt64(transitions.realized)
                 progress.exited += UInt64(transitions.exited)
                 if transitions.announced { changed() }
+            } catch {
+                logger.error(
+                    "cannot commit what the stopped job evaluated",
+                    metadata: ["job": "\(job.id)", "error": "\(error)"]
+                )
             }
             var failed = progress
             failed.state = .failed
