@@ -52,32 +52,11 @@ public final class EntityState {
         }
     }
 
-    /// One end of the links of one fragment type.
-    private struct LinkEnd: Hashable {
-        var entity: UInt8
-        var cluster: UInt64
-
-        init(_ entity: Cdp_Model_V1_EntityType, _ cluster: UInt64) {
-            self.entity = UInt8(truncatingIfNeeded: entity.rawValue)
-            self.cluster = cluster
-        }
-    }
-
-    /// A present link seen from one end: the fragment's key and the cluster at the other end.
-    private struct EndEntry {
-        var name: ItemName
-        var other: UInt64
-    }
-
     private let configuration: Configuration
     /// Every clustered entity's unified record taken, present or gone.
     private var records: [EntityKey: HeldRecord] = [:]
-    /// Every link taken, present or not, by fragment.
-    private var links: [LinkName: HeldLink] = [:]
-    /// Present links by their from end (the person, or the opportunity of an OPPORTUNITY link).
-    private var linksFrom: [LinkEnd: [EndEntry]] = [:]
-    /// Present links by their to end.
-    private var linksTo: [LinkEnd: [EndEntry]] = [:]
+    /// Every link taken, present or not, by fragment and by end.
+    private var links = LinkTable()
     /// Every event taken, by name: its person (0 once gone) and version.
     private var eventSlots: [ItemName: EventSlot] = [:]
     /// Each person's events, oldest first (see ``insertionIndex(of:in:)``).
@@ -139,20 +118,22 @@ public final class EntityState {
             if (old?.unified == nil) != (unified == nil) { rootsChanged(key.entity) }
             dependents(of: key, into: &touched)
         case .link(let link)?:
-            let name = LinkName(link.entityType, ItemName(link.key, strings: &strings))
-            let old = links[name]
+            let name = ItemName(link.key, strings: &strings)
+            let held = HeldLink(link, name: name, version: change.version, strings: &strings)
+            let slot = links.slot(of: held.entity, name)
+            let old = slot.map { links[$0] }
             guard isNewer(change.version, than: old?.version) else { return .stale }
-            if old != nil { supersededChanges += 1 }
-            if let old, old.isPresent { unlink(name, old, link.entityType, touched: &touched) }
-            let held = HeldLink(link, version: change.version, strings: &strings)
-            links[name] = held
+            let taken: LinkTable.Slot
+            if let slot {
+                supersededChanges += 1
+                if links[slot].isPresent { unlink(slot, touched: &touched) }
+                links.replace(slot, with: held)
+                taken = slot
+            } else {
+                taken = links.insert(held)
+            }
             if held.isPresent {
-                linksFrom[LinkEnd(link.entityType, held.from), default: []].append(
-                    EndEntry(name: name.name, other: held.to)
-                )
-                linksTo[LinkEnd(link.entityType, held.to), default: []].append(
-                    EndEntry(name: name.name, other: held.from)
-                )
+                links.attach(taken)
                 dependents(ofLink: link.entityType, from: held.from, to: held.to, into: &touched)
             }
         case .event(let event)?:
@@ -236,16 +217,11 @@ public final class EntityState {
 
     private func isNewer(_ version: UInt64, than held: UInt64?) -> Bool { held.map { version > $0 } ?? true }
 
-    /// Takes a present link out of the indexes of its two ends, noting whose views it was in.
-    private func unlink(
-        _ name: LinkName,
-        _ link: HeldLink,
-        _ entity: Cdp_Model_V1_EntityType,
-        touched: inout Set<EntityKey>
-    ) {
-        dependents(ofLink: entity, from: link.from, to: link.to, into: &touched)
-        Self.remove(from: &linksFrom, at: LinkEnd(entity, link.from)) { $0.name == name.name }
-        Self.remove(from: &linksTo, at: LinkEnd(entity, link.to)) { $0.name == name.name }
+    /// Takes a present link out of the lists of its two ends, noting whose views it was in.
+    private func unlink(_ slot: LinkTable.Slot, touched: inout Set<EntityKey>) {
+        let link = links[slot]
+        dependents(ofLink: link.entityType, from: link.from, to: link.to, into: &touched)
+        links.detach(slot)
     }
 
     /// Removes the first element of the list at `key` that `matches`, and the list once it is empty.
@@ -368,14 +344,24 @@ public final class EntityState {
 
     /// The to ends of the present links of `entity` fragments from `cluster`.
     private func to(_ entity: Cdp_Model_V1_EntityType, from cluster: UInt64) -> Set<UInt64> {
-        guard let entries = linksFrom[LinkEnd(entity, cluster)] else { return [] }
-        return Set(entries.map(\.other))
+        let type = UInt8(truncatingIfNeeded: entity.rawValue)
+        var found: Set<UInt64> = []
+        links.forEach(from: LinkTable.End.ends(of: type).from, cluster) { slot in
+            let link = links[slot]
+            if link.entity == type { found.insert(link.to) }
+        }
+        return found
     }
 
     /// The from ends of the present links of `entity` fragments to `cluster`.
     private func from(_ entity: Cdp_Model_V1_EntityType, to cluster: UInt64) -> Set<UInt64> {
-        guard let entries = linksTo[LinkEnd(entity, cluster)] else { return [] }
-        return Set(entries.map(\.other))
+        let type = UInt8(truncatingIfNeeded: entity.rawValue)
+        var found: Set<UInt64> = []
+        links.forEach(to: LinkTable.End.ends(of: type).to, cluster) { slot in
+            let link = links[slot]
+            if link.entity == type { found.insert(link.from) }
+        }
+        return found
     }
 
     /// The person's links of `entity` fragments, in key order.
@@ -383,11 +369,13 @@ public final class EntityState {
         _ entity: Cdp_Model_V1_EntityType,
         ofPerson cluster: UInt64
     ) -> [HeldLink] {
-        guard let entries = linksFrom[LinkEnd(entity, cluster)] else { return [] }
-        let named = entries.compactMap { entry in
-            links[LinkName(entity, entry.name)].map { (key: entry.name.key(strings), link: $0) }
+        let type = UInt8(truncatingIfNeeded: entity.rawValue)
+        var found: [HeldLink] = []
+        links.forEach(from: .person, cluster) { slot in
+            let link = links[slot]
+            if link.entity == type { found.append(link) }
         }
-        return named.count < 2 ? named.map(\.link) : named.sorted { $0.key < $1.key }.map(\.link)
+        return found.count < 2 ? found : found.sorted { $0.name.key(strings) < $1.name.key(strings) }
     }
 
     /// The person's accounts: through person records, account-person relations and opportunity-person
@@ -575,18 +563,13 @@ public final class EntityState {
         var dropped = PersonItems()
         dependents(of: EntityKey(.person, cluster), into: &touched)
         if records.removeValue(forKey: EntityKey(.person, cluster))?.unified != nil { rootsChanged(.person) }
-        for entity in [
-            Cdp_Model_V1_EntityType.person, .accountPersonRelation, .opportunityPersonRelation,
-            .campaignMember, .marketingListMember,
-        ] {
-            for entry in linksFrom[LinkEnd(entity, cluster)] ?? [] {
-                if let link = links.removeValue(forKey: LinkName(entity, entry.name)) {
-                    dependents(ofLink: entity, from: link.from, to: link.to, into: &touched)
-                    Self.remove(from: &linksTo, at: LinkEnd(entity, link.to)) { $0.name == entry.name }
-                }
-                dropped.links.append(LinkKey(entity, entry.name.key(strings)))
-            }
-            linksFrom[LinkEnd(entity, cluster)] = nil
+        var slots: [LinkTable.Slot] = []
+        links.forEach(from: .person, cluster) { slots.append($0) }
+        for slot in slots {
+            unlink(slot, touched: &touched)
+            let link = links[slot]
+            dropped.links.append(LinkKey(link.entityType, link.name.key(strings)))
+            links.remove(slot)
         }
         for event in personEvents.removeValue(forKey: cluster) ?? [] {
             eventSlots[event.name] = nil

@@ -36,6 +36,11 @@ struct ItemName: Hashable {
     var head: String
     var tail: UInt32
 
+    init(head: String, tail: UInt32) {
+        self.head = head
+        self.tail = tail
+    }
+
     init(_ key: String, strings: inout InternedStrings) {
         let utf8 = key.utf8
         if let at = utf8.lastIndex(of: UInt8(ascii: "@")) {
@@ -119,60 +124,4 @@ struct HeldRecord {
 struct EventSlot {
     var person: UInt64
     var version: UInt64
-}
-
-/// The link a fragment makes, as held: its ends, the version it was last changed at, and the details
-/// of a role or a campaign membership (strings interned). A link that is not present keeps its version
-/// (so that an older change of it is known to be stale) and links nothing.
-struct HeldLink {
-    var from: UInt64
-    var to: UInt64
-    var version: UInt64
-    var role: UInt32
-    var status: UInt32
-    var flags: Flags
-
-    struct Flags: OptionSet {
-        let rawValue: UInt8
-        static let present = Flags(rawValue: 1)
-        static let hasIsPrimary = Flags(rawValue: 2)
-        static let isPrimary = Flags(rawValue: 4)
-        static let hasHasResponded = Flags(rawValue: 8)
-        static let hasResponded = Flags(rawValue: 16)
-    }
-
-    /// Whether it links two clusters.
-    var isPresent: Bool { flags.contains(.present) }
-
-    init(_ link: Cdp_Profile_V1_LinkState, version: UInt64, strings: inout InternedStrings) {
-        self.version = version
-        var flags: Flags = []
-        if link.present && link.fromClusterID != 0 && link.toClusterID != 0 {
-            flags.insert(.present)
-            from = link.fromClusterID
-            to = link.toClusterID
-        } else {
-            from = 0
-            to = 0
-        }
-        role = strings.number(link.hasRole, link.role)
-        status = strings.number(link.hasStatus, link.status)
-        if link.hasIsPrimary { flags.insert(.hasIsPrimary) }
-        if link.hasIsPrimary && link.isPrimary { flags.insert(.isPrimary) }
-        if link.hasHasResponded_p { flags.insert(.hasHasResponded) }
-        if link.hasHasResponded_p && link.hasResponded_p { flags.insert(.hasResponded) }
-        self.flags = flags
-    }
-}
-
-/// A link fragment's entity type and the name of its key.
-struct LinkName: Hashable {
-    var entity: UInt8
-    var name: ItemName
-
-    init(_ entity: Cdp_Model_V1_EntityType, _ name: ItemName) {
-        // Link types are checked: their raw values are small.
-        self.entity = UInt8(truncatingIfNeeded: entity.rawValue)
-        self.name = name
-    }
 }
