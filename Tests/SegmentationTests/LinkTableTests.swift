@@ -76,25 +76,26 @@ struct LinkTableTests {
             model[modelKey] = (type, modelled)
         }
         #expect(table.count == model.count)
-        for end in LinkTable.End.allCases {
-            for cluster in UInt64(1)...40 {
-                var fromListed: [String] = []
+        let present = model.filter { $0.value.link.present }
+        for cluster in UInt64(1)...40 {
+            for end in LinkTable.From.allCases {
+                var listed: [String] = []
                 table.forEach(from: end, cluster) { slot in
-                    fromListed.append("\(table[slot].entity)/\(table[slot].name.key(strings))")
+                    listed.append("\(table[slot].entity)/\(table[slot].name.key(strings))")
                 }
-                var toListed: [String] = []
-                table.forEach(to: end, cluster) { slot in
-                    toListed.append("\(table[slot].entity)/\(table[slot].name.key(strings))")
+                let expected = present.filter {
+                    LinkTable.From(UInt8($0.value.type.rawValue)) == end && $0.value.link.from == cluster
                 }
-                let present = model.filter { $0.value.link.present }
-                let fromExpected = present.filter {
-                    LinkTable.End.ends(of: UInt8($0.value.type.rawValue)).from == end && $0.value.link.from == cluster
+                #expect(listed.sorted() == expected.keys.sorted(), "from \(end) \(cluster)")
+            }
+            for type in Self.types {
+                let raw = UInt8(type.rawValue)
+                var listed: [String] = []
+                table.forEach(to: raw, cluster) { slot in
+                    listed.append("\(table[slot].entity)/\(table[slot].name.key(strings))")
                 }
-                let toExpected = present.filter {
-                    LinkTable.End.ends(of: UInt8($0.value.type.rawValue)).to == end && $0.value.link.to == cluster
-                }
-                #expect(fromListed.sorted() == fromExpected.keys.sorted(), "from \(end) \(cluster)")
-                #expect(toListed.sorted() == toExpected.keys.sorted(), "to \(end) \(cluster)")
+                let expected = present.filter { $0.value.type == type && $0.value.link.to == cluster }
+                #expect(listed.sorted() == expected.keys.sorted(), "to \(type) \(cluster)")
             }
         }
     }

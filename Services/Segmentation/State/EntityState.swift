@@ -346,7 +346,7 @@ public final class EntityState {
     private func to(_ entity: Cdp_Model_V1_EntityType, from cluster: UInt64) -> Set<UInt64> {
         let type = UInt8(truncatingIfNeeded: entity.rawValue)
         var found: Set<UInt64> = []
-        links.forEach(from: LinkTable.End.ends(of: type).from, cluster) { slot in
+        links.forEach(from: LinkTable.From(type), cluster) { slot in
             let link = links[slot]
             if link.entity == type { found.insert(link.to) }
         }
@@ -357,10 +357,7 @@ public final class EntityState {
     private func from(_ entity: Cdp_Model_V1_EntityType, to cluster: UInt64) -> Set<UInt64> {
         let type = UInt8(truncatingIfNeeded: entity.rawValue)
         var found: Set<UInt64> = []
-        links.forEach(to: LinkTable.End.ends(of: type).to, cluster) { slot in
-            let link = links[slot]
-            if link.entity == type { found.insert(link.from) }
-        }
+        links.forEach(to: type, cluster) { slot in found.insert(links[slot].from) }
         return found
     }
 

@@ -6,8 +6,11 @@ import CDPProto
 /// Links are most of what segmentation holds (several per person), so the table keeps each in one
 /// slot of one array and indexes the slots by number, with no per-link allocation: the fragment index
 /// is an open-addressing table of slot numbers, and each end's links form a doubly linked list through
-/// the slots, from a head per end cluster. About 90 bytes per link, against about 370 with a
-/// dictionary by fragment and an array of entries per end.
+/// the slots, from a head per end cluster. A from end (a person, or an opportunity) lists its links of
+/// every type, being at most a few dozen; a to end lists its links of one type, so that an account's
+/// opportunities are found without walking its persons (thousands, for the largest accounts).
+/// About 140 bytes per link, against about 370 with a dictionary by fragment and an array of entries
+/// per end and type.
 struct LinkTable {
     /// A slot number.
     typealias Slot = UInt32
@@ -25,26 +28,20 @@ struct LinkTable {
     /// How many positions of the index are not empty (links and tombstones).
     private var used = 0
     /// The first slot of each from end's list, by the kind of end and its cluster.
-    private var fromHeads: [[UInt64: Slot]] = Array(repeating: [:], count: End.allCases.count)
-    /// The first slot of each to end's list (apart from the from ends: an opportunity is both).
-    private var toHeads: [[UInt64: Slot]] = Array(repeating: [:], count: End.allCases.count)
+    private var fromHeads: [[UInt64: Slot]] = Array(repeating: [:], count: From.allCases.count)
+    /// The first slot of each to end's list, by link type (the raw value) and cluster.
+    private var toHeads: [[UInt64: Slot]] = Array(repeating: [:], count: 16)
 
     private static let tombstone: UInt32 = .max
 
-    /// The kinds of cluster a link can end at. Clusters are numbered per entity type, so a cluster
-    /// number names an end only with its kind.
-    enum End: Int, CaseIterable {
-        case person, opportunity, account, campaign, marketingList
+    /// The kinds of cluster a link can start from. Clusters are numbered per entity type, so a cluster
+    /// number names a from end only with its kind.
+    enum From: Int, CaseIterable {
+        case person, opportunity
 
-        /// The kinds of the from and to ends of links made by fragments of `entity` (a link type).
-        static func ends(of entity: UInt8) -> (from: End, to: End) {
-            switch Cdp_Model_V1_EntityType(rawValue: Int(entity)) {
-            case .opportunity: (.opportunity, .account)
-            case .opportunityPersonRelation: (.person, .opportunity)
-            case .campaignMember: (.person, .campaign)
-            case .marketingListMember: (.person, .marketingList)
-            default: (.person, .account)  // PERSON and ACCOUNT_PERSON_RELATION
-            }
+        /// The kind of the from end of links made by fragments of `entity` (a link type).
+        init(_ entity: UInt8) {
+            self = entity == UInt8(Cdp_Model_V1_EntityType.opportunity.rawValue) ? .opportunity : .person
         }
     }
 
@@ -108,9 +105,8 @@ struct LinkTable {
     /// Puts a present link at the head of its two ends' lists.
     mutating func attach(_ slot: Slot) {
         let link = links[Int(slot)]
-        let (from, to) = End.ends(of: link.entity)
-        let nextFrom = fromHeads[from.rawValue].updateValue(slot, forKey: link.from) ?? Self.none
-        let nextTo = toHeads[to.rawValue].updateValue(slot, forKey: link.to) ?? Self.none
+        let nextFrom = fromHeads[From(link.entity).rawValue].updateValue(slot, forKey: link.from) ?? Self.none
+        let nextTo = toHeads[Int(link.entity)].updateValue(slot, forKey: link.to) ?? Self.none
         links[Int(slot)].nextFrom = nextFrom
         links[Int(slot)].previousFrom = Self.none
         links[Int(slot)].nextTo = nextTo
@@ -122,12 +118,13 @@ struct LinkTable {
     /// Takes a present link out of its two ends' lists.
     mutating func detach(_ slot: Slot) {
         let link = links[Int(slot)]
-        let (from, to) = End.ends(of: link.entity)
+        let from = From(link.entity).rawValue
+        let to = Int(link.entity)
         if link.previousFrom == Self.none {
             if link.nextFrom == Self.none {
-                fromHeads[from.rawValue][link.from] = nil
+                fromHeads[from][link.from] = nil
             } else {
-                fromHeads[from.rawValue][link.from] = link.nextFrom
+                fromHeads[from][link.from] = link.nextFrom
             }
         } else {
             links[Int(link.previousFrom)].nextFrom = link.nextFrom
@@ -135,9 +132,9 @@ struct LinkTable {
         if link.nextFrom != Self.none { links[Int(link.nextFrom)].previousFrom = link.previousFrom }
         if link.previousTo == Self.none {
             if link.nextTo == Self.none {
-                toHeads[to.rawValue][link.to] = nil
+                toHeads[to][link.to] = nil
             } else {
-                toHeads[to.rawValue][link.to] = link.nextTo
+                toHeads[to][link.to] = link.nextTo
             }
         } else {
             links[Int(link.previousTo)].nextTo = link.nextTo
@@ -145,8 +142,9 @@ struct LinkTable {
         if link.nextTo != Self.none { links[Int(link.nextTo)].previousTo = link.previousTo }
     }
 
-    /// Calls `body` with the slot of every present link whose from end is the cluster of that kind.
-    func forEach(from end: End, _ cluster: UInt64, _ body: (Slot) throws -> Void) rethrows {
+    /// Calls `body` with the slot of every present link (of any type) whose from end is the cluster of
+    /// that kind.
+    func forEach(from end: From, _ cluster: UInt64, _ body: (Slot) throws -> Void) rethrows {
         var slot = fromHeads[end.rawValue][cluster] ?? Self.none
         while slot != Self.none {
             let next = links[Int(slot)].nextFrom
@@ -155,9 +153,10 @@ struct LinkTable {
         }
     }
 
-    /// Calls `body` with the slot of every present link whose to end is the cluster of that kind.
-    func forEach(to end: End, _ cluster: UInt64, _ body: (Slot) throws -> Void) rethrows {
-        var slot = toHeads[end.rawValue][cluster] ?? Self.none
+    /// Calls `body` with the slot of every present link of fragments of `entity` (a link type) whose
+    /// to end is the cluster.
+    func forEach(to entity: UInt8, _ cluster: UInt64, _ body: (Slot) throws -> Void) rethrows {
+        var slot = toHeads[Int(entity)][cluster] ?? Self.none
         while slot != Self.none {
             let next = links[Int(slot)].nextTo
             try body(slot)
