@@ -6,10 +6,11 @@ import ProfileService
 import ProfileStore
 import SegmentationEvaluation
 import SegmentationLanguage
-import SegmentationState
 import SwiftProtobuf
 import TestSupport
 import Testing
+
+@testable import SegmentationState
 
 /// A seeded generator (SplitMix64), so a failing world can be replayed.
 struct SeededRandom: RandomNumberGenerator {
@@ -165,6 +166,9 @@ struct StateEquivalenceTests {
         let pipeline = try ProfilePipeline(profile: store)
         let profile = ProfileEngine(store: store, loop: MultiThreadedEventLoopGroup.singleton.next())
         let state = EntityState()
+        // With even seeds, event names share 8 hashes: the index's path for names whose hash another
+        // held name has is taken all the time.
+        if seed.isMultiple(of: 2) { state.eventHashMask = 0x7 }
         var world = RandomWorld(seed: seed)
         for round in 1...8 {
             try await pipeline.ingest(world.nextRound(size: 120))

@@ -57,8 +57,14 @@ public final class EntityState {
     private var records: [EntityKey: HeldRecord] = [:]
     /// Every link taken, present or not, by fragment and by end.
     private var links = LinkTable()
-    /// Every event taken, by name: its person (0 once gone) and version.
-    private var eventSlots: [ItemName: EventSlot] = [:]
+    /// Where each held event is (see ``heldEvent(_:_:)``): the person whose list holds it, by a 64-bit
+    /// hash of its name. An index entry is 16 bytes against 40 for a dictionary by name: events are the
+    /// most numerous items. A name whose hash another held name has is in ``collidedEvents`` instead.
+    private var eventPersons: [UInt64: UInt64] = [:]
+    /// The person of each held event whose name's hash another held event's name had first.
+    private var collidedEvents: [ItemName: UInt64] = [:]
+    /// The version of each event taken that is gone (a later change put it on no person).
+    private var goneEvents: [ItemName: UInt64] = [:]
     /// Each person's events, oldest first (see ``insertionIndex(of:in:)``).
     private var personEvents: [UInt64: [HeldEvent]] = [:]
     /// The strings the held events and links repeat.
@@ -138,17 +144,26 @@ public final class EntityState {
             }
         case .event(let event)?:
             let name = ItemName(event.key, strings: &strings)
-            let old = eventSlots[name]
-            guard isNewer(change.version, than: old?.version) else { return .stale }
+            let hash = eventHash(name)
+            let held = heldEvent(name, hash)
+            let old = held.map { personEvents[$0.person]![$0.index].version } ?? goneEvents[name]
+            guard isNewer(change.version, than: old) else { return .stale }
             if old != nil { supersededChanges += 1 }
-            eventSlots[name] = EventSlot(person: event.personClusterID, version: change.version)
-            if let old, old.person != 0 {
-                removeEvent(name, of: old.person)
-                touched.insert(EntityKey(.person, old.person))
+            if let held {
+                removeEvent(at: held.index, of: held.person, name, hash)
+                touched.insert(EntityKey(.person, held.person))
+            } else if old != nil {
+                goneEvents[name] = nil
             }
             if event.personClusterID != 0 {
-                insertEvent(HeldEvent(name, event.event, strings: &strings), of: event.personClusterID)
+                insertEvent(
+                    HeldEvent(name, event.event, version: change.version, strings: &strings),
+                    hash,
+                    of: event.personClusterID
+                )
                 touched.insert(EntityKey(.person, event.personClusterID))
+            } else {
+                goneEvents[name] = change.version
             }
         case nil:
             break
@@ -242,16 +257,48 @@ public final class EntityState {
         if entity == .person || entity == .account { sortedRoots[entity] = nil }
     }
 
-    private func insertEvent(_ event: HeldEvent, of person: UInt64) {
+    private func insertEvent(_ event: HeldEvent, _ hash: UInt64, of person: UInt64) {
         // In place (no copy of the list), and at the end when events come in time order.
         let index = personEvents[person].map { insertionIndex(of: event, in: $0) } ?? 0
         personEvents[person, default: []].insert(event, at: index)
+        if eventPersons[hash] == nil {
+            eventPersons[hash] = person
+        } else {
+            collidedEvents[event.name] = person
+        }
     }
 
-    private func removeEvent(_ name: ItemName, of person: UInt64) {
-        // Rare (a merge, split or deletion moves it): found by name.
-        Self.remove(from: &personEvents, at: person) { $0.name == name }
+    /// Takes a held event out of its person's list and out of the index.
+    private func removeEvent(at index: Int, of person: UInt64, _ name: ItemName, _ hash: UInt64) {
+        if personEvents[person]?.count == 1 {
+            personEvents[person] = nil
+        } else {
+            personEvents[person]?.remove(at: index)
+        }
+        if collidedEvents.removeValue(forKey: name) == nil { eventPersons[hash] = nil }
     }
+
+    /// The person and list index of a held event, if it is held.
+    private func heldEvent(_ name: ItemName, _ hash: UInt64) -> (person: UInt64, index: Int)? {
+        // Rare (a duplicate, an update, or a merge, split or deletion moving it): found by name in
+        // the person's list, from the newest.
+        func find(in person: UInt64) -> (person: UInt64, index: Int)? {
+            personEvents[person]?.lastIndex { $0.name == name }.map { (person, $0) }
+        }
+        if let person = collidedEvents[name] { return find(in: person) }
+        return eventPersons[hash].flatMap(find(in:))
+    }
+
+    /// A 64-bit hash of an event's name, for ``eventPersons``.
+    private func eventHash(_ name: ItemName) -> UInt64 {
+        var hasher = Hasher()
+        hasher.combine(name)
+        return UInt64(bitPattern: Int64(hasher.finalize())) & eventHashMask
+    }
+
+    /// The bits of an event name's hash that ``eventPersons`` uses: all of them, except in tests that
+    /// make names collide.
+    var eventHashMask: UInt64 = .max
 
     /// The first index whose event sorts at or after `event`. A person's events are kept oldest first
     /// (time ascending, then key descending), so that views, newest first (time descending, then key
@@ -569,7 +616,7 @@ public final class EntityState {
             links.remove(slot)
         }
         for event in personEvents.removeValue(forKey: cluster) ?? [] {
-            eventSlots[event.name] = nil
+            if collidedEvents.removeValue(forKey: event.name) == nil { eventPersons[eventHash(event.name)] = nil }
             dropped.events.append(event.name.key(strings))
         }
         touched.remove(EntityKey(.person, cluster))

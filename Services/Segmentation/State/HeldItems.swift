@@ -57,12 +57,12 @@ struct ItemName: Hashable {
 }
 
 /// An event as segmentation holds it: its time and its fields, with every string that repeats across
-/// events interned (about 72 bytes, against well over a kilobyte as a decoded protobuf message). Views
+/// events interned (72 bytes, against well over a kilobyte as a decoded protobuf message). Views
 /// get the event back as profile sends it.
 struct HeldEvent {
-    /// The time in milliseconds, as profile compares events.
-    var milliseconds: Int64
     var seconds: Int64
+    /// The version of the change that put it here.
+    var version: UInt64
     var name: ItemName
     var nanos: Int32
     /// The event id when it is not the key's head (interned), else 0.
@@ -75,12 +75,12 @@ struct HeldEvent {
     var personKey: UInt32
     var hasTimestamp: Bool
 
-    init(_ name: ItemName, _ event: Cdp_Model_V1_ExperienceEvent, strings: inout InternedStrings) {
+    init(_ name: ItemName, _ event: Cdp_Model_V1_ExperienceEvent, version: UInt64, strings: inout InternedStrings) {
         self.name = name
+        self.version = version
         hasTimestamp = event.hasTimestamp
         seconds = event.timestamp.seconds
         nanos = event.timestamp.nanos
-        milliseconds = EntityState.milliseconds(event.timestamp)
         otherEventID = event.eventID == name.head ? 0 : strings.number(event.eventID)
         eventType = strings.number(event.eventType)
         url = strings.number(event.hasURL, event.url)
@@ -89,6 +89,10 @@ struct HeldEvent {
         ecid = strings.number(event.hasEcid, event.ecid)
         personKey = strings.number(event.hasPersonKey, event.personKey)
     }
+
+    /// The time in milliseconds, as profile compares events (computed as from the message: holding it
+    /// would take 8 more bytes per event).
+    var milliseconds: Int64 { EntityState.milliseconds(Google_Protobuf_Timestamp(seconds: seconds, nanos: nanos)) }
 
     /// The event as profile sends it in views.
     func message(_ strings: InternedStrings) -> Cdp_Profile_V1_Event {
@@ -118,10 +122,4 @@ struct HeldRecord {
     var unified: Cdp_Profile_V1_UnifiedRecord?
     /// Whether a commit evaluated `unified` (set after the commit; a new record starts unsaved).
     var saved = false
-}
-
-/// Where the state has an event (person 0 once it is gone) and the version it was last changed at.
-struct EventSlot {
-    var person: UInt64
-    var version: UInt64
 }
