@@ -233,36 +233,18 @@ struct HeldLink {
     var isUnused: Bool { flags.contains(.unused) }
 
     /// A free slot.
-    static let unused = HeldLink(
-        from: 0,
-        to: 0,
-        version: 0,
-        name: ItemName(head: "", tail: 0),
-        role: 0,
-        status: 0,
-        entity: 0,
-        flags: .unused
-    )
-
-    private init(
-        from: UInt64,
-        to: UInt64,
-        version: UInt64,
-        name: ItemName,
-        role: UInt32,
-        status: UInt32,
-        entity: UInt8,
-        flags: Flags
-    ) {
-        self.from = from
-        self.to = to
-        self.version = version
-        self.name = name
-        self.role = role
-        self.status = status
-        self.entity = entity
-        self.flags = flags
-    }
+    static let unused: HeldLink = {
+        // An absent link has no strings to intern.
+        var strings = InternedStrings()
+        var link = HeldLink(
+            Cdp_Profile_V1_LinkState(),
+            name: ItemName(head: "", tail: 0),
+            version: 0,
+            strings: &strings
+        )
+        link.flags = .unused
+        return link
+    }()
 
     init(_ link: Cdp_Profile_V1_LinkState, name: ItemName, version: UInt64, strings: inout InternedStrings) {
         self.name = name
