@@ -93,6 +93,25 @@ struct ReaderTests {
         #expect(rows[2].fields == ["2", "ok"] && !rows[2].isOversized)
     }
 
+    @Test func textAfterAClosingQuoteMakesTheRowMalformedAndSaysWhere() throws {
+        // Line 3's JSON lost its closing `}"`: its quote runs on to line 4 and closes there, before `{`.
+        let text = "id,attributes\n1,\"{\"\"a\"\":1}\"\n2,\"{\"\"a\"\":2\n3,\"{\"\"a\"\":3}\"\n4,\"x\"y\n5,ok\n"
+        let rows = try readCSV(text)
+        #expect(rows.map(\.line) == [1, 2, 3, 5, 6])
+        #expect(rows.map { $0.problem == nil } == [true, true, false, false, true])
+        #expect(
+            rows[2].problem
+                == "the quoted field opened on line 3 closes on line 4, where `{` follows its closing quote: is a "
+                + "closing quote missing on line 3? (a quote inside a quoted field is written twice (\"\"))"
+        )
+        #expect(
+            rows[3].problem
+                == "`y` follows the closing quote of a quoted field on line 5 (a quote inside a quoted field is "
+                + "written twice (\"\"))"
+        )
+        #expect(rows[4].fields == ["5", "ok"])
+    }
+
     @Test func jsonObjectsKeepTypesAndNestedText() throws {
         let line =
             #"{"id":"e1","n":-1.5e2,"ok":true,"none":null,"nested":{"a":[1,"}"]},"esc":"tab\tq\"\u00e9\ud83d\ude00"}"#

@@ -128,6 +128,7 @@ public struct BatchParser {
         for row in rows {
             guard let plan, let mapper else {
                 guard !row.isOversized else { throw BatchFailure("line \(row.line): the header row is too long") }
+                if let problem = row.problem { throw BatchFailure("line \(row.line): the header row: \(problem)") }
                 let plan = try Self.makePlan(columns: row.fields, object: object, schema: schema)
                 self.plan = plan
                 self.mapper = try schema.mapper(source: source, constants: Self.constants(of: object, schema: schema))
@@ -136,6 +137,16 @@ public struct BatchParser {
             recordCount += 1
             if row.isOversized {
                 output.append(Self.oversized(line: row.line, number: recordCount))
+                continue
+            }
+            if let problem = row.problem {
+                output.append(
+                    ParsedRecord(
+                        line: row.line,
+                        number: recordCount,
+                        result: .rejected([FieldError(field: "", reason: problem)])
+                    )
+                )
                 continue
             }
             guard row.fields.count == plan.columns.count else {

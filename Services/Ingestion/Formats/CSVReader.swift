@@ -3,7 +3,9 @@
 ///
 /// Accepts `,` separators, `"` quoting with `""` escapes, LF or CRLF line ends, line breaks inside quoted
 /// fields, and a UTF-8 byte-order mark at the start. Fields come out as `String`s; bytes that are not
-/// UTF-8 make the whole input unreadable (`CSVReader.Failure`).
+/// UTF-8 make the whole input unreadable (`CSVReader.Failure`). Text after a quoted field's closing
+/// quote (`"abc"def`) makes its row malformed (``Row/problem``): it is how a quote left unclosed, or
+/// written once inside a quoted field, shows, and reading on would take the next line into the field.
 struct CSVReader {
     /// One row: its fields and the 1-based physical line where it starts.
     struct Row {
@@ -11,6 +13,8 @@ struct CSVReader {
         var fields: [String]
         /// The row was longer than the limit; its fields are empty.
         var isOversized: Bool
+        /// Why the row cannot be read as written (its fields are as read, for no use), if it cannot.
+        var problem: String? = nil
     }
 
     /// The input cannot be read as CSV at all.
@@ -41,6 +45,10 @@ struct CSVReader {
     private var oversized = false
     /// Whether the current row has any content (a lone line break is an empty row, skipped).
     private var rowStarted = false
+    /// The line on which the current quoted field opened.
+    private var quoteLine: UInt64 = 1
+    /// Why the current row is malformed, if it is.
+    private var problem: String?
 
     init(maxRowBytes: Int) {
         self.maxRowBytes = maxRowBytes
@@ -83,6 +91,7 @@ struct CSVReader {
                 switch byte {
                 case UInt8(ascii: "\""):
                     rowStarted = true
+                    quoteLine = line
                     state = .quoted
                 case UInt8(ascii: ","):
                     rowStarted = true
@@ -115,7 +124,8 @@ struct CSVReader {
                     append(byte)
                     state = .quoted
                 } else if try !endFieldOrRow(at: byte, into: &rows) {
-                    // `"abc"def`: lenient, like most readers: keep the text after the closing quote.
+                    // `"abc"def`: the row is malformed; read on to its end as unquoted text.
+                    if problem == nil { problem = textAfterClosingQuote(byte) }
                     append(byte)
                     state = .unquoted
                 }
@@ -142,6 +152,17 @@ struct CSVReader {
             if rowStarted { try endRow(into: &rows) }
         }
         state = .fieldStart
+    }
+
+    /// What is wrong with a row where `byte` follows a quoted field's closing quote.
+    private func textAfterClosingQuote(_ byte: UInt8) -> String {
+        let shown = byte >= 0x20 && byte < 0x7F ? "`\(Character(Unicode.Scalar(byte)))`" : "a byte \(byte)"
+        let rule = "a quote inside a quoted field is written twice (\"\")"
+        guard quoteLine == line else {
+            return "the quoted field opened on line \(quoteLine) closes on line \(line), where \(shown) follows its "
+                + "closing quote: is a closing quote missing on line \(quoteLine)? (\(rule))"
+        }
+        return "\(shown) follows the closing quote of a quoted field on line \(line) (\(rule))"
     }
 
     /// Handles a separator or line break after a field's text; false if `byte` is neither.
@@ -211,11 +232,14 @@ struct CSVReader {
     private mutating func endRow(into rows: inout [Row]) throws(Failure) {
         if rowStarted || !field.isEmpty || !fields.isEmpty {
             try endField()
-            rows.append(Row(line: rowLine, fields: oversized ? [] : fields, isOversized: oversized))
+            rows.append(
+                Row(line: rowLine, fields: oversized ? [] : fields, isOversized: oversized, problem: problem)
+            )
         }
         fields.removeAll(keepingCapacity: true)
         rowBytes = 0
         oversized = false
+        problem = nil
         rowStarted = false
         rowLine = line + 1
     }
