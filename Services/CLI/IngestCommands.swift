@@ -137,7 +137,10 @@ struct IngestCommand: AsyncParsableCommand {
     func run() async throws {
         let source = try Arguments.source(source)
         if let errorThreshold, !(0...1).contains(errorThreshold) {
-            throw CLIError("--error-threshold must be between 0 and 1 (got \(errorThreshold))")
+            throw CLIError(
+                "--error-threshold must be between 0 and 1, a fraction (0.5 lets up to half of the records be "
+                    + "rejected; got \(errorThreshold))"
+            )
         }
         // Standard input is kept in a temporary file: its hash is the default key, and it is sent from there.
         let spooled = file == "-" ? try Self.spoolStandardInput() : nil
@@ -200,9 +203,15 @@ struct IngestCommand: AsyncParsableCommand {
             Self.printSummary(batch, waited: wait, explicitKey: key != nil)
         }
         if batch.state != .completed {
-            throw CLIError(
+            var message =
                 "the batch \(batch.batchID) \(batch.state): \(batch.failure.isEmpty ? "see above" : batch.failure)"
-            )
+            if batch.state == .failed && batch.counts.rejected > 0 {
+                // Rejected records failed it: say both ways on.
+                message +=
+                    "; correct the records listed above and send the file again, or let more be rejected with "
+                    + "--error-threshold (a fraction: 0.5 lets up to half be)"
+            }
+            throw CLIError(message)
         }
     }
 

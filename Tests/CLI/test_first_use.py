@@ -9,13 +9,15 @@
 6. `cdp … | head` (a reader that goes away) ends the command quietly: no crash report, no backtrace.
 7. A new segment has its members without a manual `segment evaluate`: creating it starts a job over the
    existing profiles, which `segment create --wait` and `segment job --wait` follow.
+8. A batch failed by its rejected records names the way on (`--error-threshold`, a fraction), and a
+   closing quote left out of a CSV row is reported on that row, not taken with the next one silently.
 """
 
 from __future__ import annotations
 
 import subprocess
 
-from cli_support import CDP, cdp_env, cdp_json, cdp_ok, describe, id_of, num, run_cdp
+from cli_support import CDP, assert_cli_error, cdp_env, cdp_json, cdp_ok, describe, id_of, num, run_cdp
 
 
 def person_view(base: int, email: str) -> dict:
@@ -159,3 +161,31 @@ def test_a_new_segment_is_evaluated_over_existing_profiles(stack, tmp_path):
     assert [m["emails"] for m in members] == [["eve@late.example"]], members
     listed = run_cdp(["segment", "list"], base)
     assert listed.returncode == 0, describe(["segment", "list"], listed)
+
+
+def test_rejected_records_name_the_way_on(stack, tmp_path):
+    """Four activities typed by hand: a date in the wrong form (line 3), a closing quote left out (line 4,
+    whose quoted field then runs into line 5). The batch fails on the default threshold and says how to let it
+    through; a threshold given as a percentage is refused with the fraction it means; with 0.7, the good line
+    is kept and each bad one is reported on its own line."""
+    base = stack.port_base
+    cdp_ok(["source", "create", "--type", "Marketo", "--instance", "mkto-typed"], base)
+    page = '"{""Webpage URL"":""https://bodea.example/pricing""}"'
+    activities = tmp_path / "activities.csv"
+    activities.write_text(
+        "marketoGUID,leadId,activityDate,activityTypeId,campaignId,primaryAttributeValueId,"
+        "primaryAttributeValue,attributes\n"
+        f"9900001,2104,2026-12-06T10:00:00Z,1,null,72,bodea.example/pricing,{page}\n"
+        f"9900002,2104,06/12/2026 10:00,1,null,72,bodea.example/pricing,{page}\n"
+        f"9900003,2103,2026-12-06T10:05:00Z,1,null,72,bodea.example/pricing,{page[:-2]}\n"
+        f"9900004,2102,2026-12-06T10:06:00Z,1,null,72,bodea.example/pricing,{page}\n")
+    args = ["ingest", activities, "--entity", "activities", "--source", "Marketo:mkto-typed", "--format", "marketo"]
+    res = run_cdp(args, base)
+    assert_cli_error(args, res, "--error-threshold", "0.5")
+    assert "line 3, field activityDate" in res.stdout, describe(args, res)
+    assert "closing quote missing on line 4" in res.stdout, describe(args, res)
+    percent = [*args, "--error-threshold", "50"]
+    assert_cli_error(percent, run_cdp(percent, base), "--error-threshold", "0.5", "50")
+    kept = cdp_json([*args, "--error-threshold", "0.7"], base)
+    counts = kept["counts"]
+    assert (num(counts, "records"), num(counts, "accepted"), num(counts, "rejected")) == (3, 1, 2), kept
