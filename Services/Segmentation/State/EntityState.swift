@@ -419,7 +419,9 @@ public final class EntityState {
             let link = links[slot]
             if link.entity == type { found.append(link) }
         }
-        return found.count < 2 ? found : found.sorted { $0.name.key(strings) < $1.name.key(strings) }
+        guard found.count > 1 else { return found }
+        // Each key built once, not once per comparison.
+        return found.map { (key: $0.name.key(strings), link: $0) }.sorted { $0.key < $1.key }.map(\.link)
     }
 
     /// The person's accounts: through person records, account-person relations and opportunity-person
