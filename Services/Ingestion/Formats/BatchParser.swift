@@ -135,29 +135,10 @@ public struct BatchParser {
                 continue
             }
             recordCount += 1
-            if row.isOversized {
-                output.append(Self.oversized(line: row.line, number: recordCount))
-                continue
-            }
-            if let problem = row.problem {
-                output.append(
-                    ParsedRecord(
-                        line: row.line,
-                        number: recordCount,
-                        result: .rejected([FieldError(field: "", reason: problem)])
-                    )
-                )
-                continue
-            }
-            guard row.fields.count == plan.columns.count else {
-                let reason = "expected \(plan.columns.count) fields like the header, found \(row.fields.count)"
-                output.append(
-                    ParsedRecord(
-                        line: row.line,
-                        number: recordCount,
-                        result: .rejected([FieldError(field: "", reason: reason)])
-                    )
-                )
+            // A row that cannot be read as written is rejected whole.
+            let unreadable = Self.whyUnreadable(row, columns: plan.columns.count)
+            if let unreadable {
+                output.append(Self.rejected(line: row.line, number: recordCount, reason: unreadable))
                 continue
             }
             cells.removeAll(keepingCapacity: true)
@@ -174,7 +155,7 @@ public struct BatchParser {
             if !line.isOversized, line.bytes.allSatisfy({ $0 == 0x20 || $0 == 0x09 }) { continue }
             recordCount += 1
             if line.isOversized {
-                output.append(Self.oversized(line: line.number, number: recordCount))
+                output.append(Self.rejected(line: line.number, number: recordCount, reason: Self.oversizedReason))
                 continue
             }
             let parsed = line.bytes.withUnsafeBytes { bytes in
@@ -205,9 +186,21 @@ public struct BatchParser {
         self.plan = plan
     }
 
-    private static func oversized(line: UInt64, number: UInt64) -> ParsedRecord {
-        let reason = "the record is longer than \(maxRecordBytes) bytes"
-        return ParsedRecord(line: line, number: number, result: .rejected([FieldError(field: "", reason: reason)]))
+    private static let oversizedReason = "the record is longer than \(maxRecordBytes) bytes"
+
+    /// Why a CSV row cannot be read as a record, if it cannot.
+    private static func whyUnreadable(_ row: CSVReader.Row, columns: Int) -> String? {
+        if row.isOversized { return oversizedReason }
+        if let problem = row.problem { return problem }
+        if row.fields.count != columns {
+            return "expected \(columns) fields like the header, found \(row.fields.count)"
+        }
+        return nil
+    }
+
+    /// A record rejected whole, for `reason`.
+    private static func rejected(line: UInt64, number: UInt64, reason: String) -> ParsedRecord {
+        ParsedRecord(line: line, number: number, result: .rejected([FieldError(field: "", reason: reason)]))
     }
 
     /// Resolves a CSV header: every column's targets; fails on duplicate names and on missing key columns.

@@ -125,10 +125,9 @@ public final class EntityState {
             dependents(of: key, into: &touched)
         case .link(let link)?:
             let name = ItemName(link.key, strings: &strings)
+            let slot = links.slot(of: UInt8(truncatingIfNeeded: link.entityType.rawValue), name)
+            guard isNewer(change.version, than: slot.map { links[$0].version }) else { return .stale }
             let held = HeldLink(link, name: name, version: change.version, strings: &strings)
-            let slot = links.slot(of: held.entity, name)
-            let old = slot.map { links[$0] }
-            guard isNewer(change.version, than: old?.version) else { return .stale }
             let taken: LinkTable.Slot
             if let slot {
                 supersededChanges += 1
@@ -237,20 +236,6 @@ public final class EntityState {
         let link = links[slot]
         dependents(ofLink: link.entityType, from: link.from, to: link.to, into: &touched)
         links.detach(slot)
-    }
-
-    /// Removes the first element of the list at `key` that `matches`, and the list once it is empty.
-    private static func remove<Key: Hashable, Element>(
-        from lists: inout [Key: [Element]],
-        at key: Key,
-        where matches: (Element) -> Bool
-    ) {
-        guard let position = lists[key]?.firstIndex(where: matches) else { return }
-        if lists[key]?.count == 1 {
-            lists[key] = nil
-        } else {
-            lists[key]?.remove(at: position)
-        }
     }
 
     private func rootsChanged(_ entity: Cdp_Model_V1_EntityType) {
