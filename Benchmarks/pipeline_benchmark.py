@@ -13,10 +13,14 @@ stream of events at fixed rates.
    twenty segments in one job as of the dataset's end and counts their members.
 5. Streaming: a streaming segment of the Bodea shape (the won amount across the person's accounts, which
    every person satisfies, and a visit to a probe page within a day) activated to a webhook (a local
-   receiver). One event for each of many distinct persons, at each ``--rates`` step for
-   ``--stream-seconds``: a ``StreamRecords`` request every ``--stream-tick-ms`` with the events due; per event, the latency from its acknowledgement to the membership
-   transition (the member's ``since`` in segmentation) and to the webhook's receipt of the add
-   (which comes after the delivery was queued, so it bounds that from above).
+   receiver), created with ``--wait`` (its first evaluation over every person ends before the stream
+   starts). One event for each of many distinct persons, at each ``--rates`` step for
+   ``--stream-seconds``: a ``StreamRecords`` request every ``--stream-tick-ms`` with the events due; per
+   event, the latency from its acknowledgement to the membership transition (the member's ``since`` in
+   segmentation) and to the webhook's receipt of the add (which comes after the delivery was queued, so
+   it bounds that from above).
+6. Streaming during a batch job: the twenty segments evaluated again, and the first rate streamed while
+   that job runs (for 70% of the time the first evaluation took, from a second after the job started).
 
 Prints a report (also written to ``--report FILE``) and exits 1 if a batch failed, an outbox did not
 drain, or a streamed event's person did not enter the probe segment.
@@ -444,7 +448,10 @@ def main() -> int:
         # Multi-entity, the Bodea shape: the won amount across all the person's accounts (every person
         # qualifies on it: the sum is never negative, but it is computed on every evaluation) and a visit
         # of the probe page within a day.
-        probe = platform_.cli("segment", "create", "--name", "stream-probe", "--pql",
+        # With --wait: the segment's first evaluation over every person (a job as long as a fifth of the
+        # twenty segments' one) ends before the stream starts, so the steps measure streaming alone.
+        probe_started = time.monotonic()
+        probe = platform_.cli("segment", "create", "--wait", "--name", "stream-probe", "--pql",
                               "(sum O.amount over O from person.accounts.opportunities where (O.isClosed = true "
                               "and O.isWon = true)) >= 0 and "
                               f'exists E from xEvent where (E.url = "{PROBE_URL}" and E.timestamp occurs <= 1 days '
@@ -454,6 +461,7 @@ def main() -> int:
                              "--set", "calls_per_minute=60000", "--set", "secret=bench",
                              # Opted-out persons too: every streamed person must arrive.
                              "--set", "include_opted_out=true")
+        probe_seconds = time.monotonic() - probe_started
         platform_.cli("activate", probe["id"], "--destination", hook["id"])
         truth = ground_truth.load_truth(dataset, events=False)
         seen: set[str] = set()
@@ -464,18 +472,22 @@ def main() -> int:
                 seen.add(person)
                 targets.append((person, email))
         say()
-        say("| rate/s | achieved/s | events | ack→member p50 ms | p99 ms | max ms | ack→webhook p50 ms | p99 ms "
+        say(f"the probe segment created and evaluated over every person in {probe_seconds:.1f}s; then:")
+        say()
+        say("| step | achieved/s | events | ack→member p50 ms | p99 ms | max ms | ack→webhook p50 ms | p99 ms "
             "| most pending: ingestion / identity / profile / segmentation |")
         say("|---:|---:|---:|---:|---:|---:|---:|---:|---|")
         failures = []
         cpu_notes: list[str] = []
-        for step, rate in enumerate(int(r) for r in args.rates.split(",")):
-            if len(targets) < rate * args.stream_seconds:
-                say(f"(stopped before {rate}/s: not enough distinct persons left)")
-                break
+
+        def measure_step(rate: int, seconds: float, prefix: str, label: str) -> bool:
+            """One step at `rate` for `seconds`: a row of the table; False if too few persons were left."""
+            if len(targets) < rate * seconds:
+                say(f"(stopped before {label}: not enough distinct persons left)")
+                return False
             backlog = Sampler(platform_, interval=0.2)
             backlog.start()
-            chosen, acked, achieved = stream_step(platform_, targets, rate, args.stream_seconds, f"s{step}",
+            chosen, acked, achieved = stream_step(platform_, targets, rate, seconds, prefix,
                                                   args.stream_tick_ms / 1000)
             deadline = time.monotonic() + 300
             members: dict[str, tuple[int, float]] = {}
@@ -490,19 +502,36 @@ def main() -> int:
                     ("ingestion_pending", "identity_pending", "profile_pending", "segmentation_pending")}
             if len(backlog.samples) >= 2:
                 (t_a, _, cpu_a), (t_b, _, cpu_b) = backlog.samples[0], backlog.samples[-1]
-                cpu_notes.append(f"{rate:,}/s: " + ", ".join(
+                cpu_notes.append(f"{label}: " + ", ".join(
                     f"{name} {100 * (cpu_b[name] - cpu_a[name]) / (t_b - t_a):.0f}%" for name in SERVICES))
             missing = [e for e in chosen if e not in members]
             if missing:
-                failures.append(f"{len(missing)} of {len(chosen)} persons streamed at {rate}/s never entered the "
+                failures.append(f"{len(missing)} of {len(chosen)} persons streamed at {label} never entered the "
                                 f"probe segment, e.g. {missing[:3]}")
             to_member = [1000 * (members[p][1] - acked[p]) for p in chosen if p in members]
             to_hook = [1000 * (receiver.arrivals[members[p][0]] - acked[p]) for p in chosen
                        if p in members and members[p][0] in receiver.arrivals]
-            say(f"| {rate:,} | {achieved:,.0f} | {len(chosen):,} | {percentile(to_member, 50):.1f} | "
+            say(f"| {label} | {achieved:,.0f} | {len(chosen):,} | {percentile(to_member, 50):.1f} | "
                 f"{percentile(to_member, 99):.1f} | {max(to_member, default=float('nan')):.1f} | "
                 f"{percentile(to_hook, 50):.1f} | {percentile(to_hook, 99):.1f} | "
                 + " / ".join(f"{most[k]:,}" for k in most) + " |")
+            return True
+
+        rates = [int(r) for r in args.rates.split(",")]
+        for step, rate in enumerate(rates):
+            if not measure_step(rate, args.stream_seconds, f"s{step}", f"{rate:,}/s"):
+                break
+        # Streaming while a batch job runs: the twenty segments evaluated again (as a nightly run would),
+        # and the first rate streamed for most of the time the first evaluation took, so that the whole
+        # step falls within the job (which started a second before).
+        rerun = subprocess.Popen([str(platform_.cdp), "segment", "evaluate", *ids.values(), "--as-of",
+                                  manifest["end"], "--json"], env=platform_.env, stdout=subprocess.DEVNULL,
+                                 stderr=subprocess.PIPE, text=True)
+        time.sleep(1)
+        measure_step(rates[0], max(1.0, 0.7 * evaluation_seconds - 1), "job", f"{rates[0]:,}/s during a job")
+        _, rerun_errors = rerun.communicate(timeout=7200)
+        if rerun.returncode != 0:
+            failures.append(f"the twenty segments' second evaluation failed: {rerun_errors.strip()[:300]}")
         receiver.close()
         say()
         say("CPU of each service while streaming (% of one core, from the first event to the last member): "

@@ -383,6 +383,75 @@ struct EngineTests {
         #expect(try await harness.drainOutbox().map(\.realized) == [true, true, true, false])
     }
 
+    /// While streaming changes arrive, a chunk of a job or an estimate ends when its time is spent, so
+    /// they wait behind little work: with no time at all, each chunk takes one entity, and the job and
+    /// the estimate still cover everyone. Without streaming changes, a chunk takes its whole limit.
+    @Test func whileChangesStreamAChunkEndsWhenItsTimeIsSpent() async throws {
+        let harness = try SegmentationHarness(start: Story.visit.addingTimeInterval(3600), chunkTime: .zero)
+        let segment = try await harness.engine.createSegment(
+            name: "townsend",
+            pql: "person.email.endsWith(\"@townsend.com\")",
+            entityType: .person,
+            mode: .batch
+        )
+        try await harness.ingest(Story.withoutVisit)
+        var after: UInt64 = 0
+        var chunks: [[UInt64]] = []
+        var realized = 0
+        while true {
+            _ = try await harness.engine.acceptStateChanges([])
+            let chunk = try await harness.engine.evaluateBatch(
+                .person,
+                segments: [segment.id],
+                asOf: nil,
+                partition: 0,
+                partitions: 1,
+                after: after,
+                limit: 10
+            )
+            realized += chunk.transitions.realized
+            guard let last = chunk.clusters.last else { break }
+            chunks.append(chunk.clusters)
+            after = last
+        }
+        #expect(chunks.map(\.count) == [1, 1, 1])
+        #expect(realized == 3)
+        #expect(try await harness.members(segment.id).count == 3)
+
+        let compiled = try await harness.engine.compile("person.email.endsWith(\"@townsend.com\")", .person)
+        var (matched, evaluated, steps) = (0, 0, 0)
+        after = 0
+        while true {
+            _ = try await harness.engine.acceptStateChanges([])
+            let chunk = try await harness.engine.estimate(
+                compiled,
+                entityType: .person,
+                asOf: harness.clock.now,
+                partition: 0,
+                partitions: 1,
+                after: after,
+                limit: 10
+            )
+            guard let last = chunk.clusters.last else { break }
+            (matched, evaluated, steps) = (matched + chunk.matched, evaluated + chunk.evaluated, steps + 1)
+            after = last
+        }
+        #expect(matched == 3 && evaluated == 3 && steps == 3)
+
+        // No streaming change for longer than the engine waits for the next one: one chunk of all three.
+        try await Task.sleep(for: SegmentationEngine.streamingQuiet + .milliseconds(100))
+        let quiet = try await harness.engine.estimate(
+            compiled,
+            entityType: .person,
+            asOf: harness.clock.now,
+            partition: 0,
+            partitions: 1,
+            after: 0,
+            limit: 10
+        )
+        #expect(quiet.clusters.count == 3 && quiet.matched == 3)
+    }
+
     /// A job as of now that runs after a streaming change realized a member judges as of when it runs:
     /// the event that came after the job started counts, and the member does not exit.
     @Test func aJobAsOfNowDoesNotUndoWhatTheStreamDecidedSinceItStarted() async throws {

@@ -48,14 +48,20 @@ struct SegmentationHarness {
     let engine: SegmentationEngine
     let clock: TestClock
 
-    init(start: Date, segmentationPath: String? = nil) throws {
+    /// `chunkTime`: how long a batch job's chunk may take; long by default, so that a chunk holds
+    /// every entity up to its limit however slow the machine.
+    init(start: Date, segmentationPath: String? = nil, chunkTime: Duration = .seconds(60)) throws {
         clock = TestClock(start)
         profileStore = try SQLiteProfileStore()
         pipeline = try ProfilePipeline(profile: profileStore)
         profile = ProfileEngine(store: profileStore, loop: MultiThreadedEventLoopGroup.singleton.next())
         store = try segmentationPath.map { try SQLiteSegmentationStore(path: $0) } ?? SQLiteSegmentationStore()
         let clock = self.clock
-        engine = try SegmentationEngine(store: store, loop: MultiThreadedEventLoopGroup.singleton.next()) { clock.now }
+        engine = try SegmentationEngine(
+            store: store,
+            loop: MultiThreadedEventLoopGroup.singleton.next(),
+            chunkTime: chunkTime
+        ) { clock.now }
     }
 
     /// Sends records through identity and profile, then profile's state changes to segmentation, as

@@ -20,6 +20,9 @@ public final class EvaluationJobs: Service, Sendable {
     private let queue: AsyncStream<Cdp_Segmentation_V1_EvaluationJob>
     private let continuation: AsyncStream<Cdp_Segmentation_V1_EvaluationJob>.Continuation
 
+    /// How often a running job's progress is saved (its end always is).
+    static let progressInterval: Duration = .milliseconds(250)
+
     /// Creates the runner for one partition (`partition` of `partitions`, counting from 0).
     public init(
         engine: SegmentationEngine,
@@ -66,6 +69,10 @@ public final class EvaluationJobs: Service, Sendable {
                 guard !ids.isEmpty else { continue }
                 var seen = Set<UInt64>()
                 var after: UInt64 = 0
+                // Chunks last a few milliseconds (SegmentationEngine.chunkTime): the progress shown is
+                // saved a few times a second, not after each of them.
+                let clock = ContinuousClock()
+                var lastSaved = clock.now
                 // In chunks, each its own transaction, so that streaming changes are taken between them;
                 // a shutdown stops the job between two chunks (a full-size job takes minutes, and the
                 // service must stop within seconds).
@@ -89,7 +96,10 @@ public final class EvaluationJobs: Service, Sendable {
                     after = last
                     seen.formUnion(clusters)
                     progress.evaluated += UInt64(clusters.count)
-                    try await engine.save(progress)
+                    if clock.now - lastSaved >= Self.progressInterval {
+                        try await engine.save(progress)
+                        lastSaved = clock.now
+                    }
                 }
                 let exits = try await engine.exitUnseen(
                     segments: ids,
