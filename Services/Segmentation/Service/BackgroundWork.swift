@@ -69,8 +69,8 @@ public final class EvaluationJobs: Service, Sendable {
                 guard !ids.isEmpty else { continue }
                 var seen = Set<UInt64>()
                 var after: UInt64 = 0
-                // Chunks last a few milliseconds (SegmentationEngine.chunkTime): the progress shown is
-                // saved a few times a second, not after each of them.
+                // While changes stream, chunks last a few milliseconds (SegmentationEngine's
+                // defaultChunkTime): the progress shown is saved a few times a second, not after each.
                 let clock = ContinuousClock()
                 var lastSaved = clock.now
                 // In chunks, each its own transaction, so that streaming changes are taken between them;
