@@ -600,8 +600,8 @@ public actor SegmentationEngine {
 
     /// How long one chunk of a batch job or an estimate may hold the engine while streaming changes
     /// arrive, by default. They wait behind the chunk being evaluated, and a chunk's whole `limit` (500
-    /// persons) took 20–40 ms with the other services busy: a stream at 1,000 events/s reached its
-    /// members in 90 ms at the median while a job ran, against 5 ms without one
+    /// persons) takes 25–50 ms at the rates jobs ran with the other services busy: a stream at 1,000
+    /// events/s reached its members in 90 ms at the median while a job ran, against 5 ms without one
     /// (`pipeline_benchmark.py`). Without streaming changes, chunks take their whole `limit`: each
     /// chunk costs a commit, and 5-millisecond chunks made a job 20% slower.
     public static let defaultChunkTime: Duration = .milliseconds(5)
