@@ -136,8 +136,7 @@ public struct BatchParser {
             }
             recordCount += 1
             // A row that cannot be read as written is rejected whole.
-            let unreadable = Self.whyUnreadable(row, columns: plan.columns.count)
-            if let unreadable {
+            if let unreadable = Self.whyUnreadable(row, columns: plan.columns.count) {
                 output.append(Self.rejected(line: row.line, number: recordCount, reason: unreadable))
                 continue
             }
