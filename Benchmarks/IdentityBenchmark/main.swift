@@ -198,8 +198,11 @@ if mode == "graph" {
         stored.record = record
         return stored
     }
-    let calls = stride(from: 0, to: records.count, by: 1000).map { start in
-        (start..<min(start + 1000, records.count)).map { stored(records[$0], sequence: UInt64($0 + 1)) }
+    let calls = try stride(from: 0, to: records.count, by: 1000).map { start in
+        // Serialized here, as ingestion sends them (identity passes those bytes on to profile).
+        try (start..<min(start + 1000, records.count)).map {
+            try IdentityEngine.ReceivedRecord(stored(records[$0], sequence: UInt64($0 + 1)))
+        }
     }
     let directory = NSTemporaryDirectory() + "identity-benchmark-\(UUID().uuidString)"
     try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)

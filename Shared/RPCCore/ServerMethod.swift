@@ -121,3 +121,24 @@ public protocol RPCService: Sendable {
     /// The methods to route to.
     var methods: [ServerMethod] { get }
 }
+
+extension RPCService {
+    /// This service with `replacement` serving its method instead of the handler the service protocol
+    /// routes to; typically a handler that decodes the request as a wire-compatible message that keeps
+    /// some fields serialized, for a receiver that passes them on as they came.
+    public func serving(_ replacement: ServerMethod) -> some RPCService {
+        ReplacedMethod(base: self, replacement: replacement)
+    }
+}
+
+/// A service with one method's handler replaced (see ``RPCService/serving(_:)``).
+private struct ReplacedMethod<Base: RPCService>: RPCService {
+    let base: Base
+    let replacement: ServerMethod
+
+    var serviceDescriptor: ServiceDescriptor { base.serviceDescriptor }
+
+    var methods: [ServerMethod] {
+        base.methods.map { $0.descriptor == replacement.descriptor ? replacement : $0 }
+    }
+}

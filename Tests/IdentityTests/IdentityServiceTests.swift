@@ -18,6 +18,8 @@ import Testing
 final class RecordingProfile: Cdp_Profile_V1_Profile.ServiceProtocol {
     private struct State {
         var updates: [Cdp_Profile_V1_IdentityUpdate] = []
+        /// Every update received, as it came.
+        var received: [Data] = []
         var failing = false
         var duplicates = 0
     }
@@ -25,6 +27,24 @@ final class RecordingProfile: Cdp_Profile_V1_Profile.ServiceProtocol {
     private let state = Mutex(State())
 
     var updates: [Cdp_Profile_V1_IdentityUpdate] { state.withLock { $0.updates } }
+    var received: [Data] { state.withLock { $0.received } }
+
+    /// `AcceptIdentityUpdates` keeping each update as it came in ``received`` before it is applied.
+    var keepingBytes: ServerMethod {
+        .unary(
+            RPCMethod<Cdp_Profile_V1_AcceptIdentityUpdatesRequestBytes, Cdp_Profile_V1_AcceptIdentityUpdatesResponse>(
+                service: "cdp.profile.v1.Profile",
+                method: "AcceptIdentityUpdates",
+                kind: .unary
+            )
+        ) { [self] request, context in
+            state.withLock { $0.received += request.updates }
+            var decoded = Cdp_Profile_V1_AcceptIdentityUpdatesRequest()
+            decoded.sender = request.sender
+            decoded.updates = try request.updates.map { try Cdp_Profile_V1_IdentityUpdate(serializedBytes: $0) }
+            return try await acceptIdentityUpdates(request: decoded, context: context)
+        }
+    }
     var duplicates: Int { state.withLock { $0.duplicates } }
 
     var failing: Bool {
@@ -118,6 +138,8 @@ extension RecordingProfile {
 /// An identity service on loopback (in-memory store) forwarding to a recording profile, and a client.
 struct IdentityHarness {
     let client: Cdp_Identity_V1_Identity.Client
+    /// The same connection, for calls with messages of our own.
+    let rpc: RPCClient
     let profile: RecordingProfile
 
     func accept(_ records: [Cdp_Identity_V1_StoredRecord]) async throws -> Cdp_Identity_V1_AcceptRecordsResponse {
@@ -154,7 +176,11 @@ func withIdentityHarness(
 ) async throws {
     let logger = Logger(label: "test", factory: { _ in SwiftLogNoOpLogHandler() })
     let profile = RecordingProfile()
-    let profileServer = RPCServer(configuration: .init(), services: [profile], logger: logger)
+    let profileServer = RPCServer(
+        configuration: .init(),
+        services: [profile.serving(profile.keepingBytes)],
+        logger: logger
+    )
     let profilePort = try await profileServer.start().port!
     let profileTransport = HTTP2ClientTransport(
         configuration: .init(host: "127.0.0.1", port: profilePort, initialBackoff: .milliseconds(20))
@@ -181,13 +207,16 @@ func withIdentityHarness(
         committed: { relay.wake() },
         forwardingError: { relay.status.lastError }
     )
-    let server = RPCServer(configuration: .init(runsHandlersOnEventLoop: false), services: [service], logger: logger)
+    // Served as the identity command serves it.
+    let server = RPCServer(
+        configuration: .init(runsHandlersOnEventLoop: false),
+        services: [service.serving(service.acceptRecordsKeepingBytes)],
+        logger: logger
+    )
     let port = try await server.start().port!
     let transport = HTTP2ClientTransport(configuration: .init(host: "127.0.0.1", port: port))
-    let harness = IdentityHarness(
-        client: Cdp_Identity_V1_Identity.Client(RPCClient(transport: transport)),
-        profile: profile
-    )
+    let rpc = RPCClient(transport: transport)
+    let harness = IdentityHarness(client: Cdp_Identity_V1_Identity.Client(rpc), rpc: rpc, profile: profile)
     func close() async {
         await transport.close()
         await server.shutdown()
@@ -340,6 +369,43 @@ struct IdentityServiceTests {
                 _ = try await harness.resolve("email", "p2@townsend.com")
             }
             #expect(gone?.code == .notFound)
+        }
+    }
+
+    /// Each record reaches profile as the sender serialized it, byte for byte (a field identity does not
+    /// know passes through too), and a record that does not decode is refused by its index.
+    @Test func recordsPassOnToProfileAsTheyCame() async throws {
+        let acceptRecords = RPCMethod<
+            Cdp_Identity_V1_AcceptRecordsRequestRecordBytes, Cdp_Identity_V1_AcceptRecordsResponse
+        >(
+            service: "cdp.identity.v1.Identity",
+            method: "AcceptRecords",
+            kind: .unary
+        )
+        // Field 15, varint 7: no field of StoredRecord. First, where an encoder would never put it: a record
+        // decoded and encoded again would have it last.
+        let unknownField: [UInt8] = [0x78, 0x07]
+        let sent = try Bodea.persons.prefix(2).map { Data(unknownField + (try $0.serializedBytes() as [UInt8])) }
+        try await withIdentityHarness { harness in
+            var refused = Cdp_Identity_V1_AcceptRecordsRequestRecordBytes()
+            refused.records = [sent[0], Data([0x0a, 0xff])]
+            let error = await #expect(throws: RPCError.self) { _ = try await harness.rpc.unary(acceptRecords, refused) }
+            #expect(error?.code == .invalidArgument && error?.message.contains("records[1] is not a valid") == true)
+            #expect(try await harness.outboxStatus().pendingUpdates == 0, "nothing of the refused call was taken")
+
+            var request = Cdp_Identity_V1_AcceptRecordsRequestRecordBytes()
+            request.sender = "test"
+            request.records = sent
+            #expect(try await harness.rpc.unary(acceptRecords, request).message.accepted == 2)
+            try await eventually { harness.profile.updates.count == 2 }
+            let stored = harness.profile.updates.map(\.record.stored)
+            #expect(stored.map(\.record.key) == Bodea.persons.prefix(2).map(\.record.key))
+            #expect(stored.map { Data($0.unknownFields.data) } == [Data(unknownField), Data(unknownField)])
+            // The updates as profile received them: the records' bytes are the bytes sent.
+            let forwarded = try harness.profile.received.map {
+                try Cdp_Profile_V1_IdentityUpdateRecordBytes(serializedBytes: $0).record.stored
+            }
+            #expect(forwarded == sent)
         }
     }
 

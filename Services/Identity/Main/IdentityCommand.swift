@@ -246,7 +246,10 @@ struct IdentityCommand: AsyncParsableCommand {
                 // Decoding a call's records is CPU work: keep it off the event loops.
                 runsHandlersOnEventLoop: false
             ),
-            services: [service, erasure, health, ReflectionService(services: [service, erasure, health])],
+            services: [
+                service.serving(service.acceptRecordsKeepingBytes), erasure, health,
+                ReflectionService(services: [service, erasure, health]),
+            ],
             logger: logger
         )
         let boundPort = try await ServiceMain.start(server, host: host, port: port)

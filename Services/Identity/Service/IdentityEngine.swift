@@ -119,45 +119,87 @@ public actor IdentityEngine {
 
     // MARK: - Intake
 
+    /// A record as it came: decoded, and serialized as the sender wrote it (profile gets those bytes as
+    /// they are: see `IdentityUpdateRecordBytes` in profile.proto).
+    public struct ReceivedRecord: Sendable {
+        public var stored: Cdp_Identity_V1_StoredRecord
+        public var bytes: Data
+
+        /// A record and its serialized form (`bytes` must decode to `stored`).
+        public init(_ stored: Cdp_Identity_V1_StoredRecord, bytes: Data) {
+            self.stored = stored
+            self.bytes = bytes
+        }
+
+        /// A record serialized here.
+        public init(_ stored: Cdp_Identity_V1_StoredRecord) throws {
+            self.init(stored, bytes: try stored.serializedBytes())
+        }
+    }
+
+    /// Links `records` in order and commits the results, as the `accept` of received records does.
+    public func accept(_ records: [Cdp_Identity_V1_StoredRecord]) throws -> IntakeResult {
+        try accept(records.map(ReceivedRecord.init))
+    }
+
     /// Links `records` in order and commits the results; a record that its current version supersedes
     /// (see ``TakenVersion/supersedes(_:)``) is skipped.
     ///
     /// - Throws: The store's error if the commit failed; nothing of the call is kept then.
-    public func accept(_ records: [Cdp_Identity_V1_StoredRecord]) throws -> IntakeResult {
+    public func accept(_ records: [ReceivedRecord]) throws -> IntakeResult {
         try reloadIfNeeded()
-        let slots = records.map { RecordSlot(key: $0.record.key, entity: $0.record.entityType) }
+        let slots = records.map { RecordSlot(key: $0.stored.record.key, entity: $0.stored.record.entityType) }
         var current = try store.currentVersions(of: slots)
         var commit = IdentityCommit(committedAt: now())
-        var updates: [Cdp_Profile_V1_IdentityUpdate] = []
+        var updates: [OutgoingUpdate] = []
         var duplicates = 0
-        for (slot, stored) in zip(slots, records) {
-            if let taken = current[slot], taken.supersedes(stored) {
+        for (slot, received) in zip(slots, records) {
+            if let taken = current[slot], taken.supersedes(received.stored) {
                 duplicates += 1
                 continue
             }
-            let taken = TakenVersion(version: stored.version, sequence: stored.sequence)
+            let taken = TakenVersion(version: received.stored.version, sequence: received.stored.sequence)
             current[slot] = taken
             commit.accepted.append((slot, taken))
-            updates += link(stored, into: &commit)
+            updates += link(received, into: &commit)
         }
         try save(updates, in: &commit)
         return IntakeResult(accepted: commit.accepted.count, duplicates: duplicates)
     }
 
+    /// An update for profile before it is numbered: a record's goes out with the record's bytes as
+    /// they came.
+    private enum OutgoingUpdate {
+        case message(Cdp_Profile_V1_IdentityUpdate)
+        case record(Cdp_Profile_V1_AnnotatedRecordBytes)
+
+        /// The update numbered `sequence`, serialized as profile parses an `IdentityUpdate`.
+        func serialized(sequence: UInt64) throws -> Data {
+            switch self {
+            case .message(var update):
+                update.sequence = sequence
+                return try update.serializedBytes()
+            case .record(let annotated):
+                var update = Cdp_Profile_V1_IdentityUpdateRecordBytes()
+                update.sequence = sequence
+                update.record = annotated
+                return try update.serializedBytes()
+            }
+        }
+    }
+
     /// Links one record; returns its updates for profile (cluster changes first, then the record).
-    private func link(
-        _ stored: Cdp_Identity_V1_StoredRecord,
-        into commit: inout IdentityCommit
-    ) -> [Cdp_Profile_V1_IdentityUpdate] {
-        var updates: [Cdp_Profile_V1_IdentityUpdate] = []
-        var annotated = Cdp_Profile_V1_AnnotatedRecord()
-        annotated.stored = stored
+    private func link(_ received: ReceivedRecord, into commit: inout IdentityCommit) -> [OutgoingUpdate] {
+        let stored = received.stored
+        var updates: [OutgoingUpdate] = []
+        var annotated = Cdp_Profile_V1_AnnotatedRecordBytes()
+        annotated.stored = received.bytes
         if let plan = IdentityRules.plan(for: stored.record) {
             if plan.graph.isClustered, var graph = graphs.removeValue(forKey: plan.graph) {
                 annotated.entityType = plan.graph.entityType
                 if plan.isDeletion {
                     let events = graph.remove(record: plan.recordKey)
-                    updates += events.map { Self.update(for: $0, in: plan.graph) }
+                    updates += events.map { .message(Self.update(for: $0, in: plan.graph)) }
                     // The cluster the record's primary identity is in now (its source key; for a crosswalk
                     // row, the linked record's).
                     annotated.clusterID = plan.identities.first.flatMap { graph.cluster(of: $0) }?.rawValue ?? 0
@@ -167,7 +209,7 @@ public actor IdentityEngine {
                         version: stored.version,
                         identities: plan.identities
                     )
-                    updates += outcome.events.map { Self.update(for: $0, in: plan.graph) }
+                    updates += outcome.events.map { .message(Self.update(for: $0, in: plan.graph)) }
                     annotated.clusterID = outcome.cluster?.rawValue ?? 0
                     commit.provenance[plan.graph, default: [:]][plan.recordKey] = LinkProvenance(
                         source: stored.record.source,
@@ -192,9 +234,7 @@ public actor IdentityEngine {
                 annotated.references.append(resolved)
             }
         }
-        var update = Cdp_Profile_V1_IdentityUpdate()
-        update.record = annotated
-        updates.append(update)
+        updates.append(.record(annotated))
         return updates
     }
 
@@ -246,13 +286,12 @@ public actor IdentityEngine {
 
     /// Numbers `updates`, adds them and the graphs' journals to `commit` and writes it; on failure,
     /// rebuilds the graphs from the store.
-    private func save(_ updates: [Cdp_Profile_V1_IdentityUpdate], in commit: inout IdentityCommit) throws {
+    private func save(_ updates: [OutgoingUpdate], in commit: inout IdentityCommit) throws {
         var sequence = nextUpdateSequence
         do {
-            for var update in updates {
-                update.sequence = sequence
+            for update in updates {
+                commit.updates.append((sequence, try update.serialized(sequence: sequence)))
                 sequence += 1
-                commit.updates.append((update.sequence, try update.serializedBytes()))
             }
             for graph in EntityGraph.clustered {
                 guard let changes = graphs[graph]?.takeChanges(), !changes.isEmpty else { continue }
@@ -363,11 +402,11 @@ public actor IdentityEngine {
         guard present else { return nil }
         var commit = IdentityCommit(committedAt: now())
         commit.redactions = [(graph, identity)]
-        var updates = events.map { Self.update(for: $0, in: graph) }
+        var updates = events.map { OutgoingUpdate.message(Self.update(for: $0, in: graph)) }
         var removed = Cdp_Profile_V1_IdentityUpdate()
         removed.identityRemoved.entityType = graph.entityType
         removed.identityRemoved.identity = IdentityService.message(identity)
-        updates.append(removed)
+        updates.append(.message(removed))
         try save(updates, in: &commit)
         return (events, nextUpdateSequence - 1)
     }

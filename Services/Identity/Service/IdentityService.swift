@@ -34,13 +34,48 @@ public final class IdentityService: Cdp_Identity_V1_Identity.ServiceProtocol {
 
     // MARK: - Intake
 
+    /// `AcceptRecords` for a caller in this process; the server serves ``acceptRecordsKeepingBytes``.
     public func acceptRecords(
         request: Cdp_Identity_V1_AcceptRecordsRequest,
         context: ServerContext
     ) async throws
         -> Cdp_Identity_V1_AcceptRecordsResponse
     {
-        for (index, stored) in request.records.enumerated() {
+        try await accept(try request.records.map(IdentityEngine.ReceivedRecord.init))
+    }
+
+    /// `AcceptRecords` as the server serves it: each record is decoded from the call and also kept as
+    /// it came, so that its update for profile carries those bytes instead of an encoding made again
+    /// (see `AcceptRecordsRequestRecordBytes` in identity.proto).
+    public var acceptRecordsKeepingBytes: ServerMethod {
+        .unary(Self.acceptRecordsRecordBytes) { [self] request, _ in
+            let records = try request.records.enumerated().map { index, bytes in
+                do {
+                    return IdentityEngine.ReceivedRecord(
+                        try Cdp_Identity_V1_StoredRecord(serializedBytes: bytes),
+                        bytes: bytes
+                    )
+                } catch {
+                    throw RPCError(
+                        code: .invalidArgument,
+                        message: "records[\(index)] is not a valid cdp.identity.v1.StoredRecord (\(error)); "
+                            + "nothing of this call was taken"
+                    )
+                }
+            }
+            return try await accept(records)
+        }
+    }
+
+    static let acceptRecordsRecordBytes = RPCMethod<
+        Cdp_Identity_V1_AcceptRecordsRequestRecordBytes, Cdp_Identity_V1_AcceptRecordsResponse
+    >(service: "cdp.identity.v1.Identity", method: "AcceptRecords", kind: .unary)
+
+    private func accept(
+        _ records: [IdentityEngine.ReceivedRecord]
+    ) async throws -> Cdp_Identity_V1_AcceptRecordsResponse {
+        for (index, received) in records.enumerated() {
+            let stored = received.stored
             guard stored.hasRecord, !stored.record.key.isEmpty else {
                 throw RPCError(
                     code: .invalidArgument,
@@ -56,7 +91,7 @@ public final class IdentityService: Cdp_Identity_V1_Identity.ServiceProtocol {
         }
         let result: IdentityEngine.IntakeResult
         do {
-            result = try await engine.accept(request.records)
+            result = try await engine.accept(records)
         } catch {
             logger.error("identity store failed; the call was rolled back", metadata: ["error": "\(error)"])
             throw RPCError(

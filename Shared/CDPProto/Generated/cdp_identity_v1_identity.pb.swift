@@ -565,6 +565,23 @@ public nonisolated struct Cdp_Identity_V1_AcceptRecordsRequestBytes: Sendable {
   public init() {}
 }
 
+/// AcceptRecordsRequest as identity reads it: each StoredRecord also kept serialized, as the sender
+/// wrote it, so that identity passes it on to profile without encoding it again (see
+/// IdentityUpdateRecordBytes in profile.proto). Senders write AcceptRecordsRequest.
+public nonisolated struct Cdp_Identity_V1_AcceptRecordsRequestRecordBytes: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var sender: String = String()
+
+  public var records: [Data] = []
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
 /// StoredRecord with `record` left serialized (a cdp.model.v1.Record).
 public nonisolated struct Cdp_Identity_V1_StoredRecordBytes: Sendable {
   // SwiftProtobuf.Message conformance is added in an extension below. See the
@@ -1430,6 +1447,41 @@ nonisolated extension Cdp_Identity_V1_AcceptRecordsRequestBytes: SwiftProtobuf.M
   }
 
   public static func ==(lhs: Cdp_Identity_V1_AcceptRecordsRequestBytes, rhs: Cdp_Identity_V1_AcceptRecordsRequestBytes) -> Bool {
+    if lhs.sender != rhs.sender {return false}
+    if lhs.records != rhs.records {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Cdp_Identity_V1_AcceptRecordsRequestRecordBytes: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".AcceptRecordsRequestRecordBytes"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}sender\0\u{1}records\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.sender) }()
+      case 2: try { try decoder.decodeRepeatedBytesField(value: &self.records) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.sender.isEmpty {
+      try visitor.visitSingularStringField(value: self.sender, fieldNumber: 1)
+    }
+    if !self.records.isEmpty {
+      try visitor.visitRepeatedBytesField(value: self.records, fieldNumber: 2)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Cdp_Identity_V1_AcceptRecordsRequestRecordBytes, rhs: Cdp_Identity_V1_AcceptRecordsRequestRecordBytes) -> Bool {
     if lhs.sender != rhs.sender {return false}
     if lhs.records != rhs.records {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}

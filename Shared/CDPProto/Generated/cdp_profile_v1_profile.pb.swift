@@ -841,6 +841,52 @@ public nonisolated struct Cdp_Profile_V1_AcceptIdentityUpdatesRequestBytes: Send
   public init() {}
 }
 
+/// A record's IdentityUpdate as identity writes it: byte for byte the same encoding as IdentityUpdate
+/// with `record` set (an embedded message and a `bytes` field look alike on the wire), so that identity
+/// passes the StoredRecord on as ingestion sent it instead of encoding it again. Receivers parse
+/// IdentityUpdate.
+public nonisolated struct Cdp_Profile_V1_IdentityUpdateRecordBytes: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var sequence: UInt64 = 0
+
+  public var record: Cdp_Profile_V1_AnnotatedRecordBytes {
+    get {_record ?? Cdp_Profile_V1_AnnotatedRecordBytes()}
+    set {_record = newValue}
+  }
+  /// Returns true if `record` has been explicitly set.
+  public var hasRecord: Bool {self._record != nil}
+  /// Clears the value of `record`. Subsequent reads from it will return its default value.
+  public mutating func clearRecord() {self._record = nil}
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+
+  fileprivate var _record: Cdp_Profile_V1_AnnotatedRecordBytes? = nil
+}
+
+/// AnnotatedRecord with `stored` left serialized (a cdp.identity.v1.StoredRecord).
+public nonisolated struct Cdp_Profile_V1_AnnotatedRecordBytes: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var stored: Data = Data()
+
+  public var entityType: Cdp_Model_V1_EntityType = .unspecified
+
+  public var clusterID: UInt64 = 0
+
+  public var references: [Cdp_Profile_V1_ResolvedReference] = []
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
 // MARK: - Code below here is support for the SwiftProtobuf runtime.
 
 fileprivate nonisolated let _protobuf_package = "cdp.profile.v1"
@@ -2089,6 +2135,90 @@ nonisolated extension Cdp_Profile_V1_AcceptIdentityUpdatesRequestBytes: SwiftPro
   public static func ==(lhs: Cdp_Profile_V1_AcceptIdentityUpdatesRequestBytes, rhs: Cdp_Profile_V1_AcceptIdentityUpdatesRequestBytes) -> Bool {
     if lhs.sender != rhs.sender {return false}
     if lhs.updates != rhs.updates {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Cdp_Profile_V1_IdentityUpdateRecordBytes: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".IdentityUpdateRecordBytes"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}sequence\0\u{1}record\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularUInt64Field(value: &self.sequence) }()
+      case 2: try { try decoder.decodeSingularMessageField(value: &self._record) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    // The use of inline closures is to circumvent an issue where the compiler
+    // allocates stack space for every if/case branch local when no optimizations
+    // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
+    // https://github.com/apple/swift-protobuf/issues/1182
+    if self.sequence != 0 {
+      try visitor.visitSingularUInt64Field(value: self.sequence, fieldNumber: 1)
+    }
+    try { if let v = self._record {
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 2)
+    } }()
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Cdp_Profile_V1_IdentityUpdateRecordBytes, rhs: Cdp_Profile_V1_IdentityUpdateRecordBytes) -> Bool {
+    if lhs.sequence != rhs.sequence {return false}
+    if lhs._record != rhs._record {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Cdp_Profile_V1_AnnotatedRecordBytes: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".AnnotatedRecordBytes"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}stored\0\u{3}entity_type\0\u{3}cluster_id\0\u{1}references\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularBytesField(value: &self.stored) }()
+      case 2: try { try decoder.decodeSingularEnumField(value: &self.entityType) }()
+      case 3: try { try decoder.decodeSingularUInt64Field(value: &self.clusterID) }()
+      case 4: try { try decoder.decodeRepeatedMessageField(value: &self.references) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.stored.isEmpty {
+      try visitor.visitSingularBytesField(value: self.stored, fieldNumber: 1)
+    }
+    if self.entityType != .unspecified {
+      try visitor.visitSingularEnumField(value: self.entityType, fieldNumber: 2)
+    }
+    if self.clusterID != 0 {
+      try visitor.visitSingularUInt64Field(value: self.clusterID, fieldNumber: 3)
+    }
+    if !self.references.isEmpty {
+      try visitor.visitRepeatedMessageField(value: self.references, fieldNumber: 4)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Cdp_Profile_V1_AnnotatedRecordBytes, rhs: Cdp_Profile_V1_AnnotatedRecordBytes) -> Bool {
+    if lhs.stored != rhs.stored {return false}
+    if lhs.entityType != rhs.entityType {return false}
+    if lhs.clusterID != rhs.clusterID {return false}
+    if lhs.references != rhs.references {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
