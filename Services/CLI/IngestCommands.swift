@@ -18,28 +18,46 @@ struct SourceCommand: AsyncParsableCommand {
             abstract: "Register a source; registering an existing one changes nothing."
         )
 
+        @Argument(help: "The source as TYPE:INSTANCE, e.g. Marketo:mkto-1 (as `cdp ingest --source` names it).")
+        var source: String?
+
         @Option(
             help: """
                 The system's type: Marketo, Salesforce, MDM, Web, … (an upper-case letter, then letters, digits, \
-                '-', '_').
+                '-', '_'); with --instance, instead of TYPE:INSTANCE.
                 """
         )
-        var type: String
+        var type: String?
 
         @Option(help: "The instance of that system, e.g. mkto-1 (1 to 64 letters, digits, '-', '_').")
-        var instance: String
+        var instance: String?
 
         @Option(help: "Free text, e.g. \"Marketo of line of business 1\".")
         var description: String = ""
 
         @OptionGroup var client: ClientOptions
 
+        func validate() throws {
+            switch (source, type, instance) {
+            case (let source?, nil, nil): _ = try Arguments.source(source, option: "the source")
+            case (nil, _?, _?): break
+            case (_?, _, _): throw ValidationError("give the source as TYPE:INSTANCE or with --type and --instance, not both")
+            default: throw ValidationError("name the source: TYPE:INSTANCE (e.g. Marketo:mkto-1), or --type and --instance")
+            }
+        }
+
         func run() async throws {
-            let request = Cdp_Ingestion_V1_CreateSourceRequest.with {
-                $0.source = .with {
-                    $0.type = type
-                    $0.instance = instance
+            let named: Cdp_Model_V1_Source
+            if let source {
+                named = try Arguments.source(source, option: "the source")
+            } else {
+                named = .with {
+                    $0.type = type ?? ""
+                    $0.instance = instance ?? ""
                 }
+            }
+            let request = Cdp_Ingestion_V1_CreateSourceRequest.with {
+                $0.source = named
                 $0.description_p = description
             }
             let info = try await client.withClients { clients in

@@ -97,10 +97,10 @@ enum Arguments {
     }
 
     /// `TYPE:INSTANCE` (`Marketo:mkto-1`).
-    static func source(_ text: String) throws -> Cdp_Model_V1_Source {
+    static func source(_ text: String, option: String = "--source") throws -> Cdp_Model_V1_Source {
         let parts = text.split(separator: ":", maxSplits: 1)
         guard parts.count == 2, !parts[0].isEmpty, !parts[1].isEmpty else {
-            throw CLIError("--source must be TYPE:INSTANCE, e.g. Marketo:mkto-1 (got \"\(text)\")")
+            throw CLIError("\(option) must be TYPE:INSTANCE, e.g. Marketo:mkto-1 (got \"\(text)\")")
         }
         return .with {
             $0.type = String(parts[0])

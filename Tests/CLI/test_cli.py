@@ -213,6 +213,20 @@ def test_rejected_row_reported_with_its_line(stack, tmp_path):
     assert "not-an-email" in errors[0].get("reason", ""), batch
 
 
+def test_source_named_as_ingest_names_it(stack):
+    """`cdp source create TYPE:INSTANCE` registers the source `cdp ingest --source` names the same way; a name
+    without the instance, or given twice, is refused with what to write instead."""
+    base = stack.port_base
+    assert cdp_ok(["source", "create", "Test:cli-positional"], base).stdout.strip() == "Test:cli-positional"
+    listed = run_cdp(["source", "list"], base)
+    assert "Test:cli-positional" in listed.stdout, describe(["source", "list"], listed)
+    for args, says in ((["source", "create", "Test"], "TYPE:INSTANCE"),
+                       (["source", "create"], "TYPE:INSTANCE"),
+                       (["source", "create", "Test:x", "--type", "Test", "--instance", "x"], "not both")):
+        res = run_cdp(args, base)
+        assert res.returncode != 0 and says in res.stderr, describe(args, res)
+
+
 def test_failed_batch(stack, tmp_path):
     """Over the default error threshold (5 %) the batch fails: exit status 1, the plain output still says which
     line was wrong, and stderr says that the batch failed (`cdp: error: …`, like every failing command)."""
