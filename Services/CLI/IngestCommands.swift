@@ -41,8 +41,10 @@ struct SourceCommand: AsyncParsableCommand {
             switch (source, type, instance) {
             case (let source?, nil, nil): _ = try Arguments.source(source, option: "the source")
             case (nil, _?, _?): break
-            case (_?, _, _): throw ValidationError("give the source as TYPE:INSTANCE or with --type and --instance, not both")
-            default: throw ValidationError("name the source: TYPE:INSTANCE (e.g. Marketo:mkto-1), or --type and --instance")
+            case (_?, _, _):
+                throw ValidationError("give the source as TYPE:INSTANCE or with --type and --instance, not both")
+            default:
+                throw ValidationError("name the source: TYPE:INSTANCE (e.g. Marketo:mkto-1), or --type and --instance")
             }
         }
 
