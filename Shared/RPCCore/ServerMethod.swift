@@ -1,3 +1,4 @@
+import Foundation
 import SwiftProtobuf
 
 /// A method a server can route to: its descriptor and a handler over serialized messages.
@@ -140,5 +141,30 @@ private struct ReplacedMethod<Base: RPCService>: RPCService {
 
     var methods: [ServerMethod] {
         base.methods.map { $0.descriptor == replacement.descriptor ? replacement : $0 }
+    }
+}
+
+/// Decoding the messages a request keeps serialized (a `repeated bytes` field standing in for a
+/// repeated message field, see ``RPCService/serving(_:)``).
+public enum KeptMessages {
+    /// Each of `field`'s elements decoded as `Message`, with its bytes.
+    ///
+    /// - Throws: ``RPCError`` `invalidArgument` naming the first element that does not decode.
+    public static func decode<Message: SwiftProtobuf.Message>(
+        _ elements: [Data],
+        as type: Message.Type,
+        field: String
+    ) throws -> [(message: Message, bytes: Data)] {
+        try elements.enumerated().map { index, bytes in
+            do {
+                return (try Message(serializedBytes: bytes), bytes)
+            } catch {
+                throw RPCError(
+                    code: .invalidArgument,
+                    message: "\(field)[\(index)] is not a valid \(Message.protoMessageName) (\(error)); "
+                        + "nothing of this call was taken"
+                )
+            }
+        }
     }
 }

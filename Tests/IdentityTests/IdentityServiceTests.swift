@@ -138,8 +138,6 @@ extension RecordingProfile {
 /// An identity service on loopback (in-memory store) forwarding to a recording profile, and a client.
 struct IdentityHarness {
     let client: Cdp_Identity_V1_Identity.Client
-    /// The same connection, for calls with messages of our own.
-    let rpc: RPCClient
     let profile: RecordingProfile
 
     func accept(_ records: [Cdp_Identity_V1_StoredRecord]) async throws -> Cdp_Identity_V1_AcceptRecordsResponse {
@@ -215,8 +213,10 @@ func withIdentityHarness(
     )
     let port = try await server.start().port!
     let transport = HTTP2ClientTransport(configuration: .init(host: "127.0.0.1", port: port))
-    let rpc = RPCClient(transport: transport)
-    let harness = IdentityHarness(client: Cdp_Identity_V1_Identity.Client(rpc), rpc: rpc, profile: profile)
+    let harness = IdentityHarness(
+        client: Cdp_Identity_V1_Identity.Client(RPCClient(transport: transport)),
+        profile: profile
+    )
     func close() async {
         await transport.close()
         await server.shutdown()
@@ -389,14 +389,16 @@ struct IdentityServiceTests {
         try await withIdentityHarness { harness in
             var refused = Cdp_Identity_V1_AcceptRecordsRequestRecordBytes()
             refused.records = [sent[0], Data([0x0a, 0xff])]
-            let error = await #expect(throws: RPCError.self) { _ = try await harness.rpc.unary(acceptRecords, refused) }
+            let error = await #expect(throws: RPCError.self) {
+                _ = try await harness.client.rpc.unary(acceptRecords, refused)
+            }
             #expect(error?.code == .invalidArgument && error?.message.contains("records[1] is not a valid") == true)
             #expect(try await harness.outboxStatus().pendingUpdates == 0, "nothing of the refused call was taken")
 
             var request = Cdp_Identity_V1_AcceptRecordsRequestRecordBytes()
             request.sender = "test"
             request.records = sent
-            #expect(try await harness.rpc.unary(acceptRecords, request).message.accepted == 2)
+            #expect(try await harness.client.rpc.unary(acceptRecords, request).message.accepted == 2)
             try await eventually { harness.profile.updates.count == 2 }
             let stored = harness.profile.updates.map(\.record.stored)
             #expect(stored.map(\.record.key) == Bodea.persons.prefix(2).map(\.record.key))

@@ -399,7 +399,7 @@ struct EngineTests {
         var chunks: [[UInt64]] = []
         var realized = 0
         while true {
-            _ = try await harness.engine.acceptStateChanges([])
+            _ = try await harness.engine.acceptStateChanges([ReceivedStateChange]())
             let chunk = try await harness.engine.evaluateBatch(
                 .person,
                 segments: [segment.id],
@@ -422,7 +422,7 @@ struct EngineTests {
         var (matched, evaluated, steps) = (0, 0, 0)
         after = 0
         while true {
-            _ = try await harness.engine.acceptStateChanges([])
+            _ = try await harness.engine.acceptStateChanges([ReceivedStateChange]())
             let chunk = try await harness.engine.estimate(
                 compiled,
                 entityType: .person,

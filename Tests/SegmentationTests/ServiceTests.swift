@@ -9,6 +9,8 @@ import SwiftProtobuf
 import TestSupport
 import Testing
 
+@testable import SegmentationStore
+
 /// `cdp.segmentation.v1.Segmentation` over RPC on loopback, with profile's views read in process.
 @Suite("Segmentation service")
 struct ServiceTests {
@@ -21,9 +23,10 @@ struct ServiceTests {
         let source = StoreViewSource(store: harness.profileStore)
         let jobs = EvaluationJobs(engine: harness.engine, logger: logger)
         let service = SegmentationService(engine: harness.engine, source: source, jobs: jobs, logger: logger)
+        // Served as the segmentation command serves it.
         let server = RPCServer(
             configuration: .init(runsHandlersOnEventLoop: false),
-            services: [service],
+            services: [service.serving(service.acceptStateChangesKeepingBytes)],
             logger: logger
         )
         let port = try await server.start().port!
@@ -56,6 +59,43 @@ struct ServiceTests {
         request.entityType = .person
         request.mode = mode
         return request
+    }
+
+    /// The state log keeps each change as profile serialized it, byte for byte (a field segmentation does
+    /// not know included), and a change that does not decode is refused by its index.
+    @Test func stateChangesAreLoggedAsTheyCame() async throws {
+        let acceptStateChanges = RPCMethod<
+            Cdp_Segmentation_V1_AcceptStateChangesRequestChangeBytes, Cdp_Segmentation_V1_AcceptStateChangesResponse
+        >(service: "cdp.segmentation.v1.Segmentation", method: "AcceptStateChanges", kind: .unary)
+        // Field 15, varint 7: no field of StateChange. First, where an encoder would never put it: a change
+        // decoded and encoded again would have it last.
+        let unknownField: [UInt8] = [0x78, 0x07]
+        let sent = try ["e1", "e2"].enumerated().map { index, key in
+            var change = Cdp_Profile_V1_StateChange()
+            change.version = UInt64(index + 1)
+            change.event.key = key
+            change.event.personClusterID = 7
+            change.event.event.eventType = "web.webpagedetails.pageViews"
+            return Data(unknownField + (try change.serializedBytes() as [UInt8]))
+        }
+        let harness = try SegmentationHarness(start: Story.visit)
+        try await Self.withService(harness) { client in
+            var refused = Cdp_Segmentation_V1_AcceptStateChangesRequestChangeBytes()
+            refused.changes = [sent[0], Data([0x0a, 0xff])]
+            let error = await #expect(throws: RPCError.self) {
+                _ = try await client.rpc.unary(acceptStateChanges, refused)
+            }
+            #expect(error?.code == .invalidArgument && error?.message.contains("changes[1] is not a valid") == true)
+
+            var request = Cdp_Segmentation_V1_AcceptStateChangesRequestChangeBytes()
+            request.sender = "test"
+            request.changes = sent
+            let response = try await client.rpc.unary(acceptStateChanges, request).message
+            #expect(response.accepted == 2)
+        }
+        var logged: [Data] = []
+        try harness.store.forEachLoggedChange { logged.append($0) }
+        #expect(logged == sent, "the refused call logged nothing; the accepted one, its bytes as sent")
     }
 
     @Test func badDefinitionsAreRefusedWithTheirPosition() async throws {

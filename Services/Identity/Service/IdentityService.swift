@@ -49,20 +49,12 @@ public final class IdentityService: Cdp_Identity_V1_Identity.ServiceProtocol {
     /// (see `AcceptRecordsRequestRecordBytes` in identity.proto).
     public var acceptRecordsKeepingBytes: ServerMethod {
         .unary(Self.acceptRecordsRecordBytes) { [self] request, _ in
-            let records = try request.records.enumerated().map { index, bytes in
-                do {
-                    return IdentityEngine.ReceivedRecord(
-                        try Cdp_Identity_V1_StoredRecord(serializedBytes: bytes),
-                        bytes: bytes
-                    )
-                } catch {
-                    throw RPCError(
-                        code: .invalidArgument,
-                        message: "records[\(index)] is not a valid cdp.identity.v1.StoredRecord (\(error)); "
-                            + "nothing of this call was taken"
-                    )
-                }
-            }
+            let records = try KeptMessages.decode(
+                request.records,
+                as: Cdp_Identity_V1_StoredRecord.self,
+                field: "records"
+            )
+            .map { IdentityEngine.ReceivedRecord($0.message, bytes: $0.bytes) }
             return try await accept(records)
         }
     }

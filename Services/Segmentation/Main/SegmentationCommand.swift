@@ -201,7 +201,10 @@ struct SegmentationCommand: AsyncParsableCommand {
                 authorizationTokens: token.map { Set([$0]) } ?? [],
                 runsHandlersOnEventLoop: false
             ),
-            services: [service, erasure, health, ReflectionService(services: [service, erasure, health])],
+            services: [
+                service.serving(service.acceptStateChangesKeepingBytes), erasure, health,
+                ReflectionService(services: [service, erasure, health]),
+            ],
             logger: logger
         )
         let boundPort = try await ServiceMain.start(server, host: host, port: port)

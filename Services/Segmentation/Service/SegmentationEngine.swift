@@ -288,39 +288,47 @@ public actor SegmentationEngine {
         (state.count(of: .person), state.count(of: .account))
     }
 
-    /// Takes changes to the state from profile: each newer than the item held is applied; then every
-    /// person and account the applied changes touch is evaluated against the streaming segments of its
-    /// audience, and the changes, memberships, transitions and re-checks commit together. A change
-    /// about an erased person is dropped (counted as stale).
+    /// Takes changes to the state from profile, serialized here for the state log (in process: tests and
+    /// benchmarks); the service passes them on as they came.
     public func acceptStateChanges(
         _ changes: [Cdp_Profile_V1_StateChange]
     ) throws -> (accepted: Int, stale: Int, evaluated: Int, transitions: Transitions) {
+        try acceptStateChanges(changes.map(ReceivedStateChange.init))
+    }
+
+    /// Takes changes to the state from profile: each newer than the item held is applied; then every
+    /// person and account the applied changes touch is evaluated against the streaming segments of its
+    /// audience, and the changes (their bytes as profile wrote them), memberships, transitions and
+    /// re-checks commit together. A change about an erased person is dropped (counted as stale).
+    public func acceptStateChanges(
+        _ changes: [ReceivedStateChange]
+    ) throws -> (accepted: Int, stale: Int, evaluated: Int, transitions: Transitions) {
         lastStreamingCall = clock.now
         commitPendingBatch()
-        for change in changes {
+        for received in changes {
             do {
-                try EntityState.check(change)
+                try EntityState.check(received.change)
             } catch {
                 throw RPCError(code: .invalidArgument, message: "\(error)")
             }
         }
         let time = now()
         var touched: Set<EntityState.EntityKey> = []
-        var applied: [Cdp_Profile_V1_StateChange] = []
+        var applied: [ReceivedStateChange] = []
         var stale = 0
         let supersededBefore = state.supersededChanges
         do {
-            for change in changes {
-                if isAboutForgotten(change) {
+            for received in changes {
+                if isAboutForgotten(received.change) {
                     stale += 1
                     continue
                 }
-                switch try state.apply(change, touched: &touched) {
-                case .applied: applied.append(change)
+                switch try state.apply(received.change, touched: &touched) {
+                case .applied: applied.append(received)
                 case .stale: stale += 1
                 }
             }
-            let version = changes.map(\.version).max()
+            let version = changes.map(\.change.version).max()
             let evaluations = try touched.sorted(by: Self.order).compactMap { key in
                 try evaluateStreaming(key, version: version, at: time)
             }
@@ -344,7 +352,7 @@ public actor SegmentationEngine {
     /// nor compares it.
     private func commit(
         _ evaluations: [EntityEvaluation],
-        state changes: [Cdp_Profile_V1_StateChange] = [],
+        state changes: [ReceivedStateChange] = [],
         superseding superseded: Int = 0,
         forgetting: StateItems = StateItems(),
         at time: Date

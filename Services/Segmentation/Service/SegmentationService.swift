@@ -40,13 +40,38 @@ public final class SegmentationService: Cdp_Segmentation_V1_Segmentation.Service
         self.forwardingError = forwardingError
     }
 
+    /// `AcceptStateChanges` for a caller in this process; the server serves
+    /// ``acceptStateChangesKeepingBytes``.
     public func acceptStateChanges(
         request: Cdp_Segmentation_V1_AcceptStateChangesRequest,
         context: ServerContext
     ) async throws -> Cdp_Segmentation_V1_AcceptStateChangesResponse {
+        try await accept(try request.changes.map(ReceivedStateChange.init))
+    }
+
+    /// `AcceptStateChanges` as the server serves it: each change is decoded from the call and also kept
+    /// as it came, for the state log (see `AcceptStateChangesRequestChangeBytes` in segmentation.proto).
+    public var acceptStateChangesKeepingBytes: ServerMethod {
+        .unary(Self.acceptStateChangesChangeBytes) { [self] request, _ in
+            let changes = try KeptMessages.decode(
+                request.changes,
+                as: Cdp_Profile_V1_StateChange.self,
+                field: "changes"
+            )
+            .map { ReceivedStateChange($0.message, bytes: $0.bytes) }
+            return try await accept(changes)
+        }
+    }
+
+    static let acceptStateChangesChangeBytes = RPCMethod<
+        Cdp_Segmentation_V1_AcceptStateChangesRequestChangeBytes, Cdp_Segmentation_V1_AcceptStateChangesResponse
+    >(service: "cdp.segmentation.v1.Segmentation", method: "AcceptStateChanges", kind: .unary)
+
+    private func accept(_ changes: [ReceivedStateChange]) async throws -> Cdp_Segmentation_V1_AcceptStateChangesResponse
+    {
         let result: (accepted: Int, stale: Int, evaluated: Int, transitions: Transitions)
         do {
-            result = try await engine.acceptStateChanges(request.changes)
+            result = try await engine.acceptStateChanges(changes)
         } catch let error as RPCError {
             throw error
         } catch {

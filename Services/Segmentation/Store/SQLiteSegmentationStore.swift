@@ -320,7 +320,7 @@ public final class SQLiteSegmentationStore: Sendable {
     /// before), and the state items of `forgetting` deleted. One transaction.
     public func commit(
         _ evaluations: [EntityEvaluation],
-        state changes: [Cdp_Profile_V1_StateChange] = [],
+        state changes: [ReceivedStateChange] = [],
         superseding superseded: Int = 0,
         forgetting: StateItems = StateItems(),
         at now: Date
@@ -334,6 +334,23 @@ public final class SQLiteSegmentationStore: Sendable {
             }
             return transitions
         }
+    }
+
+    /// ``commit(_:state:superseding:forgetting:at:)`` with changes serialized here.
+    public func commit(
+        _ evaluations: [EntityEvaluation],
+        state changes: [Cdp_Profile_V1_StateChange],
+        superseding superseded: Int = 0,
+        forgetting: StateItems = StateItems(),
+        at now: Date
+    ) throws -> Transitions {
+        try commit(
+            evaluations,
+            state: try changes.map(ReceivedStateChange.init),
+            superseding: superseded,
+            forgetting: forgetting,
+            at: now
+        )
     }
 
     /// Saves the entity's record as last evaluated (or, for a removal, its version, keeping the record
@@ -646,9 +663,14 @@ public final class SQLiteSegmentationStore: Sendable {
     /// applying them in this order, each over the ones before, gives the state as last committed (a
     /// superseded change not yet compacted away is followed by the one that superseded it).
     public func forEachStateChange(_ body: (Cdp_Profile_V1_StateChange) throws -> Void) throws {
+        try forEachLoggedChange { try body(try Cdp_Profile_V1_StateChange(serializedBytes: $0)) }
+    }
+
+    /// Hands the state log's changes to `body` as saved, in order.
+    func forEachLoggedChange(_ body: (Data) throws -> Void) throws {
         try writer.read { db in
             let cursor = try Data.fetchCursor(db, sql: "SELECT change FROM state_log ORDER BY position")
-            while let data = try cursor.next() { try body(try Cdp_Profile_V1_StateChange(serializedBytes: data)) }
+            while let data = try cursor.next() { try body(data) }
         }
     }
 
@@ -675,18 +697,16 @@ public final class SQLiteSegmentationStore: Sendable {
     /// Compacts the log when its superseded rows outnumber the live ones (and there are enough of them
     /// for the scan to be worth it), so that it stays within about twice the state's size.
     private func append(
-        _ changes: [Cdp_Profile_V1_StateChange],
+        _ changes: [ReceivedStateChange],
         superseded: Int,
         _ db: Database
     ) throws {
         var appended: Int64 = 0
-        for change in changes {
-            guard let item = Self.item(change) else { continue }
+        for received in changes {
+            guard let item = Self.item(received.change) else { continue }
             try db.cachedStatement(
                 sql: "INSERT INTO state_log (kind, entity, cluster, key, change) VALUES (?, ?, ?, ?, ?)"
-            ).execute(arguments: [
-                item.kind, item.entity, item.cluster, item.key, try change.serializedBytes() as Data,
-            ])
+            ).execute(arguments: [item.kind, item.entity, item.cluster, item.key, received.bytes])
             appended += 1
         }
         guard appended > 0 else { return }

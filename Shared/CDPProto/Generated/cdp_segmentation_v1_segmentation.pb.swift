@@ -12,6 +12,11 @@
 /// evaluation over the state profile's changes keep up to date (unified records, links, events),
 /// memberships, estimates and explanations.
 
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#else
+import Foundation
+#endif
 import SwiftProtobuf
 
 // If the compiler emits an error on this type, it is because this file
@@ -733,6 +738,23 @@ public nonisolated struct Cdp_Segmentation_V1_AcceptStateChangesRequest: Sendabl
   public var sender: String = String()
 
   public var changes: [Cdp_Profile_V1_StateChange] = []
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+/// AcceptStateChangesRequest as segmentation reads it: each StateChange also kept serialized, as profile
+/// wrote it, so that segmentation appends those bytes to its state log instead of encoding the change
+/// again. Senders write AcceptStateChangesRequest.
+public nonisolated struct Cdp_Segmentation_V1_AcceptStateChangesRequestChangeBytes: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var sender: String = String()
+
+  public var changes: [Data] = []
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
@@ -1780,6 +1802,41 @@ nonisolated extension Cdp_Segmentation_V1_AcceptStateChangesRequest: SwiftProtob
   }
 
   public static func ==(lhs: Cdp_Segmentation_V1_AcceptStateChangesRequest, rhs: Cdp_Segmentation_V1_AcceptStateChangesRequest) -> Bool {
+    if lhs.sender != rhs.sender {return false}
+    if lhs.changes != rhs.changes {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Cdp_Segmentation_V1_AcceptStateChangesRequestChangeBytes: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".AcceptStateChangesRequestChangeBytes"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}sender\0\u{1}changes\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.sender) }()
+      case 2: try { try decoder.decodeRepeatedBytesField(value: &self.changes) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.sender.isEmpty {
+      try visitor.visitSingularStringField(value: self.sender, fieldNumber: 1)
+    }
+    if !self.changes.isEmpty {
+      try visitor.visitRepeatedBytesField(value: self.changes, fieldNumber: 2)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Cdp_Segmentation_V1_AcceptStateChangesRequestChangeBytes, rhs: Cdp_Segmentation_V1_AcceptStateChangesRequestChangeBytes) -> Bool {
     if lhs.sender != rhs.sender {return false}
     if lhs.changes != rhs.changes {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
