@@ -176,8 +176,9 @@ func drainStateChanges(_ label: String) throws {
         while true {
             let chunk = try store.takeStateChanges(limit: 500)
             if chunk.isEmpty { break }
-            for change in chunk.changes { bytes += (try change.serializedBytes() as [UInt8]).count }
-            count += chunk.changes.count
+            // Taken already encoded for the wire.
+            for change in chunk.serialized { bytes += change.count }
+            count += chunk.serialized.count
             try store.markSent(chunk)
         }
     }

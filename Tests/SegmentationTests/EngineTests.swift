@@ -65,14 +65,15 @@ struct EngineTests {
         _ = try await harness.engine.createSegment(name: "all", pql: Story.bodea, entityType: .person, mode: .streaming)
         try await harness.pipeline.ingest(Story.withoutVisit + [Bodea.pageVisit(at: Story.visit)])
         let chunk = try #require(try await harness.profile.nextStateChunk(limit: 1000))
-        let first = try await harness.engine.acceptStateChanges(chunk.changes)
+        let changes = try chunk.changes
+        let first = try await harness.engine.acceptStateChanges(changes)
         #expect(first.stale == 0 && first.transitions.realized == 1)
         // Re-delivery of the same chunk (the relay retried): every change is stale, no new transition.
-        let again = try await harness.engine.acceptStateChanges(chunk.changes)
-        #expect(again.stale == chunk.changes.count && again.accepted == 0 && again.evaluated == 0)
+        let again = try await harness.engine.acceptStateChanges(changes)
+        #expect(again.stale == changes.count && again.accepted == 0 && again.evaluated == 0)
         #expect(again.transitions == Transitions())
         // An older version of p2's record after a newer one: stale.
-        let p2 = try #require(chunk.changes.first { $0.entity.unified.record.person.email == "p2@townsend.com" })
+        let p2 = try #require(changes.first { $0.entity.unified.record.person.email == "p2@townsend.com" })
         var older = p2
         older.version -= 1
         older.entity.unified.record.person.email = "someone@else.org"
@@ -564,7 +565,8 @@ struct EngineTests {
         )
         try await harness.pipeline.ingest(Story.withoutVisit + [Bodea.pageVisit(at: Story.visit)])
         let chunk = try #require(try await harness.profile.nextStateChunk(limit: 1000))
-        #expect(try await harness.engine.acceptStateChanges(chunk.changes).transitions.realized == 1)
+        let changes = try chunk.changes
+        #expect(try await harness.engine.acceptStateChanges(changes).transitions.realized == 1)
 
         // A new process over the same file.
         let clock = harness.clock
@@ -578,8 +580,8 @@ struct EngineTests {
         let restartedCounts = await restarted.stateCounts()
         #expect(await restartedCounts == harness.engine.stateCounts())
         // The relay re-delivers the chunk it could not mark sent: nothing changes twice.
-        let again = try await restarted.acceptStateChanges(chunk.changes)
-        #expect(again.stale == chunk.changes.count)
+        let again = try await restarted.acceptStateChanges(changes)
+        #expect(again.stale == changes.count)
         #expect(again.transitions == Transitions())
         // The re-check scheduled before the restart is still there.
         clock.set(Story.visit.addingTimeInterval(40 * 86_400))

@@ -176,8 +176,8 @@ struct StateEquivalenceTests {
             // delivered twice (a lost acknowledgement).
             while let chunk = try await profile.nextStateChunk(limit: 37) {
                 var touched: Set<EntityState.EntityKey> = []
-                for change in chunk.changes { try state.apply(change, touched: &touched) }
-                if round % 3 == 0 { for change in chunk.changes { try state.apply(change, touched: &touched) } }
+                for change in try chunk.changes { try state.apply(change, touched: &touched) }
+                if round % 3 == 0 { for change in try chunk.changes { try state.apply(change, touched: &touched) } }
                 try await profile.acknowledge(chunk)
             }
             for days in Self.times {

@@ -226,18 +226,21 @@ public final class ProfileService: Cdp_Profile_V1_Profile.ServiceProtocol {
 
 /// Sending state changes to segmentation: what the outbox relay calls.
 public enum SegmentationForwarding {
+    /// `cdp.segmentation.v1.Segmentation/AcceptStateChanges`, sending the chunk's changes as serialized
+    /// when taken (see `AcceptStateChangesRequestChangeBytes` in segmentation.proto).
+    static let acceptStateChanges = RPCMethod<
+        Cdp_Segmentation_V1_AcceptStateChangesRequestChangeBytes, Cdp_Segmentation_V1_AcceptStateChangesResponse
+    >(service: "cdp.segmentation.v1.Segmentation", method: "AcceptStateChanges", kind: .unary)
+
     /// Sends one chunk; returns once segmentation acknowledged it.
     public static func deliver(
         _ chunk: StateChunk,
         via client: RPCClient,
         timeout: Duration = .seconds(30)
     ) async throws {
-        var request = Cdp_Segmentation_V1_AcceptStateChangesRequest()
+        var request = Cdp_Segmentation_V1_AcceptStateChangesRequestChangeBytes()
         request.sender = "profile"
-        request.changes = chunk.changes
-        _ = try await Cdp_Segmentation_V1_Segmentation.Client(client).acceptStateChanges(
-            request,
-            options: CallOptions(timeout: timeout)
-        )
+        request.changes = chunk.serialized
+        _ = try await client.unary(acceptStateChanges, request, options: CallOptions(timeout: timeout))
     }
 }

@@ -149,9 +149,9 @@ public struct StateChunk: Sendable {
     public var eventsThrough: Int64
     /// How many events of the log were taken.
     public var eventCount: Int
-    /// The changes, as sent: each item's value when it was taken, in the same order, then the events
-    /// of the log.
-    public var changes: [Cdp_Profile_V1_StateChange]
+    /// The changes as sent, each a serialized `StateChange`: each item's value when it was taken, in
+    /// the same order, then the events of the log (their events copied from the stored records).
+    public var serialized: [Data]
 
     /// Creates a chunk.
     public init(
@@ -160,18 +160,23 @@ public struct StateChunk: Sendable {
         markCount: Int = 0,
         eventsThrough: Int64 = 0,
         eventCount: Int = 0,
-        changes: [Cdp_Profile_V1_StateChange]
+        serialized: [Data]
     ) {
         self.items = items
         self.marksThrough = marksThrough
         self.markCount = markCount
         self.eventsThrough = eventsThrough
         self.eventCount = eventCount
-        self.changes = changes
+        self.serialized = serialized
+    }
+
+    /// The changes decoded (in process: tests and the pipeline that feeds segmentation's engine).
+    public var changes: [Cdp_Profile_V1_StateChange] {
+        get throws { try serialized.map { try Cdp_Profile_V1_StateChange(serializedBytes: $0) } }
     }
 
     /// Whether it holds nothing to send.
-    public var isEmpty: Bool { changes.isEmpty }
+    public var isEmpty: Bool { serialized.isEmpty }
 }
 
 /// An item of segmentation's state whose value changed and waits to be sent.

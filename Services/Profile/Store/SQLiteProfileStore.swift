@@ -1017,13 +1017,13 @@ public final class SQLiteProfileStore: ProfileStore {
                 version += 1
                 items[index].version = version
             }
-            var changes = try stateChanges(of: items, db, memo)
+            var serialized = try stateChanges(of: items, db, memo).map { try $0.serializedBytes() as Data }
             for event in logged.events {
                 version += 1
-                var change = Cdp_Profile_V1_StateChange()
+                var change = Cdp_Profile_V1_EventStateChangeBytes()
                 change.version = version
                 change.event = event
-                changes.append(change)
+                serialized.append(try change.serializedBytes())
             }
             try Counters.set("change_version", Int64(version), db)
             return StateChunk(
@@ -1032,7 +1032,7 @@ public final class SQLiteProfileStore: ProfileStore {
                 markCount: marked.count,
                 eventsThrough: logged.through,
                 eventCount: logged.events.count,
-                changes: changes
+                serialized: serialized
             )
         }
     }
@@ -1043,7 +1043,7 @@ public final class SQLiteProfileStore: ProfileStore {
         limit: Int,
         after: Int64?,
         _ db: Database
-    ) throws -> (events: [Cdp_Profile_V1_EventState], through: Int64) {
+    ) throws -> (events: [Cdp_Profile_V1_EventStateBytes], through: Int64) {
         let sent = try Counters.value("event_log_sent", db)
         let rows = try Row.fetchAll(
             try db.cachedStatement(
@@ -1059,10 +1059,10 @@ public final class SQLiteProfileStore: ProfileStore {
             return ([], 0)
         }
         let events = try rows.map { row in
-            var event = Cdp_Profile_V1_EventState()
+            var event = Cdp_Profile_V1_EventStateBytes()
             event.key = row[1]
             event.personClusterID = UInt64(row[2] as Int64)
-            event.event = try Cdp_Model_V1_Record(serializedBytes: row[3] as Data).event
+            event.event = try RecordEventBytes.of(record: row[3])
             return event
         }
         return (events, last[0])
