@@ -144,20 +144,32 @@ private struct ReplacedMethod<Base: RPCService>: RPCService {
     }
 }
 
-/// Decoding the messages a request keeps serialized (a `repeated bytes` field standing in for a
-/// repeated message field, see ``RPCService/serving(_:)``).
-public enum KeptMessages {
-    /// Each of `field`'s elements decoded as `Message`, with its bytes.
+/// A message as it came: decoded, and serialized as the sender wrote it, for a receiver that passes
+/// those bytes on or stores them instead of encoding the message again (see
+/// ``RPCService/serving(_:)``).
+public struct KeptMessage<Message: SwiftProtobuf.Message & Sendable>: Sendable {
+    public var message: Message
+    public var bytes: Data
+
+    /// A message and its serialized form (`bytes` must decode to `message`).
+    public init(_ message: Message, bytes: Data) {
+        self.message = message
+        self.bytes = bytes
+    }
+
+    /// A message serialized here (callers in process: tests, benchmarks).
+    public init(_ message: Message) throws {
+        self.init(message, bytes: try message.serializedBytes())
+    }
+
+    /// Each of `field`'s elements (a `repeated bytes` field standing in for a repeated `Message` field)
+    /// decoded, with its bytes.
     ///
     /// - Throws: ``RPCError`` `invalidArgument` naming the first element that does not decode.
-    public static func decode<Message: SwiftProtobuf.Message>(
-        _ elements: [Data],
-        as type: Message.Type,
-        field: String
-    ) throws -> [(message: Message, bytes: Data)] {
+    public static func decode(_ elements: [Data], field: String) throws -> [KeptMessage] {
         try elements.enumerated().map { index, bytes in
             do {
-                return (try Message(serializedBytes: bytes), bytes)
+                return KeptMessage(try Message(serializedBytes: bytes), bytes: bytes)
             } catch {
                 throw RPCError(
                     code: .invalidArgument,

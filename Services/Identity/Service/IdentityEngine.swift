@@ -4,6 +4,7 @@ import IdentityGraph
 import IdentityRules
 import IdentityStore
 import NIOCore
+import RPCCore
 import SwiftProtobuf
 
 /// The identity graphs and their store, on a thread of their own.
@@ -121,21 +122,7 @@ public actor IdentityEngine {
 
     /// A record as it came: decoded, and serialized as the sender wrote it (profile gets those bytes as
     /// they are: see `IdentityUpdateRecordBytes` in profile.proto).
-    public struct ReceivedRecord: Sendable {
-        public var stored: Cdp_Identity_V1_StoredRecord
-        public var bytes: Data
-
-        /// A record and its serialized form (`bytes` must decode to `stored`).
-        public init(_ stored: Cdp_Identity_V1_StoredRecord, bytes: Data) {
-            self.stored = stored
-            self.bytes = bytes
-        }
-
-        /// A record serialized here.
-        public init(_ stored: Cdp_Identity_V1_StoredRecord) throws {
-            self.init(stored, bytes: try stored.serializedBytes())
-        }
-    }
+    public typealias ReceivedRecord = KeptMessage<Cdp_Identity_V1_StoredRecord>
 
     /// Links `records` in order and commits the results, as the `accept` of received records does.
     public func accept(_ records: [Cdp_Identity_V1_StoredRecord]) throws -> IntakeResult {
@@ -148,17 +135,17 @@ public actor IdentityEngine {
     /// - Throws: The store's error if the commit failed; nothing of the call is kept then.
     public func accept(_ records: [ReceivedRecord]) throws -> IntakeResult {
         try reloadIfNeeded()
-        let slots = records.map { RecordSlot(key: $0.stored.record.key, entity: $0.stored.record.entityType) }
+        let slots = records.map { RecordSlot(key: $0.message.record.key, entity: $0.message.record.entityType) }
         var current = try store.currentVersions(of: slots)
         var commit = IdentityCommit(committedAt: now())
         var updates: [OutgoingUpdate] = []
         var duplicates = 0
         for (slot, received) in zip(slots, records) {
-            if let taken = current[slot], taken.supersedes(received.stored) {
+            if let taken = current[slot], taken.supersedes(received.message) {
                 duplicates += 1
                 continue
             }
-            let taken = TakenVersion(version: received.stored.version, sequence: received.stored.sequence)
+            let taken = TakenVersion(version: received.message.version, sequence: received.message.sequence)
             current[slot] = taken
             commit.accepted.append((slot, taken))
             updates += link(received, into: &commit)
@@ -190,7 +177,7 @@ public actor IdentityEngine {
 
     /// Links one record; returns its updates for profile (cluster changes first, then the record).
     private func link(_ received: ReceivedRecord, into commit: inout IdentityCommit) -> [OutgoingUpdate] {
-        let stored = received.stored
+        let stored = received.message
         var updates: [OutgoingUpdate] = []
         var annotated = Cdp_Profile_V1_AnnotatedRecordBytes()
         annotated.stored = received.bytes

@@ -49,13 +49,7 @@ public final class IdentityService: Cdp_Identity_V1_Identity.ServiceProtocol {
     /// (see `AcceptRecordsRequestRecordBytes` in identity.proto).
     public var acceptRecordsKeepingBytes: ServerMethod {
         .unary(Self.acceptRecordsRecordBytes) { [self] request, _ in
-            let records = try KeptMessages.decode(
-                request.records,
-                as: Cdp_Identity_V1_StoredRecord.self,
-                field: "records"
-            )
-            .map { IdentityEngine.ReceivedRecord($0.message, bytes: $0.bytes) }
-            return try await accept(records)
+            try await accept(try IdentityEngine.ReceivedRecord.decode(request.records, field: "records"))
         }
     }
 
@@ -67,7 +61,7 @@ public final class IdentityService: Cdp_Identity_V1_Identity.ServiceProtocol {
         _ records: [IdentityEngine.ReceivedRecord]
     ) async throws -> Cdp_Identity_V1_AcceptRecordsResponse {
         for (index, received) in records.enumerated() {
-            let stored = received.stored
+            let stored = received.message
             guard stored.hasRecord, !stored.record.key.isEmpty else {
                 throw RPCError(
                     code: .invalidArgument,

@@ -307,7 +307,7 @@ public actor SegmentationEngine {
         commitPendingBatch()
         for received in changes {
             do {
-                try EntityState.check(received.change)
+                try EntityState.check(received.message)
             } catch {
                 throw RPCError(code: .invalidArgument, message: "\(error)")
             }
@@ -319,16 +319,16 @@ public actor SegmentationEngine {
         let supersededBefore = state.supersededChanges
         do {
             for received in changes {
-                if isAboutForgotten(received.change) {
+                if isAboutForgotten(received.message) {
                     stale += 1
                     continue
                 }
-                switch try state.apply(received.change, touched: &touched) {
+                switch try state.apply(received.message, touched: &touched) {
                 case .applied: applied.append(received)
                 case .stale: stale += 1
                 }
             }
-            let version = changes.map(\.change.version).max()
+            let version = changes.map(\.message.version).max()
             let evaluations = try touched.sorted(by: Self.order).compactMap { key in
                 try evaluateStreaming(key, version: version, at: time)
             }

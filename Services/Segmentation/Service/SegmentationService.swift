@@ -53,13 +53,7 @@ public final class SegmentationService: Cdp_Segmentation_V1_Segmentation.Service
     /// as it came, for the state log (see `AcceptStateChangesRequestChangeBytes` in segmentation.proto).
     public var acceptStateChangesKeepingBytes: ServerMethod {
         .unary(Self.acceptStateChangesChangeBytes) { [self] request, _ in
-            let changes = try KeptMessages.decode(
-                request.changes,
-                as: Cdp_Profile_V1_StateChange.self,
-                field: "changes"
-            )
-            .map { ReceivedStateChange($0.message, bytes: $0.bytes) }
-            return try await accept(changes)
+            try await accept(try ReceivedStateChange.decode(request.changes, field: "changes"))
         }
     }
 

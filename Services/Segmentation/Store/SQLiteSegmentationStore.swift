@@ -703,7 +703,7 @@ public final class SQLiteSegmentationStore: Sendable {
     ) throws {
         var appended: Int64 = 0
         for received in changes {
-            guard let item = Self.item(received.change) else { continue }
+            guard let item = Self.item(received.message) else { continue }
             try db.cachedStatement(
                 sql: "INSERT INTO state_log (kind, entity, cluster, key, change) VALUES (?, ?, ?, ?, ?)"
             ).execute(arguments: [item.kind, item.entity, item.cluster, item.key, received.bytes])

@@ -1,26 +1,13 @@
 import CDPProto
 import Foundation
 import GRDB
+import RPCCore
 import SQLiteSupport
 import SwiftProtobuf
 
 /// One of profile's state changes as it came: decoded, and serialized as profile wrote it (the bytes
 /// the state log keeps, so that a change is not encoded again to be saved).
-public struct ReceivedStateChange: Sendable {
-    public var change: Cdp_Profile_V1_StateChange
-    public var bytes: Data
-
-    /// A change and its serialized form (`bytes` must decode to `change`).
-    public init(_ change: Cdp_Profile_V1_StateChange, bytes: Data) {
-        self.change = change
-        self.bytes = bytes
-    }
-
-    /// A change serialized here.
-    public init(_ change: Cdp_Profile_V1_StateChange) throws {
-        self.init(change, bytes: try change.serializedBytes())
-    }
-}
+public typealias ReceivedStateChange = KeptMessage<Cdp_Profile_V1_StateChange>
 
 /// A saved segment.
 public struct SegmentRecord: Sendable, Equatable {
