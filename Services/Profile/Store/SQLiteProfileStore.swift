@@ -1007,7 +1007,7 @@ public final class SQLiteProfileStore: ProfileStore {
         // One transaction: the values read are those of the moment the items are taken, so a chunk never
         // mixes an item as a later apply left it with the rest of that apply left for the next chunk.
         let memo = ViewMemo(shared: shared)
-        return try writer.write { db in
+        let (taken, changes, events, firstEventVersion) = try writer.write { db in
             let marked = try nextMarkedItems(limit: limit, after: after?.marksThrough ?? 0, db)
             var items = marked.items
             let logged = try nextLoggedEvents(limit: limit, after: after?.eventsThrough, db)
@@ -1017,24 +1017,28 @@ public final class SQLiteProfileStore: ProfileStore {
                 version += 1
                 items[index].version = version
             }
-            var serialized = try stateChanges(of: items, db, memo).map { try $0.serializedBytes() as Data }
-            for event in logged.events {
-                version += 1
-                var change = Cdp_Profile_V1_EventStateChangeBytes()
-                change.version = version
-                change.event = event
-                serialized.append(try change.serializedBytes())
-            }
-            try Counters.set("change_version", Int64(version), db)
-            return StateChunk(
+            let changes = try stateChanges(of: items, db, memo)
+            try Counters.set("change_version", Int64(version) + Int64(logged.events.count), db)
+            let chunk = StateChunk(
                 items: items,
                 marksThrough: marked.through,
                 markCount: marked.count,
                 eventsThrough: logged.through,
                 eventCount: logged.events.count,
-                serialized: serialized
+                serialized: []
             )
+            return (chunk, changes, logged.events, version + 1)
         }
+        // Encoded for the wire once the write lock is released.
+        var chunk = taken
+        chunk.serialized = try changes.map { try $0.serializedBytes() as Data }
+        for (offset, event) in events.enumerated() {
+            var change = Cdp_Profile_V1_EventStateChangeBytes()
+            change.version = firstEventVersion + UInt64(offset)
+            change.event = event
+            chunk.serialized.append(try change.serializedBytes())
+        }
+        return chunk
     }
 
     /// Up to `limit` events of the log after the last chunk sent (and after position `after`, the
