@@ -43,6 +43,14 @@ public struct RPCMethod<Input: SwiftProtobuf.Message & Sendable, Output: SwiftPr
         self.descriptor = MethodDescriptor(service: service, method: method)
         self.kind = kind
     }
+
+    /// `method` with other message types: ones whose encodings are the same on the wire (a `bytes`
+    /// field where `method`'s message has an embedded message), for a sender or receiver that keeps
+    /// some of a message serialized.
+    public init<OtherInput, OtherOutput>(wireCompatibleWith method: RPCMethod<OtherInput, OtherOutput>) {
+        self.descriptor = method.descriptor
+        self.kind = method.kind
+    }
 }
 
 /// A service's name and the protobuf descriptors that define it, for server reflection.

@@ -126,9 +126,14 @@ public protocol RPCService: Sendable {
 extension RPCService {
     /// This service with `replacement` serving its method instead of the handler the service protocol
     /// routes to; typically a handler that decodes the request as a wire-compatible message that keeps
-    /// some fields serialized, for a receiver that passes them on as they came.
+    /// some fields serialized, for a receiver that passes them on as they came. `replacement` must be
+    /// one of the service's methods (a programming error otherwise, not a method silently left out).
     public func serving(_ replacement: ServerMethod) -> some RPCService {
-        ReplacedMethod(base: self, replacement: replacement)
+        precondition(
+            methods.contains { $0.descriptor == replacement.descriptor && $0.kind == replacement.kind },
+            "\(replacement.descriptor) is not a \(replacement.kind) method of \(serviceDescriptor.fullName)"
+        )
+        return ReplacedMethod(base: self, replacement: replacement)
     }
 }
 

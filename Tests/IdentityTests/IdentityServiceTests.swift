@@ -31,13 +31,7 @@ final class RecordingProfile: Cdp_Profile_V1_Profile.ServiceProtocol {
 
     /// `AcceptIdentityUpdates` keeping each update as it came in ``received`` before it is applied.
     var keepingBytes: ServerMethod {
-        .unary(
-            RPCMethod<Cdp_Profile_V1_AcceptIdentityUpdatesRequestBytes, Cdp_Profile_V1_AcceptIdentityUpdatesResponse>(
-                service: "cdp.profile.v1.Profile",
-                method: "AcceptIdentityUpdates",
-                kind: .unary
-            )
-        ) { [self] request, context in
+        .unary(Cdp_Profile_V1_Profile.Method.acceptIdentityUpdatesBytes) { [self] request, context in
             state.withLock { $0.received += request.updates }
             var decoded = Cdp_Profile_V1_AcceptIdentityUpdatesRequest()
             decoded.sender = request.sender
@@ -375,13 +369,7 @@ struct IdentityServiceTests {
     /// Each record reaches profile as the sender serialized it, byte for byte (a field identity does not
     /// know passes through too), and a record that does not decode is refused by its index.
     @Test func recordsPassOnToProfileAsTheyCame() async throws {
-        let acceptRecords = RPCMethod<
-            Cdp_Identity_V1_AcceptRecordsRequestRecordBytes, Cdp_Identity_V1_AcceptRecordsResponse
-        >(
-            service: "cdp.identity.v1.Identity",
-            method: "AcceptRecords",
-            kind: .unary
-        )
+        let acceptRecords = Cdp_Identity_V1_Identity.Method.acceptRecordsRecordBytes
         // Field 15, varint 7: no field of StoredRecord. First, where an encoder would never put it: a record
         // decoded and encoded again would have it last.
         let unknownField: [UInt8] = [0x78, 0x07]

@@ -64,9 +64,7 @@ struct ServiceTests {
     /// The state log keeps each change as profile serialized it, byte for byte (a field segmentation does
     /// not know included), and a change that does not decode is refused by its index.
     @Test func stateChangesAreLoggedAsTheyCame() async throws {
-        let acceptStateChanges = RPCMethod<
-            Cdp_Segmentation_V1_AcceptStateChangesRequestChangeBytes, Cdp_Segmentation_V1_AcceptStateChangesResponse
-        >(service: "cdp.segmentation.v1.Segmentation", method: "AcceptStateChanges", kind: .unary)
+        let acceptStateChanges = Cdp_Segmentation_V1_Segmentation.Method.acceptStateChangesChangeBytes
         // Field 15, varint 7: no field of StateChange. First, where an encoder would never put it: a change
         // decoded and encoded again would have it last.
         let unknownField: [UInt8] = [0x78, 0x07]

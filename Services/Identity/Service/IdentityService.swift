@@ -48,14 +48,10 @@ public final class IdentityService: Cdp_Identity_V1_Identity.ServiceProtocol {
     /// it came, so that its update for profile carries those bytes instead of an encoding made again
     /// (see `AcceptRecordsRequestRecordBytes` in identity.proto).
     public var acceptRecordsKeepingBytes: ServerMethod {
-        .unary(Self.acceptRecordsRecordBytes) { [self] request, _ in
+        .unary(Cdp_Identity_V1_Identity.Method.acceptRecordsRecordBytes) { [self] request, _ in
             try await accept(try IdentityEngine.ReceivedRecord.decode(request.records, field: "records"))
         }
     }
-
-    static let acceptRecordsRecordBytes = RPCMethod<
-        Cdp_Identity_V1_AcceptRecordsRequestRecordBytes, Cdp_Identity_V1_AcceptRecordsResponse
-    >(service: "cdp.identity.v1.Identity", method: "AcceptRecords", kind: .unary)
 
     private func accept(
         _ records: [IdentityEngine.ReceivedRecord]
@@ -300,13 +296,7 @@ public final class IdentityService: Cdp_Identity_V1_Identity.ServiceProtocol {
 
 /// Forwarding to profile: what the outbox relay calls.
 public enum ProfileForwarding {
-    /// `cdp.profile.v1.Profile/AcceptIdentityUpdates`, sending the updates as stored (see
-    /// `AcceptIdentityUpdatesRequestBytes` in profile.proto).
-    static let acceptIdentityUpdates = RPCMethod<
-        Cdp_Profile_V1_AcceptIdentityUpdatesRequestBytes, Cdp_Profile_V1_AcceptIdentityUpdatesResponse
-    >(service: "cdp.profile.v1.Profile", method: "AcceptIdentityUpdates", kind: .unary)
-
-    /// Sends one outbox chunk to profile; returns once profile acknowledged it.
+    /// Sends one outbox chunk to profile, each update as stored; returns once profile acknowledged it.
     public static func deliver(
         _ chunk: UpdateChunk,
         via client: RPCClient,
@@ -315,6 +305,10 @@ public enum ProfileForwarding {
         var request = Cdp_Profile_V1_AcceptIdentityUpdatesRequestBytes()
         request.sender = "identity"
         request.updates = chunk.updates
-        _ = try await client.unary(acceptIdentityUpdates, request, options: CallOptions(timeout: timeout))
+        _ = try await client.unary(
+            Cdp_Profile_V1_Profile.Method.acceptIdentityUpdatesBytes,
+            request,
+            options: CallOptions(timeout: timeout)
+        )
     }
 }

@@ -426,13 +426,7 @@ public final class IngestionService: Cdp_Ingestion_V1_Ingestion.ServiceProtocol 
 
 /// Forwarding to identity: what the outbox relay calls.
 public enum IdentityForwarding {
-    /// `cdp.identity.v1.Identity/AcceptRecords`, sending the records as stored (see
-    /// `AcceptRecordsRequestBytes` in identity.proto).
-    static let acceptRecords = RPCMethod<
-        Cdp_Identity_V1_AcceptRecordsRequestBytes, Cdp_Identity_V1_AcceptRecordsResponse
-    >(service: "cdp.identity.v1.Identity", method: "AcceptRecords", kind: .unary)
-
-    /// Sends one outbox chunk to identity; returns once identity acknowledged it.
+    /// Sends one outbox chunk to identity, each record as stored; returns once identity acknowledged it.
     public static func deliver(
         _ chunk: OutboxChunk,
         via client: RPCClient,
@@ -441,7 +435,11 @@ public enum IdentityForwarding {
         var request = Cdp_Identity_V1_AcceptRecordsRequestBytes()
         request.sender = "ingestion"
         request.records = chunk.records
-        _ = try await client.unary(acceptRecords, request, options: CallOptions(timeout: timeout))
+        _ = try await client.unary(
+            Cdp_Identity_V1_Identity.Method.acceptRecordsBytes,
+            request,
+            options: CallOptions(timeout: timeout)
+        )
     }
 }
 

@@ -226,13 +226,7 @@ public final class ProfileService: Cdp_Profile_V1_Profile.ServiceProtocol {
 
 /// Sending state changes to segmentation: what the outbox relay calls.
 public enum SegmentationForwarding {
-    /// `cdp.segmentation.v1.Segmentation/AcceptStateChanges`, sending the chunk's changes as serialized
-    /// when taken (see `AcceptStateChangesRequestChangeBytes` in segmentation.proto).
-    static let acceptStateChanges = RPCMethod<
-        Cdp_Segmentation_V1_AcceptStateChangesRequestChangeBytes, Cdp_Segmentation_V1_AcceptStateChangesResponse
-    >(service: "cdp.segmentation.v1.Segmentation", method: "AcceptStateChanges", kind: .unary)
-
-    /// Sends one chunk; returns once segmentation acknowledged it.
+    /// Sends one chunk, its changes as serialized when taken; returns once segmentation acknowledged it.
     public static func deliver(
         _ chunk: StateChunk,
         via client: RPCClient,
@@ -241,6 +235,10 @@ public enum SegmentationForwarding {
         var request = Cdp_Segmentation_V1_AcceptStateChangesRequestChangeBytes()
         request.sender = "profile"
         request.changes = chunk.serialized
-        _ = try await client.unary(acceptStateChanges, request, options: CallOptions(timeout: timeout))
+        _ = try await client.unary(
+            Cdp_Segmentation_V1_Segmentation.Method.acceptStateChangesChangeBytes,
+            request,
+            options: CallOptions(timeout: timeout)
+        )
     }
 }

@@ -52,14 +52,10 @@ public final class SegmentationService: Cdp_Segmentation_V1_Segmentation.Service
     /// `AcceptStateChanges` as the server serves it: each change is decoded from the call and also kept
     /// as it came, for the state log (see `AcceptStateChangesRequestChangeBytes` in segmentation.proto).
     public var acceptStateChangesKeepingBytes: ServerMethod {
-        .unary(Self.acceptStateChangesChangeBytes) { [self] request, _ in
+        .unary(Cdp_Segmentation_V1_Segmentation.Method.acceptStateChangesChangeBytes) { [self] request, _ in
             try await accept(try ReceivedStateChange.decode(request.changes, field: "changes"))
         }
     }
-
-    static let acceptStateChangesChangeBytes = RPCMethod<
-        Cdp_Segmentation_V1_AcceptStateChangesRequestChangeBytes, Cdp_Segmentation_V1_AcceptStateChangesResponse
-    >(service: "cdp.segmentation.v1.Segmentation", method: "AcceptStateChanges", kind: .unary)
 
     private func accept(_ changes: [ReceivedStateChange]) async throws -> Cdp_Segmentation_V1_AcceptStateChangesResponse
     {
