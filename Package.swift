@@ -80,7 +80,8 @@ let package = Package(
             dependencies: ["RPCCore", .product(name: "SwiftProtobuf", package: "swift-protobuf")],
             path: "Shared/CDPProto"
         ),
-        // glibc's mallopt, for MemoryTuning (Swift's Glibc module does not export it).
+        // glibc's mallopt, for MemoryTuning, and mallinfo2, for identity-benchmark's heap figure (Swift's Glibc
+        // module exports neither).
         .systemLibrary(name: "CMalloc", path: "Shared/CMalloc"),
         // What every service process shares: the outbox relay, wake-ups, addresses, allocator tuning.
         .target(
@@ -193,7 +194,7 @@ let package = Package(
         .executableTarget(
             name: "identity-benchmark",
             dependencies: [
-                "BenchmarkSupport",
+                "BenchmarkSupport", "CMalloc",
                 "CDPProto", "IdentityGraph", "IdentityRules", "IdentityService", "IdentityStore",
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "SwiftProtobuf", package: "swift-protobuf"),

@@ -5,7 +5,7 @@
 //       resulting clusters and the peak RSS. The graph's change journal is drained every 1,000 records,
 //       as the service does once per call (timed with the linking), and saved untimed, as a store
 //       would; at the end a graph is restored from that state (what a restart does), which must give
-//       every record the same cluster.
+//       every record the same cluster, and the heap it takes is printed (the graph's memory).
 //   swift run -c release identity-benchmark engine [records] [seed]
 //       Sends the same people, as stored person records, through the identity engine with its SQLite
 //       store in a temporary directory, in calls of 1,000 records as ingestion forwards them: planning,
@@ -18,6 +18,7 @@
 // link them. Emails share 20,000 company domains, one account per company and source.
 import BenchmarkSupport
 import CDPProto
+import CMalloc
 import Foundation
 import IdentityGraph
 import IdentityRules
@@ -84,6 +85,12 @@ func peakRSS() -> String {
         let line = status.split(separator: "\n").first(where: { $0.hasPrefix("VmHWM:") })
     else { return "?" }
     return line.dropFirst("VmHWM:".count).trimmingCharacters(in: .whitespaces)
+}
+
+/// Bytes in use on the heap: glibc's `mallinfo2()`, small blocks and mapped ones (large arrays).
+func heapBytes() -> Int {
+    let info = mallinfo2()
+    return Int(info.uordblks) + Int(info.hblkhd)
 }
 
 /// Bytes this process caused to be written to storage (`write_bytes` of /proc/self/io).
@@ -163,7 +170,10 @@ if mode == "graph" {
         nextSequence: UInt64(savedIdentities.count + 1)
     )
     var restored = IdentityGraph(configuration: graph.configuration)
+    let heapBeforeRestore = heapBytes()
     let restore = clock.measure { restored = IdentityGraph(configuration: graph.configuration, restoring: state) }
+    // What the restored graph holds (the state it was built from is held apart, before and after).
+    let graphBytes = heapBytes() - heapBeforeRestore
     var differing = 0
     for record in identities where restored.cluster(of: record[0]) != graph.cluster(of: record[0]) {
         differing += 1
@@ -178,6 +188,9 @@ if mode == "graph" {
     print("  conflicts             \(conflicts)")
     print("  re-delivery           \(again) of 100000 unchanged, \(Int(100_000 / seconds(redelivery))) records/s")
     print("  restored in           \(format(seconds(restore))) s, \(differing) records in a different cluster")
+    print(
+        "  graph's heap          \(graphBytes / 1_048_576) MiB, \(graphBytes / max(graph.recordCount, 1)) bytes per record"
+    )
     print("  peak RSS              \(peakRSS())")
 } else {
     func stored(_ person: SyntheticPerson, sequence: UInt64) -> Cdp_Identity_V1_StoredRecord {

@@ -298,4 +298,128 @@ struct IdentityGraphTests {
         let newInRestored = restored.resolveOrCreate(Self.email("new@x.io"))
         #expect(newInOriginal == newInRestored)
     }
+    /// Random upserts, new versions, record and identity removals over a small pool of values (so that
+    /// clusters merge and split), checked against connected components computed from scratch, and a
+    /// graph restored from the journal checked against the graph that wrote it.
+    @Test(arguments: [1, 2, 3] as [UInt64])
+    func randomChangesLeaveTheComponentsOfTheRecordsLinks(seed: UInt64) {
+        var random = SeededRandom(seed)
+        var graph = IdentityGraph(configuration: .init(maxIdentitiesPerCluster: 1_000_000, blockedValues: []))
+        var journal: [GraphChange] = []
+        var records: [String: (version: UInt64, identities: [Identity])] = [:]
+        func value(_ namespace: String, _ count: Int) -> Identity {
+            Identity(namespace, "\(namespace)-value-number-\(random.next(count))@example.org")
+        }
+        for step in 0..<4000 {
+            let key = "r\(random.next(400))@mkto-1.Marketo"
+            switch random.next(10) {
+            case 0..<6:
+                var identities = [Identity("sourceKey", key)]
+                for _ in 0..<random.next(3) { identities.append(value("email", 300)) }
+                if random.next(4) == 0 { identities.append(value("ecid", 200)) }
+                let version = UInt64(step + 1)
+                _ = graph.upsert(record: key, version: version, identities: identities)
+                var distinct: [Identity] = []
+                for identity in identities where !distinct.contains(identity) { distinct.append(identity) }
+                records[key] = (version, distinct)
+            case 6..<8:
+                _ = graph.remove(record: key)
+                records[key] = nil
+            default:
+                let identity = value("email", 300)
+                _ = graph.remove(identity: identity)
+                for (key, record) in records where record.identities.contains(identity) {
+                    let rest = record.identities.filter { $0 != identity }
+                    records[key] = rest.isEmpty ? nil : (record.version, rest)
+                }
+            }
+            if step % 500 == 0 { journal += graph.takeChanges() }
+        }
+        journal += graph.takeChanges()
+
+        // The components of the links, from scratch.
+        var parent: [Identity: Identity] = [:]
+        func root(_ identity: Identity) -> Identity {
+            var root = identity
+            while let next = parent[root], next != root { root = next }
+            return root
+        }
+        for record in records.values {
+            for identity in record.identities where parent[identity] == nil { parent[identity] = identity }
+            for identity in record.identities.dropFirst() {
+                let (a, b) = (root(record.identities[0]), root(identity))
+                if a != b { parent[a] = b }
+            }
+        }
+        var clusterOfComponent: [Identity: ClusterID] = [:]
+        var componentOfCluster: [ClusterID: Identity] = [:]
+        var mismatches: [String] = []
+        for identity in parent.keys {
+            guard let cluster = graph.cluster(of: identity) else {
+                mismatches.append("\(identity) has no cluster")
+                continue
+            }
+            let component = root(identity)
+            if clusterOfComponent[component, default: cluster] != cluster
+                || componentOfCluster[cluster, default: component] != component
+            {
+                mismatches.append("\(identity) is in \(cluster)")
+            }
+            clusterOfComponent[component] = cluster
+            componentOfCluster[cluster] = component
+        }
+        #expect(mismatches.isEmpty, "\(mismatches.prefix(5))")
+        #expect(graph.recordCount == records.count)
+        for number in 0..<400 {
+            let key = "r\(number)@mkto-1.Marketo"
+            #expect(graph.version(ofRecord: key) == records[key]?.version, "\(key)")
+        }
+
+        var identities: [UInt64: Identity] = [:]
+        var linked: [String: (UInt64, [UInt64])] = [:]
+        var next: UInt64 = 1
+        for change in journal {
+            switch change {
+            case .identityAdded(let sequence, let identity):
+                identities[sequence] = identity
+                next = sequence + 1
+            case .recordLinked(let key, let version, let nodes): linked[key] = (version, nodes)
+            case .recordUnlinked(let key): linked[key] = nil
+            case .identityRemoved(let sequence): identities[sequence] = nil
+            }
+        }
+        let state = GraphState(
+            identities: identities.map { ($0.key, $0.value) },
+            records: linked.map { ($0.key, $0.value.0, $0.value.1) },
+            nextSequence: next
+        )
+        var restored = IdentityGraph(configuration: graph.configuration, restoring: state)
+        #expect(restored.identityCount == graph.identityCount)
+        #expect(restored.recordCount == graph.recordCount)
+        var differences = 0
+        for identity in identities.values {
+            if restored.cluster(of: identity) != graph.cluster(of: identity) { differences += 1 }
+            if restored.members(of: identity) != graph.members(of: identity) { differences += 1 }
+            if restored.recordKeys(inClusterOf: identity).sorted() != graph.recordKeys(inClusterOf: identity).sorted() {
+                differences += 1
+            }
+        }
+        #expect(differences == 0)
+    }
+}
+
+/// A small deterministic generator (SplitMix64) for the randomized tests.
+struct SeededRandom {
+    private var state: UInt64
+
+    init(_ seed: UInt64) { state = seed }
+
+    /// A number in `0..<bound`.
+    mutating func next(_ bound: Int) -> Int {
+        state &+= 0x9E37_79B9_7F4A_7C15
+        var z = state
+        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+        return Int((z ^ (z >> 31)) % UInt64(bound))
+    }
 }

@@ -122,6 +122,10 @@ public struct BlockedPattern: Sendable {
 /// patterns, identities that already link too many records, a cap on identities per cluster, and
 /// namespaces a cluster may hold one value of; links they refuse are reported and the record keeps
 /// the links it could make.
+///
+/// Identity values and record keys are held as bytes in two ``KeyTable``s and everything else in flat
+/// arrays, not as strings in dictionaries: about 290 bytes of heap per linked person record with its
+/// two identities, against 500 (`identity-benchmark graph`).
 public struct IdentityGraph: Sendable {
     /// The guardrails.
     public struct Configuration: Sendable {
@@ -174,14 +178,19 @@ public struct IdentityGraph: Sendable {
     }
 
     private typealias Node = Int
-    private typealias LinkedRecord = (key: String, version: UInt64, nodes: [Node])
+    /// Where a record's nodes are in ``listedNodes``.
+    private struct NodeList {
+        var start: UInt32
+        var count: UInt32
+    }
 
     /// The guardrails in force.
     public let configuration: Configuration
     /// Namespace names by tag (a handful: found by a linear search).
     private var namespaces: [String] = []
-    private var nodeByKey: [HashedKey: Node] = [:]
-    private var identities: [Identity] = []
+    /// Every identity's namespace tag and value, numbered as its node (a removed identity's number
+    /// stays taken).
+    private var values = KeyTable()
     private var sequence: [UInt64] = []
     private var parent: [Node] = []
     // Each cluster's members are a linked list threaded through flat arrays (no allocation per node;
@@ -199,11 +208,15 @@ public struct IdentityGraph: Sendable {
     private var edgeRecord: [Int32] = []
     private var nextEdge: [Int32] = []
     private var freeEdge: Int32 = -1
-    /// Record index by key; indexes of removed records are not reused.
-    private var recordIndex: [HashedKey: Int] = [:]
-    /// Each record's key, version and the nodes it links (the first is its primary identity); nil once
-    /// removed.
-    private var records: [LinkedRecord?] = []
+    /// Every record's key (tag 0), numbered as its index; indexes of removed records are not reused.
+    private var recordKeys = KeyTable()
+    /// Each record's version, by index.
+    private var recordVersion: [UInt64] = []
+    /// The nodes each record links (the first is its primary identity), by index; none once removed.
+    private var nodeLists: [NodeList] = []
+    /// The records' node lists, one after the other. A list that grows moves to the end (records
+    /// rarely change their identities); one that shrinks stays where it is.
+    private var listedNodes: [Int32] = []
     private var nextSequence: UInt64 = 1
     private var journal: [GraphChange] = []
     private let lowercasedBlockedValues: Set<String>
@@ -223,9 +236,8 @@ public struct IdentityGraph: Sendable {
     }
 
     private mutating func load(_ state: GraphState) {
-        nodeByKey.reserveCapacity(state.identities.count)
-        recordIndex.reserveCapacity(state.records.count)
-        identities.reserveCapacity(state.identities.count)
+        values.reserveCapacity(state.identities.count)
+        recordKeys.reserveCapacity(state.records.count)
         sequence.reserveCapacity(state.identities.count)
         parent.reserveCapacity(state.identities.count)
         for array in [
@@ -234,7 +246,8 @@ public struct IdentityGraph: Sendable {
             self[keyPath: array].reserveCapacity(state.identities.count)
         }
         oldest.reserveCapacity(state.identities.count)
-        records.reserveCapacity(state.records.count)
+        recordVersion.reserveCapacity(state.records.count)
+        nodeLists.reserveCapacity(state.records.count)
         // Sequence numbers are increasing, so a node is found by binary search among them.
         let sortedIdentities = state.identities.sorted { $0.sequence < $1.sequence }
         for (sequence, identity) in sortedIdentities { _ = addNode(identity, sequence: sequence) }
@@ -245,9 +258,7 @@ public struct IdentityGraph: Sendable {
             for number in record.identities {
                 if let node = node(withSequence: number) { nodes.append(node) }
             }
-            let index = records.count
-            recordIndex[recordKey(record.key)] = index
-            records.append((record.key, record.version, nodes))
+            let index = addRecord(record.key, version: record.version, nodes: nodes)
             for node in nodes { addEdge(node, record: index) }
             guard let first = nodes.first else { continue }
             for node in nodes.dropFirst() {
@@ -269,10 +280,10 @@ public struct IdentityGraph: Sendable {
     }
 
     /// The number of identities.
-    public var identityCount: Int { nodeByKey.count }
+    public var identityCount: Int { values.count }
 
     /// The number of records linked.
-    public var recordCount: Int { recordIndex.count }
+    public var recordCount: Int { recordKeys.count }
 
     /// The changes made since the last call, in order, for a store to persist.
     public mutating func takeChanges() -> [GraphChange] {
@@ -290,7 +301,7 @@ public struct IdentityGraph: Sendable {
     public mutating func members(of identity: Identity) -> [Identity] {
         guard let node = existingNode(identity) else { return [] }
         let root = root(node)
-        return memberNodes(ofRoot: root).sorted { sequence[$0] < sequence[$1] }.map { identities[$0] }
+        return memberNodes(ofRoot: root).sorted { sequence[$0] < sequence[$1] }.map(identity(of:))
     }
 
     /// The keys of the records that link identities of the cluster holding `identity`, in the order
@@ -300,20 +311,20 @@ public struct IdentityGraph: Sendable {
         let root = root(node)
         var indexes = Set<Int>()
         for member in memberNodes(ofRoot: root) { indexes.formUnion(records(of: member)) }
-        return indexes.sorted().compactMap { records[$0]?.key }
+        return indexes.sorted().filter(recordKeys.isPresent).map(recordKeys.string)
     }
 
     /// The identity with sequence number `number`, if it is still in the graph. The id of a cluster
     /// names its oldest identity this way.
     public func identity(withSequence number: UInt64) -> Identity? {
-        guard let node = node(withSequence: number), existingNode(identities[node]) == node else { return nil }
-        return identities[node]
+        guard let node = node(withSequence: number), values.isPresent(node) else { return nil }
+        return identity(of: node)
     }
 
     /// The version of the record `key` as linked, if it is.
     public func version(ofRecord key: String) -> UInt64? {
-        guard let index = recordIndex[recordKey(key)] else { return nil }
-        return records[index]?.version
+        guard let index = recordKeys.find(0, key) else { return nil }
+        return recordVersion[index]
     }
 
     /// Whether the graph would refuse to link `identity` because of its value (blocked values and
@@ -334,28 +345,25 @@ public struct IdentityGraph: Sendable {
     /// Adds or replaces a record: links its identities (the first is its primary one, e.g. its source
     /// key). The same key and version again changes nothing; a new version replaces the old links.
     public mutating func upsert(record key: String, version: UInt64, identities named: [Identity]) -> Outcome {
-        let hashedKey = recordKey(key)
-        if let index = recordIndex[hashedKey], let existing = records[index], existing.version == version {
-            let cluster = existing.nodes.first.map { clusterID(of: $0) }
+        let previousIndex = recordKeys.find(0, key)
+        if let index = previousIndex, recordVersion[index] == version {
+            let cluster = primaryNode(ofRecord: index).map { clusterID(of: $0) }
             return Outcome(cluster: cluster, events: [], conflicts: [], blocked: [], unchanged: true)
         }
-        let previousIndex = recordIndex[hashedKey]
         if let previousIndex, let blocked = sameLinks(as: previousIndex, named) {
             // A new version naming the same identities (an edited name, a new lastUpdated): the links
             // stand; no split and merge back, no conflict recorded again.
-            records[previousIndex]?.version = version
-            let nodes = records[previousIndex]?.nodes ?? []
+            recordVersion[previousIndex] = version
+            let nodes = linkedNodes(ofRecord: previousIndex)
             journal.append(.recordLinked(key: key, version: version, identities: nodes.map { sequence[$0] }))
             let cluster = nodes.first.map { clusterID(of: $0) }
             return Outcome(cluster: cluster, events: [], conflicts: [], blocked: blocked, unchanged: false)
         }
         var events: [GraphEvent] = []
-        if previousIndex != nil {
+        if let previousIndex {
             journal.append(.recordUnlinked(key: key))
-            events += unlink(hashedKey)
+            events += unlink(previousIndex)
         }
-        // A new version keeps its record's slot, so the slots do not grow with edits.
-        let index = previousIndex ?? records.count
 
         let firstNewSequence = nextSequence
         var blocked: [Identity] = []
@@ -374,14 +382,16 @@ public struct IdentityGraph: Sendable {
             if !nodes.contains(node) { nodes.append(node) }
         }
         guard let primary = nodes.first else {
+            // The record links nothing now: it leaves the graph.
+            if let previousIndex { recordKeys.remove(previousIndex) }
             return Outcome(cluster: nil, events: events, conflicts: [], blocked: blocked, unchanged: false)
         }
         // The record's own values of unique namespaces join it first, so that a later identity leading
         // into a cluster with another value is the link refused, not the record's own value.
         if !configuration.uniqueNamespaces.isEmpty && nodes.count > 2 {
             let rest = nodes.dropFirst()
-            let unique = rest.filter { configuration.uniqueNamespaces.contains(identities[$0].namespace) }
-            let other = rest.filter { !configuration.uniqueNamespaces.contains(identities[$0].namespace) }
+            let unique = rest.filter { configuration.uniqueNamespaces.contains(namespace(of: $0)) }
+            let other = rest.filter { !configuration.uniqueNamespaces.contains(namespace(of: $0)) }
             nodes = [primary] + unique + other
         }
         var conflicts: [Conflict] = []
@@ -397,7 +407,7 @@ public struct IdentityGraph: Sendable {
                 conflicts.append(
                     Conflict(
                         recordKey: key,
-                        identity: identities[node],
+                        identity: identity(of: node),
                         kind: refusal,
                         clusters: [clusterID(ofRoot: a), clusterID(ofRoot: b)].sorted()
                     )
@@ -412,11 +422,14 @@ public struct IdentityGraph: Sendable {
             if from.rawValue < firstNewSequence { events.append(.merged(into: into, from: [from])) }
             linked.append(node)
         }
-        recordIndex[hashedKey] = index
-        if index == records.count {
-            records.append((key, version, linked))
+        // A new version keeps its record's index, so the indexes do not grow with edits.
+        let index: Int
+        if let previousIndex {
+            index = previousIndex
+            recordVersion[index] = version
+            setNodes(ofRecord: index, linked)
         } else {
-            records[index] = (key, version, linked)
+            index = addRecord(key, version: version, nodes: linked)
         }
         for node in linked { addEdge(node, record: index) }
         journal.append(.recordLinked(key: key, version: version, identities: linked.map { sequence[$0] }))
@@ -432,43 +445,39 @@ public struct IdentityGraph: Sendable {
     /// Removes a record's links (a deleted record, a source's data removed); its component is
     /// recomputed and may split. Identities stay, in clusters of their own if nothing else links them.
     public mutating func remove(record key: String) -> [GraphEvent] {
-        let hashedKey = recordKey(key)
-        guard recordIndex[hashedKey] != nil else { return [] }
+        guard let index = recordKeys.find(0, key) else { return [] }
         journal.append(.recordUnlinked(key: key))
-        return unlink(hashedKey)
+        recordKeys.remove(index)
+        return unlink(index)
     }
 
     /// Removes an identity (a privacy request): it is unlinked from every record and dropped from the
     /// graph; its component is recomputed and may split. Records left without identities are removed.
     public mutating func remove(identity: Identity) -> [GraphEvent] {
-        guard let tag = namespaces.firstIndex(of: identity.namespace),
-            let node = nodeByKey.removeValue(forKey: HashedKey(tag: UInt8(tag), value: identity.value))
-        else { return [] }
+        guard let node = existingNode(identity) else { return [] }
+        values.remove(node)
         let component = root(node)
         journal.append(.identityRemoved(sequence: sequence[node]))
-        for index in records(of: node) {
-            guard var record = records[index] else { continue }
-            record.nodes.removeAll { $0 == node }
-            if record.nodes.isEmpty {
-                records[index] = nil
-                recordIndex[recordKey(record.key)] = nil
-                journal.append(.recordUnlinked(key: record.key))
+        for index in records(of: node) where recordKeys.isPresent(index) {
+            var nodes = linkedNodes(ofRecord: index)
+            nodes.removeAll { $0 == node }
+            setNodes(ofRecord: index, nodes)
+            if nodes.isEmpty {
+                recordKeys.remove(index)
+                journal.append(.recordUnlinked(key: recordKeys.string(index)))
             } else {
-                records[index] = record
                 journal.append(
                     .recordLinked(
-                        key: record.key,
-                        version: record.version,
-                        identities: record.nodes.map { sequence[$0] }
+                        key: recordKeys.string(index),
+                        version: recordVersion[index],
+                        identities: nodes.map { sequence[$0] }
                     )
                 )
             }
         }
         for index in records(of: node) { removeEdge(node, record: index) }
-        let events = recompute(component: component)
-        // The node stays (its index is taken) but unreachable; it keeps no trace of the value.
-        identities[node] = Identity(identity.namespace, "")
-        return events
+        // The node stays (its index is taken) but unreachable: the table no longer finds its value.
+        return recompute(component: component)
     }
 
     // MARK: - Internals
@@ -476,7 +485,8 @@ public struct IdentityGraph: Sendable {
     /// Whether `named` would link exactly the identities the record at `index` links now (the same
     /// primary, nothing new, nothing refused before); with the identities that are blocked.
     private func sameLinks(as index: Int, _ named: [Identity]) -> [Identity]? {
-        guard let existing = records[index], let primary = existing.nodes.first else { return nil }
+        let existing = linkedNodes(ofRecord: index)
+        guard let primary = existing.first else { return nil }
         var blocked: [Identity] = []
         var nodes = Set<Node>()
         var first: Node?
@@ -486,22 +496,62 @@ public struct IdentityGraph: Sendable {
                 continue
             }
             guard let node = existingNode(identity) else { return nil }
-            if Int(recordCountOfNode[node]) >= configuration.maxRecordsPerIdentity && !existing.nodes.contains(node) {
+            if Int(recordCountOfNode[node]) >= configuration.maxRecordsPerIdentity && !existing.contains(node) {
                 blocked.append(identity)
                 continue
             }
             if first == nil { first = node }
             nodes.insert(node)
         }
-        guard first == primary, nodes == Set(existing.nodes) else { return nil }
+        guard first == primary, nodes == Set(existing) else { return nil }
         return blocked
     }
 
-    private func recordKey(_ key: String) -> HashedKey { HashedKey(tag: 0, value: key) }
-
     private func existingNode(_ identity: Identity) -> Node? {
         guard let tag = namespaces.firstIndex(of: identity.namespace) else { return nil }
-        return nodeByKey[HashedKey(tag: UInt8(tag), value: identity.value)]
+        return values.find(UInt8(tag), identity.value)
+    }
+
+    /// The identity of `node` (also of a removed one).
+    private func identity(of node: Node) -> Identity { Identity(namespace(of: node), values.string(node)) }
+
+    private func namespace(of node: Node) -> String { namespaces[Int(values.tag(node))] }
+
+    /// The nodes record `index` links, its primary first (none once removed).
+    private func linkedNodes(ofRecord index: Int) -> [Node] {
+        let list = nodeLists[index]
+        let start = Int(list.start)
+        return listedNodes[start..<(start + Int(list.count))].map { Node($0) }
+    }
+
+    /// The primary node of record `index`, if it links any.
+    private func primaryNode(ofRecord index: Int) -> Node? {
+        let list = nodeLists[index]
+        return list.count == 0 ? nil : Node(listedNodes[Int(list.start)])
+    }
+
+    /// Makes record `index` link `nodes`: in place if they fit where its list is, else at the end.
+    private mutating func setNodes(ofRecord index: Int, _ nodes: [Node]) {
+        var list = nodeLists[index]
+        if nodes.count > Int(list.count) {
+            precondition(listedNodes.count + nodes.count <= Int(UInt32.max), "more than 2^32 record links")
+            list.start = UInt32(listedNodes.count)
+            listedNodes.append(contentsOf: nodes.lazy.map { Int32($0) })
+        } else {
+            for (offset, node) in nodes.enumerated() { listedNodes[Int(list.start) + offset] = Int32(node) }
+        }
+        list.count = UInt32(nodes.count)
+        nodeLists[index] = list
+    }
+
+    /// Adds a record that is not in the graph; its index.
+    private mutating func addRecord(_ key: String, version: UInt64, nodes: [Node]) -> Int {
+        let (index, inserted) = recordKeys.insert(0, key)
+        precondition(inserted && index == nodeLists.count, "record \(key) added twice")
+        recordVersion.append(version)
+        nodeLists.append(NodeList(start: 0, count: 0))
+        setNodes(ofRecord: index, nodes)
+        return index
     }
 
     private mutating func tag(of namespace: String) -> UInt8 {
@@ -512,19 +562,17 @@ public struct IdentityGraph: Sendable {
     }
 
     private mutating func node(for identity: Identity) -> Node {
-        let key = HashedKey(tag: tag(of: identity.namespace), value: identity.value)
-        if let node = nodeByKey[key] { return node }
-        let node = addNode(identity, sequence: nextSequence, key: key)
+        let tag = tag(of: identity.namespace)
+        if let node = values.find(tag, identity.value) { return node }
+        let node = addNode(identity, sequence: nextSequence)
         journal.append(.identityAdded(sequence: nextSequence, identity: identity))
         nextSequence += 1
         return node
     }
 
-    private mutating func addNode(_ identity: Identity, sequence number: UInt64, key: HashedKey? = nil) -> Node {
-        let node = identities.count
-        let key = key ?? HashedKey(tag: tag(of: identity.namespace), value: identity.value)
-        nodeByKey[key] = node
-        identities.append(identity)
+    private mutating func addNode(_ identity: Identity, sequence number: UInt64) -> Node {
+        let (node, inserted) = values.insert(tag(of: identity.namespace), identity.value)
+        precondition(inserted && node == sequence.count, "identity \(identity) added twice")
         sequence.append(number)
         parent.append(node)
         nextMember.append(-1)
@@ -537,12 +585,13 @@ public struct IdentityGraph: Sendable {
         return node
     }
 
-    /// Drops a record's links and recomputes its component.
-    private mutating func unlink(_ hashedKey: HashedKey) -> [GraphEvent] {
-        guard let index = recordIndex.removeValue(forKey: hashedKey), let removed = records[index] else { return [] }
-        records[index] = nil
-        for node in removed.nodes { removeEdge(node, record: index) }
-        guard let first = removed.nodes.first else { return [] }
+    /// Drops record `index`'s links (its key stays: the caller removes it or links it again) and
+    /// recomputes its component.
+    private mutating func unlink(_ index: Int) -> [GraphEvent] {
+        let removed = linkedNodes(ofRecord: index)
+        nodeLists[index].count = 0
+        for node in removed { removeEdge(node, record: index) }
+        guard let first = removed.first else { return [] }
         let component = root(first)
         return recompute(component: component)
     }
@@ -578,18 +627,20 @@ public struct IdentityGraph: Sendable {
         // A cluster holds at most one value of each unique namespace (this check keeps it so; a single
         // record naming two is the exception, and then its first value counts).
         for namespace in configuration.uniqueNamespaces {
-            guard let left = firstValue(of: namespace, in: a), let right = firstValue(of: namespace, in: b) else {
-                continue
-            }
+            guard let tag = namespaces.firstIndex(of: namespace),
+                let left = firstNode(tagged: UInt8(tag), in: a),
+                let right = firstNode(tagged: UInt8(tag), in: b)
+            else { continue }
+            // One node per value: two nodes are two values.
             if left != right { return .uniqueNamespace(namespace) }
         }
         return nil
     }
 
-    private func firstValue(of namespace: String, in root: Node) -> String? {
+    private func firstNode(tagged tag: UInt8, in root: Node) -> Node? {
         var member = Int(firstMember[root])
         while member >= 0 {
-            if identities[member].namespace == namespace { return identities[member].value }
+            if values.tag(member) == tag { return member }
             member = Int(nextMember[member])
         }
         return nil
@@ -677,14 +728,15 @@ public struct IdentityGraph: Sendable {
         var indexes = Set<Int>()
         for node in nodes { indexes.formUnion(records(of: node)) }
         for index in indexes.sorted() {
-            guard let record = records[index], let first = record.nodes.first else { continue }
-            for node in record.nodes.dropFirst() {
+            let linked = linkedNodes(ofRecord: index)
+            guard let first = linked.first else { continue }
+            for node in linked.dropFirst() {
                 let (a, b) = (root(first), root(node))
                 if a != b { union(a, b) }
             }
         }
         // Nodes of a removed identity no longer count as clusters.
-        let live = nodes.filter { existingNode(identities[$0]) == $0 }
+        let live = nodes.filter(values.isPresent)
         var roots = Set<Node>()
         for node in live { roots.insert(root(node)) }
         let after = roots.sorted { clusterID(ofRoot: $0) < clusterID(ofRoot: $1) }
@@ -695,8 +747,8 @@ public struct IdentityGraph: Sendable {
             for member in members { indexes.formUnion(records(of: member)) }
             return ClusterPart(
                 id: clusterID(ofRoot: root),
-                identities: members.map { identities[$0] },
-                recordKeys: indexes.compactMap { records[$0]?.key }.sorted()
+                identities: members.map(identity(of:)),
+                recordKeys: indexes.filter(recordKeys.isPresent).map(recordKeys.string).sorted()
             )
         }
         return [.split(from: before, into: parts)]
