@@ -23,6 +23,12 @@ extension Cdp_Profile_V1_Profile.Method {
     public static let acceptIdentityUpdatesBytes = RPCMethod<
         Cdp_Profile_V1_AcceptIdentityUpdatesRequestBytes, Cdp_Profile_V1_AcceptIdentityUpdatesResponse
     >(wireCompatibleWith: acceptIdentityUpdates)
+
+    /// `AcceptIdentityUpdates` as profile serves it: each record's `cdp.model.v1.Record` kept as it came
+    /// (`AcceptIdentityUpdatesRequestStoredBytes`).
+    public static let acceptIdentityUpdatesStoredBytes = RPCMethod<
+        Cdp_Profile_V1_AcceptIdentityUpdatesRequestStoredBytes, Cdp_Profile_V1_AcceptIdentityUpdatesResponse
+    >(wireCompatibleWith: acceptIdentityUpdates)
 }
 
 extension Cdp_Segmentation_V1_Segmentation.Method {

@@ -145,6 +145,8 @@ final class RecordingErasure: Cdp_Privacy_V1_Erasure.ServiceProtocol {
 /// sending views to a recording segmentation, with the other services' erasure recorded.
 struct ProfileHarness: Sendable {
     let client: Cdp_Profile_V1_Profile.Client
+    /// The same connection, for calls made as identity's relay makes them.
+    let rpc: RPCClient
     let pipeline: ProfilePipeline
     let segmentation: RecordingSegmentation
     let erasure: RecordingErasure
@@ -154,10 +156,7 @@ struct ProfileHarness: Sendable {
         // Only what was sent is acknowledged (a test's ingest and the background relay both forward;
         // profile skips what it applied before).
         guard let chunk = try pipeline.identityStore.nextOutboxChunk(limit: 1_000_000, maxBytes: .max) else { return }
-        var request = Cdp_Profile_V1_AcceptIdentityUpdatesRequest()
-        request.sender = "test"
-        request.updates = try chunk.updates.map { try Cdp_Profile_V1_IdentityUpdate(serializedBytes: $0) }
-        _ = try await client.acceptIdentityUpdates(request)
+        try await ProfileForwarding.deliver(chunk, via: rpc)
         try pipeline.identityStore.acknowledge(chunk)
     }
 
@@ -223,11 +222,18 @@ func withProfileHarness(identityAvailable: Bool = true, _ body: (ProfileHarness)
         changed: { relay.wake() },
         forwardingError: { relay.status.lastError }
     )
-    let server = RPCServer(configuration: .init(runsHandlersOnEventLoop: false), services: [service], logger: logger)
+    // Served as the service's executable serves it.
+    let server = RPCServer(
+        configuration: .init(runsHandlersOnEventLoop: false),
+        services: [service.serving(service.acceptIdentityUpdatesKeepingBytes)],
+        logger: logger
+    )
     let port = try await server.start().port!
     let transport = HTTP2ClientTransport(configuration: .init(host: "127.0.0.1", port: port))
+    let rpc = RPCClient(transport: transport)
     let harness = ProfileHarness(
-        client: Cdp_Profile_V1_Profile.Client(RPCClient(transport: transport)),
+        client: Cdp_Profile_V1_Profile.Client(rpc),
+        rpc: rpc,
         pipeline: pipeline,
         segmentation: segmentation,
         erasure: erasure
@@ -355,6 +361,33 @@ struct ProfileServiceTests {
                 _ = try await harness.client.deletePerson(harness.request("email", "nobody@townsend.com"))
             }
             #expect(unknown?.code == .notFound)
+        }
+    }
+
+    /// A call with a record that does not parse is refused whole, naming the update; the records
+    /// before it in the call are not taken either.
+    @Test func aRecordThatDoesNotParseRefusesTheWholeCall() async throws {
+        try await withProfileHarness { harness in
+            let before = try harness.pipeline.profile.appliedSequence()
+            var request = Cdp_Profile_V1_AcceptIdentityUpdatesRequestStoredBytes()
+            request.sender = "test"
+            for (offset, record) in [
+                try Bodea.pageVisit(at: ProfileStoreTests.asOf).record.serializedBytes(), Data([0x0a, 0x7f]),
+            ].enumerated() {
+                var update = Cdp_Profile_V1_IdentityUpdateStoredBytes()
+                update.sequence = 1_000_000 + UInt64(offset)
+                update.record.stored.record = record
+                request.updates.append(update)
+            }
+            let refused = await #expect(throws: RPCError.self) {
+                _ = try await harness.rpc.unary(Cdp_Profile_V1_Profile.Method.acceptIdentityUpdatesStoredBytes, request)
+            }
+            #expect(refused?.code == .invalidArgument)
+            #expect(
+                refused?.message.contains("updates[1] (sequence 1000001)") == true,
+                "\(String(describing: refused))"
+            )
+            #expect(try harness.pipeline.profile.appliedSequence() == before)
         }
     }
 

@@ -199,7 +199,10 @@ struct ProfileCommand: AsyncParsableCommand {
                 authorizationTokens: token.map { Set([$0]) } ?? [],
                 runsHandlersOnEventLoop: false
             ),
-            services: [service, health, ReflectionService(services: [service, health])],
+            services: [
+                service.serving(service.acceptIdentityUpdatesKeepingBytes), health,
+                ReflectionService(services: [service, health]),
+            ],
             logger: logger
         )
         let boundPort = try await ServiceMain.start(server, host: host, port: port)

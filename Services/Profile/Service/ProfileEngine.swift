@@ -25,7 +25,7 @@ public actor ProfileEngine {
     }
 
     /// Applies identity's updates (see ``ProfileStore/apply(_:)``).
-    public func apply(_ updates: [Cdp_Profile_V1_IdentityUpdate]) throws -> (applied: Int, duplicates: Int) {
+    public func apply(_ updates: [ReceivedUpdate]) throws -> (applied: Int, duplicates: Int) {
         try store.apply(updates)
     }
 

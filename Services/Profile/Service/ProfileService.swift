@@ -38,9 +38,33 @@ public final class ProfileService: Cdp_Profile_V1_Profile.ServiceProtocol {
         request: Cdp_Profile_V1_AcceptIdentityUpdatesRequest,
         context: ServerContext
     ) async throws -> Cdp_Profile_V1_AcceptIdentityUpdatesResponse {
+        try await accept(try request.updates.map(ReceivedUpdate.init))
+    }
+
+    /// `AcceptIdentityUpdates` as the server serves it: each record's `cdp.model.v1.Record` is kept as
+    /// it came, for the store, and of an event only what the store indexes is decoded (see
+    /// `AcceptIdentityUpdatesRequestStoredBytes` in profile.proto).
+    public var acceptIdentityUpdatesKeepingBytes: ServerMethod {
+        .unary(Cdp_Profile_V1_Profile.Method.acceptIdentityUpdatesStoredBytes) { [self] request, _ in
+            let updates = try request.updates.enumerated().map { index, update in
+                do {
+                    return try ReceivedUpdate(update)
+                } catch {
+                    throw RPCError(
+                        code: .invalidArgument,
+                        message: "updates[\(index)] (sequence \(update.sequence)) holds a record that is not a valid "
+                            + "\(Cdp_Model_V1_Record.protoMessageName) (\(error)); nothing of this call was taken"
+                    )
+                }
+            }
+            return try await accept(updates)
+        }
+    }
+
+    private func accept(_ updates: [ReceivedUpdate]) async throws -> Cdp_Profile_V1_AcceptIdentityUpdatesResponse {
         let result: (applied: Int, duplicates: Int)
         do {
-            result = try await engine.apply(request.updates)
+            result = try await engine.apply(updates)
         } catch {
             logger.error("profile store failed; the call was rolled back", metadata: ["error": "\(error)"])
             throw RPCError(code: .unavailable, message: "profile could not store the updates (\(error)); retry")

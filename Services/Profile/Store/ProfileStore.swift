@@ -11,8 +11,8 @@ public protocol ProfileStore: Sendable {
     /// The sequence number of the last identity update applied (0 before the first).
     func appliedSequence() throws -> UInt64
     /// Applies identity's updates in order, skipping any whose sequence was applied before, and marks
-    /// the state items they change.
-    func apply(_ updates: [Cdp_Profile_V1_IdentityUpdate]) throws -> (applied: Int, duplicates: Int)
+    /// the state items they change. Records are stored as received (``ReceivedRecord/bytes``).
+    func apply(_ updates: [ReceivedUpdate]) throws -> (applied: Int, duplicates: Int)
 
     /// The cluster of the entity of type `entity` that `identity` names, if a fragment names it.
     func cluster(of entity: Cdp_Model_V1_EntityType, named identity: Cdp_Identity_V1_IdentityValue) throws -> UInt64?
@@ -70,6 +70,13 @@ public protocol ProfileStore: Sendable {
     func privacyRequest(hash: Data) throws -> StoredPrivacyRequest?
     /// Clears the write-ahead log of deleted data; false if it could not yet.
     func clearLog() -> Bool
+}
+
+extension ProfileStore {
+    /// Applies decoded updates (callers in process: tests, tools), each record encoded once for it.
+    public func apply(_ updates: [Cdp_Profile_V1_IdentityUpdate]) throws -> (applied: Int, duplicates: Int) {
+        try apply(try updates.map(ReceivedUpdate.init))
+    }
 }
 
 extension ProfileStore {

@@ -335,7 +335,7 @@ public final class SQLiteProfileStore: ProfileStore {
         try writer.read { db in UInt64(try Counters.value("applied_identity_sequence", db)) }
     }
 
-    public func apply(_ updates: [Cdp_Profile_V1_IdentityUpdate]) throws -> (applied: Int, duplicates: Int) {
+    public func apply(_ updates: [ReceivedUpdate]) throws -> (applied: Int, duplicates: Int) {
         // After the commit, so that a view build that read the old rows cannot store them as current.
         defer { if updates.contains(where: SharedViewCache.invalidates) { shared.invalidate() } }
         let (result, marked) = try writer.write { db in
@@ -348,10 +348,22 @@ public final class SQLiteProfileStore: ProfileStore {
                     duplicates += 1
                     continue
                 }
-                switch update.update {
-                case .record(let annotated)?: try apply(annotated, changes: changes, db: db)
-                case .clusterChange(let change)?: try apply(change, changes: changes, db: db)
-                case .identityRemoved(let removed)?:
+                switch update.change {
+                case .record(let received):
+                    switch received.content {
+                    case .fragment(let record): try apply(record, received, changes: changes, db: db)
+                    case .event(let key, let isDeleted, let timestamp):
+                        try applyEvent(
+                            key: key,
+                            isDeleted: isDeleted,
+                            timestamp: timestamp,
+                            received,
+                            changes: changes,
+                            db: db
+                        )
+                    }
+                case .clusterChange(let change): try apply(change, changes: changes, db: db)
+                case .identityRemoved(let removed):
                     // Lookups no longer find anything by the removed value.
                     try db.cachedStatement(
                         sql: "DELETE FROM names WHERE entity = ? AND namespace = ? AND value = ?"
@@ -359,7 +371,7 @@ public final class SQLiteProfileStore: ProfileStore {
                         removed.entityType.rawValue, removed.identity.namespace, removed.identity.value,
                     ]
                     )
-                case nil: break
+                case .none: break
                 }
                 last = update.sequence
                 applied += 1
@@ -372,17 +384,18 @@ public final class SQLiteProfileStore: ProfileStore {
         return result
     }
 
-    private func apply(_ annotated: Cdp_Profile_V1_AnnotatedRecord, changes: StateMarker, db: Database) throws {
-        let record = annotated.stored.record
+    /// Stores a fragment (any record but an event), as received.
+    private func apply(
+        _ record: Cdp_Model_V1_Record,
+        _ received: ReceivedRecord,
+        changes: StateMarker,
+        db: Database
+    ) throws {
         guard let entity = entityType(of: record), entity != .identityLink else { return }
-        if entity == .event {
-            try applyEvent(annotated, changes: changes, db: db)
-            return
-        }
         let key = record.key
         // What the fragment contributed to before (its cluster may change), and what it does now.
         let existed = try markFragment(entity, key: key, changes: changes, db: db)
-        let cluster = clusteredEntityTypes.contains(entity) ? annotated.clusterID : 0
+        let cluster = clusteredEntityTypes.contains(entity) ? received.clusterID : 0
         let lastUpdated: Int64? = record.hasLastUpdated ? Self.milliseconds(record.lastUpdated.date) : nil
         try db.cachedStatement(
             sql: """
@@ -394,10 +407,9 @@ public final class SQLiteProfileStore: ProfileStore {
                     is_deleted = excluded.is_deleted, record = excluded.record
                 """
         ).execute(arguments: [
-            entity.rawValue, key, Int64(cluster), Int64(bitPattern: annotated.stored.version),
+            entity.rawValue, key, Int64(cluster), Int64(bitPattern: received.version),
             record.source.type + ":" + record.source.instance, lastUpdated,
-            Self.milliseconds(annotated.stored.ingestedAt.date), record.isDeleted,
-            try record.serializedBytes() as Data,
+            Self.milliseconds(received.ingestedAt.date), record.isDeleted, received.bytes,
         ]
         )
         if existed {
@@ -410,7 +422,7 @@ public final class SQLiteProfileStore: ProfileStore {
             ])
         }
         if !record.isDeleted {
-            for reference in annotated.references where reference.clusterID != 0 {
+            for reference in received.references where reference.clusterID != 0 {
                 try db.cachedStatement(
                     sql: """
                         INSERT OR REPLACE INTO refs (entity, key, role, ref_entity, ref_cluster, ref_namespace, ref_value)
@@ -436,17 +448,24 @@ public final class SQLiteProfileStore: ProfileStore {
         if StateMarker.linkTypes.contains(entity) { try changes.link(entity, key) }
     }
 
-    private func applyEvent(_ annotated: Cdp_Profile_V1_AnnotatedRecord, changes: StateMarker, db: Database) throws {
-        let record = annotated.stored.record
-        guard !record.isDeleted,
-            let person = annotated.references.first(where: { $0.role == Role.person && $0.clusterID != 0 })
+    /// Stores an event, as received, or removes a deleted one or one whose person is not known.
+    private func applyEvent(
+        key: String,
+        isDeleted: Bool,
+        timestamp: Google_Protobuf_Timestamp,
+        _ received: ReceivedRecord,
+        changes: StateMarker,
+        db: Database
+    ) throws {
+        guard !isDeleted,
+            let person = received.references.first(where: { $0.role == Role.person && $0.clusterID != 0 })
         else {
             let removed = try Int64.fetchOne(
                 try db.cachedStatement(sql: "DELETE FROM events WHERE key = ? RETURNING rowid"),
-                arguments: [record.key]
+                arguments: [key]
             )
             // Segmentation may hold it: it learns that it is gone.
-            if removed != nil { try changes.event(record.key) }
+            if removed != nil { try changes.event(key) }
             return
         }
         // Appended to the event log (a new or changed event goes to its end): no pending row. REPLACE
@@ -459,9 +478,8 @@ public final class SQLiteProfileStore: ProfileStore {
                 VALUES (?, ?, ?, ?, ?, ?, ?, ?)
                 """
         ).execute(arguments: [
-            try changes.nextEventPosition(), record.key, Int64(person.clusterID), person.identity.namespace,
-            person.identity.value, Self.milliseconds(record.event.timestamp.date), changes.now,
-            try record.serializedBytes() as Data,
+            try changes.nextEventPosition(), key, Int64(person.clusterID), person.identity.namespace,
+            person.identity.value, Self.milliseconds(timestamp.date), changes.now, received.bytes,
         ]
         )
     }
@@ -1300,11 +1318,11 @@ final class SharedViewCache: Sendable {
     private let state = Mutex(State())
 
     /// Whether applying `update` may change a kept value.
-    static func invalidates(_ update: Cdp_Profile_V1_IdentityUpdate) -> Bool {
-        switch update.update {
-        case .record(let annotated)?: shareable.contains(annotated.entityType)
-        case .clusterChange?, .identityRemoved?: true
-        case nil: false
+    static func invalidates(_ update: ReceivedUpdate) -> Bool {
+        switch update.change {
+        case .record(let received): shareable.contains(received.entityType)
+        case .clusterChange, .identityRemoved: true
+        case .none: false
         }
     }
 

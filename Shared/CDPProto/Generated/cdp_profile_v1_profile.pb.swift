@@ -939,6 +939,242 @@ public nonisolated struct Cdp_Profile_V1_AnnotatedRecordBytes: Sendable {
   public init() {}
 }
 
+/// AcceptIdentityUpdatesRequest as profile reads it: byte for byte the same encoding, with each
+/// record's cdp.model.v1.Record left serialized, so that profile stores a record as it came instead of
+/// encoding it again, and reads of an event only what it indexes (RecordOutline). Senders write
+/// AcceptIdentityUpdatesRequest.
+public nonisolated struct Cdp_Profile_V1_AcceptIdentityUpdatesRequestStoredBytes: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var sender: String = String()
+
+  public var updates: [Cdp_Profile_V1_IdentityUpdateStoredBytes] = []
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+/// IdentityUpdate with the record's cdp.model.v1.Record left serialized.
+public nonisolated struct Cdp_Profile_V1_IdentityUpdateStoredBytes: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var sequence: UInt64 = 0
+
+  public var update: Cdp_Profile_V1_IdentityUpdateStoredBytes.OneOf_Update? = nil
+
+  public var record: Cdp_Profile_V1_AnnotatedStoredRecordBytes {
+    get {
+      if case .record(let v)? = update {return v}
+      return Cdp_Profile_V1_AnnotatedStoredRecordBytes()
+    }
+    set {update = .record(newValue)}
+  }
+
+  public var clusterChange: Cdp_Identity_V1_ClusterChange {
+    get {
+      if case .clusterChange(let v)? = update {return v}
+      return Cdp_Identity_V1_ClusterChange()
+    }
+    set {update = .clusterChange(newValue)}
+  }
+
+  public var identityRemoved: Cdp_Profile_V1_IdentityRemoved {
+    get {
+      if case .identityRemoved(let v)? = update {return v}
+      return Cdp_Profile_V1_IdentityRemoved()
+    }
+    set {update = .identityRemoved(newValue)}
+  }
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public nonisolated enum OneOf_Update: Equatable, Sendable {
+    case record(Cdp_Profile_V1_AnnotatedStoredRecordBytes)
+    case clusterChange(Cdp_Identity_V1_ClusterChange)
+    case identityRemoved(Cdp_Profile_V1_IdentityRemoved)
+
+  }
+
+  public init() {}
+}
+
+/// AnnotatedRecord with its StoredRecord's `record` left serialized.
+public nonisolated struct Cdp_Profile_V1_AnnotatedStoredRecordBytes: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var stored: Cdp_Identity_V1_StoredRecordBytes {
+    get {_stored ?? Cdp_Identity_V1_StoredRecordBytes()}
+    set {_stored = newValue}
+  }
+  /// Returns true if `stored` has been explicitly set.
+  public var hasStored: Bool {self._stored != nil}
+  /// Clears the value of `stored`. Subsequent reads from it will return its default value.
+  public mutating func clearStored() {self._stored = nil}
+
+  public var entityType: Cdp_Model_V1_EntityType = .unspecified
+
+  public var clusterID: UInt64 = 0
+
+  public var references: [Cdp_Profile_V1_ResolvedReference] = []
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+
+  fileprivate var _stored: Cdp_Identity_V1_StoredRecordBytes? = nil
+}
+
+/// What profile reads of a serialized cdp.model.v1.Record to tell an event from a fragment: the same
+/// field numbers, the other entities left serialized (decoded as a oneof, so that the last entity field
+/// wins, as it does for Record) and of an event only its time. Decoded with unknown fields discarded.
+public nonisolated struct Cdp_Profile_V1_RecordOutline: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var key: String = String()
+
+  public var isDeleted: Bool = false
+
+  public var entity: Cdp_Profile_V1_RecordOutline.OneOf_Entity? = nil
+
+  public var person: Data {
+    get {
+      if case .person(let v)? = entity {return v}
+      return Data()
+    }
+    set {entity = .person(newValue)}
+  }
+
+  public var account: Data {
+    get {
+      if case .account(let v)? = entity {return v}
+      return Data()
+    }
+    set {entity = .account(newValue)}
+  }
+
+  public var opportunity: Data {
+    get {
+      if case .opportunity(let v)? = entity {return v}
+      return Data()
+    }
+    set {entity = .opportunity(newValue)}
+  }
+
+  public var accountPersonRelation: Data {
+    get {
+      if case .accountPersonRelation(let v)? = entity {return v}
+      return Data()
+    }
+    set {entity = .accountPersonRelation(newValue)}
+  }
+
+  public var opportunityPersonRelation: Data {
+    get {
+      if case .opportunityPersonRelation(let v)? = entity {return v}
+      return Data()
+    }
+    set {entity = .opportunityPersonRelation(newValue)}
+  }
+
+  public var campaign: Data {
+    get {
+      if case .campaign(let v)? = entity {return v}
+      return Data()
+    }
+    set {entity = .campaign(newValue)}
+  }
+
+  public var campaignMember: Data {
+    get {
+      if case .campaignMember(let v)? = entity {return v}
+      return Data()
+    }
+    set {entity = .campaignMember(newValue)}
+  }
+
+  public var marketingList: Data {
+    get {
+      if case .marketingList(let v)? = entity {return v}
+      return Data()
+    }
+    set {entity = .marketingList(newValue)}
+  }
+
+  public var marketingListMember: Data {
+    get {
+      if case .marketingListMember(let v)? = entity {return v}
+      return Data()
+    }
+    set {entity = .marketingListMember(newValue)}
+  }
+
+  public var event: Cdp_Profile_V1_EventOutline {
+    get {
+      if case .event(let v)? = entity {return v}
+      return Cdp_Profile_V1_EventOutline()
+    }
+    set {entity = .event(newValue)}
+  }
+
+  public var identityLink: Data {
+    get {
+      if case .identityLink(let v)? = entity {return v}
+      return Data()
+    }
+    set {entity = .identityLink(newValue)}
+  }
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public nonisolated enum OneOf_Entity: Equatable, Sendable {
+    case person(Data)
+    case account(Data)
+    case opportunity(Data)
+    case accountPersonRelation(Data)
+    case opportunityPersonRelation(Data)
+    case campaign(Data)
+    case campaignMember(Data)
+    case marketingList(Data)
+    case marketingListMember(Data)
+    case event(Cdp_Profile_V1_EventOutline)
+    case identityLink(Data)
+
+  }
+
+  public init() {}
+}
+
+/// The part of a cdp.model.v1.ExperienceEvent that profile indexes.
+public nonisolated struct Cdp_Profile_V1_EventOutline: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var timestamp: SwiftProtobuf.Google_Protobuf_Timestamp {
+    get {_timestamp ?? SwiftProtobuf.Google_Protobuf_Timestamp()}
+    set {_timestamp = newValue}
+  }
+  /// Returns true if `timestamp` has been explicitly set.
+  public var hasTimestamp: Bool {self._timestamp != nil}
+  /// Clears the value of `timestamp`. Subsequent reads from it will return its default value.
+  public mutating func clearTimestamp() {self._timestamp = nil}
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+
+  fileprivate var _timestamp: SwiftProtobuf.Google_Protobuf_Timestamp? = nil
+}
+
 // MARK: - Code below here is support for the SwiftProtobuf runtime.
 
 fileprivate nonisolated let _protobuf_package = "cdp.profile.v1"
@@ -2354,6 +2590,393 @@ nonisolated extension Cdp_Profile_V1_AnnotatedRecordBytes: SwiftProtobuf.Message
     if lhs.entityType != rhs.entityType {return false}
     if lhs.clusterID != rhs.clusterID {return false}
     if lhs.references != rhs.references {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Cdp_Profile_V1_AcceptIdentityUpdatesRequestStoredBytes: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".AcceptIdentityUpdatesRequestStoredBytes"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}sender\0\u{1}updates\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.sender) }()
+      case 2: try { try decoder.decodeRepeatedMessageField(value: &self.updates) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.sender.isEmpty {
+      try visitor.visitSingularStringField(value: self.sender, fieldNumber: 1)
+    }
+    if !self.updates.isEmpty {
+      try visitor.visitRepeatedMessageField(value: self.updates, fieldNumber: 2)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Cdp_Profile_V1_AcceptIdentityUpdatesRequestStoredBytes, rhs: Cdp_Profile_V1_AcceptIdentityUpdatesRequestStoredBytes) -> Bool {
+    if lhs.sender != rhs.sender {return false}
+    if lhs.updates != rhs.updates {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Cdp_Profile_V1_IdentityUpdateStoredBytes: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".IdentityUpdateStoredBytes"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}sequence\0\u{1}record\0\u{3}cluster_change\0\u{3}identity_removed\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularUInt64Field(value: &self.sequence) }()
+      case 2: try {
+        var v: Cdp_Profile_V1_AnnotatedStoredRecordBytes?
+        var hadOneofValue = false
+        if let current = self.update {
+          hadOneofValue = true
+          if case .record(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.update = .record(v)
+        }
+      }()
+      case 3: try {
+        var v: Cdp_Identity_V1_ClusterChange?
+        var hadOneofValue = false
+        if let current = self.update {
+          hadOneofValue = true
+          if case .clusterChange(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.update = .clusterChange(v)
+        }
+      }()
+      case 4: try {
+        var v: Cdp_Profile_V1_IdentityRemoved?
+        var hadOneofValue = false
+        if let current = self.update {
+          hadOneofValue = true
+          if case .identityRemoved(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.update = .identityRemoved(v)
+        }
+      }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    // The use of inline closures is to circumvent an issue where the compiler
+    // allocates stack space for every if/case branch local when no optimizations
+    // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
+    // https://github.com/apple/swift-protobuf/issues/1182
+    if self.sequence != 0 {
+      try visitor.visitSingularUInt64Field(value: self.sequence, fieldNumber: 1)
+    }
+    switch self.update {
+    case .record?: try {
+      guard case .record(let v)? = self.update else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 2)
+    }()
+    case .clusterChange?: try {
+      guard case .clusterChange(let v)? = self.update else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 3)
+    }()
+    case .identityRemoved?: try {
+      guard case .identityRemoved(let v)? = self.update else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 4)
+    }()
+    case nil: break
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Cdp_Profile_V1_IdentityUpdateStoredBytes, rhs: Cdp_Profile_V1_IdentityUpdateStoredBytes) -> Bool {
+    if lhs.sequence != rhs.sequence {return false}
+    if lhs.update != rhs.update {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Cdp_Profile_V1_AnnotatedStoredRecordBytes: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".AnnotatedStoredRecordBytes"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}stored\0\u{3}entity_type\0\u{3}cluster_id\0\u{1}references\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularMessageField(value: &self._stored) }()
+      case 2: try { try decoder.decodeSingularEnumField(value: &self.entityType) }()
+      case 3: try { try decoder.decodeSingularUInt64Field(value: &self.clusterID) }()
+      case 4: try { try decoder.decodeRepeatedMessageField(value: &self.references) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    // The use of inline closures is to circumvent an issue where the compiler
+    // allocates stack space for every if/case branch local when no optimizations
+    // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
+    // https://github.com/apple/swift-protobuf/issues/1182
+    try { if let v = self._stored {
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 1)
+    } }()
+    if self.entityType != .unspecified {
+      try visitor.visitSingularEnumField(value: self.entityType, fieldNumber: 2)
+    }
+    if self.clusterID != 0 {
+      try visitor.visitSingularUInt64Field(value: self.clusterID, fieldNumber: 3)
+    }
+    if !self.references.isEmpty {
+      try visitor.visitRepeatedMessageField(value: self.references, fieldNumber: 4)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Cdp_Profile_V1_AnnotatedStoredRecordBytes, rhs: Cdp_Profile_V1_AnnotatedStoredRecordBytes) -> Bool {
+    if lhs._stored != rhs._stored {return false}
+    if lhs.entityType != rhs.entityType {return false}
+    if lhs.clusterID != rhs.clusterID {return false}
+    if lhs.references != rhs.references {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Cdp_Profile_V1_RecordOutline: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".RecordOutline"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}key\0\u{4}\u{3}is_deleted\0\u{2}\u{6}person\0\u{1}account\0\u{1}opportunity\0\u{3}account_person_relation\0\u{3}opportunity_person_relation\0\u{1}campaign\0\u{3}campaign_member\0\u{3}marketing_list\0\u{3}marketing_list_member\0\u{1}event\0\u{3}identity_link\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.key) }()
+      case 4: try { try decoder.decodeSingularBoolField(value: &self.isDeleted) }()
+      case 10: try {
+        var v: Data?
+        try decoder.decodeSingularBytesField(value: &v)
+        if let v = v {
+          if self.entity != nil {try decoder.handleConflictingOneOf()}
+          self.entity = .person(v)
+        }
+      }()
+      case 11: try {
+        var v: Data?
+        try decoder.decodeSingularBytesField(value: &v)
+        if let v = v {
+          if self.entity != nil {try decoder.handleConflictingOneOf()}
+          self.entity = .account(v)
+        }
+      }()
+      case 12: try {
+        var v: Data?
+        try decoder.decodeSingularBytesField(value: &v)
+        if let v = v {
+          if self.entity != nil {try decoder.handleConflictingOneOf()}
+          self.entity = .opportunity(v)
+        }
+      }()
+      case 13: try {
+        var v: Data?
+        try decoder.decodeSingularBytesField(value: &v)
+        if let v = v {
+          if self.entity != nil {try decoder.handleConflictingOneOf()}
+          self.entity = .accountPersonRelation(v)
+        }
+      }()
+      case 14: try {
+        var v: Data?
+        try decoder.decodeSingularBytesField(value: &v)
+        if let v = v {
+          if self.entity != nil {try decoder.handleConflictingOneOf()}
+          self.entity = .opportunityPersonRelation(v)
+        }
+      }()
+      case 15: try {
+        var v: Data?
+        try decoder.decodeSingularBytesField(value: &v)
+        if let v = v {
+          if self.entity != nil {try decoder.handleConflictingOneOf()}
+          self.entity = .campaign(v)
+        }
+      }()
+      case 16: try {
+        var v: Data?
+        try decoder.decodeSingularBytesField(value: &v)
+        if let v = v {
+          if self.entity != nil {try decoder.handleConflictingOneOf()}
+          self.entity = .campaignMember(v)
+        }
+      }()
+      case 17: try {
+        var v: Data?
+        try decoder.decodeSingularBytesField(value: &v)
+        if let v = v {
+          if self.entity != nil {try decoder.handleConflictingOneOf()}
+          self.entity = .marketingList(v)
+        }
+      }()
+      case 18: try {
+        var v: Data?
+        try decoder.decodeSingularBytesField(value: &v)
+        if let v = v {
+          if self.entity != nil {try decoder.handleConflictingOneOf()}
+          self.entity = .marketingListMember(v)
+        }
+      }()
+      case 19: try {
+        var v: Cdp_Profile_V1_EventOutline?
+        var hadOneofValue = false
+        if let current = self.entity {
+          hadOneofValue = true
+          if case .event(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.entity = .event(v)
+        }
+      }()
+      case 20: try {
+        var v: Data?
+        try decoder.decodeSingularBytesField(value: &v)
+        if let v = v {
+          if self.entity != nil {try decoder.handleConflictingOneOf()}
+          self.entity = .identityLink(v)
+        }
+      }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    // The use of inline closures is to circumvent an issue where the compiler
+    // allocates stack space for every if/case branch local when no optimizations
+    // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
+    // https://github.com/apple/swift-protobuf/issues/1182
+    if !self.key.isEmpty {
+      try visitor.visitSingularStringField(value: self.key, fieldNumber: 1)
+    }
+    if self.isDeleted != false {
+      try visitor.visitSingularBoolField(value: self.isDeleted, fieldNumber: 4)
+    }
+    switch self.entity {
+    case .person?: try {
+      guard case .person(let v)? = self.entity else { preconditionFailure() }
+      try visitor.visitSingularBytesField(value: v, fieldNumber: 10)
+    }()
+    case .account?: try {
+      guard case .account(let v)? = self.entity else { preconditionFailure() }
+      try visitor.visitSingularBytesField(value: v, fieldNumber: 11)
+    }()
+    case .opportunity?: try {
+      guard case .opportunity(let v)? = self.entity else { preconditionFailure() }
+      try visitor.visitSingularBytesField(value: v, fieldNumber: 12)
+    }()
+    case .accountPersonRelation?: try {
+      guard case .accountPersonRelation(let v)? = self.entity else { preconditionFailure() }
+      try visitor.visitSingularBytesField(value: v, fieldNumber: 13)
+    }()
+    case .opportunityPersonRelation?: try {
+      guard case .opportunityPersonRelation(let v)? = self.entity else { preconditionFailure() }
+      try visitor.visitSingularBytesField(value: v, fieldNumber: 14)
+    }()
+    case .campaign?: try {
+      guard case .campaign(let v)? = self.entity else { preconditionFailure() }
+      try visitor.visitSingularBytesField(value: v, fieldNumber: 15)
+    }()
+    case .campaignMember?: try {
+      guard case .campaignMember(let v)? = self.entity else { preconditionFailure() }
+      try visitor.visitSingularBytesField(value: v, fieldNumber: 16)
+    }()
+    case .marketingList?: try {
+      guard case .marketingList(let v)? = self.entity else { preconditionFailure() }
+      try visitor.visitSingularBytesField(value: v, fieldNumber: 17)
+    }()
+    case .marketingListMember?: try {
+      guard case .marketingListMember(let v)? = self.entity else { preconditionFailure() }
+      try visitor.visitSingularBytesField(value: v, fieldNumber: 18)
+    }()
+    case .event?: try {
+      guard case .event(let v)? = self.entity else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 19)
+    }()
+    case .identityLink?: try {
+      guard case .identityLink(let v)? = self.entity else { preconditionFailure() }
+      try visitor.visitSingularBytesField(value: v, fieldNumber: 20)
+    }()
+    case nil: break
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Cdp_Profile_V1_RecordOutline, rhs: Cdp_Profile_V1_RecordOutline) -> Bool {
+    if lhs.key != rhs.key {return false}
+    if lhs.isDeleted != rhs.isDeleted {return false}
+    if lhs.entity != rhs.entity {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Cdp_Profile_V1_EventOutline: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".EventOutline"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{2}\u{6}timestamp\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 6: try { try decoder.decodeSingularMessageField(value: &self._timestamp) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    // The use of inline closures is to circumvent an issue where the compiler
+    // allocates stack space for every if/case branch local when no optimizations
+    // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
+    // https://github.com/apple/swift-protobuf/issues/1182
+    try { if let v = self._timestamp {
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 6)
+    } }()
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Cdp_Profile_V1_EventOutline, rhs: Cdp_Profile_V1_EventOutline) -> Bool {
+    if lhs._timestamp != rhs._timestamp {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
