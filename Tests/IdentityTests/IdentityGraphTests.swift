@@ -17,6 +17,28 @@ struct IdentityGraphTests {
         ("2103@mkto-2.Marketo", [key("2103", "mkto-2"), email("p3@townsend.com")]),
     ]
 
+    /// The state a store holds after writing down `journal`, change by change.
+    static func state(replaying journal: [GraphChange]) -> GraphState {
+        var identities: [UInt64: Identity] = [:]
+        var records: [String: (UInt64, [UInt64])] = [:]
+        var next: UInt64 = 1
+        for change in journal {
+            switch change {
+            case .identityAdded(let sequence, let identity):
+                identities[sequence] = identity
+                next = sequence + 1
+            case .recordLinked(let key, let version, let linked): records[key] = (version, linked)
+            case .recordUnlinked(let key): records[key] = nil
+            case .identityRemoved(let sequence): identities[sequence] = nil
+            }
+        }
+        return GraphState(
+            identities: identities.map { ($0.key, $0.value) },
+            records: records.map { ($0.key, $0.value.0, $0.value.1) },
+            nextSequence: next
+        )
+    }
+
     @Test(arguments: [[0, 1, 2, 3], [3, 2, 1, 0], [2, 0, 3, 1]])
     func theSamePersonInTwoMarketoInstancesIsOneCluster(order: [Int]) {
         var graph = IdentityGraph()
@@ -267,28 +289,12 @@ struct IdentityGraphTests {
         journal += graph.takeChanges()
         #expect(graph.takeChanges().isEmpty)
 
-        var identities: [UInt64: Identity] = [:]
-        var records: [String: (UInt64, [UInt64])] = [:]
-        var next: UInt64 = 1
-        for change in journal {
-            switch change {
-            case .identityAdded(let sequence, let identity):
-                identities[sequence] = identity
-                next = sequence + 1
-            case .recordLinked(let key, let version, let linked): records[key] = (version, linked)
-            case .recordUnlinked(let key): records[key] = nil
-            case .identityRemoved(let sequence): identities[sequence] = nil
-            }
-        }
-        let state = GraphState(
-            identities: identities.map { ($0.key, $0.value) },
-            records: records.map { ($0.key, $0.value.0, $0.value.1) },
-            nextSequence: next
-        )
+        let state = Self.state(replaying: journal)
+        let identities = state.identities.map(\.identity)
         var restored = IdentityGraph(configuration: graph.configuration, restoring: state)
         #expect(restored.identityCount == graph.identityCount)
         #expect(restored.recordCount == graph.recordCount)
-        for identity in identities.values {
+        for identity in identities {
             #expect(restored.cluster(of: identity) == graph.cluster(of: identity), "\(identity)")
             #expect(restored.members(of: identity) == graph.members(of: identity), "\(identity)")
         }
@@ -375,29 +381,12 @@ struct IdentityGraphTests {
             #expect(graph.version(ofRecord: key) == records[key]?.version, "\(key)")
         }
 
-        var identities: [UInt64: Identity] = [:]
-        var linked: [String: (UInt64, [UInt64])] = [:]
-        var next: UInt64 = 1
-        for change in journal {
-            switch change {
-            case .identityAdded(let sequence, let identity):
-                identities[sequence] = identity
-                next = sequence + 1
-            case .recordLinked(let key, let version, let nodes): linked[key] = (version, nodes)
-            case .recordUnlinked(let key): linked[key] = nil
-            case .identityRemoved(let sequence): identities[sequence] = nil
-            }
-        }
-        let state = GraphState(
-            identities: identities.map { ($0.key, $0.value) },
-            records: linked.map { ($0.key, $0.value.0, $0.value.1) },
-            nextSequence: next
-        )
+        let state = Self.state(replaying: journal)
         var restored = IdentityGraph(configuration: graph.configuration, restoring: state)
         #expect(restored.identityCount == graph.identityCount)
         #expect(restored.recordCount == graph.recordCount)
         var differences = 0
-        for identity in identities.values {
+        for (_, identity) in state.identities {
             if restored.cluster(of: identity) != graph.cluster(of: identity) { differences += 1 }
             if restored.members(of: identity) != graph.members(of: identity) { differences += 1 }
             if restored.recordKeys(inClusterOf: identity).sorted() != graph.recordKeys(inClusterOf: identity).sorted() {
