@@ -41,6 +41,24 @@ struct KeyTableTests {
         #expect(table.count == 2)
     }
 
+    /// A string as long as a span's length field can say or longer (16 MiB - 1 bytes; 20 here) is held
+    /// with its length beside its bytes.
+    @Test func aStringTooLongForItsSpanIsHeldWhole() {
+        var table = KeyTable(longLength: 20)
+        let long = String(repeating: "x", count: 20) + "ÿ"
+        let exact = String(repeating: "x", count: 20)
+        #expect(table.insert(0, "a") == (0, true))
+        #expect(table.insert(0, long) == (1, true))
+        #expect(table.insert(0, exact) == (2, true))
+        #expect(table.insert(0, "b") == (3, true))
+        #expect(table.find(0, long) == 1)
+        #expect(table.find(0, exact) == 2)
+        #expect(table.string(1) == long)
+        #expect(table.string(2) == exact)
+        #expect(table.string(3) == "b")
+        #expect(table.insert(0, long) == (1, false))
+    }
+
     /// Many entries, half removed and added again, through several growths of the table.
     @Test func manyEntriesSurviveGrowthAndRemovals() {
         var table = KeyTable()

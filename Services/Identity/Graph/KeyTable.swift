@@ -7,9 +7,12 @@
 /// costs its bytes, 17 bytes of bookkeeping and a 4-byte slot at a load of at most 0.6.
 ///
 /// A removed entry keeps its number (callers index their own arrays by it) and its bytes; it is no
-/// longer found. Not thread-safe (a value type, used by one owner).
+/// longer found. Strings of any length are held (one of 16 MiB or more with its length beside its
+/// bytes). Not thread-safe (a value type, used by one owner).
 struct KeyTable {
-    /// Where each entry's bytes are: offset in `bytes` (high 40 bits) and length (low 24 bits).
+    /// Where each entry's bytes are: offset in `bytes` (high 40 bits) and length (low 24 bits). A
+    /// string of ``longLength`` bytes or more has ``longLength`` there, and its length in the 8 bytes
+    /// before its own.
     private var spans: [UInt64] = []
     private var tags: [UInt8] = []
     /// The low 32 bits of each entry's hash, compared before the bytes and kept for growing the table.
@@ -24,8 +27,16 @@ struct KeyTable {
 
     private static let empty: Int32 = -1
     private static let removed: Int32 = -2
-    /// The longest string an entry can hold (24 bits of length).
-    static let maximumLength = (1 << 24) - 1
+    /// The span length that stands for a long string (its length is stored with its bytes): the
+    /// largest that 24 bits hold, or less (tests).
+    let longLength: Int
+
+    /// An empty table; `longLength` below the largest that 24 bits hold only to test long strings.
+    init(longLength: Int = (1 << 24) - 1) {
+        precondition(longLength > 0 && longLength < 1 << 24)
+        self.longLength = longLength
+    }
+
     /// A per-process seed: crafted values cannot collide on purpose.
     private static let seed = UInt64.random(in: 1...UInt64.max)
 
@@ -57,12 +68,16 @@ struct KeyTable {
         }
         var value = value
         return value.withUTF8 { utf8 in
-            precondition(utf8.count <= Self.maximumLength, "a key of more than 16 MiB")
             let hash = Self.hash(utf8, tag: tag)
             let found = lookUp(tag, utf8, hash)
             if let entry = found.entry { return (entry, false) }
             let entry = spans.count
-            spans.append(UInt64(bytes.count) << 24 | UInt64(utf8.count))
+            if utf8.count >= longLength {
+                withUnsafeBytes(of: UInt64(utf8.count).littleEndian) { bytes.append(contentsOf: $0) }
+                spans.append(UInt64(bytes.count) << 24 | UInt64(longLength))
+            } else {
+                spans.append(UInt64(bytes.count) << 24 | UInt64(utf8.count))
+            }
             bytes.append(contentsOf: utf8)
             tags.append(tag)
             hashes.append(UInt32(truncatingIfNeeded: hash))
@@ -94,9 +109,7 @@ struct KeyTable {
 
     /// The string of entry `entry` (also of a removed one).
     func string(_ entry: Int) -> String {
-        let span = spans[entry] & ~(1 << 63)
-        let start = Int(span >> 24)
-        let length = Int(span & 0xFF_FFFF)
+        let (start, length) = range(entry)
         return bytes.withUnsafeBufferPointer { String(decoding: $0[start..<(start + length)], as: UTF8.self) }
     }
 
@@ -128,11 +141,19 @@ struct KeyTable {
         }
     }
 
-    private func equals(_ entry: Int, _ utf8: UnsafeBufferPointer<UInt8>) -> Bool {
+    /// Where entry `entry`'s bytes are in ``bytes``.
+    private func range(_ entry: Int) -> (start: Int, length: Int) {
         let span = spans[entry] & ~(1 << 63)
-        let length = Int(span & 0xFF_FFFF)
-        guard length == utf8.count else { return false }
         let start = Int(span >> 24)
+        let length = Int(span & 0xFF_FFFF)
+        guard length == longLength else { return (start, length) }
+        let stored = bytes.withUnsafeBytes { $0.loadUnaligned(fromByteOffset: start - 8, as: UInt64.self) }
+        return (start, Int(UInt64(littleEndian: stored)))
+    }
+
+    private func equals(_ entry: Int, _ utf8: UnsafeBufferPointer<UInt8>) -> Bool {
+        let (start, length) = range(entry)
+        guard length == utf8.count else { return false }
         return bytes.withUnsafeBufferPointer { buffer in
             UnsafeBufferPointer(rebasing: buffer[start..<(start + length)]).elementsEqual(utf8)
         }
