@@ -1,4 +1,5 @@
 import IdentityGraph
+import TestSupport
 import Testing
 
 /// The identity graph: the running example in several arrival orders, transitive merges, guardrails,
@@ -309,20 +310,21 @@ struct IdentityGraphTests {
     /// graph restored from the journal checked against the graph that wrote it.
     @Test(arguments: [1, 2, 3] as [UInt64])
     func randomChangesLeaveTheComponentsOfTheRecordsLinks(seed: UInt64) {
-        var random = SeededRandom(seed)
+        var random = SeededRandom(state: seed)
+        func pick(_ count: Int) -> Int { Int.random(in: 0..<count, using: &random) }
         var graph = IdentityGraph(configuration: .init(maxIdentitiesPerCluster: 1_000_000, blockedValues: []))
         var journal: [GraphChange] = []
         var records: [String: (version: UInt64, identities: [Identity])] = [:]
         func value(_ namespace: String, _ count: Int) -> Identity {
-            Identity(namespace, "\(namespace)-value-number-\(random.next(count))@example.org")
+            Identity(namespace, "\(namespace)-value-number-\(pick(count))@example.org")
         }
         for step in 0..<4000 {
-            let key = "r\(random.next(400))@mkto-1.Marketo"
-            switch random.next(10) {
+            let key = "r\(pick(400))@mkto-1.Marketo"
+            switch pick(10) {
             case 0..<6:
                 var identities = [Identity("sourceKey", key)]
-                for _ in 0..<random.next(3) { identities.append(value("email", 300)) }
-                if random.next(4) == 0 { identities.append(value("ecid", 200)) }
+                for _ in 0..<pick(3) { identities.append(value("email", 300)) }
+                if pick(4) == 0 { identities.append(value("ecid", 200)) }
                 let version = UInt64(step + 1)
                 _ = graph.upsert(record: key, version: version, identities: identities)
                 var distinct: [Identity] = []
@@ -394,21 +396,5 @@ struct IdentityGraphTests {
             }
         }
         #expect(differences == 0)
-    }
-}
-
-/// A small deterministic generator (SplitMix64) for the randomized tests.
-struct SeededRandom {
-    private var state: UInt64
-
-    init(_ seed: UInt64) { state = seed }
-
-    /// A number in `0..<bound`.
-    mutating func next(_ bound: Int) -> Int {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return Int((z ^ (z >> 31)) % UInt64(bound))
     }
 }

@@ -1,4 +1,5 @@
 import CDPProto
+import TestSupport
 import Testing
 
 @testable import SegmentationState

@@ -12,19 +12,6 @@ import Testing
 
 @testable import SegmentationState
 
-/// A seeded generator (SplitMix64), so a failing world can be replayed.
-struct SeededRandom: RandomNumberGenerator {
-    var state: UInt64
-
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
-}
-
 /// Random B2B worlds in rounds: persons in two Marketo instances whose emails collide (identity merges
 /// them, and splits them again when an email changes or a record is deleted), accounts tied by MDM
 /// crosswalks, opportunities, roles, relations, campaigns, lists, members, and events early, late,

@@ -119,6 +119,7 @@ public final class EntityState {
             if entity.hasUnified {
                 unified = entity.unified
                 unified?.clusterID = entity.clusterID
+                unified?.shareKeyStorage()
             }
             records[key] = HeldRecord(version: change.version, unified: unified)
             if (old?.unified == nil) != (unified == nil) { rootsChanged(key.entity) }

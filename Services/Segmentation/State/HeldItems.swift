@@ -123,3 +123,13 @@ struct HeldRecord {
     /// Whether a commit evaluated `unified` (set after the commit; a new record starts unsaved).
     var saved = false
 }
+
+extension Cdp_Profile_V1_UnifiedRecord {
+    /// Makes the record's key the same string as the fragment key it equals (it is always one of them),
+    /// so that the two share one allocation instead of holding two decoded copies: about 60 bytes less
+    /// per held record whose key is longer than 15 bytes (Swift keeps shorter ones inline).
+    mutating func shareKeyStorage() {
+        guard record.key.utf8.count > 15, let same = fragmentKeys.first(where: { $0 == record.key }) else { return }
+        record.key = same
+    }
+}
