@@ -172,14 +172,31 @@ public struct KeptMessage<Message: SwiftProtobuf.Message & Sendable>: Sendable {
     ///
     /// - Throws: ``RPCError`` `invalidArgument` naming the first element that does not decode.
     public static func decode(_ elements: [Data], field: String) throws -> [KeptMessage] {
-        try elements.enumerated().map { index, bytes in
+        try RPCError.readingEach(elements, of: field, failing: "is not a valid \(Message.protoMessageName)") {
+            KeptMessage(try Message(serializedBytes: $0), bytes: $0)
+        }
+    }
+}
+
+extension RPCError {
+    /// Each of a request field's elements read by `read`, for a handler that reads them itself (from
+    /// bytes it kept).
+    ///
+    /// - Throws: `invalidArgument` naming the first element `read` fails on: "`field`[index] `problem`
+    ///   (the error); nothing of this call was taken".
+    public static func readingEach<Element, Read>(
+        _ elements: [Element],
+        of field: String,
+        failing problem: String,
+        _ read: (Element) throws -> Read
+    ) throws -> [Read] {
+        try elements.enumerated().map { index, element in
             do {
-                return KeptMessage(try Message(serializedBytes: bytes), bytes: bytes)
+                return try read(element)
             } catch {
                 throw RPCError(
                     code: .invalidArgument,
-                    message: "\(field)[\(index)] is not a valid \(Message.protoMessageName) (\(error)); "
-                        + "nothing of this call was taken"
+                    message: "\(field)[\(index)] \(problem) (\(error)); nothing of this call was taken"
                 )
             }
         }

@@ -384,7 +384,7 @@ struct ProfileServiceTests {
             }
             #expect(refused?.code == .invalidArgument)
             #expect(
-                refused?.message.contains("updates[1] (sequence 1000001)") == true,
+                refused?.message.contains("updates[1] holds a record that is not a valid cdp.model.v1.Record") == true,
                 "\(String(describing: refused))"
             )
             #expect(try harness.pipeline.profile.appliedSequence() == before)

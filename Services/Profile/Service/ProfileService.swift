@@ -46,17 +46,12 @@ public final class ProfileService: Cdp_Profile_V1_Profile.ServiceProtocol {
     /// `AcceptIdentityUpdatesRequestStoredBytes` in profile.proto).
     public var acceptIdentityUpdatesKeepingBytes: ServerMethod {
         .unary(Cdp_Profile_V1_Profile.Method.acceptIdentityUpdatesStoredBytes) { [self] request, _ in
-            let updates = try request.updates.enumerated().map { index, update in
-                do {
-                    return try ReceivedUpdate(update)
-                } catch {
-                    throw RPCError(
-                        code: .invalidArgument,
-                        message: "updates[\(index)] (sequence \(update.sequence)) holds a record that is not a valid "
-                            + "\(Cdp_Model_V1_Record.protoMessageName) (\(error)); nothing of this call was taken"
-                    )
-                }
-            }
+            let updates = try RPCError.readingEach(
+                request.updates,
+                of: "updates",
+                failing: "holds a record that is not a valid \(Cdp_Model_V1_Record.protoMessageName)",
+                ReceivedUpdate.init
+            )
             return try await accept(updates)
         }
     }
