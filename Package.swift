@@ -80,7 +80,7 @@ let package = Package(
             dependencies: ["RPCCore", .product(name: "SwiftProtobuf", package: "swift-protobuf")],
             path: "Shared/CDPProto"
         ),
-        // glibc's mallopt, for MemoryTuning, and mallinfo2, for identity-benchmark's heap figure (Swift's Glibc
+        // glibc's mallopt, for MemoryTuning, and mallinfo2, for the benchmarks' heap figures (Swift's Glibc
         // module exports neither).
         .systemLibrary(name: "CMalloc", path: "Shared/CMalloc"),
         // What every service process shares: the outbox relay, wake-ups, addresses, allocator tuning.
@@ -194,7 +194,7 @@ let package = Package(
         .executableTarget(
             name: "identity-benchmark",
             dependencies: [
-                "BenchmarkSupport", "CMalloc",
+                "BenchmarkSupport",
                 "CDPProto", "IdentityGraph", "IdentityRules", "IdentityService", "IdentityStore",
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "SwiftProtobuf", package: "swift-protobuf"),
@@ -254,8 +254,8 @@ let package = Package(
             path: "Benchmarks/ProfileBenchmark"
         ),
 
-        // What the benchmark programs share: a seeded random generator.
-        .target(name: "BenchmarkSupport", path: "Benchmarks/Support"),
+        // What the benchmark programs share: a seeded random generator, the heap in use.
+        .target(name: "BenchmarkSupport", dependencies: ["CMalloc"], path: "Benchmarks/Support"),
 
         // MARK: Segmentation
         // The PQL dialect: parser with positioned errors, the view schema, the type checker. No I/O.

@@ -18,7 +18,6 @@
 // link them. Emails share 20,000 company domains, one account per company and source.
 import BenchmarkSupport
 import CDPProto
-import CMalloc
 import Foundation
 import IdentityGraph
 import IdentityRules
@@ -85,12 +84,6 @@ func peakRSS() -> String {
         let line = status.split(separator: "\n").first(where: { $0.hasPrefix("VmHWM:") })
     else { return "?" }
     return line.dropFirst("VmHWM:".count).trimmingCharacters(in: .whitespaces)
-}
-
-/// Bytes in use on the heap: glibc's `mallinfo2()`, small blocks and mapped ones (large arrays).
-func heapBytes() -> Int {
-    let info = mallinfo2()
-    return Int(info.uordblks) + Int(info.hblkhd)
 }
 
 /// Bytes this process caused to be written to storage (`write_bytes` of /proc/self/io).
@@ -170,10 +163,10 @@ if mode == "graph" {
         nextSequence: UInt64(savedIdentities.count + 1)
     )
     var restored = IdentityGraph(configuration: graph.configuration)
-    let heapBeforeRestore = heapBytes()
+    let heapBeforeRestore = Heap.bytesInUse()
     let restore = clock.measure { restored = IdentityGraph(configuration: graph.configuration, restoring: state) }
     // What the restored graph holds (the state it was built from is held apart, before and after).
-    let graphBytes = heapBytes() - heapBeforeRestore
+    let graphBytes = Heap.bytesInUse() - heapBeforeRestore
     var differing = 0
     for record in identities where restored.cluster(of: record[0]) != graph.cluster(of: record[0]) {
         differing += 1

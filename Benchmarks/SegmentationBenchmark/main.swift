@@ -2,9 +2,13 @@
 // engine over synthetic person views.
 //
 //   swift run -c release segmentation-benchmark [views] [seed] [core|state]
+//   swift run -c release segmentation-benchmark load SEGMENTATION_DATABASE
 //
 // With `core`, only the first measure runs (for profilers). With `state`, only the memory the state
-// takes: every view's changes applied to an `EntityState`, resident memory before and after.
+// takes: every view's changes applied to an `EntityState`, resident memory before and after. With
+// `load`, the state a segmentation service saved (its `segmentation.sqlite`, e.g. from
+// `pipeline_benchmark.py --keep-data`) is loaded several times: its person, account and opportunity
+// records alone, its links alone, its events alone, then all of it; the heap each took, and the time.
 //
 // 1. Core evaluation: `views` generated person views (default 1,000,000; accounts, opportunities,
 //    roles, campaigns, lists, events over a year) evaluated against 20 segments of varied shapes, on one
@@ -201,6 +205,47 @@ enum Benchmark {
 }
 
 let arguments = CommandLine.arguments
+if arguments.count > 2 && arguments[1] == "load" {
+    let store = try SQLiteSegmentationStore(path: arguments[2])
+    func records(of type: Cdp_Model_V1_EntityType) -> (Cdp_Profile_V1_StateChange) -> Bool {
+        { change in if case .entity(let entity) = change.item { entity.entityType == type } else { false } }
+    }
+    let kinds: [(name: String, takes: (Cdp_Profile_V1_StateChange) -> Bool)] = [
+        ("person records", records(of: .person)),
+        ("account records", records(of: .account)),
+        ("opportunity records", records(of: .opportunity)),
+        ("links", { if case .link = $0.item { true } else { false } }),
+        ("events", { if case .event = $0.item { true } else { false } }),
+        ("all", { _ in true }),
+    ]
+    print("segmentation-benchmark: the state saved in \(arguments[2])")
+    for kind in kinds {
+        let heapBefore = Heap.bytesInUse()
+        let started = ContinuousClock.now
+        var state: EntityState? = EntityState()
+        var count = 0
+        try state!.load { apply in
+            try store.forEachStateChange { change in
+                guard kind.takes(change) else { return }
+                try apply(change)
+                count += 1
+            }
+        }
+        let took = ContinuousClock.now - started
+        let heap = Double(Heap.bytesInUse() - heapBefore)
+        state = nil
+        print(
+            "\(kind.name): \(count) changes, "
+                + String(
+                    format: "%.0f MB of heap, %.0f bytes each, loaded in %.1f s",
+                    heap / 1e6,
+                    heap / Double(max(count, 1)),
+                    Benchmark.seconds(took)
+                )
+        )
+    }
+    exit(0)
+}
 let viewCount = arguments.count > 1 ? Int(arguments[1]) ?? 1_000_000 : 1_000_000
 let seed = arguments.count > 2 ? UInt64(arguments[2]) ?? 42 : 42
 let generator = ViewGenerator(persons: viewCount, seed: seed)

@@ -118,11 +118,11 @@ public final class EntityState {
             var unified: Cdp_Profile_V1_UnifiedRecord? = nil
             if entity.hasUnified {
                 unified = entity.unified
-                unified?.clusterID = entity.clusterID
-                unified?.shareKeyStorage()
+                // Set on decoding (see HeldRecord.unified(cluster:)).
+                unified?.clusterID = 0
             }
-            records[key] = HeldRecord(version: change.version, unified: unified)
-            if (old?.unified == nil) != (unified == nil) { rootsChanged(key.entity) }
+            records[key] = try HeldRecord(version: change.version, unified: unified)
+            if (old?.isPresent ?? false) != (unified != nil) { rootsChanged(key.entity) }
             dependents(of: key, into: &touched)
         case .link(let link)?:
             let name = ItemName(link.key, strings: &strings)
@@ -438,10 +438,12 @@ public final class EntityState {
 
     /// Whether an entity has a unified record.
     public func hasRecord(_ entity: Cdp_Model_V1_EntityType, _ cluster: UInt64) -> Bool {
-        records[EntityKey(entity, cluster)]?.unified != nil
+        records[EntityKey(entity, cluster)]?.isPresent ?? false
     }
 
-    private func unified(_ key: EntityKey) -> Cdp_Profile_V1_UnifiedRecord? { records[key]?.unified }
+    private func unified(_ key: EntityKey) -> Cdp_Profile_V1_UnifiedRecord? {
+        records[key]?.unified(cluster: key.cluster)
+    }
 
     /// Whether a commit evaluated the entity's unified record as it is (see ``markRecordSaved(_:)``);
     /// false once a change replaced it.
@@ -576,7 +578,7 @@ public final class EntityState {
 
     private func roots(_ entity: Cdp_Model_V1_EntityType) -> [UInt64] {
         if let known = sortedRoots[entity] { return known }
-        let found = records.filter { $0.key.entity == entity && $0.value.unified != nil }.map(\.key.cluster).sorted()
+        let found = records.filter { $0.key.entity == entity && $0.value.isPresent }.map(\.key.cluster).sorted()
         sortedRoots[entity] = found
         return found
     }
@@ -594,7 +596,7 @@ public final class EntityState {
     public func forget(person cluster: UInt64, touched: inout Set<EntityKey>) -> PersonItems {
         var dropped = PersonItems()
         dependents(of: EntityKey(.person, cluster), into: &touched)
-        if records.removeValue(forKey: EntityKey(.person, cluster))?.unified != nil { rootsChanged(.person) }
+        if records.removeValue(forKey: EntityKey(.person, cluster))?.isPresent ?? false { rootsChanged(.person) }
         var slots: [LinkTable.Slot] = []
         links.forEach(from: .person, cluster) { slots.append($0) }
         for slot in slots {
