@@ -8,7 +8,8 @@
 // takes: every view's changes applied to an `EntityState`, resident memory before and after. With
 // `load`, the state a segmentation service saved (its `segmentation.sqlite`, e.g. from
 // `pipeline_benchmark.py --keep-data`) is loaded several times: its person, account and opportunity
-// records alone, its links alone, its events alone, then all of it; the heap each took, and the time.
+// records alone, its links alone, its events alone, then all of it; the heap each took, and the time;
+// then every person's and account's view built from it, twice.
 //
 // 1. Core evaluation: `views` generated person views (default 1,000,000; accounts, opportunities,
 //    roles, campaigns, lists, events over a year) evaluated against 20 segments of varied shapes, on one
@@ -233,7 +234,6 @@ if arguments.count > 2 && arguments[1] == "load" {
         }
         let took = ContinuousClock.now - started
         let heap = Double(Heap.bytesInUse() - heapBefore)
-        state = nil
         print(
             "\(kind.name): \(count) changes, "
                 + String(
@@ -243,6 +243,36 @@ if arguments.count > 2 && arguments[1] == "load" {
                     Benchmark.seconds(took)
                 )
         )
+        if kind.name == "all", let state {
+            // Every person's and account's view built from the state, as a batch job builds them, twice.
+            let asOf = Date()
+            for entity in [Cdp_Model_V1_EntityType.person, .account] {
+                let clusters = state.clusters(of: entity, partition: 0, partitions: 1, after: 0, limit: .max)
+                for run in 1...2 {
+                    let started = ContinuousClock.now
+                    var items = 0
+                    for cluster in clusters {
+                        switch state.view(EntityState.EntityKey(entity, cluster), asOf: asOf) {
+                        case .person(let view)?:
+                            items += view.accounts.count + view.opportunities.count + view.events.count
+                        case .account(let view)?: items += view.persons.count + view.opportunities.count
+                        case nil: break
+                        }
+                    }
+                    let took = Benchmark.seconds(ContinuousClock.now - started)
+                    print(
+                        "\(entity == .person ? "person" : "account") views, run \(run): \(clusters.count) in "
+                            + String(
+                                format: "%.2f s, %.0f views/s (%d items shown)",
+                                took,
+                                Double(clusters.count) / took,
+                                items
+                            )
+                    )
+                }
+            }
+        }
+        state = nil
     }
     exit(0)
 }
