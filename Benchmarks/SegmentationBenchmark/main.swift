@@ -206,8 +206,20 @@ enum Benchmark {
 }
 
 let arguments = CommandLine.arguments
-if arguments.count > 2 && arguments[1] == "load" {
-    let store = try SQLiteSegmentationStore(path: arguments[2])
+if arguments.count > 1 && arguments[1] == "load" {
+    guard arguments.count == 3 else {
+        FileHandle.standardError.write(
+            Data("usage: segmentation-benchmark load SEGMENTATION_DATABASE (a segmentation.sqlite)\n".utf8)
+        )
+        exit(2)
+    }
+    let store: SQLiteSegmentationStore
+    do {
+        store = try SQLiteSegmentationStore(readingSavedStateAt: arguments[2])
+    } catch {
+        FileHandle.standardError.write(Data("segmentation-benchmark: \(error)\n".utf8))
+        exit(2)
+    }
     func records(of type: Cdp_Model_V1_EntityType) -> (Cdp_Profile_V1_StateChange) -> Bool {
         { change in if case .entity(let entity) = change.item { entity.entityType == type } else { false } }
     }
@@ -276,8 +288,19 @@ if arguments.count > 2 && arguments[1] == "load" {
     }
     exit(0)
 }
-let viewCount = arguments.count > 1 ? Int(arguments[1]) ?? 1_000_000 : 1_000_000
-let seed = arguments.count > 2 ? UInt64(arguments[2]) ?? 42 : 42
+guard arguments.count <= 4, arguments.count < 2 || Int(arguments[1]).map({ $0 > 0 }) == true,
+    arguments.count < 3 || UInt64(arguments[2]) != nil, arguments.count < 4 || ["core", "state"].contains(arguments[3])
+else {
+    FileHandle.standardError.write(
+        Data(
+            ("usage: segmentation-benchmark [views] [seed] [core|state]\n"
+                + "       segmentation-benchmark load SEGMENTATION_DATABASE\n").utf8
+        )
+    )
+    exit(2)
+}
+let viewCount = arguments.count > 1 ? Int(arguments[1])! : 1_000_000
+let seed = arguments.count > 2 ? UInt64(arguments[2])! : 42
 let generator = ViewGenerator(persons: viewCount, seed: seed)
 let clock = ContinuousClock()
 

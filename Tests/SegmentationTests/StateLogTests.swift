@@ -181,4 +181,40 @@ struct StateLogTests {
         #expect(order == [3, 5, 9])
         #expect(try store.stateLogCounts() == (3, 0))
     }
+
+    /// A saved state opened to be read: its changes come back, and nothing can be written; a path
+    /// with no file or a database of another kind is refused, and neither is created nor changed.
+    @Test func aSavedStateIsReadWithoutBeingChanged() throws {
+        let directory = FileManager.default.temporaryDirectory
+            .appendingPathComponent("saved-state-\(UUID().uuidString)").path
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let path = directory + "/segmentation.sqlite"
+        do {
+            let store = try SQLiteSegmentationStore(path: path)
+            _ = try store.commit([], state: [Self.event("e1", person: 7, version: 1)], at: Self.now)
+        }
+        let saved = try SQLiteSegmentationStore(readingSavedStateAt: path)
+        #expect(try Self.replayed(saved) == ["e1": 1])
+        #expect(throws: (any Error).self) {
+            _ = try saved.commit([], state: [Self.event("e2", person: 7, version: 2)], at: Self.now)
+        }
+        #expect(try Self.replayed(saved) == ["e1": 1])
+
+        let missing = directory + "/nothing.sqlite"
+        let error = #expect(throws: SavedStateError.self) { try SQLiteSegmentationStore(readingSavedStateAt: missing) }
+        #expect(error?.description == "\(missing): no such file")
+        #expect(!FileManager.default.fileExists(atPath: missing))
+
+        let other = directory + "/profile.sqlite"
+        let queue = try DatabaseQueue(path: other)
+        try queue.write { try $0.execute(sql: "CREATE TABLE fragments (key TEXT)") }
+        try queue.close()
+        let refused = #expect(throws: SavedStateError.self) { try SQLiteSegmentationStore(readingSavedStateAt: other) }
+        #expect(refused?.description.contains("is not a segmentation database") == true)
+        let tables = try DatabaseQueue(path: other).read {
+            try String.fetchAll($0, sql: "SELECT name FROM sqlite_master")
+        }
+        #expect(tables == ["fragments"])
+    }
 }

@@ -23,6 +23,29 @@ public final class SQLiteSegmentationStore: Sendable {
         self.minimumCompaction = minimumCompaction
     }
 
+    /// Opens a segmentation database to read it only (its saved state, for `segmentation-benchmark
+    /// load`): nothing is created, migrated or written, so that a wrong path cannot make or change a
+    /// file. Writing through it fails.
+    ///
+    /// - Throws: ``SavedStateError`` if there is no file at `path` or it is not a segmentation
+    ///   database; SQLite's error if it is not a database.
+    public init(readingSavedStateAt path: String) throws {
+        guard FileManager.default.fileExists(atPath: path) else {
+            throw SavedStateError(description: "\(path): no such file")
+        }
+        var configuration = Configuration()
+        configuration.readonly = true
+        let queue = try DatabaseQueue(path: path, configuration: configuration)
+        guard try queue.read({ try $0.tableExists("state_log") }) else {
+            throw SavedStateError(
+                description: "\(path) is not a segmentation database (it has no state_log table): give the "
+                    + "segmentation.sqlite of a segmentation service's data directory"
+            )
+        }
+        writer = queue
+        minimumCompaction = .max
+    }
+
     /// A store in memory, for tests and benchmarks: the same schema through the same migrator.
     public init(minimumCompaction: Int64 = 100_000) throws {
         writer = try ServiceDatabase.inMemory(migrator: Self.migrator)
@@ -938,4 +961,9 @@ public final class SQLiteSegmentationStore: Sendable {
             return (pending, oldest, try Counters.value("sent_changes", db))
         }
     }
+}
+
+/// A saved state that cannot be read (``SQLiteSegmentationStore/init(readingSavedStateAt:)``).
+public struct SavedStateError: Error, CustomStringConvertible, Sendable {
+    public var description: String
 }
