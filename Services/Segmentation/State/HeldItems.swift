@@ -2,21 +2,33 @@ import CDPProto
 import Foundation
 import SwiftProtobuf
 
-/// Strings that repeat across the held events (types, pages, names, the source part of keys, a
-/// person's email and ecid), each held once and named by a number. Number 0 names no string (a field
-/// the event does not have).
-struct InternedStrings {
-    private var numbers: [String: UInt32] = [:]
-    private var strings: [String] = []
+/// Values each held once and named by a number from 1, in the order first seen.
+struct InternTable<Value: Hashable> {
+    private var numbers: [Value: UInt32] = [:]
+    private var values: [Value] = []
 
-    /// The number of `string`, given one if it has none yet.
-    mutating func number(_ string: String) -> UInt32 {
-        if let known = numbers[string] { return known }
-        strings.append(string)
-        let number = UInt32(strings.count)
-        numbers[string] = number
+    /// The number of `value`, given one if it has none yet.
+    mutating func number(_ value: Value) -> UInt32 {
+        if let known = numbers[value] { return known }
+        values.append(value)
+        let number = UInt32(values.count)
+        numbers[value] = number
         return number
     }
+
+    /// The value a number (from 1) names.
+    func value(_ number: UInt32) -> Value { values[Int(number) - 1] }
+}
+
+/// Strings that repeat across the held events (types, pages, names, the source part of keys, a
+/// person's email and ecid), each held once and named by a number, and the events' pages. Number 0
+/// names no string (a field the event does not have).
+struct InternedStrings {
+    private var strings = InternTable<String>()
+    private var pages = InternTable<EventPage>()
+
+    /// The number of `string`, given one if it has none yet.
+    mutating func number(_ string: String) -> UInt32 { strings.number(string) }
 
     /// The number of `string` if it is present, else 0.
     mutating func number(_ present: Bool, _ string: @autoclosure () -> String) -> UInt32 {
@@ -24,22 +36,13 @@ struct InternedStrings {
     }
 
     /// The string a number names; "" for 0.
-    func string(_ number: UInt32) -> String { number == 0 ? "" : strings[Int(number) - 1] }
-
-    private var pageNumbers: [EventPage: UInt32] = [:]
-    private var pages: [EventPage] = []
+    func string(_ number: UInt32) -> String { number == 0 ? "" : strings.value(number) }
 
     /// The number of `page`, given one if it has none yet.
-    mutating func number(_ page: EventPage) -> UInt32 {
-        if let known = pageNumbers[page] { return known }
-        pages.append(page)
-        let number = UInt32(pages.count)
-        pageNumbers[page] = number
-        return number
-    }
+    mutating func number(_ page: EventPage) -> UInt32 { pages.number(page) }
 
     /// The page a number names.
-    func page(_ number: UInt32) -> EventPage { pages[Int(number) - 1] }
+    func page(_ number: UInt32) -> EventPage { pages.value(number) }
 }
 
 /// What many events share: their type, page and title (interned), and whether they have a time. Held
