@@ -113,6 +113,31 @@ struct HeldRecordTests {
         #expect(Self.storage(held.record.key) == Self.storage(held.fragmentKeys[1]))
     }
 
+    /// An opportunity's CRM id equal to its id (as in a CRM's own records) is held as the same string;
+    /// a different one is kept as it is.
+    @Test func aDecodedOpportunitysCRMIdSharesTheStringOfItsId() throws {
+        let state = EntityState()
+        var touched: Set<EntityState.EntityKey> = []
+        for (cluster, crmID) in [(UInt64(1), "0065g00005ukGTiAAM"), (2, "0065g00005ukT2HAAU")] {
+            var change = Cdp_Profile_V1_StateChange()
+            change.version = cluster
+            change.entity.entityType = .opportunity
+            change.entity.clusterID = cluster
+            change.entity.unified.record.key = "0065g00005ukGTiAAM@sfdc-1.Salesforce"
+            change.entity.unified.record.opportunity.opportunityID = "0065g00005ukGTiAAM"
+            change.entity.unified.record.opportunity.crmID = crmID
+            let received = try Cdp_Profile_V1_StateChange(serializedBytes: change.serializedBytes() as Data)
+            try state.apply(received, touched: &touched)
+        }
+        let same = try #require(state.record(.opportunity, 1)).record.opportunity
+        #expect(same.crmID == "0065g00005ukGTiAAM")
+        #expect(Self.storage(same.crmID) != nil)
+        #expect(Self.storage(same.crmID) == Self.storage(same.opportunityID))
+        let other = try #require(state.record(.opportunity, 2)).record.opportunity
+        #expect(other.crmID == "0065g00005ukT2HAAU")
+        #expect(other.opportunityID == "0065g00005ukGTiAAM")
+    }
+
     /// Where a string's bytes are (nil for a string held inline or not native).
     static func storage(_ string: String) -> UnsafeRawPointer? {
         string.utf8.withContiguousStorageIfAvailable { UnsafeRawPointer($0.baseAddress) } ?? nil

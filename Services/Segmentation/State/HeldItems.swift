@@ -184,7 +184,7 @@ struct HeldRecord {
             content = .encoded(try unified.serializedBytes())
         } else {
             unified.clusterID = cluster
-            unified.shareKeyStorage()
+            unified.shareEqualStrings()
             content = .decoded(Decoded(unified))
         }
     }
@@ -268,11 +268,28 @@ struct HeldRecords {
 }
 
 extension Cdp_Profile_V1_UnifiedRecord {
-    /// Makes the record's key the same string as the fragment key it equals (it is always one of them),
-    /// so that the two share one allocation instead of holding two decoded copies: about 60 bytes less
-    /// per held record whose key is longer than 15 bytes (Swift keeps shorter ones inline).
-    mutating func shareKeyStorage() {
-        guard record.key.utf8.count > 15, let same = fragmentKeys.first(where: { $0 == record.key }) else { return }
-        record.key = same
+    /// Makes strings that are equal in a decoded record the same string, so that they share one
+    /// allocation instead of holding two copies (Swift keeps strings of up to 15 bytes inline; longer
+    /// ones are an allocation each): the record's key and the fragment key it equals (it is always one
+    /// of them), and an account's or opportunity's CRM id and its source id (equal in a CRM's own
+    /// records), about 60 and 48 bytes less per record.
+    mutating func shareEqualStrings() {
+        if record.key.utf8.count > 15, let same = fragmentKeys.first(where: { $0 == record.key }) {
+            record.key = same
+        }
+        switch record.entity {
+        case .account(var account)
+        where account.hasCrmID && account.crmID.utf8.count > 15
+            && account.crmID == account.accountID:
+            account.crmID = account.accountID
+            record.account = account
+        case .opportunity(var opportunity)
+        where opportunity.hasCrmID && opportunity.crmID.utf8.count > 15
+            && opportunity.crmID == opportunity.opportunityID:
+            opportunity.crmID = opportunity.opportunityID
+            record.opportunity = opportunity
+        default:
+            break
+        }
     }
 }
