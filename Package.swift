@@ -474,10 +474,11 @@ let package = Package(
             path: "Tests/IngestionTests",
             exclude: ["Fixtures"]
         ),
-        // What the service tests share: the Bodea records of the running example.
+        // What the service tests share: the Bodea records of the running example, the seeded generator
+        // of the randomized tests (the benchmarks').
         .target(
             name: "TestSupport",
-            dependencies: ["CDPProto", .product(name: "SwiftProtobuf", package: "swift-protobuf")],
+            dependencies: ["BenchmarkSupport", "CDPProto", .product(name: "SwiftProtobuf", package: "swift-protobuf")],
             path: "Tests/Support"
         ),
         // Identity in process feeding a profile store, for the profile and segmentation tests.

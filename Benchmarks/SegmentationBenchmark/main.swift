@@ -206,19 +206,52 @@ enum Benchmark {
 }
 
 let arguments = CommandLine.arguments
-if arguments.count > 1 && arguments[1] == "load" {
-    guard arguments.count == 3 else {
-        FileHandle.standardError.write(
-            Data("usage: segmentation-benchmark load SEGMENTATION_DATABASE (a segmentation.sqlite)\n".utf8)
+
+/// Says what is wrong (and how the program is called) on standard error, and stops.
+func refuse(_ problem: String) -> Never {
+    FileHandle.standardError.write(
+        Data(
+            ("segmentation-benchmark: \(problem)\n"
+                + "usage: segmentation-benchmark [views] [seed] [core|state]\n"
+                + "       segmentation-benchmark load SEGMENTATION_DATABASE (a service's segmentation.sqlite)\n").utf8
         )
-        exit(2)
-    }
+    )
+    exit(2)
+}
+
+if arguments.count > 1 && arguments[1] == "load" {
+    guard arguments.count == 3 else { refuse("load takes one argument, the database") }
     let store: SQLiteSegmentationStore
     do {
         store = try SQLiteSegmentationStore(readingSavedStateAt: arguments[2])
     } catch {
-        FileHandle.standardError.write(Data("segmentation-benchmark: \(error)\n".utf8))
-        exit(2)
+        refuse("\(error)")
+    }
+    /// The saved changes `takes` admits, loaded into a new state, with the heap and time it took.
+    func load(_ takes: (Cdp_Profile_V1_StateChange) -> Bool) throws -> EntityState {
+        let heapBefore = Heap.bytesInUse()
+        let started = ContinuousClock.now
+        let state = EntityState()
+        var count = 0
+        try state.load { apply in
+            try store.forEachStateChange { change in
+                guard takes(change) else { return }
+                try apply(change)
+                count += 1
+            }
+        }
+        let took = ContinuousClock.now - started
+        let heap = Double(Heap.bytesInUse() - heapBefore)
+        print(
+            "\(count) changes, "
+                + String(
+                    format: "%.0f MB of heap, %.0f bytes each, loaded in %.1f s",
+                    heap / 1e6,
+                    heap / Double(max(count, 1)),
+                    Benchmark.seconds(took)
+                )
+        )
+        return state
     }
     func records(of type: Cdp_Model_V1_EntityType) -> (Cdp_Profile_V1_StateChange) -> Bool {
         { change in if case .entity(let entity) = change.item { entity.entityType == type } else { false } }
@@ -229,75 +262,50 @@ if arguments.count > 1 && arguments[1] == "load" {
         ("opportunity records", records(of: .opportunity)),
         ("links", { if case .link = $0.item { true } else { false } }),
         ("events", { if case .event = $0.item { true } else { false } }),
-        ("all", { _ in true }),
     ]
     print("segmentation-benchmark: the state saved in \(arguments[2])")
     for kind in kinds {
-        let heapBefore = Heap.bytesInUse()
-        let started = ContinuousClock.now
-        var state: EntityState? = EntityState()
-        var count = 0
-        try state!.load { apply in
-            try store.forEachStateChange { change in
-                guard kind.takes(change) else { return }
-                try apply(change)
-                count += 1
-            }
-        }
-        let took = ContinuousClock.now - started
-        let heap = Double(Heap.bytesInUse() - heapBefore)
-        print(
-            "\(kind.name): \(count) changes, "
-                + String(
-                    format: "%.0f MB of heap, %.0f bytes each, loaded in %.1f s",
-                    heap / 1e6,
-                    heap / Double(max(count, 1)),
-                    Benchmark.seconds(took)
-                )
-        )
-        if kind.name == "all", let state {
-            // Every person's and account's view built from the state, as a batch job builds them, twice.
-            let asOf = Date()
-            for entity in [Cdp_Model_V1_EntityType.person, .account] {
-                let clusters = state.clusters(of: entity, partition: 0, partitions: 1, after: 0, limit: .max)
-                for run in 1...2 {
-                    let started = ContinuousClock.now
-                    var items = 0
-                    for cluster in clusters {
-                        switch state.view(EntityState.EntityKey(entity, cluster), asOf: asOf) {
-                        case .person(let view)?:
-                            items += view.accounts.count + view.opportunities.count + view.events.count
-                        case .account(let view)?: items += view.persons.count + view.opportunities.count
-                        case nil: break
-                        }
-                    }
-                    let took = Benchmark.seconds(ContinuousClock.now - started)
-                    print(
-                        "\(entity == .person ? "person" : "account") views, run \(run): \(clusters.count) in "
-                            + String(
-                                format: "%.2f s, %.0f views/s (%d items shown)",
-                                took,
-                                Double(clusters.count) / took,
-                                items
-                            )
-                    )
+        print("\(kind.name): ", terminator: "")
+        // Each kind's state is freed before the next is loaded.
+        _ = try load(kind.takes)
+    }
+    print("all: ", terminator: "")
+    let state = try load { _ in true }
+    // Every person's and account's view built from the state, as a batch job builds them, twice.
+    let asOf = Date()
+    for entity in [Cdp_Model_V1_EntityType.person, .account] {
+        let clusters = state.clusters(of: entity, partition: 0, partitions: 1, after: 0, limit: .max)
+        for run in 1...2 {
+            let started = ContinuousClock.now
+            var items = 0
+            for cluster in clusters {
+                switch state.view(EntityState.EntityKey(entity, cluster), asOf: asOf) {
+                case .person(let view)?: items += view.accounts.count + view.opportunities.count + view.events.count
+                case .account(let view)?: items += view.persons.count + view.opportunities.count
+                case nil: break
                 }
             }
+            let took = Benchmark.seconds(ContinuousClock.now - started)
+            print(
+                "\(entity == .person ? "person" : "account") views, run \(run): \(clusters.count) in "
+                    + String(
+                        format: "%.2f s, %.0f views/s (%d items shown)",
+                        took,
+                        Double(clusters.count) / took,
+                        items
+                    )
+            )
         }
-        state = nil
     }
     exit(0)
 }
-guard arguments.count <= 4, arguments.count < 2 || Int(arguments[1]).map({ $0 > 0 }) == true,
-    arguments.count < 3 || UInt64(arguments[2]) != nil, arguments.count < 4 || ["core", "state"].contains(arguments[3])
-else {
-    FileHandle.standardError.write(
-        Data(
-            ("usage: segmentation-benchmark [views] [seed] [core|state]\n"
-                + "       segmentation-benchmark load SEGMENTATION_DATABASE\n").utf8
-        )
-    )
-    exit(2)
+if arguments.count > 4 { refuse("too many arguments") }
+if arguments.count > 1, Int(arguments[1]).map({ $0 > 0 }) != true {
+    refuse("views must be a positive number, not \(arguments[1])")
+}
+if arguments.count > 2, UInt64(arguments[2]) == nil { refuse("seed must be a number, not \(arguments[2])") }
+if arguments.count > 3, !["core", "state"].contains(arguments[3]) {
+    refuse("the mode is core or state, not \(arguments[3])")
 }
 let viewCount = arguments.count > 1 ? Int(arguments[1])! : 1_000_000
 let seed = arguments.count > 2 ? UInt64(arguments[2])! : 42

@@ -1,6 +1,6 @@
-/// The benchmarks' random numbers: SplitMix64, deterministic for a seed and fast, so a run can be
-/// repeated exactly.
-public struct SplitMix64 {
+/// The benchmarks' and the randomized tests' random numbers: SplitMix64, deterministic for a seed and
+/// fast, so that a run can be repeated exactly.
+public struct SplitMix64: RandomNumberGenerator {
     /// The generator's state; the seed to start.
     public var state: UInt64
 
