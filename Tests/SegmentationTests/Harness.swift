@@ -49,8 +49,15 @@ struct SegmentationHarness {
     let clock: TestClock
 
     /// `chunkTime`: how long a batch job's chunk may take; long by default, so that a chunk holds
-    /// every entity up to its limit however slow the machine.
-    init(start: Date, segmentationPath: String? = nil, chunkTime: Duration = .seconds(60)) throws {
+    /// every entity up to its limit however slow the machine. `streamingQuiet` and `evaluationThreads`:
+    /// as the engine takes them (two threads, so that chunks are sliced on any machine).
+    init(
+        start: Date,
+        segmentationPath: String? = nil,
+        chunkTime: Duration = .seconds(60),
+        streamingQuiet: Duration = SegmentationEngine.streamingQuiet,
+        evaluationThreads: Int = 2
+    ) throws {
         clock = TestClock(start)
         profileStore = try SQLiteProfileStore()
         pipeline = try ProfilePipeline(profile: profileStore)
@@ -60,7 +67,9 @@ struct SegmentationHarness {
         engine = try SegmentationEngine(
             store: store,
             loop: MultiThreadedEventLoopGroup.singleton.next(),
-            chunkTime: chunkTime
+            chunkTime: chunkTime,
+            streamingQuiet: streamingQuiet,
+            evaluationThreads: evaluationThreads
         ) { clock.now }
     }
 

@@ -312,6 +312,80 @@ struct StateEquivalenceTests {
         #expect(realizedSomewhere.count >= 14, "segments with members at some point: \(realizedSomewhere.sorted())")
     }
 
+    /// A batch job's memberships and an estimate's counts equal an evaluation of every segment from
+    /// scratch over profile's views, with the job's chunks evaluated on one thread and sliced over
+    /// three threads at once (no streaming change waits: `streamingQuiet` is zero).
+    @Test(arguments: [1, 3])
+    func jobsAndEstimatesOnSeveralThreadsEqualAFromScratchEvaluation(threads: Int) async throws {
+        var world = RandomWorld(seed: 31)
+        let harness = try SegmentationHarness(start: world.base, streamingQuiet: .zero, evaluationThreads: threads)
+        let audiences = Dictionary(uniqueKeysWithValues: Self.segments.enumerated().map { ("s\($0 + 1)", $1.audience) })
+        var compiled: [(id: String, segment: CompiledSegment)] = []
+        for segment in Self.segments {
+            let created = try await harness.engine.createSegment(
+                name: segment.name,
+                pql: segment.pql,
+                entityType: segment.audience == .account ? .account : .person,
+                mode: .batch
+            )
+            compiled.append(
+                (created.id, try CompiledSegment(segment.pql, audience: segment.audience) { audiences[$0] })
+            )
+        }
+        for _ in 1...3 { try await harness.ingest(world.nextRound(size: 150)) }
+        for (audience, entity) in [(Audience.person, Cdp_Model_V1_EntityType.person), (.account, .account)] {
+            let ids = compiled.filter { audiences[$0.id] == audience }.map(\.id)
+            var (after, chunks, evaluated): (UInt64, Int, Int) = (0, 0, 0)
+            while true {
+                let chunk = try await harness.engine.evaluateBatch(
+                    entity,
+                    segments: ids,
+                    asOf: harness.clock.now,
+                    partition: 0,
+                    partitions: 1,
+                    after: after,
+                    limit: 7
+                )
+                guard let last = chunk.clusters.last else { break }
+                (after, chunks, evaluated) = (last, chunks + 1, evaluated + chunk.clusters.count)
+            }
+            _ = try await harness.engine.endBatch()
+            let expected = try Self.fromScratch(compiled, audience, entity, harness)
+            #expect(
+                evaluated
+                    == (try harness.profileStore.clusters(
+                        of: entity,
+                        partition: 0,
+                        partitions: 1,
+                        after: 0,
+                        limit: 100_000
+                    ).count)
+            )
+            #expect(chunks > 1, "\(entity): \(evaluated) entities in \(chunks) chunks")
+            for id in ids {
+                let held = try await harness.engine.members(of: id, realized: true, after: 0, limit: 100_000)
+                #expect(Set(held.map(\.cluster)) == expected[id, default: []], "\(threads) threads: \(id)")
+                // inSegment reads memberships the job stored; the other segments are counted from scratch.
+                guard let segment = compiled.first(where: { $0.id == id })?.segment else { continue }
+                var (from, matched) = (UInt64(0), 0)
+                while true {
+                    let chunk = try await harness.engine.estimate(
+                        segment,
+                        entityType: entity,
+                        asOf: harness.clock.now,
+                        partition: 0,
+                        partitions: 1,
+                        after: from,
+                        limit: 7
+                    )
+                    guard let last = chunk.clusters.last else { break }
+                    (from, matched) = (last, matched + chunk.matched)
+                }
+                #expect(matched == expected[id, default: []].count, "\(threads) threads: the estimate of \(id)")
+            }
+        }
+    }
+
     /// Each segment's members from profile's views as of the harness's clock, segments in order (each
     /// `inSegment` names an earlier one).
     static func fromScratch(

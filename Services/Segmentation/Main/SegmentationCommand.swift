@@ -2,6 +2,7 @@ import ArgumentParser
 import CDPProto
 import Foundation
 import Logging
+import NIOCore
 import NIOPosix
 import RPCCore
 import RPCHTTP2
@@ -72,6 +73,14 @@ struct SegmentationCommand: AsyncParsableCommand {
     var eventRetentionDays: Int = 400
 
     @Option(
+        help: ArgumentHelp(
+            "Threads a batch job or an estimate evaluates on while no streaming change waits; the default is one per core.",
+            valueName: "count"
+        )
+    )
+    var evaluationThreads: Int = System.coreCount
+
+    @Option(
         name: .customLong("auth-token"),
         help:
             "A bearer token callers must send, also sent to profile and destination (default: $CDP_TOKEN; none or empty: no authentication)."
@@ -95,6 +104,9 @@ struct SegmentationCommand: AsyncParsableCommand {
         }
         guard forwardBatchSize > 0, eventRetentionDays > 0 else {
             throw ValidationError("--forward-batch-size and --event-retention-days must be positive.")
+        }
+        guard evaluationThreads > 0 else {
+            throw ValidationError("--evaluation-threads must be positive (got \(evaluationThreads)).")
         }
         guard Logger.Level(rawValue: logLevel) != nil else {
             throw ValidationError(
@@ -128,7 +140,8 @@ struct SegmentationCommand: AsyncParsableCommand {
             engine = try SegmentationEngine(
                 store: store,
                 loop: engineThread.next(),
-                state: .init(eventRetention: .seconds(eventRetentionDays * 86_400))
+                state: .init(eventRetention: .seconds(eventRetentionDays * 86_400)),
+                evaluationThreads: evaluationThreads
             )
         } catch {
             throw StartupError("cannot load the segments and state of \(directory): \(error)")

@@ -32,6 +32,8 @@ public actor SegmentationEngine {
     private var segments: [String: Loaded] = [:]
     private var streamingPlans: [Audience: Plan] = [:]
     private let frame = Frame()
+    /// The frames a batch job's chunk or an estimate is evaluated in, one per slice (``frame`` first).
+    private let sliceFrames: [Frame]
     /// What segments are evaluated on.
     private var state: EntityState
     private let stateConfiguration: EntityState.Configuration
@@ -51,12 +53,16 @@ public actor SegmentationEngine {
 
     /// An engine over `store`, on `loop` (one no other work shares), with a clock (tests move it);
     /// while streaming changes arrive, each chunk of a batch job or an estimate holds the engine for
-    /// about `chunkTime` at most (one entity at least).
+    /// about `chunkTime` at most (one entity at least), on one thread; otherwise (no streaming change
+    /// for `streamingQuiet`) a chunk is evaluated on `evaluationThreads` threads at once (by default,
+    /// one per core).
     public init(
         store: SQLiteSegmentationStore,
         loop: any EventLoop,
         state configuration: EntityState.Configuration = .init(),
         chunkTime: Duration = SegmentationEngine.defaultChunkTime,
+        streamingQuiet: Duration = SegmentationEngine.streamingQuiet,
+        evaluationThreads: Int = System.coreCount,
         now: @escaping @Sendable () -> Date = Date.init
     )
         throws
@@ -64,8 +70,10 @@ public actor SegmentationEngine {
         self.executor = loop.executor
         self.store = store
         self.chunkTime = chunkTime
+        self.quietAfterStreaming = streamingQuiet
         self.now = now
         self.stateConfiguration = configuration
+        self.sliceFrames = [frame] + (1..<Self.sliceCount(threads: evaluationThreads)).map { _ in Frame() }
         self.state = try Self.loadState(store, configuration)
         self.forgotten = try store.forgotten()
         let records = try store.segments()
@@ -255,7 +263,12 @@ public actor SegmentationEngine {
     /// Evaluates the frame's view against a plan as of the frame's time: each segment's result, and
     /// the earliest time the result of a streaming one can change with time alone (batch segments
     /// change only when evaluated).
-    private func evaluate(_ plan: Plan, entityType: Cdp_Model_V1_EntityType) throws -> ([String: Bool], Double?) {
+    private static func evaluate(
+        _ plan: Plan,
+        in frame: Frame,
+        entityType: Cdp_Model_V1_EntityType,
+        store: SQLiteSegmentationStore
+    ) throws -> ([String: Bool], Double?) {
         if !plan.external.isEmpty {
             frame.memberships = try store.realizedSegments(entityType, frame.clusterID).intersection(plan.external)
         }
@@ -461,9 +474,11 @@ public actor SegmentationEngine {
     private func evaluateStreaming(_ view: EntityView, version: UInt64?, at time: Date) throws -> EntityEvaluation {
         frame.load(view, asOf: time.timeIntervalSince1970)
         let plan = streamingPlans[view.audience] ?? Plan(segments: [], external: [])
-        let (results, validUntil) = try evaluate(plan, entityType: view.entityType)
+        let (results, validUntil) = try Self.evaluate(plan, in: frame, entityType: view.entityType, store: store)
         let recheck: Recheck =
-            recheckTime(view, validUntil, after: time, streaming: !plan.segments.isEmpty).map { .schedule(due: $0) }
+            Self.recheckTime(view, validUntil, after: time, streaming: !plan.segments.isEmpty, state: state).map {
+                .schedule(due: $0)
+            }
             ?? .clear
         return EntityEvaluation(
             entityType: view.entityType,
@@ -478,7 +493,13 @@ public actor SegmentationEngine {
     /// When an entity's memberships in streaming segments (`streaming`: some were evaluated) can next
     /// change with time alone: when a condition's value changes (`validUntil`), or when a person's event
     /// dated after `time` comes into the view.
-    private func recheckTime(_ view: EntityView, _ validUntil: Double?, after time: Date, streaming: Bool) -> Date? {
+    private static func recheckTime(
+        _ view: EntityView,
+        _ validUntil: Double?,
+        after time: Date,
+        streaming: Bool,
+        state: EntityState
+    ) -> Date? {
         var due = validUntil.map { Date(timeIntervalSince1970: $0) }
         if streaming, view.entityType == .person,
             let next = state.nextEventTime(ofPerson: view.cluster, after: time)
@@ -583,26 +604,25 @@ public actor SegmentationEngine {
         let commitPrevious: (@Sendable () throws -> Transitions)? =
             previous.isEmpty ? nil : { @Sendable in try store.commit(previous, at: time) }
         let (committed, chunk) = try overlapping(commitPrevious, on: batchCommits) {
-            () throws -> (clusters: [UInt64], evaluations: [EntityEvaluation]) in
+            () throws -> (clusters: [UInt64], results: [EntityEvaluation]) in
             let plans = batchPlans(ids)
-            var evaluations: [EntityEvaluation] = []
-            let clusters = try forEachView(
+            let (state, store) = (self.state, self.store)
+            return try mapViews(
                 entityType,
                 asOf: asOf,
                 partition: partition,
                 partitions: partitions,
                 after: after,
                 limit: limit
-            ) { view in
-                evaluations.append(try batchEvaluation(view, plans: plans, asOf: asOf))
+            ) { view, frame in
+                try Self.batchEvaluation(view, plans: plans, asOf: asOf, in: frame, state: state, store: store)
             }
-            return (clusters, evaluations)
         }
         if let committed {
             markRecordsSaved(previous)
             transitions = transitions.adding(committed)
         }
-        pendingBatch = chunk.evaluations
+        pendingBatch = chunk.results
         return (chunk.clusters, transitions)
     }
 
@@ -614,25 +634,29 @@ public actor SegmentationEngine {
     /// chunk costs a commit, and 5-millisecond chunks made a job 20% slower.
     public static let defaultChunkTime: Duration = .milliseconds(5)
     private let chunkTime: Duration
-    /// Chunks are short for this long after a streaming change (an `acceptStateChanges` call).
+    /// Chunks are short for this long after a streaming change (an `acceptStateChanges` call), by
+    /// default.
     public static let streamingQuiet: Duration = .seconds(2)
+    private let quietAfterStreaming: Duration
     private let clock = ContinuousClock()
     private var lastStreamingCall: ContinuousClock.Instant?
 
-    /// Calls `body` with the view, as of `asOf`, of each entity of `entityType` in the partition with a
-    /// cluster above `after`, in cluster order, for at most `limit` entities and, while streaming
-    /// changes arrive, until ``defaultChunkTime`` (or the engine's `chunkTime`) is spent (at least one
-    /// entity). Erased persons are passed over. Returns the clusters taken, viewed or passed over: the
-    /// last is where the next chunk starts.
-    private func forEachView(
+    /// Maps through `transform` the view, as of `asOf`, of each entity of `entityType` in the partition
+    /// with a cluster above `after`, in cluster order, for at most `limit` entities. While streaming
+    /// changes arrive, on this thread and until ``defaultChunkTime`` (or the engine's `chunkTime`) is
+    /// spent (at least one entity); otherwise in slices on every evaluation thread at once, each slice
+    /// with its own frame (`transform` runs concurrently: it may only read the state and the store).
+    /// Erased persons are passed over. Returns the clusters taken, viewed or passed over (the last is
+    /// where the next chunk starts), and the results in cluster order.
+    private func mapViews<Result>(
         _ entityType: Cdp_Model_V1_EntityType,
         asOf: Date,
         partition: Int,
         partitions: Int,
         after: UInt64,
         limit: Int,
-        _ body: (EntityView) throws -> Void
-    ) rethrows -> [UInt64] {
+        _ transform: @escaping (EntityView, Frame) throws -> Result
+    ) throws -> (clusters: [UInt64], results: [Result]) {
         let clusters = state.clusters(
             of: entityType,
             partition: partition,
@@ -640,19 +664,30 @@ public actor SegmentationEngine {
             after: after,
             limit: limit
         )
-        let start = clock.now
-        let streaming = lastStreamingCall.map { start - $0 < Self.streamingQuiet } ?? false
-        let deadline = streaming ? start.advanced(by: chunkTime) : nil
-        for (index, cluster) in clusters.enumerated() {
-            if !(entityType == .person && forgotten.contains(cluster)),
-                let view = state.view(EntityState.EntityKey(entityType, cluster), asOf: asOf)
-            {
-                try body(view)
-            }
-            if let deadline, clock.now >= deadline { return Array(clusters[...index]) }
+        let (state, erased) = (self.state, entityType == .person ? forgotten : [])
+        func view(_ cluster: UInt64) -> EntityView? {
+            erased.contains(cluster) ? nil : state.view(EntityState.EntityKey(entityType, cluster), asOf: asOf)
         }
-        return clusters
+        let start = clock.now
+        guard let last = lastStreamingCall, start - last < quietAfterStreaming else {
+            let results = try slicedMap(clusters, workers: sliceFrames) { cluster, frame in
+                try view(cluster).map { try transform($0, frame) }
+            }
+            return (clusters, results)
+        }
+        // Streaming changes wait behind this chunk.
+        let deadline = start.advanced(by: chunkTime)
+        var results: [Result] = []
+        for (index, cluster) in clusters.enumerated() {
+            if let view = view(cluster) { results.append(try transform(view, frame)) }
+            if clock.now >= deadline { return (Array(clusters[...index]), results) }
+        }
+        return (clusters, results)
     }
+
+    /// How many slices a chunk is evaluated in on `threads` threads: a few per thread, so that a thread
+    /// whose slice was quick takes another while a slow one ends.
+    private static func sliceCount(threads: Int) -> Int { threads > 1 ? threads * 4 : 1 }
 
     /// The plans of a batch job's segments `ids`, by audience.
     private func batchPlans(_ ids: [String]) -> [Audience: Plan] {
@@ -666,16 +701,25 @@ public actor SegmentationEngine {
         return plans
     }
 
-    /// Evaluates a view against a batch job's `plans` as of `asOf`.
-    private func batchEvaluation(_ view: EntityView, plans: [Audience: Plan], asOf: Date) throws -> EntityEvaluation {
+    /// Evaluates a view in `frame` against a batch job's `plans` as of `asOf`.
+    private static func batchEvaluation(
+        _ view: EntityView,
+        plans: [Audience: Plan],
+        asOf: Date,
+        in frame: Frame,
+        state: EntityState,
+        store: SQLiteSegmentationStore
+    ) throws -> EntityEvaluation {
         let plan = plans[view.audience]!
         frame.load(view, asOf: asOf.timeIntervalSince1970)
-        let (results, validUntil) = try evaluate(plan, entityType: view.entityType)
+        let (results, validUntil) = try evaluate(plan, in: frame, entityType: view.entityType, store: store)
         // A streaming segment's time-dependent membership is re-checked like one from a streaming
         // change (jobs evaluate streaming segments only as of now).
         let streaming = plan.segments.contains { $0.record.isStreaming }
         let recheck: Recheck =
-            recheckTime(view, validUntil, after: asOf, streaming: streaming).map { .scheduleUnlessEarlier(due: $0) }
+            recheckTime(view, validUntil, after: asOf, streaming: streaming, state: state).map {
+                .scheduleUnlessEarlier(due: $0)
+            }
             ?? .keep
         return EntityEvaluation(
             entityType: view.entityType,
@@ -699,22 +743,20 @@ public actor SegmentationEngine {
         limit: Int
     ) throws -> (clusters: [UInt64], matched: Int, evaluated: Int) {
         let needsMemberships = !segment.definition.segmentReferences.isEmpty
-        var matched = 0
-        var evaluated = 0
-        let clusters = try forEachView(
+        let store = self.store
+        let (clusters, results) = try mapViews(
             entityType,
             asOf: asOf,
             partition: partition,
             partitions: partitions,
             after: after,
             limit: limit
-        ) { view in
+        ) { view, frame in
             frame.load(view, asOf: asOf.timeIntervalSince1970)
             if needsMemberships { frame.memberships = try store.realizedSegments(entityType, view.cluster) }
-            if segment.evaluate(in: frame).matched { matched += 1 }
-            evaluated += 1
+            return segment.evaluate(in: frame).matched
         }
-        return (clusters, matched, evaluated)
+        return (clusters, results.count { $0 }, results.count)
     }
 
     /// After a batch job: entities of the partition realized in `ids` that the job did not see (the
