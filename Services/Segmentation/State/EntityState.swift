@@ -114,6 +114,7 @@ public final class EntityState {
             let old = records[key]
             guard isNewer(change.version, than: old?.version) else { return .stale }
             if old != nil { supersededChanges += 1 }
+            // Who shows the entity follows from links alone, which a record change leaves as they are.
             dependents(of: key, into: &touched)
             let unified = entity.hasUnified ? entity.unified : nil
             records[key] = try HeldRecord(
@@ -123,7 +124,6 @@ public final class EntityState {
                 cluster: key.cluster
             )
             if (old?.isPresent ?? false) != (unified != nil) { rootsChanged(key.entity) }
-            dependents(of: key, into: &touched)
         case .link(let link)?:
             let name = ItemName(link.key, strings: &strings)
             let slot = links.slot(of: UInt8(truncatingIfNeeded: link.entityType.rawValue), name)
@@ -316,22 +316,23 @@ public final class EntityState {
 
     // MARK: - Who depends on what
 
-    /// The roots whose views show the entity.
+    /// The roots whose views show the entity (straight into `touched`: an account's persons can be
+    /// thousands, and this runs for every change).
     private func dependents(of key: EntityKey, into touched: inout Set<EntityKey>) {
         guard collecting else { return }
         switch key.entity {
         case .person:
             touched.insert(key)
-            for account in accounts(ofPerson: key.cluster) { touched.insert(EntityKey(.account, account)) }
+            forEachAccount(ofPerson: key.cluster) { touched.insert(EntityKey(.account, $0)) }
         case .account:
             touched.insert(key)
-            for person in persons(ofAccount: key.cluster) { touched.insert(EntityKey(.person, person)) }
+            forEachPerson(ofAccount: key.cluster) { touched.insert(EntityKey(.person, $0)) }
         case .opportunity:
             dependents(ofOpportunity: key.cluster, into: &touched)
         case .campaign:
-            for person in from(.campaignMember, to: key.cluster) { touched.insert(EntityKey(.person, person)) }
+            forEachFrom(.campaignMember, to: key.cluster) { touched.insert(EntityKey(.person, $0)) }
         case .marketingList:
-            for person in from(.marketingListMember, to: key.cluster) { touched.insert(EntityKey(.person, person)) }
+            forEachFrom(.marketingListMember, to: key.cluster) { touched.insert(EntityKey(.person, $0)) }
         default:
             break
         }
@@ -339,11 +340,11 @@ public final class EntityState {
 
     /// The roots whose views show an opportunity: its accounts, their persons, the persons with a role.
     private func dependents(ofOpportunity cluster: UInt64, into touched: inout Set<EntityKey>) {
-        for account in to(.opportunity, from: cluster) {
+        forEachTo(.opportunity, from: cluster) { account in
             touched.insert(EntityKey(.account, account))
-            for person in persons(ofAccount: account) { touched.insert(EntityKey(.person, person)) }
+            forEachPerson(ofAccount: account) { touched.insert(EntityKey(.person, $0)) }
         }
-        for person in from(.opportunityPersonRelation, to: cluster) { touched.insert(EntityKey(.person, person)) }
+        forEachFrom(.opportunityPersonRelation, to: cluster) { touched.insert(EntityKey(.person, $0)) }
     }
 
     /// The roots whose views a link of `entity` fragments from `from` to `to` contributes to.
@@ -362,10 +363,10 @@ public final class EntityState {
             // The opportunity's accounts are part of its record in every view that shows it.
             dependents(ofOpportunity: from, into: &touched)
             touched.insert(EntityKey(.account, to))
-            for person in persons(ofAccount: to) { touched.insert(EntityKey(.person, person)) }
+            forEachPerson(ofAccount: to) { touched.insert(EntityKey(.person, $0)) }
         case .opportunityPersonRelation:
             touched.insert(EntityKey(.person, from))
-            for account in self.to(.opportunity, from: to) { touched.insert(EntityKey(.account, account)) }
+            forEachTo(.opportunity, from: to) { touched.insert(EntityKey(.account, $0)) }
         case .campaignMember, .marketingListMember:
             touched.insert(EntityKey(.person, from))
         default:
@@ -377,21 +378,49 @@ public final class EntityState {
 
     /// The to ends of the present links of `entity` fragments from `cluster`.
     private func to(_ entity: Cdp_Model_V1_EntityType, from cluster: UInt64) -> Set<UInt64> {
-        let type = UInt8(truncatingIfNeeded: entity.rawValue)
         var found: Set<UInt64> = []
-        links.forEach(from: LinkTable.From(type), cluster) { slot in
-            let link = links[slot]
-            if link.entity == type { found.insert(link.to) }
-        }
+        forEachTo(entity, from: cluster) { found.insert($0) }
         return found
     }
 
     /// The from ends of the present links of `entity` fragments to `cluster`.
     private func from(_ entity: Cdp_Model_V1_EntityType, to cluster: UInt64) -> Set<UInt64> {
-        let type = UInt8(truncatingIfNeeded: entity.rawValue)
         var found: Set<UInt64> = []
-        links.forEach(to: type, cluster) { slot in found.insert(links[slot].from) }
+        forEachFrom(entity, to: cluster) { found.insert($0) }
         return found
+    }
+
+    /// Calls `body` with the to end of each present link of `entity` fragments from `cluster` (an end
+    /// as many times as links lead to it).
+    private func forEachTo(_ entity: Cdp_Model_V1_EntityType, from cluster: UInt64, _ body: (UInt64) -> Void) {
+        let type = UInt8(truncatingIfNeeded: entity.rawValue)
+        links.forEach(from: LinkTable.From(type), cluster) { slot in
+            let link = links[slot]
+            if link.entity == type { body(link.to) }
+        }
+    }
+
+    /// Calls `body` with the from end of each present link of `entity` fragments to `cluster` (an end
+    /// as many times as links lead from it).
+    private func forEachFrom(_ entity: Cdp_Model_V1_EntityType, to cluster: UInt64, _ body: (UInt64) -> Void) {
+        let type = UInt8(truncatingIfNeeded: entity.rawValue)
+        links.forEach(to: type, cluster) { slot in body(links[slot].from) }
+    }
+
+    /// Calls `body` with each of the person's accounts (as ``accounts(ofPerson:)`` finds them), unsorted
+    /// and perhaps more than once.
+    private func forEachAccount(ofPerson cluster: UInt64, _ body: (UInt64) -> Void) {
+        forEachTo(.person, from: cluster, body)
+        forEachTo(.accountPersonRelation, from: cluster, body)
+        forEachTo(.opportunityPersonRelation, from: cluster) { forEachTo(.opportunity, from: $0, body) }
+    }
+
+    /// Calls `body` with each of the account's persons (as ``persons(ofAccount:)`` finds them), unsorted
+    /// and perhaps more than once.
+    private func forEachPerson(ofAccount cluster: UInt64, _ body: (UInt64) -> Void) {
+        forEachFrom(.person, to: cluster, body)
+        forEachFrom(.accountPersonRelation, to: cluster, body)
+        forEachFrom(.opportunity, to: cluster) { forEachFrom(.opportunityPersonRelation, to: $0, body) }
     }
 
     /// The person's links of `entity` fragments, in key order.
@@ -413,19 +442,15 @@ public final class EntityState {
     /// The person's accounts: through person records, account-person relations and opportunity-person
     /// relations (the opportunity's accounts). Ascending.
     public func accounts(ofPerson cluster: UInt64) -> [UInt64] {
-        var accounts = to(.person, from: cluster).union(to(.accountPersonRelation, from: cluster))
-        for opportunity in to(.opportunityPersonRelation, from: cluster) {
-            accounts.formUnion(to(.opportunity, from: opportunity))
-        }
+        var accounts: Set<UInt64> = []
+        forEachAccount(ofPerson: cluster) { accounts.insert($0) }
         return accounts.sorted()
     }
 
     /// The account's persons, through the same three paths. Ascending.
     public func persons(ofAccount cluster: UInt64) -> [UInt64] {
-        var persons = from(.person, to: cluster).union(from(.accountPersonRelation, to: cluster))
-        for opportunity in from(.opportunity, to: cluster) {
-            persons.formUnion(from(.opportunityPersonRelation, to: opportunity))
-        }
+        var persons: Set<UInt64> = []
+        forEachPerson(ofAccount: cluster) { persons.insert($0) }
         return persons.sorted()
     }
 
