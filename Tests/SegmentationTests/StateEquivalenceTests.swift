@@ -265,9 +265,10 @@ struct StateEquivalenceTests {
     /// The memberships segmentation maintains change by change (streaming evaluation of what each
     /// change touches, time re-checks) equal an evaluation of every segment from scratch over profile's
     /// views, after every round of a random world and as time passes (windows close, events dated in
-    /// the future come due).
-    @Test(arguments: [21, 22, 23] as [UInt64])
-    func incrementalMembershipsEqualAFromScratchEvaluation(seed: UInt64) async throws {
+    /// the future come due). With streaming segments of one audience only (the other's are batch, and
+    /// changes touch no root of it but one whose own record changes), those still do.
+    @Test(arguments: zip([21, 22, 23, 24, 25] as [UInt64], ["both", "both", "both", "person", "account"]))
+    func incrementalMembershipsEqualAFromScratchEvaluation(seed: UInt64, streaming: String) async throws {
         var world = RandomWorld(seed: seed)
         let harness = try SegmentationHarness(start: world.base)
         let audiences = Dictionary(uniqueKeysWithValues: Self.segments.enumerated().map { ("s\($0 + 1)", $1.audience) })
@@ -277,13 +278,14 @@ struct StateEquivalenceTests {
                 name: segment.name,
                 pql: segment.pql,
                 entityType: segment.audience == .account ? .account : .person,
-                mode: .streaming
+                mode: streaming == "both" || segment.audience.rawValue == streaming ? .streaming : .batch
             )
             #expect(created.id == "s\(index + 1)")
             compiled.append(
                 (created.id, try CompiledSegment(segment.pql, audience: segment.audience) { audiences[$0] })
             )
         }
+        func isStreaming(_ id: String) -> Bool { streaming == "both" || audiences[id]?.rawValue == streaming }
         var realizedSomewhere = Set<String>()
         for round in 1...6 {
             try await harness.ingest(world.nextRound(size: 150))
@@ -296,7 +298,7 @@ struct StateEquivalenceTests {
                 let context = "seed \(seed), round \(round), \(step == 0 ? "after the changes" : "later")"
                 for (audience, entity) in [(Audience.person, Cdp_Model_V1_EntityType.person), (.account, .account)] {
                     let expected = try Self.fromScratch(compiled, audience, entity, harness)
-                    for (id, _) in compiled where audiences[id] == audience {
+                    for (id, _) in compiled where audiences[id] == audience && isStreaming(id) {
                         let held = Set(
                             try await harness.engine.members(of: id, realized: true, after: 0, limit: 100_000).map(
                                 \.cluster
@@ -309,7 +311,11 @@ struct StateEquivalenceTests {
             }
         }
         // The world is rich enough to put members in most segments.
-        #expect(realizedSomewhere.count >= 14, "segments with members at some point: \(realizedSomewhere.sorted())")
+        let streamingCount = compiled.filter { isStreaming($0.id) }.count
+        #expect(
+            realizedSomewhere.count >= streamingCount * 14 / 20,
+            "segments with members at some point: \(realizedSomewhere.sorted())"
+        )
     }
 
     /// A batch job's memberships and an estimate's counts equal an evaluation of every segment from

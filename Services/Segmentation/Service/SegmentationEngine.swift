@@ -326,6 +326,7 @@ public actor SegmentationEngine {
             }
         }
         let time = now()
+        state.touchedRoots = streamingRoots
         var touched: Set<EntityState.EntityKey> = []
         var applied: [ReceivedStateChange] = []
         var stale = 0
@@ -430,6 +431,15 @@ public actor SegmentationEngine {
     private static func order(_ left: EntityState.EntityKey, _ right: EntityState.EntityKey) -> Bool {
         left.entity.rawValue != right.entity.rawValue
             ? left.entity.rawValue < right.entity.rawValue : left.cluster < right.cluster
+    }
+
+    /// The roots a change is evaluated again on, beyond one whose own record it replaces: those of an
+    /// audience some streaming segment evaluates.
+    private var streamingRoots: EntityState.Roots {
+        var roots: EntityState.Roots = []
+        if streamingPlans[.person]?.segments.isEmpty == false { roots.insert(.persons) }
+        if streamingPlans[.account]?.segments.isEmpty == false { roots.insert(.accounts) }
+        return roots
     }
 
     /// Whether a change gives data of a person a privacy request erased.
@@ -810,6 +820,7 @@ public actor SegmentationEngine {
         let time = now()
         let erased = try store.erase(clusters: clusters, at: time)
         forgotten.formUnion(clusters)
+        state.touchedRoots = streamingRoots
         var touched: Set<EntityState.EntityKey> = []
         var items = StateItems()
         for cluster in clusters {

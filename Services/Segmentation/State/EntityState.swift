@@ -151,7 +151,7 @@ public final class EntityState {
             if old != nil { supersededChanges += 1 }
             if let held {
                 removeEvent(at: held.index, of: held.person, name, hash)
-                touched.insert(EntityKey(.person, held.person))
+                touch(.persons, EntityKey(.person, held.person), &touched)
             } else if old != nil {
                 goneEvents[name] = nil
             }
@@ -161,7 +161,7 @@ public final class EntityState {
                     hash,
                     of: event.personClusterID
                 )
-                touched.insert(EntityKey(.person, event.personClusterID))
+                touch(.persons, EntityKey(.person, event.personClusterID), &touched)
             } else {
                 goneEvents[name] = change.version
             }
@@ -185,6 +185,23 @@ public final class EntityState {
 
     /// Whether `apply` works out what changes touch (not while loading).
     private var collecting = true
+
+    /// Kinds of roots whose views a change can touch.
+    public struct Roots: OptionSet, Sendable {
+        public let rawValue: UInt8
+        public init(rawValue: UInt8) { self.rawValue = rawValue }
+        /// Persons.
+        public static let persons = Roots(rawValue: 1)
+        /// Accounts.
+        public static let accounts = Roots(rawValue: 2)
+    }
+
+    /// The roots `apply` adds to what a change touches through the views that show what it changed:
+    /// persons, accounts or both (the default). A person or account whose own record a change replaces
+    /// is always touched (a removed one exits its segments). The engine asks only for the roots of an
+    /// audience a streaming segment evaluates: without one, finding an account's persons for every
+    /// change of the account, its opportunities and their relations is work nobody uses.
+    public var touchedRoots: Roots = [.persons, .accounts]
 
     /// Checks that a change names an item of a type that has one, with ids the store can keep.
     ///
@@ -316,23 +333,23 @@ public final class EntityState {
 
     // MARK: - Who depends on what
 
-    /// The roots whose views show the entity (straight into `touched`: an account's persons can be
-    /// thousands, and this runs for every change).
+    /// The roots whose views show the entity, of ``touchedRoots`` (straight into `touched`: an account's
+    /// persons can be thousands, and this runs for every change); the entity itself if it is a root.
     private func dependents(of key: EntityKey, into touched: inout Set<EntityKey>) {
         guard collecting else { return }
         switch key.entity {
         case .person:
             touched.insert(key)
-            forEachAccount(ofPerson: key.cluster) { touched.insert(EntityKey(.account, $0)) }
+            touchAccounts(ofPerson: key.cluster, &touched)
         case .account:
             touched.insert(key)
-            forEachPerson(ofAccount: key.cluster) { touched.insert(EntityKey(.person, $0)) }
+            touchPersons(ofAccount: key.cluster, &touched)
         case .opportunity:
             dependents(ofOpportunity: key.cluster, into: &touched)
         case .campaign:
-            forEachFrom(.campaignMember, to: key.cluster) { touched.insert(EntityKey(.person, $0)) }
+            touchPersons(from: .campaignMember, to: key.cluster, &touched)
         case .marketingList:
-            forEachFrom(.marketingListMember, to: key.cluster) { touched.insert(EntityKey(.person, $0)) }
+            touchPersons(from: .marketingListMember, to: key.cluster, &touched)
         default:
             break
         }
@@ -341,10 +358,10 @@ public final class EntityState {
     /// The roots whose views show an opportunity: its accounts, their persons, the persons with a role.
     private func dependents(ofOpportunity cluster: UInt64, into touched: inout Set<EntityKey>) {
         forEachTo(.opportunity, from: cluster) { account in
-            touched.insert(EntityKey(.account, account))
-            forEachPerson(ofAccount: account) { touched.insert(EntityKey(.person, $0)) }
+            touch(.accounts, EntityKey(.account, account), &touched)
+            touchPersons(ofAccount: account, &touched)
         }
-        forEachFrom(.opportunityPersonRelation, to: cluster) { touched.insert(EntityKey(.person, $0)) }
+        touchPersons(from: .opportunityPersonRelation, to: cluster, &touched)
     }
 
     /// The roots whose views a link of `entity` fragments from `from` to `to` contributes to.
@@ -357,21 +374,44 @@ public final class EntityState {
         guard collecting else { return }
         switch entity {
         case .person, .accountPersonRelation:
-            touched.insert(EntityKey(.person, from))
-            touched.insert(EntityKey(.account, to))
+            touch(.persons, EntityKey(.person, from), &touched)
+            touch(.accounts, EntityKey(.account, to), &touched)
         case .opportunity:
             // The opportunity's accounts are part of its record in every view that shows it.
             dependents(ofOpportunity: from, into: &touched)
-            touched.insert(EntityKey(.account, to))
-            forEachPerson(ofAccount: to) { touched.insert(EntityKey(.person, $0)) }
+            touch(.accounts, EntityKey(.account, to), &touched)
+            touchPersons(ofAccount: to, &touched)
         case .opportunityPersonRelation:
-            touched.insert(EntityKey(.person, from))
-            forEachTo(.opportunity, from: to) { touched.insert(EntityKey(.account, $0)) }
+            touch(.persons, EntityKey(.person, from), &touched)
+            if touchedRoots.contains(.accounts) {
+                forEachTo(.opportunity, from: to) { touched.insert(EntityKey(.account, $0)) }
+            }
         case .campaignMember, .marketingListMember:
-            touched.insert(EntityKey(.person, from))
+            touch(.persons, EntityKey(.person, from), &touched)
         default:
             break
         }
+    }
+
+    /// Adds `key` to `touched` if its kind of root is among ``touchedRoots``.
+    private func touch(_ roots: Roots, _ key: EntityKey, _ touched: inout Set<EntityKey>) {
+        if touchedRoots.contains(roots) { touched.insert(key) }
+    }
+
+    private func touchAccounts(ofPerson cluster: UInt64, _ touched: inout Set<EntityKey>) {
+        guard touchedRoots.contains(.accounts) else { return }
+        forEachAccount(ofPerson: cluster) { touched.insert(EntityKey(.account, $0)) }
+    }
+
+    private func touchPersons(ofAccount cluster: UInt64, _ touched: inout Set<EntityKey>) {
+        guard touchedRoots.contains(.persons) else { return }
+        forEachPerson(ofAccount: cluster) { touched.insert(EntityKey(.person, $0)) }
+    }
+
+    private func touchPersons(from entity: Cdp_Model_V1_EntityType, to cluster: UInt64, _ touched: inout Set<EntityKey>)
+    {
+        guard touchedRoots.contains(.persons) else { return }
+        forEachFrom(entity, to: cluster) { touched.insert(EntityKey(.person, $0)) }
     }
 
     // MARK: - Relations
