@@ -139,13 +139,8 @@ struct ProfileCommand: AsyncParsableCommand {
         } catch {
             throw ServiceMain.databaseError(directory, error)
         }
-        let engineThreads = MultiThreadedEventLoopGroup(numberOfThreads: 3)
-        let engine = ProfileEngine(
-            store: store,
-            loop: engineThreads.next(),
-            readLoop: engineThreads.next(),
-            takeLoop: engineThreads.next()
-        )
+        let engineThreads = MultiThreadedEventLoopGroup(numberOfThreads: 2)
+        let engine = ProfileEngine(store: store, loop: engineThreads.next(), readLoop: engineThreads.next())
         // An empty token (a variable set to nothing, as compose files pass it) means no authentication.
         let token = (authToken ?? ServiceMain.variable("CDP_TOKEN")).flatMap { $0.isEmpty ? nil : $0 }
         var metadata = Metadata()

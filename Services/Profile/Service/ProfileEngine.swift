@@ -3,34 +3,25 @@ import Foundation
 import NIOCore
 import ProfileStore
 
-/// Profile's store on three threads of its own: every store call blocks, and must not hold a thread of
+/// Profile's store on two threads of its own: every store call blocks, and must not hold a thread of
 /// the shared concurrency pool. The engine's thread applies identity's ordered stream (one actor
-/// serializes it); a second thread, a ``ProfileReader``, builds views and answers lookups and scans on
-/// its own SQLite connection (WAL lets it read while the stream is applied), so a scan or a lookup
-/// does not wait behind a batch of updates; a third takes the state changes for segmentation, from a
-/// snapshot of its own, while the stream is applied.
+/// serializes it) and takes changed views; a second thread, the ``ProfileReader``, builds views and
+/// answers lookups and scans on its own SQLite connection (WAL lets it read while the stream is
+/// applied), so a scan or a lookup does not wait behind a batch of updates.
 public actor ProfileEngine {
     private let executor: any SerialExecutor
     private let store: any ProfileStore
     private let reader: ProfileReader
-    private let taker: ProfileReader
 
     /// The dedicated event loop the actor runs on.
     public nonisolated var unownedExecutor: UnownedSerialExecutor { executor.asUnownedSerialExecutor() }
 
-    /// An engine over `store`: writes run on `loop`, reads on `readLoop`, takes of state changes on
-    /// `takeLoop` (loops no other work shares; without `readLoop`, reads share `loop`, and without
-    /// `takeLoop`, takes share `readLoop`).
-    public init(
-        store: any ProfileStore,
-        loop: any EventLoop,
-        readLoop: (any EventLoop)? = nil,
-        takeLoop: (any EventLoop)? = nil
-    ) {
+    /// An engine over `store`: writes run on `loop`, reads on `readLoop` (loops no other work shares;
+    /// without `readLoop`, reads share `loop`).
+    public init(store: any ProfileStore, loop: any EventLoop, readLoop: (any EventLoop)? = nil) {
         self.executor = loop.executor
         self.store = store
         self.reader = ProfileReader(store: store, loop: readLoop ?? loop)
-        self.taker = ProfileReader(store: store, loop: takeLoop ?? readLoop ?? loop)
     }
 
     /// Applies identity's updates (see ``ProfileStore/apply(_:)``).
@@ -105,12 +96,12 @@ public actor ProfileEngine {
 
     // MARK: - Outbox to segmentation
 
-    /// The next changed state items with their values, taken on the take thread from one snapshot
+    /// The next changed state items with their values, taken on the engine's thread in one transaction
     /// (see ``ProfileStore/takeStateChanges(limit:after:)``), from the head of the logs or after
     /// `after`. An item changed again meanwhile has a later mark, so it is sent again
     /// (``ProfileStore/markSent(_:)``).
-    public nonisolated func nextStateChunk(limit: Int, after: StateChunk? = nil) async throws -> StateChunk? {
-        let chunk = try await taker.run { try $0.takeStateChanges(limit: limit, after: after) }
+    public func nextStateChunk(limit: Int, after: StateChunk? = nil) throws -> StateChunk? {
+        let chunk = try store.takeStateChanges(limit: limit, after: after)
         return chunk.isEmpty ? nil : chunk
     }
 

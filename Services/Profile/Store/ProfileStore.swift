@@ -43,8 +43,8 @@ public protocol ProfileStore: Sendable {
     /// items that change. Returns the fragments and events deleted.
     func delete(_ data: PersonData) throws -> (fragments: Int, events: Int)
 
-    /// Takes state items waiting to be sent, each with a fresh version, and reads their values from one
-    /// snapshot of the store (applies may go on meanwhile; one take runs at a time): the `limit` oldest items of the mark log (each item at its last mark, so that it
+    /// Takes state items waiting to be sent, each with a fresh version, and reads their values, in one
+    /// transaction: the `limit` oldest items of the mark log (each item at its last mark, so that it
     /// travels with the last apply that changed it), and those of every other mark of the apply that
     /// made the last of them (a chunk holds whole transactions); and up
     /// to `limit` of the events added since the last chunk sent, in the order they were added (the

@@ -43,17 +43,6 @@ public final class SQLiteProfileStore: ProfileStore {
     private let shared = SharedViewCache()
     /// Each waiting item's last mark in the mark log.
     private let lastMarks = LastMarks()
-    /// Held while a write that marks items commits and its marks are noted, and while a take of state
-    /// changes begins its snapshot: a take sees exactly the applies whose marks ``lastMarks`` holds, so
-    /// it can read while later applies write (see ``takeStateChanges(limit:after:)``).
-    private let snapshotGate = Mutex(())
-    /// What takes of state changes share from one to the next (not the readers' ``shared``: a view
-    /// build does not begin its snapshot behind the gate, and may store what a later apply wrote).
-    private let takeCache = SharedViewCache()
-    /// One take at a time: each later take has a later snapshot and later versions.
-    private let takeLock = Mutex(())
-    /// The versions of state changes, reserved in blocks that are saved before they are used.
-    private let versions = VersionReservation()
     private let now: @Sendable () -> Date
 
     /// Opens (creating if needed) the database at `path` and migrates it.
@@ -84,7 +73,6 @@ public final class SQLiteProfileStore: ProfileStore {
         self.configuration = configuration
         self.now = now
         try lastMarks.load(writer)
-        try versions.load(writer)
     }
 
     /// A store in memory, for tests: the same schema through the same migrator.
@@ -94,7 +82,6 @@ public final class SQLiteProfileStore: ProfileStore {
         self.configuration = configuration
         self.now = now
         try lastMarks.load(writer)
-        try versions.load(writer)
     }
 
     static var migrator: DatabaseMigrator {
@@ -349,31 +336,9 @@ public final class SQLiteProfileStore: ProfileStore {
     }
 
     public func apply(_ updates: [ReceivedUpdate]) throws -> (applied: Int, duplicates: Int) {
-        let invalidates = updates.contains(where: SharedViewCache.invalidates)
         // After the commit, so that a view build that read the old rows cannot store them as current.
-        defer { if invalidates { shared.invalidate() } }
-        return try committingMarks(invalidatingTakes: invalidates) { try apply(updates, writer: writer) }
-    }
-
-    /// Runs `write` (a write transaction that marks items), notes the marks it committed and, if
-    /// `invalidatingTakes`, drops what takes of state changes share, all behind ``snapshotGate``.
-    private func committingMarks<Result>(
-        invalidatingTakes: Bool,
-        _ write: () throws -> (Result, [PendingItem: Int64])
-    ) throws -> Result {
-        try snapshotGate.withLock { _ in
-            let (result, marked) = try write()
-            lastMarks.note(marked)
-            if invalidatingTakes { takeCache.invalidate() }
-            return result
-        }
-    }
-
-    private func apply(
-        _ updates: [ReceivedUpdate],
-        writer: any DatabaseWriter
-    ) throws -> ((applied: Int, duplicates: Int), [PendingItem: Int64]) {
-        try writer.write { db in
+        defer { if updates.contains(where: SharedViewCache.invalidates) { shared.invalidate() } }
+        let (result, marked) = try writer.write { db in
             var last = UInt64(try Counters.value("applied_identity_sequence", db))
             var applied = 0
             var duplicates = 0
@@ -415,6 +380,8 @@ public final class SQLiteProfileStore: ProfileStore {
             try changes.commit()
             return ((applied, duplicates), changes.positions)
         }
+        lastMarks.note(marked)
+        return result
     }
 
     /// Stores a fragment (any record but an event), as received.
@@ -1027,14 +994,7 @@ public final class SQLiteProfileStore: ProfileStore {
 
     public func delete(_ data: PersonData) throws -> (fragments: Int, events: Int) {
         defer { shared.invalidate() }
-        return try committingMarks(invalidatingTakes: true) { try delete(data, writer: writer) }
-    }
-
-    private func delete(
-        _ data: PersonData,
-        writer: any DatabaseWriter
-    ) throws -> ((fragments: Int, events: Int), [PendingItem: Int64]) {
-        try writer.write { db in
+        let (result, marked) = try writer.write { db in
             let changes = StateMarker(db: db, now: Self.milliseconds(now()))
             var fragments = 0
             for fragment in data.fragments {
@@ -1057,63 +1017,48 @@ public final class SQLiteProfileStore: ProfileStore {
             try changes.commit()
             return ((fragments, events), changes.positions)
         }
+        lastMarks.note(marked)
+        return result
     }
 
     // MARK: - State changes
 
     public func takeStateChanges(limit: Int, after: StateChunk?) throws -> StateChunk {
-        try takeLock.withLock { _ in try takeStateChanges(limit: limit, after: after, writer: writer) }
-    }
-
-    /// A take of state changes reads one snapshot, on a reader connection, while applies go on: the
-    /// values read are those of one moment between two applies, so a chunk never mixes an item as a
-    /// later apply left it with the rest of that apply left for the next chunk. Its snapshot begins
-    /// behind ``snapshotGate``, so ``lastMarks`` holds the marks of every apply it sees (and of later
-    /// ones, which only defer an item to the chunk of its later mark).
-    private func takeStateChanges(limit: Int, after: StateChunk?, writer: any DatabaseWriter) throws -> StateChunk {
-        let (marked, logged, unversioned) = try writer.read { db in
-            let memo = try snapshotGate.withLock { _ in
-                // The first read begins the snapshot.
-                _ = try Counters.value("event_log_sent", db)
-                return ViewMemo(shared: takeCache)
-            }
+        // One transaction: the values read are those of the moment the items are taken, so a chunk never
+        // mixes an item as a later apply left it with the rest of that apply left for the next chunk.
+        let memo = ViewMemo(shared: shared)
+        let (taken, changes, events, firstEventVersion) = try writer.write { db in
             let marked = try nextMarkedItems(limit: limit, after: after?.marksThrough ?? 0, db)
+            var items = marked.items
             let logged = try nextLoggedEvents(limit: limit, after: after?.eventsThrough, db)
-            return (marked, logged, try stateChanges(of: marked.items, db, memo))
-        }
-        if let skipTo = logged.skipTo {
-            // Events added and deleted again before they were sent: nothing of them is to send.
-            try writer.write { db in
-                if skipTo > (try Counters.value("event_log_sent", db)) {
-                    try Counters.set("event_log_sent", skipTo, db)
-                }
+            // Fresh versions, increasing across all sends.
+            var version = UInt64(try Counters.value("change_version", db))
+            for index in items.indices {
+                version += 1
+                items[index].version = version
             }
+            let changes = try stateChanges(of: items, db, memo)
+            try Counters.set("change_version", Int64(version) + Int64(logged.events.count), db)
+            let chunk = StateChunk(
+                items: items,
+                marksThrough: marked.through,
+                markCount: marked.count,
+                eventsThrough: logged.through,
+                eventCount: logged.events.count,
+                serialized: []
+            )
+            return (chunk, changes, logged.events, version + 1)
         }
-        // Fresh versions, increasing across all sends.
-        let first = try versions.reserve(marked.items.count + logged.events.count, writer)
-        var items = marked.items
-        var serialized: [Data] = []
-        serialized.reserveCapacity(items.count + logged.events.count)
-        for index in items.indices {
-            items[index].version = first + UInt64(index)
-            var change = unversioned[index]
-            change.version = items[index].version
-            serialized.append(try change.serializedBytes())
-        }
-        for (offset, event) in logged.events.enumerated() {
+        // Encoded for the wire once the write lock is released.
+        var chunk = taken
+        chunk.serialized = try changes.map { try $0.serializedBytes() as Data }
+        for (offset, event) in events.enumerated() {
             var change = Cdp_Profile_V1_EventStateChangeBytes()
-            change.version = first + UInt64(items.count + offset)
+            change.version = firstEventVersion + UInt64(offset)
             change.event = event
-            serialized.append(try change.serializedBytes())
+            chunk.serialized.append(try change.serializedBytes())
         }
-        return StateChunk(
-            items: items,
-            marksThrough: marked.through,
-            markCount: marked.count,
-            eventsThrough: logged.through,
-            eventCount: logged.events.count,
-            serialized: serialized
-        )
+        return chunk
     }
 
     /// Up to `limit` events of the log after the last chunk sent (and after position `after`, the
@@ -1122,7 +1067,7 @@ public final class SQLiteProfileStore: ProfileStore {
         limit: Int,
         after: Int64?,
         _ db: Database
-    ) throws -> (events: [Cdp_Profile_V1_EventStateBytes], through: Int64, skipTo: Int64?) {
+    ) throws -> (events: [Cdp_Profile_V1_EventStateBytes], through: Int64) {
         let sent = try Counters.value("event_log_sent", db)
         let rows = try Row.fetchAll(
             try db.cachedStatement(
@@ -1132,9 +1077,10 @@ public final class SQLiteProfileStore: ProfileStore {
         )
         guard let last = rows.last else {
             // Events added and deleted again before they were sent: nothing of them is to send (but
-            // only from the head: the chunk being sent is not sent yet). The position moves past them.
+            // only from the head: the chunk being sent is not sent yet).
             let end = try Counters.value("event_log_end", db)
-            return ([], 0, after == nil && end > sent ? end : nil)
+            if after == nil, end > sent { try Counters.set("event_log_sent", end, db) }
+            return ([], 0)
         }
         let events = try rows.map { row in
             var event = Cdp_Profile_V1_EventStateBytes()
@@ -1143,7 +1089,7 @@ public final class SQLiteProfileStore: ProfileStore {
             event.event = try RecordEventBytes.of(record: row[3])
             return event
         }
-        return (events, last[0], nil)
+        return (events, last[0])
     }
 
     /// The next `limit` items of the mark log after position `after` (each item at its last mark: one
@@ -1558,43 +1504,6 @@ final class LastMarks: Sendable {
             guard state.positions.count >= state.pruneAt else { return }
             state.positions = state.positions.filter { $0.value > position }
             state.pruneAt = max(10_000, 2 * state.positions.count)
-        }
-    }
-}
-
-/// The versions of state changes: increasing across all sends, and across restarts. A block of them is
-/// reserved by saving its end (`change_version`) before the first is used, so a restart starts after
-/// every version sent, without a write per take.
-final class VersionReservation: Sendable {
-    private struct State {
-        var next: UInt64 = 1
-        var reservedThrough: UInt64 = 0
-    }
-
-    /// How many versions one saved reservation holds.
-    static let block: UInt64 = 100_000
-
-    private let state = Mutex(State())
-
-    /// Starts after the versions saved as reserved.
-    func load(_ reader: any DatabaseReader) throws {
-        let saved = UInt64(try reader.read { db in try Counters.value("change_version", db) })
-        state.withLock { $0 = State(next: saved + 1, reservedThrough: saved) }
-    }
-
-    /// The first of `count` fresh versions (the others follow it), saving a new reservation first if
-    /// they go past the one saved.
-    func reserve(_ count: Int, _ writer: any DatabaseWriter) throws -> UInt64 {
-        try state.withLock { state in
-            let first = state.next
-            let last = first + UInt64(count) - 1
-            if count > 0, last > state.reservedThrough {
-                let through = last + Self.block
-                try writer.write { db in try Counters.set("change_version", Int64(through), db) }
-                state.reservedThrough = through
-            }
-            state.next = first + UInt64(count)
-            return first
         }
     }
 }
