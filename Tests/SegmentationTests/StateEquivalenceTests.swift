@@ -341,8 +341,8 @@ struct StateEquivalenceTests {
         for _ in 1...3 { try await harness.ingest(world.nextRound(size: 150)) }
         for (audience, entity) in [(Audience.person, Cdp_Model_V1_EntityType.person), (.account, .account)] {
             let ids = compiled.filter { audiences[$0.id] == audience }.map(\.id)
-            var (after, chunks, evaluated): (UInt64, Int, Int) = (0, 0, 0)
-            while true {
+            var evaluated = 0
+            let chunks = try await Self.inChunks { after in
                 let chunk = try await harness.engine.evaluateBatch(
                     entity,
                     segments: ids,
@@ -352,8 +352,8 @@ struct StateEquivalenceTests {
                     after: after,
                     limit: 7
                 )
-                guard let last = chunk.clusters.last else { break }
-                (after, chunks, evaluated) = (last, chunks + 1, evaluated + chunk.clusters.count)
+                evaluated += chunk.clusters.count
+                return chunk.clusters
             }
             _ = try await harness.engine.endBatch()
             let expected = try Self.fromScratch(compiled, audience, entity, harness)
@@ -373,23 +373,31 @@ struct StateEquivalenceTests {
                 #expect(Set(held.map(\.cluster)) == expected[id, default: []], "\(threads) threads: \(id)")
                 // inSegment reads memberships the job stored; the other segments are counted from scratch.
                 guard let segment = compiled.first(where: { $0.id == id })?.segment else { continue }
-                var (from, matched) = (UInt64(0), 0)
-                while true {
+                var matched = 0
+                _ = try await Self.inChunks { after in
                     let chunk = try await harness.engine.estimate(
                         segment,
                         entityType: entity,
                         asOf: harness.clock.now,
                         partition: 0,
                         partitions: 1,
-                        after: from,
+                        after: after,
                         limit: 7
                     )
-                    guard let last = chunk.clusters.last else { break }
-                    (from, matched) = (last, matched + chunk.matched)
+                    matched += chunk.matched
+                    return chunk.clusters
                 }
                 #expect(matched == expected[id, default: []].count, "\(threads) threads: the estimate of \(id)")
             }
         }
+    }
+
+    /// Calls `take` with the cluster each chunk starts after (0 first, then the last the chunk before
+    /// took) until a chunk takes none; returns how many took some.
+    static func inChunks(_ take: (UInt64) async throws -> [UInt64]) async throws -> Int {
+        var (after, chunks): (UInt64, Int) = (0, 0)
+        while let last = try await take(after).last { (after, chunks) = (last, chunks + 1) }
+        return chunks
     }
 
     /// Each segment's members from profile's views as of the harness's clock, segments in order (each
