@@ -14,8 +14,8 @@ func slicedMap<Item, Worker, Result>(
     _ transform: @escaping (Item, Worker) throws -> Result?
 ) throws -> [Result] {
     precondition(!workers.isEmpty, "at least one worker")
+    guard min(workers.count, items.count) > 1 else { return try items.compactMap { try transform($0, workers[0]) } }
     let slices = Slices(items, workers: workers, transform)
-    guard slices.count > 1 else { return try items.compactMap { try transform($0, workers[0]) } }
     DispatchQueue.concurrentPerform(iterations: slices.count) { slices.map($0) }
     return try slices.results()
 }

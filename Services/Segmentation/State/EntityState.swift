@@ -383,9 +383,7 @@ public final class EntityState {
             touchPersons(ofAccount: to, &touched)
         case .opportunityPersonRelation:
             touch(.persons, EntityKey(.person, from), &touched)
-            if touchedRoots.contains(.accounts) {
-                forEachTo(.opportunity, from: to) { touched.insert(EntityKey(.account, $0)) }
-            }
+            touchAccounts(ofOpportunity: to, &touched)
         case .campaignMember, .marketingListMember:
             touch(.persons, EntityKey(.person, from), &touched)
         default:
@@ -401,6 +399,11 @@ public final class EntityState {
     private func touchAccounts(ofPerson cluster: UInt64, _ touched: inout Set<EntityKey>) {
         guard touchedRoots.contains(.accounts) else { return }
         forEachAccount(ofPerson: cluster) { touched.insert(EntityKey(.account, $0)) }
+    }
+
+    private func touchAccounts(ofOpportunity cluster: UInt64, _ touched: inout Set<EntityKey>) {
+        guard touchedRoots.contains(.accounts) else { return }
+        forEachTo(.opportunity, from: cluster) { touched.insert(EntityKey(.account, $0)) }
     }
 
     private func touchPersons(ofAccount cluster: UInt64, _ touched: inout Set<EntityKey>) {
