@@ -508,6 +508,7 @@ let package = Package(
                 "TestSupport", "PipelineSupport", "CDPProto", "IdentityGraph", "IdentityRules", "IdentityService",
                 "IdentityStore", "ProfileModel",
                 "ProfileService", "ProfileStore", "RPCCore", "RPCHTTP2", "SegmentationState", "ServiceSupport",
+                "SQLiteSupport",
                 .product(name: "GRDB", package: "GRDB.swift"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOPosix", package: "swift-nio"),

@@ -8,12 +8,25 @@ public enum ServiceDatabase {
     ///
     /// `secure_delete`: deleted content is overwritten with zeros, so that data a privacy request erased
     /// does not linger in the file's free pages (the write-ahead log is cleared by ``clearLog(_:)``).
-    public static func open(path: String, migrator: DatabaseMigrator, pragmas: [String] = []) throws -> DatabasePool {
+    ///
+    /// The write-ahead log is copied into the database on a thread of its own once it holds
+    /// `checkpointAfter` pages (SQLite's default is 1,000), instead of inside the commit that grew it
+    /// (``BackgroundCheckpointer``); `pragmas` must not set `wal_autocheckpoint`, which would undo that.
+    public static func open(
+        path: String,
+        migrator: DatabaseMigrator,
+        pragmas: [String] = [],
+        checkpointAfter pages: Int = 1000
+    ) throws -> DatabasePool {
+        precondition(!pragmas.contains { $0.contains("wal_autocheckpoint") }, "checkpointAfter sets it")
+        let checkpointer = BackgroundCheckpointer(path: path, threshold: pages)
         var configuration = Configuration()
+        // The closure holds the checkpointer for as long as the pool's connections live.
         configuration.prepareDatabase { db in
             try db.execute(sql: "PRAGMA synchronous = NORMAL")
             try db.execute(sql: "PRAGMA secure_delete = ON")
             for pragma in pragmas { try db.execute(sql: "PRAGMA " + pragma) }
+            if let connection = db.sqliteConnection { checkpointer.install(on: connection) }
         }
         let pool = try DatabasePool(path: path, configuration: configuration)
         try migrator.migrate(pool)
