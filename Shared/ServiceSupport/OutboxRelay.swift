@@ -9,9 +9,10 @@ import Synchronization
 ///
 /// Delivery is at least once: a chunk delivered but not yet marked done when the process dies is
 /// delivered again, so receivers must be idempotent. Chunks go out one at a time, in outbox order;
-/// unless told otherwise (``Configuration/readsAhead``), the next chunk is read while one is delivered,
-/// so the receiver does not wait for the sender's read between two chunks (after a failed attempt, the
-/// relay reads again from the outbox's head).
+/// unless told otherwise (``Configuration/readsAhead``), the next chunk is read while one is delivered
+/// and the one delivered before it is marked done meanwhile, so the receiver waits for neither the
+/// sender's read nor its write between two chunks (after a failed attempt, the relay reads again from
+/// the outbox's head).
 ///
 /// Runs as a ServiceLifecycle `Service`; a graceful shutdown stops it between attempts.
 public final class OutboxRelay<Chunk: Sendable>: Service, Sendable {
@@ -104,12 +105,20 @@ public final class OutboxRelay<Chunk: Sendable>: Service, Sendable {
         var delay = Duration.zero
         // The chunk read while the last one was delivered.
         var following: Chunk?
+        // Reading ahead, the chunk delivered last is marked done while the next one is delivered, so
+        // the receiver does not wait for the sender's write between two chunks either.
+        var unacknowledged: Chunk?
         while !Task.isCancelled {
             do {
                 let taken: Chunk?
                 if let following {
                     taken = following
                 } else {
+                    // A read from the head must not find the chunk delivered last again.
+                    if let delivered = unacknowledged {
+                        try await acknowledge(delivered)
+                        unacknowledged = nil
+                    }
                     taken = try await fetch(configuration.chunkSize, nil)
                 }
                 following = nil
@@ -119,13 +128,25 @@ public final class OutboxRelay<Chunk: Sendable>: Service, Sendable {
                 }
                 let readsAhead = configuration.readsAhead
                 async let next = readsAhead ? fetch(configuration.chunkSize, chunk) : nil
+                let delivered = unacknowledged
+                async let previous: Void = acknowledge(delivered)
                 try await deliver(chunk)
-                try await acknowledge(chunk)
+                try await previous
+                if readsAhead {
+                    unacknowledged = chunk
+                } else {
+                    unacknowledged = nil
+                    try await acknowledge(chunk)
+                }
                 following = try await next
                 delay = .zero
                 statusBox.withLock { $0 = Status(lastError: nil, consecutiveFailures: 0) }
             } catch {
-                if Task.isCancelled { return }
+                // Whether the chunk delivered last was marked done or not, the next read is from the
+                // head: a chunk not marked done is delivered again (receivers are idempotent).
+                unacknowledged = nil
+                following = nil
+                if Task.isCancelled { break }
                 delay = configuration.backoff.delay(after: delay)
                 let failures = statusBox.withLock { status -> Int in
                     status.lastError = "\(error)"
@@ -142,8 +163,14 @@ public final class OutboxRelay<Chunk: Sendable>: Service, Sendable {
                         ]
                     )
                 }
-                do { try await Task.sleep(for: Backoff.jittered(delay)) } catch { return }
+                do { try await Task.sleep(for: Backoff.jittered(delay)) } catch { break }
             }
         }
+        // Stopping: the chunk delivered last is marked done if it can be (else it goes out again).
+        try? await acknowledge(unacknowledged)
+    }
+
+    private func acknowledge(_ chunk: Chunk?) async throws {
+        if let chunk { try await acknowledge(chunk) }
     }
 }

@@ -19,6 +19,8 @@ struct OutboxRelayTests {
         struct State {
             var acknowledged = 0
             var delivered: [Chunk] = []
+            /// How far the outbox was acknowledged when each chunk was delivered.
+            var acknowledgedAtDelivery: [Int] = []
             var readsAhead = 0
             var failing: Int?
         }
@@ -45,6 +47,7 @@ struct OutboxRelayTests {
                     throw RPCError(code: .unavailable, message: "the receiver is restarting")
                 }
                 state.delivered.append(chunk)
+                state.acknowledgedAtDelivery.append(state.acknowledged)
             }
         }
 
@@ -54,7 +57,11 @@ struct OutboxRelayTests {
     }
 
     /// Run until the outbox is acknowledged to its end.
-    static func forward(_ outbox: FakeOutbox, readsAhead: Bool = true) async throws {
+    static func forward(
+        _ outbox: FakeOutbox,
+        readsAhead: Bool = true,
+        acknowledgementTakes: Duration = .zero
+    ) async throws {
         let relay = OutboxRelay<Chunk>(
             name: "test",
             configuration: .init(
@@ -66,7 +73,10 @@ struct OutboxRelayTests {
             logger: Logger(label: "test", factory: { _ in SwiftLogNoOpLogHandler() }),
             fetch: { outbox.fetch($0, after: $1) },
             deliver: { try outbox.deliver($0) },
-            acknowledge: { outbox.acknowledge($0) }
+            acknowledge: {
+                if acknowledgementTakes > .zero { try await Task.sleep(for: acknowledgementTakes) }
+                outbox.acknowledge($0)
+            }
         )
         try await withThrowingTaskGroup(of: Void.self) { group in
             group.addTask { try await relay.run() }
@@ -87,6 +97,18 @@ struct OutboxRelayTests {
             ]
         )
         #expect(state.readsAhead >= 4)
+    }
+
+    /// Reading ahead, a chunk is delivered while the one before it is still being marked done: the
+    /// receiver does not wait for the sender's write. Each is marked done before the outbox is read
+    /// from its head again.
+    @Test func theNextChunkIsDeliveredWhileTheOneBeforeIsMarkedDone() async throws {
+        let outbox = FakeOutbox(count: 10, failingFirstDeliveryOf: nil)
+        try await Self.forward(outbox, acknowledgementTakes: .milliseconds(50))
+        let state = outbox.state.value
+        #expect(state.delivered.map(\.first) == [1, 4, 7, 10])
+        #expect(state.acknowledgedAtDelivery == [0, 0, 3, 6])
+        #expect(state.acknowledged == 10)
     }
 
     /// After a failed delivery the chunk read ahead is dropped: the relay reads again from the head and
