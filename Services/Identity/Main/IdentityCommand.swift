@@ -52,8 +52,11 @@ struct IdentityCommand: AsyncParsableCommand {
     @Option(help: "The profile service to forward updates to, HOST:PORT (default: $CDP_PROFILE_ADDR).")
     var profile: String?
 
+    // 2,000 rather than 1,000: each call costs profile a commit and the sender a round trip, and in
+    // the quarter-size pipeline every state change reached segmentation after 84.6 s instead of
+    // 91.2 s (4,000: 84.9 s, with 29 MB more of profile's peak RSS).
     @Option(help: "Updates per forwarding call to profile.")
-    var forwardBatchSize: Int = 1000
+    var forwardBatchSize: Int = 2000
 
     @Option(help: "The most identities a cluster may hold.")
     var maxClusterIdentities: Int = 50
