@@ -44,7 +44,7 @@ struct SegmentCommand: AsyncParsableCommand {
         @Option(help: "A name for people.")
         var name: String
 
-        @Argument(help: "The PQL definition (or --pql, --pql-file).")
+        @Argument(help: ArgumentHelp("The PQL definition (or --pql, --pql-file).", valueName: "pql"))
         var definitionText: String?
 
         @OptionGroup var definition: DefinitionOptions
@@ -309,7 +309,7 @@ struct SegmentCommand: AsyncParsableCommand {
                 """
         )
 
-        @Argument(help: "The PQL definition (or --pql, --pql-file).")
+        @Argument(help: ArgumentHelp("The PQL definition (or --pql, --pql-file).", valueName: "pql"))
         var definitionText: String?
 
         @OptionGroup var definition: DefinitionOptions

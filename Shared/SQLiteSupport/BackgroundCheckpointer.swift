@@ -76,7 +76,8 @@ final class BackgroundCheckpointer: Sendable {
     }
 
     /// One passive checkpoint on a connection opened for it. The file is opened without creating it: a
-    /// database removed meanwhile is left removed.
+    /// database removed meanwhile is left removed. A checkpoint that cannot run (busy, or the file cannot
+    /// be opened) leaves the log to the next commit past the threshold, or to the commit at the limit.
     func checkpoint() {
         var connection: OpaquePointer?
         defer { sqlite3_close_v2(connection) }

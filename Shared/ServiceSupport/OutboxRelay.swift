@@ -132,12 +132,7 @@ public final class OutboxRelay<Chunk: Sendable>: Service, Sendable {
                 async let previous: Void = acknowledge(delivered)
                 try await deliver(chunk)
                 try await previous
-                if readsAhead {
-                    unacknowledged = chunk
-                } else {
-                    unacknowledged = nil
-                    try await acknowledge(chunk)
-                }
+                if readsAhead { unacknowledged = chunk } else { try await acknowledge(chunk) }
                 following = try await next
                 delay = .zero
                 statusBox.withLock { $0 = Status(lastError: nil, consecutiveFailures: 0) }
@@ -145,7 +140,6 @@ public final class OutboxRelay<Chunk: Sendable>: Service, Sendable {
                 // Whether the chunk delivered last was marked done or not, the next read is from the
                 // head: a chunk not marked done is delivered again (receivers are idempotent).
                 unacknowledged = nil
-                following = nil
                 if Task.isCancelled { break }
                 delay = configuration.backoff.delay(after: delay)
                 let failures = statusBox.withLock { status -> Int in
