@@ -23,6 +23,17 @@ public struct ProfilePipeline: Sendable {
         self.profile = profile
     }
 
+    private init(identityStore: SQLiteIdentityStore, identity: IdentityEngine, profile: any ProfileStore) {
+        self.identityStore = identityStore
+        self.identity = identity
+        self.profile = profile
+    }
+
+    /// The same identity feeding another profile store (one reopened, say).
+    public func feeding(_ profile: any ProfileStore) -> ProfilePipeline {
+        ProfilePipeline(identityStore: identityStore, identity: identity, profile: profile)
+    }
+
     /// Sends `records` through identity, then applies identity's pending updates to profile.
     @discardableResult
     public func ingest(_ records: [Cdp_Identity_V1_StoredRecord]) async throws -> (applied: Int, duplicates: Int) {

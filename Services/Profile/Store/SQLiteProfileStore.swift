@@ -22,16 +22,21 @@ public final class SQLiteProfileStore: ProfileStore {
         public var eventRetention: Duration
         /// The most events in a person view.
         public var maxEventsPerView: Int
+        /// How many new events are indexed by person in memory before they are written to the index
+        /// table in one sorted batch (``EventPersonIndex``).
+        public var eventIndexBatch: Int
 
-        /// Creates a configuration: timestamp order, 400 days, 5,000 events.
+        /// Creates a configuration: timestamp order, 400 days, 5,000 events, events indexed by 200,000.
         public init(
             policies: [Cdp_Model_V1_EntityType: MergePolicy] = [:],
             eventRetention: Duration = .seconds(400 * 86_400),
-            maxEventsPerView: Int = 5000
+            maxEventsPerView: Int = 5000,
+            eventIndexBatch: Int = 200_000
         ) {
             self.policies = policies
             self.eventRetention = eventRetention
             self.maxEventsPerView = maxEventsPerView
+            self.eventIndexBatch = eventIndexBatch
         }
 
         func policy(_ entity: Cdp_Model_V1_EntityType) -> MergePolicy { policies[entity] ?? .timestampOrdered }
@@ -43,6 +48,8 @@ public final class SQLiteProfileStore: ProfileStore {
     private let shared = SharedViewCache()
     /// Each waiting item's last mark in the mark log.
     private let lastMarks = LastMarks()
+    /// Which events belong to which person.
+    private let eventPeople: EventPersonIndex
     private let now: @Sendable () -> Date
 
     /// Opens (creating if needed) the database at `path` and migrates it.
@@ -74,7 +81,9 @@ public final class SQLiteProfileStore: ProfileStore {
         )
         self.configuration = configuration
         self.now = now
+        eventPeople = EventPersonIndex(batch: configuration.eventIndexBatch)
         try lastMarks.load(writer)
+        try eventPeople.load(writer)
     }
 
     /// A store in memory, for tests: the same schema through the same migrator.
@@ -83,7 +92,9 @@ public final class SQLiteProfileStore: ProfileStore {
         writer = try ServiceDatabase.inMemory(migrator: Self.migrator)
         self.configuration = configuration
         self.now = now
+        eventPeople = EventPersonIndex(batch: configuration.eventIndexBatch)
         try lastMarks.load(writer)
+        try eventPeople.load(writer)
     }
 
     static var migrator: DatabaseMigrator {
@@ -254,6 +265,9 @@ public final class SQLiteProfileStore: ProfileStore {
                     """
             )
         }
+        migrator.registerMigration("v7: events by person in a table of their own") { db in
+            try EventPersonIndex.migrate(db)
+        }
         return migrator
     }
 
@@ -380,6 +394,7 @@ public final class SQLiteProfileStore: ProfileStore {
             }
             try Counters.set("applied_identity_sequence", Int64(last), db)
             try changes.commit()
+            try eventPeople.foldIfDue(db)
             return ((applied, duplicates), changes.positions)
         }
         lastMarks.note(marked)
@@ -462,17 +477,15 @@ public final class SQLiteProfileStore: ProfileStore {
         guard !isDeleted,
             let person = received.references.first(where: { $0.role == Role.person && $0.clusterID != 0 })
         else {
-            let removed = try Int64.fetchOne(
-                try db.cachedStatement(sql: "DELETE FROM events WHERE key = ? RETURNING rowid"),
-                arguments: [key]
-            )
             // Segmentation may hold it: it learns that it is gone.
-            if removed != nil { try changes.event(key) }
+            if try deleteEvent(key: key, db) { try changes.event(key) }
             return
         }
         // Appended to the event log (a new or changed event goes to its end): no pending row. REPLACE
         // deletes the event's earlier row, if any, in the same look-up of its key that checks it is
-        // unique (a separate DELETE first cost a third of an event's apply).
+        // unique (a separate DELETE first cost a third of an event's apply); the index entry of that row
+        // is left to the readers' check (``EventPersonIndex``).
+        let position = try changes.nextEventPosition()
         try db.cachedStatement(
             sql: """
                 INSERT OR REPLACE INTO events
@@ -480,10 +493,52 @@ public final class SQLiteProfileStore: ProfileStore {
                 VALUES (?, ?, ?, ?, ?, ?, ?, ?)
                 """
         ).execute(arguments: [
-            try changes.nextEventPosition(), key, Int64(person.clusterID), person.identity.namespace,
+            position, key, Int64(person.clusterID), person.identity.namespace,
             person.identity.value, Self.milliseconds(timestamp.date), changes.now, received.bytes,
         ]
         )
+        eventPeople.added(position, person: person.clusterID)
+    }
+
+    /// Deletes an event and its index entry; whether there was one.
+    private func deleteEvent(key: String, _ db: Database) throws -> Bool {
+        guard
+            let removed = try Row.fetchOne(
+                try db.cachedStatement(
+                    sql: "DELETE FROM events WHERE key = ? RETURNING rowid, person_cluster, timestamp"
+                ),
+                arguments: [key]
+            )
+        else { return false }
+        try eventPeople.remove(removed[0], person: UInt64(removed[1] as Int64), timestamp: removed[2], db)
+        return true
+    }
+
+    /// Moves a person's events to another cluster (a merge), or those naming one of `identities` to the
+    /// cluster given for it (a split).
+    private func moveEvents(
+        of from: UInt64,
+        to into: UInt64,
+        identities: [Cdp_Identity_V1_IdentityValue: UInt64]? = nil,
+        _ db: Database
+    ) throws {
+        for row in try eventPeople.rows(ofPerson: from, columns: "rowid, timestamp, ref_namespace, ref_value", db) {
+            let target: UInt64
+            if let identities {
+                var identity = Cdp_Identity_V1_IdentityValue()
+                identity.namespace = row[2]
+                identity.value = row[3]
+                guard let part = identities[identity] else { continue }
+                target = part
+            } else {
+                target = into
+            }
+            let position: Int64 = row[0]
+            try db.cachedStatement(sql: "UPDATE events SET person_cluster = ? WHERE rowid = ?")
+                .execute(arguments: [Int64(target), position])
+            try eventPeople.remove(position, person: from, timestamp: row[1], db)
+            try eventPeople.moved(position, to: target, db)
+        }
     }
 
     private func apply(_ change: Cdp_Identity_V1_ClusterChange, changes: StateMarker, db: Database) throws {
@@ -502,12 +557,7 @@ public final class SQLiteProfileStore: ProfileStore {
                     sql: "UPDATE refs SET ref_cluster = ? WHERE ref_entity = ? AND ref_cluster = ?"
                 ).execute(arguments: [Int64(into), entity.rawValue, Int64(from)]
                 )
-                if entity == .person {
-                    try db.cachedStatement(
-                        sql: "UPDATE events SET person_cluster = ? WHERE person_cluster = ?"
-                    ).execute(arguments: [Int64(into), Int64(from)]
-                    )
-                }
+                if entity == .person { try moveEvents(of: from, to: into, db) }
             }
             try changes.entity(entity, into)
         case .split:
@@ -530,16 +580,14 @@ public final class SQLiteProfileStore: ProfileStore {
                         Int64(part.clusterID), entity.rawValue, Int64(from), identity.namespace, identity.value,
                     ]
                     )
-                    if entity == .person {
-                        try db.cachedStatement(
-                            sql: """
-                                UPDATE events SET person_cluster = ?
-                                WHERE person_cluster = ? AND ref_namespace = ? AND ref_value = ?
-                                """
-                        ).execute(arguments: [Int64(part.clusterID), Int64(from), identity.namespace, identity.value]
-                        )
-                    }
                 }
+            }
+            if entity == .person {
+                var parts: [Cdp_Identity_V1_IdentityValue: UInt64] = [:]
+                for part in change.parts {
+                    for identity in part.identities { parts[identity] = part.clusterID }
+                }
+                try moveEvents(of: from, to: 0, identities: parts, db)
             }
             for part in change.parts { try changes.entity(entity, part.clusterID) }
         default:
@@ -603,12 +651,7 @@ public final class SQLiteProfileStore: ProfileStore {
             }
         }
         if entity == .person {
-            for key in try String.fetchAll(
-                try db.cachedStatement(sql: "SELECT key FROM events WHERE person_cluster = ?"),
-                arguments: [Int64(cluster)]
-            ) {
-                try changes.event(key)
-            }
+            for row in try eventPeople.rows(ofPerson: cluster, columns: "key", db) { try changes.event(row[0]) }
         }
     }
 
@@ -933,20 +976,19 @@ public final class SQLiteProfileStore: ProfileStore {
     ) throws
         -> [Cdp_Profile_V1_Event]
     {
-        let rows = try Row.fetchAll(
-            try db.cachedStatement(
-                sql: """
-                    SELECT key, record FROM events
-                    WHERE person_cluster = ? AND timestamp BETWEEN ? AND ?
-                    ORDER BY timestamp DESC, key LIMIT ?
-                    """
-            ),
-            arguments: [Int64(cluster), Self.milliseconds(from), Self.milliseconds(to), limit]
-        )
-        return try rows.map { row in
+        // The newest first, the records read only for those shown.
+        let (from, to) = (Self.milliseconds(from), Self.milliseconds(to))
+        let shown = try eventPeople.rows(ofPerson: cluster, columns: "rowid, timestamp, key", db)
+            .map { (position: $0[0] as Int64, timestamp: $0[1] as Int64, key: $0[2] as String) }
+            .filter { $0.timestamp >= from && $0.timestamp <= to }
+            .sorted { ($0.timestamp, $1.key) > ($1.timestamp, $0.key) }
+            .prefix(limit)
+        let record = try db.cachedStatement(sql: "SELECT record FROM events WHERE rowid = ?")
+        return try shown.compactMap { shown in
+            guard let bytes = try Data.fetchOne(record, arguments: [shown.position]) else { return nil }
             var event = Cdp_Profile_V1_Event()
-            event.key = row[0]
-            event.event = try Cdp_Model_V1_Record(serializedBytes: row[1] as Data).event
+            event.key = shown.key
+            event.event = try Cdp_Model_V1_Record(serializedBytes: bytes).event
             return event
         }
     }
@@ -970,10 +1012,7 @@ public final class SQLiteProfileStore: ProfileStore {
                 ),
                 arguments: [Int64(cluster)]
             ).map { FragmentKey(entity: $0[0], key: $0[1]) }
-            data.events = try String.fetchAll(
-                try db.cachedStatement(sql: "SELECT key FROM events WHERE person_cluster = ?"),
-                arguments: [Int64(cluster)]
-            )
+            data.events = try eventPeople.rows(ofPerson: cluster, columns: "key", db).map { $0[0] }
             data.identities = try Row.fetchAll(
                 try db.cachedStatement(
                     sql: """
@@ -1013,8 +1052,7 @@ public final class SQLiteProfileStore: ProfileStore {
             var events = 0
             for key in data.events {
                 try changes.event(key)
-                try db.cachedStatement(sql: "DELETE FROM events WHERE key = ?").execute(arguments: [key])
-                events += db.changesCount
+                if try deleteEvent(key: key, db) { events += 1 }
             }
             try changes.commit()
             return ((fragments, events), changes.positions)
