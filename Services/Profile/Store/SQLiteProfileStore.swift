@@ -22,16 +22,17 @@ public final class SQLiteProfileStore: ProfileStore {
         public var eventRetention: Duration
         /// The most events in a person view.
         public var maxEventsPerView: Int
-        /// How many new events are indexed by person in memory before they are written to the index
-        /// table in one sorted batch (``EventPersonIndex``).
+        /// How many new events are held by person in memory before a slice of them is written to the
+        /// index table in one sorted batch (``EventPersonIndex``).
         public var eventIndexBatch: Int
 
-        /// Creates a configuration: timestamp order, 400 days, 5,000 events, events indexed by 200,000.
+        /// Creates a configuration: timestamp order, 400 days, 5,000 events, events written to their
+        /// index a slice at a time once 400,000 wait.
         public init(
             policies: [Cdp_Model_V1_EntityType: MergePolicy] = [:],
             eventRetention: Duration = .seconds(400 * 86_400),
             maxEventsPerView: Int = 5000,
-            eventIndexBatch: Int = 200_000
+            eventIndexBatch: Int = 400_000
         ) {
             self.policies = policies
             self.eventRetention = eventRetention
@@ -497,7 +498,7 @@ public final class SQLiteProfileStore: ProfileStore {
             person.identity.value, Self.milliseconds(timestamp.date), changes.now, received.bytes,
         ]
         )
-        eventPeople.added(position, person: person.clusterID)
+        eventPeople.added(position, person: person.clusterID, timestamp: Self.milliseconds(timestamp.date))
     }
 
     /// Deletes an event and its index entry; whether there was one.
@@ -537,7 +538,7 @@ public final class SQLiteProfileStore: ProfileStore {
             try db.cachedStatement(sql: "UPDATE events SET person_cluster = ? WHERE rowid = ?")
                 .execute(arguments: [Int64(target), position])
             try eventPeople.remove(position, person: from, timestamp: row[1], db)
-            try eventPeople.moved(position, to: target, db)
+            try eventPeople.moved(position, to: target, timestamp: row[1], db)
         }
     }
 
