@@ -11,11 +11,11 @@ import Synchronization
 /// wrote about one page per event to the write-ahead log and again to the file at the checkpoint.
 /// Entries inserted together in key order write each leaf they touch once, for several entries.
 ///
-/// The table is cut into ``slices`` by the person cluster's low bits, each a contiguous range of its
+/// The table is cut into ``slices`` by a hash of the person cluster, each a contiguous range of its
 /// keys (the slice is the first column), and each slice covers the events up to a position of its
 /// own (the counter `event_people_through_S`): a fold moves one slice's events from the map into its
-/// range of the table, so it touches a sixteenth of the table's leaves for a sixteenth of the events
-/// (as dense as folding everything at once), and one apply waits for a sixteenth of the work.
+/// range of the table, so it touches a 64th of the table's leaves for a 64th of the events
+/// (as dense as folding everything at once), and one apply waits for a 64th of the work.
 ///
 /// The `events` table stays the truth. The table holds an entry for every event of a slice's persons
 /// at or below the slice's position, kept exact by merges, splits and deletions in the same
@@ -26,7 +26,8 @@ import Synchronization
 /// against its row (``rows(ofPerson:columns:_:)``).
 final class EventPersonIndex: Sendable {
     /// How many slices the table and the map are cut into.
-    static let slices = 16
+    static let slices = 1 << sliceBits
+    private static let sliceBits = 6
 
     /// An event in the map: its position in the event log and its time.
     private struct Entry {
@@ -68,12 +69,19 @@ final class EventPersonIndex: Sendable {
         self.batch = batch
     }
 
-    static func slice(_ person: UInt64) -> Int { Int(person % UInt64(slices)) }
+    /// A person's slice: the top bits of a multiplicative hash of the cluster (cluster ids are sequence
+    /// numbers, which a modulus could spread unevenly).
+    static func slice(_ person: UInt64) -> Int { Int((person &* 0x9E37_79B9_7F4A_7C15) >> (64 - sliceBits)) }
 
     static func counter(_ slice: Int) -> String { "event_people_through_\(slice)" }
 
     /// The schema: the table beside `events`, filled from its rows, instead of the index on them.
     static func migrate(_ db: Database) throws {
+        db.add(
+            function: DatabaseFunction("event_people_slice", argumentCount: 1, pure: true) { values in
+                Int64.fromDatabaseValue(values[0]).map { Int64(slice(UInt64($0))) }
+            }
+        )
         try db.execute(
             sql: """
                 CREATE TABLE event_people (
@@ -84,7 +92,7 @@ final class EventPersonIndex: Sendable {
                     PRIMARY KEY (slice, person_cluster, timestamp, event)
                 ) WITHOUT ROWID;
                 INSERT INTO event_people (slice, person_cluster, timestamp, event)
-                    SELECT person_cluster % \(slices), person_cluster, timestamp, rowid FROM events
+                    SELECT event_people_slice(person_cluster), person_cluster, timestamp, rowid FROM events
                     ORDER BY 1, 2, 3, 4;
                 DROP INDEX events_by_person;
                 """
