@@ -18,8 +18,7 @@ struct EventPersonIndexTests {
     /// changes name each live event's person as it is now. Folds every 2 and 7 events, and never.
     @Test(arguments: [2, 7, 1_000_000])
     func everyPersonHasTheEventsOfTheirRecords(batch: Int) async throws {
-        let directory = NSTemporaryDirectory() + "profile-events-test-" + UUID().uuidString
-        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        let directory = try Self.temporaryDirectory()
         defer { try? FileManager.default.removeItem(atPath: directory) }
         let path = directory + "/profile.sqlite"
         let configuration = SQLiteProfileStore.Configuration(eventIndexBatch: batch)
@@ -103,8 +102,7 @@ struct EventPersonIndexTests {
 
     /// A store of version 6 (events indexed by person in `events` itself) keeps every person's events.
     @Test func theEventsOfAnOlderStoreAreFoundByPerson() throws {
-        let directory = NSTemporaryDirectory() + "profile-events-test-" + UUID().uuidString
-        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        let directory = try Self.temporaryDirectory()
         defer { try? FileManager.default.removeItem(atPath: directory) }
         let path = directory + "/profile.sqlite"
         let queue = try DatabaseQueue(path: path)
@@ -129,6 +127,13 @@ struct EventPersonIndexTests {
         let shown = try store.events(person: 7, from: .distantPast, to: .distantFuture, limit: 10)
         #expect(shown.map(\.key) == ["e3", "e1"])
         #expect(try store.personData(cluster: 8).events == ["e2"])
+    }
+
+    /// A new directory for a test's database; the test removes it.
+    static func temporaryDirectory() throws -> String {
+        let directory = NSTemporaryDirectory() + "profile-events-test-" + UUID().uuidString
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        return directory
     }
 
     static func time(_ minute: Int) -> Date { Date(timeIntervalSince1970: 1_790_000_000 + Double(minute) * 60) }
