@@ -50,13 +50,14 @@ final class EventPersonIndex: Sendable {
             total += 1
         }
 
-        mutating func remove(_ position: Int64, person: UInt64) {
+        /// Removes the person's entries at `positions`, in one pass over their list.
+        mutating func remove(_ positions: Set<Int64>, person: UInt64) {
             let slice = EventPersonIndex.slice(person)
-            guard let index = entries[slice][person]?.firstIndex(where: { $0.position == position }) else { return }
-            entries[slice][person]!.remove(at: index)
-            if entries[slice][person]!.isEmpty { entries[slice][person] = nil }
-            counts[slice] -= 1
-            total -= 1
+            guard let list = entries[slice][person] else { return }
+            let kept = list.filter { !positions.contains($0.position) }
+            entries[slice][person] = kept.isEmpty ? nil : kept
+            counts[slice] -= list.count - kept.count
+            total -= list.count - kept.count
         }
     }
 
@@ -143,13 +144,16 @@ final class EventPersonIndex: Sendable {
         ).execute(arguments: [Self.slice(person), Int64(person), entry.timestamp, entry.position])
     }
 
-    /// Removes the entry of an event whose row is deleted or moves to another person, from the table
-    /// and from the map.
-    func remove(_ position: Int64, person: UInt64, timestamp: Int64, _ db: Database) throws {
-        try db.cachedStatement(
+    /// Removes the entries of events of `person` whose rows are deleted or move to another person,
+    /// from the table and from the map.
+    func remove(_ events: [(position: Int64, timestamp: Int64)], person: UInt64, _ db: Database) throws {
+        let statement = try db.cachedStatement(
             sql: "DELETE FROM event_people WHERE slice = ? AND person_cluster = ? AND timestamp = ? AND event = ?"
-        ).execute(arguments: [Self.slice(person), Int64(person), timestamp, position])
-        tail.withLock { $0.remove(position, person: person) }
+        )
+        for event in events {
+            try statement.execute(arguments: [Self.slice(person), Int64(person), event.timestamp, event.position])
+        }
+        tail.withLock { $0.remove(Set(events.map(\.position)), person: person) }
     }
 
     /// The positions that may hold `person`'s events, in order; readers check each against its row.

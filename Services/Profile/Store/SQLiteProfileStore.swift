@@ -511,7 +511,7 @@ public final class SQLiteProfileStore: ProfileStore {
                 arguments: [key]
             )
         else { return false }
-        try eventPeople.remove(removed[0], person: UInt64(removed[1] as Int64), timestamp: removed[2], db)
+        try eventPeople.remove([(removed[0], removed[2])], person: UInt64(removed[1] as Int64), db)
         return true
     }
 
@@ -523,22 +523,24 @@ public final class SQLiteProfileStore: ProfileStore {
         identities: [Cdp_Identity_V1_IdentityValue: UInt64]? = nil,
         _ db: Database
     ) throws {
+        var moves: [(position: Int64, timestamp: Int64, target: UInt64)] = []
         for row in try eventPeople.rows(ofPerson: from, columns: "rowid, timestamp, ref_namespace, ref_value", db) {
-            let target: UInt64
             if let identities {
                 var identity = Cdp_Identity_V1_IdentityValue()
                 identity.namespace = row[2]
                 identity.value = row[3]
-                guard let part = identities[identity] else { continue }
-                target = part
+                if let part = identities[identity] { moves.append((row[0], row[1], part)) }
             } else {
-                target = into
+                moves.append((row[0], row[1], into))
             }
-            let position: Int64 = row[0]
+        }
+        // All of them out of `from`'s entries first (at once: a person's list in the map is read once),
+        // then into the target's (a split's part may keep the id `from`).
+        try eventPeople.remove(moves.map { ($0.position, $0.timestamp) }, person: from, db)
+        for move in moves {
             try db.cachedStatement(sql: "UPDATE events SET person_cluster = ? WHERE rowid = ?")
-                .execute(arguments: [Int64(target), position])
-            try eventPeople.remove(position, person: from, timestamp: row[1], db)
-            try eventPeople.moved(position, to: target, timestamp: row[1], db)
+                .execute(arguments: [Int64(move.target), move.position])
+            try eventPeople.moved(move.position, to: move.target, timestamp: move.timestamp, db)
         }
     }
 
