@@ -74,7 +74,10 @@ final class EventPersonIndex: Sendable {
     /// numbers, which a modulus could spread unevenly).
     static func slice(_ person: UInt64) -> Int { Int((person &* 0x9E37_79B9_7F4A_7C15) >> (64 - sliceBits)) }
 
-    static func counter(_ slice: Int) -> String { "event_people_through_\(slice)" }
+    /// The name of a slice's position in `counters` (made once: readers and moves ask for it often).
+    static func counter(_ slice: Int) -> String { counterNames[slice] }
+
+    private static let counterNames = (0..<slices).map { "event_people_through_\($0)" }
 
     /// The schema: the table beside `events`, filled from its rows, instead of the index on them.
     static func migrate(_ db: Database) throws {
