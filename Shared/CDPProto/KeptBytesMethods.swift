@@ -38,3 +38,11 @@ extension Cdp_Segmentation_V1_Segmentation.Method {
         Cdp_Segmentation_V1_AcceptStateChangesRequestChangeBytes, Cdp_Segmentation_V1_AcceptStateChangesResponse
     >(wireCompatibleWith: acceptStateChanges)
 }
+
+extension Cdp_Destination_V1_Destination.Method {
+    /// `AcceptMembershipChanges` as segmentation's relay sends it: each change as its outbox stored it,
+    /// with its sequence appended (`AcceptMembershipChangesRequestBytes`).
+    public static let acceptMembershipChangesBytes = RPCMethod<
+        Cdp_Destination_V1_AcceptMembershipChangesRequestBytes, Cdp_Destination_V1_AcceptMembershipChangesResponse
+    >(wireCompatibleWith: acceptMembershipChanges)
+}

@@ -97,7 +97,7 @@ struct SegmentationHarness {
     func drainOutbox() async throws -> [Cdp_Destination_V1_MembershipChange] {
         var changes: [Cdp_Destination_V1_MembershipChange] = []
         while let chunk = try await engine.nextChangeChunk(limit: 1000) {
-            changes += chunk.changes
+            changes += try chunk.changes
             try await engine.acknowledge(chunk)
         }
         return changes

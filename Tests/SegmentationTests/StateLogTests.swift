@@ -1,6 +1,7 @@
 import CDPProto
 import Foundation
 import GRDB
+import SwiftProtobuf
 import Testing
 
 @testable import SegmentationStore
@@ -93,7 +94,7 @@ struct StateLogTests {
                 entityType: .person,
                 cluster: UInt64(cluster),
                 version: nil,
-                record: Cdp_Profile_V1_UnifiedRecord(),
+                record: Cdp_Profile_V1_UnifiedRecord.with { $0.record.key = "P\(cluster)@sfdc-1.Salesforce" },
                 results: [segment.id: true],
                 recheck: .keep
             )
@@ -103,7 +104,14 @@ struct StateLogTests {
         let chunk = try #require(try store.nextChangeChunk(limit: 2))
         // Read ahead while the first is delivered: the rest, and the head is unchanged.
         let following = try #require(try store.nextChangeChunk(limit: 10, after: chunk))
-        #expect(following.changes.map(\.sequence) == [3, 4, 5])
+        // Sent as stored with the sequence appended: every field of the change is there, decoded.
+        #expect(try following.changes.map(\.sequence) == [3, 4, 5])
+        for (offset, change) in try following.changes.enumerated() {
+            #expect(change.segmentID == segment.id && change.entityType == .person && change.realized)
+            #expect(change.clusterID == UInt64(offset + 3))
+            #expect(change.record.record.key == "P\(offset + 3)@sfdc-1.Salesforce")
+            #expect(change.at == Google_Protobuf_Timestamp(date: Self.now) && change.version >= 1)
+        }
         #expect(try store.nextChangeChunk(limit: 2)?.last == chunk.last)
         try store.acknowledge(chunk)
         let status = try store.outboxStatus()

@@ -327,7 +327,7 @@ public final class SegmentationService: Cdp_Segmentation_V1_Segmentation.Service
 
 /// Sends membership changes to the destination service.
 public enum DestinationForwarding {
-    /// Sends one chunk; returns once destination acknowledged it.
+    /// Sends one chunk, its changes as the outbox stored them; returns once destination acknowledged it.
     ///
     /// - Parameter sender: Who sends: sequences are numbered per sender (each replica has its own store),
     ///   so a receiver dedupes by sender and sequence.
@@ -337,10 +337,11 @@ public enum DestinationForwarding {
         via client: RPCClient,
         timeout: Duration = .seconds(30)
     ) async throws {
-        var request = Cdp_Destination_V1_AcceptMembershipChangesRequest()
+        var request = Cdp_Destination_V1_AcceptMembershipChangesRequestBytes()
         request.sender = sender
-        request.changes = chunk.changes
-        _ = try await Cdp_Destination_V1_Destination.Client(client).acceptMembershipChanges(
+        request.changes = chunk.serialized
+        _ = try await client.unary(
+            Cdp_Destination_V1_Destination.Method.acceptMembershipChangesBytes,
             request,
             options: CallOptions(timeout: timeout)
         )

@@ -916,6 +916,11 @@ public final class SQLiteSegmentationStore: Sendable {
     }
 
     /// The oldest changes not yet acknowledged, each with its sequence set.
+    ///
+    /// Each change goes out as the outbox stored it, with its sequence appended as a message of that
+    /// field alone: bytes of a message followed by bytes of another decode as the two merged, so the
+    /// change is not decoded and encoded again here (a job that realizes a million members sends a
+    /// million records; doing so took most of this service's time after the job).
     public func nextChangeChunk(limit: Int, after: ChangeChunk? = nil) throws -> ChangeChunk? {
         try writer.read { db in
             let rows = try Row.fetchAll(
@@ -925,12 +930,14 @@ public final class SQLiteSegmentationStore: Sendable {
                 arguments: [after?.last ?? 0, limit]
             )
             guard let last = rows.last else { return nil }
-            let changes = try rows.map { row in
-                var change = try Cdp_Destination_V1_MembershipChange(serializedBytes: row[1] as Data)
-                change.sequence = UInt64(row[0] as Int64)
+            let serialized = try rows.map { row in
+                var sequence = Cdp_Destination_V1_MembershipChange()
+                sequence.sequence = UInt64(row[0] as Int64)
+                var change = row[1] as Data
+                change.append(try sequence.serializedBytes() as Data)
                 return change
             }
-            return ChangeChunk(changes: changes, last: last[0])
+            return ChangeChunk(serialized: serialized, last: last[0])
         }
     }
 
@@ -940,7 +947,7 @@ public final class SQLiteSegmentationStore: Sendable {
             try db.execute(sql: "DELETE FROM outbox WHERE sequence <= ?", arguments: [chunk.last])
             try Counters.set(
                 "sent_changes",
-                try Counters.value("sent_changes", db) + Int64(chunk.changes.count),
+                try Counters.value("sent_changes", db) + Int64(chunk.serialized.count),
                 db
             )
         }

@@ -138,10 +138,22 @@ public struct Transitions: Sendable, Equatable {
 
 /// Membership changes waiting to be sent to destination.
 public struct ChangeChunk: Sendable {
-    /// The changes, in sequence order.
-    public var changes: [Cdp_Destination_V1_MembershipChange]
+    /// The changes as sent, in sequence order: each a serialized `MembershipChange` as the outbox
+    /// stored it, its sequence appended (see `AcceptMembershipChangesRequestBytes`).
+    public var serialized: [Data]
     /// The last sequence in the chunk.
     public var last: Int64
+
+    /// Creates a chunk.
+    public init(serialized: [Data], last: Int64) {
+        self.serialized = serialized
+        self.last = last
+    }
+
+    /// The changes decoded (in process: tests).
+    public var changes: [Cdp_Destination_V1_MembershipChange] {
+        get throws { try serialized.map { try Cdp_Destination_V1_MembershipChange(serializedBytes: $0) } }
+    }
 }
 
 /// An entity waiting for its time re-check.

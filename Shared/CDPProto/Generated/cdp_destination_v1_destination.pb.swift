@@ -12,6 +12,11 @@
 /// file exports), activations of segments to them, and the delivery of membership changes with
 /// per-destination queues, rate limits and retries (ARCHITECTURE.md §2).
 
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#else
+import Foundation
+#endif
 import SwiftProtobuf
 
 // If the compiler emits an error on this type, it is because this file
@@ -199,6 +204,24 @@ public nonisolated struct Cdp_Destination_V1_AcceptMembershipChangesRequest: Sen
   public var sender: String = String()
 
   public var changes: [Cdp_Destination_V1_MembershipChange] = []
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+/// AcceptMembershipChangesRequest as segmentation's relay sends it: each MembershipChange as its outbox
+/// stored it, with the sequence field appended (a field that appears again in a message's bytes takes
+/// the last value), so that a change passes to destination without a decode and an encoding made again.
+/// Receivers parse AcceptMembershipChangesRequest.
+public nonisolated struct Cdp_Destination_V1_AcceptMembershipChangesRequestBytes: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var sender: String = String()
+
+  public var changes: [Data] = []
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
@@ -666,6 +689,41 @@ nonisolated extension Cdp_Destination_V1_AcceptMembershipChangesRequest: SwiftPr
   }
 
   public static func ==(lhs: Cdp_Destination_V1_AcceptMembershipChangesRequest, rhs: Cdp_Destination_V1_AcceptMembershipChangesRequest) -> Bool {
+    if lhs.sender != rhs.sender {return false}
+    if lhs.changes != rhs.changes {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Cdp_Destination_V1_AcceptMembershipChangesRequestBytes: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".AcceptMembershipChangesRequestBytes"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}sender\0\u{1}changes\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.sender) }()
+      case 2: try { try decoder.decodeRepeatedBytesField(value: &self.changes) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.sender.isEmpty {
+      try visitor.visitSingularStringField(value: self.sender, fieldNumber: 1)
+    }
+    if !self.changes.isEmpty {
+      try visitor.visitRepeatedBytesField(value: self.changes, fieldNumber: 2)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Cdp_Destination_V1_AcceptMembershipChangesRequestBytes, rhs: Cdp_Destination_V1_AcceptMembershipChangesRequestBytes) -> Bool {
     if lhs.sender != rhs.sender {return false}
     if lhs.changes != rhs.changes {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
