@@ -284,7 +284,7 @@ public final class SQLiteSegmentationStore: Sendable {
                     UInt64(row[1] as Int64),
                     realized: false,
                     version: row[2] as Int64 + 1,
-                    try Cdp_Profile_V1_UnifiedRecord(serializedBytes: row[3] as Data)
+                    row[3] as Data
                 )
                 try Self.enqueue(change, at: now, db)
             }
@@ -381,6 +381,7 @@ public final class SQLiteSegmentationStore: Sendable {
     /// Returns the record it replaced when it changed.
     private func keepRecord(
         of evaluation: EntityEvaluation,
+        bytes recordBytes: () throws -> Data,
         unchanged: Bool,
         at now: Date,
         _ db: Database
@@ -389,7 +390,7 @@ public final class SQLiteSegmentationStore: Sendable {
         let cluster = Int64(evaluation.cluster)
         // When this entity was last evaluated on a streaming change (batch runs and re-checks leave it).
         let streamed = evaluation.version == nil ? 0 : now.timeIntervalSince1970
-        guard let record = evaluation.record else {
+        guard evaluation.record != nil else {
             guard let version = evaluation.version else { return nil }
             // A removal: keep the record last seen, remember the version (an empty record if none was seen).
             try db.cachedStatement(
@@ -406,7 +407,7 @@ public final class SQLiteSegmentationStore: Sendable {
             try db.cachedStatement(sql: "SELECT record FROM entities WHERE entity = ? AND cluster = ?"),
             arguments: [entity, cluster]
         )
-        let recordBytes: Data = try record.serializedBytes()
+        let recordBytes = try recordBytes()
         // Unchanged (another part of the entity's view changed, or a batch run over a quiet entity): no
         // write.
         if held == recordBytes { return nil }
@@ -430,7 +431,21 @@ public final class SQLiteSegmentationStore: Sendable {
     ) throws {
         let entity = evaluation.entityType.rawValue
         let cluster = Int64(evaluation.cluster)
-        var record = evaluation.record
+        let record = evaluation.record
+        // The record encoded once, for the entity's row and every outbox row of this evaluation; for a
+        // removal, the bytes of the one last seen, as saved.
+        var encodedRecord: Data?
+        func recordBytes() throws -> Data {
+            if let encodedRecord { return encodedRecord }
+            let bytes =
+                try record.map { try $0.serializedBytes() as Data }
+                ?? Data.fetchOne(
+                    try db.cachedStatement(sql: "SELECT record FROM entities WHERE entity = ? AND cluster = ?"),
+                    arguments: [entity, cluster]
+                ) ?? Data()
+            encodedRecord = bytes
+            return bytes
+        }
         var stored: [String: (realized: Bool, version: Int64)] = [:]
         for row in try Row.fetchAll(
             try db.cachedStatement(
@@ -452,7 +467,13 @@ public final class SQLiteSegmentationStore: Sendable {
             ? nil
             // The caller's word that the record is the one saved holds only where one was saved: an entity
             // with memberships had its record written by the commit that made the first of them.
-            : try keepRecord(of: evaluation, unchanged: evaluation.recordSaved && !stored.isEmpty, at: now, db)
+            : try keepRecord(
+                of: evaluation,
+                bytes: recordBytes,
+                unchanged: evaluation.recordSaved && !stored.isEmpty,
+                at: now,
+                db
+            )
         // A member that stays realized while what destinations are told about it changed (an email, a
         // name, consent, a custom attribute; not merge bookkeeping such as keys and source times) is
         // announced again with its new record: destinations update or re-key it.
@@ -472,7 +493,7 @@ public final class SQLiteSegmentationStore: Sendable {
                         evaluation.cluster,
                         realized: true,
                         version: previous.version + 1,
-                        record!
+                        try recordBytes()
                     ),
                     at: now,
                     db
@@ -487,15 +508,7 @@ public final class SQLiteSegmentationStore: Sendable {
                     VALUES (?, ?, ?, ?, ?, ?)
                     """
             ).execute(arguments: [segment, entity, cluster, matched, now.timeIntervalSince1970, version])
-            if record == nil {
-                // A removal: the record last seen.
-                record =
-                    try Data.fetchOne(
-                        db,
-                        sql: "SELECT record FROM entities WHERE entity = ? AND cluster = ?",
-                        arguments: [entity, cluster]
-                    ).map { try Cdp_Profile_V1_UnifiedRecord(serializedBytes: $0) } ?? Cdp_Profile_V1_UnifiedRecord()
-            }
+            // For a removal, the record last seen.
             try Self.enqueue(
                 Self.change(
                     segment,
@@ -503,7 +516,7 @@ public final class SQLiteSegmentationStore: Sendable {
                     evaluation.cluster,
                     realized: matched,
                     version: version,
-                    record!
+                    try recordBytes()
                 ),
                 at: now,
                 db
@@ -630,7 +643,7 @@ public final class SQLiteSegmentationStore: Sendable {
                             cluster,
                             realized: false,
                             version: row[1] as Int64 + 1,
-                            Self.redacted(cluster)
+                            try Self.redacted(cluster).serializedBytes()
                         ),
                         at: now,
                         db
@@ -896,9 +909,9 @@ public final class SQLiteSegmentationStore: Sendable {
         _ cluster: UInt64,
         realized: Bool,
         version: Int64,
-        _ record: Cdp_Profile_V1_UnifiedRecord
-    ) -> Cdp_Destination_V1_MembershipChange {
-        var change = Cdp_Destination_V1_MembershipChange()
+        _ record: Data
+    ) -> Cdp_Destination_V1_MembershipChangeRecordBytes {
+        var change = Cdp_Destination_V1_MembershipChangeRecordBytes()
         change.segmentID = segment
         change.entityType = entityType
         change.clusterID = cluster
@@ -908,7 +921,13 @@ public final class SQLiteSegmentationStore: Sendable {
         return change
     }
 
-    private static func enqueue(_ change: Cdp_Destination_V1_MembershipChange, at now: Date, _ db: Database) throws {
+    /// Appends a change to the outbox, its record as encoded by the caller (the bytes of a
+    /// `MembershipChange`).
+    private static func enqueue(
+        _ change: Cdp_Destination_V1_MembershipChangeRecordBytes,
+        at now: Date,
+        _ db: Database
+    ) throws {
         var change = change
         change.at = Google_Protobuf_Timestamp(date: now)
         try db.cachedStatement(sql: "INSERT INTO outbox (created, change) VALUES (?, ?)")

@@ -195,6 +195,43 @@ public nonisolated struct Cdp_Destination_V1_MembershipChange: Sendable {
   fileprivate var _record: Cdp_Profile_V1_UnifiedRecord? = nil
 }
 
+/// MembershipChange with `record` left serialized (a cdp.profile.v1.UnifiedRecord): how segmentation's
+/// outbox writes its changes, the record encoded once for every segment an evaluation changed.
+public nonisolated struct Cdp_Destination_V1_MembershipChangeRecordBytes: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var sequence: UInt64 = 0
+
+  public var segmentID: String = String()
+
+  public var entityType: Cdp_Model_V1_EntityType = .unspecified
+
+  public var clusterID: UInt64 = 0
+
+  public var realized: Bool = false
+
+  public var at: SwiftProtobuf.Google_Protobuf_Timestamp {
+    get {_at ?? SwiftProtobuf.Google_Protobuf_Timestamp()}
+    set {_at = newValue}
+  }
+  /// Returns true if `at` has been explicitly set.
+  public var hasAt: Bool {self._at != nil}
+  /// Clears the value of `at`. Subsequent reads from it will return its default value.
+  public mutating func clearAt() {self._at = nil}
+
+  public var version: UInt64 = 0
+
+  public var record: Data = Data()
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+
+  fileprivate var _at: SwiftProtobuf.Google_Protobuf_Timestamp? = nil
+}
+
 public nonisolated struct Cdp_Destination_V1_AcceptMembershipChangesRequest: Sendable {
   // SwiftProtobuf.Message conformance is added in an extension below. See the
   // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
@@ -656,6 +693,75 @@ nonisolated extension Cdp_Destination_V1_MembershipChange: SwiftProtobuf.Message
     if lhs._at != rhs._at {return false}
     if lhs.version != rhs.version {return false}
     if lhs._record != rhs._record {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Cdp_Destination_V1_MembershipChangeRecordBytes: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".MembershipChangeRecordBytes"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}sequence\0\u{3}segment_id\0\u{3}entity_type\0\u{3}cluster_id\0\u{1}realized\0\u{1}at\0\u{1}version\0\u{1}record\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularUInt64Field(value: &self.sequence) }()
+      case 2: try { try decoder.decodeSingularStringField(value: &self.segmentID) }()
+      case 3: try { try decoder.decodeSingularEnumField(value: &self.entityType) }()
+      case 4: try { try decoder.decodeSingularUInt64Field(value: &self.clusterID) }()
+      case 5: try { try decoder.decodeSingularBoolField(value: &self.realized) }()
+      case 6: try { try decoder.decodeSingularMessageField(value: &self._at) }()
+      case 7: try { try decoder.decodeSingularUInt64Field(value: &self.version) }()
+      case 8: try { try decoder.decodeSingularBytesField(value: &self.record) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    // The use of inline closures is to circumvent an issue where the compiler
+    // allocates stack space for every if/case branch local when no optimizations
+    // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
+    // https://github.com/apple/swift-protobuf/issues/1182
+    if self.sequence != 0 {
+      try visitor.visitSingularUInt64Field(value: self.sequence, fieldNumber: 1)
+    }
+    if !self.segmentID.isEmpty {
+      try visitor.visitSingularStringField(value: self.segmentID, fieldNumber: 2)
+    }
+    if self.entityType != .unspecified {
+      try visitor.visitSingularEnumField(value: self.entityType, fieldNumber: 3)
+    }
+    if self.clusterID != 0 {
+      try visitor.visitSingularUInt64Field(value: self.clusterID, fieldNumber: 4)
+    }
+    if self.realized != false {
+      try visitor.visitSingularBoolField(value: self.realized, fieldNumber: 5)
+    }
+    try { if let v = self._at {
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 6)
+    } }()
+    if self.version != 0 {
+      try visitor.visitSingularUInt64Field(value: self.version, fieldNumber: 7)
+    }
+    if !self.record.isEmpty {
+      try visitor.visitSingularBytesField(value: self.record, fieldNumber: 8)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Cdp_Destination_V1_MembershipChangeRecordBytes, rhs: Cdp_Destination_V1_MembershipChangeRecordBytes) -> Bool {
+    if lhs.sequence != rhs.sequence {return false}
+    if lhs.segmentID != rhs.segmentID {return false}
+    if lhs.entityType != rhs.entityType {return false}
+    if lhs.clusterID != rhs.clusterID {return false}
+    if lhs.realized != rhs.realized {return false}
+    if lhs._at != rhs._at {return false}
+    if lhs.version != rhs.version {return false}
+    if lhs.record != rhs.record {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
