@@ -24,6 +24,11 @@ final class ServerConnectionHandler: ChannelDuplexHandler, NGHTTP2SessionDelegat
     private var streams: [Int32: ServerStream] = [:]
     private var idleTimer: Scheduled<Void>?
     private var goingAway = false
+    /// Set once the session ended and the connection's output is closed: what the peer still sends
+    /// is read and dropped until it closes too or ``lingerTime`` passes (see ``closeAfterPeer()``).
+    private var lingerTimer: Scheduled<Void>?
+    /// How long a connection whose session ended waits for the peer to close it.
+    static let lingerTime: TimeAmount = .seconds(2)
     private var handlerExecutor: EventLoopTaskExecutor?
     /// Peer misbehaviour that nghttp2 tolerates per stream but that costs us work; past a limit the
     /// connection is closed (nghttp2 1.52 lacks the newer "glitch" limiter).
@@ -77,7 +82,7 @@ final class ServerConnectionHandler: ChannelDuplexHandler, NGHTTP2SessionDelegat
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        guard let session = self.session else { return }
+        guard let session = self.session, self.lingerTimer == nil else { return }
         do {
             try session.receive(self.unwrapInboundIn(data))
         } catch {
@@ -128,13 +133,31 @@ final class ServerConnectionHandler: ChannelDuplexHandler, NGHTTP2SessionDelegat
             return
         }
         if !session.wantsRead && !session.wantsWrite {
-            context.close(promise: nil)
+            self.closeAfterPeer()
         }
+    }
+
+    /// Ends a connection whose session is done (after GOAWAY and its last stream): closes the output,
+    /// so that the peer reads every frame written and then the end of the stream, and closes the rest
+    /// once the peer closes its side (or after ``lingerTime``). Closing both at once while frames of the
+    /// peer's wait unread (a WINDOW_UPDATE for the last response) makes the kernel reset the connection
+    /// and drop what was written but not yet sent: a client saw its last call fail with "connection
+    /// reset by peer" instead of ending with its trailers.
+    private func closeAfterPeer() {
+        guard self.lingerTimer == nil, let context = self.context else { return }
+        let loopBound = NIOLoopBound(self, eventLoop: context.eventLoop)
+        self.lingerTimer = context.eventLoop.scheduleTask(in: Self.lingerTime) {
+            loopBound.value.context?.close(promise: nil)
+        }
+        let closeOutput = context.eventLoop.makePromise(of: Void.self)
+        closeOutput.futureResult.whenFailure { _ in loopBound.value.context?.close(promise: nil) }
+        context.close(mode: .output, promise: closeOutput)
     }
 
     private func tearDown() {
         self.idleTimer?.cancel()
         self.idleTimer = nil
+        self.lingerTimer?.cancel()
         let streams = self.streams
         self.streams.removeAll()
         for stream in streams.values { stream.abort() }
@@ -152,20 +175,19 @@ final class ServerConnectionHandler: ChannelDuplexHandler, NGHTTP2SessionDelegat
     }
 
     private func idleTimeoutFired() {
-        guard !self.streams.values.contains(where: { $0.phase != .receivingHead }), let context = self.context
-        else { return }
+        guard !self.streams.values.contains(where: { $0.phase != .receivingHead }), self.context != nil else { return }
         self.logger.debug("closing idle connection")
         self.session?.goAway(errorCode: CDP_NO_ERROR, message: "idle timeout")
         self.flush()
-        context.close(promise: nil)
+        self.closeAfterPeer()
     }
 
     private func beginGracefulShutdown() {
-        guard !self.goingAway, let context = self.context else { return }
+        guard !self.goingAway, self.context != nil else { return }
         self.goingAway = true
         self.session?.goAway(errorCode: CDP_NO_ERROR, message: "server shutting down")
         self.flush()
-        if self.streams.isEmpty { context.close(promise: nil) }
+        if self.streams.isEmpty { self.closeAfterPeer() }
     }
 
     /// Counts peer misbehaviour; `channelRead` closes the connection past the limit (not here:

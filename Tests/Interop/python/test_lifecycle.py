@@ -77,3 +77,58 @@ def test_sigterm_lets_calls_in_flight_finish_then_exits_cleanly():
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+EMPTY_SETTINGS = bytes([0, 0, 0, 0x4, 0, 0, 0, 0, 0])
+PING = bytes([0, 0, 8, 0x6, 0, 0, 0, 0, 0]) + b"late-png"
+
+
+def read_until_end(conn: socket.socket) -> bytes:
+    """Everything the server sends until it closes its side (a clean end of stream)."""
+    received = b""
+    while chunk := conn.recv(65536):
+        received += chunk
+    return received
+
+
+def frame_types(data: bytes) -> list[int]:
+    """The type of each HTTP/2 frame in `data` (whole frames, from the start)."""
+    types, offset = [], 0
+    while offset + 9 <= len(data):
+        length = int.from_bytes(data[offset:offset + 3], "big")
+        types.append(data[offset + 3])
+        offset += 9 + length
+    assert offset == len(data), f"{len(data) - offset} bytes of a partial frame at the end"
+    return types
+
+
+def test_a_closing_connection_sends_its_end_then_reads_what_the_peer_still_sends():
+    # The server's side of a connection whose session ended (GOAWAY, no calls) is closed for writing
+    # first: the client reads every frame, then the end of the stream, and frames the client sent
+    # meanwhile are read and dropped. A server that closed both sides at once left those frames
+    # unread, and the kernel then reset the connection, which can drop the last frames written (a
+    # gRPC client saw its last call end in "connection reset by peer").
+    proc, port = start_server()
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
+            conn.sendall(PREFACE + EMPTY_SETTINGS)
+            time.sleep(0.2)
+            proc.send_signal(signal.SIGTERM)
+            received = read_until_end(conn)
+            # The server's SETTINGS, then a GOAWAY (type 7) last, then the end of the stream.
+            assert frame_types(received)[-1] == 0x7, frame_types(received)
+            # The server still reads: a frame sent now is dropped, not answered with a reset (which
+            # Linux reports here as a broken pipe or a reset connection).
+            try:
+                conn.sendall(PING)
+                time.sleep(0.2)
+                conn.shutdown(socket.SHUT_WR)
+                assert conn.recv(65536) == b""
+            except OSError as error:
+                pytest.fail(f"the server reset the connection instead of reading the client's last frames: {error}")
+        assert proc.wait(timeout=10) == 0, proc.stderr.read().decode(errors="replace")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
