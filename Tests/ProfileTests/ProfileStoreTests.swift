@@ -360,6 +360,57 @@ struct ProfileStoreTests {
         #expect(p1.opportunities.map(\.record.opportunity.amount) == [200_000], "p1 keeps only Account 1's")
     }
 
+    /// The links a chunk sends are what the tables say when it is taken, whether the marks carried them
+    /// from the apply (a fragment stored) or they were read back (a merge, a split, a fragment replaced
+    /// or deleted), also when one apply stores fragments and merges their clusters: every record of the
+    /// example at once, forward and reversed, then changed, deleted and split apart.
+    @Test(arguments: [false, true])
+    func sentLinksAreTheLinksAsStored(reversed: Bool) async throws {
+        let store = try SQLiteProfileStore()
+        let pipeline = try ProfilePipeline(profile: store)
+        let relations = [
+            Bodea.p3DecidesOnO1, Bodea.p3InMarketo1, Bodea.globex, Bodea.p1AtGlobex, Bodea.webinar,
+            Bodea.p2AtWebinar, Bodea.newsletter, Bodea.p2OnNewsletter,
+        ]
+        let everything = Self.story.flatMap { $0 } + relations
+        // Each step's records made when it comes: a record made later is a later arrival.
+        let steps: [() -> [Cdp_Identity_V1_StoredRecord]] = [
+            { reversed ? everything.reversed() : everything },
+            {
+                let registered = Bodea.relation("CM1", "mkto-1") { record in
+                    record.campaignMember.campaignKey = "C1@mkto-1.Marketo"
+                    record.campaignMember.personKey = "2102@mkto-2.Marketo"
+                    record.campaignMember.status = "Registered"
+                }
+                return [registered, Bodea.deleted(Bodea.p3DecidesOnO1)]
+            },
+            { [Bodea.deleted(Bodea.crosswalks[1])] },
+            {
+                let influencer = Bodea.relation("OPR1", "mkto-1") { record in
+                    record.opportunityPersonRelation.opportunityKey = "O1@mkto-1.Marketo"
+                    record.opportunityPersonRelation.personKey = "P3@mkto-1.Marketo"
+                    record.opportunityPersonRelation.role = "Influencer"
+                }
+                return [influencer, Bodea.crosswalk(master: "M-TOWNSEND", linked: "A2@mkto-2.Marketo")]
+            },
+        ]
+        var sent: [Cdp_Profile_V1_LinkState] = []
+        for step in steps {
+            try await pipeline.ingest(step())
+            let chunk = try store.takeStateChanges(limit: 1_000_000)
+            for change in try chunk.changes where change.link.entityType != .unspecified {
+                #expect(change.link == (try store.storedLink(change.link.entityType, key: change.link.key)))
+                sent.append(change.link)
+            }
+            try store.markSent(chunk)
+        }
+        let roles = sent.filter { $0.key == "OPR1@mkto-1.Marketo" }
+        #expect(roles.map(\.present) == [true, false, true] && roles.map(\.role) == ["Decision Maker", "", "Influencer"])
+        let memberships = sent.filter { $0.key == "CM1@mkto-1.Marketo" }
+        #expect(memberships.map(\.status) == ["Attended", "Registered"] && memberships.allSatisfy(\.present))
+        #expect(sent.filter { $0.present }.map(\.entityType).count > 8)
+    }
+
     /// The crosswalk row of Account 2 deleted: the account splits, and each person follows their own.
     @Test func aSplitRehomesFragmentsAndReferences() async throws {
         let store = try SQLiteProfileStore()

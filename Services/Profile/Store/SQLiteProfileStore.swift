@@ -269,6 +269,12 @@ public final class SQLiteProfileStore: ProfileStore {
         migrator.registerMigration("v7: events by person in a table of their own") { db in
             try EventPersonIndex.migrate(db)
         }
+        migrator.registerMigration("v8: marks that carry the link an apply left") { db in
+            // The state of the link a fragment makes, as the apply that marked it left it (a
+            // `LinkState` without its key), so that the relay need not read it back; NULL: read the
+            // tables when sent (the marks from before, those of merges, splits and deletes).
+            try db.execute(sql: "ALTER TABLE marks ADD COLUMN link BLOB")
+        }
         return migrator
     }
 
@@ -411,27 +417,32 @@ public final class SQLiteProfileStore: ProfileStore {
     ) throws {
         guard let entity = entityType(of: record), entity != .identityLink else { return }
         let key = record.key
-        // What the fragment contributed to before (its cluster may change), and what it does now.
-        let existed = try markFragment(entity, key: key, changes: changes, db: db)
         let cluster = clusteredEntityTypes.contains(entity) ? received.clusterID : 0
         let lastUpdated: Int64? = record.hasLastUpdated ? Self.milliseconds(record.lastUpdated.date) : nil
+        let values: StatementArguments = [
+            Int64(cluster), Int64(bitPattern: received.version), record.source.type + ":" + record.source.instance,
+            lastUpdated, Self.milliseconds(received.ingestedAt.date), record.isDeleted, received.bytes,
+            entity.rawValue, key,
+        ]
+        // Most fragments are new: inserted in one look-up of the key. One stored before is marked for
+        // what it contributed to (its cluster may change) and updated; its references and names go (a
+        // privacy delete removes all three, so a new fragment has none).
         try db.cachedStatement(
             sql: """
-                INSERT INTO fragments (entity, key, cluster, version, source, last_updated, ingested_at, is_deleted, record)
+                INSERT INTO fragments (cluster, version, source, last_updated, ingested_at, is_deleted, record, entity, key)
                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
-                ON CONFLICT (entity, key) DO UPDATE SET
-                    cluster = excluded.cluster, version = excluded.version, source = excluded.source,
-                    last_updated = excluded.last_updated, ingested_at = excluded.ingested_at,
-                    is_deleted = excluded.is_deleted, record = excluded.record
+                ON CONFLICT (entity, key) DO NOTHING
                 """
-        ).execute(arguments: [
-            entity.rawValue, key, Int64(cluster), Int64(bitPattern: received.version),
-            record.source.type + ":" + record.source.instance, lastUpdated,
-            Self.milliseconds(received.ingestedAt.date), record.isDeleted, received.bytes,
-        ]
-        )
-        if existed {
-            // A new fragment has no references or names yet (a privacy delete removes all three).
+        ).execute(arguments: values)
+        if db.changesCount == 0 {
+            try markFragment(entity, key: key, changes: changes, db: db)
+            try db.cachedStatement(
+                sql: """
+                    UPDATE fragments SET
+                        cluster = ?, version = ?, source = ?, last_updated = ?, ingested_at = ?, is_deleted = ?, record = ?
+                    WHERE entity = ? AND key = ?
+                    """
+            ).execute(arguments: values)
             try db.cachedStatement(sql: "DELETE FROM refs WHERE entity = ? AND key = ?").execute(arguments: [
                 entity.rawValue, key,
             ])
@@ -439,6 +450,7 @@ public final class SQLiteProfileStore: ProfileStore {
                 entity.rawValue, key,
             ])
         }
+        var references: [String: UInt64] = [:]
         if !record.isDeleted {
             for reference in received.references where reference.clusterID != 0 {
                 try db.cachedStatement(
@@ -451,6 +463,7 @@ public final class SQLiteProfileStore: ProfileStore {
                     Int64(reference.clusterID), reference.identity.namespace, reference.identity.value,
                 ]
                 )
+                references[reference.role] = reference.clusterID
             }
             if clusteredEntityTypes.contains(entity), let plan = IdentityRules.plan(for: record) {
                 for identity in plan.identities {
@@ -461,9 +474,19 @@ public final class SQLiteProfileStore: ProfileStore {
                 }
             }
         }
-        // What it contributes to now: the cluster just written (none for 0) and its link.
+        // What it contributes to now: the cluster just written (none for 0) and its link, as just
+        // written (what the tables now say, without reading them back when it is sent).
         try changes.entity(entity, UInt64(cluster))
-        if StateMarker.linkTypes.contains(entity) { try changes.link(entity, key) }
+        if StateMarker.linkTypes.contains(entity) {
+            let link = Links.state(
+                entity,
+                key: key,
+                cluster: record.isDeleted ? nil : UInt64(cluster),
+                references: references,
+                record: { record }
+            )
+            try changes.link(entity, key, as: link)
+        }
     }
 
     /// Stores an event, as received, or removes a deleted one or one whose person is not known.
@@ -1080,7 +1103,7 @@ public final class SQLiteProfileStore: ProfileStore {
                 version += 1
                 items[index].version = version
             }
-            let changes = try stateChanges(of: items, db, memo)
+            let changes = try stateChanges(of: items, carrying: marked.carried, db, memo)
             try Counters.set("change_version", Int64(version) + Int64(logged.events.count), db)
             let chunk = StateChunk(
                 items: items,
@@ -1142,9 +1165,11 @@ public final class SQLiteProfileStore: ProfileStore {
         limit: Int,
         after: Int64,
         _ db: Database
-    ) throws -> (items: [PendingItem], through: Int64, count: Int) {
+    ) throws -> (items: [PendingItem], carried: [Data?], through: Int64, count: Int) {
         var items: [PendingItem] = []
-        var seen: Set<PendingItem> = []
+        // The link state each item's last mark read carries (``StateMarker/link(_:_:as:)``).
+        var carried: [Data?] = []
+        var indices: [PendingItem: Int] = [:]
         var through: Int64 = 0
         var count = 0
         var lastSince: Int64?
@@ -1152,7 +1177,7 @@ public final class SQLiteProfileStore: ProfileStore {
         let cursor = try Row.fetchCursor(
             try db.cachedStatement(
                 sql:
-                    "SELECT position, kind, entity, cluster, key, since FROM marks WHERE position > ? ORDER BY position"
+                    "SELECT position, kind, entity, cluster, key, since, link FROM marks WHERE position > ? ORDER BY position"
             ),
             arguments: [after]
         )
@@ -1171,17 +1196,28 @@ public final class SQLiteProfileStore: ProfileStore {
             // An item marked again by a later apply goes with that apply: its value, read now, is what
             // the later apply left, and must travel with the rest of what that apply changed.
             if lastMarks.isSuperseded(item, at: position) { continue }
-            if seen.insert(item).inserted { items.append(item) }
+            // An apply that committed but is not yet noted in `lastMarks` may have marked an item again
+            // after a mark read before: the later mark's state is the one that holds.
+            if let index = indices[item] {
+                carried[index] = row[6]
+            } else {
+                indices[item] = items.count
+                items.append(item)
+                carried.append(row[6])
+            }
         }
-        return (items, through, count)
+        return (items, carried, through, count)
     }
 
+    /// The changes of `items`, read now, but the links whose marks carry their state
+    /// (`carried`, by index).
     private func stateChanges(
         of items: [PendingItem],
+        carrying carried: [Data?],
         _ db: Database,
         _ memo: ViewMemo
     ) throws -> [Cdp_Profile_V1_StateChange] {
-        try items.map { item in
+        try zip(items, carried).map { item, carried in
             var change = Cdp_Profile_V1_StateChange()
             change.version = item.version
             switch item.kind {
@@ -1191,14 +1227,24 @@ public final class SQLiteProfileStore: ProfileStore {
                 entity.clusterID = item.cluster
                 if let unified = try unified(item.entity, item.cluster, db, memo) { entity.unified = unified }
                 change.entity = entity
-            case .link: change.link = try linkState(item.entity, key: item.key, db)
+            case .link:
+                change.link =
+                    try carried.map { try StateMarker.link(carried: $0, key: item.key) }
+                    ?? linkState(item.entity, key: item.key, db)
             case .event: change.event = try eventState(key: item.key, db)
             }
             return change
         }
     }
 
-    /// The link a fragment makes now: present if the fragment is live and both its ends resolved.
+    /// The link a fragment makes now, as the tables say (for tests: the relay sends what the marks
+    /// carry where they carry it).
+    func storedLink(_ entity: Cdp_Model_V1_EntityType, key: String) throws -> Cdp_Profile_V1_LinkState {
+        try writer.read { db in try linkState(entity, key: key, db) }
+    }
+
+    /// The link a fragment makes now, as the tables say: present if the fragment is live and both its
+    /// ends resolved.
     private func linkState(
         _ entity: Cdp_Model_V1_EntityType,
         key: String,
@@ -1206,52 +1252,28 @@ public final class SQLiteProfileStore: ProfileStore {
     ) throws
         -> Cdp_Profile_V1_LinkState
     {
-        var link = Cdp_Profile_V1_LinkState()
-        link.entityType = entity
-        link.key = key
-        guard
-            let fragment = try Row.fetchOne(
-                try db.cachedStatement(
-                    sql: "SELECT cluster, record FROM fragments WHERE entity = ? AND key = ? AND is_deleted = 0"
-                ),
-                arguments: [entity.rawValue, key]
-            )
-        else { return link }
-        var references: [String: UInt64] = [:]
-        for reference in try Row.fetchAll(
-            try db.cachedStatement(sql: "SELECT role, ref_cluster FROM refs WHERE entity = ? AND key = ?"),
+        let fragment = try Row.fetchOne(
+            try db.cachedStatement(
+                sql: "SELECT cluster, record FROM fragments WHERE entity = ? AND key = ? AND is_deleted = 0"
+            ),
             arguments: [entity.rawValue, key]
-        ) {
-            references[reference[0]] = UInt64(reference[1] as Int64)
-        }
-        let (fromRole, toRole): (String?, String) =
-            switch entity {
-            case .person, .opportunity: (nil, Role.account)
-            case .accountPersonRelation: (Role.person, Role.account)
-            case .opportunityPersonRelation: (Role.person, Role.opportunity)
-            case .campaignMember: (Role.person, Role.campaign)
-            default: (Role.person, Role.list)
-            }
-        // A person's or opportunity's own record links from its cluster.
-        let from = fromRole.map { references[$0] ?? 0 } ?? UInt64(fragment[0] as Int64)
-        let to = references[toRole] ?? 0
-        guard from != 0, to != 0 else { return link }
-        link.present = true
-        link.fromClusterID = from
-        link.toClusterID = to
-        if entity == .opportunityPersonRelation || entity == .campaignMember {
-            let record = try Cdp_Model_V1_Record(serializedBytes: fragment[1] as Data)
-            if entity == .opportunityPersonRelation {
-                let relation = record.opportunityPersonRelation
-                if relation.hasRole { link.role = relation.role }
-                if relation.hasIsPrimary { link.isPrimary = relation.isPrimary }
-            } else {
-                let member = record.campaignMember
-                if member.hasStatus { link.status = member.status }
-                if member.hasHasResponded_p { link.hasResponded_p = member.hasResponded_p }
+        )
+        var references: [String: UInt64] = [:]
+        if fragment != nil {
+            for reference in try Row.fetchAll(
+                try db.cachedStatement(sql: "SELECT role, ref_cluster FROM refs WHERE entity = ? AND key = ?"),
+                arguments: [entity.rawValue, key]
+            ) {
+                references[reference[0]] = UInt64(reference[1] as Int64)
             }
         }
-        return link
+        return try Links.state(
+            entity,
+            key: key,
+            cluster: fragment.map { UInt64($0[0] as Int64) },
+            references: references,
+            record: { try Cdp_Model_V1_Record(serializedBytes: fragment![1] as Data) }
+        )
     }
 
     /// An event and its person now (person 0 if it is gone).
@@ -1408,8 +1430,8 @@ final class SharedViewCache: Sendable {
 final class StateMarker {
     let db: Database
     let now: Int64
-    /// What this transaction marked.
-    private var marked: Set<Marked> = []
+    /// The marks of this transaction that carry a link's state.
+    private var carrying: Set<Int64> = []
     /// The position of each item this transaction marked.
     private(set) var positions: [PendingItem: Int64] = [:]
     /// The last position given in the event log, once one was asked for.
@@ -1436,14 +1458,6 @@ final class StateMarker {
         if let markLogEnd { try Counters.set("mark_log_end", markLogEnd, db) }
         eventLogEnd = nil
         markLogEnd = nil
-        marked = []
-    }
-
-    private struct Marked: Hashable {
-        var kind: PendingItem.Kind
-        var entity: Int
-        var cluster: UInt64
-        var key: String
     }
 
     /// The fragment types that make links.
@@ -1458,8 +1472,14 @@ final class StateMarker {
         try mark(.entity, entity, cluster, "")
     }
 
-    /// The link a fragment makes.
-    func link(_ entity: Cdp_Model_V1_EntityType, _ key: String) throws { try mark(.link, entity, 0, key) }
+    /// The link a fragment makes. `state` is the link as this transaction left it, carried by the mark
+    /// so that the relay sends it without reading the fragment and its references back (and decoding
+    /// the record for a role or a status); a link marked without one (a cluster that merged or split,
+    /// a fragment replaced or deleted) is read from the tables when it is sent, the last call of the
+    /// transaction deciding.
+    func link(_ entity: Cdp_Model_V1_EntityType, _ key: String, as state: Cdp_Profile_V1_LinkState? = nil) throws {
+        try mark(.link, entity, 0, key, carrying: state)
+    }
 
     /// An event.
     func event(_ key: String) throws { try mark(.event, .unspecified, 0, key) }
@@ -1468,19 +1488,44 @@ final class StateMarker {
         _ kind: PendingItem.Kind,
         _ entity: Cdp_Model_V1_EntityType,
         _ cluster: UInt64,
-        _ key: String
+        _ key: String,
+        carrying link: Cdp_Profile_V1_LinkState? = nil
     )
         throws
     {
+        let item = PendingItem(kind: kind, entity: entity, cluster: cluster, key: key, version: 0)
+        let carried = try link.map(Self.carried)
         // Once per transaction is enough: the relay takes a transaction's marks together.
-        guard marked.insert(Marked(kind: kind, entity: entity.rawValue, cluster: cluster, key: key)).inserted
-        else { return }
+        if let position = positions[item] {
+            guard carried != nil || carrying.contains(position) else { return }
+            try db.cachedStatement(sql: "UPDATE marks SET link = ? WHERE position = ?").execute(arguments: [
+                carried, position,
+            ])
+            if carried == nil { carrying.remove(position) } else { carrying.insert(position) }
+            return
+        }
         let position = (try markLogEnd ?? Counters.value("mark_log_end", db)) + 1
         markLogEnd = position
         try db.cachedStatement(
-            sql: "INSERT INTO marks (position, kind, entity, cluster, key, since) VALUES (?, ?, ?, ?, ?, ?)"
-        ).execute(arguments: [position, kind.rawValue, entity.rawValue, Int64(cluster), key, now])
-        positions[PendingItem(kind: kind, entity: entity, cluster: cluster, key: key, version: 0)] = position
+            sql: "INSERT INTO marks (position, kind, entity, cluster, key, since, link) VALUES (?, ?, ?, ?, ?, ?, ?)"
+        ).execute(arguments: [position, kind.rawValue, entity.rawValue, Int64(cluster), key, now, carried])
+        if carried != nil { carrying.insert(position) }
+        positions[item] = position
+    }
+
+    /// A link's state as a mark carries it: without its key, which the mark has (its entity type
+    /// stays, so that the bytes are never empty, which would read as no state).
+    private static func carried(_ link: Cdp_Profile_V1_LinkState) throws -> Data {
+        var carried = link
+        carried.key = ""
+        return try carried.serializedBytes()
+    }
+
+    /// The link a mark carries (``carried(_:)``), with its key back.
+    static func link(carried: Data, key: String) throws -> Cdp_Profile_V1_LinkState {
+        var link = try Cdp_Profile_V1_LinkState(serializedBytes: carried)
+        link.key = key
+        return link
     }
 }
 
