@@ -294,6 +294,56 @@ struct ProfileStoreTests {
         #expect(try store.outboxStatus().pending == 0)
     }
 
+    /// A store from before v9 (names with each fragment's own source key, indexed by fragment) drops
+    /// both at open, and still finds every fragment by each of its identities, and forgets the names of
+    /// a fragment replaced.
+    @Test func namesLoseTheirCopiesOfTheKeysAndTheirIndexByFragment() async throws {
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("names-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: directory) }
+        let path = directory.appendingPathComponent("profile.sqlite").path
+        let pipeline = try ProfilePipeline(profile: try SQLiteProfileStore(path: path))
+        for group in Self.story { try await pipeline.ingest(group) }
+        // As v8 left it.
+        let queue = try DatabaseQueue(path: path)
+        try await queue.write { db in
+            try db.execute(
+                sql: """
+                    INSERT INTO names (entity, namespace, value, key)
+                        SELECT entity, 'sourceKey', key, key FROM fragments WHERE entity IN (1, 2, 3, 6, 8);
+                    CREATE INDEX names_by_fragment ON names (entity, key);
+                    DELETE FROM grdb_migrations WHERE identifier LIKE 'v9:%';
+                    """
+            )
+        }
+        try queue.close()
+        let reopened = try SQLiteProfileStore(path: path)
+        let sourceKeyNames = try await DatabaseQueue(path: path).read { db in
+            (
+                try Int.fetchOne(db, sql: "SELECT count(*) FROM names WHERE namespace = 'sourceKey'"),
+                try Int.fetchOne(db, sql: "SELECT count(*) FROM sqlite_master WHERE name = 'names_by_fragment'")
+            )
+        }
+        #expect(sourceKeyNames.0 == 0 && sourceKeyNames.1 == 0)
+        let p2 = try #require(try reopened.cluster(of: .person, named: identity("email", "p2@townsend.com")))
+        for key in ["102@mkto-1.Marketo", "2102@mkto-2.Marketo"] {
+            #expect(try reopened.cluster(of: .person, named: identity("sourceKey", key)) == p2)
+        }
+        #expect(try Self.townsend(reopened) != nil)
+        // p2's Marketo 1 record with another address: the old one no longer finds it.
+        let moved = Bodea.person("102", "mkto-1", email: "p2@bodea.example", account: "A1")
+        try await pipeline.feeding(reopened).ingest([moved])
+        let new = try #require(try reopened.cluster(of: .person, named: identity("email", "p2@bodea.example")))
+        let old = try reopened.cluster(of: .person, named: identity("email", "p2@townsend.com"))
+        #expect(old == (try reopened.cluster(of: .person, named: identity("sourceKey", "2102@mkto-2.Marketo"))))
+        let byKey = try reopened.cluster(of: .person, named: identity("sourceKey", "102@mkto-1.Marketo"))
+        #expect(old != new && byKey == new)
+        #expect(
+            try reopened.personData(cluster: try #require(old)).identities.map { "\($0.namespace):\($0.value)" }
+                == ["email:p2@townsend.com", "sourceKey:2102@mkto-2.Marketo"]
+        )
+    }
+
     /// A chunk holds whole applies: with a limit below one apply's marks, the chunk still takes all of
     /// them.
     @Test func aChunkTakesTheWholeApplyOfItsLastMark() async throws {
@@ -405,7 +455,8 @@ struct ProfileStoreTests {
             try store.markSent(chunk)
         }
         let roles = sent.filter { $0.key == "OPR1@mkto-1.Marketo" }
-        #expect(roles.map(\.present) == [true, false, true] && roles.map(\.role) == ["Decision Maker", "", "Influencer"])
+        #expect(roles.map(\.present) == [true, false, true])
+        #expect(roles.map(\.role) == ["Decision Maker", "", "Influencer"])
         let memberships = sent.filter { $0.key == "CM1@mkto-1.Marketo" }
         #expect(memberships.map(\.status) == ["Attended", "Registered"] && memberships.allSatisfy(\.present))
         #expect(sent.filter { $0.present }.map(\.entityType).count > 8)
@@ -445,6 +496,10 @@ struct ProfileStoreTests {
         // Identity splits the person before the deletion runs (as removing its identities would): the
         // fragments are deleted wherever they went.
         try await pipeline.ingest([Bodea.deleted(Bodea.persons[1])])
+        // A source key finds its live fragment's cluster, and nothing once the fragment is a tombstone.
+        #expect(try store.cluster(of: .person, named: identity("sourceKey", "102@mkto-1.Marketo")) == nil)
+        #expect(try store.cluster(of: .person, named: identity("sourceKey", "2102@mkto-2.Marketo")) != nil)
+        #expect(try store.cluster(of: .account, named: identity("sourceKey", "2102@mkto-2.Marketo")) == nil)
         let deleted = try store.delete(data)
         #expect(deleted.fragments == 2 && deleted.events == 1)
         #expect(try store.personView(cluster: cluster, asOf: Self.asOf) == nil)

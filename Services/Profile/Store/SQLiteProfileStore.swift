@@ -275,6 +275,16 @@ public final class SQLiteProfileStore: ProfileStore {
             // tables when sent (the marks from before, those of merges, splits and deletes).
             try db.execute(sql: "ALTER TABLE marks ADD COLUMN link BLOB")
         }
+        migrator.registerMigration("v9: names without source keys and without an index by fragment") { db in
+            // A fragment's own source key is its key: lookups by it read `fragments`.
+            // `names` keeps no index by fragment: a fragment's names are found again from its record.
+            try db.execute(
+                sql: """
+                    DELETE FROM names WHERE namespace = 'sourceKey' AND value = key;
+                    DROP INDEX names_by_fragment;
+                    """
+            )
+        }
         return migrator
     }
 
@@ -434,8 +444,8 @@ public final class SQLiteProfileStore: ProfileStore {
                 ON CONFLICT (entity, key) DO NOTHING
                 """
         ).execute(arguments: values)
-        if db.changesCount == 0 {
-            try markFragment(entity, key: key, changes: changes, db: db)
+        if db.changesCount == 0, let stored = try markFragment(entity, key: key, changes: changes, db: db) {
+            try deleteNames(of: stored, entity, key: key, db)
             try db.cachedStatement(
                 sql: """
                     UPDATE fragments SET
@@ -444,9 +454,6 @@ public final class SQLiteProfileStore: ProfileStore {
                     """
             ).execute(arguments: values)
             try db.cachedStatement(sql: "DELETE FROM refs WHERE entity = ? AND key = ?").execute(arguments: [
-                entity.rawValue, key,
-            ])
-            try db.cachedStatement(sql: "DELETE FROM names WHERE entity = ? AND key = ?").execute(arguments: [
                 entity.rawValue, key,
             ])
         }
@@ -465,13 +472,10 @@ public final class SQLiteProfileStore: ProfileStore {
                 )
                 references[reference.role] = reference.clusterID
             }
-            if clusteredEntityTypes.contains(entity), let plan = IdentityRules.plan(for: record) {
-                for identity in plan.identities {
-                    try db.cachedStatement(
-                        sql: "INSERT OR IGNORE INTO names (entity, namespace, value, key) VALUES (?, ?, ?, ?)"
-                    ).execute(arguments: [entity.rawValue, identity.namespace, identity.value, key]
-                    )
-                }
+            for name in names(of: record, entity) {
+                try db.cachedStatement(
+                    sql: "INSERT OR IGNORE INTO names (entity, namespace, value, key) VALUES (?, ?, ?, ?)"
+                ).execute(arguments: [entity.rawValue, name.namespace, name.value, key])
             }
         }
         // What it contributes to now: the cluster just written (none for 0) and its link, as just
@@ -623,26 +627,57 @@ public final class SQLiteProfileStore: ProfileStore {
 
     // MARK: - What changes the state
 
-    /// Marks what a fragment contributes to segmentation's state, as the tables say now: its cluster's
-    /// unified record and the link it makes.
-    /// Marks what a stored fragment contributes to: its cluster's unified record and the link it
-    /// makes. Returns whether the fragment is stored.
+    /// Marks what a stored fragment contributes to segmentation's state, as the tables say now: its
+    /// cluster's unified record and the link it makes. Returns the fragment's record, nil if it is
+    /// not stored.
     @discardableResult
     private func markFragment(
         _ entity: Cdp_Model_V1_EntityType,
         key: String,
         changes: StateMarker,
         db: Database
-    ) throws -> Bool {
+    ) throws -> Data? {
         guard
-            let cluster = try Int64.fetchOne(
-                try db.cachedStatement(sql: "SELECT cluster FROM fragments WHERE entity = ? AND key = ?"),
+            let row = try Row.fetchOne(
+                try db.cachedStatement(sql: "SELECT cluster, record FROM fragments WHERE entity = ? AND key = ?"),
                 arguments: [entity.rawValue, key]
             )
-        else { return false }
-        if clusteredEntityTypes.contains(entity) { try changes.entity(entity, UInt64(cluster)) }
+        else { return nil }
+        if clusteredEntityTypes.contains(entity) { try changes.entity(entity, UInt64(row[0] as Int64)) }
         if StateMarker.linkTypes.contains(entity) { try changes.link(entity, key) }
-        return true
+        return row[1]
+    }
+
+    /// The identities a clustered fragment's record gives `names`: all but its own source key
+    /// (``isOwnKey(namespace:value:of:)``). `names` has no index by fragment: the names of a fragment
+    /// replaced or deleted are found again from its record.
+    private func names(
+        of record: Cdp_Model_V1_Record,
+        _ entity: Cdp_Model_V1_EntityType
+    ) -> [(namespace: String, value: String)] {
+        guard clusteredEntityTypes.contains(entity), !record.isDeleted, let plan = IdentityRules.plan(for: record)
+        else { return [] }
+        return plan.identities.compactMap { identity in
+            Self.isOwnKey(namespace: identity.namespace, value: identity.value, of: record.key)
+                ? nil : (identity.namespace, identity.value)
+        }
+    }
+
+    /// Deletes the names a stored fragment's record (as bytes) gave it.
+    private func deleteNames(
+        of stored: Data,
+        _ entity: Cdp_Model_V1_EntityType,
+        key: String,
+        _ db: Database
+    ) throws {
+        guard clusteredEntityTypes.contains(entity) else { return }
+        // Stored only after it parsed.
+        let record = try Cdp_Model_V1_Record(serializedBytes: stored)
+        for name in names(of: record, entity) {
+            try db.cachedStatement(
+                sql: "DELETE FROM names WHERE entity = ? AND namespace = ? AND value = ? AND key = ?"
+            ).execute(arguments: [entity.rawValue, name.namespace, name.value, key])
+        }
     }
 
     /// Marks everything that names a cluster, before it merges or splits: its unified record, the
@@ -851,18 +886,31 @@ public final class SQLiteProfileStore: ProfileStore {
         -> UInt64?
     {
         try writer.read { db in
-            try Int64.fetchOne(
-                try db.cachedStatement(
-                    sql: """
-                        SELECT f.cluster FROM names n
-                            CROSS JOIN fragments f ON f.entity = n.entity AND f.key = n.key AND f.is_deleted = 0
-                            WHERE n.entity = ? AND n.namespace = ? AND n.value = ? AND f.cluster != 0
-                            LIMIT 1
-                        """
-                ),
-                arguments: [entity.rawValue, identity.namespace, identity.value]
-            ).map { UInt64($0) }
+            // A source key is the key of the fragment it names (``isOwnKey(namespace:value:of:)``).
+            let (sql, arguments): (String, StatementArguments) =
+                identity.namespace == Namespace.sourceKey
+                ? (
+                    "SELECT cluster FROM fragments WHERE entity = ? AND key = ? AND is_deleted = 0 AND cluster != 0",
+                    [entity.rawValue, identity.value]
+                )
+                : (
+                    """
+                    SELECT f.cluster FROM names n
+                        CROSS JOIN fragments f ON f.entity = n.entity AND f.key = n.key AND f.is_deleted = 0
+                        WHERE n.entity = ? AND n.namespace = ? AND n.value = ? AND f.cluster != 0
+                        LIMIT 1
+                    """,
+                    [entity.rawValue, identity.namespace, identity.value]
+                )
+            return try Int64.fetchOne(try db.cachedStatement(sql: sql), arguments: arguments).map { UInt64($0) }
         }
+    }
+
+    /// Whether `identity` is the source key of the fragment `key` (a clustered record's first identity,
+    /// see IdentityRules): not kept in `names`, where it would be a second copy of the fragment's key
+    /// and two more random-key B-tree writes per fragment.
+    static func isOwnKey(namespace: String, value: String, of key: String) -> Bool {
+        namespace == Namespace.sourceKey && value == key
     }
 
     public func personView(cluster: UInt64, asOf: Date) throws -> Cdp_Profile_V1_PersonView? {
@@ -1039,22 +1087,27 @@ public final class SQLiteProfileStore: ProfileStore {
                 arguments: [Int64(cluster)]
             ).map { FragmentKey(entity: $0[0], key: $0[1]) }
             data.events = try eventPeople.rows(ofPerson: cluster, columns: "key", db).map { $0[0] }
-            data.identities = try Row.fetchAll(
+            // What the person's live fragments name, their own keys too: `names` without its copies of
+            // the keys, read from the records (it has no index by fragment).
+            var identities: Set<Cdp_Identity_V1_IdentityValue> = []
+            for row in try Row.fetchAll(
                 try db.cachedStatement(
                     sql: """
-                        SELECT DISTINCT n.namespace, n.value FROM fragments f INDEXED BY fragments_by_cluster
-                            CROSS JOIN names n INDEXED BY names_by_fragment ON n.entity = f.entity AND n.key = f.key
-                            WHERE f.entity = 1 AND f.cluster = ?
-                            ORDER BY n.namespace, n.value
+                        SELECT record FROM fragments INDEXED BY fragments_by_cluster
+                            WHERE entity = 1 AND cluster = ? AND is_deleted = 0
                         """
                 ),
                 arguments: [Int64(cluster)]
-            ).map { row in
-                var identity = Cdp_Identity_V1_IdentityValue()
-                identity.namespace = row[0]
-                identity.value = row[1]
-                return identity
+            ) {
+                let record = try Cdp_Model_V1_Record(serializedBytes: row[0] as Data)
+                for name in names(of: record, .person) + [(Namespace.sourceKey, record.key)] {
+                    var identity = Cdp_Identity_V1_IdentityValue()
+                    identity.namespace = name.namespace
+                    identity.value = name.value
+                    identities.insert(identity)
+                }
             }
+            data.identities = identities.sorted { ($0.namespace, $0.value) < ($1.namespace, $1.value) }
             return data
         }
     }
@@ -1067,8 +1120,11 @@ public final class SQLiteProfileStore: ProfileStore {
             for fragment in data.fragments {
                 guard let entity = Cdp_Model_V1_EntityType(rawValue: Int(fragment.entity)) else { continue }
                 // Whatever cluster the fragment is in now (identity's splits may have moved it meanwhile).
-                try markFragment(entity, key: fragment.key, changes: changes, db: db)
-                for table in ["fragments", "refs", "names"] {
+                guard let stored = try markFragment(entity, key: fragment.key, changes: changes, db: db) else {
+                    continue
+                }
+                try deleteNames(of: stored, entity, key: fragment.key, db)
+                for table in ["fragments", "refs"] {
                     try db.cachedStatement(sql: "DELETE FROM \(table) WHERE entity = ? AND key = ?").execute(
                         arguments: [fragment.entity, fragment.key]
                     )
