@@ -118,7 +118,14 @@ struct PrivacyCommand: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
             abstract: "Erase a person from every service, and refuse their records from then on.",
             discussion: """
-                Starts a privacy request (pr-N) that profile drives through the services: ingestion keeps                 the person's identities as hashes and refuses their records from now on (until `cdp privacy                 allow`) and deletes their raw records; identity drops their identities; profile deletes                 their fragments and events; segmentation lets them exit every segment and forgets them;                 destinations remove them wherever they were delivered. Once the destinations removed them,                 each service clears the log of the deleted data, and the request is done. Running it again                 for an erased person answers the request that erased them. With --wait, returns when the                 request is done. --json prints the DeletePersonResponse.
+                Starts a privacy request (pr-N) that profile drives through the services: ingestion keeps \
+                the person's identities as hashes and refuses their records from now on (until `cdp privacy \
+                allow`) and deletes their raw records; identity drops their identities; profile deletes \
+                their fragments and events; segmentation lets them exit every segment and forgets them; \
+                destinations remove them wherever they were delivered. Once the destinations removed them, \
+                each service clears the log of the deleted data, and the request is done. Running it again \
+                for an erased person answers the request that erased them. With --wait, returns when the \
+                request is done. --json prints the DeletePersonResponse.
                 """
         )
 
