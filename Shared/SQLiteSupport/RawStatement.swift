@@ -83,6 +83,16 @@ public final class RawStatement {
         return (0..<columns).map { sqlite3_column_int64(handle, $0) }
     }
 
+    /// Steps the statement once and returns the integer in the first column of the row it produced
+    /// (nil when it produced none, or when that column is NULL), then resets it.
+    public func integer() throws -> Int64? {
+        let code = sqlite3_step(handle)
+        defer { sqlite3_reset(handle) }
+        guard code == SQLITE_ROW || code == SQLITE_DONE else { throw Self.error(connection, code, "step") }
+        guard code == SQLITE_ROW, sqlite3_column_type(handle, 0) != SQLITE_NULL else { return nil }
+        return sqlite3_column_int64(handle, 0)
+    }
+
     /// The rowid of the last row inserted on the connection.
     public var lastInsertedRowID: Int64 { sqlite3_last_insert_rowid(connection) }
 

@@ -504,13 +504,16 @@ public final class SQLiteIngestionStore: IngestionStore {
     ) throws
         -> (AppendResult, ClosedRange<Int64>?)
     {
+        // The current version is looked up apart from the insert: an `INSERT … SELECT` that reads the
+        // table it writes fills a temporary table first, which cost a third of each insert (perf).
+        let currentVersion = try RawStatement(
+            db,
+            "SELECT version FROM records WHERE key = ?1 AND entity = ?2 ORDER BY seq DESC LIMIT 1"
+        )
+        defer { currentVersion.finalize() }
         let insert = try RawStatement(
             db,
-            """
-            INSERT INTO records (key, version, batch_id, entity, ingested_at, payload)
-            SELECT ?1, ?2, ?3, ?4, ?5, ?6
-            WHERE (SELECT version FROM records WHERE key = ?1 AND entity = ?4 ORDER BY seq DESC LIMIT 1) IS NOT ?2
-            """
+            "INSERT INTO records (key, version, batch_id, entity, ingested_at, payload) VALUES (?1, ?2, ?3, ?4, ?5, ?6)"
         )
         defer { insert.finalize() }
         try insert.bind(3, batchID)
@@ -528,11 +531,16 @@ public final class SQLiteIngestionStore: IngestionStore {
         var first: Int64?
         var last: Int64 = 0
         for record in records {
-            try insert.bind(1, record.key)
-            try insert.bind(2, Int64(bitPattern: record.version))
-            try insert.bind(4, Int64(record.entity.rawValue))
-            try insert.bind(6, record.payload)
-            if try insert.run() > 0 {
+            let version = Int64(bitPattern: record.version)
+            let entity = Int64(record.entity.rawValue)
+            try currentVersion.bind(1, record.key)
+            try currentVersion.bind(2, entity)
+            if try currentVersion.integer() != version {
+                try insert.bind(1, record.key)
+                try insert.bind(2, version)
+                try insert.bind(4, entity)
+                try insert.bind(6, record.payload)
+                try insert.run()
                 result.accepted += 1
                 last = insert.lastInsertedRowID
                 if first == nil { first = last }
