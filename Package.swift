@@ -445,7 +445,7 @@ let package = Package(
         ),
         .testTarget(
             name: "CDPClientTests",
-            dependencies: ["CDPClient"],
+            dependencies: ["CDPClient", "RPCCore"],
             path: "Tests/CDPClientTests"
         ),
         .testTarget(

@@ -115,11 +115,13 @@ public struct ServiceCallError: Error, CustomStringConvertible {
             ("Network is unreachable", "network unreachable"),
             ("No route to host", "no route to host"),
             ("closing", "the connection was closed"),
+            ("connection to the server closed", "the connection closed during the call (the service stopped?)"),
         ] where message.contains(needle) {
             return plain
         }
         if message.contains("NXDOMAIN") || message.contains("resolve") { return "the host name does not resolve" }
-        return message
+        // The description goes on after the reason ("…; is it running?").
+        return message.hasSuffix(".") ? String(message.dropLast()) : message
     }
 }
 

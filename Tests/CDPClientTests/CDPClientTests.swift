@@ -1,5 +1,6 @@
 import CDPClient
 import Foundation
+import RPCCore
 import Testing
 
 @Suite("Finding the services")
@@ -40,6 +41,26 @@ struct ServiceEndpointsTests {
         #expect(endpoints[.profile].address.description == "profile-flag:2")
         #expect(endpoints[.profile].origin == "--profile-addr")
         #expect(endpoints[.ingestion].address.description == "127.0.0.1:7500")
+    }
+
+    @Test("a service unreachable, or gone during the call, is named with why and what to do")
+    func unreachable() throws {
+        let endpoint = try ServiceEndpoints(host: nil, portBase: 7600, environment: [:])[.ingestion]
+        let refused = RPCError(
+            code: .unavailable,
+            message: "connect(descriptor:addr:size:): Connection refused (errno: 111)"
+        )
+        #expect(
+            "\(ServiceCallError(refused, service: .ingestion, endpoint: endpoint))"
+                == "cannot reach ingestion at 127.0.0.1:7600 (from --port-base 7600 +0): connection refused; "
+                + "is it running? (`cdp up` starts all five)"
+        )
+        // Found using the CLI: a service killed during an upload read "…server closed.; is it running?".
+        let closed = RPCError(code: .unavailable, message: "The connection to the server closed.")
+        let description = "\(ServiceCallError(closed, service: .ingestion, endpoint: endpoint))"
+        #expect(description.contains("7600 +0): the connection closed during the call (the service stopped?); is it"))
+        let other = RPCError(code: .unavailable, message: "Something else went wrong.")
+        #expect("\(ServiceCallError(other, service: .ingestion, endpoint: endpoint))".contains("went wrong; is it"))
     }
 
     @Test("bad settings are refused naming the flag or variable and what it must be")
