@@ -165,6 +165,7 @@ public final class SQLiteIdentityStore: IdentityStore {
                 db,
                 "SELECT version, sequence FROM current_versions WHERE key = ?1 AND entity = ?2"
             )
+            defer { select.finalize() }
             var found: [RecordSlot: TakenVersion] = [:]
             for slot in records where found[slot] == nil {
                 try select.bind(1, slot.key)
@@ -189,6 +190,7 @@ public final class SQLiteIdentityStore: IdentityStore {
                 db,
                 "INSERT OR REPLACE INTO current_versions (key, entity, version, sequence) VALUES (?1, ?2, ?3, ?4)"
             )
+            defer { accept.finalize() }
             for (slot, taken) in commit.accepted {
                 try accept.bind(1, slot.key)
                 try accept.bind(2, Int64(slot.entity.rawValue))
@@ -197,6 +199,7 @@ public final class SQLiteIdentityStore: IdentityStore {
                 try accept.run()
             }
             let statements = try GraphStatements(db)
+            defer { statements.finalize() }
             for (graph, changes) in commit.graphChanges where !changes.isEmpty {
                 try apply(
                     changes,
@@ -237,6 +240,7 @@ public final class SQLiteIdentityStore: IdentityStore {
                     db,
                     "INSERT INTO outbox (sequence, payload, created_at) VALUES (?1, ?2, ?3)"
                 )
+                defer { update.finalize() }
                 try update.bind(3, Self.milliseconds(commit.committedAt))
                 for (sequence, payload) in commit.updates {
                     try update.bind(1, Int64(sequence))
@@ -290,6 +294,10 @@ public final class SQLiteIdentityStore: IdentityStore {
             )
             unlink = try RawStatement(db, "DELETE FROM links WHERE graph = ?1 AND key = ?2")
             removeIdentity = try RawStatement(db, "DELETE FROM identities WHERE graph = ?1 AND sequence = ?2")
+        }
+
+        func finalize() {
+            for statement in [addIdentity, link, relink, unlink, removeIdentity] { statement.finalize() }
         }
     }
 

@@ -510,10 +510,12 @@ public final class SQLiteIngestionStore: IngestionStore {
             db,
             "SELECT version FROM records WHERE key = ?1 AND entity = ?2 ORDER BY seq DESC LIMIT 1"
         )
+        defer { currentVersion.finalize() }
         let insert = try RawStatement(
             db,
             "INSERT INTO records (key, version, batch_id, entity, ingested_at, payload) VALUES (?1, ?2, ?3, ?4, ?5, ?6)"
         )
+        defer { insert.finalize() }
         try insert.bind(3, batchID)
         try insert.bind(5, now())
         var result = AppendResult(accepted: 0, duplicates: 0)
